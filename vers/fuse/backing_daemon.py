@@ -1,0 +1,337 @@
+"""The VM backing daemon: writable, lazily-read image files served over FUSE, one per VM image.
+
+One daemon per repository serves a flat directory ``<state>/mnt/<name>`` of ``OverlayImage`` files
+(``vers.fuse.overlay``). QEMU maps a memory file with ``memory-backend-file,share=on``: the kernel
+asks this daemon for a page the first time the guest touches it (we read it from the commit) and
+writes dirty pages back to us (we keep them in the overlay and mark them dirty). Parent and child
+of a branch must share frozen layers, which is why one daemon serves all the repository's VMs.
+
+A control socket ``<state>/ctl.sock`` (one JSON object per line each way) creates, branches,
+queries and removes files. It is served by the same trio loop as FUSE, so control requests and FUSE
+requests never run concurrently and need no locks.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import socket
+import stat
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import pyfuse3
+import trio
+
+from vers.fuse.overlay import OverlayImage
+
+log = logging.getLogger("vers.fuse.backing")
+
+_NAME_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+
+class BackingFile:
+    def __init__(self, inode: int, name: str, image: OverlayImage) -> None:
+        self.inode = inode
+        self.name = name
+        self.image = image
+        self.open_count = 0
+        self.removed = False
+        self.mtime_ns = time.time_ns()
+
+
+class BackingOperations(pyfuse3.Operations):
+    """FUSE side: a flat directory of fixed-size read-write files. Translates only."""
+
+    supports_dot_lookup = False
+    enable_writeback_cache = False  # see docs/fuse.md: fsync flush was measured without it
+
+    def __init__(self, state_dir: Path) -> None:
+        super().__init__()
+        self.state_dir = state_dir
+        self.layer_dir = state_dir / "layers"
+        self.layer_dir.mkdir(parents=True, exist_ok=True)
+        self.by_name: dict[str, BackingFile] = {}
+        self.by_inode: dict[int, BackingFile] = {}
+        self._next_inode = pyfuse3.ROOT_INODE + 1
+        self._repos: dict[str, Any] = {}
+        self.started_ns = time.time_ns()
+
+    # --------------------------------------------------------------- file table
+    def add(self, name: str, image: OverlayImage) -> BackingFile:
+        if not name or not set(name) <= _NAME_OK or name.startswith("."):
+            image.close()
+            raise ValueError(f"bad backing file name {name!r}")
+        if name in self.by_name:
+            image.close()
+            raise ValueError(f"backing file {name} already exists")
+        f = BackingFile(self._next_inode, name, image)
+        self._next_inode += 1
+        self.by_name[name] = f
+        self.by_inode[f.inode] = f
+        return f
+
+    def remove(self, name: str) -> None:
+        f = self.get(name)
+        del self.by_name[name]
+        f.removed = True
+        try:
+            pyfuse3.invalidate_entry_async(pyfuse3.ROOT_INODE, name.encode())
+        except Exception:  # not mounted (tests) or kernel already forgot it
+            pass
+        if f.open_count == 0:
+            self._drop(f)
+
+    def _drop(self, f: BackingFile) -> None:
+        self.by_inode.pop(f.inode, None)
+        f.image.close()
+
+    def get(self, name: str) -> BackingFile:
+        try:
+            return self.by_name[name]
+        except KeyError:
+            raise KeyError(f"no backing file {name}") from None
+
+    def repo(self, path: str) -> Any:
+        repo = self._repos.get(path)
+        if repo is None:
+            from vers.repo import Repo
+
+            repo = self._repos[path] = Repo(path)
+        return repo
+
+    # --------------------------------------------------------------- FUSE operations
+    def _file(self, inode: int) -> BackingFile:
+        f = self.by_inode.get(inode)
+        if f is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return f
+
+    def _attrs(self, inode: int) -> pyfuse3.EntryAttributes:
+        e = pyfuse3.EntryAttributes()
+        e.st_ino = inode
+        e.st_uid = os.getuid()
+        e.st_gid = os.getgid()
+        e.st_blksize = 4096
+        e.attr_timeout = 1.0
+        e.entry_timeout = 1.0
+        if inode == pyfuse3.ROOT_INODE:
+            e.st_mode = stat.S_IFDIR | 0o755
+            e.st_nlink = 2
+            e.st_atime_ns = e.st_mtime_ns = e.st_ctime_ns = self.started_ns
+            return e
+        f = self._file(inode)
+        e.st_mode = stat.S_IFREG | 0o600
+        e.st_nlink = 0 if f.removed else 1
+        e.st_size = f.image.size
+        e.st_blocks = f.image.size // 512
+        e.st_atime_ns = e.st_mtime_ns = e.st_ctime_ns = f.mtime_ns
+        return e
+
+    async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        if parent_inode != pyfuse3.ROOT_INODE:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        f = self.by_name.get(os.fsdecode(name))
+        if f is None:
+            raise pyfuse3.FUSEError(errno.ENOENT)
+        return self._attrs(f.inode)
+
+    async def getattr(self, inode: int, ctx: Any = None) -> pyfuse3.EntryAttributes:
+        return self._attrs(inode)
+
+    async def setattr(self, inode: int, attr: Any, fields: Any, fh: Any, ctx: Any) -> Any:
+        f = self._file(inode)
+        if fields.update_size and attr.st_size != f.image.size:
+            raise pyfuse3.FUSEError(errno.EPERM)  # fixed-size images: guest RAM never resizes
+        if fields.update_mtime:
+            f.mtime_ns = attr.st_mtime_ns
+        return self._attrs(inode)
+
+    async def opendir(self, inode: int, ctx: Any = None) -> int:
+        if inode != pyfuse3.ROOT_INODE:
+            raise pyfuse3.FUSEError(errno.ENOTDIR)
+        return inode
+
+    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
+        names = sorted(self.by_name)
+        for index in range(start_id, len(names)):
+            f = self.by_name[names[index]]
+            if not pyfuse3.readdir_reply(token, names[index].encode(), self._attrs(f.inode), index + 1):
+                return
+
+    async def releasedir(self, fh: int) -> None:
+        return None
+
+    async def open(self, inode: int, flags: int, ctx: Any = None) -> pyfuse3.FileInfo:
+        f = self._file(inode)
+        if flags & os.O_TRUNC:
+            raise pyfuse3.FUSEError(errno.EPERM)
+        f.open_count += 1
+        fi = pyfuse3.FileInfo(fh=inode)
+        fi.keep_cache = True  # only the kernel changes content (through us): its cache stays right
+        return fi
+
+    async def read(self, fh: int, off: int, size: int) -> bytes:
+        f = self._file(fh)
+        try:
+            return f.image.read(off, size)
+        except Exception as exc:  # a store error must surface as EIO, never as wrong bytes
+            log.error("read %s at %d: %s", f.name, off, exc)
+            raise pyfuse3.FUSEError(errno.EIO) from None
+
+    async def write(self, fh: int, off: int, buf: bytes) -> int:
+        f = self._file(fh)
+        if off + len(buf) > f.image.size:
+            raise pyfuse3.FUSEError(errno.EFBIG)
+        try:
+            return f.image.write(off, buf)
+        except OSError as exc:
+            log.error("write %s at %d: %s", f.name, off, exc)
+            raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
+
+    async def fsync(self, fh: int, datasync: bool) -> None:
+        # The kernel has already written back the inode's dirty pages (as WRITE requests) before it
+        # sends FSYNC: that is what makes fsync on any fd the flush point of a commit.
+        return None
+
+    async def flush(self, fh: int) -> None:
+        return None
+
+    async def release(self, fh: int) -> None:
+        f = self.by_inode.get(fh)
+        if f is None:
+            return
+        f.open_count -= 1
+        if f.removed and f.open_count == 0:
+            self._drop(f)
+
+    async def forget(self, inode_list: Any) -> None:
+        return None
+
+    async def statfs(self, ctx: Any = None) -> pyfuse3.StatvfsData:
+        s = pyfuse3.StatvfsData()
+        s.f_bsize = s.f_frsize = 4096
+        s.f_namemax = 255
+        return s
+
+    async def create(self, parent_inode: int, name: bytes, mode: int, flags: int, ctx: Any) -> Any:
+        raise pyfuse3.FUSEError(errno.EPERM)  # files are made through the control socket
+
+    async def unlink(self, parent_inode: int, name: bytes, ctx: Any) -> None:
+        raise pyfuse3.FUSEError(errno.EPERM)
+
+    # --------------------------------------------------------------- control requests
+    def control(self, req: dict[str, Any]) -> dict[str, Any]:
+        """One control request -> one reply. Plain function: tested without sockets."""
+        op = req.get("op")
+        if op == "ping":
+            return {"pid": os.getpid()}
+        if op == "list":
+            return {"files": sorted(self.by_name)}
+        if op == "create":
+            size = int(req["size"])
+            base = None
+            if req.get("commit"):
+                base = self.repo(req["repo"]).open_image(req["commit"], req.get("image", "memory"))
+                if base.size != size:
+                    raise ValueError(
+                        f"commit {req['commit']} {req.get('image', 'memory')} image is "
+                        f"{base.size} bytes, not {size}"
+                    )
+            f = self.add(req["name"], OverlayImage(self.layer_dir, size, base))
+            return {"inode": f.inode}
+        if op == "branch":
+            parent = self.get(req["name"])
+            self.add(req["child"], parent.image.branch())
+            return {}
+        if op == "dirty":
+            return {"runs": self.get(req["name"]).image.dirty_runs()}
+        if op == "mark_clean":
+            self.get(req["name"]).image.mark_clean()
+            return {}
+        if op == "stats":
+            return self.get(req["name"]).image.stats()
+        if op == "remove":
+            self.remove(req["name"])
+            return {}
+        raise ValueError(f"unknown control request {op!r}")
+
+    def close_all(self) -> None:
+        for f in list(self.by_inode.values()):
+            f.image.close()
+        self.by_inode.clear()
+        self.by_name.clear()
+
+
+def _listen(sock_path: Path) -> socket.socket:
+    """Bound and listening before the daemon says ready, so a client never races the bind."""
+    try:
+        sock_path.unlink()
+    except FileNotFoundError:
+        pass
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.bind(os.fspath(sock_path))
+    os.chmod(sock_path, 0o600)
+    sock.listen(16)
+    return sock
+
+
+async def _serve_control(ops: BackingOperations, listener: socket.socket) -> None:
+    sock = trio.socket.from_stdlib_socket(listener)
+    async with trio.open_nursery() as nursery:
+        while True:
+            conn, _ = await sock.accept()
+            nursery.start_soon(_handle_client, ops, trio.SocketStream(conn))
+
+
+async def _handle_client(ops: BackingOperations, stream: trio.SocketStream) -> None:
+    buf = b""
+    async with stream:
+        while True:
+            try:
+                data = await stream.receive_some(65536)
+            except trio.BrokenResourceError:
+                return
+            if not data:
+                return
+            buf += data
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                try:
+                    req = json.loads(line)
+                    if req.get("op") == "shutdown":
+                        await stream.send_all(b'{"ok": true}\n')
+                        pyfuse3.terminate()
+                        return
+                    reply = {"ok": True, **ops.control(req)}
+                except Exception as exc:
+                    reply = {"ok": False, "error": str(exc)}
+                await stream.send_all(json.dumps(reply).encode() + b"\n")
+
+
+def run_backing_daemon(
+    state_dir: str | os.PathLike[str], mountpoint: str, on_ready: Callable[[], None] | None = None
+) -> None:
+    from vers.fuse.daemon import serve
+
+    state = Path(state_dir)
+    ops = BackingOperations(state)
+    sock_path = state / "ctl.sock"
+    listener = _listen(sock_path)
+    try:
+        serve(
+            ops,
+            mountpoint,
+            (),
+            on_ready=on_ready,
+            extra_task=lambda nursery: nursery.start_soon(_serve_control, ops, listener),
+        )
+    finally:
+        ops.close_all()
+        try:
+            sock_path.unlink()
+        except FileNotFoundError:
+            pass

@@ -1,0 +1,119 @@
+"""The FUSE daemon process: ``python -m vers.fuse.daemon [--ready-fd N] KIND ...``.
+
+KIND is ``inspect`` (read-only view of every commit) or ``backing`` (writable, lazily-read VM
+memory/disk files; see ``vers.fuse.backing``). The daemon mounts, reports ``ready`` on the fd it was
+given, and serves until unmounted or sent SIGTERM/SIGINT, then unmounts itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+from typing import Any, Callable
+
+import pyfuse3
+import trio
+
+log = logging.getLogger("vers.fuse.daemon")
+
+BASE_OPTIONS = ("fsname=vers", "default_permissions")
+
+
+def serve(
+    ops: pyfuse3.Operations,
+    mountpoint: str,
+    options: tuple[str, ...] = (),
+    on_ready: Callable[[], None] | None = None,
+    extra_task: Callable[[trio.Nursery], Any] | None = None,
+) -> None:
+    """Mount ``ops`` at ``mountpoint`` and serve until unmounted or signalled."""
+    pyfuse3.init(ops, mountpoint, set(BASE_OPTIONS) | set(options))
+    unmount = True
+    try:
+        if on_ready:
+            on_ready()
+
+        async def run() -> None:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_stop_on_signal, nursery)
+                if extra_task is not None:
+                    extra_task(nursery)
+                await pyfuse3.main()
+                nursery.cancel_scope.cancel()
+
+        trio.run(run)
+    except BaseException:
+        log.exception("daemon failed")
+        raise
+    finally:
+        pyfuse3.close(unmount=unmount)
+
+
+async def _stop_on_signal(nursery: trio.Nursery) -> None:
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        async for _ in signals:
+            pyfuse3.terminate()
+            return
+
+
+class _Reporter:
+    """Writes one status line to the waiting parent, exactly once (the fd number may be reused)."""
+
+    def __init__(self, fd: int | None) -> None:
+        self.fd = fd
+
+    def __call__(self, message: str) -> None:
+        fd, self.fd = self.fd, None
+        if fd is None:
+            return
+        try:
+            os.write(fd, (message + "\n").encode())
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="vers.fuse.daemon")
+    parser.add_argument("--ready-fd", type=int, default=None)
+    parser.add_argument("--debug", action="store_true")
+    sub = parser.add_subparsers(dest="kind", required=True)
+    p_inspect = sub.add_parser("inspect")
+    p_inspect.add_argument("repo")
+    p_inspect.add_argument("mountpoint")
+    p_backing = sub.add_parser("backing")
+    p_backing.add_argument("state_dir")
+    p_backing.add_argument("mountpoint")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    report = _Reporter(args.ready_fd)
+    try:
+        if args.kind == "inspect":
+            from vers.fuse.ops import InspectOperations
+            from vers.fuse.vfs import RepoView
+            from vers.repo import Repo
+
+            ops: pyfuse3.Operations = InspectOperations(RepoView(Repo(args.repo)))
+            serve(ops, args.mountpoint, ("ro",), on_ready=lambda: report("ready"))
+        else:
+            from vers.fuse.backing_daemon import run_backing_daemon
+
+            run_backing_daemon(
+                args.state_dir, args.mountpoint, on_ready=lambda: report("ready")
+            )
+    except Exception as exc:  # report the reason to the waiting `vers mount`, then exit non-zero
+        report(f"error: {exc}")
+        log.exception("daemon failed")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""``vers mount`` / ``vers umount``: every commit of a repository as read-only files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from blake3 import blake3
+
+from vers.errors import FuseError
+from vers.fuse import mount as mnt
+
+
+def _log_path(repo: Any, mountpoint: Path) -> Path:
+    key = blake3(os.fsencode(mountpoint)).hexdigest()[:16]
+    return Path(repo.vers_dir) / "fuse" / f"mount-{key}.log"
+
+
+def mount(repo: Any, mountpoint: str | os.PathLike[str], foreground: bool = False) -> int | None:
+    """Mount ``repo`` at ``mountpoint``. Returns the daemon's pid, or None after a foreground run.
+
+    In the background case this returns only once the files are visible; a failure to mount raises
+    FuseError with the daemon's reason. A stale mount left by a dead daemon is detached first.
+    """
+    target = mnt.prepare_mountpoint(mountpoint)
+    if foreground:
+        from vers.fuse.daemon import serve
+        from vers.fuse.ops import InspectOperations
+        from vers.fuse.vfs import RepoView
+
+        try:
+            serve(InspectOperations(RepoView(repo)), os.fspath(target), ("ro",))
+        except RuntimeError as exc:
+            raise FuseError(f"mount failed: {exc}") from exc
+        return None
+    return mnt.spawn_daemon(
+        ["inspect", os.fspath(repo.root), os.fspath(target)], _log_path(repo, target)
+    )
+
+
+def umount(mountpoint: str | os.PathLike[str], lazy: bool = False) -> None:
+    """Unmount a vers mount; a dead daemon's mount is detached lazily without being asked."""
+    path = os.path.realpath(mountpoint)
+    if mnt.is_stale(path):
+        mnt.detach(path, lazy=True)
+        return
+    if not mnt.is_mounted(path):
+        raise FuseError(f"{mountpoint} is not mounted")
+    try:
+        mnt.detach(path, lazy=lazy)
+    except FuseError as exc:
+        if "busy" in str(exc).lower():
+            raise FuseError(f"{exc} (files are open; close them or use --lazy)") from exc
+        raise
+    mnt.wait_unmounted(path)
