@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Installs everything vers needs on a fresh Debian bookworm machine (root): Debian packages, then
+# vers itself with its Python dependencies. Idempotent; safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(qemu-system-x86 qemu-utils fuse3 libfuse3-dev pkg-config busybox-static cpio
+              e2fsprogs restic kmod xz-utils zstd)
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+python3 -m pip install -q --disable-pip-version-check -e ".[test]"

@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# The test command from README.md: installs what the tests need, then runs the whole suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/install-deps.sh
+python3 -m pytest -q -p no:cacheprovider "$@"

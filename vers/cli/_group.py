@@ -1,0 +1,61 @@
+"""The root click group and the helpers every command module shares.
+
+Each area (core, vm, fuse, bisect, remote) registers its commands on ``cli`` in its own module, so
+work on one area never touches another's file. Commands only parse arguments and call porcelain.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+import click
+
+from vers.errors import VersError
+
+class VersGroup(click.Group):
+    """Turns VersError into a one-line message and its exit code: the only place that does."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except VersError as exc:
+            click.echo(f"vers: error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+        except BrokenPipeError:
+            sys.exit(141)
+
+
+@click.group(cls=VersGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "-C",
+    "--repo",
+    "repo_path",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Repository directory (default: $VERS_DIR or search upwards from the cwd).",
+)
+@click.pass_context
+def cli(ctx: click.Context, repo_path: str | None) -> None:
+    """vers: git for whole-machine state."""
+    ctx.obj = {"repo_path": repo_path or os.environ.get("VERS_DIR")}
+
+
+def open_repo(ctx: click.Context | None = None) -> Any:
+    """Open the repository named by -C/$VERS_DIR, or found upwards from the cwd."""
+    from vers.repo import Repo
+
+    ctx = ctx or click.get_current_context()
+    path = (ctx.find_root().obj or {}).get("repo_path")
+    return Repo.discover(path or os.getcwd()) if path is None else Repo(path)
+
+
+def info(msg: str) -> None:
+    """Messages for people go to stderr; stdout carries only IDs and requested output."""
+    click.echo(msg, err=True)
+
+
+def emit_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, sort_keys=True))

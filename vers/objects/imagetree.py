@@ -1,0 +1,351 @@
+"""Images as Merkle trees of pages: build from a file, patch from a dirty set, read, diff.
+
+Level 1 nodes hold page IDs, level L nodes hold level L-1 node IDs, the root is at level
+``depth``. Page ``i`` lives under child ``(i // FANOUT**(L-1)) % FANOUT`` at level ``L``. A new node
+is stored as a delta against the node at the same position in the base tree (usually the parent
+commit's), which keeps an incremental commit's metadata proportional to the pages it changed.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from typing import BinaryIO, Callable, Iterable, Iterator
+
+from vers.errors import BadInput
+from vers.objects.model import (
+    FANOUT,
+    ID_LEN,
+    KIND_PAGE,
+    KIND_TREE,
+    NODE_ENTRIES_LEN,
+    PAGE_SIZE,
+    ZERO_ENTRIES,
+    ZERO_ID,
+    ZERO_PAGE,
+    Tree,
+    hash_bytes,
+    node_bytes,
+)
+from vers.objects.store import ObjectStore, ObjectWriter
+
+READ_BLOCK = 256 * PAGE_SIZE
+
+
+class TreeReader:
+    """Random access to one image tree: page IDs, pages and nodes, with the store's node cache."""
+
+    def __init__(self, store: ObjectStore, tree: Tree) -> None:
+        self.store = store
+        self.tree = tree
+
+    def node_at(self, level: int, index: int) -> bytes:
+        """Entries of the node at ``level`` covering node-index ``index`` (ZERO_ID if absent)."""
+        return self.store.get_node(self.node_id_at(level, index))
+
+    def node_id_at(self, level: int, index: int) -> bytes:
+        oid = self.tree.root
+        for lvl in range(self.tree.depth, level, -1):
+            if oid == ZERO_ID:
+                return ZERO_ID
+            entries = self.store.get_node(oid)
+            child = (index // FANOUT ** (lvl - 1 - level)) % FANOUT
+            oid = entries[child * ID_LEN : (child + 1) * ID_LEN]
+        return oid
+
+    def page_id(self, page: int) -> bytes:
+        entries = self.node_at(1, page // FANOUT)
+        j = page % FANOUT
+        return entries[j * ID_LEN : (j + 1) * ID_LEN]
+
+    def read_page(self, page: int) -> bytes:
+        """The page's bytes, truncated at the image's end."""
+        data = self.store.get_page(self.page_id(page))
+        end = min(PAGE_SIZE, self.tree.size - page * PAGE_SIZE)
+        return data[:end] if end < len(data) else data
+
+    def pread(self, offset: int, length: int) -> bytes:
+        size = self.tree.size
+        if offset >= size or length <= 0:
+            return b""
+        length = min(length, size - offset)
+        out = bytearray()
+        pos = offset
+        while pos < offset + length:
+            page, within = divmod(pos, PAGE_SIZE)
+            n = min(PAGE_SIZE - within, offset + length - pos)
+            out += self.read_page(page)[within : within + n]
+            pos += n
+        return bytes(out)
+
+    def iter_page_ids(self, start: int = 0) -> Iterator[tuple[int, bytes]]:
+        for leaf in range(start // FANOUT, -(-self.tree.num_pages // FANOUT)):
+            entries = self.node_at(1, leaf)
+            for j in range(FANOUT):
+                page = leaf * FANOUT + j
+                if page >= self.tree.num_pages:
+                    return
+                if page >= start:
+                    yield page, entries[j * ID_LEN : (j + 1) * ID_LEN]
+
+
+class _NodeSink:
+    """Stores the nodes of a tree being built, as deltas against the base tree when possible."""
+
+    def __init__(self, writer: ObjectWriter, base: TreeReader | None) -> None:
+        self.writer = writer
+        self.base = base
+
+    def finish(self, level: int, index: int, entries: bytes) -> bytes:
+        if entries == ZERO_ENTRIES:
+            return ZERO_ID
+        data = node_bytes(level, entries)
+        oid = hash_bytes(data)
+        base_oid = self.base.node_id_at(level, index) if self.base else None
+        if oid != base_oid and not self.writer.has(oid):
+            self.writer.add_node(oid, data, base_oid)
+        return oid
+
+
+def _compatible_base(store: ObjectStore, base: Tree | None, size: int) -> TreeReader | None:
+    if base is None or base.depth != Tree.depth_for(size):
+        return None
+    return TreeReader(store, base)
+
+
+def build_tree(
+    writer: ObjectWriter,
+    source: BinaryIO,
+    size: int,
+    base: Tree | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> bytes:
+    """Hash and store every page of ``source`` (``size`` bytes); returns the tree's ID.
+
+    Pages equal to the base tree's page at the same index are neither looked up nor stored.
+    """
+    store = writer.store
+    depth = Tree.depth_for(size)
+    base_reader = _compatible_base(store, base, size)
+    sink = _NodeSink(writer, base_reader)
+    # levels[L] collects the child IDs of the node being filled at level L+1.
+    levels: list[bytearray] = [bytearray() for _ in range(depth)]
+    counts = [0] * depth  # index of the node being filled at each level
+    buf = bytearray(READ_BLOCK)
+    view = memoryview(buf)
+    page = 0
+    done = 0
+
+    def push(level: int, oid: bytes) -> None:
+        levels[level] += oid
+        if len(levels[level]) == NODE_ENTRIES_LEN:
+            flush_level(level)
+
+    def flush_level(level: int) -> None:
+        entries = bytes(levels[level]).ljust(NODE_ENTRIES_LEN, b"\0")
+        oid = sink.finish(level + 1, counts[level], entries)
+        levels[level] = bytearray()
+        counts[level] += 1
+        if level + 1 < depth:
+            push(level + 1, oid)
+        else:
+            root_holder.append(oid)
+
+    root_holder: list[bytes] = []
+    base_leaf_index = -1
+    base_leaf = ZERO_ENTRIES
+    while done < size:
+        want = min(READ_BLOCK, size - done)
+        got = source.readinto(view[:want])  # type: ignore[attr-defined]
+        if not got:
+            raise BadInput(f"image ended after {done} bytes, expected {size}")
+        block = view[:got]
+        ids: list[bytes] = []
+        new: list[tuple[bytes, memoryview]] = []
+        for off in range(0, got, PAGE_SIZE):
+            pg = block[off : off + PAGE_SIZE]
+            if ZERO_PAGE.startswith(pg):  # all zero; much faster than memoryview ==
+                ids.append(ZERO_ID)
+                continue
+            oid = hash_bytes(pg)
+            ids.append(oid)
+            if base_reader is not None:
+                p = page + off // PAGE_SIZE
+                if p // FANOUT != base_leaf_index:
+                    base_leaf_index = p // FANOUT
+                    base_leaf = base_reader.node_at(1, base_leaf_index)
+                j = (p % FANOUT) * ID_LEN
+                if base_leaf[j : j + ID_LEN] == oid:
+                    continue
+            new.append((oid, pg))
+        if new:
+            missing = set(writer.missing([oid for oid, _ in new]))
+            for oid, pg in new:
+                if oid in missing:
+                    writer.add(oid, KIND_PAGE, bytes(pg))
+                    missing.discard(oid)
+        for oid in ids:
+            push(0, oid)
+        page += len(ids)
+        done += got
+        if progress:
+            progress(got)
+    # Close the partial nodes from the bottom up; an empty image still gets a (zero) root.
+    for level in range(depth):
+        if levels[level] or counts[level] == 0:
+            flush_level(level)
+    return store_tree(writer, Tree(size=size, root=root_holder[-1], depth=depth))
+
+
+def store_tree(writer: ObjectWriter, tree: Tree) -> bytes:
+    data = tree.serialize()
+    oid = hash_bytes(data)
+    writer.add(oid, KIND_TREE, data, compress=False)
+    return oid
+
+
+def patch_tree(
+    writer: ObjectWriter,
+    base: Tree,
+    pages: Iterable[int],
+    read_page: Callable[[int], bytes],
+) -> bytes:
+    """A tree equal to ``base`` except at ``pages``, whose content ``read_page`` supplies.
+
+    Only the listed pages are read and only the nodes above them are rewritten, so the cost follows
+    the number of dirty pages, not the image size.
+    """
+    store = writer.store
+    reader = TreeReader(store, base)
+    sink = _NodeSink(writer, reader)
+    changed: dict[int, bytes] = {}
+    for p in sorted(set(pages)):
+        if not 0 <= p < base.num_pages:
+            raise BadInput(f"dirty page {p} outside the image ({base.num_pages} pages)")
+        data = read_page(p)
+        expect = min(PAGE_SIZE, base.size - p * PAGE_SIZE)
+        if len(data) != expect:
+            raise BadInput(f"page {p}: read {len(data)} bytes, expected {expect}")
+        if data == ZERO_PAGE[:expect]:
+            oid = ZERO_ID
+        else:
+            oid = hash_bytes(data)
+            if not writer.has(oid):
+                writer.add(oid, KIND_PAGE, data)
+        changed[p] = oid
+    level_changes = changed
+    for level in range(1, base.depth + 1):
+        by_node: dict[int, dict[int, bytes]] = {}
+        for idx, oid in level_changes.items():
+            by_node.setdefault(idx // FANOUT, {})[idx % FANOUT] = oid
+        next_changes: dict[int, bytes] = {}
+        for node_idx, slots in by_node.items():
+            entries = bytearray(reader.node_at(level, node_idx))
+            for j, oid in slots.items():
+                entries[j * ID_LEN : (j + 1) * ID_LEN] = oid
+            next_changes[node_idx] = sink.finish(level, node_idx, bytes(entries))
+        level_changes = next_changes
+    root = level_changes.get(0, base.root)
+    return store_tree(writer, Tree(size=base.size, root=root, depth=base.depth))
+
+
+@dataclass(frozen=True)
+class PageRange:
+    start: int  # first page
+    count: int
+
+    @property
+    def byte_range(self) -> tuple[int, int]:
+        return self.start * PAGE_SIZE, (self.start + self.count) * PAGE_SIZE
+
+
+def diff_trees(store: ObjectStore, a: Tree, b: Tree) -> list[PageRange]:
+    """Page ranges whose content differs; equal subtrees are pruned without being read."""
+    if a.depth != b.depth or a.size != b.size:
+        n = max(a.num_pages, b.num_pages)
+        return [PageRange(0, n)] if n else []
+    pages: list[int] = []
+
+    def walk(level: int, base_index: int, x: bytes, y: bytes) -> None:
+        if x == y:
+            return
+        ex, ey = store.get_node(x), store.get_node(y)
+        for j in range(FANOUT):
+            cx = ex[j * ID_LEN : (j + 1) * ID_LEN]
+            cy = ey[j * ID_LEN : (j + 1) * ID_LEN]
+            if cx != cy:
+                if level == 1:
+                    pages.append(base_index * FANOUT + j)
+                else:
+                    walk(level - 1, base_index * FANOUT + j, cx, cy)
+
+    walk(a.depth, 0, a.root, b.root)
+    return merge_ranges(p for p in pages if p < a.num_pages)
+
+
+def merge_ranges(pages: Iterable[int]) -> list[PageRange]:
+    out: list[PageRange] = []
+    for p in pages:
+        if out and out[-1].start + out[-1].count == p:
+            out[-1] = PageRange(out[-1].start, out[-1].count + 1)
+        else:
+            out.append(PageRange(p, 1))
+    return out
+
+
+class ImageFile(io.RawIOBase):
+    """A committed image as a read-only, seekable file; reads touch only the pages they cover."""
+
+    def __init__(self, store: ObjectStore, tree: Tree, name: str = "") -> None:
+        super().__init__()
+        self.reader = TreeReader(store, tree)
+        self.size = tree.size
+        self.name = name
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self._pos, os.SEEK_END: self.size}[whence]
+        if base + offset < 0:
+            raise ValueError("negative seek position")
+        self._pos = base + offset
+        return self._pos
+
+    def tell(self) -> int:
+        return self._pos
+
+    def readinto(self, b: bytearray | memoryview) -> int:  # type: ignore[override]
+        data = self.pread(self._pos, len(b))
+        n = len(data)
+        memoryview(b)[:n] = data
+        self._pos += n
+        return n
+
+    def pread(self, offset: int, length: int) -> bytes:
+        return self.reader.pread(offset, length)
+
+    def page_is_zero(self, page: int) -> bool:
+        return self.reader.page_id(page) == ZERO_ID
+
+
+def write_image(store: ObjectStore, tree: Tree, out: BinaryIO) -> None:
+    """Write an image to a file, seeking over zero pages so the result is sparse."""
+    reader = TreeReader(store, tree)
+    fd_size = tree.size
+    pos = 0
+    for page, oid in reader.iter_page_ids():
+        if oid == ZERO_ID:
+            continue
+        off = page * PAGE_SIZE
+        if off != pos:
+            out.seek(off)
+        data = store.get_page(oid)[: fd_size - off]
+        out.write(data)
+        pos = off + len(data)
+    out.truncate(fd_size)

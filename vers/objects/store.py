@@ -1,0 +1,346 @@
+"""Object storage: the ``ObjectStore`` interface, a batched writer, and an in-memory store.
+
+A store maps an object ID to a stored record ``(kind, encoding, depth, payload)``. The encoding
+is how the canonical bytes are kept, not part of the object:
+
+- ``ENC_RAW``:   payload is the canonical bytes
+- ``ENC_ZSTD``:  payload is one zstd frame of the canonical bytes
+- ``ENC_DELTA``: (nodes only) payload is a base node ID + (u16 index, 32-byte child ID) pairs that
+  replace entries of the base node; ``depth`` is the length of the delta chain
+
+Whatever the encoding, every object is re-hashed when read and a mismatch raises ``CorruptObject``
+naming it. Backends implement only the ``_backend_*`` primitives.
+"""
+
+from __future__ import annotations
+
+import struct
+import threading
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import zstandard
+
+from vers.errors import CorruptObject, ObjectNotFound
+from vers.objects.model import (
+    ID_LEN,
+    KIND_COMMIT,
+    KIND_NAMES,
+    KIND_NODE,
+    KIND_TREE,
+    NODE_ENTRIES_LEN,
+    NODE_HEADER_LEN,
+    ZERO_ENTRIES,
+    ZERO_ID,
+    ZERO_PAGE,
+    Commit,
+    Tree,
+    hash_bytes,
+    parse_node,
+)
+
+ENC_RAW = 0
+ENC_ZSTD = 1
+ENC_DELTA = 2
+MAX_DELTA_DEPTH = 32
+# A delta is kept only if it is smaller than this fraction of the full node.
+DELTA_MAX_FRACTION = 0.5
+# Compressed form is kept only when it saves at least this many bytes.
+MIN_COMPRESSION_SAVING = 64
+
+_DELTA_ENTRY = struct.Struct("<H32s")
+
+
+@dataclass(frozen=True)
+class Record:
+    kind: int
+    encoding: int
+    depth: int
+    payload: bytes
+
+
+class _Codec(threading.local):
+    """zstd contexts are not thread-safe; one pair per thread."""
+
+    def __init__(self) -> None:
+        self.cctx = zstandard.ZstdCompressor(level=1)
+        self.dctx = zstandard.ZstdDecompressor()
+
+
+_codec = _Codec()
+
+
+def encode_delta(base_oid: bytes, base_entries: bytes, entries: bytes) -> bytes:
+    out = bytearray(base_oid)
+    for i in range(0, NODE_ENTRIES_LEN, ID_LEN):
+        new = entries[i : i + ID_LEN]
+        if base_entries[i : i + ID_LEN] != new:
+            out += _DELTA_ENTRY.pack(i // ID_LEN, new)
+    return bytes(out)
+
+
+class ObjectStore(ABC):
+    """Content-addressed objects. Subclasses provide the ``_backend_*`` primitives."""
+
+    def __init__(self, node_cache_size: int = 4096) -> None:
+        self._node_cache: OrderedDict[bytes, bytes] = OrderedDict()
+        self._node_cache_size = node_cache_size
+        self._cache_lock = threading.Lock()
+
+    # -- backend primitives -------------------------------------------------------------------
+    @abstractmethod
+    def _backend_get(self, oid: bytes) -> Record | None: ...
+
+    @abstractmethod
+    def _backend_missing(self, oids: list[bytes]) -> list[bytes]:
+        """The subset of ``oids`` not stored."""
+
+    @abstractmethod
+    def _backend_put(self, records: list[tuple[bytes, Record]]) -> None:
+        """Store records atomically and durably; an ID already present is skipped."""
+
+    @abstractmethod
+    def iter_ids(self) -> Iterator[tuple[bytes, int]]:
+        """Every stored (ID, kind)."""
+
+    @abstractmethod
+    def delete(self, oids: Iterable[bytes]) -> int:
+        """Remove objects (used by gc only); returns how many were removed."""
+
+    def close(self) -> None:  # noqa: B027 - optional for backends
+        pass
+
+    def iter_prefix(self, hex_prefix: str) -> Iterator[tuple[bytes, int]]:
+        """(ID, kind) of stored objects whose hex ID starts with ``hex_prefix``."""
+        for oid, kind in self.iter_ids():
+            if oid.hex().startswith(hex_prefix):
+                yield oid, kind
+
+    # -- reading ------------------------------------------------------------------------------
+    def contains(self, oid: bytes) -> bool:
+        return oid == ZERO_ID or not self._backend_missing([oid])
+
+    def missing(self, oids: list[bytes]) -> list[bytes]:
+        return self._backend_missing([o for o in oids if o != ZERO_ID])
+
+    def get_record(self, oid: bytes) -> Record:
+        rec = self._backend_get(oid)
+        if rec is None:
+            raise ObjectNotFound(oid.hex())
+        return rec
+
+    def get_bytes(self, oid: bytes) -> bytes:
+        """Canonical bytes of an object, re-hashed against its ID."""
+        data, _kind = self._load(oid)
+        return data
+
+    def get_kind(self, oid: bytes) -> int:
+        return self.get_record(oid).kind
+
+    def _load(self, oid: bytes) -> tuple[bytes, int]:
+        rec = self.get_record(oid)
+        data = self._decode(oid, rec)
+        if hash_bytes(data) != oid:
+            raise CorruptObject(oid.hex(), f"{KIND_NAMES.get(rec.kind, '?')} content does not match its ID")
+        return data, rec.kind
+
+    def _decode(self, oid: bytes, rec: Record) -> bytes:
+        try:
+            if rec.encoding == ENC_RAW:
+                return bytes(rec.payload)
+            if rec.encoding == ENC_ZSTD:
+                return _codec.dctx.decompress(rec.payload)
+            if rec.encoding == ENC_DELTA and rec.kind == KIND_NODE:
+                base = rec.payload[:ID_LEN]
+                base_data = self.get_bytes(base)
+                level, base_entries = parse_node(base, base_data)
+                entries = bytearray(base_entries)
+                for off in range(ID_LEN, len(rec.payload), _DELTA_ENTRY.size):
+                    idx, child = _DELTA_ENTRY.unpack_from(rec.payload, off)
+                    entries[idx * ID_LEN : (idx + 1) * ID_LEN] = child
+                return base_data[:NODE_HEADER_LEN] + bytes(entries)
+        except (zstandard.ZstdError, struct.error, IndexError) as exc:
+            raise CorruptObject(oid.hex(), f"cannot decode stored record: {exc}") from exc
+        raise CorruptObject(oid.hex(), f"unknown encoding {rec.encoding} for kind {rec.kind}")
+
+    def get_page(self, oid: bytes) -> bytes:
+        if oid == ZERO_ID:
+            return ZERO_PAGE
+        return self.get_bytes(oid)
+
+    def get_node(self, oid: bytes) -> bytes:
+        """The child-ID entries of a node (FANOUT * 32 bytes); cached, since trees are re-walked."""
+        if oid == ZERO_ID:
+            return ZERO_ENTRIES
+        with self._cache_lock:
+            entries = self._node_cache.get(oid)
+            if entries is not None:
+                self._node_cache.move_to_end(oid)
+                return entries
+        data, kind = self._load(oid)
+        if kind != KIND_NODE:
+            raise CorruptObject(oid.hex(), f"expected a node, found a {KIND_NAMES.get(kind, '?')}")
+        _level, entries = parse_node(oid, data)
+        with self._cache_lock:
+            self._node_cache[oid] = entries
+            if len(self._node_cache) > self._node_cache_size:
+                self._node_cache.popitem(last=False)
+        return entries
+
+    def get_tree(self, oid: bytes) -> Tree:
+        data, kind = self._load(oid)
+        if kind != KIND_TREE:
+            raise CorruptObject(oid.hex(), f"expected a tree, found a {KIND_NAMES.get(kind, '?')}")
+        return Tree.parse(oid, data)
+
+    def get_commit(self, oid: bytes) -> Commit:
+        data, kind = self._load(oid)
+        if kind != KIND_COMMIT:
+            raise CorruptObject(oid.hex(), f"expected a commit, found a {KIND_NAMES.get(kind, '?')}")
+        return Commit.parse(oid, data)
+
+    def delta_base(self, oid: bytes) -> bytes | None:
+        rec = self.get_record(oid)
+        return rec.payload[:ID_LEN] if rec.encoding == ENC_DELTA else None
+
+    # -- writing ------------------------------------------------------------------------------
+    def writer(self, flush_bytes: int = 64 << 20) -> ObjectWriter:
+        return ObjectWriter(self, flush_bytes)
+
+
+class ObjectWriter:
+    """Batches new objects and writes them in large transactions.
+
+    Use as a context manager: leaving normally flushes (objects durable), leaving by an exception
+    drops what was not flushed. Nothing refers to unflushed objects, so a crash loses only them.
+    """
+
+    def __init__(self, store: ObjectStore, flush_bytes: int) -> None:
+        self.store = store
+        self.flush_bytes = flush_bytes
+        self._pending: dict[bytes, Record] = {}
+        self._pending_bytes = 0
+        self.bytes_written = 0
+        self.objects_written = 0
+
+    def __enter__(self) -> ObjectWriter:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is None:
+            self.flush()
+        else:
+            self._pending.clear()
+
+    def missing(self, oids: list[bytes]) -> list[bytes]:
+        """IDs neither pending here nor stored."""
+        cand = [o for o in oids if o != ZERO_ID and o not in self._pending]
+        return self.store.missing(cand) if cand else []
+
+    def has(self, oid: bytes) -> bool:
+        return oid == ZERO_ID or oid in self._pending or self.store.contains(oid)
+
+    def add(self, oid: bytes, kind: int, data: bytes, compress: bool = True) -> None:
+        """Add an object by its canonical bytes (caller computed ``oid``); skips known IDs."""
+        if oid == ZERO_ID or oid in self._pending:
+            return
+        enc, payload = ENC_RAW, data
+        if compress:
+            packed = _codec.cctx.compress(data)
+            if len(packed) + MIN_COMPRESSION_SAVING <= len(data):
+                enc, payload = ENC_ZSTD, packed
+        self._queue(oid, Record(kind, enc, 0, payload))
+
+    def add_record(self, oid: bytes, rec: Record) -> None:
+        """Add an already-encoded record (from a bundle); the caller has verified it."""
+        if oid != ZERO_ID and oid not in self._pending:
+            self._queue(oid, rec)
+
+    def add_node(self, oid: bytes, data: bytes, base_oid: bytes | None) -> None:
+        """Add a node, as a delta against ``base_oid`` (a node of the same level) when that pays."""
+        if oid == ZERO_ID or oid in self._pending:
+            return
+        if base_oid is not None and base_oid != ZERO_ID:
+            base_rec = self._pending.get(base_oid) or self.store._backend_get(base_oid)
+            if base_rec is not None and base_rec.depth < MAX_DELTA_DEPTH:
+                base_entries = self._node_entries(base_oid)
+                if base_entries is not None and data[:NODE_HEADER_LEN] == self._node_header(base_oid):
+                    delta = encode_delta(base_oid, base_entries, data[NODE_HEADER_LEN:])
+                    if len(delta) <= DELTA_MAX_FRACTION * len(data):
+                        self._queue(oid, Record(KIND_NODE, ENC_DELTA, base_rec.depth + 1, delta))
+                        return
+        self.add(oid, KIND_NODE, data, compress=True)
+
+    def _node_header(self, oid: bytes) -> bytes:
+        return self._node_full(oid)[:NODE_HEADER_LEN]
+
+    def _node_entries(self, oid: bytes) -> bytes | None:
+        return self._node_full(oid)[NODE_HEADER_LEN:]
+
+    def _node_full(self, oid: bytes) -> bytes:
+        rec = self._pending.get(oid)
+        if rec is not None:
+            return self.store._decode(oid, rec)
+        return self.store.get_bytes(oid)
+
+    def _queue(self, oid: bytes, rec: Record) -> None:
+        self._pending[oid] = rec
+        self._pending_bytes += len(rec.payload) + 64
+        if self._pending_bytes >= self.flush_bytes:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        records = list(self._pending.items())
+        self.store._backend_put(records)
+        self.objects_written += len(records)
+        self.bytes_written += sum(len(r.payload) for _, r in records)
+        self._pending.clear()
+        self._pending_bytes = 0
+
+
+class MemoryObjectStore(ObjectStore):
+    """A dict-backed store for tests and scratch work; same behaviour as the LMDB store."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._objects: dict[bytes, Record] = {}
+
+    def _backend_get(self, oid: bytes) -> Record | None:
+        return self._objects.get(oid)
+
+    def _backend_missing(self, oids: list[bytes]) -> list[bytes]:
+        return [o for o in oids if o not in self._objects]
+
+    def _backend_put(self, records: list[tuple[bytes, Record]]) -> None:
+        for oid, rec in records:
+            self._objects.setdefault(oid, rec)
+
+    def iter_ids(self) -> Iterator[tuple[bytes, int]]:
+        yield from ((oid, rec.kind) for oid, rec in list(self._objects.items()))
+
+    def delete(self, oids: Iterable[bytes]) -> int:
+        n = 0
+        for oid in oids:
+            if self._objects.pop(oid, None) is not None:
+                n += 1
+        return n
+
+    def corrupt_for_test(self, oid: bytes, payload: bytes) -> None:
+        rec = self._objects[oid]
+        self._objects[oid] = Record(rec.kind, rec.encoding, rec.depth, payload)
+
+
+__all__ = [
+    "ENC_DELTA",
+    "ENC_RAW",
+    "ENC_ZSTD",
+    "KIND_TREE",
+    "MemoryObjectStore",
+    "ObjectStore",
+    "ObjectWriter",
+    "Record",
+]

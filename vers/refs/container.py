@@ -1,0 +1,339 @@
+"""Refs: HEAD, refs/heads/*, refs/tags/*, ... with compare-and-swap updates and a reflog per ref.
+
+As in dulwich's ``RefsContainer``, every update names the value it expects (``old``) and fails with
+``RefConflict`` if another writer got there first. Backends only provide an atomic transaction over
+a key/value view; the LMDB backend shares the object store's environment, so an update is one LMDB
+write transaction (serialised across processes by LMDB's writer lock).
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import re
+import socket
+import struct
+import threading
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Callable, Iterator, Protocol, TypeVar
+
+import lmdb
+
+from vers.errors import BadRefName, RefConflict, RefError
+
+SYMREF_PREFIX = "ref: "
+HEAD = "HEAD"
+_ANY = object()
+T = TypeVar("T")
+_BAD_REF_CHARS = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
+_REFLOG_KEY = struct.Struct(">Q")
+
+
+def check_ref_name(name: str) -> str:
+    """git check-ref-format rules, plus: only HEAD-like names or refs/...; returns ``name``."""
+    if name in (HEAD, "BISECT_HEAD", "ORIG_HEAD", "FETCH_HEAD"):
+        return name
+    if not name.startswith("refs/"):
+        raise BadRefName(f"bad ref name {name!r}: must start with refs/")
+    parts = name.split("/")
+    if (
+        any(not p or p.startswith(".") or p.endswith(".lock") for p in parts)
+        or ".." in name
+        or "@{" in name
+        or name.endswith(".")
+        or _BAD_REF_CHARS.search(name)
+        or len(name) > 400
+    ):
+        raise BadRefName(f"bad ref name {name!r}")
+    return name
+
+
+def check_short_name(name: str, what: str = "branch") -> str:
+    """A branch or tag name as a user types it (``main``, ``feature/x``)."""
+    if name in ("HEAD", "@") or name.startswith("-") or name.startswith("refs/"):
+        raise BadRefName(f"bad {what} name {name!r}")
+    check_ref_name("refs/heads/" + name)
+    return name
+
+
+def default_identity() -> str:
+    try:
+        user = getpass.getuser()
+    except Exception:  # noqa: BLE001 - no passwd entry in some containers
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+@dataclass(frozen=True)
+class ReflogEntry:
+    old: str | None
+    new: str | None
+    time: int
+    who: str
+    message: str
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.__dict__, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes) -> ReflogEntry:
+        d = json.loads(raw)
+        return cls(d.get("old"), d.get("new"), int(d["time"]), d.get("who", ""), d.get("message", ""))
+
+
+class RefTxn(Protocol):
+    def get(self, name: str) -> str | None: ...
+    def put(self, name: str, value: str) -> None: ...
+    def delete(self, name: str) -> None: ...
+    def log(self, name: str, entry: ReflogEntry) -> None: ...
+
+
+class RefsContainer(ABC):
+    @abstractmethod
+    def _transaction(self, fn: Callable[[RefTxn], T]) -> T:
+        """Run ``fn`` atomically: all of its puts, deletes and log appends, or none."""
+
+    @abstractmethod
+    def _items(self, prefix: str) -> dict[str, str]: ...
+
+    @abstractmethod
+    def _reflog_entries(self, name: str) -> list[ReflogEntry]:
+        """Oldest first."""
+
+    @abstractmethod
+    def _rewrite_reflog(self, name: str, entries: list[ReflogEntry]) -> None: ...
+
+    @abstractmethod
+    def reflog_names(self) -> list[str]: ...
+
+    # -- reading ------------------------------------------------------------------------------
+    def read_ref(self, name: str) -> str | None:
+        """Raw value: ``"ref: refs/heads/x"`` for a symbolic ref, else a hex ID; None if absent."""
+        return self._items(name).get(name)
+
+    def follow(self, name: str) -> tuple[list[str], str | None]:
+        """The chain of names from ``name`` to a non-symbolic ref, and its value."""
+        chain = [name]
+        value = self.read_ref(name)
+        while value is not None and value.startswith(SYMREF_PREFIX):
+            target = value[len(SYMREF_PREFIX) :]
+            if target in chain or len(chain) > 5:
+                raise RefError(f"symbolic ref loop at {name}")
+            chain.append(target)
+            value = self.read_ref(target)
+        return chain, value
+
+    def resolve(self, name: str) -> str | None:
+        return self.follow(name)[1]
+
+    def list_refs(self, prefix: str = "refs/") -> dict[str, str]:
+        return dict(sorted(self._items(prefix).items()))
+
+    def reflog(self, name: str) -> list[ReflogEntry]:
+        """Newest first, like ``git reflog``."""
+        return list(reversed(self._reflog_entries(name)))
+
+    # -- updating -----------------------------------------------------------------------------
+    def set_ref(
+        self,
+        name: str,
+        new: str,
+        old: object = _ANY,
+        message: str = "",
+        follow: bool = True,
+        who: str | None = None,
+    ) -> None:
+        """Point ``name`` (or, if symbolic and ``follow``, its target) at ``new`` if it still
+        holds ``old`` (None: must not exist; default: anything). Logged in every touched reflog."""
+        check_ref_name(name)
+        who = who or default_identity()
+
+        def apply(txn: RefTxn) -> None:
+            chain = [name]
+            value = txn.get(name)
+            while follow and value is not None and value.startswith(SYMREF_PREFIX):
+                chain.append(value[len(SYMREF_PREFIX) :])
+                if len(chain) > 5:
+                    raise RefError(f"symbolic ref loop at {name}")
+                value = txn.get(chain[-1])
+            if old is not _ANY and value != old:
+                raise RefConflict(
+                    f"ref {chain[-1]} is at {value or '(nothing)'}, expected {old or '(nothing)'}: "
+                    "another writer moved it"
+                )
+            target = check_ref_name(chain[-1])
+            txn.put(target, new)
+            entry = ReflogEntry(value, new, int(time.time()), who, message)
+            for ref in chain:
+                txn.log(ref, entry)
+
+        self._transaction(apply)
+
+    def set_symbolic_ref(self, name: str, target: str, message: str = "") -> None:
+        check_ref_name(name)
+        check_ref_name(target)
+        who = default_identity()
+
+        def apply(txn: RefTxn) -> None:
+            old = txn.get(name)
+            txn.put(name, SYMREF_PREFIX + target)
+            old_id = self._resolve_in(txn, old)
+            new_id = self._resolve_in(txn, SYMREF_PREFIX + target)
+            if message:
+                txn.log(name, ReflogEntry(old_id, new_id, int(time.time()), who, message))
+
+        self._transaction(apply)
+
+    @staticmethod
+    def _resolve_in(txn: RefTxn, value: str | None) -> str | None:
+        for _ in range(6):
+            if value is None or not value.startswith(SYMREF_PREFIX):
+                return value
+            value = txn.get(value[len(SYMREF_PREFIX) :])
+        return None
+
+    def delete_ref(self, name: str, old: object = _ANY, message: str = "") -> None:
+        check_ref_name(name)
+
+        def apply(txn: RefTxn) -> None:
+            value = txn.get(name)
+            if value is None:
+                raise RefError(f"ref {name} does not exist")
+            if old is not _ANY and value != old:
+                raise RefConflict(f"ref {name} is at {value}, expected {old}")
+            txn.delete(name)
+            txn.log(name, ReflogEntry(value, None, int(time.time()), default_identity(), message))
+
+        self._transaction(apply)
+
+    def expire_reflog(self, name: str, keep: Callable[[int, ReflogEntry], bool]) -> int:
+        """Drop the entries for which ``keep(age_rank, entry)`` is false (0 = newest)."""
+        entries = self._reflog_entries(name)
+        newest_first = list(reversed(entries))
+        kept = [e for i, e in enumerate(newest_first) if keep(i, e)]
+        if len(kept) != len(entries):
+            self._rewrite_reflog(name, list(reversed(kept)))
+        return len(entries) - len(kept)
+
+
+class DictRefsContainer(RefsContainer):
+    """In-memory refs (tests, scratch repositories)."""
+
+    def __init__(self) -> None:
+        self._refs: dict[str, str] = {}
+        self._logs: dict[str, list[ReflogEntry]] = {}
+        self._lock = threading.Lock()
+
+    def _transaction(self, fn: Callable[[RefTxn], T]) -> T:
+        with self._lock:
+            refs = dict(self._refs)
+            logs: dict[str, list[ReflogEntry]] = {}
+            outer = self
+
+            class Txn:
+                def get(self, name: str) -> str | None:
+                    return refs.get(name)
+
+                def put(self, name: str, value: str) -> None:
+                    refs[name] = value
+
+                def delete(self, name: str) -> None:
+                    refs.pop(name, None)
+
+                def log(self, name: str, entry: ReflogEntry) -> None:
+                    logs.setdefault(name, list(outer._logs.get(name, []))).append(entry)
+
+            result = fn(Txn())
+            self._refs = refs
+            self._logs.update(logs)
+            return result
+
+    def _items(self, prefix: str) -> dict[str, str]:
+        return {k: v for k, v in self._refs.items() if k.startswith(prefix)}
+
+    def _reflog_entries(self, name: str) -> list[ReflogEntry]:
+        return list(self._logs.get(name, []))
+
+    def _rewrite_reflog(self, name: str, entries: list[ReflogEntry]) -> None:
+        with self._lock:
+            self._logs[name] = list(entries)
+
+    def reflog_names(self) -> list[str]:
+        return sorted(self._logs)
+
+
+class LmdbRefsContainer(RefsContainer):
+    """Refs in the ``refs`` database and reflogs in ``reflog`` (key: name NUL big-endian seq)."""
+
+    def __init__(self, env: lmdb.Environment) -> None:
+        self.env = env
+        self.refs_db = env.open_db(b"refs")
+        self.log_db = env.open_db(b"reflog")
+
+    def _transaction(self, fn: Callable[[RefTxn], T]) -> T:
+        refs_db, log_db = self.refs_db, self.log_db
+        with self.env.begin(write=True) as txn:
+
+            class Txn:
+                def get(self, name: str) -> str | None:
+                    v = txn.get(name.encode(), db=refs_db)
+                    return None if v is None else bytes(v).decode()
+
+                def put(self, name: str, value: str) -> None:
+                    txn.put(name.encode(), value.encode(), db=refs_db)
+
+                def delete(self, name: str) -> None:
+                    txn.delete(name.encode(), db=refs_db)
+
+                def log(self, name: str, entry: ReflogEntry) -> None:
+                    prefix = name.encode() + b"\0"
+                    cur = txn.cursor(db=log_db)
+                    moved = cur.prev() if cur.set_range(prefix + b"\xff" * 8) else cur.last()
+                    seq = 0
+                    if moved and cur.key().startswith(prefix):
+                        seq = _REFLOG_KEY.unpack(cur.key()[len(prefix) :])[0] + 1
+                    txn.put(prefix + _REFLOG_KEY.pack(seq), entry.to_json(), db=log_db)
+
+            return fn(Txn())
+
+    def _items(self, prefix: str) -> dict[str, str]:
+        out: dict[str, str] = {}
+        p = prefix.encode()
+        with self.env.begin() as txn:
+            cur = txn.cursor(db=self.refs_db)
+            if cur.set_range(p):
+                for k, v in cur:
+                    if not k.startswith(p):
+                        break
+                    out[k.decode()] = v.decode()
+        return out
+
+    def _iter_log(self, txn: lmdb.Transaction, name: str) -> Iterator[tuple[bytes, bytes]]:
+        prefix = name.encode() + b"\0"
+        cur = txn.cursor(db=self.log_db)
+        if cur.set_range(prefix):
+            for k, v in cur:
+                if not k.startswith(prefix):
+                    break
+                yield k, v
+
+    def _reflog_entries(self, name: str) -> list[ReflogEntry]:
+        with self.env.begin() as txn:
+            return [ReflogEntry.from_json(v) for _, v in self._iter_log(txn, name)]
+
+    def _rewrite_reflog(self, name: str, entries: list[ReflogEntry]) -> None:
+        prefix = name.encode() + b"\0"
+        with self.env.begin(write=True) as txn:
+            for k in [k for k, _ in self._iter_log(txn, name)]:
+                txn.delete(k, db=self.log_db)
+            for seq, e in enumerate(entries):
+                txn.put(prefix + _REFLOG_KEY.pack(seq), e.to_json(), db=self.log_db)
+
+    def reflog_names(self) -> list[str]:
+        names = set()
+        with self.env.begin() as txn:
+            for k, _ in txn.cursor(db=self.log_db):
+                names.add(k.split(b"\0", 1)[0].decode())
+        return sorted(names)

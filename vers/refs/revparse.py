@@ -1,0 +1,114 @@
+"""rev-parse: turn ``main~2``, ``HEAD^2``, ``main@{1}``, ``1a2b3c``, tags and full IDs into commit IDs."""
+
+from __future__ import annotations
+
+import re
+from typing import Callable, Iterable
+
+from vers.errors import AmbiguousRevision, BadRevision
+from vers.refs.container import HEAD, RefsContainer
+
+MIN_PREFIX = 4
+_HEX = re.compile(r"^[0-9a-f]+$")
+_SUFFIX = re.compile(r"(~\d*|\^\d*|@\{-?\d+\})")
+SEARCH_PREFIXES = ("", "refs/", "refs/heads/", "refs/tags/", "refs/remotes/")
+
+
+def expand_ref(refs: RefsContainer, name: str) -> str | None:
+    """The full ref name a short name means (git's order), or None."""
+    if name == "@":
+        name = HEAD
+    for prefix in SEARCH_PREFIXES:
+        full = prefix + name
+        if (full == HEAD or full.startswith("refs/")) and refs.read_ref(full) is not None:
+            return full
+    return None
+
+
+def rev_parse(
+    refs: RefsContainer,
+    rev: str,
+    commits_with_prefix: Callable[[str], Iterable[str]],
+    parents_of: Callable[[str], list[str]],
+) -> str:
+    """Resolve ``rev`` to a full hex commit ID.
+
+    ``commits_with_prefix(p)`` lists commit IDs starting with hex prefix ``p``; ``parents_of(id)``
+    gives a commit's parents (and raises if ``id`` is not a commit).
+    """
+    if not rev or rev != rev.strip():
+        raise BadRevision(f"bad revision {rev!r}")
+    m = re.match(r"^(.*?)((?:~\d*|\^\d*|@\{-?\d+\})*)$", rev)
+    assert m is not None
+    base, suffixes = m.group(1), m.group(2)
+    if not base:
+        if suffixes.startswith("@{"):
+            base = HEAD
+        else:
+            raise BadRevision(f"bad revision {rev!r}")
+    steps = _SUFFIX.findall(suffixes)
+    reflog_step = steps[0] if steps and steps[0].startswith("@{") else None
+    if reflog_step:
+        steps = steps[1:]
+    if any(s.startswith("@{") for s in steps):
+        raise BadRevision(f"bad revision {rev!r}: @{{N}} must follow a ref name")
+
+    commit = _resolve_base(refs, base, reflog_step, commits_with_prefix, rev)
+    for step in steps:
+        n = int(step[1:]) if len(step) > 1 else 1
+        if step[0] == "~":
+            for _ in range(n):
+                parents = parents_of(commit)
+                if not parents:
+                    raise BadRevision(f"{rev}: {commit[:12]} has no parent")
+                commit = parents[0]
+        else:
+            if n == 0:
+                continue
+            parents = parents_of(commit)
+            if len(parents) < n:
+                raise BadRevision(f"{rev}: {commit[:12]} has no parent {n}")
+            commit = parents[n - 1]
+    parents_of(commit)  # is it a commit at all?
+    return commit
+
+
+def _resolve_base(
+    refs: RefsContainer,
+    base: str,
+    reflog_step: str | None,
+    commits_with_prefix: Callable[[str], Iterable[str]],
+    rev: str,
+) -> str:
+    full = expand_ref(refs, base)
+    if reflog_step is not None:
+        if full is None:
+            raise BadRevision(f"{rev}: no ref named {base!r}")
+        n = int(reflog_step[2:-1])
+        if n < 0:
+            raise BadRevision(f"{rev}: negative reflog index")
+        entries = refs.reflog(full)
+        if n == 0 and not entries:
+            value = refs.resolve(full)
+            if value is None:
+                raise BadRevision(f"{rev}: {full} points nowhere")
+            return value
+        if n >= len(entries):
+            raise BadRevision(f"{rev}: the reflog of {full} has only {len(entries)} entries")
+        value = entries[n].new
+        if value is None:
+            raise BadRevision(f"{rev}: {full} was deleted at that point")
+        return value
+    if full is not None:
+        value = refs.resolve(full)
+        if value is None:
+            raise BadRevision(f"{rev}: {full} points to a ref that does not exist (empty repository?)")
+        return value
+    lowered = base.lower()
+    if len(lowered) >= MIN_PREFIX and _HEX.match(lowered):
+        found = sorted(set(commits_with_prefix(lowered)))
+        if len(found) == 1:
+            return found[0]
+        if len(found) > 1:
+            raise AmbiguousRevision(base, found)
+    raise BadRevision(f"unknown revision {rev!r}")

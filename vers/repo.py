@@ -1,0 +1,298 @@
+"""A repository: one object store + one refs container + config, under ``DIR/.vers``.
+
+This is the Python API for scripts (``vers.Repo``); the CLI and every porcelain verb go through it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import time as _time
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any, BinaryIO, Callable, Iterable, Iterator, Mapping, Union
+
+from vers.errors import (
+    BadInput,
+    BadRevision,
+    CorruptObject,
+    NotARepository,
+    ObjectNotFound,
+    RefConflict,
+    RepositoryExists,
+)
+from vers.history import walk
+from vers.objects.imagetree import ImageFile, build_tree, patch_tree, write_image
+from vers.objects.lmdbstore import LmdbObjectStore
+from vers.objects.model import IMAGE_NAME_RE, KIND_COMMIT, PAGE_SIZE, Commit, hash_bytes
+from vers.objects.store import ObjectStore
+from vers.refs.container import HEAD, SYMREF_PREFIX, LmdbRefsContainer, RefsContainer, default_identity
+from vers.refs.revparse import rev_parse
+from vers.statediff import CommitDiff, diff_commits
+
+VERS_DIRNAME = ".vers"
+DEFAULT_BRANCH = "main"
+ImageSource = Union[str, "os.PathLike[str]", BinaryIO]
+
+
+class Repo:
+    """``Repo(path)`` opens the repository at ``path`` (its work dir or its ``.vers`` dir)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        p = Path(path).absolute()
+        if p.name != VERS_DIRNAME and (p / VERS_DIRNAME).is_dir():
+            p = p / VERS_DIRNAME
+        if not (p / "store").is_dir() or not (p / "config.json").is_file():
+            raise NotARepository(f"not a vers repository: {path} (run `vers init`)")
+        self.vers_dir = p
+        self.root = p.parent
+        self.config: dict[str, Any] = json.loads((p / "config.json").read_text())
+        self.store: ObjectStore
+        lstore = LmdbObjectStore.open(p / "store")
+        self.store = lstore
+        self.refs: RefsContainer = LmdbRefsContainer(lstore.env)
+
+    @classmethod
+    def init(cls, path: str | os.PathLike[str] = ".") -> Repo:
+        root = Path(path).absolute()
+        vers_dir = root / VERS_DIRNAME
+        if (vers_dir / "config.json").exists():
+            raise RepositoryExists(f"a vers repository already exists at {vers_dir}")
+        if root.exists() and not root.is_dir():
+            raise BadInput(f"{root} exists and is not a directory")
+        vers_dir.mkdir(parents=True, exist_ok=True)
+        LmdbObjectStore.open(vers_dir / "store").close()
+        tmp = vers_dir / "config.json.tmp"
+        tmp.write_text(json.dumps({"format": 1, "default_branch": DEFAULT_BRANCH}, indent=2) + "\n")
+        os.replace(tmp, vers_dir / "config.json")
+        repo = cls(root)
+        repo.refs.set_symbolic_ref(HEAD, "refs/heads/" + DEFAULT_BRANCH)
+        return repo
+
+    @classmethod
+    def discover(cls, start: str | os.PathLike[str] = ".") -> Repo:
+        p = Path(start).absolute()
+        for d in [p, *p.parents]:
+            if (d / VERS_DIRNAME / "config.json").is_file() or (
+                d.name == VERS_DIRNAME and (d / "config.json").is_file()
+            ):
+                return cls(d)
+        raise NotARepository(f"not a vers repository (or any parent up to /): {p}")
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> Repo:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- names and commits --------------------------------------------------------------------
+    def rev_parse(self, rev: str) -> str:
+        return rev_parse(self.refs, rev, self._commits_with_prefix, self._parents_of)
+
+    def _commits_with_prefix(self, prefix: str) -> Iterator[str]:
+        for oid, kind in self.store.iter_prefix(prefix):
+            if kind == KIND_COMMIT:
+                yield oid.hex()
+
+    def _parents_of(self, cid: str) -> list[str]:
+        return self.get_commit(cid).parents
+
+    def get_commit(self, rev: str) -> Commit:
+        """The commit ``rev`` names (a full ID is used as is, anything else goes through rev-parse)."""
+        if len(rev) == 64 and all(c in "0123456789abcdef" for c in rev):
+            try:
+                return self.store.get_commit(bytes.fromhex(rev))
+            except ObjectNotFound as exc:
+                raise BadRevision(f"unknown revision {rev}") from exc
+            except CorruptObject as exc:
+                if "expected a commit" in exc.reason:
+                    raise BadRevision(f"{rev} is not a commit") from exc
+                raise
+        return self.get_commit(self.rev_parse(rev))
+
+    def head_commit(self) -> str | None:
+        return self.refs.resolve(HEAD)
+
+    def current_branch(self) -> str | None:
+        value = self.refs.read_ref(HEAD)
+        if value and value.startswith(SYMREF_PREFIX + "refs/heads/"):
+            return value[len(SYMREF_PREFIX + "refs/heads/") :]
+        return None
+
+    def set_head_detached(self, cid: str, message: str = "checkout") -> None:
+        self.get_commit(cid)
+        self.refs.set_ref(HEAD, cid, follow=False, message=message)
+
+    def set_head_branch(self, branch: str, message: str = "checkout") -> None:
+        self.refs.set_symbolic_ref(HEAD, "refs/heads/" + branch, message=message)
+
+    # -- writing commits ----------------------------------------------------------------------
+    def snapshot(
+        self,
+        images: Mapping[str, ImageSource],
+        *,
+        message: str = "",
+        config: Mapping[str, Any] | None = None,
+        parents: list[str] | None = None,
+        dirty: Mapping[str, Iterable[int]] | None = None,
+        ref: str | None = HEAD,
+        author: str | None = None,
+        time: int | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> str:
+        """Store ``images`` as a new commit and advance ``ref`` (compare-and-swap); returns its ID.
+
+        With ``parents`` left out, the commit's parent is whatever ``ref`` points to when the ref
+        moves: if another writer moved it meanwhile, the commit is re-parented onto theirs, so both
+        land. With explicit ``parents``, a moved ref is a ``RefConflict``.
+        """
+        if not images:
+            raise BadInput("nothing to commit: no images given")
+        for name in images:
+            if not IMAGE_NAME_RE.match(name):
+                raise BadInput(f"bad image name {name!r} (want [a-z][a-z0-9_-]*)")
+        explicit = parents is not None
+        if parents is None:
+            head = self.refs.resolve(ref) if ref else None
+            parents = [head] if head else []
+        base = self.get_commit(parents[0]) if parents else None
+        trees: dict[str, str] = {}
+        with ExitStack() as stack:
+            opened = {n: _open_source(stack, n, src) for n, src in images.items()}
+            with self.store.writer() as w:
+                for name, (f, size) in opened.items():
+                    base_tree = None
+                    if base is not None and name in base.images:
+                        base_tree = self.store.get_tree(bytes.fromhex(base.images[name]))
+                    if dirty is not None and name in dirty and base_tree and base_tree.size == size:
+                        tree_id = patch_tree(w, base_tree, dirty[name], _page_reader(f, size))
+                    else:
+                        f.seek(0)
+                        tree_id = build_tree(w, f, size, base_tree, progress)
+                    trees[name] = tree_id.hex()
+        return self._write_commit(
+            trees, parents, explicit, ref, message, dict(config or {}), author, time
+        )
+
+    def _write_commit(
+        self,
+        trees: dict[str, str],
+        parents: list[str],
+        explicit: bool,
+        ref: str | None,
+        message: str,
+        config: dict[str, Any],
+        author: str | None,
+        when: int | None,
+    ) -> str:
+        author = author or os.environ.get("VERS_AUTHOR") or default_identity()
+        for _attempt in range(20):
+            commit = Commit(images=trees, parents=parents, author=author,
+                            time=int(_time.time()) if when is None else when,
+                            message=message, config=config)
+            data = commit.serialize()
+            oid = hash_bytes(data)
+            with self.store.writer() as w:
+                w.add(oid, KIND_COMMIT, data, compress=False)
+            if ref is None:
+                return oid.hex()
+            expected = parents[0] if parents else None
+            try:
+                self.refs.set_ref(ref, oid.hex(), old=expected,
+                                  message=f"commit: {commit.summary}" if message else "commit")
+                return oid.hex()
+            except RefConflict:
+                if explicit:
+                    raise
+                now = self.refs.resolve(ref)
+                parents = [now] if now else []
+        raise RefConflict(f"could not move {ref}: it kept changing under us")
+
+    # -- reading images -----------------------------------------------------------------------
+    def open_image(self, rev: str, name: str) -> ImageFile:
+        commit = self.get_commit(rev)
+        if name not in commit.images:
+            have = ", ".join(sorted(commit.images)) or "none"
+            raise BadInput(f"commit {commit.id[:12]} has no image {name!r} (it has: {have})")
+        return ImageFile(self.store, self.store.get_tree(bytes.fromhex(commit.images[name])), name)
+
+    def export_image(self, rev: str, name: str, out: str | os.PathLike[str]) -> None:
+        image = self.open_image(rev, name)
+        tmp = Path(str(out) + ".vers-tmp")
+        try:
+            with open(tmp, "wb") as f:
+                write_image(self.store, image.reader.tree, f)
+            os.replace(tmp, out)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise BadInput(f"cannot write {out}: {exc.strerror}") from exc
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    # -- history ------------------------------------------------------------------------------
+    def log(self, rev: str = HEAD, exclude: Iterable[str] = (), first_parent: bool = False) -> Iterator[Commit]:
+        """Commits reachable from ``rev`` (or an ``A..B`` range), newest first."""
+        if ".." in rev:
+            a, b = rev.split("..", 1)
+            include, excl = [self.rev_parse(b or HEAD)], [self.rev_parse(a or HEAD), *exclude]
+        else:
+            include, excl = [self.rev_parse(rev)], list(exclude)
+        excl = [self.rev_parse(e) if len(e) != 64 else e for e in excl]
+        return walk(self.get_commit, include, excl, first_parent)
+
+    def diff(self, a: str, b: str) -> CommitDiff:
+        return diff_commits(self.store, self.get_commit(a), self.get_commit(b))
+
+
+def _open_source(stack: ExitStack, name: str, src: ImageSource) -> tuple[BinaryIO, int]:
+    if isinstance(src, (str, os.PathLike)):
+        path = os.fspath(src)
+        try:
+            st = os.stat(path)
+            if stat.S_ISDIR(st.st_mode):
+                raise BadInput(f"{name} image {path} is a directory")
+            f = stack.enter_context(open(path, "rb"))
+        except FileNotFoundError as exc:
+            raise BadInput(f"{name} image {path}: no such file") from exc
+        except PermissionError as exc:
+            raise BadInput(f"{name} image {path}: permission denied") from exc
+        except OSError as exc:
+            raise BadInput(f"{name} image {path}: {exc.strerror}") from exc
+        size = f.seek(0, os.SEEK_END)
+    else:
+        f = src
+        try:
+            size = f.seek(0, os.SEEK_END)
+        except (OSError, AttributeError) as exc:
+            raise BadInput(f"{name} image must be a seekable file") from exc
+    _check_size(name, size)
+    f.seek(0)
+    return f, size
+
+
+def _check_size(name: str, size: int) -> None:
+    if name == "memory" and (size == 0 or size % PAGE_SIZE):
+        raise BadInput(f"memory image size {size} is not a positive multiple of {PAGE_SIZE} bytes")
+    if name.startswith("disk") and (size == 0 or size % 512):
+        raise BadInput(f"{name} image size {size} is not a positive multiple of 512 bytes")
+
+
+def _page_reader(f: BinaryIO, size: int) -> Callable[[int], bytes]:
+    try:
+        fd: int | None = f.fileno()
+    except (OSError, AttributeError, ValueError):
+        fd = None
+
+    def read(page: int) -> bytes:
+        n = min(PAGE_SIZE, size - page * PAGE_SIZE)
+        if fd is not None:
+            return os.pread(fd, n, page * PAGE_SIZE)
+        f.seek(page * PAGE_SIZE)
+        return f.read(n)
+
+    return read
