@@ -1,0 +1,5 @@
+"""vers CLI commands: core."""
+
+from __future__ import annotations
+
+from vers.cli._group import cli  # noqa: F401
