@@ -30,7 +30,7 @@ import json
 import os
 import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from vers.errors import FuseError
 from vers.fuse import mount as mnt
@@ -88,7 +88,7 @@ class BackingDaemon:
                 f"the FUSE backing daemon of {self.repo.root} is not running ({exc.strerror}); "
                 f"see {self.log_path}"
             ) from exc
-        except socket.timeout as exc:
+        except TimeoutError as exc:
             raise FuseError(f"the FUSE backing daemon did not answer '{op}' in {timeout:.0f} s") from exc
         except OSError as exc:
             raise FuseError(f"the FUSE backing daemon failed on '{op}': {exc}") from exc
@@ -171,7 +171,7 @@ class FuseBacking:
         """The current content has been committed: the next dirty set starts empty."""
         self._request("mark_clean")
 
-    def branch(self, child_vm_dir: str | os.PathLike[str]) -> "FuseBacking":
+    def branch(self, child_vm_dir: str | os.PathLike[str]) -> FuseBacking:
         """A child with the same content right now; later writes on either side stay private."""
         self.flush()
         child = FuseBacking(self.repo, self.image, self.daemon)
@@ -198,7 +198,7 @@ class FuseBacking:
             raise FuseError("backing file not prepared")
         return self.daemon.request(op, name=self.name, **args)
 
-    def __enter__(self) -> "FuseBacking":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

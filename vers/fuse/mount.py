@@ -20,8 +20,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from vers.errors import FuseError
 
@@ -74,7 +74,7 @@ def check_alive(mountpoint: str | os.PathLike[str], what: str = "FUSE daemon") -
 def detach(mountpoint: str | os.PathLike[str], lazy: bool = False) -> None:
     """Unmount; ``lazy`` also works when the daemon is dead or files are still open."""
     args = [_fusermount(), "-u", "-q"] + (["-z"] if lazy else []) + [os.fspath(mountpoint)]
-    res = subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    res = subprocess.run(args, check=False, stdin=subprocess.DEVNULL, capture_output=True, text=True)
     if res.returncode != 0:
         msg = (res.stderr or res.stdout).strip() or f"exit {res.returncode}"
         raise FuseError(f"cannot unmount {mountpoint}: {msg}")

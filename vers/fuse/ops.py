@@ -13,7 +13,8 @@ from __future__ import annotations
 import errno
 import logging
 import os
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import pyfuse3
 
@@ -113,7 +114,7 @@ class InspectOperations(pyfuse3.Operations):
         for index in range(start_id, len(names)):
             child = "/" + names[index] if path == "/" else f"{path}/{names[index]}"
             try:
-                attr = translate(lambda: self.view.getattr(child))
+                attr = translate(lambda c=child: self.view.getattr(c))
             except pyfuse3.FUSEError:
                 continue  # vanished between listing and stat (a ref moved): skip, don't fail
             if not pyfuse3.readdir_reply(token, os.fsencode(names[index]),

@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Protocol
 
 PAGE_SIZE = 4096
 _ONE = b"\x01"
@@ -60,7 +61,7 @@ class Layer:
         self.refs = 1
         self.frozen = False
 
-    def acquire(self) -> "Layer":
+    def acquire(self) -> Layer:
         self.refs += 1
         return self
 
@@ -202,7 +203,7 @@ class OverlayImage:
         self.dirty = bytearray(self.npages)
 
     # ------------------------------------------------------------------ branching
-    def branch(self) -> "OverlayImage":
+    def branch(self) -> OverlayImage:
         """Freeze the current top layer under both self and a new child image; return the child."""
         old_top = self.top
         layers = [*self.frozen, old_top]

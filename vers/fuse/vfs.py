@@ -31,8 +31,9 @@ import json
 import stat
 import time
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator, Protocol
+from typing import Any, Protocol
 
 from blake3 import blake3
 
@@ -148,7 +149,7 @@ class RepoView:
     def head(self) -> str | None:
         try:
             return str(self.repo.rev_parse("HEAD"))
-        except Exception:  # an unborn HEAD is not an error for a view: HEAD is simply absent
+        except Exception:  # noqa: BLE001 - an unborn HEAD is not an error for a view: HEAD is simply absent
             return None
 
     def reachable_commits(self) -> list[str]:
