@@ -146,6 +146,15 @@ class ObjectStore(ABC):
             raise CorruptObject(oid.hex(), f"{KIND_NAMES.get(rec.kind, '?')} content does not match its ID")
         return data, rec.kind
 
+    def decode_record(self, oid: bytes, rec: Record) -> bytes:
+        """Canonical bytes of a record from elsewhere (a bundle), verified against ``oid``.
+
+        A delta record's base must already be in this store."""
+        data = self._decode(oid, rec)
+        if hash_bytes(data) != oid:
+            raise CorruptObject(oid.hex(), f"{KIND_NAMES.get(rec.kind, '?')} content does not match its ID")
+        return data
+
     def _decode(self, oid: bytes, rec: Record) -> bytes:
         try:
             if rec.encoding == ENC_RAW:
