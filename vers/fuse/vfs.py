@@ -37,6 +37,8 @@ from typing import Any, Protocol
 
 from blake3 import blake3
 
+from vers.errors import BadRevision
+
 ROOT_INODE = 1
 _FULL_ID_LEN = 64
 _HEX = frozenset("0123456789abcdef")
@@ -119,7 +121,10 @@ class RepoView:
     def commit(self, cid: str) -> Any:
         c = self._commits.get(cid)
         if c is None:
-            c = self.repo.get_commit(cid)
+            try:
+                c = self.repo.get_commit(cid)
+            except BadRevision:
+                raise KeyError(cid) from None
             if c.id != cid:  # a prefix or name resolved to something else: not this path
                 raise KeyError(cid)
             self._commits[cid] = c
@@ -147,10 +152,8 @@ class RepoView:
         return list_refs(self.repo, kind)
 
     def head(self) -> str | None:
-        try:
-            return str(self.repo.rev_parse("HEAD"))
-        except Exception:  # noqa: BLE001 - an unborn HEAD is not an error for a view: HEAD is simply absent
-            return None
+        head = self.repo.head_commit()  # None for an unborn HEAD: then HEAD is simply absent
+        return str(head) if head else None
 
     def reachable_commits(self) -> list[str]:
         """Commits reachable from HEAD, branches and tags (cached while the tips stay the same)."""
@@ -327,25 +330,14 @@ class RepoView:
 
 
 def list_refs(repo: Any, kind: str) -> dict[str, str]:
-    """{short name: commit id} of refs/<kind>/*, through whatever listing the refs container has."""
-    refs = repo.refs
+    """{short name: commit id} of refs/<kind>/* (symbolic refs followed; dangling ones left out)."""
     prefix = f"refs/{kind}/"
-    for meth in ("as_dict", "list_refs", "items"):
-        fn = getattr(refs, meth, None)
-        if fn is None:
-            continue
-        try:
-            found = fn(prefix) if meth != "items" else fn()
-        except TypeError:
-            found = fn()
-        items = found.items() if isinstance(found, dict) else found
-        out: dict[str, str] = {}
-        for name, value in items:
-            name = str(name)
-            if name.startswith(prefix):
-                name = name[len(prefix):]
-            elif meth != "as_dict" or name.startswith("refs/"):
+    out: dict[str, str] = {}
+    for name, value in repo.refs.list_refs(prefix).items():
+        if value.startswith("ref: "):
+            resolved = repo.refs.resolve(name)
+            if resolved is None:
                 continue
-            out[name] = str(value)
-        return out
-    raise TypeError("repository refs container cannot list refs")
+            value = resolved
+        out[name.removeprefix(prefix)] = value
+    return out
