@@ -9,9 +9,10 @@ import json
 import os
 import stat
 import time as _time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterable, Iterator, Mapping, Union
+from typing import Any, BinaryIO, Union
 
 from vers.errors import (
     BadInput,
@@ -27,7 +28,13 @@ from vers.objects.imagetree import ImageFile, build_tree, patch_tree, write_imag
 from vers.objects.lmdbstore import LmdbObjectStore
 from vers.objects.model import IMAGE_NAME_RE, KIND_COMMIT, PAGE_SIZE, Commit, hash_bytes
 from vers.objects.store import ObjectStore
-from vers.refs.container import HEAD, SYMREF_PREFIX, LmdbRefsContainer, RefsContainer, default_identity
+from vers.refs.container import (
+    HEAD,
+    SYMREF_PREFIX,
+    LmdbRefsContainer,
+    RefsContainer,
+    default_identity,
+)
 from vers.refs.revparse import rev_parse
 from vers.statediff import CommitDiff, diff_commits
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vers.objects.imagetree import PageRange, diff_trees
-from vers.objects.model import PAGE_SIZE, Commit, ZERO_ID, Tree
+from vers.objects.model import PAGE_SIZE, ZERO_ID, Commit, Tree
 from vers.objects.store import ObjectStore
 
 

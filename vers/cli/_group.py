@@ -15,6 +15,7 @@ import click
 
 from vers.errors import VersError
 
+
 class VersGroup(click.Group):
     """Turns VersError into a one-line message and its exit code: the only place that does."""
 

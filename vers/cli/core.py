@@ -1,5 +1,225 @@
-"""vers CLI commands: core."""
+"""vers CLI commands of the object store and history: init, snapshot, log, show, diff, export,
+rev-parse, tags, branches, reflog. Each command parses arguments and calls vers.porcelain."""
 
 from __future__ import annotations
 
-from vers.cli._group import cli  # noqa: F401
+import json
+import sys
+
+import click
+
+from vers.cli._group import cli, emit_json, info, open_repo
+from vers.errors import BadInput
+from vers.porcelain import diff as diff_mod
+from vers.porcelain import export as export_mod
+from vers.porcelain import init as init_mod
+from vers.porcelain import log as log_mod
+from vers.porcelain import refs as refs_mod
+from vers.porcelain import show as show_mod
+from vers.porcelain import snapshot as snapshot_mod
+
+
+def _named_images(pairs: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        name, sep, path = pair.partition("=")
+        if not sep or not name or not path:
+            raise BadInput(f"--image wants NAME=FILE, got {pair!r}")
+        out[name] = path
+    return out
+
+
+@cli.command()
+@click.argument("directory", default=".", type=click.Path(file_okay=False))
+def init(directory: str) -> None:
+    """Create an empty repository in DIRECTORY (default: here)."""
+    repo = init_mod.init(directory)
+    info(f"Initialized empty vers repository in {repo.vers_dir}")
+
+
+@cli.command()
+@click.option("--memory", "memory", type=click.Path(), help="Memory image file.")
+@click.option("--disk", "disks", multiple=True, type=click.Path(), help="Disk image (repeat for more).")
+@click.option("--devstate", type=click.Path(), help="Device state file.")
+@click.option("--image", "extra", multiple=True, metavar="NAME=FILE", help="Any other named image.")
+@click.option("-m", "--message", default="", help="Commit message.")
+@click.option("--config", "config_json", default=None, help="Machine configuration as a JSON object.")
+def snapshot(memory: str | None, disks: tuple[str, ...], devstate: str | None,
+             extra: tuple[str, ...], message: str, config_json: str | None) -> None:
+    """Commit image files as a new commit on the current branch; prints its ID."""
+    config = None
+    if config_json:
+        try:
+            config = json.loads(config_json)
+        except json.JSONDecodeError as exc:
+            raise BadInput(f"--config is not valid JSON: {exc}") from exc
+        if not isinstance(config, dict):
+            raise BadInput("--config must be a JSON object")
+    repo = open_repo()
+    images = snapshot_mod.image_map(memory, disks, devstate, _named_images(extra))
+    cid = snapshot_mod.snapshot(repo, images, message, config)
+    branch = repo.current_branch()
+    info(f"[{branch or 'detached HEAD'} {cid[:12]}] {message.splitlines()[0] if message else ''}".rstrip())
+    click.echo(cid)
+
+
+@cli.command("rev-parse")
+@click.argument("revs", nargs=-1, required=True)
+@click.option("--short", is_flag=True, help="Print 12-character IDs.")
+def rev_parse(revs: tuple[str, ...], short: bool) -> None:
+    """Print the full commit ID each REV names."""
+    repo = open_repo()
+    for rev in revs:
+        cid = repo.rev_parse(rev)
+        click.echo(cid[:12] if short else cid)
+
+
+@cli.command()
+@click.argument("rev", default="HEAD")
+@click.option("--oneline", is_flag=True, help="Short ID and message, one line per commit.")
+@click.option("--graph", is_flag=True, help="Draw the commit graph.")
+@click.option("-n", "--max-count", type=click.IntRange(min=0), default=None)
+@click.option("--first-parent", is_flag=True)
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+def log(rev: str, oneline: bool, graph: bool, max_count: int | None, first_parent: bool, fmt: str) -> None:
+    """Show history from REV (or an A..B range), newest first."""
+    repo = open_repo()
+    if rev == "HEAD" and repo.head_commit() is None:
+        raise BadInput(f"your current branch '{repo.current_branch()}' does not have any commits yet")
+    commits = log_mod.log_commits(repo, rev, max_count, first_parent)
+    if fmt == "json":
+        emit_json([log_mod.commit_json(c) for c in commits])
+        return
+    deco = log_mod.decorations(repo)
+
+    def render(c: object) -> str:
+        fn = log_mod.format_oneline if oneline else log_mod.format_full
+        return fn(c, deco.get(c.id, []))  # type: ignore[attr-defined]
+
+    if graph:
+        for line in log_mod.graph_lines(commits, render):
+            click.echo(line)
+    else:
+        for i, c in enumerate(commits):
+            if not oneline and i:
+                click.echo("")
+            click.echo(render(c).rstrip("\n"))
+
+
+@cli.command()
+@click.argument("rev", default="HEAD")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+def show(rev: str, fmt: str) -> None:
+    """Show one commit: metadata, images and machine configuration."""
+    repo = open_repo()
+    if fmt == "json":
+        emit_json(show_mod.show_data(repo, rev))
+    else:
+        click.echo(show_mod.show_text(repo, rev))
+
+
+@cli.command()
+@click.argument("a")
+@click.argument("b", required=False)
+@click.option("--stat", is_flag=True, help="One summary line per image.")
+@click.option("--exit-code", is_flag=True, help="Exit 1 if the commits differ, 0 if not.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+def diff(a: str, b: str | None, stat: bool, exit_code: bool, fmt: str) -> None:
+    """Changed memory pages and disk blocks between commits A and B (default B: HEAD)."""
+    repo = open_repo()
+    d = repo.diff(a, b or "HEAD")
+    if fmt == "json":
+        emit_json(d.to_json())
+    else:
+        text = diff_mod.format_stat(d) if stat else diff_mod.format_ranges(d)
+        if text:
+            click.echo(text)
+    if exit_code and d.changed:
+        sys.exit(1)
+
+
+@cli.command()
+@click.argument("rev")
+@click.option("--memory", type=click.Path(dir_okay=False), help="Write the memory image here.")
+@click.option("--disk", "disks", multiple=True, type=click.Path(dir_okay=False),
+              help="Write disk, disk1, ... here (repeat).")
+@click.option("--devstate", type=click.Path(dir_okay=False))
+@click.option("--image", "extra", multiple=True, metavar="NAME=OUT")
+def export(rev: str, memory: str | None, disks: tuple[str, ...], devstate: str | None,
+           extra: tuple[str, ...]) -> None:
+    """Write a commit's images back to files (sparse where zero)."""
+    repo = open_repo()
+    outputs = {k: str(v) for k, v in snapshot_mod.image_map(memory, disks, devstate, _named_images(extra)).items()}
+    for name in export_mod.export(repo, rev, outputs):
+        info(f"exported {name} to {outputs[name]}")
+
+
+@cli.command()
+@click.argument("name", required=False)
+@click.argument("rev", default="HEAD")
+@click.option("-d", "--delete", is_flag=True, help="Delete the tag.")
+@click.option("-f", "--force", is_flag=True, help="Move an existing tag.")
+def tag(name: str | None, rev: str, delete: bool, force: bool) -> None:
+    """List tags, or tag REV (default HEAD) as NAME."""
+    repo = open_repo()
+    if name is None:
+        for t in refs_mod.list_tags(repo):
+            click.echo(t.short)
+    elif delete:
+        cid = refs_mod.delete_tag(repo, name)
+        info(f"Deleted tag {name} (was {cid[:12]})")
+    else:
+        refs_mod.create_tag(repo, name, rev, force)
+
+
+@cli.command("branch-list")
+@click.option("-v", "--verbose", is_flag=True, help="Show each branch's commit and message.")
+def branch_list(verbose: bool) -> None:
+    """List branches; the current one is marked with '*'."""
+    repo = open_repo()
+    for b in refs_mod.list_branches(repo):
+        mark = "*" if b.current else " "
+        if verbose:
+            click.echo(f"{mark} {b.short} {b.commit[:12]} {repo.get_commit(b.commit).summary}")
+        else:
+            click.echo(f"{mark} {b.short}")
+
+
+@cli.command("branch-create")
+@click.argument("name")
+@click.argument("rev", default="HEAD")
+@click.option("-f", "--force", is_flag=True, help="Move the branch if it exists.")
+def branch_create(name: str, rev: str, force: bool) -> None:
+    """Create branch NAME at REV (a ref only; `vers branch` forks a live VM)."""
+    click.echo(refs_mod.create_branch(open_repo(), name, rev, force))
+
+
+@cli.command("branch-delete")
+@click.argument("name")
+def branch_delete(name: str) -> None:
+    """Delete branch NAME."""
+    cid = refs_mod.delete_branch(open_repo(), name)
+    info(f"Deleted branch {name} (was {cid[:12]})")
+
+
+@cli.command()
+@click.argument("name")
+def switch(name: str) -> None:
+    """Make branch NAME current (moves HEAD only; `vers checkout` restores a machine)."""
+    cid = refs_mod.switch(open_repo(), name)
+    info(f"Switched to branch '{name}' at {cid[:12]}")
+
+
+@cli.command("show-ref")
+def show_ref() -> None:
+    """List every ref with the commit it names."""
+    for cid, name in refs_mod.show_refs(open_repo()):
+        click.echo(f"{cid} {name}")
+
+
+@cli.command()
+@click.argument("ref", default="HEAD")
+def reflog(ref: str) -> None:
+    """Where REF has pointed, newest first."""
+    for line in refs_mod.reflog(open_repo(), ref):
+        click.echo(line)

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO, Callable, Iterable, Iterator
+from typing import BinaryIO
 
 from vers.errors import BadInput
 from vers.objects.model import (
@@ -349,3 +350,6 @@ def write_image(store: ObjectStore, tree: Tree, out: BinaryIO) -> None:
         out.write(data)
         pos = off + len(data)
     out.truncate(fd_size)
+    end = out.seek(0, os.SEEK_END)
+    if end < fd_size:  # in-memory files do not grow on truncate
+        out.write(bytes(fd_size - end))

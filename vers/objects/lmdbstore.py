@@ -12,8 +12,8 @@ from __future__ import annotations
 import os
 import struct
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import lmdb
 

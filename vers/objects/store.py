@@ -18,8 +18,8 @@ import struct
 import threading
 from abc import ABC, abstractmethod
 from collections import OrderedDict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Iterable, Iterator
 
 import zstandard
 
@@ -109,7 +109,7 @@ class ObjectStore(ABC):
     def delete(self, oids: Iterable[bytes]) -> int:
         """Remove objects (used by gc only); returns how many were removed."""
 
-    def close(self) -> None:  # noqa: B027 - optional for backends
+    def close(self) -> None:
         pass
 
     def iter_prefix(self, hex_prefix: str) -> Iterator[tuple[bytes, int]]:
@@ -164,7 +164,7 @@ class ObjectStore(ABC):
             if rec.encoding == ENC_DELTA and rec.kind == KIND_NODE:
                 base = rec.payload[:ID_LEN]
                 base_data = self.get_bytes(base)
-                level, base_entries = parse_node(base, base_data)
+                _level, base_entries = parse_node(base, base_data)
                 entries = bytearray(base_entries)
                 for off in range(ID_LEN, len(rec.payload), _DELTA_ENTRY.size):
                     idx, child = _DELTA_ENTRY.unpack_from(rec.payload, off)

@@ -16,8 +16,9 @@ import struct
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Callable, Iterator, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 import lmdb
 
@@ -25,7 +26,8 @@ from vers.errors import BadRefName, RefConflict, RefError
 
 SYMREF_PREFIX = "ref: "
 HEAD = "HEAD"
-_ANY = object()
+ANY = object()  # "any current value" for compare-and-swap updates
+_ANY = ANY
 T = TypeVar("T")
 _BAD_REF_CHARS = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
 _REFLOG_KEY = struct.Struct(">Q")
@@ -52,9 +54,12 @@ def check_ref_name(name: str) -> str:
 
 def check_short_name(name: str, what: str = "branch") -> str:
     """A branch or tag name as a user types it (``main``, ``feature/x``)."""
-    if name in ("HEAD", "@") or name.startswith("-") or name.startswith("refs/"):
+    if name in ("HEAD", "@") or name.startswith(("-", "refs/")):
         raise BadRefName(f"bad {what} name {name!r}")
-    check_ref_name("refs/heads/" + name)
+    try:
+        check_ref_name("refs/heads/" + name)
+    except BadRefName as exc:
+        raise BadRefName(f"bad {what} name {name!r}") from exc
     return name
 
 

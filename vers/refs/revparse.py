@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from vers.errors import AmbiguousRevision, BadRevision
 from vers.refs.container import HEAD, RefsContainer

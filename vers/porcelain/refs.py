@@ -1,0 +1,107 @@
+"""Branches, tags, show-ref and reflog: naming commits without touching any VM."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vers.errors import BadRevision, RefError
+from vers.refs.container import ANY, HEAD, SYMREF_PREFIX, check_short_name
+from vers.repo import Repo
+
+
+@dataclass(frozen=True)
+class RefInfo:
+    name: str
+    short: str
+    commit: str
+    current: bool
+
+
+def list_branches(repo: Repo) -> list[RefInfo]:
+    current = repo.current_branch()
+    out = []
+    for name, value in repo.refs.list_refs("refs/heads/").items():
+        if value.startswith(SYMREF_PREFIX):
+            continue
+        s = name[len("refs/heads/") :]
+        out.append(RefInfo(name, s, value, s == current))
+    return out
+
+
+def create_branch(repo: Repo, name: str, rev: str = HEAD, force: bool = False) -> str:
+    check_short_name(name)
+    cid = repo.rev_parse(rev)
+    ref = "refs/heads/" + name
+    repo.refs.set_ref(ref, cid, old=ANY if force else None, message=f"branch: created from {rev}")
+    return cid
+
+
+def delete_branch(repo: Repo, name: str) -> str:
+    check_short_name(name)
+    if repo.current_branch() == name:
+        raise RefError(f"cannot delete branch {name!r}: it is the current branch")
+    ref = "refs/heads/" + name
+    value = repo.refs.read_ref(ref)
+    if value is None:
+        raise RefError(f"branch {name!r} not found")
+    repo.refs.delete_ref(ref, old=value, message="branch: deleted")
+    return value
+
+
+def switch(repo: Repo, name: str) -> str:
+    """Point HEAD at branch ``name`` (no VM is touched; `vers checkout` restores a machine)."""
+    check_short_name(name)
+    value = repo.refs.read_ref("refs/heads/" + name)
+    if value is None:
+        raise RefError(f"branch {name!r} not found")
+    repo.set_head_branch(name, message=f"switch: moving to {name}")
+    return value
+
+
+def list_tags(repo: Repo) -> list[RefInfo]:
+    return [RefInfo(n, n[len("refs/tags/") :], v, False)
+            for n, v in repo.refs.list_refs("refs/tags/").items()]
+
+
+def create_tag(repo: Repo, name: str, rev: str = HEAD, force: bool = False) -> str:
+    check_short_name(name, "tag")
+    cid = repo.rev_parse(rev)
+    ref = "refs/tags/" + name
+    if not force and repo.refs.read_ref(ref) is not None:
+        raise RefError(f"tag {name!r} already exists (use -f to move it)")
+    repo.refs.set_ref(ref, cid, message=f"tag: {rev}")
+    return cid
+
+
+def delete_tag(repo: Repo, name: str) -> str:
+    check_short_name(name, "tag")
+    ref = "refs/tags/" + name
+    value = repo.refs.read_ref(ref)
+    if value is None:
+        raise RefError(f"tag {name!r} not found")
+    repo.refs.delete_ref(ref, old=value, message="tag: deleted")
+    return value
+
+
+def show_refs(repo: Repo) -> list[tuple[str, str]]:
+    out = []
+    head = repo.head_commit()
+    if head:
+        out.append((head, HEAD))
+    for name, value in repo.refs.list_refs("refs/").items():
+        if not value.startswith(SYMREF_PREFIX):
+            out.append((value, name))
+    return out
+
+
+def reflog(repo: Repo, ref: str = HEAD) -> list[str]:
+    from vers.refs.revparse import expand_ref
+
+    full = expand_ref(repo.refs, ref) or ref
+    if full != HEAD and not full.startswith("refs/"):
+        raise BadRevision(f"no ref named {ref!r}")
+    lines = []
+    for i, e in enumerate(repo.refs.reflog(full)):
+        short = (e.new or "0" * 12)[:12]
+        lines.append(f"{short} {ref}@{{{i}}}: {e.message}")
+    return lines

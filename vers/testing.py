@@ -1,0 +1,35 @@
+"""Builders for tests and benchmarks (like dulwich's build_commit_graph): cheap images and histories."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+from vers.objects.model import PAGE_SIZE
+
+
+def make_image(path: str | os.PathLike[str], size: int, seed: int = 0,
+               random_fraction: float = 0.5, zero_fraction: float = 0.25) -> bytearray:
+    """An image like guest memory: a random part, an all-zero part and compressible text."""
+    rnd = random.Random(seed)
+    pages = size // PAGE_SIZE
+    n_random = int(pages * random_fraction)
+    n_zero = int(pages * zero_fraction)
+    data = bytearray(rnd.randbytes(n_random * PAGE_SIZE))
+    data += bytes(n_zero * PAGE_SIZE)
+    text = b"".join(b"line %08d of some compressible guest data\n" % i for i in range(2000))
+    rest = size - len(data)
+    data += (text * (rest // len(text) + 1))[:rest]
+    Path(path).write_bytes(data)
+    return data
+
+
+def mutate_pages(data: bytearray, fraction: float, seed: int) -> list[int]:
+    """Give ``fraction`` of the pages new random content; returns the page indices changed."""
+    rnd = random.Random(seed)
+    pages = len(data) // PAGE_SIZE
+    chosen = sorted(rnd.sample(range(pages), max(1, int(pages * fraction))))
+    for p in chosen:
+        data[p * PAGE_SIZE : (p + 1) * PAGE_SIZE] = rnd.randbytes(PAGE_SIZE)
+    return chosen
