@@ -1,36 +1,33 @@
-"""Lazily-backed VM memory and disk: the client side, for the VMM.
+"""Lazily-backed VM memory and disk files: the client side of the backing daemon.
 
-``FuseBacking`` gives QEMU a file whose initial content is a commit's image, read page by page from
-the store when the guest first touches a page, and whose writes are kept by the repository's backing
-daemon (``vers.fuse.backing_daemon``). Use it as ``-object memory-backend-file,share=on,
-mem-path=<path>`` for RAM, or as a raw disk file.
+A backing file's initial content is a commit's image, read page by page from the store when the
+guest first touches a page; its writes are kept by the backing daemon
+(``vers.fuse.backing_daemon``), which also records which pages were written. QEMU maps it with
+``-object memory-backend-file,share=on,mem-path=<path>`` (or opens it as a raw disk).
 
-Lifecycle, as the VMM drives it (the VM must be paused around ``dirty_pages`` and ``branch``)::
-
-    b = FuseBacking(repo)                       # or FuseBacking(repo, image="disk")
-    path = b.prepare(vm_dir, size, commit)      # commit=None: an all-zero image (fresh boot)
-    ... run QEMU on path ...
-    dirty = b.dirty_pages()                     # flushes the kernel's dirty pages, then asks
-    cid = repo.snapshot(images={"memory": path, ...}, dirty={"memory": dirty}, ...)
-    b.committed()                               # next dirty set starts empty
-    child = b.branch(child_vm_dir)              # page-level copy-on-write, no memory copied
-    b.close()                                   # removes the file (after QEMU has exited)
+One daemon serves every backing file of a user on this machine (state in ``$VERS_FUSE_DIR``, by
+default ``/dev/shm/vers-fuse-<uid>``): parent and child of a branch must live in the same daemon to
+share frozen layers, and a VM's record must be able to find its file again from any later
+``vers`` command, so the handle (``BackingFile``) is rebuilt from (state dir, name) alone.
 
 Flushing: QEMU writes guest RAM through a MAP_SHARED mapping, so new data sits in the kernel's page
 cache until written back. ``fsync`` on *another* descriptor of the same FUSE file makes the kernel
 write back every dirty page of the inode (FUSE WRITE requests, which the daemon records) before
-FUSE FSYNC is sent, so after ``flush()`` the daemon's dirty set is complete. docs/fuse.md has the
-measurements.
+FUSE FSYNC is sent, so after ``flush()`` the daemon's dirty set is complete. Without it, the daemon
+saw none of 2,000 freshly written pages (the kernel's writeback waits up to 30 s); see
+docs/fuse.md for the measurements.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
 import socket
+import tempfile
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 from vers.errors import FuseError
 from vers.fuse import mount as mnt
@@ -39,21 +36,29 @@ PAGE_SIZE = 4096
 CONTROL_TIMEOUT = 60.0
 
 
-class BackingDaemon:
-    """The repository's backing daemon, started on first use (one per repository)."""
+def default_state_dir() -> Path:
+    env = os.environ.get("VERS_FUSE_DIR")
+    if env:
+        return Path(env)
+    # Overlays hold guest RAM pages: keep them in RAM-backed storage when the machine has it.
+    parent = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
+    return parent / f"vers-fuse-{os.getuid()}"
 
-    def __init__(self, repo: Any) -> None:
-        self.repo = repo
-        self.state_dir = Path(repo.vers_dir) / "fuse" / "backing"
+
+class BackingDaemon:
+    """The backing daemon for one state directory, started on first use."""
+
+    def __init__(self, state_dir: str | os.PathLike[str] | None = None) -> None:
+        self.state_dir = Path(state_dir) if state_dir else default_state_dir()
         self.mountpoint = self.state_dir / "mnt"
         self.sock_path = self.state_dir / "ctl.sock"
         self.log_path = self.state_dir / "daemon.log"
 
     def ensure_running(self) -> None:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         with open(self.state_dir / "lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # two VMs starting at once start one daemon
-            if self._ping():
+            if self.alive():
                 return
             mnt.clean_stale(self.mountpoint)
             if mnt.is_mounted(self.mountpoint):
@@ -63,7 +68,7 @@ class BackingDaemon:
                 ["backing", os.fspath(self.state_dir), os.fspath(self.mountpoint)], self.log_path
             )
 
-    def _ping(self) -> bool:
+    def alive(self) -> bool:
         try:
             self.request("ping", timeout=5.0)
         except FuseError:
@@ -83,10 +88,10 @@ class BackingDaemon:
                     if not chunk:
                         break
                     data += chunk
-        except (FileNotFoundError, ConnectionRefusedError) as exc:
+        except (FileNotFoundError, ConnectionRefusedError, ConnectionResetError, BrokenPipeError) as exc:
             raise FuseError(
-                f"the FUSE backing daemon of {self.repo.root} is not running ({exc.strerror}); "
-                f"see {self.log_path}"
+                f"the FUSE backing daemon ({self.state_dir}) is not running ({exc.strerror}); "
+                f"its log: {self.log_path}"
             ) from exc
         except TimeoutError as exc:
             raise FuseError(f"the FUSE backing daemon did not answer '{op}' in {timeout:.0f} s") from exc
@@ -112,34 +117,48 @@ class BackingDaemon:
         mnt.clean_stale(self.mountpoint)
 
 
-class FuseBacking:
-    """One VM image (memory, disk, ...) as a lazily-read, dirty-tracked file. See module docstring."""
+def base_of_image(image: Any) -> dict[str, Any] | None:
+    """The daemon-side description of a committed image (``repo.open_image(...)``'s result)."""
+    reader = getattr(image, "reader", None)
+    if reader is None or not hasattr(reader, "tree"):
+        return None
+    from vers.objects.model import hash_bytes
 
-    def __init__(self, repo: Any, image: str = "memory", daemon: BackingDaemon | None = None) -> None:
-        self.repo = repo
-        self.image = image
-        self.daemon = daemon or BackingDaemon(repo)
-        self.name: str | None = None
-        self.size = 0
+    env = getattr(reader.store, "env", None)
+    if env is None:
+        return None
+    vers_dir = Path(env.path()).parent
+    return {"repo": os.fspath(vers_dir), "tree": hash_bytes(reader.tree.serialize()).hex(),
+            "image": getattr(image, "name", "")}
+
+
+class BackingFile:
+    """Handle on one backing file; cheap to rebuild from (daemon, name, size) in any process."""
+
+    def __init__(self, daemon: BackingDaemon, name: str, size: int) -> None:
+        self.daemon = daemon
+        self.name = name
+        self.size = size
+
+    @classmethod
+    def create(
+        cls,
+        daemon: BackingDaemon,
+        name: str,
+        size: int,
+        base: dict[str, Any] | None = None,
+    ) -> BackingFile:
+        """A new file: ``base`` = {"repo": path, "commit": id, "image": name} (or "tree": id), or
+        None for zeros. Nothing is read from the store until someone reads a page."""
+        if size <= 0 or size % PAGE_SIZE:
+            raise FuseError(f"image size {size} is not a positive multiple of {PAGE_SIZE}")
+        daemon.ensure_running()
+        daemon.request("create", name=name, size=size, base=base)
+        return cls(daemon, name, size)
 
     @property
     def path(self) -> Path:
-        if self.name is None:
-            raise FuseError("backing file not prepared")
         return self.daemon.mountpoint / self.name
-
-    def prepare(self, vm_dir: str | os.PathLike[str], size: int, commit: str | None = None) -> Path:
-        """Create the file for ``vm_dir``: ``commit``'s image, or zeros; return its path."""
-        if size <= 0 or size % PAGE_SIZE:
-            raise FuseError(f"image size {size} is not a positive multiple of {PAGE_SIZE}")
-        self.daemon.ensure_running()
-        name = f"{Path(vm_dir).name}.{self.image}"
-        self.daemon.request(
-            "create", name=name, size=size, repo=os.fspath(self.repo.root),
-            commit=commit, image=self.image,
-        )
-        self.name, self.size = name, size
-        return self.path
 
     def flush(self) -> None:
         """Make the daemon see every page written so far (fsync on a second descriptor)."""
@@ -147,59 +166,71 @@ class FuseBacking:
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
-            raise FuseError(f"cannot open backing file {self.path}: {exc.strerror}") from exc
+            raise self._os_error("open", exc) from exc
         try:
             os.fsync(fd)
         except OSError as exc:
-            raise FuseError(f"flushing {self.path} failed: {exc.strerror}") from exc
+            raise self._os_error("flush", exc) from exc
         finally:
             os.close(fd)
 
-    def dirty_runs(self) -> list[tuple[int, int]]:
-        """(first page, count) runs written since prepare/committed; flushes first."""
-        self.flush()
-        return [(int(a), int(n)) for a, n in self._request("dirty")["runs"]]
+    def _os_error(self, what: str, exc: OSError) -> FuseError:
+        if exc.errno == errno.ENOTCONN:
+            return FuseError(
+                f"the FUSE backing daemon serving {self.path} is not running; "
+                f"its log: {self.daemon.log_path}"
+            )
+        return FuseError(f"cannot {what} backing file {self.path}: {exc.strerror}")
 
-    def dirty_pages(self) -> list[int]:
-        """Page indices written since the image's last commit (the ``dirty=`` of repo.snapshot)."""
-        out: list[int] = []
-        for first, count in self.dirty_runs():
-            out.extend(range(first, first + count))
-        return out
+    def dirty_runs(self) -> list[tuple[int, int]] | None:
+        """(first page, count) runs written since the last commit, or None if the file never had
+        a commit under it (then every page must be read). Flushes first."""
+        self.flush()
+        found = self._request("dirty")["runs"]
+        return None if found is None else [(int(a), int(n)) for a, n in found]
+
+    def dirty_pages(self) -> list[int] | None:
+        runs = self.dirty_runs()
+        return None if runs is None else expand(runs)
 
     def committed(self) -> None:
         """The current content has been committed: the next dirty set starts empty."""
         self._request("mark_clean")
 
-    def branch(self, child_vm_dir: str | os.PathLike[str]) -> FuseBacking:
+    def capture(self, capture_name: str | None = None) -> tuple[BackingFile, list[int] | None]:
+        """With the writer paused: freeze the content now into a read-only twin (no copy), which
+        owns the dirty pages; the live file starts a new dirty set and may resume at once."""
+        self.flush()
+        twin = capture_name or f"{self.name}.capture"
+        runs = self._request("capture", capture=twin)["runs"]
+        return BackingFile(self.daemon, twin, self.size), None if runs is None else expand(runs)
+
+    def capture_done(self, ok: bool) -> None:
+        """The commit of the last capture landed (``ok``) or not (its dirty pages come back)."""
+        self._request("capture_done", ok=ok)
+
+    def branch(self, child_name: str) -> BackingFile:
         """A child with the same content right now; later writes on either side stay private."""
         self.flush()
-        child = FuseBacking(self.repo, self.image, self.daemon)
-        name = f"{Path(child_vm_dir).name}.{self.image}"
-        self._request("branch", child=name)
-        child.name, child.size = name, self.size
-        return child
+        self._request("branch", child=child_name)
+        return BackingFile(self.daemon, child_name, self.size)
 
     def stats(self) -> dict[str, int]:
         return {k: int(v) for k, v in self._request("stats").items()}
 
-    def close(self) -> None:
+    def remove(self) -> None:
         """Drop the file (its overlay is freed once nothing has it open)."""
-        if self.name is None:
-            return
         try:
             self._request("remove")
         except FuseError:
-            pass  # daemon already gone: nothing left to free
-        self.name = None
+            pass  # daemon gone or file already removed: nothing left to free
 
     def _request(self, op: str, **args: Any) -> dict[str, Any]:
-        if self.name is None:
-            raise FuseError("backing file not prepared")
         return self.daemon.request(op, name=self.name, **args)
 
-    def __enter__(self) -> Self:
-        return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+def expand(runs: list[tuple[int, int]]) -> list[int]:
+    out: list[int] = []
+    for first, count in runs:
+        out.extend(range(first, first + count))
+    return out

@@ -35,10 +35,14 @@ _NAME_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ012345
 
 
 class BackingFile:
-    def __init__(self, inode: int, name: str, image: OverlayImage) -> None:
+    def __init__(self, inode: int, name: str, image: OverlayImage, tracked: bool) -> None:
         self.inode = inode
         self.name = name
         self.image = image
+        #: True when the dirty set is relative to a commit (restored, or committed at least once);
+        #: False for a VM booted from zeros, whose first commit must read every page.
+        self.tracked = tracked
+        self.capture: str | None = None  # name of the pending capture twin, if any
         self.open_count = 0
         self.removed = False
         self.mtime_ns = time.time_ns()
@@ -62,14 +66,14 @@ class BackingOperations(pyfuse3.Operations):
         self.started_ns = time.time_ns()
 
     # --------------------------------------------------------------- file table
-    def add(self, name: str, image: OverlayImage) -> BackingFile:
+    def add(self, name: str, image: OverlayImage, tracked: bool = False) -> BackingFile:
         if not name or not set(name) <= _NAME_OK or name.startswith("."):
             image.close()
             raise ValueError(f"bad backing file name {name!r}")
         if name in self.by_name:
             image.close()
             raise ValueError(f"backing file {name} already exists")
-        f = BackingFile(self._next_inode, name, image)
+        f = BackingFile(self._next_inode, name, image, tracked)
         self._next_inode += 1
         self.by_name[name] = f
         self.by_inode[f.inode] = f
@@ -225,6 +229,16 @@ class BackingOperations(pyfuse3.Operations):
         raise pyfuse3.FUSEError(errno.EPERM)
 
     # --------------------------------------------------------------- control requests
+    def open_base(self, base: dict[str, Any]) -> Any:
+        """A commit's image as a page source: {"repo", "commit", "image"} or {"repo", "tree"}."""
+        repo = self.repo(base["repo"])
+        if base.get("tree"):
+            from vers.objects.imagetree import ImageFile
+
+            tree = repo.store.get_tree(bytes.fromhex(base["tree"]))
+            return ImageFile(repo.store, tree, base.get("image", ""))
+        return repo.open_image(base["commit"], base.get("image", "memory"))
+
     def control(self, req: dict[str, Any]) -> dict[str, Any]:
         """One control request -> one reply. Plain function: tested without sockets."""
         op = req.get("op")
@@ -234,29 +248,44 @@ class BackingOperations(pyfuse3.Operations):
             return {"files": sorted(self.by_name)}
         if op == "create":
             size = int(req["size"])
-            base = None
-            if req.get("commit"):
-                base = self.repo(req["repo"]).open_image(req["commit"], req.get("image", "memory"))
-                if base.size != size:
-                    raise ValueError(
-                        f"commit {req['commit']} {req.get('image', 'memory')} image is "
-                        f"{base.size} bytes, not {size}"
-                    )
-            f = self.add(req["name"], OverlayImage(self.layer_dir, size, base))
+            base = self.open_base(req["base"]) if req.get("base") else None
+            if base is not None and base.size != size:
+                raise ValueError(f"base image is {base.size} bytes, not {size}")
+            f = self.add(req["name"], OverlayImage(self.layer_dir, size, base), base is not None)
             return {"inode": f.inode}
+        f = self.get(req["name"])
         if op == "branch":
-            parent = self.get(req["name"])
-            self.add(req["child"], parent.image.branch())
+            self.add(req["child"], f.image.branch(), f.tracked)
             return {}
         if op == "dirty":
-            return {"runs": self.get(req["name"]).image.dirty_runs()}
+            return {"runs": f.image.dirty_runs() if f.tracked else None}
         if op == "mark_clean":
-            self.get(req["name"]).image.mark_clean()
+            f.image.mark_clean()
+            f.tracked = True
             return {}
+        if op == "capture":
+            if f.capture is not None:
+                raise ValueError(f"{f.name} already has a pending capture {f.capture}")
+            twin = self.add(req["capture"], f.image.capture(), f.tracked)
+            f.capture = twin.name
+            return {"runs": twin.image.dirty_runs() if f.tracked else None}
+        if op == "capture_done":
+            if f.capture is None:
+                raise ValueError(f"{f.name} has no pending capture")
+            twin = self.get(f.capture)
+            if req.get("ok"):
+                f.tracked = True
+            else:
+                f.image.restore_dirty(twin.image.dirty)
+            self.remove(twin.name)
+            f.capture = None
+            return {"squashed_pages": f.image.squash()}
         if op == "stats":
-            return self.get(req["name"]).image.stats()
+            return {**f.image.stats(), "tracked": int(f.tracked)}
         if op == "remove":
-            self.remove(req["name"])
+            if f.capture is not None and f.capture in self.by_name:
+                self.remove(f.capture)
+            self.remove(f.name)
             return {}
         raise ValueError(f"unknown control request {op!r}")
 

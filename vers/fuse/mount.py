@@ -54,9 +54,13 @@ def is_mounted(mountpoint: str | os.PathLike[str]) -> bool:
 
 
 def is_stale(mountpoint: str | os.PathLike[str]) -> bool:
-    """True if a FUSE mount is here but its daemon is gone (ENOTCONN on stat)."""
+    """True if a FUSE mount is here but its daemon is gone (ENOTCONN).
+
+    statvfs, not stat: FUSE_STATFS always goes to the daemon, while the kernel answers stat from
+    its attribute cache for a while after the daemon died.
+    """
     try:
-        os.stat(mountpoint)
+        os.statvfs(mountpoint)
     except OSError as exc:
         return exc.errno == errno.ENOTCONN
     return False

@@ -223,6 +223,41 @@ class OverlayImage:
             self.top = Layer(self.directory, self.npages)
         return child
 
+    def capture(self) -> OverlayImage:
+        """Freeze the content as of now into a read-only twin that owns the current dirty set.
+
+        The twin is what a commit reads while the VM runs on; this image starts a new dirty set
+        (pages written after the capture). ``restore_dirty`` undoes that if the commit fails.
+        """
+        twin = self.branch()
+        self.mark_clean()
+        return twin
+
+    def restore_dirty(self, other: bytearray) -> None:
+        """OR another dirty bitmap back in (a failed commit must not lose its pages)."""
+        merged = int.from_bytes(self.dirty, "little") | int.from_bytes(other, "little")
+        self.dirty = bytearray(merged.to_bytes(self.npages, "little"))
+
+    def squash(self) -> int:
+        """Merge the newest frozen layers while nothing else shares them; returns pages copied.
+
+        Without branches every commit freezes one more layer; merging the newest into the one
+        below copies only the pages of one commit interval, so the chain stays short and the cost
+        follows the dirty pages, not RAM size.
+        """
+        copied = 0
+        while len(self.frozen) >= 2 and self.frozen[-1].refs == 1 and self.frozen[-2].refs == 1:
+            upper, lower = self.frozen[-1], self.frozen[-2]
+            for first, count in runs(upper.present):
+                off = first * PAGE_SIZE
+                data = os.pread(upper.fd, count * PAGE_SIZE, off)
+                os.pwrite(lower.fd, data, off)
+                lower.present[first : first + count] = _ONE * count
+                copied += count
+            upper.release()
+            self.frozen.pop()
+        return copied
+
     def close(self) -> None:
         if self.closed:
             return

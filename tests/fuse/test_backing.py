@@ -1,0 +1,201 @@
+"""Lazily-backed, write-tracking VM memory files, exercised by mmap(MAP_SHARED) writers in other
+processes (the same kernel path QEMU's memory-backend-file,share=on takes), and committed with the
+daemon's dirty set."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fuse.conftest import History, needs_fuse
+from vers.errors import FuseError
+from vers.fuse.backing import BackingDaemon, BackingFile
+from vers.fuse.mount import is_mounted
+
+pytestmark = [pytest.mark.fuse, needs_fuse]
+PAGE = 4096
+
+WRITER = r"""
+import mmap, os, sys
+path, size = sys.argv[1], int(sys.argv[2])
+fd = os.open(path, os.O_RDWR)
+m = mmap.mmap(fd, size, mmap.MAP_SHARED)
+print("ready", flush=True)
+for line in sys.stdin:
+    cmd, *rest = line.split()
+    if cmd == "w":  # w PAGE TEXT: write TEXT at the start of PAGE
+        page, text = int(rest[0]), rest[1].encode()
+        m[page * 4096 : page * 4096 + len(text)] = text
+    elif cmd == "r":  # r PAGE N: print N bytes at the start of PAGE
+        page, n = int(rest[0]), int(rest[1])
+        sys.stdout.write(m[page * 4096 : page * 4096 + n].decode(errors="replace"))
+    print("ok", flush=True)
+"""
+
+
+class Writer:
+    """A process holding a MAP_SHARED mapping of the file, like QEMU does."""
+
+    def __init__(self, path: Path, size: int) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(path), str(size)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        )
+        assert self.proc.stdout is not None and self.proc.stdout.readline() == "ready\n"
+
+    def cmd(self, line: str) -> str:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+        out = self.proc.stdout.readline()
+        return out.removesuffix("ok\n")
+
+    def write(self, page: int, text: str) -> None:
+        self.cmd(f"w {page} {text}")
+
+    def read(self, page: int, n: int) -> str:
+        return self.cmd(f"r {page} {n}")
+
+    def close(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[BackingDaemon]:
+    d = BackingDaemon(tmp_path / "fuse-state")
+    try:
+        yield d
+    finally:
+        d.shutdown()
+        assert not is_mounted(d.mountpoint)
+
+
+def test_restore_is_lazy_and_commit_stores_only_written_pages(
+    history: History, daemon: BackingDaemon
+) -> None:
+    repo = history.repo
+    size = history.memory2.stat().st_size
+    f = BackingFile.create(daemon, "vm1.memory", size,
+                           {"repo": str(repo.root), "commit": history.second, "image": "memory"})
+    assert f.stats()["base_bytes_read"] == 0  # restoring read nothing
+    w = Writer(f.path, size)
+    try:
+        expect = bytearray(history.memory2.read_bytes())
+        assert w.read(3, 5) == "CHANG"
+        assert 0 < f.stats()["base_bytes_read"] < size // 4  # only what was touched (+ readahead)
+        pages = sorted(random.Random(5).sample(range(size // PAGE), 40))
+        for p in pages:
+            w.write(p, f"page{p}")
+            expect[p * PAGE : p * PAGE + len(f"page{p}")] = f"page{p}".encode()
+        assert f.dirty_pages() == pages  # flush made the daemon see every mmap write
+        before = repo.store.stats() if hasattr(repo.store, "stats") else None
+        cid = repo.snapshot({"memory": f.path}, dirty={"memory": f.dirty_pages() or []},
+                            message="after restore")
+        del before
+        f.committed()
+        assert f.dirty_pages() == []
+        out = history.dir / "out.img"
+        repo.export_image(cid, "memory", out)
+        assert out.read_bytes() == bytes(expect)
+        # A second round: pages written again after the commit are dirty again.
+        w.write(pages[0], "again")
+        w.write(7, "seven")
+        assert f.dirty_pages() == sorted({pages[0], 7})
+    finally:
+        w.close()
+        f.remove()
+
+
+def test_capture_freezes_content_while_writer_continues(daemon: BackingDaemon) -> None:
+    size = 64 * PAGE
+    f = BackingFile.create(daemon, "vm2.memory", size)
+    w = Writer(f.path, size)
+    try:
+        w.write(1, "before")
+        twin, dirty = f.capture()
+        assert dirty is None  # booted from zeros: the first commit must read every page
+        w.write(1, "AFTER!")
+        w.write(2, "later")
+        with open(twin.path, "rb") as t:
+            data = t.read()
+        assert data[PAGE : PAGE + 6] == b"before" and data[2 * PAGE : 2 * PAGE + 5] == bytes(5)
+        f.capture_done(ok=True)
+        assert not twin.path.exists()
+        assert f.dirty_pages() == [1, 2]  # only what was written after the capture
+        twin, dirty = f.capture()
+        assert dirty == [1, 2]
+        f.capture_done(ok=False)  # a failed commit gives its pages back
+        w.write(9, "x")
+        assert f.dirty_pages() == [1, 2, 9]
+    finally:
+        w.close()
+        f.remove()
+
+
+def test_branch_children_diverge(daemon: BackingDaemon) -> None:
+    size = 128 * PAGE
+    parent = BackingFile.create(daemon, "p.memory", size)
+    wp = Writer(parent.path, size)
+    try:
+        wp.write(10, "shared")
+        child = parent.branch("c.memory")
+        wc = Writer(child.path, size)
+        try:
+            assert wc.read(10, 6) == "shared"
+            wc.write(10, "child!")
+            wp.write(11, "parent")
+            assert wp.read(10, 6) == "shared"
+            assert wc.read(11, 6) == "\0" * 6
+            assert wc.read(10, 6) == "child!"
+            child.flush()
+            parent.flush()
+            with open(child.path, "rb") as fc, open(parent.path, "rb") as fp:
+                c, p = fc.read(), fp.read()
+            assert c[10 * PAGE : 10 * PAGE + 6] == b"child!" and p[10 * PAGE : 10 * PAGE + 6] == b"shared"
+        finally:
+            wc.close()
+            child.remove()
+    finally:
+        wp.close()
+        parent.remove()
+
+
+def test_dead_daemon_is_a_clear_error_and_restarts(tmp_path: Path) -> None:
+    daemon = BackingDaemon(tmp_path / "fuse-state")
+    f = BackingFile.create(daemon, "vm.memory", 16 * PAGE)
+    pid = daemon.request("ping")["pid"]
+    os.kill(pid, signal.SIGKILL)
+    try:
+        with pytest.raises(FuseError, match="not running"):
+            f.dirty_pages()
+        with pytest.raises(FuseError, match="not running"):
+            daemon.request("list")
+        # Next use cleans the stale mount and starts a fresh daemon.
+        g = BackingFile.create(daemon, "vm.memory", 16 * PAGE)
+        assert g.dirty_pages() is None
+        g.remove()
+    finally:
+        daemon.shutdown()
+    assert not is_mounted(daemon.mountpoint)
+
+
+def test_control_errors_are_reported(daemon: BackingDaemon) -> None:
+    with pytest.raises(FuseError, match="positive multiple"):
+        BackingFile.create(daemon, "bad.memory", 1000)
+    f = BackingFile.create(daemon, "ok.memory", 4 * PAGE)
+    with pytest.raises(FuseError, match="already exists"):
+        BackingFile.create(daemon, "ok.memory", 4 * PAGE)
+    with pytest.raises(FuseError, match="no backing file"):
+        BackingFile(daemon, "nope", 4 * PAGE).capture_done(True)
+    with pytest.raises(OSError):
+        os.truncate(f.path, 8 * PAGE)  # guest RAM files never change size
+    f.remove()
