@@ -1,5 +1,187 @@
-"""vers CLI commands: vm."""
+"""vers CLI commands of the VM driver: run, ps, status, pause, resume, kill, console, exec,
+commit, branch, run-commit, checkout. Each parses arguments and calls vers.vmm."""
 
 from __future__ import annotations
 
-from vers.cli._group import cli  # noqa: F401
+import sys
+
+import click
+
+from vers.cli._group import cli, emit_json, info, open_repo
+from vers.errors import BadRevision
+from vers.vmm import lifecycle, snapshot
+from vers.vmm.machine import parse_size
+from vers.vmm.state import UnknownVM
+
+
+@cli.command()
+@click.option("--memory", default="256M", show_default=True, help="Guest RAM, e.g. 256M or 2G.")
+@click.option("--vcpus", default=1, show_default=True, type=int)
+@click.option("--name", default=None, help="Alias for the new VM.")
+@click.option("--accel", type=click.Choice(["kvm", "tcg"]), default=None,
+              help="Default: kvm where kvm_intel/kvm_amd really work, else tcg.")
+@click.option("--kernel", type=click.Path(dir_okay=False), help="Your own kernel (bzImage).")
+@click.option("--initrd", type=click.Path(dir_okay=False), help="Your own initramfs.")
+@click.option("--disk", "disks", multiple=True, type=click.Path(dir_okay=False),
+              help="Your own raw disk image (repeat for more); used copy-on-write, never written.")
+@click.option("--append", "cmdline", default=None, help="Kernel command line (replaces ours).")
+@click.option("--memory-backing", default="shm", show_default=True,
+              help="Guest RAM backing implementation.")
+@click.option("--memory-dir", default=None, help="Directory for the RAM file (default /dev/shm).")
+@click.option("--boot-timeout", default=lifecycle.BOOT_TIMEOUT, show_default=True, type=float)
+def run(memory: str, vcpus: int, name: str | None, accel: str | None, kernel: str | None,
+        initrd: str | None, disks: tuple[str, ...], cmdline: str | None, memory_backing: str,
+        memory_dir: str | None, boot_timeout: float) -> None:
+    """Boot a VM (the default guest unless you give your own); prints its ID."""
+    repo = open_repo()
+    opts = lifecycle.RunOptions(memory=parse_size(memory), vcpus=vcpus, name=name, accel=accel,
+                                kernel=kernel, initrd=initrd, disks=disks, cmdline=cmdline,
+                                memory_backing=memory_backing, memory_dir=memory_dir,
+                                boot_timeout=boot_timeout)
+    info("booting VM (building the default guest first if it is not cached)...")
+    rec = lifecycle.run_vm(repo, opts)
+    info(f"VM {rec.id} running{f' as {name}' if name else ''} (accel {rec.spec['accel']})")
+    click.echo(rec.id)
+
+
+@cli.command()
+@click.option("-q", "--quiet", is_flag=True, help="Only IDs.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+def ps(quiet: bool, fmt: str) -> None:
+    """List this repository's VMs, including orphaned QEMU processes."""
+    rows = lifecycle.list_vms(open_repo())
+    if fmt == "json":
+        emit_json([r.__dict__ for r in rows])
+        return
+    if quiet:
+        for r in rows:
+            click.echo(r.id)
+        return
+    click.echo(f"  {'ID':<9} {'NAME':<16} {'STATE':<11} {'PID':>7} {'MEMORY':>7}  BASE COMMIT")
+    for r in rows:
+        mark = "*" if r.current else " "
+        mem = f"{r.memory // (1024 * 1024)}M" if r.memory else "-"
+        base = r.base_commit[:12] if r.base_commit else "-"
+        click.echo(f"{mark} {r.id:<9} {r.name or '-':<16} {r.state:<11} {r.pid or '-':>7} "
+                   f"{mem:>7}  {base}")
+
+
+@cli.command()
+@click.argument("vm", required=False)
+def status(vm: str | None) -> None:
+    """Show one VM's state and where its files are (JSON)."""
+    emit_json(lifecycle.status(open_repo(), vm))
+
+
+@cli.command()
+@click.argument("vm", required=False)
+def pause(vm: str | None) -> None:
+    """Stop the guest's CPUs."""
+    rec = lifecycle.pause_vm(open_repo(), vm)
+    info(f"VM {rec.id} paused")
+
+
+@cli.command()
+@click.argument("vm", required=False)
+def resume(vm: str | None) -> None:
+    """Let a paused guest run again."""
+    rec = lifecycle.resume_vm(open_repo(), vm)
+    info(f"VM {rec.id} running")
+
+
+@cli.command()
+@click.argument("vms", nargs=-1, required=True)
+def kill(vms: tuple[str, ...]) -> None:
+    """Stop VMs (or orphaned QEMU processes) and delete their state."""
+    for vid in lifecycle.kill_vms(open_repo(), list(vms)):
+        info(f"killed {vid}")
+
+
+@cli.command()
+@click.argument("vm", required=False)
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new output until the VM exits.")
+def console(vm: str | None, follow: bool) -> None:
+    """Print the VM's serial console log."""
+    out = sys.stdout.buffer
+    try:
+        for chunk in lifecycle.follow_console(open_repo(), vm, follow):
+            out.write(chunk)
+            out.flush()
+    except KeyboardInterrupt:
+        pass
+
+
+@cli.command(name="exec", context_settings={"ignore_unknown_options": True})
+@click.argument("vm")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.option("--timeout", default=300.0, show_default=True, type=float)
+def exec_(vm: str, command: tuple[str, ...], timeout: float) -> None:
+    """Run COMMAND in the guest (vers exec VM -- CMD...); exits with its exit code."""
+    res = lifecycle.exec_in_vm(open_repo(), vm, list(command), timeout)
+    sys.stdout.buffer.write(res.stdout)
+    sys.stdout.buffer.flush()
+    sys.stderr.buffer.write(res.stderr)
+    sys.stderr.buffer.flush()
+    sys.exit(res.returncode)
+
+
+@cli.command()
+@click.argument("vm", required=False)
+@click.option("-m", "--message", default="", help="Commit message.")
+@click.option("--pause", "stay_paused", is_flag=True, help="Leave the VM paused afterwards.")
+@click.option("-v", "--verbose", is_flag=True, help="Print phase timings.")
+def commit(vm: str | None, message: str, stay_paused: bool, verbose: bool) -> None:
+    """Commit a running VM's memory, disks and device state; prints the commit ID."""
+    cid, tm = snapshot.commit_vm(open_repo(), vm, message, stay_paused)
+    info(f"committed {cid[:12]} (guest paused {tm.pause:.0f} ms, "
+         f"{_pages(tm.extra.get('memory_dirty_pages'))} memory pages changed)")
+    if verbose:
+        info(f"phases (ms): {tm.phases}")
+    click.echo(cid)
+
+
+def _pages(n: int | None) -> str:
+    return "all" if n is None else str(n)
+
+
+@cli.command()
+@click.argument("source", required=False)
+@click.option("--count", default=1, show_default=True, type=int, help="Number of children.")
+@click.option("--name", default=None, help="Alias for the child (NAME-i with --count).")
+@click.option("-v", "--verbose", is_flag=True, help="Print phase timings.")
+def branch(source: str | None, count: int, name: str | None, verbose: bool) -> None:
+    """Fork a live VM (or restore a COMMIT) into children; prints their IDs."""
+    repo = open_repo()
+    reg = lifecycle.registry(repo)
+    if source is None or reg.find(source) is not None:
+        children, tm = snapshot.branch_vm(repo, source, count, name)
+        info(f"branched {len(children)} VM(s); parent paused {tm.pause:.0f} ms")
+        if verbose:
+            info(f"phases (ms): {tm.phases} {tm.extra}")
+    else:
+        try:
+            repo.rev_parse(source)
+        except BadRevision as exc:
+            raise UnknownVM(f"{source!r} is neither a VM nor a commit") from exc
+        children = snapshot.branch_commit(repo, source, count, name)
+    for c in children:
+        click.echo(c.id)
+
+
+@cli.command("run-commit")
+@click.argument("commit_rev", metavar="COMMIT")
+@click.option("--name", default=None, help="Alias for the new VM.")
+def run_commit(commit_rev: str, name: str | None) -> None:
+    """Boot a new VM from COMMIT (memory, disks, device state); prints its ID."""
+    rec = lifecycle.restore_commit(open_repo(), commit_rev, name=name)
+    info(f"VM {rec.id} restored from {rec.base_commit[:12] if rec.base_commit else '?'}")
+    click.echo(rec.id)
+
+
+@cli.command()
+@click.argument("commit_rev", metavar="COMMIT")
+def checkout(commit_rev: str) -> None:
+    """Restore COMMIT into a new VM, make it the current VM and move HEAD there."""
+    rec = lifecycle.checkout(open_repo(), commit_rev)
+    info(f"VM {rec.id} restored from {rec.base_commit[:12] if rec.base_commit else '?'}, now current")
+    click.echo(rec.id)

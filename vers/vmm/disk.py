@@ -1,0 +1,131 @@
+"""Copy-on-write disks as qcow2 overlay chains, and how a commit finds the blocks that changed.
+
+Each VM disk is a chain ``base.raw <- layer1.qcow2 <- ... <- top.qcow2``; QEMU writes only to the
+top. At a commit (guest stopped) QEMU switches to a new empty top (``blockdev-snapshot-sync``), so
+the layers below are frozen; the blocks changed since the base commit are exactly the clusters
+allocated in the layers added since that commit (``qemu-img map``), and only those are copied out.
+A branch freezes the parent's top the same way and gives the child its own overlay on it: the
+frozen layers are shared read-only, so branching copies no disk data. Restoring a commit exports
+its disk once into a sparse raw file shared by every VM restored from that commit.
+
+Layers live in ``.vers/vms/_layers`` because a frozen layer can outlive the VM that wrote it (a
+branch child may still read it); ``gc_layers`` removes the ones no VM record mentions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from vers.errors import VMError
+
+PAGE = 4096
+
+
+def qemu_img(*args: str) -> str:
+    try:
+        res = subprocess.run(["qemu-img", *args], capture_output=True, text=True, check=False)
+    except FileNotFoundError as exc:
+        raise VMError("qemu-img not found: apt-get install qemu-utils") from exc
+    if res.returncode != 0:
+        raise VMError(f"qemu-img {' '.join(args)} failed: {res.stderr.strip()}")
+    return res.stdout
+
+
+def new_layer_path(layers: Path, tag: str) -> Path:
+    return layers / f"{tag}-{secrets.token_hex(6)}.qcow2"
+
+
+def create_overlay(path: Path, backing: Path) -> None:
+    fmt = "raw" if backing.suffix == ".raw" else "qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", "-b", str(backing), "-F", fmt, str(path))
+
+
+def image_size(path: Path) -> int:
+    info = json.loads(qemu_img("info", "-U", "--output=json", str(path)))
+    return int(info["virtual-size"])
+
+
+def map_extents(top: Path) -> list[dict[str, Any]]:
+    """qemu-img map of the whole chain below ``top`` (depth 0 = top)."""
+    return json.loads(qemu_img("map", "-U", "--output=json", str(top)))  # type: ignore[no-any-return]
+
+
+def capture_disk(chain: list[str], new_layers: int, size: int, out: Path,
+                 full: bool) -> list[int] | None:
+    """Write a sparse raw file holding the frozen chain's content where it changed.
+
+    ``chain`` is base..top of frozen layers; the top ``new_layers`` of them were written since the
+    base commit. With ``full`` (no usable base commit) every allocated block is written and None
+    is returned, meaning "read all pages"; otherwise the changed page indices are returned.
+    """
+    top = Path(chain[-1])
+    extents = map_extents(top)
+    files = list(reversed(chain))  # depth -> file
+    dirty: list[int] = []
+    fds: dict[int, int] = {}
+    try:
+        with open(out, "wb") as fo:
+            fo.truncate(size)
+            for ext in extents:
+                depth = int(ext.get("depth", 0))
+                changed = depth < new_layers and ext.get("present", True)
+                if not (full or changed):
+                    continue
+                start, length = int(ext["start"]), int(ext["length"])
+                if changed:
+                    first = start // PAGE
+                    dirty.extend(range(first, (start + length + PAGE - 1) // PAGE))
+                if ext.get("zero") or not ext.get("data"):
+                    continue
+                src_off = int(ext.get("offset", start))
+                if depth not in fds:
+                    fds[depth] = os.open(files[depth], os.O_RDONLY)
+                _copy_range(fds[depth], fo.fileno(), src_off, start, length)
+    finally:
+        for fd in fds.values():
+            os.close(fd)
+    return None if full else sorted(set(dirty))
+
+
+def _copy_range(fin: int, fout: int, src: int, dst: int, length: int) -> None:
+    step = 8 * 1024 * 1024
+    done = 0
+    while done < length:
+        n = min(step, length - done)
+        data = os.pread(fin, n, src + done)
+        if not data:
+            raise VMError("short read from a disk layer")
+        os.pwrite(fout, data, dst + done)
+        done += len(data)
+
+
+def export_base(repo: Any, commit: str, image: str, layers: Path) -> Path:
+    """The commit's disk as a shared sparse raw file (made once per commit and image)."""
+    path = layers / f"{commit}-{image}.raw"
+    if path.exists():
+        return path
+    tmp = layers / f".{path.name}.{secrets.token_hex(4)}"
+    try:
+        repo.export_image(commit, image, str(tmp))
+        os.chmod(tmp, 0o444)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def gc_layers(layers: Path, in_use: set[str]) -> list[Path]:
+    """Delete layer files that no VM chain mentions (exported bases are kept as a cache)."""
+    removed = []
+    if not layers.is_dir():
+        return removed
+    for p in layers.iterdir():
+        if p.suffix == ".qcow2" and str(p) not in in_use:
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed

@@ -1,0 +1,393 @@
+"""Starting, restoring, listing and stopping VMs: the verbs that do not write commits.
+
+Every function takes a Repo and returns plain values; vers/cli/vm.py only parses arguments.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from vers.errors import BadInput, BadRevision, VMError
+from vers.vmm import agent as agent_mod
+from vers.vmm import disk as disk_mod
+from vers.vmm.backing import BACKINGS, MemoryBacking, load_backing
+from vers.vmm.guest import build_guest
+from vers.vmm.machine import (
+    MachineSpec,
+    build_args,
+    connect_qmp,
+    default_cmdline,
+    detect_accel,
+    find_qemu_processes,
+    kill_pid,
+    launch_error,
+    pid_alive,
+    spawn,
+)
+from vers.vmm.qmp import QMPClient
+from vers.vmm.state import UnknownVM, VMRecord, VMRegistry
+
+DEFAULT_MEMORY = 256 * 1024 * 1024
+BOOT_TIMEOUT = float(os.environ.get("VERS_BOOT_TIMEOUT", "120"))
+
+
+def registry(repo: Any) -> VMRegistry:
+    reg = VMRegistry(repo.vers_dir)
+    reg.ensure()
+    return reg
+
+
+def _sock_path(vm_dir: Path, name: str) -> str:
+    """Unix socket paths are limited to 107 bytes; deep repositories fall back to /tmp."""
+    p = vm_dir / f"{name}.sock"
+    if len(str(p)) < 100:
+        return str(p)
+    d = Path(tempfile.gettempdir()) / f"vers-{os.getuid()}"
+    d.mkdir(mode=0o700, exist_ok=True)
+    return str(d / f"{vm_dir.name}-{name}.sock")
+
+
+def qmp_for(rec: VMRecord, timeout: float = 10.0) -> QMPClient:
+    if not pid_alive(rec.pid, rec.id):
+        raise VMError(f"VM {rec.id} is not running (QEMU process gone); `vers kill {rec.id}`")
+    return QMPClient(rec.qmp_sock, timeout=timeout).connect(wait=2.0)
+
+
+def start_machine(reg: VMRegistry, rec: VMRecord, spec: MachineSpec, backing: MemoryBacking,
+                  devstate: Path | None = None, boot_timeout: float = BOOT_TIMEOUT) -> None:
+    """Spawn QEMU for ``rec``; fresh boots wait for the agent, restores load ``devstate``."""
+    d = rec.dir
+    rec.qmp_sock, rec.agent_sock = _sock_path(d, "qmp"), _sock_path(d, "agent")
+    rec.serial_log = str(d / "serial.log")
+    for s in (rec.qmp_sock, rec.agent_sock):
+        Path(s).unlink(missing_ok=True)
+    rec.spec, rec.memory = spec.to_dict(), backing.state()
+    args = build_args(rec.id, spec, mem_path=str(backing.path), kernel=rec.boot["kernel"],
+                      initrd=rec.boot["initrd"],
+                      disks={n: rec.disks[n]["chain"][-1] for n in spec.disks},
+                      qmp_sock=rec.qmp_sock, agent_sock=rec.agent_sock,
+                      serial_log=rec.serial_log, incoming=devstate is not None)
+    rec.pid = spawn(args, d)
+    reg.save(rec)
+    qmp = connect_qmp(rec.qmp_sock, rec.pid, rec.id, d)
+    try:
+        if devstate is not None:
+            load_devstate(qmp, devstate)
+            qmp.command("cont")
+    except VMError as exc:
+        kill_pid(rec.pid)
+        raise launch_error(f"restoring device state failed: {exc}", d) from exc
+    finally:
+        qmp.close()
+    if devstate is None:
+        try:
+            agent_mod.wait_agent(rec.agent_sock, boot_timeout, alive=lambda: pid_alive(rec.pid))
+        except VMError as exc:
+            kill_pid(rec.pid)
+            raise launch_error(f"guest did not boot: {exc}", d) from exc
+
+
+def load_devstate(qmp: QMPClient, devstate: Path, timeout: float = 60.0) -> None:
+    """QEMU's snapshot-load path: -incoming defer, x-ignore-shared, migrate-incoming from a file."""
+    qmp.command("migrate-set-capabilities",
+                capabilities=[{"capability": "x-ignore-shared", "state": True}])
+    qmp.command("migrate-incoming", uri=f"exec:cat {shlex.quote(str(devstate))}")
+    deadline = time.monotonic() + timeout
+    while True:
+        status = qmp.command("query-status")["status"]
+        if status != "inmigrate":
+            break
+        if time.monotonic() > deadline:
+            raise VMError(f"loading device state did not finish within {timeout}s")
+        time.sleep(0.002)
+    mig = qmp.command("query-migrate")
+    if mig.get("status") == "failed":
+        raise VMError(f"loading device state failed: {mig.get('error-desc', '')}")
+
+
+@dataclass
+class RunOptions:
+    memory: int = DEFAULT_MEMORY
+    vcpus: int = 1
+    name: str | None = None
+    accel: str | None = None
+    kernel: str | None = None
+    initrd: str | None = None
+    disks: tuple[str, ...] = ()
+    cmdline: str | None = None
+    memory_backing: str = "shm"
+    memory_dir: str | None = None
+    boot_timeout: float = BOOT_TIMEOUT
+    make_current: bool = True
+
+
+def run_vm(repo: Any, opts: RunOptions) -> VMRecord:
+    """Boot a root VM (default guest unless kernel/initrd/disks are given)."""
+    if opts.memory < 16 * 1024 * 1024 or opts.memory % (1024 * 1024):
+        raise BadInput("--memory must be a whole number of MiB, at least 16M")
+    if opts.vcpus < 1:
+        raise BadInput("--vcpus must be at least 1")
+    accel = opts.accel or detect_accel()
+    if accel not in ("kvm", "tcg"):
+        raise BadInput(f"--accel must be kvm or tcg, not {accel!r}")
+    guest = None
+    if not (opts.kernel and opts.initrd and opts.disks):
+        guest = build_guest()
+    kernel = opts.kernel or str(guest.kernel)  # type: ignore[union-attr]
+    initrd = opts.initrd or str(guest.initrd)  # type: ignore[union-attr]
+    disk_files = list(opts.disks) or [str(guest.disk)]  # type: ignore[union-attr]
+    for p in [kernel, initrd, *disk_files]:
+        if not Path(p).is_file():
+            raise BadInput(f"no such file: {p}")
+    names = ["disk"] + [f"disk{i}" for i in range(1, len(disk_files))]
+    spec = MachineSpec(memory=opts.memory, vcpus=opts.vcpus, accel=accel,
+                       cmdline=opts.cmdline or default_cmdline(accel), disks=names)
+    reg = registry(repo)
+    rec = reg.create(name=opts.name)
+    try:
+        rec.boot = {"kernel": str(Path(kernel).absolute()), "initrd": str(Path(initrd).absolute())}
+        for name, path in zip(names, disk_files):
+            base = Path(path).absolute()
+            top = disk_mod.new_layer_path(reg.layers, rec.id)
+            disk_mod.create_overlay(top, base)
+            rec.disks[name] = {"chain": [str(base), str(top)], "committed": 0}
+        backing = _backing_class(opts.memory_backing).create(
+            rec.id, opts.memory, None, Path(opts.memory_dir) if opts.memory_dir else None)
+        rec.memory = backing.state()
+        reg.save(rec)
+        start_machine(reg, rec, spec, backing, boot_timeout=opts.boot_timeout)
+    except BaseException:
+        _remove(reg, rec)
+        raise
+    if opts.make_current:
+        reg.set_current(rec.id)
+    return rec
+
+
+def _backing_class(kind: str) -> type[MemoryBacking]:
+    try:
+        return BACKINGS[kind]
+    except KeyError as exc:
+        raise BadInput(f"unknown memory backing {kind!r} (known: {', '.join(BACKINGS)})") from exc
+
+
+def restore_commit(repo: Any, rev: str, name: str | None = None, make_current: bool = False,
+                   memory_backing: str = "shm", memory_dir: str | None = None) -> VMRecord:
+    """Boot a new VM from a commit through QEMU's snapshot-load path (-incoming)."""
+    cid = repo.rev_parse(rev)
+    commit = repo.get_commit(cid)
+    vmconf = commit.config.get("vm")
+    if not vmconf or "devstate" not in commit.images or "memory" not in commit.images:
+        raise BadRevision(f"commit {cid[:12]} is not a VM commit (no vm config / devstate)")
+    spec = MachineSpec.from_dict(vmconf)
+    reg = registry(repo)
+    rec = reg.create(name=name)
+    try:
+        rec.boot = {k: _boot_file(repo, reg, commit, k) for k in ("kernel", "initrd")}
+        for dname in spec.disks:
+            base = disk_mod.export_base(repo, cid, dname, reg.layers)
+            top = disk_mod.new_layer_path(reg.layers, rec.id)
+            disk_mod.create_overlay(top, base)
+            rec.disks[dname] = {"chain": [str(base), str(top)], "committed": 1}
+        devstate = rec.dir / "restore.devstate"
+        repo.export_image(cid, "devstate", devstate)
+        backing = _backing_class(memory_backing).create(
+            rec.id, spec.memory, repo.open_image(cid, "memory"),
+            Path(memory_dir) if memory_dir else None)
+        rec.memory = backing.state()
+        rec.base_commit = cid
+        reg.save(rec)
+        start_machine(reg, rec, spec, backing, devstate=devstate)
+        devstate.unlink(missing_ok=True)
+    except BaseException:
+        _remove(reg, rec)
+        raise
+    if make_current:
+        reg.set_current(rec.id)
+    return rec
+
+
+def _boot_file(repo: Any, reg: VMRegistry, commit: Any, kind: str) -> str:
+    """The commit's own kernel/initrd image (cached by tree ID), else the recorded path."""
+    tree = commit.images.get(kind)
+    if tree:
+        path = reg.layers / f"{kind}-{tree}"
+        if not path.exists():
+            tmp = reg.layers / f".{path.name}.tmp{os.getpid()}"
+            repo.export_image(commit.id, kind, tmp)
+            os.replace(tmp, path)
+        return str(path)
+    p = commit.config.get("vm", {}).get(kind)
+    if p and Path(p).is_file():
+        return str(p)
+    raise BadRevision(f"commit {commit.id[:12]} has no {kind} image and {p} is missing")
+
+
+def checkout(repo: Any, rev: str) -> VMRecord:
+    """Restore ``rev``, make the new VM current and move HEAD there, like git checkout."""
+    rec = restore_commit(repo, rev, make_current=True)
+    if repo.refs.resolve("refs/heads/" + rev) is not None:
+        repo.set_head_branch(rev, message=f"checkout: {rev}")
+    else:
+        repo.set_head_detached(rec.base_commit, message=f"checkout: {rev}")
+    return rec
+
+
+# -- inspecting -----------------------------------------------------------------------------
+
+@dataclass
+class VMStatus:
+    id: str
+    name: str | None
+    state: str  # running | paused | dead | orphan | ...
+    pid: int | None
+    memory: int
+    base_commit: str | None
+    current: bool
+    vm_dir: str | None
+
+
+def vm_state(rec: VMRecord) -> str:
+    if not pid_alive(rec.pid, rec.id):
+        return "dead"
+    try:
+        with QMPClient(rec.qmp_sock, timeout=2.0).connect() as q:
+            st = q.command("query-status")["status"]
+    except VMError:
+        return "unreachable"
+    return {"postmigrate": "paused", "prelaunch": "paused"}.get(st, st)
+
+
+def list_vms(repo: Any) -> list[VMStatus]:
+    """Known VMs plus orphans: QEMU processes of this repository whose record is gone."""
+    reg = registry(repo)
+    cur = reg.current()
+    out = []
+    recs = reg.all()
+    for r in recs:
+        out.append(VMStatus(r.id, r.name, vm_state(r), r.pid, int(r.spec.get("memory", 0)),
+                            r.base_commit, r.id == cur, r.vm_dir))
+    known = {r.id for r in recs}
+    for vid, pid in sorted(find_qemu_processes(reg.root).items()):
+        if vid not in known:
+            out.append(VMStatus(vid, None, "orphan", pid, 0, None, False, None))
+    return out
+
+
+def status(repo: Any, key: str | None) -> dict[str, Any]:
+    reg = registry(repo)
+    rec = reg.resolve(key)
+    info = {"id": rec.id, "name": rec.name, "state": vm_state(rec), "pid": rec.pid,
+            "base_commit": rec.base_commit, "parent_vm": rec.parent_vm, "spec": rec.spec,
+            "memory_backing": rec.memory, "disks": rec.disks, "serial_log": rec.serial_log,
+            "qmp_sock": rec.qmp_sock, "agent_sock": rec.agent_sock, "vm_dir": rec.vm_dir,
+            "current": reg.current() == rec.id}
+    return info
+
+
+# -- control --------------------------------------------------------------------------------
+
+def pause_vm(repo: Any, key: str | None) -> VMRecord:
+    rec = registry(repo).resolve(key)
+    with qmp_for(rec) as q:
+        q.command("stop")
+    return rec
+
+
+def resume_vm(repo: Any, key: str | None) -> VMRecord:
+    rec = registry(repo).resolve(key)
+    with qmp_for(rec) as q:
+        q.command("cont")
+    return rec
+
+
+def exec_in_vm(repo: Any, key: str | None, argv: list[str],
+               timeout: float = 300.0) -> agent_mod.ExecResult:
+    rec = registry(repo).resolve(key)
+    if not argv:
+        raise BadInput("nothing to run: give a command after --")
+    if not pid_alive(rec.pid, rec.id):
+        raise VMError(f"VM {rec.id} is not running")
+    return agent_mod.guest_exec(rec.agent_sock, agent_mod.command_script(argv), timeout)
+
+
+def follow_console(repo: Any, key: str | None, follow: bool) -> Iterator[bytes]:
+    rec = registry(repo).resolve(key)
+    path = Path(rec.serial_log or rec.dir / "serial.log")
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError as exc:
+        raise VMError(f"VM {rec.id} has no serial log yet") from exc
+    with f:
+        while True:
+            chunk = f.read(65536)
+            if chunk:
+                yield chunk
+                continue
+            if not follow or not pid_alive(rec.pid, rec.id):
+                return
+            time.sleep(0.2)
+
+
+def kill_vms(repo: Any, keys: list[str]) -> list[str]:
+    """Stop each VM (QMP quit, then SIGTERM/SIGKILL) and remove its state; orphans too."""
+    reg = registry(repo)
+    orphans = find_qemu_processes(reg.root)
+    targets: list[tuple[VMRecord | None, str]] = []
+    for key in keys:
+        rec = reg.find(key)
+        if rec is not None:
+            targets.append((rec, rec.id))
+            continue
+        hits = [v for v in orphans if v == key or (len(key) >= 2 and v.startswith(key))]
+        if len(hits) != 1:
+            raise UnknownVM(f"no VM {key!r} in this repository (see `vers ps`)")
+        targets.append((None, hits[0]))
+    done = []
+    for rec, vid in targets:
+        if rec is None:
+            kill_pid(orphans[vid])
+            for suffix in (".mem", ".ref"):
+                Path(f"/dev/shm/vers-{vid}{suffix}").unlink(missing_ok=True)
+            shutil.rmtree(reg.root / vid, ignore_errors=True)
+        else:
+            with reg.lock(rec, timeout=30):
+                _stop(rec)
+                _remove(reg, rec)
+        done.append(vid)
+    return done
+
+
+def _stop(rec: VMRecord) -> None:
+    if pid_alive(rec.pid, rec.id):
+        try:
+            with QMPClient(rec.qmp_sock, timeout=2.0).connect() as q:
+                q.command("quit")
+        except VMError:
+            pass
+        kill_pid(rec.pid, timeout=3.0)
+
+
+def _remove(reg: VMRegistry, rec: VMRecord) -> None:
+    """Stop QEMU if running, delete the record, RAM files, sockets and unreferenced layers."""
+    _stop(rec)
+    if rec.memory:
+        try:
+            load_backing(rec.memory).destroy()
+        except VMError:
+            pass
+    for s in (rec.qmp_sock, rec.agent_sock):
+        if s:
+            Path(s).unlink(missing_ok=True)
+    if reg.current() == rec.id:
+        reg.set_current(None)
+    shutil.rmtree(rec.vm_dir, ignore_errors=True)
+    in_use = {p for r in reg.all() for d in r.disks.values() for p in d["chain"]}
+    disk_mod.gc_layers(reg.layers, in_use)

@@ -1,0 +1,247 @@
+"""Commit and branch a live VM: the two verbs that must keep the guest's pause short.
+
+Commit: stop; freeze each disk's top layer (new overlay); capture RAM (changed pages only, into a
+file that stays stable after resume); save device state through QEMU migration with x-ignore-shared
+(guest RAM is share=on, so only ~50 KB of device state goes into the stream); resume. Everything
+slow — hashing and storing — happens after the guest runs again. The commit becomes visible only
+when repo.snapshot moves the ref, after its objects are stored, so a VM killed mid-commit leaves no
+partial commit.
+
+Branch: the child's RAM is pre-copied while the parent still runs, then, with the parent stopped,
+only pages that differ are fixed up; device state is saved once; the parent's disk tops are frozen
+and shared read-only with the child, which gets its own overlay. The parent resumes before any child
+QEMU starts; each child starts with ``-incoming`` from the same device state.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from vers.errors import BadInput, VMError
+from vers.vmm import disk as disk_mod
+from vers.vmm.backing import load_backing
+from vers.vmm.lifecycle import qmp_for, registry, start_machine
+from vers.vmm.machine import MachineSpec, pid_alive
+from vers.vmm.qmp import QMPClient
+from vers.vmm.state import VMRecord, VMRegistry
+
+
+@dataclass
+class Timings:
+    """Milliseconds of each phase; ``pause`` is what the guest noticed."""
+
+    phases: dict[str, float] = field(default_factory=dict)
+    pause: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def mark(self, name: str, t0: float) -> float:
+        now = time.perf_counter()
+        self.phases[name] = round((now - t0) * 1000, 2)
+        return now
+
+
+def save_devstate(qmp: QMPClient, out: Path) -> None:
+    """Device state only (RAM is shared): stop is the caller's job."""
+    qmp.command("migrate-set-capabilities",
+                capabilities=[{"capability": "x-ignore-shared", "state": True}])
+    qmp.command("migrate", uri=f"exec:cat > {shlex.quote(str(out))}")
+    qmp.wait_migration()
+
+
+def freeze_disks(qmp: QMPClient, reg: VMRegistry, rec: VMRecord) -> dict[str, list[str]]:
+    """Give QEMU a new empty top per disk; returns each disk's now-frozen chain."""
+    frozen = {}
+    for name, d in rec.disks.items():
+        chain = list(d["chain"])
+        new_top = disk_mod.new_layer_path(reg.layers, rec.id)
+        qmp.command("blockdev-snapshot-sync", device=name, **{"snapshot-file": str(new_top)},
+                    format="qcow2", mode="absolute-paths")
+        frozen[name] = chain
+        d["chain"] = chain + [str(new_top)]
+    return frozen
+
+
+def commit_vm(repo: Any, key: str | None, message: str = "", stay_paused: bool = False,
+              ) -> tuple[str, Timings]:
+    """Commit the VM's memory, disks and device state; returns (commit ID, timings)."""
+    reg = registry(repo)
+    rec = reg.resolve(key)
+    tm = Timings()
+    with reg.lock(rec):
+        rec = reg.resolve(rec.id)  # re-read under the lock
+        backing = load_backing(rec.memory)
+        devstate = rec.dir / "commit.devstate"
+        devstate.unlink(missing_ok=True)
+        with qmp_for(rec, timeout=60.0) as q:
+            was_running = q.command("query-status")["status"] == "running"
+            t0 = t_stop = time.perf_counter()
+            q.command("stop")
+            t0 = tm.mark("stop", t0)
+            try:
+                frozen = freeze_disks(q, reg, rec)
+                reg.save(rec)  # the new tops are QEMU's now, whatever happens next
+                t0 = tm.mark("freeze_disks", t0)
+                mem_image, mem_dirty = backing.capture()
+                rec.memory = backing.state()
+                reg.save(rec)
+                t0 = tm.mark("capture_memory", t0)
+                save_devstate(q, devstate)
+                t0 = tm.mark("devstate", t0)
+            finally:
+                if was_running and not stay_paused:
+                    q.command("cont")
+                    t0 = tm.mark("cont", t0)
+            tm.pause = round((time.perf_counter() - t_stop) * 1000, 2)
+        cid = _store_commit(repo, reg, rec, backing, frozen, mem_image, mem_dirty, devstate,
+                            message, tm)
+        devstate.unlink(missing_ok=True)
+    return cid, tm
+
+
+def _store_commit(repo: Any, reg: VMRegistry, rec: VMRecord, backing: Any,
+                  frozen: dict[str, list[str]], mem_image: Path, mem_dirty: list[int] | None,
+                  devstate: Path, message: str, tm: Timings) -> str:
+    t0 = time.perf_counter()
+    images: dict[str, Any] = {"memory": str(mem_image), "devstate": str(devstate),
+                              "kernel": rec.boot["kernel"], "initrd": rec.boot["initrd"]}
+    dirty: dict[str, Any] = {}
+    if mem_dirty is not None:
+        dirty["memory"] = mem_dirty
+    captures = []
+    for name, chain in frozen.items():
+        committed = int(rec.disks[name]["committed"])
+        full = rec.base_commit is None or committed == 0
+        size = disk_mod.image_size(Path(chain[-1]))
+        out = rec.dir / f"commit-{name}.raw"
+        pages = disk_mod.capture_disk(chain, len(chain) - committed, size, out, full)
+        captures.append(out)
+        images[name] = str(out)
+        if pages is not None:
+            dirty[name] = pages
+    t0 = tm.mark("capture_disks", t0)
+    spec = dict(rec.spec)
+    config = {"vm": {**spec, "kernel": rec.boot["kernel"], "initrd": rec.boot["initrd"]},
+              "vmm": {"devstate": "qemu-migration x-ignore-shared", "vm_id": rec.id}}
+    head = repo.head_commit()
+    base = rec.base_commit
+    ok = False
+    try:
+        if base is None or head == base:
+            parents = [base] if base else ([head] if head else [])
+            cid = repo.snapshot(images, message=message, config=config, parents=parents,
+                                dirty=dirty or None, ref="HEAD")
+        else:
+            # The branch moved on since this VM's base (another VM committed): record the VM's
+            # lineage as first parent (so only its changed pages are read) and the branch tip as
+            # second, then fast-forward the branch to the new commit.
+            parents = [base] + ([head] if head else [])
+            cid = repo.snapshot(images, message=message, config=config, parents=parents,
+                                dirty=dirty or None, ref=None)
+            repo.refs.set_ref("HEAD", cid, old=head, message=f"commit (vm {rec.id}): {message}")
+        ok = True
+    finally:
+        backing.commit_done(ok)
+        for out in captures:
+            out.unlink(missing_ok=True)
+        rec = _reload(reg, rec)
+        rec.memory = backing.state()
+        if ok:
+            rec.base_commit = cid
+            for name, chain in frozen.items():
+                rec.disks[name]["committed"] = len(chain)
+        reg.save(rec)
+    tm.mark("store", t0)
+    n_dirty = len(mem_dirty) if mem_dirty is not None else None
+    tm.extra = {"memory_dirty_pages": n_dirty,
+                "disk_dirty_pages": {k: len(v) for k, v in dirty.items() if k != "memory"}}
+    return cid
+
+
+def _reload(reg: VMRegistry, rec: VMRecord) -> VMRecord:
+    fresh = reg.find(rec.id)
+    if fresh is None:
+        raise VMError(f"VM {rec.id} disappeared during the commit")
+    fresh.disks, fresh.memory = rec.disks, rec.memory
+    return fresh
+
+
+def branch_vm(repo: Any, key: str | None, count: int = 1, name: str | None = None,
+              ) -> tuple[list[VMRecord], Timings]:
+    """Fork a live VM into ``count`` children that continue from the same instant."""
+    if count < 1:
+        raise BadInput("--count must be at least 1")
+    reg = registry(repo)
+    parent = reg.resolve(key)
+    names = [name] if count == 1 else [f"{name}-{i}" if name else None for i in range(count)]
+    tm = Timings()
+    children: list[VMRecord] = []
+    with reg.lock(parent):
+        parent = reg.resolve(parent.id)
+        backing = load_backing(parent.memory)
+        try:
+            t0 = time.perf_counter()
+            for n in names:
+                c = reg.create(name=n, parent_vm=parent.id)
+                children.append(c)
+            child_mem = [backing.fork_begin(c.id) for c in children]
+            t0 = tm.mark("precopy_memory", t0)
+            devstate = parent.dir / f"branch-{os.getpid()}.devstate"
+            with qmp_for(parent, timeout=60.0) as q:
+                was_running = q.command("query-status")["status"] == "running"
+                t_stop = time.perf_counter()
+                q.command("stop")
+                t0 = tm.mark("stop", t_stop)
+                try:
+                    frozen = freeze_disks(q, reg, parent)
+                    reg.save(parent)
+                    t0 = tm.mark("freeze_disks", t0)
+                    fixed = [backing.fork_end(m) for m in child_mem]
+                    tm.extra["fixed_pages"] = fixed
+                    t0 = tm.mark("fix_memory", t0)
+                    save_devstate(q, devstate)
+                    t0 = tm.mark("devstate", t0)
+                finally:
+                    if was_running:
+                        q.command("cont")
+                t_cont = time.perf_counter()
+                tm.phases["cont"] = round((t_cont - t0) * 1000, 2)
+                tm.pause = round((t_cont - t_stop) * 1000, 2)
+            spec = MachineSpec.from_dict(parent.spec)
+            for c, mem in zip(children, child_mem):
+                backing.fork_reference(mem)
+                c.boot = dict(parent.boot)
+                c.base_commit = parent.base_commit
+                for dname, chain in frozen.items():
+                    top = disk_mod.new_layer_path(reg.layers, c.id)
+                    disk_mod.create_overlay(top, Path(chain[-1]))
+                    c.disks[dname] = {"chain": chain + [str(top)],
+                                      "committed": parent.disks[dname]["committed"]}
+                c.memory = mem.state()
+                reg.save(c)
+                start_machine(reg, c, spec, mem, devstate=devstate)
+            tm.extra["child_ready_after_resume_ms"] = round(
+                (time.perf_counter() - t_cont) * 1000, 2)
+            devstate.unlink(missing_ok=True)
+        except BaseException:
+            from vers.vmm.lifecycle import _remove
+
+            for c in children:
+                _remove(reg, c)
+            raise
+    if not pid_alive(parent.pid, parent.id):
+        raise VMError(f"parent VM {parent.id} died during the branch")
+    return children, tm
+
+
+def branch_commit(repo: Any, rev: str, count: int = 1, name: str | None = None,
+                  ) -> list[VMRecord]:
+    """``vers branch COMMIT``: ``count`` independent VMs restored from one commit."""
+    from vers.vmm.lifecycle import restore_commit
+
+    names = [name] if count == 1 else [f"{name}-{i}" if name else None for i in range(count)]
+    return [restore_commit(repo, rev, name=n) for n in names]
