@@ -6,7 +6,8 @@ copy, diffed at commit time):
 * restore: nothing is copied; the guest's first touch of a page reads it from the store;
 * commit: the dirty set comes from the daemon (it saw every write-back), no comparison of RAM;
   the capture is a frozen copy-on-write twin, no copy of the dirty pages;
-* branch: the child gets a copy-on-write twin, no copy of RAM.
+* branch: ``fork_end`` gives the child a copy-on-write twin, no copy of RAM, so the parent's
+  pause does not grow with RAM size.
 
 Registering it (the VMM owns ``vers/vmm/backing.py``)::
 
@@ -63,10 +64,25 @@ class FuseMemoryBacking(MemoryBacking):
         if self._state.pop("capture", None) is not None:
             self.file.capture_done(ok)
 
-    def fork(self, vm_id: str) -> FuseMemoryBacking:
-        child = self.file.branch(f"{vm_id}.memory")
-        return FuseMemoryBacking({"path": str(child.path), "size": self.size, "name": child.name,
+    def fork_begin(self, vm_id: str) -> FuseMemoryBacking:
+        """Guest still running: nothing to pre-copy, only name the child's file (its path is
+        final, so the child's QEMU command line can be prepared now)."""
+        name = f"{vm_id}.memory"
+        return FuseMemoryBacking({"path": str(self.file.daemon.mountpoint / name),
+                                  "size": self.size, "name": name,
                                   "state_dir": self._state["state_dir"]})
+
+    def fork_end(self, child: MemoryBacking) -> int:
+        """Guest stopped: freeze our content under both files (copy-on-write). Copies 0 pages."""
+        if not isinstance(child, FuseMemoryBacking):
+            raise VMError("a FUSE memory backing can only fork into another FUSE memory backing")
+        self.file.branch(child._state["name"])
+        return 0
+
+    def fork(self, vm_id: str) -> FuseMemoryBacking:
+        child = self.fork_begin(vm_id)
+        self.fork_end(child)
+        return child
 
     def stats(self) -> dict[str, int]:
         return self.file.stats()

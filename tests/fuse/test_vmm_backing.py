@@ -1,0 +1,79 @@
+"""FuseMemoryBacking through the VMM's MemoryBacking interface, the way the driver calls it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fuse.conftest import History, needs_fuse
+from tests.fuse.test_backing import PAGE, Writer
+from vers.fuse.backing import BackingDaemon
+
+pytestmark = [pytest.mark.fuse, needs_fuse]
+
+vmm_backing = pytest.importorskip("vers.vmm.backing")
+from vers.fuse.vmm_backing import FuseMemoryBacking
+
+
+@pytest.fixture
+def where(tmp_path: Path) -> Iterator[Path]:
+    state = tmp_path / "fuse-state"
+    try:
+        yield state
+    finally:
+        BackingDaemon(state).shutdown()
+
+
+def test_restore_commit_fork_cycle(history: History, where: Path) -> None:
+    repo = history.repo
+    size = history.memory2.stat().st_size
+    mem = FuseMemoryBacking.create("vm1", size, repo.open_image(history.second, "memory"), where)
+    assert isinstance(mem, vmm_backing.MemoryBacking)
+    # The record survives a process boundary: rebuild the backing from its saved state.
+    mem = FuseMemoryBacking({k: v for k, v in mem.state().items() if k != "kind"})
+    w = Writer(mem.path, size)
+    try:
+        w.write(0, "guest-wrote-this")
+        w.write(100, "and-this")
+        image, dirty = mem.capture()
+        assert dirty == [0, 100]
+        w.write(5, "after-capture")  # the guest resumed; the capture must not change
+        cid = repo.snapshot({"memory": image}, dirty={"memory": dirty}, message="vm commit")
+        mem.commit_done(True)
+        exported = history.dir / "c.img"
+        repo.export_image(cid, "memory", exported)
+        expect = bytearray(history.memory2.read_bytes())
+        expect[0:16] = b"guest-wrote-this"
+        expect[100 * PAGE : 100 * PAGE + 8] = b"and-this"
+        assert exported.read_bytes() == bytes(expect)
+        assert repo.diff(history.second, cid) is not None
+
+        child = mem.fork_begin("vm2")
+        assert mem.fork_end(child) == 0  # no page copied
+        wc = Writer(child.path, size)
+        try:
+            assert wc.read(5, 13) == "after-capture"
+            wc.write(6, "child-only")
+            assert w.read(6, 10) != "child-only"
+            image, dirty = child.capture()
+            assert dirty == [5, 6]  # inherited from the parent since the last commit, plus its own
+            child.commit_done(False)
+        finally:
+            wc.close()
+            child.destroy()
+    finally:
+        w.close()
+        mem.destroy()
+    assert not Path(mem.path).exists()
+
+
+def test_fresh_boot_first_capture_reads_everything(where: Path) -> None:
+    mem = FuseMemoryBacking.create("vm3", 32 * PAGE, None, where)
+    image, dirty = mem.capture()
+    assert dirty is None and image.exists()
+    mem.commit_done(True)
+    assert mem.capture()[1] == []
+    mem.commit_done(True)
+    mem.destroy()
