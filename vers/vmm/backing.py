@@ -13,12 +13,13 @@ after the guest has resumed. The reference costs a second copy of guest RAM in /
 
 from __future__ import annotations
 
+import importlib
 import os
 import shutil
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from collections.abc import Iterable
 from typing import Any, ClassVar
 
 from vers.errors import VMError
@@ -250,12 +251,24 @@ class ShmMemoryBacking(MemoryBacking):
 
 
 BACKINGS: dict[str, type[MemoryBacking]] = {"shm": ShmMemoryBacking}
+#: Implementations that live outside vers.vmm, imported only when named (vmm never needs FUSE).
+PLUGINS = {"fuse": ("vers.fuse.vmm_backing", "FuseMemoryBacking")}
+
+
+def backing_class(kind: str) -> type[MemoryBacking]:
+    if kind not in BACKINGS and kind in PLUGINS:
+        module, attr = PLUGINS[kind]
+        try:
+            BACKINGS[kind] = getattr(importlib.import_module(module), attr)
+        except (ImportError, AttributeError) as exc:
+            raise VMError(f"memory backing {kind!r} is not available: {exc}") from exc
+    try:
+        return BACKINGS[kind]
+    except KeyError as exc:
+        known = ", ".join(sorted({*BACKINGS, *PLUGINS}))
+        raise VMError(f"unknown memory backing {kind!r} (known: {known})") from exc
 
 
 def load_backing(state: dict[str, Any]) -> MemoryBacking:
-    kind = state.get("kind", "shm")
-    try:
-        cls = BACKINGS[kind]
-    except KeyError as exc:
-        raise VMError(f"unknown memory backing {kind!r} (known: {', '.join(BACKINGS)})") from exc
+    cls = backing_class(state.get("kind", "shm"))
     return cls({k: v for k, v in state.items() if k != "kind"})

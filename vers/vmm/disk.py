@@ -121,7 +121,7 @@ def export_base(repo: Any, commit: str, image: str, layers: Path) -> Path:
 
 def gc_layers(layers: Path, in_use: set[str]) -> list[Path]:
     """Delete layer files that no VM chain mentions (exported bases are kept as a cache)."""
-    removed = []
+    removed: list[Path] = []
     if not layers.is_dir():
         return removed
     for p in layers.iterdir():

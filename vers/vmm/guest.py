@@ -109,7 +109,8 @@ def _busybox() -> Path:
     for cand in ("/bin/busybox", "/usr/bin/busybox"):
         p = Path(cand)
         if p.exists():
-            out = subprocess.run(["file", "-b", cand], capture_output=True, text=True).stdout
+            out = subprocess.run(["file", "-b", cand], capture_output=True, text=True,
+                                 check=False).stdout
             if "statically linked" in out or not out:
                 return p
     raise VMError("busybox-static is not installed (apt-get install busybox-static)")

@@ -10,14 +10,15 @@ import shlex
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from vers.errors import BadInput, BadRevision, VMError
 from vers.vmm import agent as agent_mod
 from vers.vmm import disk as disk_mod
-from vers.vmm.backing import BACKINGS, MemoryBacking, load_backing
+from vers.vmm.backing import MemoryBacking, backing_class, load_backing
 from vers.vmm.guest import build_guest
 from vers.vmm.machine import (
     MachineSpec,
@@ -61,7 +62,8 @@ def qmp_for(rec: VMRecord, timeout: float = 10.0) -> QMPClient:
 
 
 def start_machine(reg: VMRegistry, rec: VMRecord, spec: MachineSpec, backing: MemoryBacking,
-                  devstate: Path | None = None, boot_timeout: float = BOOT_TIMEOUT) -> None:
+                  devstate: Path | None = None, boot_timeout: float = BOOT_TIMEOUT,
+                  paused: bool = False) -> None:
     """Spawn QEMU for ``rec``; fresh boots wait for the agent, restores load ``devstate``."""
     d = rec.dir
     rec.qmp_sock, rec.agent_sock = _sock_path(d, "qmp"), _sock_path(d, "agent")
@@ -80,7 +82,8 @@ def start_machine(reg: VMRegistry, rec: VMRecord, spec: MachineSpec, backing: Me
     try:
         if devstate is not None:
             load_devstate(qmp, devstate)
-            qmp.command("cont")
+            if not paused:
+                qmp.command("cont")
     except VMError as exc:
         kill_pid(rec.pid)
         raise launch_error(f"restoring device state failed: {exc}", d) from exc
@@ -173,14 +176,17 @@ def run_vm(repo: Any, opts: RunOptions) -> VMRecord:
 
 def _backing_class(kind: str) -> type[MemoryBacking]:
     try:
-        return BACKINGS[kind]
-    except KeyError as exc:
-        raise BadInput(f"unknown memory backing {kind!r} (known: {', '.join(BACKINGS)})") from exc
+        return backing_class(kind)
+    except VMError as exc:
+        raise BadInput(str(exc)) from exc
 
 
 def restore_commit(repo: Any, rev: str, name: str | None = None, make_current: bool = False,
-                   memory_backing: str = "shm", memory_dir: str | None = None) -> VMRecord:
-    """Boot a new VM from a commit through QEMU's snapshot-load path (-incoming)."""
+                   memory_backing: str = "shm", memory_dir: str | None = None,
+                   paused: bool = False) -> VMRecord:
+    """Boot a new VM from a commit through QEMU's snapshot-load path (-incoming).
+
+    With ``paused`` the guest is left stopped right after its state is loaded."""
     cid = repo.rev_parse(rev)
     commit = repo.get_commit(cid)
     vmconf = commit.config.get("vm")
@@ -204,7 +210,7 @@ def restore_commit(repo: Any, rev: str, name: str | None = None, make_current: b
         rec.memory = backing.state()
         rec.base_commit = cid
         reg.save(rec)
-        start_machine(reg, rec, spec, backing, devstate=devstate)
+        start_machine(reg, rec, spec, backing, devstate=devstate, paused=paused)
         devstate.unlink(missing_ok=True)
     except BaseException:
         _remove(reg, rec)
@@ -321,11 +327,9 @@ def exec_in_vm(repo: Any, key: str | None, argv: list[str],
 def follow_console(repo: Any, key: str | None, follow: bool) -> Iterator[bytes]:
     rec = registry(repo).resolve(key)
     path = Path(rec.serial_log or rec.dir / "serial.log")
-    try:
-        f = open(path, "rb")
-    except FileNotFoundError as exc:
-        raise VMError(f"VM {rec.id} has no serial log yet") from exc
-    with f:
+    if not path.exists():
+        raise VMError(f"VM {rec.id} has no serial log yet")
+    with open(path, "rb") as f:
         while True:
             chunk = f.read(65536)
             if chunk:

@@ -117,14 +117,12 @@ def build_args(vm_id: str, spec: MachineSpec, *, mem_path: str, kernel: str, ini
 
 def spawn(args: list[str], vm_dir: Path) -> int:
     """Start QEMU detached from our session; its stdout/stderr go to vm_dir/qemu.log."""
-    log = open(vm_dir / "qemu.log", "wb")
-    try:
-        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True, cwd=vm_dir)
-    except OSError as exc:
-        raise VMError(f"cannot start QEMU: {exc}\n  command: {shlex.join(args)}") from exc
-    finally:
-        log.close()
+    with open(vm_dir / "qemu.log", "wb") as log:
+        try:
+            proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True, cwd=vm_dir)
+        except OSError as exc:
+            raise VMError(f"cannot start QEMU: {exc}\n  command: {shlex.join(args)}") from exc
     (vm_dir / "cmdline").write_text(shlex.join(args) + "\n")
     return proc.pid
 
@@ -219,7 +217,6 @@ def find_qemu_processes(vms_root: Path) -> dict[str, int]:
         if not any(a.startswith(marker) for a in argv):
             continue
         for i, a in enumerate(argv[:-1]):
-            if a == b"-name" and argv[i + 1].startswith(b"vers-"):
-                if pid_alive(int(entry)):
-                    found[argv[i + 1][5:].decode()] = int(entry)
+            if a == b"-name" and argv[i + 1].startswith(b"vers-") and pid_alive(int(entry)):
+                found[argv[i + 1][5:].decode()] = int(entry)
     return found

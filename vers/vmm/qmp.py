@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import socket
 import time
-from typing import Any
+from typing import Any, Self
 
 from vers.errors import VMError
 
@@ -56,7 +56,7 @@ class QMPClient:
             finally:
                 self._sock = None
 
-    def __enter__(self) -> QMPClient:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

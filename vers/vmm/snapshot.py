@@ -213,7 +213,6 @@ def branch_vm(repo: Any, key: str | None, count: int = 1, name: str | None = Non
                 tm.pause = round((t_cont - t_stop) * 1000, 2)
             spec = MachineSpec.from_dict(parent.spec)
             for c, mem in zip(children, child_mem):
-                backing.fork_reference(mem)
                 c.boot = dict(parent.boot)
                 c.base_commit = parent.base_commit
                 for dname, chain in frozen.items():
@@ -226,6 +225,11 @@ def branch_vm(repo: Any, key: str | None, count: int = 1, name: str | None = Non
                 start_machine(reg, c, spec, mem, devstate=devstate)
             tm.extra["child_ready_after_resume_ms"] = round(
                 (time.perf_counter() - t_cont) * 1000, 2)
+            for c, mem in zip(children, child_mem):  # off the critical path: children run
+                backing.fork_reference(mem)
+                c = reg.resolve(c.id)
+                c.memory = mem.state()
+                reg.save(c)
             devstate.unlink(missing_ok=True)
         except BaseException:
             from vers.vmm.lifecycle import _remove

@@ -15,9 +15,10 @@ import json
 import os
 import secrets
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from vers.errors import BadInput, VMError
 
@@ -100,7 +101,7 @@ class VMRegistry:
         os.replace(tmp, path)
 
     def all(self) -> list[VMRecord]:
-        out = []
+        out: list[VMRecord] = []
         if not self.root.is_dir():
             return out
         for d in sorted(self.root.iterdir()):
