@@ -10,6 +10,7 @@ from vers.cli import vm  # noqa: F401,E402
 from vers.cli import fuse  # noqa: F401,E402
 from vers.cli import bisect  # noqa: F401,E402
 from vers.cli import remote  # noqa: F401,E402
+from vers.cli import maint  # noqa: F401,E402
 
 
 def main() -> None:

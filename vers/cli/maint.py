@@ -1,0 +1,82 @@
+"""vers CLI commands: maintenance (``fsck``, ``gc``)."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from vers.cli._group import cli, info, open_repo
+
+
+@cli.command("fsck")
+@click.option("--full", is_flag=True,
+              help="Also check that every node's level matches its place in its tree.")
+def fsck_cmd(full: bool) -> None:
+    """Re-hash every object and check that every ref and reflog entry reaches complete state.
+
+    Each problem is printed on its own line (what, which object, reached from which ref and
+    commit); exit status 1 if there is any, 0 if none.
+    """
+    from vers.porcelain.fsck import fsck
+
+    repo = open_repo()
+    report = fsck(repo.store, repo.refs, full=full, on_problem=lambda p: click.echo(str(p)))
+    info(report.summary())
+    if not report.ok:
+        sys.exit(1)
+
+
+@cli.command("gc")
+@click.option("--grace", default="2h", show_default=True, metavar="DURATION",
+              help="Only objects stored longer ago than this may go (protects writers in progress).")
+@click.option("--expire-reflog", default="90d", show_default=True, metavar="DURATION",
+              help="Drop reflog entries older than this ('never' keeps them all).")
+@click.option("-n", "--dry-run", is_flag=True, help="Show what would be kept and removed; change nothing.")
+@click.option("--keep-last", type=int, default=0, metavar="N", help="Keep the N newest commits.")
+@click.option("--keep-within", default=None, metavar="DURATION",
+              help="Keep every commit newer than now - DURATION.")
+@click.option("--keep-hourly", type=int, default=0, metavar="N",
+              help="Keep the newest commit of each of the last N hours that have one.")
+@click.option("--keep-daily", type=int, default=0, metavar="N", help="Same, per day (UTC).")
+@click.option("--keep-weekly", type=int, default=0, metavar="N", help="Same, per ISO week.")
+@click.option("--keep-monthly", type=int, default=0, metavar="N", help="Same, per month.")
+@click.option("--keep-yearly", type=int, default=0, metavar="N", help="Same, per year.")
+def gc_cmd(
+    grace: str,
+    expire_reflog: str,
+    dry_run: bool,
+    keep_last: int,
+    keep_within: str | None,
+    keep_hourly: int,
+    keep_daily: int,
+    keep_weekly: int,
+    keep_monthly: int,
+    keep_yearly: int,
+) -> None:
+    """Expire old reflog entries, apply a retention policy, and prune unreachable objects.
+
+    Without --keep-* options history is left as it is. With them, commits on branches that no
+    rule keeps are removed from history (kept commits above them are rewritten with the same
+    state, time and message); branch heads and tagged commits are always kept.
+    """
+    from vers.porcelain.gc import gc
+    from vers.porcelain.retention import Policy, parse_duration
+
+    policy = Policy(
+        last=keep_last, hourly=keep_hourly, daily=keep_daily, weekly=keep_weekly,
+        monthly=keep_monthly, yearly=keep_yearly,
+        within=parse_duration(keep_within) if keep_within is not None else None,
+    )
+    repo = open_repo()
+    report = gc(
+        repo.store,
+        repo.refs,
+        grace=parse_duration(grace),
+        expire_reflog=parse_duration(expire_reflog),
+        policy=None if policy.empty else policy,
+        dry_run=dry_run,
+        progress=lambda msg: info(f"gc: {msg}"),
+    )
+    for line in report.lines():
+        click.echo(line)
