@@ -16,7 +16,9 @@ def make_image(path: str | os.PathLike[str], size: int, seed: int = 0,
     pages = size // PAGE_SIZE
     n_random = int(pages * random_fraction)
     n_zero = int(pages * zero_fraction)
-    data = bytearray(rnd.randbytes(n_random * PAGE_SIZE))
+    data = bytearray()
+    for off in range(0, n_random * PAGE_SIZE, 16 << 20):  # randbytes is limited to < 256 MiB
+        data += rnd.randbytes(min(16 << 20, n_random * PAGE_SIZE - off))
     data += bytes(n_zero * PAGE_SIZE)
     text = b"".join(b"line %08d of some compressible guest data\n" % i for i in range(2000))
     rest = size - len(data)
