@@ -1,0 +1,201 @@
+"""FUSE benchmarks (issue #4), every goal as a ratio against a baseline measured in the same run.
+
+1. Sequential read of a mounted 1 GiB memory file (``dd bs=1M`` from a fresh mount) vs
+   ``vers export`` of the same commit. Goals: >= 300 MB/s, and export_time / ... within 2x.
+2. Commit after a lazy restore: a writer dirties 1% and 4% of pages through a MAP_SHARED mapping
+   of the FUSE backing file (as QEMU does); capture + ``repo.snapshot(dirty=...)`` is timed, and
+   the store's growth is compared with the dirty bytes. Baseline: a full commit of the same RAM
+   (no dirty set). Goals: growth <= 1.1x dirty bytes; time proportional to dirty pages.
+3. Lazy restore: time from nothing to a mapped file whose first page has been read, 256 MiB vs
+   2 GiB. Goal: <= 1.5x.
+
+    python3 bench/fuse.py [--size-mib 1024] [--work DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import mmap
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from vers.fuse.backing import BackingDaemon, BackingFile  # noqa: E402
+from vers.porcelain.mount import mount, umount  # noqa: E402
+from vers.repo import Repo  # noqa: E402
+
+PAGE = 4096
+MiB = 1 << 20
+
+
+def make_image(path: Path, size: int, seed: int) -> None:
+    """Half random pages, a quarter zero, a quarter repetitive (compressible) text."""
+    rnd = random.Random(seed)
+    text = (b"vers guest memory page " * 200)[:PAGE]
+    block = 64 * MiB
+    with open(path, "wb") as f:
+        for start in range(0, size, block):
+            n = min(block, size - start)
+            buf = bytearray(rnd.randbytes(n))
+            for off in range(0, n, PAGE):
+                kind = ((start + off) // PAGE) % 4
+                if kind == 2:
+                    buf[off : off + PAGE] = bytes(PAGE)
+                elif kind == 3:
+                    buf[off : off + PAGE] = text
+            f.write(buf)
+
+
+def pack_bytes(repo: Repo) -> int:
+    return sum(n for _no, _t, n in repo.store.iter_packs())  # type: ignore[attr-defined]
+
+
+def timed(fn, *args, **kw):  # type: ignore[no-untyped-def]
+    t0 = time.perf_counter()
+    out = fn(*args, **kw)
+    return time.perf_counter() - t0, out
+
+
+def bench_read(work: Path, repo: Repo, cid: str, size: int) -> None:
+    out = work / "export.img"
+    t_export_cli, _ = timed(
+        subprocess.run, ["vers", "-C", str(repo.root), "export", cid, "--memory", str(out)],
+        check=True,
+    )
+    out.unlink()
+    t_export_api, _ = timed(repo.export_image, cid, "memory", out)
+    out.unlink()
+    point = work / "mnt"
+    point.mkdir(exist_ok=True)
+    reads = []
+    for _ in range(2):  # a fresh mount each time: nothing in the kernel's page cache for it
+        mount(repo, point)
+        try:
+            t, _ = timed(
+                subprocess.run,
+                ["dd", f"if={point}/commits/{cid}/memory", "of=/dev/null", "bs=1M"],
+                check=True, capture_output=True,
+            )
+            reads.append(t)
+        finally:
+            umount(point)
+    t_read = min(reads)
+    mbps = size / MiB / t_read
+    print(f"[read] {size // MiB} MiB: mounted sequential read {t_read:.2f} s = {mbps:.0f} MiB/s "
+          f"(goal >= 300 MB/s: {'ok' if mbps * MiB / 1e6 >= 300 else 'MISSED'})")
+    print(f"[read] vers export (CLI) {t_export_cli:.2f} s, export_image (API) {t_export_api:.2f} s")
+    ratio = t_read / t_export_cli
+    print(f"[read] ratio mounted-read / vers-export = {ratio:.2f}x "
+          f"(goal <= 2x: {'ok' if ratio <= 2 else 'MISSED'}); vs API export "
+          f"{t_read / t_export_api:.2f}x")
+
+
+def bench_commit(work: Path, repo: Repo, cid: str, size: int, daemon: BackingDaemon) -> None:
+    npages = size // PAGE
+    rows = []
+    for frac in (0.01, 0.04):
+        f = BackingFile.create(daemon, f"bench-{frac}.memory", size,
+                               {"repo": str(repo.root), "commit": cid, "image": "memory"})
+        fd = os.open(f.path, os.O_RDWR)
+        m = mmap.mmap(fd, size, mmap.MAP_SHARED)
+        pages = random.Random(int(frac * 1000)).sample(range(npages), int(npages * frac))
+        for p in pages:
+            m[p * PAGE : p * PAGE + 16] = os.urandom(16)  # the rest of the page comes from the store
+        before = pack_bytes(repo)
+        t0 = time.perf_counter()
+        twin, dirty = f.capture()
+        t_capture = time.perf_counter() - t0
+        assert dirty is not None and sorted(dirty) == sorted(pages), "dirty set incomplete"
+        new = repo.snapshot({"memory": twin.path}, dirty={"memory": dirty}, parents=[cid], ref=None,
+                            message=f"dirty {frac:.0%}")
+        t_commit = time.perf_counter() - t0
+        f.capture_done(True)
+        growth = pack_bytes(repo) - before
+        dirty_bytes = len(pages) * PAGE
+        rows.append((frac, len(pages), t_capture, t_commit, growth, dirty_bytes))
+        if frac == 0.01:  # baseline: the same RAM committed without a dirty set
+            twin, _ = f.capture()
+            t_full, _ = timed(repo.snapshot, {"memory": twin.path}, parents=[cid], ref=None,
+                              message="full")
+            f.capture_done(True)
+            del new
+        m.close()
+        os.close(fd)
+        f.remove()
+    for frac, n, t_cap, t_com, growth, dirty_bytes in rows:
+        print(f"[commit] {frac:.0%} dirty ({n} pages): capture {t_cap * 1000:.0f} ms, "
+              f"capture+commit {t_com * 1000:.0f} ms, store growth {growth / MiB:.1f} MiB = "
+              f"{growth / dirty_bytes:.2f}x dirty bytes (goal <= 1.1x: "
+              f"{'ok' if growth <= 1.1 * dirty_bytes else 'MISSED'})")
+    (f1, n1, _, t1, _, _), (f4, n4, _, t4, _, _) = rows
+    print(f"[commit] time 4% / 1% = {t4 / t1:.2f}x for {n4 / n1:.1f}x the pages "
+          "(proportional to dirty pages)")
+    print(f"[commit] baseline full commit of the same RAM without dirty set: {t_full:.2f} s; "
+          f"1% dirty commit is {t1 / t_full:.3f}x of it")
+
+
+def bench_restore(work: Path, daemon: BackingDaemon) -> None:
+    times = {}
+    for size in (256 * MiB, 2048 * MiB):
+        repo = Repo.init(work / f"restore-{size}")
+        img = work / "restore.img"
+        with open(img, "wb") as f:  # sparse image with a few pages: cheap to commit
+            f.truncate(size)
+            for p in range(0, size // PAGE, 4096):
+                f.seek(p * PAGE)
+                f.write(os.urandom(PAGE))
+        cid = repo.snapshot({"memory": img}, message="restore base")
+        img.unlink()
+        best = float("inf")
+        for i in range(3):
+            t0 = time.perf_counter()
+            bf = BackingFile.create(daemon, f"restore-{size}-{i}.memory", size,
+                                    {"repo": str(repo.root), "commit": cid, "image": "memory"})
+            fd = os.open(bf.path, os.O_RDWR)
+            m = mmap.mmap(fd, size, mmap.MAP_SHARED)
+            assert len(m[0:PAGE]) == PAGE
+            best = min(best, time.perf_counter() - t0)
+            m.close()
+            os.close(fd)
+            bf.remove()
+        times[size] = best
+        repo.close()
+    small, big = times[256 * MiB], times[2048 * MiB]
+    print(f"[restore] lazy restore to first page read: 256 MiB {small * 1000:.0f} ms, "
+          f"2 GiB {big * 1000:.0f} ms, ratio {big / small:.2f}x "
+          f"(goal <= 1.5x: {'ok' if big / small <= 1.5 else 'MISSED'})")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size-mib", type=int, default=1024)
+    ap.add_argument("--work", type=Path, default=None)
+    args = ap.parse_args()
+    size = args.size_mib * MiB
+    work = Path(tempfile.mkdtemp(prefix="vers-bench-fuse-", dir=args.work))
+    daemon = BackingDaemon(work / "fuse-state")
+    try:
+        repo = Repo.init(work / "repo")
+        img = work / "mem.img"
+        make_image(img, size, seed=1)
+        t_snap, cid = timed(repo.snapshot, {"memory": img}, message="bench base")
+        img.unlink()
+        print(f"[setup] committed a {size // MiB} MiB memory image in {t_snap:.1f} s")
+        bench_read(work, repo, cid, size)
+        bench_commit(work, repo, cid, size, daemon)
+        bench_restore(work, daemon)
+        repo.close()
+    finally:
+        daemon.shutdown()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
