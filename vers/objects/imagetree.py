@@ -182,10 +182,7 @@ def build_tree(
             new.append((oid, pg))
         if new:
             missing = set(writer.missing([oid for oid, _ in new]))
-            for oid, pg in new:
-                if oid in missing:
-                    writer.add(oid, KIND_PAGE, bytes(pg))
-                    missing.discard(oid)
+            writer.add_pages([(oid, bytes(pg)) for oid, pg in new if oid in missing])
         for oid in ids:
             push(0, oid)
         page += len(ids)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import struct
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
@@ -29,6 +30,7 @@ from vers.objects.model import (
     KIND_COMMIT,
     KIND_NAMES,
     KIND_NODE,
+    KIND_PAGE,
     KIND_TREE,
     NODE_ENTRIES_LEN,
     NODE_HEADER_LEN,
@@ -231,6 +233,14 @@ class ObjectWriter:
         self.flush_bytes = flush_bytes
         self._pending: dict[bytes, Record] = {}
         self._pending_bytes = 0
+        # Pages being compressed, and records being written, by the two worker threads; the main
+        # thread keeps hashing meanwhile (zstd and LMDB's commit release the GIL, blake3 on 4 KiB
+        # does not, so this is where a second core helps).
+        self._compressing: dict[bytes, bytes] = {}
+        self._compress_job: Future[list[tuple[bytes, Record]]] | None = None
+        self._inflight: dict[bytes, Record] = {}
+        self._flush_job: Future[None] | None = None
+        self._pool: ThreadPoolExecutor | None = None
         self.bytes_written = 0
         self.objects_written = 0
 
@@ -242,55 +252,74 @@ class ObjectWriter:
             self.flush()
         else:
             self._pending.clear()
+            self._compressing.clear()
+            for job in (self._compress_job, self._flush_job):
+                if job is not None:
+                    job.exception()  # wait; a failed batch must not outlive the writer
+            self._shutdown()
+
+    def _known(self, oid: bytes) -> bool:
+        return (oid == ZERO_ID or oid in self._pending or oid in self._compressing
+                or oid in self._inflight)
 
     def missing(self, oids: list[bytes]) -> list[bytes]:
         """IDs neither pending here nor stored."""
-        cand = [o for o in oids if o != ZERO_ID and o not in self._pending]
+        cand = [o for o in oids if not self._known(o)]
         return self.store.missing(cand) if cand else []
 
     def has(self, oid: bytes) -> bool:
-        return oid == ZERO_ID or oid in self._pending or self.store.contains(oid)
+        return self._known(oid) or self.store.contains(oid)
 
     def add(self, oid: bytes, kind: int, data: bytes, compress: bool = True) -> None:
         """Add an object by its canonical bytes (caller computed ``oid``); skips known IDs."""
-        if oid == ZERO_ID or oid in self._pending:
+        if self._known(oid):
             return
-        enc, payload = ENC_RAW, data
-        if compress:
-            packed = _codec.cctx.compress(data)
-            if len(packed) + MIN_COMPRESSION_SAVING <= len(data):
-                enc, payload = ENC_ZSTD, packed
-        self._queue(oid, Record(kind, enc, 0, payload))
+        self._queue(oid, _encode(kind, data) if compress else Record(kind, ENC_RAW, 0, data))
+
+    def add_pages(self, pages: list[tuple[bytes, bytes]]) -> None:
+        """Add many pages; they are compressed on a worker thread while the caller goes on."""
+        batch = {}
+        for oid, data in pages:
+            if not self._known(oid):
+                batch[oid] = data
+        self._drain_compress()
+        if batch:
+            self._compressing = batch
+            self._compress_job = self._executor().submit(
+                lambda items: [(o, _encode(KIND_PAGE, d)) for o, d in items], list(batch.items())
+            )
+
+    def _drain_compress(self) -> None:
+        if self._compress_job is not None:
+            job, self._compress_job = self._compress_job, None
+            results = job.result()
+            self._compressing = {}
+            for oid, rec in results:
+                self._queue(oid, rec)
 
     def add_record(self, oid: bytes, rec: Record) -> None:
         """Add an already-encoded record (from a bundle); the caller has verified it."""
-        if oid != ZERO_ID and oid not in self._pending:
+        if not self._known(oid):
             self._queue(oid, rec)
 
     def add_node(self, oid: bytes, data: bytes, base_oid: bytes | None) -> None:
         """Add a node, as a delta against ``base_oid`` (a node of the same level) when that pays."""
-        if oid == ZERO_ID or oid in self._pending:
+        if self._known(oid):
             return
         if base_oid is not None and base_oid != ZERO_ID:
-            base_rec = self._pending.get(base_oid) or self.store._backend_get(base_oid)
+            base_rec = (self._pending.get(base_oid) or self._inflight.get(base_oid)
+                        or self.store._backend_get(base_oid))
             if base_rec is not None and base_rec.depth < MAX_DELTA_DEPTH:
-                base_entries = self._node_entries(base_oid)
-                if base_entries is not None and data[:NODE_HEADER_LEN] == self._node_header(base_oid):
-                    delta = encode_delta(base_oid, base_entries, data[NODE_HEADER_LEN:])
+                base_full = self._node_full(base_oid, base_rec)
+                if data[:NODE_HEADER_LEN] == base_full[:NODE_HEADER_LEN]:
+                    delta = encode_delta(base_oid, base_full[NODE_HEADER_LEN:], data[NODE_HEADER_LEN:])
                     if len(delta) <= DELTA_MAX_FRACTION * len(data):
                         self._queue(oid, Record(KIND_NODE, ENC_DELTA, base_rec.depth + 1, delta))
                         return
         self.add(oid, KIND_NODE, data, compress=True)
 
-    def _node_header(self, oid: bytes) -> bytes:
-        return self._node_full(oid)[:NODE_HEADER_LEN]
-
-    def _node_entries(self, oid: bytes) -> bytes | None:
-        return self._node_full(oid)[NODE_HEADER_LEN:]
-
-    def _node_full(self, oid: bytes) -> bytes:
-        rec = self._pending.get(oid)
-        if rec is not None:
+    def _node_full(self, oid: bytes, rec: Record) -> bytes:
+        if oid in self._pending or oid in self._inflight:
             return self.store._decode(oid, rec)
         return self.store.get_bytes(oid)
 
@@ -298,17 +327,51 @@ class ObjectWriter:
         self._pending[oid] = rec
         self._pending_bytes += len(rec.payload) + 64
         if self._pending_bytes >= self.flush_bytes:
-            self.flush()
+            self._start_flush()
 
-    def flush(self) -> None:
+    def _executor(self) -> ThreadPoolExecutor:
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="vers-writer")
+        return self._pool
+
+    def _wait_flush(self) -> None:
+        if self._flush_job is not None:
+            job, self._flush_job = self._flush_job, None
+            try:
+                job.result()
+            finally:
+                self._inflight = {}
+
+    def _start_flush(self) -> None:
+        """Hand the pending records to the writer thread (one batch in flight at a time)."""
+        self._wait_flush()
         if not self._pending:
             return
-        records = list(self._pending.items())
-        self.store._backend_put(records)
+        self._inflight, self._pending = self._pending, {}
+        self._pending_bytes = 0
+        records = list(self._inflight.items())
         self.objects_written += len(records)
         self.bytes_written += sum(len(r.payload) for _, r in records)
-        self._pending.clear()
-        self._pending_bytes = 0
+        self._flush_job = self._executor().submit(self.store._backend_put, records)
+
+    def flush(self) -> None:
+        """Write everything added so far; durable when this returns."""
+        self._drain_compress()
+        self._start_flush()
+        self._wait_flush()
+        self._shutdown()
+
+    def _shutdown(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+
+def _encode(kind: int, data: bytes) -> Record:
+    packed = _codec.cctx.compress(data)
+    if len(packed) + MIN_COMPRESSION_SAVING <= len(data):
+        return Record(kind, ENC_ZSTD, 0, packed)
+    return Record(kind, ENC_RAW, 0, data)
 
 
 class MemoryObjectStore(ObjectStore):
