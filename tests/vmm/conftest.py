@@ -1,0 +1,87 @@
+"""Fixtures for the VM driver tests: one repository and one booted guest per module.
+
+Booting under TCG costs seconds, so tests share a VM where they can; every fixture kills the QEMU
+processes it started in its teardown, whatever the tests did.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vers.repo import Repo
+from vers.vmm import lifecycle
+from vers.vmm.agent import guest_exec
+
+COUNTER = ("setsid sh -c 'i=0; while :; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.05; done'"
+           " </dev/null >/dev/null 2>&1 &")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    if shutil.which("qemu-system-x86_64") is None:
+        skip = pytest.mark.skip(reason="qemu-system-x86_64 is not installed")
+        for item in items:
+            if "vm" in item.keywords:
+                item.add_marker(skip)
+
+
+def vers(cwd: Path, *args: str, check: bool = True, env: dict[str, str] | None = None,
+         timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    full_env = dict(os.environ, VERS_AUTHOR="Test <t@example>", **(env or {}))
+    full_env.pop("VERS_DIR", None)
+    p = subprocess.run(["vers", *args], cwd=cwd, capture_output=True, text=True, env=full_env,
+                       timeout=timeout, check=False)
+    if check and p.returncode != 0:
+        raise AssertionError(f"vers {args} failed ({p.returncode}): {p.stderr}")
+    return p
+
+
+def gexec(rec: Any, script: str, timeout: float = 60) -> str:
+    res = guest_exec(rec.agent_sock, script, timeout)
+    assert res.returncode == 0, (script, res)
+    return res.stdout.decode()
+
+
+def counter(rec: Any) -> int:
+    return int(gexec(rec, "cat /tmp/counter").strip())
+
+
+def wait_counter_above(rec: Any, value: int, timeout: float = 20) -> int:
+    deadline = time.monotonic() + timeout
+    while True:
+        now = counter(rec)
+        if now > value or time.monotonic() > deadline:
+            return now
+        time.sleep(0.1)
+
+
+def kill_all(repo: Repo) -> None:
+    ids = [s.id for s in lifecycle.list_vms(repo)]
+    if ids:
+        lifecycle.kill_vms(repo, ids)
+
+
+@pytest.fixture(scope="module")
+def vmrepo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Repo]:
+    repo = Repo.init(tmp_path_factory.mktemp("vmrepo"))
+    try:
+        yield repo
+    finally:
+        kill_all(repo)
+        repo.close()
+
+
+@pytest.fixture(scope="module")
+def booted(vmrepo: Repo) -> Any:
+    """A 256 MiB default guest running a counter process (a shell loop writing /tmp/counter)."""
+    rec = lifecycle.run_vm(vmrepo, lifecycle.RunOptions(name="base"))
+    gexec(rec, COUNTER)
+    wait_counter_above(rec, 0)
+    return rec
