@@ -1,5 +1,129 @@
-"""vers CLI commands: remote."""
+"""vers CLI commands: remote, push, fetch, pull, clone. Parsing only; the work is in porcelain."""
 
 from __future__ import annotations
 
-from vers.cli._group import cli  # noqa: F401
+import click
+
+from vers.cli._group import cli, info, open_repo
+from vers.remote.bundle import DEFAULT_BUNDLE_BYTES
+from vers.remote.progress import human_bytes
+
+_quiet = click.option("-q", "--quiet", is_flag=True, help="No progress output on stderr.")
+
+
+@cli.group(invoke_without_command=True)
+@click.option("-v", "--verbose", is_flag=True, help="Show URLs too.")
+@click.pass_context
+def remote(ctx: click.Context, verbose: bool) -> None:
+    """Manage remotes: paths, file:// or s3://bucket/prefix URLs.
+
+    S3 settings and credentials come from the AWS environment and config files (including
+    AWS_ENDPOINT_URL for non-AWS servers); they are never stored in the repository."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from vers.porcelain.remote import list_remotes
+
+    with open_repo() as repo:
+        for name, url in list_remotes(repo).items():
+            if verbose:
+                click.echo(f"{name}\t{url} (fetch)")
+                click.echo(f"{name}\t{url} (push)")
+            else:
+                click.echo(name)
+
+
+@remote.command("add")
+@click.argument("name")
+@click.argument("url")
+def remote_add(name: str, url: str) -> None:
+    """Add remote NAME at URL."""
+    from vers.porcelain.remote import add_remote
+
+    with open_repo() as repo:
+        add_remote(repo, name, url)
+
+
+@remote.command("remove")
+@click.argument("name")
+def remote_remove(name: str) -> None:
+    """Forget remote NAME and its remote-tracking refs (the remote itself is untouched)."""
+    from vers.porcelain.remote import remove_remote
+
+    with open_repo() as repo:
+        remove_remote(repo, name)
+
+
+remote.add_command(remote_remove, "rm")
+
+
+@cli.command()
+@click.argument("remote_name", metavar="REMOTE")
+@click.argument("refspecs", nargs=-1, metavar="[REF[:DST]]...")
+@click.option("-f", "--force", is_flag=True, help="Allow non-fast-forward updates.")
+@click.option("--bundle-size", type=int, default=DEFAULT_BUNDLE_BYTES, show_default=True,
+              help="Target bytes per uploaded bundle.")
+@_quiet
+def push(remote_name: str, refspecs: tuple[str, ...], force: bool, bundle_size: int,
+         quiet: bool) -> None:
+    """Send commits to REMOTE and move its refs (default: the current branch)."""
+    from vers.porcelain.push import push as run_push
+
+    if bundle_size < 4096:
+        raise click.BadParameter("must be at least 4096", param_hint="--bundle-size")
+    with open_repo() as repo:
+        result = run_push(repo, remote_name, list(refspecs), force=force, quiet=quiet,
+                          bundle_bytes=bundle_size)
+    if not quiet:
+        for ref in result.up_to_date:
+            info(f"{ref}: up to date")
+        for ref, old, new in result.updated:
+            info(f"{ref}: {old[:12] if old else '(new)'} -> {new[:12]}")
+        info(f"sent {result.objects} objects, {human_bytes(result.bytes)} in "
+             f"{result.bundles} bundles")
+
+
+@cli.command()
+@click.argument("remote_name", metavar="REMOTE")
+@_quiet
+def fetch(remote_name: str, quiet: bool) -> None:
+    """Fetch branches and tags of REMOTE into refs/remotes/REMOTE/* (and refs/tags/*)."""
+    from vers.porcelain.fetch import fetch as run_fetch
+
+    with open_repo() as repo:
+        summary = run_fetch(repo, remote_name, quiet=quiet)
+    if not quiet:
+        for ref, (old, new) in summary.updated.items():
+            info(f"{ref}: {old[:12] if old else '(new)'} -> {new[:12]}")
+        info(f"received {summary.result.objects} objects, {human_bytes(summary.result.bytes)}")
+
+
+@cli.command()
+@click.argument("remote_name", metavar="[REMOTE]", default="origin")
+@_quiet
+def pull(remote_name: str, quiet: bool) -> None:
+    """Fetch REMOTE (default origin), then fast-forward the current branch; refuses otherwise."""
+    from vers.porcelain.fetch import pull as run_pull
+
+    with open_repo() as repo:
+        old, new = run_pull(repo, remote_name, quiet=quiet)
+    if not quiet:
+        info("already up to date" if old == new else
+             f"fast-forward {old[:12] if old else '(new)'} -> {new[:12]}")
+
+
+@cli.command()
+@click.argument("url")
+@click.argument("directory", required=False)
+@_quiet
+def clone(url: str, directory: str | None, quiet: bool) -> None:
+    """Copy the repository at URL into DIRECTORY; prints the HEAD commit ID."""
+    from vers.porcelain.clone import clone as run_clone
+
+    repo, head = run_clone(url, directory, quiet=quiet)
+    with repo:
+        if head is None:
+            info(f"cloned an empty repository into {repo.root}")
+            return
+        if not quiet:
+            info(f"cloned into {repo.root}")
+    click.echo(head)

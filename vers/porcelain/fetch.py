@@ -1,0 +1,78 @@
+"""`vers fetch REMOTE` and `vers pull [REMOTE]`: remote commits in, verified, then refs move."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from vers.errors import BadInput, RemoteError
+from vers.history import is_ancestor
+from vers.porcelain.remote import resolve_remote
+from vers.remote.bundle import RemoteIndex
+from vers.remote.config import cache_dir
+from vers.remote.fetch import FetchResult, fetch_objects
+from vers.remote.refs import read_remote_head, read_remote_refs
+
+if TYPE_CHECKING:
+    from vers.repo import Repo
+
+
+@dataclass
+class FetchSummary:
+    result: FetchResult
+    updated: dict[str, tuple[str | None, str]] = field(default_factory=dict)  # ref: (old, new)
+    remote_head: str | None = None  # the branch ref the remote's HEAD names
+    remote_refs: dict[str, str] = field(default_factory=dict)
+
+
+def fetch(repo: Repo, remote: str, quiet: bool = False) -> FetchSummary:
+    """Fetch every branch and tag of ``remote``: branches land in refs/remotes/REMOTE/*, tags in
+    refs/tags/* when not already there. Refs move only after every object is here and verified."""
+    name, transport = resolve_remote(repo, remote)
+    if name is None:
+        raise BadInput("fetch needs a configured remote (vers remote add NAME URL)")
+    try:
+        # Refs first: a remote ref moves only after its objects are indexed, so the index read
+        # next covers every commit these refs name.
+        remote_refs = {k: r.value for k, r in read_remote_refs(transport).items()}
+        head = read_remote_head(transport)
+        index = RemoteIndex.load(transport, cache_dir(repo, name))
+        result = fetch_objects(repo.store, transport, index, list(remote_refs.values()), quiet)
+    finally:
+        transport.close()
+    summary = FetchSummary(result, remote_head=head, remote_refs=remote_refs)
+    for ref, new in remote_refs.items():
+        if ref.startswith("refs/heads/"):
+            local = f"refs/remotes/{name}/{ref[len('refs/heads/'):]}"
+        elif ref.startswith("refs/tags/"):
+            local = ref
+            if repo.refs.read_ref(local) not in (None, new):
+                continue  # never clobber a local tag
+        else:
+            continue
+        old = repo.refs.read_ref(local)
+        if old != new:
+            repo.refs.set_ref(local, new, old=old, message=f"fetch {name}")
+            summary.updated[local] = (old, new)
+    return summary
+
+
+def pull(repo: Repo, remote: str = "origin", quiet: bool = False) -> tuple[str | None, str]:
+    """Fetch, then fast-forward the current branch to its remote twin; returns (old, new)."""
+    branch = repo.current_branch()
+    if branch is None:
+        raise BadInput("HEAD is detached: check out a branch to pull into")
+    fetch(repo, remote, quiet)
+    theirs = repo.refs.resolve(f"refs/remotes/{remote}/{branch}")
+    if theirs is None:
+        raise RemoteError(f"remote {remote} has no branch {branch}")
+    ref = f"refs/heads/{branch}"
+    ours = repo.refs.resolve(ref)
+    if ours == theirs:
+        return ours, theirs
+    if ours is not None and not is_ancestor(repo.get_commit, ours, theirs):
+        raise RemoteError(
+            f"not a fast-forward: {branch} ({ours[:12]}) and {remote}/{branch} ({theirs[:12]}) "
+            "have diverged; nothing was changed")
+    repo.refs.set_ref(ref, theirs, old=ours, message=f"pull {remote}: fast-forward")
+    return ours, theirs

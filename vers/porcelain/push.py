@@ -1,0 +1,66 @@
+"""`vers push REMOTE [REF...]`: send commits and move the remote's refs (fast-forward only)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from vers.errors import BadInput
+from vers.porcelain.remote import resolve_remote
+from vers.refs.container import HEAD
+from vers.refs.revparse import expand_ref
+from vers.remote.bundle import DEFAULT_BUNDLE_BYTES
+from vers.remote.config import cache_dir
+from vers.remote.push import PushResult
+from vers.remote.push import push as push_objects_and_refs
+
+if TYPE_CHECKING:
+    from vers.repo import Repo
+
+
+def _resolve_spec(repo: Repo, spec: str) -> tuple[str, str]:
+    """``src[:dst]`` -> (commit ID, remote ref name); src defaults dst to its own full name."""
+    src, _, dst = spec.partition(":")
+    force_dst = dst or None
+    if src in (HEAD, "@"):
+        branch = repo.current_branch()
+        if branch is None and force_dst is None:
+            raise BadInput("HEAD is detached: say where to push it, e.g. HEAD:refs/heads/NAME")
+        full = f"refs/heads/{branch}" if branch else None
+    else:
+        full = expand_ref(repo.refs, src)
+    new = repo.rev_parse(src)
+    if force_dst is not None:
+        if not force_dst.startswith("refs/"):
+            force_dst = f"refs/tags/{force_dst}" if full and full.startswith("refs/tags/") \
+                else f"refs/heads/{force_dst}"
+        return new, force_dst
+    if full is None or not full.startswith(("refs/heads/", "refs/tags/")):
+        raise BadInput(f"cannot tell which remote ref {spec!r} should update; use SRC:DST")
+    return new, full
+
+
+def push(repo: Repo, remote: str, refspecs: list[str] | None = None, *, force: bool = False,
+         quiet: bool = False, bundle_bytes: int = DEFAULT_BUNDLE_BYTES) -> PushResult:
+    if not refspecs:
+        branch = repo.current_branch()
+        if branch is None:
+            raise BadInput("HEAD is detached: name the refs to push")
+        refspecs = [branch]
+    updates = [_resolve_spec(repo, s) for s in refspecs]
+    name, transport = resolve_remote(repo, remote)
+    heads = [dst for _new, dst in updates if dst.startswith("refs/heads/")]
+    current = repo.current_branch()
+    head_branch = f"refs/heads/{current}" if f"refs/heads/{current}" in heads else \
+        (heads[0] if heads else None)
+    try:
+        result = push_objects_and_refs(
+            repo, transport, updates, force=force, quiet=quiet, bundle_bytes=bundle_bytes,
+            cache_dir=cache_dir(repo, name) if name else None, head_branch=head_branch)
+    finally:
+        transport.close()
+    if name:
+        for dst, _old, new in result.updated:
+            if dst.startswith("refs/heads/"):
+                repo.refs.set_ref(f"refs/remotes/{name}/{dst[len('refs/heads/'):]}", new,
+                                  message=f"push {name}")
+    return result

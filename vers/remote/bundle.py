@@ -1,0 +1,249 @@
+"""Bundles: many stored records in one remote object, plus an index to range-read them.
+
+A bundle is ``BUNDLE_MAGIC`` then records in the object store's own record format (32-byte ID,
+kind, encoding, delta depth, u32 length, payload), so nothing is re-encoded on the way through. Its
+name is the blake3 of its bytes, so an upload retried after a crash writes the same key. The index
+``bundles/<name>.idx`` lists (ID, offset, length, kind, encoding, depth) sorted by ID and is written
+*after* the bundle: an index that exists names a complete bundle, and a bundle without an index
+(a killed push) is invisible garbage.
+
+Records are written bottom-up (pages, then nodes by rising level, then trees, then commits parents
+first) and bundles uploaded one after another, so the remote keeps one invariant: if an ID is in
+any index, every object it reaches is too. Negotiation relies on it to prune whole subtrees.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import struct
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
+
+from vers.errors import CorruptObject, RemoteError
+from vers.objects.model import hash_bytes
+from vers.objects.store import Record
+from vers.remote.transport import RemoteObjectMissing, Transport
+
+BUNDLE_MAGIC = b"VERSBNDL\x01\x00\x00\x00"
+INDEX_MAGIC = b"VERSIDX\x00\x01\x00\x00\x00"
+RECORD_HEADER = struct.Struct("<32sBBBI")  # id, kind, encoding, depth, payload length
+INDEX_ENTRY = struct.Struct("<32sQIBBB")  # id, record offset, payload length, kind, enc, depth
+DEFAULT_BUNDLE_BYTES = 64 << 20
+BUNDLE_PREFIX = "bundles/"
+# Range reads of one bundle are merged when the gap between them is smaller than this ...
+MERGE_GAP = 256 << 10
+# ... and never grow past this, so several can be in flight at once.
+MAX_RANGE = 8 << 20
+FETCH_WORKERS = 8
+
+
+class Loc(NamedTuple):
+    bundle: str
+    offset: int
+    length: int
+    kind: int
+    encoding: int
+    depth: int
+
+
+def encode_index(bundle_name: str, entries: list[tuple[bytes, int, Record]]) -> bytes:
+    out = bytearray(INDEX_MAGIC)
+    out += struct.pack("<I32s", len(entries), bytes.fromhex(bundle_name))
+    for oid, off, rec in sorted(entries, key=lambda e: e[0]):
+        out += INDEX_ENTRY.pack(oid, off, len(rec.payload), rec.kind, rec.encoding, rec.depth)
+    return bytes(out)
+
+
+def decode_index(name: str, data: bytes) -> Iterator[tuple[bytes, Loc]]:
+    head = len(INDEX_MAGIC) + 36
+    if not data.startswith(INDEX_MAGIC) or len(data) < head:
+        raise RemoteError(f"bundle index {name} is not a vers index")
+    count, bundle_id = struct.unpack_from("<I32s", data, len(INDEX_MAGIC))
+    if bundle_id.hex() != name or len(data) != head + count * INDEX_ENTRY.size:
+        raise RemoteError(f"bundle index {name} is damaged (wrong name or length)")
+    for oid, off, length, kind, enc, depth in INDEX_ENTRY.iter_unpack(data[head:]):
+        yield oid, Loc(name, off, length, kind, enc, depth)
+
+
+class RemoteIndex:
+    """Which IDs the remote has and where: the union of every bundle index.
+
+    Indexes are immutable (named by their bundle's hash), so each is downloaded once and cached in
+    ``cache_dir``; a later fetch or push only lists the bundles and reads the new indexes.
+    """
+
+    def __init__(self) -> None:
+        self.locs: dict[bytes, Loc] = {}
+        self.bundles: set[str] = set()
+
+    def __contains__(self, oid: bytes) -> bool:
+        return oid in self.locs
+
+    def add(self, name: str, data: bytes) -> None:
+        self.locs.update(decode_index(name, data))
+        self.bundles.add(name)
+
+    @classmethod
+    def load(cls, transport: Transport, cache_dir: Path | None = None) -> RemoteIndex:
+        index = cls()
+        names = sorted(k[len(BUNDLE_PREFIX):-4] for k in transport.list(BUNDLE_PREFIX)
+                       if k.endswith(".idx"))
+        if cache_dir is not None:
+            cache_dir.mkdir(parents=True, exist_ok=True)
+        todo = []
+        for name in names:
+            cached = cache_dir / f"{name}.idx" if cache_dir is not None else None
+            if cached is not None and cached.is_file():
+                try:
+                    index.add(name, cached.read_bytes())
+                    continue
+                except RemoteError:
+                    cached.unlink()
+            todo.append(name)
+        with ThreadPoolExecutor(FETCH_WORKERS) as pool:
+            for name, data in zip(todo, pool.map(lambda n: transport.get(f"{BUNDLE_PREFIX}{n}.idx"), todo)):
+                index.add(name, data)
+                if cache_dir is not None:
+                    tmp = cache_dir / f".{name}.idx.tmp"
+                    tmp.write_bytes(data)
+                    tmp.replace(cache_dir / f"{name}.idx")
+        return index
+
+
+@dataclass
+class BundleStats:
+    bundles: int = 0
+    objects: int = 0
+    bytes: int = 0
+
+
+class BundleUploader:
+    """Packs records into bundles of about ``max_bytes`` and uploads each, then its index.
+
+    One upload runs in the background while the next bundle fills, but never more than one, so the
+    bundles land in order (the invariant above) and memory stays at two bundles.
+    """
+
+    def __init__(self, transport: Transport, max_bytes: int = DEFAULT_BUNDLE_BYTES,
+                 on_upload: Callable[[int, int], None] | None = None) -> None:
+        self.transport = transport
+        self.max_bytes = max_bytes
+        self.on_upload = on_upload
+        self.stats = BundleStats()
+        self._buf = bytearray(BUNDLE_MAGIC)
+        self._entries: list[tuple[bytes, int, Record]] = []
+        self._pool = ThreadPoolExecutor(1)
+        self._inflight: Future[None] | None = None
+
+    def add(self, oid: bytes, rec: Record) -> None:
+        self._entries.append((oid, len(self._buf), rec))
+        self._buf += RECORD_HEADER.pack(oid, rec.kind, rec.encoding, rec.depth, len(rec.payload))
+        self._buf += rec.payload
+        if len(self._buf) >= self.max_bytes:
+            self.seal()
+
+    def seal(self) -> None:
+        if not self._entries:
+            return
+        data, entries = bytes(self._buf), self._entries
+        self._buf, self._entries = bytearray(BUNDLE_MAGIC), []
+        self._wait()
+        self._inflight = self._pool.submit(self._upload, data, entries)
+
+    def _upload(self, data: bytes, entries: list[tuple[bytes, int, Record]]) -> None:
+        name = hash_bytes(data).hex()
+        self.transport.put(f"{BUNDLE_PREFIX}{name}.bundle", data)
+        self.transport.put(f"{BUNDLE_PREFIX}{name}.idx", encode_index(name, entries))
+        self.stats.bundles += 1
+        self.stats.objects += len(entries)
+        self.stats.bytes += len(data)
+        if self.on_upload:
+            self.on_upload(len(entries), len(data))
+
+    def _wait(self) -> None:
+        if self._inflight is not None:
+            fut, self._inflight = self._inflight, None
+            fut.result()
+
+    def finish(self) -> BundleStats:
+        """Upload what is left and wait: afterwards every added record is on the remote."""
+        self.seal()
+        self._wait()
+        self._pool.shutdown()
+        return self.stats
+
+    def abort(self) -> None:
+        self._entries = []
+        # The error that made us abort is the one to report, not a failed upload behind it.
+        with contextlib.suppress(Exception):
+            self._wait()
+        self._pool.shutdown()
+
+
+def _ranges(locs: list[tuple[bytes, Loc]]) -> list[tuple[str, int, int, list[tuple[bytes, Loc]]]]:
+    """Group wanted records into few large range reads: (bundle, start, length, members)."""
+    by_bundle: dict[str, list[tuple[bytes, Loc]]] = {}
+    for oid, loc in locs:
+        by_bundle.setdefault(loc.bundle, []).append((oid, loc))
+    out = []
+    for bundle, items in by_bundle.items():
+        items.sort(key=lambda x: x[1].offset)
+        start = end = -1
+        members: list[tuple[bytes, Loc]] = []
+        for oid, loc in items:
+            rec_end = loc.offset + RECORD_HEADER.size + loc.length
+            if members and (loc.offset - end > MERGE_GAP or rec_end - start > MAX_RANGE):
+                out.append((bundle, start, end - start, members))
+                members = []
+            if not members:
+                start = loc.offset
+            members.append((oid, loc))
+            end = max(end, rec_end) if len(members) > 1 else rec_end
+        if members:
+            out.append((bundle, start, end - start, members))
+    return out
+
+
+def fetch_records(transport: Transport, wanted: Iterable[tuple[bytes, Loc]],
+                  workers: int = FETCH_WORKERS) -> Iterator[list[tuple[bytes, Record]]]:
+    """Read records by range, several requests in flight; yields one list per range read.
+
+    Each record's header must name the ID the index promised; the caller still re-hashes the
+    content (a header can be forged as easily as a payload)."""
+    ranges = _ranges(list(wanted))
+
+    def read(r: tuple[str, int, int, list[tuple[bytes, Loc]]]) -> list[tuple[bytes, Record]]:
+        bundle, start, length, members = r
+        key = f"{BUNDLE_PREFIX}{bundle}.bundle"
+        try:
+            data = transport.get_range(key, start, length)
+        except RemoteObjectMissing as exc:
+            raise RemoteError(f"{transport.url}: bundle {bundle} is listed in its index but "
+                              "missing") from exc
+        got = []
+        for oid, loc in members:
+            off = loc.offset - start
+            hid, kind, enc, depth, n = RECORD_HEADER.unpack_from(data, off)
+            if hid != oid or n != loc.length:
+                raise CorruptObject(oid.hex(), f"bundle {bundle} holds something else at its offset")
+            body = off + RECORD_HEADER.size
+            got.append((oid, Record(kind, enc, depth, data[body:body + n])))
+        return got
+
+    with ThreadPoolExecutor(workers) as pool:
+        # Bounded look-ahead keeps memory at a few ranges however much is fetched.
+        pending: list[Future[list[tuple[bytes, Record]]]] = []
+        it = iter(ranges)
+        for r in it:
+            pending.append(pool.submit(read, r))
+            if len(pending) >= workers * 2:
+                break
+        while pending:
+            fut = pending.pop(0)
+            nxt = next(it, None)
+            if nxt is not None:
+                pending.append(pool.submit(read, nxt))
+            yield fut.result()

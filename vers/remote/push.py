@@ -1,0 +1,122 @@
+"""Push: send the objects a remote lacks in bundles, then move its refs by compare-and-swap."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from vers.errors import RemoteError
+from vers.history import is_ancestor
+from vers.objects.model import ID_LEN
+from vers.objects.store import ENC_DELTA, ENC_RAW, ENC_ZSTD, MIN_COMPRESSION_SAVING, Record
+from vers.remote.bundle import DEFAULT_BUNDLE_BYTES, BundleUploader, RemoteIndex
+from vers.remote.negotiate import plan_send
+from vers.remote.progress import Progress
+from vers.remote.refs import (
+    RemoteRef,
+    cas_remote_ref,
+    ensure_format,
+    read_remote_refs,
+    set_remote_head_if_absent,
+)
+from vers.remote.transport import Transport
+
+if TYPE_CHECKING:
+    from vers.repo import Repo
+
+
+class PushRejected(RemoteError):
+    """A ref update that would lose commits on the remote (non-fast-forward) or race a writer."""
+
+
+@dataclass
+class PushResult:
+    updated: list[tuple[str, str | None, str]] = field(default_factory=list)  # ref, old, new
+    up_to_date: list[str] = field(default_factory=list)
+    objects: int = 0
+    bytes: int = 0
+    bundles: int = 0
+
+
+def _full_record(kind: int, data: bytes) -> Record:
+    import zstandard
+
+    packed = zstandard.ZstdCompressor(level=1).compress(data)
+    if len(packed) + MIN_COMPRESSION_SAVING <= len(data):
+        return Record(kind, ENC_ZSTD, 0, packed)
+    return Record(kind, ENC_RAW, 0, data)
+
+
+def check_updates(repo: Repo, remote_refs: dict[str, RemoteRef], updates: list[tuple[str, str]],
+                  force: bool) -> list[tuple[str, str, RemoteRef | None]]:
+    """Reject any non-fast-forward before a byte is sent; returns the updates still to make."""
+    todo = []
+    rejected = []
+    for new, dst in updates:
+        old = remote_refs.get(dst)
+        if old is not None and old.value == new:
+            continue
+        if old is not None and not force:
+            known = repo.store.contains(bytes.fromhex(old.value))
+            if dst.startswith("refs/tags/"):
+                rejected.append(f"{dst}: tag already exists on the remote at {old.value[:12]}")
+            elif not known or not is_ancestor(repo.get_commit, old.value, new):
+                why = "fetch first; it has commits you do not have" if not known else \
+                    "your commit is not a descendant of the remote's"
+                rejected.append(f"{dst}: non-fast-forward ({old.value[:12]} -> {new[:12]}): {why}")
+        todo.append((new, dst, old))
+    if rejected:
+        raise PushRejected("push rejected, nothing was changed:\n  " + "\n  ".join(rejected)
+                           + "\n(use --force to overwrite)")
+    return todo
+
+
+def push(repo: Repo, transport: Transport, updates: list[tuple[str, str]], *, force: bool = False,
+         quiet: bool = True, bundle_bytes: int = DEFAULT_BUNDLE_BYTES,
+         cache_dir: Path | None = None, head_branch: str | None = None) -> PushResult:
+    """Make each remote ref ``dst`` point at local commit ``new`` for ``(new, dst)`` in
+    ``updates``. Objects first, bottom-up in bundles; refs last, each by compare-and-swap."""
+    result = PushResult()
+    remote_refs = read_remote_refs(transport)
+    todo = check_updates(repo, remote_refs, updates, force)
+    result.up_to_date = [dst for new, dst in updates
+                         if dst in remote_refs and remote_refs[dst].value == new]
+    if not todo:
+        return result
+    ensure_format(transport)
+    index = RemoteIndex.load(transport, cache_dir)
+    plan = plan_send(repo.store, [new for new, _dst, _old in todo], index.__contains__)
+    progress = Progress("push", quiet=quiet, total_objects=len(plan))
+    uploader = BundleUploader(transport, bundle_bytes, on_upload=lambda n, b: progress.add(n, b))
+    sent: set[bytes] = set()
+    try:
+        for oid in plan.ordered():
+            rec = repo.store.get_record(oid)
+            data = repo.store.decode_record(oid, rec)  # never spread a corrupt object
+            if rec.encoding == ENC_DELTA:
+                base = rec.payload[:ID_LEN]
+                if base not in sent and base not in index:
+                    rec = _full_record(rec.kind, data)
+            uploader.add(oid, rec)
+            sent.add(oid)
+        stats = uploader.finish()
+    except BaseException:
+        uploader.abort()
+        raise
+    finally:
+        progress.close()
+    result.objects, result.bytes, result.bundles = stats.objects, stats.bytes, stats.bundles
+    lost = []
+    for new, dst, old in todo:
+        if cas_remote_ref(transport, dst, new, old):
+            result.updated.append((dst, old.value if old else None, new))
+        else:
+            lost.append(dst)
+    if head_branch:
+        set_remote_head_if_absent(transport, head_branch)
+    if lost:
+        raise PushRejected(
+            "another push moved " + ", ".join(lost) + " meanwhile; fetch and try again "
+            "(the objects are uploaded; a retry sends only refs)")
+    return result

@@ -1,0 +1,193 @@
+"""A remote in an S3-compatible bucket (AWS S3, MinIO, Ceph RGW, SeaweedFS, ...).
+
+Settings come only from boto3's own resolution (environment, ~/.aws/config and credentials,
+``AWS_ENDPOINT_URL`` for non-AWS servers), so no secret ever enters vers's config or output.
+
+Refs move by compare-and-swap. Where the server honours conditional PutObject (``If-None-Match:
+*`` to create, ``If-Match: <etag>`` to replace), that is the CAS; this is probed once per
+transport, because some servers silently ignore the headers. Otherwise writers serialise on lock
+objects: each writer puts its own ``locks/refs-*.lock``, lists, and holds the lock only if its own
+is the only live one (with read-after-write consistent listing, two writers cannot both see
+themselves alone; if both see each other, both back off and retry). Locks expire after
+``LOCK_EXPIRY_SECONDS`` so a killed writer cannot wedge the remote.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from vers.errors import RemoteError
+from vers.remote.transport import LOCK_EXPIRY_SECONDS, RemoteObjectMissing, Transport
+
+LOCK_WAIT_SECONDS = 60.0
+_CONFLICT_CODES = {"PreconditionFailed", "ConditionalRequestConflict", "412", "409"}
+_MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
+
+
+class S3Transport(Transport):
+    def __init__(self, bucket: str, prefix: str = "", conditional: bool | None = None) -> None:
+        super().__init__()
+        import boto3
+        from botocore.config import Config
+
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.url = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
+        env = os.environ.get("VERS_S3_CONDITIONAL")
+        if conditional is None and env is not None:
+            conditional = env not in ("0", "no", "false")
+        self._conditional = conditional
+        config = Config(max_pool_connections=32, retries={"max_attempts": 5, "mode": "standard"})
+        self.client: Any = boto3.session.Session().client("s3", config=config)
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix else key
+
+    def _call(self, what: str, key: str, fn: Any, **kwargs: Any) -> Any:
+        """One S3 request with botocore's errors turned into RemoteError (never naming secrets)."""
+        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+        try:
+            return fn(Bucket=self.bucket, **kwargs)
+        except NoCredentialsError as exc:
+            raise RemoteError(
+                f"{self.url}: no AWS credentials found (set them in the AWS environment or "
+                "~/.aws/credentials)") from exc
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in _MISSING_CODES:
+                raise RemoteObjectMissing(self.url, key) from exc
+            if code == "NoSuchBucket":
+                raise RemoteError(f"{self.url}: bucket {self.bucket} does not exist") from exc
+            raise RemoteError(f"{self.url}: {what} {key} failed: {code or exc}") from exc
+        except BotoCoreError as exc:
+            raise RemoteError(f"{self.url}: {what} {key} failed: {exc}") from exc
+
+    # -- verbs --------------------------------------------------------------------------------
+    def _get(self, key: str) -> bytes:
+        r = self._call("GET", key, self.client.get_object, Key=self._key(key))
+        return bytes(r["Body"].read())
+
+    def _get_range(self, key: str, start: int, length: int) -> bytes:
+        if length == 0:
+            return b""
+        r = self._call("GET", key, self.client.get_object, Key=self._key(key),
+                       Range=f"bytes={start}-{start + length - 1}")
+        return bytes(r["Body"].read())
+
+    def _put(self, key: str, data: bytes) -> None:
+        self._call("PUT", key, self.client.put_object, Key=self._key(key), Body=data)
+
+    def _list(self, prefix: str) -> dict[str, int]:
+        return {k: size for k, (size, _mtime) in self._list_detailed(prefix).items()}
+
+    def _list_detailed(self, prefix: str) -> dict[str, tuple[int, datetime]]:
+        full = self._key(prefix)
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        out: dict[str, tuple[int, datetime]] = {}
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"Prefix": full}
+            if token:
+                kwargs["ContinuationToken"] = token
+            r = self._call("LIST", prefix, self.client.list_objects_v2, **kwargs)
+            for obj in r.get("Contents", []):
+                out[obj["Key"][strip:]] = (int(obj["Size"]), obj["LastModified"])
+            if not r.get("IsTruncated"):
+                return out
+            token = r.get("NextContinuationToken")
+
+    def _delete(self, key: str) -> None:
+        try:
+            self._call("DELETE", key, self.client.delete_object, Key=self._key(key))
+        except RemoteObjectMissing:
+            pass
+
+    def _read_versioned(self, key: str) -> tuple[bytes, str] | None:
+        try:
+            r = self._call("GET", key, self.client.get_object, Key=self._key(key))
+        except RemoteObjectMissing:
+            return None
+        return bytes(r["Body"].read()), str(r["ETag"])
+
+    # -- compare-and-swap ---------------------------------------------------------------------
+    @property
+    def conditional_writes(self) -> bool:
+        if self._conditional is None:
+            self._conditional = self._probe_conditional()
+        return self._conditional
+
+    def _probe_conditional(self) -> bool:
+        """Does the server refuse a second If-None-Match:* create of the same key?"""
+        from botocore.exceptions import ClientError
+
+        key = self._key(f"locks/probe-{uuid.uuid4().hex}")
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=b"1", IfNoneMatch="*")
+        except ClientError:
+            return False
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=key, Body=b"2", IfNoneMatch="*")
+            supported = False
+        except ClientError as exc:
+            supported = str(exc.response.get("Error", {}).get("Code")) in _CONFLICT_CODES
+        finally:
+            self.client.delete_object(Bucket=self.bucket, Key=key)
+        return supported
+
+    def _put_if(self, key: str, data: bytes, expected: str | None) -> bool:
+        if self.conditional_writes:
+            return self._put_conditional(key, data, expected)
+        lock = self._lock()
+        try:
+            cur = self._read_versioned(key)
+            if (cur[1] if cur else None) != expected:
+                return False
+            self._put(key, data)
+            return True
+        finally:
+            self._delete(lock)
+
+    def _put_conditional(self, key: str, data: bytes, expected: str | None) -> bool:
+        from botocore.exceptions import ClientError
+
+        cond = {"IfNoneMatch": "*"} if expected is None else {"IfMatch": expected}
+        try:
+            self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data, **cond)
+            return True
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            status = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+            if code in _CONFLICT_CODES or status in ("409", "412") or (
+                expected is not None and code in _MISSING_CODES
+            ):
+                return False
+            raise RemoteError(f"{self.url}: conditional PUT {key} failed: {code}") from exc
+
+    def _lock(self) -> str:
+        deadline = time.monotonic() + LOCK_WAIT_SECONDS
+        while True:
+            mine = f"locks/refs-{uuid.uuid4().hex}.lock"
+            self._put(mine, json.dumps({"host": os.uname().nodename, "pid": os.getpid(),
+                                        "time": time.time()}).encode())
+            locks = self._list_detailed("locks/refs-")
+            now = locks.get(mine, (0, datetime.now(UTC)))[1]
+            live = []
+            for k, (_size, mtime) in locks.items():
+                if k != mine and (now - mtime).total_seconds() > LOCK_EXPIRY_SECONDS:
+                    self._delete(k)  # left behind by a killed writer
+                elif k != mine:
+                    live.append(k)
+            if not live:
+                return mine
+            self._delete(mine)
+            if time.monotonic() > deadline:
+                raise RemoteError(f"{self.url}: refs are locked by another writer ({live[0]}); "
+                                  f"a stale lock expires after {LOCK_EXPIRY_SECONDS:.0f}s")
+            time.sleep(random.uniform(0.05, 0.3))
