@@ -44,6 +44,9 @@ class BackingFile:
         #: False for a VM booted from zeros, whose first commit must read every page.
         self.tracked = tracked
         self.capture: str | None = None  # name of the pending capture twin, if any
+        #: capture twins are read once, page by page, by the commit: no page cache, no readahead
+        #: (readahead turned each 4 KiB read of a dirty page into up to 128 KiB of reads)
+        self.direct_io = False
         self.open_count = 0
         self.removed = False
         self.mtime_ns = time.time_ns()
@@ -178,6 +181,7 @@ class BackingOperations(pyfuse3.Operations):
         f.open_count += 1
         fi = pyfuse3.FileInfo(fh=inode)
         fi.keep_cache = True  # only the kernel changes content (through us): its cache stays right
+        fi.direct_io = f.direct_io
         return fi
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
@@ -268,6 +272,7 @@ class BackingOperations(pyfuse3.Operations):
             if f.capture is not None:
                 raise ValueError(f"{f.name} already has a pending capture {f.capture}")
             twin = self.add(req["capture"], f.image.capture(), f.tracked)
+            twin.direct_io = True
             f.capture = twin.name
             return {"runs": twin.image.dirty_runs() if f.tracked else None}
         if op == "capture_done":
