@@ -82,7 +82,7 @@ class Policy:
         parts = [f"keep-{n} {getattr(self, n)}" for n in
                  ("last", "hourly", "daily", "weekly", "monthly", "yearly") if getattr(self, n)]
         if self.within is not None:
-            parts.append(f"keep-within {int(self.within)}s")
+            parts.append(f"keep-within {_fmt_duration(self.within)}")
         return ", ".join(parts) or "(none)"
 
 
@@ -198,10 +198,13 @@ def _ref_reason(name: str) -> str:
 
 
 def _fmt_duration(seconds: float) -> str:
-    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= n and seconds % n == 0:
-            return f"{int(seconds // n)}{unit}"
-    return f"{int(seconds)}s"
+    """The inverse of ``parse_duration``: 12600 -> "3h30m"."""
+    rest, parts = int(seconds), []
+    for unit, n in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if rest >= n:
+            parts.append(f"{rest // n}{unit}")
+            rest %= n
+    return "".join(parts) or "0s"
 
 
 def _commit_getter(store: ObjectStore) -> Callable[[str], Commit]:
