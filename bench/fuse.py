@@ -8,8 +8,11 @@
    (no dirty set). Goals: growth <= 1.1x dirty bytes; time proportional to dirty pages.
 3. Lazy restore: time from nothing to a mapped file whose first page has been read, 256 MiB vs
    2 GiB. Goal: <= 1.5x.
+4. Flush (the measurement behind the commit design, docs/fuse.md): how many pages written through
+   a MAP_SHARED mapping the daemon has seen before and after ``fsync`` on a second descriptor,
+   with FUSE writeback_cache off and on, for random and sequential writes.
 
-    python3 bench/fuse.py [--size-mib 1024] [--work DIR]
+    python3 bench/fuse.py [--size-mib 1024] [--work DIR] [--only read,commit,restore,flush]
 """
 
 from __future__ import annotations
@@ -27,9 +30,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from vers.fuse.backing import BackingDaemon, BackingFile  # noqa: E402
-from vers.porcelain.mount import mount, umount  # noqa: E402
-from vers.repo import Repo  # noqa: E402
+from vers.fuse.backing import BackingDaemon, BackingFile
+from vers.porcelain.mount import mount, umount
+from vers.repo import Repo
 
 PAGE = 4096
 MiB = 1 << 20
@@ -134,7 +137,7 @@ def bench_commit(work: Path, repo: Repo, cid: str, size: int, daemon: BackingDae
               f"capture+commit {t_com * 1000:.0f} ms, store growth {growth / MiB:.1f} MiB = "
               f"{growth / dirty_bytes:.2f}x dirty bytes (goal <= 1.1x: "
               f"{'ok' if growth <= 1.1 * dirty_bytes else 'MISSED'})")
-    (f1, n1, _, t1, _, _), (f4, n4, _, t4, _, _) = rows
+    (_f1, n1, _, t1, _, _), (_f4, n4, _, t4, _, _) = rows
     print(f"[commit] time 4% / 1% = {t4 / t1:.2f}x for {n4 / n1:.1f}x the pages "
           "(proportional to dirty pages)")
     print(f"[commit] baseline full commit of the same RAM without dirty set: {t_full:.2f} s; "
@@ -173,25 +176,95 @@ def bench_restore(work: Path, daemon: BackingDaemon) -> None:
           f"(goal <= 1.5x: {'ok' if big / small <= 1.5 else 'MISSED'})")
 
 
+FLUSH_DAEMON = r"""
+import sys
+from pathlib import Path
+from vers.fuse import backing_daemon as bd
+from vers.fuse.daemon import serve
+class Ops(bd.BackingOperations):
+    enable_writeback_cache = sys.argv[3] == "1"
+state = Path(sys.argv[1]); ops = Ops(state)
+listener = bd._listen(state / "ctl.sock")
+serve(ops, sys.argv[2], (), on_ready=lambda: print("ready", flush=True),
+      extra_task=lambda n: n.start_soon(bd._serve_control, ops, listener))
+"""
+FLUSH_WRITER = r"""
+import mmap, os, sys, random
+path, size, n, mode = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+m = mmap.mmap(os.open(path, os.O_RDWR), size, mmap.MAP_SHARED)
+rnd = random.Random(1)
+pages = sorted(rnd.sample(range(size // 4096), n)) if mode == "random" else range(n)
+for p in pages:
+    m[p * 4096 : p * 4096 + 8] = b"ABCDEFGH"
+print("written", flush=True)
+sys.stdin.readline()
+"""
+
+
+def bench_flush(work: Path) -> None:
+    size = 256 * MiB
+    root = str(Path(__file__).resolve().parent.parent)
+    for wb in (0, 1):
+        for mode, n in (("random", 2000), ("sequential", 16384)):
+            state = work / f"flush-{wb}-{mode}"
+            (state / "mnt").mkdir(parents=True)
+            env = {**os.environ, "PYTHONPATH": root}
+            d = subprocess.Popen([sys.executable, "-c", FLUSH_DAEMON, str(state), str(state / "mnt"),
+                                  str(wb)], stdout=subprocess.PIPE, text=True, env=env)
+            daemon = BackingDaemon(state)
+            try:
+                assert d.stdout is not None and d.stdout.readline() == "ready\n"
+                daemon.request("create", name="m", size=size, base=None)
+                daemon.request("mark_clean", name="m")  # track from now on
+                f = BackingFile(daemon, "m", size)
+                w = subprocess.Popen([sys.executable, "-c", FLUSH_WRITER, str(f.path), str(size),
+                                      str(n), mode], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     text=True)
+                assert w.stdout is not None and w.stdout.readline() == "written\n"
+                time.sleep(0.5)
+                before = sum(c for _, c in daemon.request("dirty", name="m")["runs"])
+                t_flush, _ = timed(f.flush)
+                after = sum(c for _, c in daemon.request("dirty", name="m")["runs"])
+                assert w.stdin is not None
+                w.stdin.write("\n")
+                w.stdin.flush()
+                w.wait()
+            finally:
+                daemon.shutdown()
+                d.terminate()
+                d.wait()
+            print(f"[flush] writeback_cache={'on' if wb else 'off'} {mode:10} {n:5} pages: daemon saw "
+                  f"{before:5} before fsync, {after:5} after; fsync {t_flush * 1000:.0f} ms "
+                  f"({t_flush * 1e6 / n:.1f} us/page)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--work", type=Path, default=None)
+    ap.add_argument("--only", default="read,commit,restore,flush")
     args = ap.parse_args()
+    only = set(args.only.split(","))
     size = args.size_mib * MiB
     work = Path(tempfile.mkdtemp(prefix="vers-bench-fuse-", dir=args.work))
     daemon = BackingDaemon(work / "fuse-state")
     try:
-        repo = Repo.init(work / "repo")
-        img = work / "mem.img"
-        make_image(img, size, seed=1)
-        t_snap, cid = timed(repo.snapshot, {"memory": img}, message="bench base")
-        img.unlink()
-        print(f"[setup] committed a {size // MiB} MiB memory image in {t_snap:.1f} s")
-        bench_read(work, repo, cid, size)
-        bench_commit(work, repo, cid, size, daemon)
-        bench_restore(work, daemon)
-        repo.close()
+        if only & {"read", "commit"}:
+            repo = Repo.init(work / "repo")
+            img = work / "mem.img"
+            make_image(img, size, seed=1)
+            t_snap, cid = timed(repo.snapshot, {"memory": img}, message="bench base")
+            img.unlink()
+            print(f"[setup] committed a {size // MiB} MiB memory image in {t_snap:.1f} s")
+            if "read" in only:
+                bench_read(work, repo, cid, size)
+            if "commit" in only:
+                bench_commit(work, repo, cid, size, daemon)
+            repo.close()
+        if "restore" in only:
+            bench_restore(work, daemon)
+        if "flush" in only:
+            bench_flush(work)
     finally:
         daemon.shutdown()
         shutil.rmtree(work, ignore_errors=True)
