@@ -33,6 +33,10 @@ from vers.remote.progress import Progress
 from vers.remote.push import _full_record
 from vers.remote.transport import Transport
 
+# Pages are committed to the local store in batches of this size: a killed fetch keeps all but
+# the last batch, and the next fetch skips what is already here.
+FLUSH_BYTES = 8 << 20
+
 
 @dataclass
 class FetchResult:
@@ -162,7 +166,7 @@ class Fetcher:
             else:
                 frontier.setdefault(level - 1, []).extend(children)
 
-        with local.writer() as w:
+        with local.writer(FLUSH_BYTES) as w:
             self._write_pages(w, pages)
             self._write_nodes(w, nodes_by_level)
             for tid in tree_ids:
