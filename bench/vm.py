@@ -1,0 +1,205 @@
+"""VM driver benchmark (issue #3): commit and branch pause times against QEMU's own paths.
+
+For each guest size (256 MiB and 2 GiB by default) and memory backing (shm, and fuse when the FUSE
+backing is available), in one run:
+
+* commit pause with ~1% of guest pages dirtied since the parent commit, against QEMU's own full
+  ``migrate`` of the same VM to a file (stop -> migrate -> cont, max-bandwidth unthrottled);
+* branch: how long the parent is paused, and how long until the child runs, against a bare QEMU
+  start to QMP-ready with the same command line;
+* store growth per incremental commit against the bytes the guest dirtied.
+
+Prints medians and the ratios the issue sets goals for (commit <= 0.1x QEMU, branch pause <= 30
+ms, child ready <= 1.5x bare start, store growth <= 1.1x dirty bytes).
+
+    python3 bench/vm.py [--sizes 256M,2G] [--backings shm,fuse] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from vers.repo import Repo  # noqa: E402
+from vers.vmm import lifecycle, snapshot  # noqa: E402
+from vers.vmm.agent import guest_exec  # noqa: E402
+from vers.vmm.backing import backing_class  # noqa: E402
+from vers.vmm.machine import (  # noqa: E402
+    MachineSpec,
+    build_args,
+    connect_qmp,
+    kill_pid,
+    parse_size,
+    spawn,
+)
+
+PAGE = 4096
+
+
+def store_bytes(repo: Repo) -> int:
+    env = repo.store.env  # type: ignore[attr-defined]
+    return int((env.info()["last_pgno"] + 1) * env.stat()["psize"])
+
+
+def gexec(rec: Any, script: str) -> str:
+    res = guest_exec(rec.agent_sock, script, 300)
+    if res.returncode:
+        raise RuntimeError(f"guest: {script}: {res.stderr!r}")
+    return res.stdout.decode()
+
+
+def qemu_full_migrate_pause(rec: Any, out: Path) -> tuple[float, int]:
+    """QEMU's own snapshot of everything: stop, migrate RAM + devices to a file, cont."""
+    with lifecycle.qmp_for(rec, timeout=300) as q:
+        q.command("migrate-set-capabilities",
+                  capabilities=[{"capability": "x-ignore-shared", "state": False}])
+        q.command("migrate-set-parameters", **{"max-bandwidth": 1 << 40})
+        t0 = time.perf_counter()
+        q.command("stop")
+        q.command("migrate", uri=f"exec:cat > {shlex.quote(str(out))}")
+        q.wait_migration(timeout=600)
+        q.command("cont")
+        pause = (time.perf_counter() - t0) * 1000
+        q.command("migrate-set-capabilities",
+                  capabilities=[{"capability": "x-ignore-shared", "state": True}])
+    size = out.stat().st_size
+    out.unlink()
+    return pause, size
+
+
+def bare_start_ms(rec: Any, work: Path) -> float:
+    """Spawn QEMU with the VM's command line (paused, fresh RAM file) until QMP answers."""
+    spec = MachineSpec.from_dict(rec.spec)
+    d = work / f"bare-{time.monotonic_ns()}"
+    d.mkdir()
+    mem = Path("/dev/shm") / f"vers-bench-bare-{d.name}.mem"
+    with open(mem, "wb") as f:
+        f.truncate(spec.memory)
+    args = build_args("bench-bare", spec, mem_path=str(mem), kernel=rec.boot["kernel"],
+                      initrd=rec.boot["initrd"],
+                      disks={n: rec.disks[n]["chain"][-1] for n in spec.disks},
+                      qmp_sock=str(d / "q.sock"), agent_sock=str(d / "a.sock"),
+                      serial_log=str(d / "serial.log"), incoming=True)
+    args = [a for a in args if a not in ("-incoming", "defer")]
+    # the disk is opened read-only so the running VM's image lock does not refuse us
+    args = [a.replace("if=none", "if=none,read-only=on") for a in args]
+    t0 = time.perf_counter()
+    pid = spawn(args, d)
+    try:
+        connect_qmp(str(d / "q.sock"), pid, "bench-bare", d).close()
+        return (time.perf_counter() - t0) * 1000
+    finally:
+        kill_pid(pid)
+        mem.unlink(missing_ok=True)
+
+
+def dirty_one_percent(rec: Any, size: int) -> None:
+    pages = size // PAGE // 100
+    gexec(rec, f"dd if=/dev/urandom of=/tmp/dirty bs=4096 count={pages} conv=notrunc 2>/dev/null")
+
+
+def bench_one(size: int, backing: str, repeat: int, work: Path) -> dict[str, Any]:
+    repo = Repo.init(work / f"repo-{backing}-{size >> 20}M")
+    res: dict[str, Any] = {"size_mib": size >> 20, "backing": backing}
+    rec = lifecycle.run_vm(repo, lifecycle.RunOptions(memory=size, memory_backing=backing,
+                                                      make_current=False))
+    try:
+        gexec(rec, "setsid sh -c 'i=0; while :; do i=$((i+1)); echo $i > /tmp/counter;"
+                   " sleep 0.1; done' </dev/null >/dev/null 2>&1 &")
+        t0 = time.perf_counter()
+        _, tm_first = snapshot.commit_vm(repo, rec.id, "first (full)")
+        res["first_commit_total_ms"] = round((time.perf_counter() - t0) * 1000)
+        res["first_commit_pause_ms"] = tm_first.pause
+        pauses, growth, dirty_bytes, totals, phases = [], [], [], [], []
+        for i in range(repeat):
+            dirty_one_percent(rec, size)
+            before = store_bytes(repo)
+            t0 = time.perf_counter()
+            _, tm = snapshot.commit_vm(repo, rec.id, f"incremental {i}")
+            totals.append((time.perf_counter() - t0) * 1000)
+            pauses.append(tm.pause)
+            phases.append(tm.phases)
+            growth.append(store_bytes(repo) - before)
+            dirty_bytes.append((tm.extra["memory_dirty_pages"] or 0) * PAGE)
+        res["commit_pause_ms"] = statistics.median(pauses)
+        res["commit_total_ms"] = round(statistics.median(totals))
+        res["commit_phases_ms"] = phases[len(phases) // 2]
+        res["memory_dirty_bytes"] = statistics.median(dirty_bytes)
+        res["store_growth_bytes"] = statistics.median(growth)
+        mig = [qemu_full_migrate_pause(rec, work / "full.migrate") for _ in range(repeat)]
+        res["qemu_full_migrate_pause_ms"] = statistics.median(m[0] for m in mig)
+        res["qemu_full_migrate_bytes"] = mig[0][1]
+        bpause, bready, bphases = [], [], []
+        for _ in range(repeat):
+            t0 = time.perf_counter()
+            children, tm = snapshot.branch_vm(repo, rec.id)
+            bready.append(tm.extra["child_ready_after_resume_ms"] + tm.pause
+                          + tm.phases.get("precopy_memory", 0))
+            bpause.append(tm.pause)
+            bphases.append(tm.phases)
+            lifecycle.kill_vms(repo, [c.id for c in children])
+        res["branch_pause_ms"] = statistics.median(bpause)
+        res["branch_child_ready_ms"] = statistics.median(bready)
+        res["branch_phases_ms"] = bphases[len(bphases) // 2]
+        res["bare_qemu_start_ms"] = statistics.median(bare_start_ms(rec, work)
+                                                      for _ in range(repeat))
+    finally:
+        lifecycle.kill_vms(repo, [s.id for s in lifecycle.list_vms(repo)])
+        repo.close()
+    res["ratio_commit_pause_vs_qemu_migrate"] = round(
+        res["commit_pause_ms"] / res["qemu_full_migrate_pause_ms"], 3)
+    res["ratio_child_ready_vs_bare_start"] = round(
+        res["branch_child_ready_ms"] / res["bare_qemu_start_ms"], 2)
+    res["ratio_store_growth_vs_dirty"] = round(
+        res["store_growth_bytes"] / max(1, res["memory_dirty_bytes"]), 3)
+    return res
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", default="256M,2G")
+    ap.add_argument("--backings", default="shm,fuse")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--json", action="store_true", help="print raw results as JSON too")
+    args = ap.parse_args()
+    results = []
+    with tempfile.TemporaryDirectory(prefix="vers-bench-vm-") as tmp:
+        for backing in args.backings.split(","):
+            try:
+                backing_class(backing)
+            except Exception as exc:  # noqa: BLE001 - report and go on with the others
+                print(f"skipping backing {backing}: {exc}", file=sys.stderr)
+                continue
+            for s in args.sizes.split(","):
+                print(f"... {backing} {s}", file=sys.stderr)
+                results.append(bench_one(parse_size(s), backing, args.repeat, Path(tmp)))
+    hdr = (f"{'backing':<7} {'RAM':>6} {'commit pause':>12} {'QEMU migrate':>12} {'ratio':>6}"
+           f" {'branch pause':>12} {'child ready':>11} {'bare start':>10} {'ratio':>6}"
+           f" {'dirty KiB':>9} {'growth KiB':>10} {'ratio':>6}")
+    print(hdr)
+    for r in results:
+        print(f"{r['backing']:<7} {r['size_mib']:>5}M {r['commit_pause_ms']:>10.1f}ms"
+              f" {r['qemu_full_migrate_pause_ms']:>10.1f}ms"
+              f" {r['ratio_commit_pause_vs_qemu_migrate']:>6.3f}"
+              f" {r['branch_pause_ms']:>10.1f}ms {r['branch_child_ready_ms']:>9.1f}ms"
+              f" {r['bare_qemu_start_ms']:>8.1f}ms {r['ratio_child_ready_vs_bare_start']:>6.2f}"
+              f" {r['memory_dirty_bytes'] / 1024:>9.0f} {r['store_growth_bytes'] / 1024:>10.0f}"
+              f" {r['ratio_store_growth_vs_dirty']:>6.3f}")
+    print("goals: commit ratio <= 0.1, branch pause <= 30 ms, child-ready ratio <= 1.5 "
+          "(same at every size), store growth ratio <= 1.1")
+    if args.json:
+        print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
