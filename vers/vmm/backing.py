@@ -31,6 +31,9 @@ class MemoryBacking(ABC):
     """One VM's guest RAM. Lives across vers commands: ``state()`` is saved in the VM record."""
 
     kind: ClassVar[str]
+    #: True if the file ``fork_begin`` returns may be opened (by the child QEMU) before
+    #: ``fork_end``: the branch then starts child QEMUs before pausing the parent.
+    opens_before_fork_end: ClassVar[bool] = False
 
     def __init__(self, state: dict[str, Any]) -> None:
         self._state = dict(state)
@@ -190,6 +193,7 @@ class ShmMemoryBacking(MemoryBacking):
     """Guest RAM in /dev/shm (or ``where``), with a reference copy for change detection."""
 
     kind = "shm"
+    opens_before_fork_end = True
 
     @classmethod
     def create(cls, vm_id: str, size: int, source: Any = None,

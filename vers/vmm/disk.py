@@ -45,6 +45,52 @@ def create_overlay(path: Path, backing: Path) -> None:
     qemu_img("create", "-q", "-f", "qcow2", "-b", str(backing), "-F", fmt, str(path))
 
 
+def create_overlay_unsafe(path: Path, backing: Path, size: int) -> None:
+    """An overlay made without opening ``backing`` (-u), so it can be prepared while QEMU still
+    writes to it; QEMU reads the backing's metadata only when it opens the overlay later."""
+    fmt = "raw" if backing.suffix == ".raw" else "qcow2"
+    qemu_img("create", "-q", "-f", "qcow2", "-u", "-b", str(backing), "-F", fmt, str(path),
+             str(size))
+
+
+def take_overlay(layers: Path, disk: dict[str, Any], tag: str, slot: str) -> Path:
+    """A new empty overlay on the disk's current top: the spare made earlier when it still sits on
+    that top (no qemu-img run on the critical path), else a fresh one."""
+    top = disk["chain"][-1]
+    spare = disk.setdefault("spares", {}).pop(slot, None)
+    if spare and spare["backing"] == top and Path(spare["path"]).exists():
+        return Path(spare["path"])
+    if spare:
+        Path(spare["path"]).unlink(missing_ok=True)
+    path = new_layer_path(layers, tag)
+    create_overlay_unsafe(path, Path(top), int(disk["size"]))
+    return path
+
+
+def make_spares(layers: Path, disk: dict[str, Any], tag: str,
+                slots: tuple[str, ...] = ("top", "child")) -> None:
+    """Prepare overlays on the current top for the next commit ("top") and branch ("child")."""
+    top = disk["chain"][-1]
+    spares = disk.setdefault("spares", {})
+    for slot in slots:
+        old = spares.get(slot)
+        if old and old["backing"] == top and Path(old["path"]).exists():
+            continue
+        if old:
+            Path(old["path"]).unlink(missing_ok=True)
+        path = new_layer_path(layers, tag)
+        create_overlay_unsafe(path, Path(top), int(disk["size"]))
+        spares[slot] = {"path": str(path), "backing": top}
+
+
+def layers_in_use(disks: dict[str, dict[str, Any]]) -> set[str]:
+    out = set()
+    for d in disks.values():
+        out.update(d["chain"])
+        out.update(sp["path"] for sp in d.get("spares", {}).values())
+    return out
+
+
 def image_size(path: Path) -> int:
     info = json.loads(qemu_img("info", "-U", "--output=json", str(path)))
     return int(info["virtual-size"])

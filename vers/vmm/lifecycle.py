@@ -6,7 +6,6 @@ Every function takes a Repo and returns plain values; vers/cli/vm.py only parses
 from __future__ import annotations
 
 import os
-import shlex
 import shutil
 import tempfile
 import time
@@ -61,10 +60,9 @@ def qmp_for(rec: VMRecord, timeout: float = 10.0) -> QMPClient:
     return QMPClient(rec.qmp_sock, timeout=timeout).connect(wait=2.0)
 
 
-def start_machine(reg: VMRegistry, rec: VMRecord, spec: MachineSpec, backing: MemoryBacking,
-                  devstate: Path | None = None, boot_timeout: float = BOOT_TIMEOUT,
-                  paused: bool = False) -> None:
-    """Spawn QEMU for ``rec``; fresh boots wait for the agent, restores load ``devstate``."""
+def spawn_machine(reg: VMRegistry, rec: VMRecord, spec: MachineSpec, backing: MemoryBacking,
+                  incoming: bool) -> QMPClient:
+    """Spawn QEMU for ``rec`` and return a connected QMP client (the caller closes it)."""
     d = rec.dir
     rec.qmp_sock, rec.agent_sock = _sock_path(d, "qmp"), _sock_path(d, "agent")
     rec.serial_log = str(d / "serial.log")
@@ -75,18 +73,40 @@ def start_machine(reg: VMRegistry, rec: VMRecord, spec: MachineSpec, backing: Me
                       initrd=rec.boot["initrd"],
                       disks={n: rec.disks[n]["chain"][-1] for n in spec.disks},
                       qmp_sock=rec.qmp_sock, agent_sock=rec.agent_sock,
-                      serial_log=rec.serial_log, incoming=devstate is not None)
+                      serial_log=rec.serial_log, incoming=incoming)
     rec.pid = spawn(args, d)
     reg.save(rec)
     qmp = connect_qmp(rec.qmp_sock, rec.pid, rec.id, d)
+    if incoming:
+        try:
+            qmp.command("migrate-set-capabilities",
+                        capabilities=[{"capability": "x-ignore-shared", "state": True}])
+        except VMError:
+            qmp.close()
+            kill_pid(rec.pid)
+            raise
+    return qmp
+
+
+def finish_restore(qmp: QMPClient, rec: VMRecord, devstate: Path, paused: bool = False) -> None:
+    """Load device state into a QEMU spawned with ``incoming``, then let it run."""
     try:
-        if devstate is not None:
-            load_devstate(qmp, devstate)
-            if not paused:
-                qmp.command("cont")
+        load_devstate(qmp, devstate)
+        if not paused:
+            qmp.command("cont")
     except VMError as exc:
         kill_pid(rec.pid)
-        raise launch_error(f"restoring device state failed: {exc}", d) from exc
+        raise launch_error(f"restoring device state failed: {exc}", rec.dir) from exc
+
+
+def start_machine(reg: VMRegistry, rec: VMRecord, spec: MachineSpec, backing: MemoryBacking,
+                  devstate: Path | None = None, boot_timeout: float = BOOT_TIMEOUT,
+                  paused: bool = False) -> None:
+    """Spawn QEMU for ``rec``; fresh boots wait for the agent, restores load ``devstate``."""
+    qmp = spawn_machine(reg, rec, spec, backing, incoming=devstate is not None)
+    try:
+        if devstate is not None:
+            finish_restore(qmp, rec, devstate, paused)
     finally:
         qmp.close()
     if devstate is None:
@@ -94,14 +114,17 @@ def start_machine(reg: VMRegistry, rec: VMRecord, spec: MachineSpec, backing: Me
             agent_mod.wait_agent(rec.agent_sock, boot_timeout, alive=lambda: pid_alive(rec.pid))
         except VMError as exc:
             kill_pid(rec.pid)
-            raise launch_error(f"guest did not boot: {exc}", d) from exc
+            raise launch_error(f"guest did not boot: {exc}", rec.dir) from exc
 
 
 def load_devstate(qmp: QMPClient, devstate: Path, timeout: float = 60.0) -> None:
     """QEMU's snapshot-load path: -incoming defer, x-ignore-shared, migrate-incoming from a file."""
-    qmp.command("migrate-set-capabilities",
-                capabilities=[{"capability": "x-ignore-shared", "state": True}])
-    qmp.command("migrate-incoming", uri=f"exec:cat {shlex.quote(str(devstate))}")
+    fd = os.open(devstate, os.O_RDONLY)
+    try:
+        qmp.send_fd("devstate", fd)
+    finally:
+        os.close(fd)  # QEMU holds its own copy now
+    qmp.command("migrate-incoming", uri="fd:devstate")
     deadline = time.monotonic() + timeout
     while True:
         status = qmp.command("query-status")["status"]
@@ -109,7 +132,7 @@ def load_devstate(qmp: QMPClient, devstate: Path, timeout: float = 60.0) -> None
             break
         if time.monotonic() > deadline:
             raise VMError(f"loading device state did not finish within {timeout}s")
-        time.sleep(0.002)
+        time.sleep(0.0005)
     mig = qmp.command("query-migrate")
     if mig.get("status") == "failed":
         raise VMError(f"loading device state failed: {mig.get('error-desc', '')}")
@@ -160,12 +183,14 @@ def run_vm(repo: Any, opts: RunOptions) -> VMRecord:
             base = Path(path).absolute()
             top = disk_mod.new_layer_path(reg.layers, rec.id)
             disk_mod.create_overlay(top, base)
-            rec.disks[name] = {"chain": [str(base), str(top)], "committed": 0}
+            rec.disks[name] = {"chain": [str(base), str(top)], "committed": 0,
+                               "size": disk_mod.image_size(base)}
         backing = _backing_class(opts.memory_backing).create(
             rec.id, opts.memory, None, Path(opts.memory_dir) if opts.memory_dir else None)
         rec.memory = backing.state()
         reg.save(rec)
         start_machine(reg, rec, spec, backing, boot_timeout=opts.boot_timeout)
+        refresh_spares(reg, rec)
     except BaseException:
         _remove(reg, rec)
         raise
@@ -201,7 +226,8 @@ def restore_commit(repo: Any, rev: str, name: str | None = None, make_current: b
             base = disk_mod.export_base(repo, cid, dname, reg.layers)
             top = disk_mod.new_layer_path(reg.layers, rec.id)
             disk_mod.create_overlay(top, base)
-            rec.disks[dname] = {"chain": [str(base), str(top)], "committed": 1}
+            rec.disks[dname] = {"chain": [str(base), str(top)], "committed": 1,
+                                "size": base.stat().st_size}
         devstate = rec.dir / "restore.devstate"
         repo.export_image(cid, "devstate", devstate)
         backing = _backing_class(memory_backing).create(
@@ -212,6 +238,7 @@ def restore_commit(repo: Any, rev: str, name: str | None = None, make_current: b
         reg.save(rec)
         start_machine(reg, rec, spec, backing, devstate=devstate, paused=paused)
         devstate.unlink(missing_ok=True)
+        refresh_spares(reg, rec)
     except BaseException:
         _remove(reg, rec)
         raise
@@ -393,5 +420,14 @@ def _remove(reg: VMRegistry, rec: VMRecord) -> None:
     if reg.current() == rec.id:
         reg.set_current(None)
     shutil.rmtree(rec.vm_dir, ignore_errors=True)
-    in_use = {p for r in reg.all() for d in r.disks.values() for p in d["chain"]}
+    in_use: set[str] = set()
+    for r in reg.all():
+        in_use |= disk_mod.layers_in_use(r.disks)
     disk_mod.gc_layers(reg.layers, in_use)
+
+
+def refresh_spares(reg: VMRegistry, rec: VMRecord) -> None:
+    """After a VM runs: prepare the overlays its next commit/branch will need, off their pause."""
+    for d in rec.disks.values():
+        disk_mod.make_spares(reg.layers, d, rec.id)
+    reg.save(rec)

@@ -41,7 +41,7 @@ class QMPClient:
                 sock.close()
                 if time.monotonic() >= deadline or (alive is not None and not alive()):
                     raise VMError(f"cannot connect to QMP socket {self.path}: {exc}") from exc
-                time.sleep(0.01)
+                time.sleep(0.002)
         self._sock = sock
         greeting = self._read_msg()
         if "QMP" not in greeting:
@@ -98,10 +98,32 @@ class QMPClient:
                 raise QMPError(f"QEMU refused {name}: {desc}")
             return resp.get("return")
 
+    def send_fd(self, name: str, fd: int) -> None:
+        """Hand QEMU an open file descriptor (getfd + SCM_RIGHTS) for a ``fd:NAME`` URI.
+
+        Migrating through a passed fd instead of ``exec:cat > file`` saves QEMU a fork+exec of a
+        shell and cat inside the guest's pause (measured 2-3 ms instead of 7-20 ms here).
+        """
+        if self._sock is None:
+            raise VMError("QMP client is not connected")
+        msg = json.dumps({"execute": "getfd", "arguments": {"fdname": name}}).encode() + b"\n"
+        try:
+            socket.send_fds(self._sock, [msg], [fd])
+        except OSError as exc:
+            raise VMError(f"QMP getfd failed: {exc}") from exc
+        while True:
+            resp = self._read_msg()
+            if "event" in resp:
+                self.events.append(resp)
+                continue
+            if "error" in resp:
+                raise QMPError(f"QEMU refused getfd: {resp['error'].get('desc')}")
+            return
+
     def wait_migration(self, timeout: float = 60.0) -> dict[str, Any]:
         """Poll query-migrate until it completes; a failed migration raises."""
         deadline = time.monotonic() + timeout
-        delay = 0.0005
+        delay = 0.0002
         while True:
             info = self.command("query-migrate")
             status = info.get("status")

@@ -16,7 +16,6 @@ QEMU starts; each child starts with ``-incoming`` from the same device state.
 from __future__ import annotations
 
 import os
-import shlex
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,13 @@ from typing import Any
 from vers.errors import BadInput, VMError
 from vers.vmm import disk as disk_mod
 from vers.vmm.backing import load_backing
-from vers.vmm.lifecycle import qmp_for, registry, start_machine
+from vers.vmm.lifecycle import (
+    finish_restore,
+    qmp_for,
+    refresh_spares,
+    registry,
+    spawn_machine,
+)
 from vers.vmm.machine import MachineSpec, pid_alive
 from vers.vmm.qmp import QMPClient
 from vers.vmm.state import VMRecord, VMRegistry
@@ -46,24 +51,47 @@ class Timings:
 
 
 def save_devstate(qmp: QMPClient, out: Path) -> None:
-    """Device state only (RAM is shared): stop is the caller's job."""
-    qmp.command("migrate-set-capabilities",
-                capabilities=[{"capability": "x-ignore-shared", "state": True}])
-    qmp.command("migrate", uri=f"exec:cat > {shlex.quote(str(out))}")
+    """Device state only (RAM is shared and skipped): the caller has stopped the guest and set
+    x-ignore-shared; ``fd:devstate`` must have been handed over with ``send_fd`` beforehand."""
+    qmp.command("migrate", uri="fd:devstate")
     qmp.wait_migration()
 
 
-def freeze_disks(qmp: QMPClient, reg: VMRegistry, rec: VMRecord) -> dict[str, list[str]]:
-    """Give QEMU a new empty top per disk; returns each disk's now-frozen chain."""
+def prepare_devstate(qmp: QMPClient, out: Path) -> None:
+    """Everything for a device-state save that can happen before the guest is stopped."""
+    qmp.command("migrate-set-capabilities",
+                capabilities=[{"capability": "x-ignore-shared", "state": True}])
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        qmp.send_fd("devstate", fd)
+    finally:
+        os.close(fd)
+
+
+def prepare_freeze(reg: VMRegistry, rec: VMRecord) -> dict[str, Path]:
+    """Create each disk's next top layer before the pause (without opening the current top)."""
+    new_tops = {}
+    for name, d in rec.disks.items():
+        d["size"] = int(d.get("size") or disk_mod.image_size(Path(d["chain"][0])))
+        new_tops[name] = disk_mod.take_overlay(reg.layers, d, rec.id, "top")
+    return new_tops
+
+
+def freeze_disks(qmp: QMPClient, rec: VMRecord, new_tops: dict[str, Path]) -> dict[str, list[str]]:
+    """Switch QEMU to the prepared tops; returns each disk's now-frozen chain."""
     frozen = {}
     for name, d in rec.disks.items():
         chain = list(d["chain"])
-        new_top = disk_mod.new_layer_path(reg.layers, rec.id)
-        qmp.command("blockdev-snapshot-sync", device=name, **{"snapshot-file": str(new_top)},
-                    format="qcow2", mode="absolute-paths")
+        qmp.command("blockdev-snapshot-sync", device=name,
+                    **{"snapshot-file": str(new_tops[name])}, format="qcow2", mode="existing")
         frozen[name] = chain
-        d["chain"] = chain + [str(new_top)]
+        d["chain"] = chain + [str(new_tops[name])]
     return frozen
+
+
+def _drop(paths: Any) -> None:
+    for p in paths:
+        Path(p).unlink(missing_ok=True)
 
 
 def commit_vm(repo: Any, key: str | None, message: str = "", stay_paused: bool = False,
@@ -76,30 +104,38 @@ def commit_vm(repo: Any, key: str | None, message: str = "", stay_paused: bool =
         rec = reg.resolve(rec.id)  # re-read under the lock
         backing = load_backing(rec.memory)
         devstate = rec.dir / "commit.devstate"
-        devstate.unlink(missing_ok=True)
-        with qmp_for(rec, timeout=60.0) as q:
-            was_running = q.command("query-status")["status"] == "running"
-            t0 = t_stop = time.perf_counter()
-            q.command("stop")
-            t0 = tm.mark("stop", t0)
-            try:
-                frozen = freeze_disks(q, reg, rec)
-                reg.save(rec)  # the new tops are QEMU's now, whatever happens next
-                t0 = tm.mark("freeze_disks", t0)
-                mem_image, mem_dirty = backing.capture()
-                rec.memory = backing.state()
-                reg.save(rec)
-                t0 = tm.mark("capture_memory", t0)
-                save_devstate(q, devstate)
-                t0 = tm.mark("devstate", t0)
-            finally:
-                if was_running and not stay_paused:
-                    q.command("cont")
-                    t0 = tm.mark("cont", t0)
-            tm.pause = round((time.perf_counter() - t_stop) * 1000, 2)
+        new_tops = prepare_freeze(reg, rec)
+        frozen: dict[str, list[str]] = {}
+        try:
+            with qmp_for(rec, timeout=60.0) as q:
+                was_running = q.command("query-status")["status"] == "running"
+                prepare_devstate(q, devstate)
+                t0 = t_stop = time.perf_counter()
+                q.command("stop")
+                t0 = tm.mark("stop", t0)
+                try:
+                    frozen = freeze_disks(q, rec, new_tops)
+                    reg.save(rec)  # the new tops are QEMU's now, whatever happens next
+                    t0 = tm.mark("freeze_disks", t0)
+                    mem_image, mem_dirty = backing.capture()
+                    rec.memory = backing.state()
+                    reg.save(rec)
+                    t0 = tm.mark("capture_memory", t0)
+                    save_devstate(q, devstate)
+                    t0 = tm.mark("devstate", t0)
+                finally:
+                    if was_running and not stay_paused:
+                        q.command("cont")
+                        t0 = tm.mark("cont", t0)
+                tm.pause = round((time.perf_counter() - t_stop) * 1000, 2)
+        except BaseException:
+            if not frozen:
+                _drop(new_tops.values())
+            raise
         cid = _store_commit(repo, reg, rec, backing, frozen, mem_image, mem_dirty, devstate,
                             message, tm)
         devstate.unlink(missing_ok=True)
+        refresh_spares(reg, reg.resolve(rec.id))
     return cid, tm
 
 
@@ -172,7 +208,13 @@ def _reload(reg: VMRegistry, rec: VMRecord) -> VMRecord:
 
 def branch_vm(repo: Any, key: str | None, count: int = 1, name: str | None = None,
               ) -> tuple[list[VMRecord], Timings]:
-    """Fork a live VM into ``count`` children that continue from the same instant."""
+    """Fork a live VM into ``count`` children that continue from the same instant.
+
+    Everything that does not need the parent stopped happens first: child records, disk overlays
+    (made without opening the parent's live top), RAM pre-copy, and the child QEMU processes
+    themselves, started with ``-incoming defer`` so they wait for the device state. The parent is
+    then paused only to freeze its disk top, make the children's RAM exact, and save device state.
+    """
     if count < 1:
         raise BadInput("--count must be at least 1")
     reg = registry(repo)
@@ -180,28 +222,47 @@ def branch_vm(repo: Any, key: str | None, count: int = 1, name: str | None = Non
     names = [name] if count == 1 else [f"{name}-{i}" if name else None for i in range(count)]
     tm = Timings()
     children: list[VMRecord] = []
+    child_qmp: list[QMPClient] = []
     with reg.lock(parent):
         parent = reg.resolve(parent.id)
         backing = load_backing(parent.memory)
+        spec = MachineSpec.from_dict(parent.spec)
+        devstate = parent.dir / f"branch-{os.getpid()}.devstate"
+        new_tops: dict[str, Path] = {}
+        frozen: dict[str, list[str]] = {}
         try:
-            t0 = time.perf_counter()
+            t0 = t_begin = time.perf_counter()
+            new_tops = prepare_freeze(reg, parent)
             for n in names:
                 c = reg.create(name=n, parent_vm=parent.id)
                 children.append(c)
+                c.boot = dict(parent.boot)
+                c.base_commit = parent.base_commit
+                for dname, d in parent.disks.items():
+                    top = disk_mod.take_overlay(reg.layers, d, c.id, "child")
+                    c.disks[dname] = {"chain": list(d["chain"]) + [str(top)],
+                                      "committed": d["committed"], "size": d["size"]}
+                reg.save(c)
+            t0 = tm.mark("prepare_disks", t0)
             child_mem = [backing.fork_begin(c.id) for c in children]
             t0 = tm.mark("precopy_memory", t0)
-            devstate = parent.dir / f"branch-{os.getpid()}.devstate"
+            early = type(backing).opens_before_fork_end
+            if early:
+                for c, mem in zip(children, child_mem):
+                    c.memory = mem.state()
+                    child_qmp.append(spawn_machine(reg, c, spec, mem, incoming=True))
+                t0 = tm.mark("spawn_children", t0)
             with qmp_for(parent, timeout=60.0) as q:
                 was_running = q.command("query-status")["status"] == "running"
+                prepare_devstate(q, devstate)
                 t_stop = time.perf_counter()
                 q.command("stop")
                 t0 = tm.mark("stop", t_stop)
                 try:
-                    frozen = freeze_disks(q, reg, parent)
+                    frozen = freeze_disks(q, parent, new_tops)
                     reg.save(parent)
                     t0 = tm.mark("freeze_disks", t0)
-                    fixed = [backing.fork_end(m) for m in child_mem]
-                    tm.extra["fixed_pages"] = fixed
+                    tm.extra["fixed_pages"] = [backing.fork_end(m) for m in child_mem]
                     t0 = tm.mark("fix_memory", t0)
                     save_devstate(q, devstate)
                     t0 = tm.mark("devstate", t0)
@@ -211,32 +272,32 @@ def branch_vm(repo: Any, key: str | None, count: int = 1, name: str | None = Non
                 t_cont = time.perf_counter()
                 tm.phases["cont"] = round((t_cont - t0) * 1000, 2)
                 tm.pause = round((t_cont - t_stop) * 1000, 2)
-            spec = MachineSpec.from_dict(parent.spec)
-            for c, mem in zip(children, child_mem):
-                c.boot = dict(parent.boot)
-                c.base_commit = parent.base_commit
-                for dname, chain in frozen.items():
-                    top = disk_mod.new_layer_path(reg.layers, c.id)
-                    disk_mod.create_overlay(top, Path(chain[-1]))
-                    c.disks[dname] = {"chain": chain + [str(top)],
-                                      "committed": parent.disks[dname]["committed"]}
-                c.memory = mem.state()
-                reg.save(c)
-                start_machine(reg, c, spec, mem, devstate=devstate)
-            tm.extra["child_ready_after_resume_ms"] = round(
-                (time.perf_counter() - t_cont) * 1000, 2)
+            if not early:
+                for c, mem in zip(children, child_mem):
+                    c.memory = mem.state()
+                    child_qmp.append(spawn_machine(reg, c, spec, mem, incoming=True))
+            for c, cq in zip(children, child_qmp):
+                finish_restore(cq, c, devstate)
+            t_ready = time.perf_counter()
+            tm.extra["child_ready_after_resume_ms"] = round((t_ready - t_cont) * 1000, 2)
+            tm.extra["child_ready_ms"] = round((t_ready - t_begin) * 1000, 2)
             for c, mem in zip(children, child_mem):  # off the critical path: children run
                 backing.fork_reference(mem)
-                c = reg.resolve(c.id)
                 c.memory = mem.state()
-                reg.save(c)
-            devstate.unlink(missing_ok=True)
+                refresh_spares(reg, c)
+            refresh_spares(reg, parent)
         except BaseException:
             from vers.vmm.lifecycle import _remove
 
             for c in children:
                 _remove(reg, c)
+            if not frozen:
+                _drop(new_tops.values())
             raise
+        finally:
+            for cq in child_qmp:
+                cq.close()
+            devstate.unlink(missing_ok=True)
     if not pid_alive(parent.pid, parent.id):
         raise VMError(f"parent VM {parent.id} died during the branch")
     return children, tm
