@@ -21,6 +21,7 @@ import re
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from vers.errors import CorruptObject, ObjectNotFound, VersError
 from vers.objects.lmdbstore import LmdbObjectStore
@@ -41,6 +42,7 @@ from vers.objects.model import (
 from vers.objects.store import ENC_DELTA, ObjectStore, Record
 from vers.refs.container import SYMREF_PREFIX, RefsContainer
 
+T = TypeVar("T")
 _HEX_ID = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -258,7 +260,7 @@ class Reachability:
                 self.report(Problem("wrong-kind", oid.hex(),
                                     f"expected a page, found a {KIND_NAMES.get(kind, '?')}", via))
 
-    def _load(self, oid: bytes, kind: int, via: str, get: Callable[[bytes], object]) -> object | None:
+    def _load(self, oid: bytes, kind: int, via: str, get: Callable[[bytes], T]) -> T | None:
         name = KIND_NAMES[kind]
         if oid in self.bad:
             self.report(Problem("corrupt", oid.hex(), f"{name}: {self.bad[oid]}", via))
@@ -374,8 +376,8 @@ def fsck(
                 continue  # deleted while we looked
             _verify_into(store, oid, rec, bad)
     for kind in stored.values():
-        name = KIND_NAMES.get(kind, f"kind-{kind}")
-        report.by_kind[name] = report.by_kind.get(name, 0) + 1
+        kind_name = KIND_NAMES.get(kind, f"kind-{kind}")
+        report.by_kind[kind_name] = report.by_kind.get(kind_name, 0) + 1
     report.objects = len(stored)
 
     ref_problems: list[Problem] = []
@@ -391,8 +393,8 @@ def fsck(
     reported = {p.oid for p in report.problems}
     for oid, reason in sorted(bad.items()):
         if oid.hex() not in reported:
-            kind = KIND_NAMES.get(stored.get(oid, 0), "object")
-            note(Problem("corrupt", oid.hex(), f"{kind}: {reason}", "nothing (unreachable)"))
+            what = KIND_NAMES.get(stored.get(oid, 0), "object")
+            note(Problem("corrupt", oid.hex(), f"{what}: {reason}", "nothing (unreachable)"))
     report.seconds = time.monotonic() - t0
     return report
 
@@ -439,12 +441,12 @@ def _scan_packs(
                 continue
             pack_no, off, length, kind, _enc, _depth = index_fmt.unpack(loc)
             stored[oid] = kind
-            pack = txn.get(ls._PACK_KEY.pack(pack_no), db=store.db["packs"])
-            if pack is None:
+            where = txn.get(ls._PACK_KEY.pack(pack_no), db=store.db["packs"])
+            if where is None:
                 detail = f"index points into pack {pack_no}, which does not exist"
-            elif off < hdr.size or off + length > len(pack):
+            elif off < hdr.size or off + length > len(where):
                 detail = (f"index points outside pack {pack_no} "
-                          f"(bytes {off}..{off + length} of {len(pack)})")
+                          f"(bytes {off}..{off + length} of {len(where)})")
             else:
                 detail = f"index entry does not match the record at pack {pack_no} offset {off}"
             problems.append((oid, detail))
