@@ -173,8 +173,20 @@ def find_bisection(
         filtered = [c for c in ranked if c not in skipped]
         if not filtered:
             return Decision("only_skipped", None, total=nr, candidates=tried)
+        dist = {c: min(weight[c], nr - weight[c]) for c in filtered}
+        best_d = min(weight[ranked[0]], nr - weight[ranked[0]])
+        near = [c for c in filtered if 5 * dist[c] >= 4 * best_d and c != bad]
+        # skipped commits come in runs (a broken build, a bad snapshot): avoid their neighbours
+        children: dict[str, list[str]] = {}
+        for c in order:
+            for p in get(c).parents:
+                children.setdefault(p, []).append(c)
+        near = sorted(near, key=lambda c: any(
+            x in skipped for x in (*get(c).parents, *children.get(c, ()))))
         i = skip_away_index(len(filtered))
-        if i < len(filtered):
+        if near:  # vers: a split nearly as good as the best, rather than a pseudo-random jump
+            pick = near[0]
+        elif i < len(filtered):
             pick = filtered[i]
             if pick == bad:
                 pick = filtered[i - 1] if i > 0 else filtered[0]

@@ -1,0 +1,150 @@
+"""Build the same commit graph as vers commits and as a git repository, cheaply.
+
+For the bisect tests and bench (dulwich keeps ``build_commit_graph`` in the package for the same
+reason: every test can make history in one line). Each commit *i* holds one tiny image whose first
+bytes are ``state <i>``, and the git twin holds a file ``state`` with the same text, with the same
+commit times, so that git's rev-list order and vers's walk order agree.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+PAGE = 4096
+BASE_TIME = 1_700_000_000
+
+
+@dataclass
+class Graph:
+    """``parents[i]`` lists the parent indices of commit ``i`` (parents come before children)."""
+
+    parents: list[list[int]]
+
+    def __len__(self) -> int:
+        return len(self.parents)
+
+    @property
+    def tip(self) -> int:
+        return len(self.parents) - 1
+
+    def descendants(self, x: int) -> set[int]:
+        out = {x}
+        for i in range(x + 1, len(self.parents)):
+            if any(p in out for p in self.parents[i]):
+                out.add(i)
+        return out
+
+
+def linear(n: int) -> Graph:
+    return Graph([[]] + [[i - 1] for i in range(1, n)])
+
+
+def random_dag(n: int, seed: int, merge_rate: float = 0.15, branch_rate: float = 0.2) -> Graph:
+    """A history with side branches and merges, one root, and every commit an ancestor of the tip."""
+    rnd = random.Random(seed)
+    parents: list[list[int]] = [[]]
+    heads = [0]
+    while len(parents) < n - 1:
+        r = rnd.random()
+        i = len(parents)
+        if r < merge_rate and len(heads) >= 2:
+            a, b = rnd.sample(heads, 2)
+            parents.append([a, b])
+            heads.remove(a)
+            heads.remove(b)
+        elif r < merge_rate + branch_rate:
+            parents.append([rnd.randrange(i)])
+        else:
+            h = rnd.choice(heads)
+            parents.append([h])
+            heads.remove(h)
+        heads.append(i)
+    parents.append(sorted(set(heads)))  # the tip merges every open head
+    return Graph(parents)
+
+
+def state_image(i: int) -> bytes:
+    return f"state {i}\n".encode().ljust(PAGE, b"\0")
+
+
+def build_vers(repo: Any, graph: Graph, ref: str | None = "refs/heads/main") -> list[str]:
+    """Commit ``graph`` into ``repo``; returns the commit IDs by index. ``ref`` ends at the tip."""
+    ids: list[str] = []
+    for i, ps in enumerate(graph.parents):
+        cid = repo.snapshot({"disk": io.BytesIO(state_image(i))}, message=f"state {i}",
+                            parents=[ids[p] for p in ps], ref=None, time=BASE_TIME + i,
+                            author="bisect-test")
+        ids.append(cid)
+    if ref is not None:
+        repo.refs.set_ref(ref, ids[-1])
+    return ids
+
+
+def build_git(path: Path, graph: Graph) -> list[str]:
+    """The same graph as a git repository (one ``git fast-import``); returns commit IDs by index."""
+    path.mkdir(parents=True, exist_ok=True)
+    env = git_env()
+    subprocess.run(["git", "init", "-q", "-b", "main", str(path)], check=True, env=env)
+    chunks: list[bytes] = []
+    for i, ps in enumerate(graph.parents):
+        msg = f"state {i}\n".encode()
+        body = f"state {i}\n".encode()
+        lines = [f"commit refs/heads/main\nmark :{i + 1}\n".encode(),
+                 f"committer T <t@example.com> {BASE_TIME + i} +0000\n".encode(),
+                 b"data %d\n%s" % (len(msg), msg)]
+        if ps:
+            lines.append(f"from :{ps[0] + 1}\n".encode())
+            lines.extend(f"merge :{p + 1}\n".encode() for p in ps[1:])
+        else:
+            lines.append(b"deleteall\n")
+        lines.append(b"M 644 inline state\ndata %d\n%s\n" % (len(body), body))
+        chunks.append(b"".join(lines))
+        if i + 1 < len(graph.parents) and not graph.parents[i + 1]:
+            chunks.append(b"reset refs/heads/main\n")
+    stream = b"".join(chunks) + b"done\n"
+    subprocess.run(["git", "fast-import", "--quiet", "--done", "--export-marks=marks"],
+                   input=stream, cwd=path, check=True, env=env)
+    marks = dict(line.split() for line in (path / "marks").read_text().splitlines())
+    (path / "marks").unlink()
+    subprocess.run(["git", "checkout", "-q", "-f", "main"], cwd=path, check=True, env=env)
+    return [marks[f":{i + 1}"] for i in range(len(graph.parents))]
+
+
+def git_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(GIT_AUTHOR_NAME="T", GIT_AUTHOR_EMAIL="t@example.com", GIT_COMMITTER_NAME="T",
+               GIT_COMMITTER_EMAIL="t@example.com", GIT_CONFIG_NOSYSTEM="1",
+               GIT_CONFIG_GLOBAL=os.devnull)
+    return env
+
+
+PREDICATE = r'''#!/usr/bin/env python3
+"""Bisect predicate shared by git and vers: the state number decides, runs are counted."""
+import os, sys
+mount = os.environ.get("VERS_MOUNT")
+if mount:
+    with open(os.path.join(mount, "disk"), "rb") as f:
+        text = f.read(64).split(b"\0", 1)[0].decode()
+else:
+    text = open("state").read()
+n = int(text.split()[1])
+with open(os.environ["BISECT_COUNT_FILE"], "a") as f:
+    f.write(f"{n}\n")
+bad = {int(x) for x in os.environ["BISECT_BAD"].split(",") if x}
+skip = {int(x) for x in os.environ.get("BISECT_SKIP", "").split(",") if x}
+if n in skip:
+    sys.exit(125)
+sys.exit(1 if n in bad else 0)
+'''
+
+
+def write_predicate(path: Path) -> Path:
+    path.write_text(PREDICATE)
+    path.chmod(0o755)
+    return path
