@@ -37,7 +37,7 @@ def test_commit_keeps_the_counter_running_and_stores_only_changes(vmrepo: Repo,
                                                                   booted: Any) -> None:
     gexec(booted, "echo committed-file > /root/before-commit; sync")
     before = counter(booted)
-    cid1, tm1 = snapshot.commit_vm(vmrepo, booted.id, "first")
+    cid1, _tm1 = snapshot.commit_vm(vmrepo, booted.id, "first")
     assert vmrepo.rev_parse("HEAD") == cid1
     assert wait_counter_above(booted, before + 5) > before + 5  # still counting after resume
     c = vmrepo.get_commit(cid1)
@@ -52,7 +52,7 @@ def test_commit_keeps_the_counter_running_and_stores_only_changes(vmrepo: Repo,
 
 
 def test_commit_pause_leaves_vm_paused_and_resume_continues(vmrepo: Repo, booted: Any) -> None:
-    cid, _ = snapshot.commit_vm(vmrepo, booted.id, "paused", stay_paused=True)
+    _cid, _ = snapshot.commit_vm(vmrepo, booted.id, "paused", stay_paused=True)
     rec = lifecycle.registry(vmrepo).resolve(booted.id)
     assert lifecycle.vm_state(rec) == "paused"
     lifecycle.resume_vm(vmrepo, booted.id)
@@ -64,7 +64,7 @@ def test_commit_pause_leaves_vm_paused_and_resume_continues(vmrepo: Repo, booted
 def test_branch_child_continues_and_files_are_isolated(vmrepo: Repo, booted: Any) -> None:
     gexec(booted, "echo shared > /root/before-branch; sync")
     at_branch = counter(booted)
-    children, tm = snapshot.branch_vm(vmrepo, booted.id, count=1, name="kid")
+    children, _tm = snapshot.branch_vm(vmrepo, booted.id, count=1, name="kid")
     (child,) = children
     assert child.name == "kid" and pid_alive(child.pid, child.id)
     assert gexec(child, "cat /root/before-branch") == "shared\n"

@@ -1,0 +1,172 @@
+"""The VM driver's parts that need no running guest: command line, RAM change detection, disk
+capture from real qcow2 chains (written with qemu-io), the VM registry, the agent's framing."""
+
+from __future__ import annotations
+
+import base64
+import os
+import random
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from vers.errors import BadInput, VMError
+from vers.vmm import disk as disk_mod
+from vers.vmm.agent import _parse_reply, command_script
+from vers.vmm.backing import ShmMemoryBacking, changed_pages, copy_pages
+from vers.vmm.machine import MachineSpec, build_args, default_cmdline, parse_size
+from vers.vmm.state import VMRegistry
+
+PAGE = 4096
+
+
+def test_build_args_microvm_shared_memory_and_incoming() -> None:
+    spec = MachineSpec(memory=256 << 20, vcpus=2, accel="tcg", cmdline=default_cmdline("tcg"))
+    args = build_args("abcd1234", spec, mem_path="/dev/shm/x.mem", kernel="k", initrd="i",
+                      disks={"disk": "/d.qcow2"}, qmp_sock="/q", agent_sock="/a",
+                      serial_log="/s.log", incoming=True, qemu="qemu-system-x86_64")
+    joined = " ".join(args)
+    assert "-M microvm,memory-backend=mem" in joined
+    assert "memory-backend-file,id=mem,size=256M,mem-path=/dev/shm/x.mem,share=on" in joined
+    assert "-smp 2" in joined and "-accel tcg" in joined and "-cpu host" not in joined
+    assert args[args.index("-append") + 1].split()[:1] == ["console=ttyS0"]
+    assert "tsc_early_khz=2000000" in joined and "lpj=4000000" in joined
+    assert args[-3:] == ["-S", "-incoming", "defer"]
+    kvm = build_args("abcd1234", MachineSpec(memory=256 << 20, accel="kvm"), mem_path="m",
+                     kernel="k", initrd="i", disks={"disk": "d"}, qmp_sock="q", agent_sock="a",
+                     serial_log="s", qemu="q")
+    assert "-cpu" in kvm and "-incoming" not in kvm
+    assert "tsc_early_khz" not in default_cmdline("kvm")
+
+
+def test_parse_size() -> None:
+    assert parse_size("256M") == 256 << 20
+    assert parse_size("2G") == 2 << 30
+    assert parse_size("512MiB") == 512 << 20
+    assert parse_size("4096") == 4096
+    with pytest.raises(VMError):
+        parse_size("lots")
+
+
+def _random_file(path: Path, pages: int, seed: int) -> bytes:
+    data = random.Random(seed).randbytes(pages * PAGE)
+    path.write_bytes(data)
+    return data
+
+
+def test_changed_pages_finds_exactly_the_modified_pages(tmp_path: Path) -> None:
+    pages = 3000  # spans several comparison pieces and both threads
+    _random_file(tmp_path / "a", pages, 1)
+    shutil.copy(tmp_path / "a", tmp_path / "b")
+    assert changed_pages(tmp_path / "a", tmp_path / "b", pages * PAGE) == []
+    touched = sorted(random.Random(2).sample(range(pages), 57) + [0, pages - 1])
+    with open(tmp_path / "b", "r+b") as f:
+        for p in touched:
+            f.seek(p * PAGE + 4095)  # the last byte of the page
+            old = f.read(1)
+            f.seek(p * PAGE + 4095)
+            f.write(b"\x00" if old != b"\x00" else b"\x01")
+    assert changed_pages(tmp_path / "a", tmp_path / "b", pages * PAGE) == touched
+    copy_pages(tmp_path / "b", tmp_path / "a", touched)
+    assert (tmp_path / "a").read_bytes() == (tmp_path / "b").read_bytes()
+
+
+def test_shm_backing_capture_reports_changes_since_last_commit(tmp_path: Path) -> None:
+    size = 512 * PAGE
+    b = ShmMemoryBacking.create("t1", size, where=tmp_path)
+    with open(b.path, "r+b") as f:
+        f.write(os.urandom(64 * PAGE))
+    img, dirty = b.capture()
+    assert dirty is None  # no base commit yet: everything must be read
+    assert img.read_bytes() == b.path.read_bytes()
+    b.commit_done(True)
+    with open(b.path, "r+b") as f:
+        for p in (3, 100, 511):
+            f.seek(p * PAGE)
+            f.write(b"x" * 10)
+    img, dirty = b.capture()
+    assert dirty == [3, 100, 511] and img.read_bytes() == b.path.read_bytes()
+    b.commit_done(False)  # a failed commit: the next one must not trust the reference
+    assert b.capture()[1] is None
+    b.commit_done(True)
+    # a fork pre-copies while the guest "runs", then fixes what changed meanwhile
+    child = b.fork_begin("t2")
+    with open(b.path, "r+b") as f:
+        f.seek(7 * PAGE)
+        f.write(b"late write")
+    assert b.fork_end(child) == 1
+    assert child.path.read_bytes() == b.path.read_bytes()
+    b.fork_reference(child)
+    assert child.capture()[1] == [7]  # changed since the base commit both share
+    for x in (b, child):
+        x.destroy()
+    assert list(tmp_path.iterdir()) == []
+
+
+def _qemu_io(image: Path, cmd: str) -> None:
+    subprocess.run(["qemu-io", "-f", "qcow2", "-c", cmd, str(image)], check=True,
+                   capture_output=True)
+
+
+@pytest.mark.skipif(shutil.which("qemu-io") is None, reason="qemu-utils not installed")
+def test_capture_disk_reads_changed_clusters_from_a_real_qcow2_chain(tmp_path: Path) -> None:
+    size = 4 << 20
+    base = tmp_path / "base.raw"
+    data = bytearray(random.Random(3).randbytes(size))
+    data[1 << 20:2 << 20] = bytes(1 << 20)  # a zero region
+    base.write_bytes(bytes(data))
+    l1, l2 = tmp_path / "l1.qcow2", tmp_path / "l2.qcow2"
+    disk_mod.create_overlay(l1, base)
+    _qemu_io(l1, "write -P 0xab 65536 4096")
+    disk_mod.create_overlay_unsafe(l2, l1, size)
+    _qemu_io(l2, "write -P 0xcd 3145728 8192")
+    _qemu_io(l2, "write -z 0 4096")
+    expected = bytearray(data)
+    expected[65536:65536 + 4096] = b"\xab" * 4096
+    expected[3145728:3145728 + 8192] = b"\xcd" * 8192
+    expected[0:4096] = bytes(4096)
+    # only the top layer is new since the "base commit"
+    out = tmp_path / "cap.raw"
+    dirty = disk_mod.capture_disk([str(base), str(l1), str(l2)], 1, size, out, full=False)
+    assert dirty is not None
+    assert 0 in dirty and 3145728 // PAGE in dirty and 65536 // PAGE not in dirty
+    cap = out.read_bytes()
+    for p in dirty:
+        assert cap[p * PAGE:(p + 1) * PAGE] == expected[p * PAGE:(p + 1) * PAGE]
+    # both layers new; and the full image when there is no base commit at all
+    dirty2 = disk_mod.capture_disk([str(base), str(l1), str(l2)], 2, size, out, full=False)
+    assert dirty2 is not None and 65536 // PAGE in dirty2
+    assert disk_mod.capture_disk([str(base), str(l1), str(l2)], 2, size, out, full=True) is None
+    assert out.read_bytes() == bytes(expected)
+
+
+def test_registry_aliases_prefixes_and_current(tmp_path: Path) -> None:
+    reg = VMRegistry(tmp_path)
+    a = reg.create(name="web")
+    b = reg.create()
+    assert reg.resolve("web").id == a.id and reg.resolve(b.id[:6]).id == b.id
+    with pytest.raises(BadInput):
+        reg.create(name="web")
+    for bad in ("../x", "-rf", "", "abc123"):
+        with pytest.raises(BadInput):
+            reg.create(name=bad)
+    with pytest.raises(VMError, match="no current VM"):
+        reg.resolve(None)
+    reg.set_current(b.id)
+    assert reg.resolve(None).id == b.id
+    with pytest.raises(VMError, match="no VM 'nope'"):
+        reg.resolve("nope")
+
+
+def test_agent_reply_framing() -> None:
+    out, err = b"\x00binary\nout", b"err"
+    reply = (b"junk from an earlier request\nabc OUT\n" + base64.encodebytes(out)
+             + b"abc ERR\n" + base64.encodebytes(err) + b"abc END 3\n")
+    res = _parse_reply(reply, "abc")
+    assert (res.returncode, res.stdout, res.stderr) == (3, out, err)
+    with pytest.raises(VMError):
+        _parse_reply(b"abc OUT\n", "abc")
+    assert command_script(["echo hi; exit 2"]) == "echo hi; exit 2"
+    assert command_script(["echo", "a b", "$x"]) == "echo 'a b' '$x'"
