@@ -201,18 +201,21 @@ def _ranges(locs: list[tuple[bytes, Loc]]) -> list[tuple[str, int, int, list[tup
             if not members:
                 start = loc.offset
             members.append((oid, loc))
-            end = max(end, rec_end) if len(members) > 1 else rec_end
+            end = rec_end if rec_end > end or len(members) == 1 else end
         if members:
             out.append((bundle, start, end - start, members))
     return out
 
 
 def fetch_records(transport: Transport, wanted: Iterable[tuple[bytes, Loc]],
-                  workers: int = FETCH_WORKERS) -> Iterator[list[tuple[bytes, Record]]]:
+                  workers: int = FETCH_WORKERS,
+                  check: Callable[[bytes, Record], object] | None = None,
+                  ) -> Iterator[list[tuple[bytes, Record]]]:
     """Read records by range, several requests in flight; yields one list per range read.
 
-    Each record's header must name the ID the index promised; the caller still re-hashes the
-    content (a header can be forged as easily as a payload)."""
+    Each record's header must name the ID the index promised; the content must still be
+    re-hashed (a header can be forged as easily as a payload): ``check(oid, record)``, if given,
+    runs on the worker threads, where hashing overlaps the network and the other workers."""
     ranges = _ranges(list(wanted))
 
     def read(r: tuple[str, int, int, list[tuple[bytes, Loc]]]) -> list[tuple[bytes, Record]]:
@@ -230,7 +233,10 @@ def fetch_records(transport: Transport, wanted: Iterable[tuple[bytes, Loc]],
             if hid != oid or n != loc.length:
                 raise CorruptObject(oid.hex(), f"bundle {bundle} holds something else at its offset")
             body = off + RECORD_HEADER.size
-            got.append((oid, Record(kind, enc, depth, data[body:body + n])))
+            rec = Record(kind, enc, depth, data[body:body + n])
+            if check is not None:
+                check(oid, rec)
+            got.append((oid, rec))
         return got
 
     with ThreadPoolExecutor(workers) as pool:

@@ -13,7 +13,7 @@ here at all -- the caller moves refs after this returns.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from vers.errors import CorruptObject, ObjectNotFound, RemoteError
@@ -100,8 +100,9 @@ class Fetcher:
             out.append((oid, loc))
         return out
 
-    def _fetch(self, oids: Iterable[bytes]) -> Iterator[tuple[bytes, Record]]:
-        for chunk in fetch_records(self.transport, self._locs(oids)):
+    def _fetch(self, oids: Iterable[bytes], check: Callable[[bytes, Record], object] | None = None,
+               ) -> Iterator[tuple[bytes, Record]]:
+        for chunk in fetch_records(self.transport, self._locs(oids), check=check):
             n = sum(len(r.payload) + RECORD_HEADER.size for _, r in chunk)
             self.progress.add(len(chunk), n)
             self.result.objects += len(chunk)
@@ -186,12 +187,15 @@ class Fetcher:
             self._fetch_into_overlay(need)
             new = need
 
+    def _check_page(self, oid: bytes, rec: Record) -> None:
+        """Re-hash a page before it is stored (runs on the fetch worker threads)."""
+        if rec.kind != KIND_PAGE or rec.encoding not in (ENC_RAW, ENC_ZSTD):
+            raise CorruptObject(oid.hex(), f"expected a page, got a "
+                                f"{KIND_NAMES.get(rec.kind, '?')} record")
+        self.local.decode_record(oid, rec)
+
     def _write_pages(self, w: ObjectWriter, pages: list[bytes]) -> None:
-        for oid, rec in self._fetch(pages):
-            if rec.kind != KIND_PAGE or rec.encoding not in (ENC_RAW, ENC_ZSTD):
-                raise CorruptObject(oid.hex(), f"expected a page, got a "
-                                    f"{KIND_NAMES.get(rec.kind, '?')} record")
-            self.local.decode_record(oid, rec)  # re-hash before it is stored
+        for oid, rec in self._fetch(pages, check=self._check_page):
             w.add_record(oid, _plain(rec))
 
     def _write_nodes(self, w: ObjectWriter, nodes_by_level: dict[int, list[bytes]]) -> None:

@@ -116,8 +116,11 @@ class SeaweedS3:
             if self.proc.poll() is not None:
                 raise RemoteError(f"weed exited with {self.proc.returncode}: {self.log_tail()}")
             try:
-                if bucket not in [b["Name"] for b in client.list_buckets().get("Buckets", [])]:
+                try:
                     client.create_bucket(Bucket=bucket)
+                except ClientError as exc:
+                    if exc.response.get("Error", {}).get("Code") != "BucketAlreadyOwnedByYou":
+                        raise
                 client.put_object(Bucket=bucket, Key="k", Body=b"x")
                 client.delete_object(Bucket=bucket, Key="k")
                 return
