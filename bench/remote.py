@@ -24,12 +24,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from vers.porcelain.clone import clone  # noqa: E402
-from vers.porcelain.push import push  # noqa: E402
-from vers.porcelain.remote import add_remote  # noqa: E402
-from vers.remote.s3server import SeaweedS3  # noqa: E402
-from vers.remote.transport import open_transport  # noqa: E402
-from vers.repo import Repo  # noqa: E402
+from vers.porcelain.clone import clone
+from vers.porcelain.push import push
+from vers.porcelain.remote import add_remote
+from vers.remote.s3server import SeaweedS3
+from vers.remote.transport import open_transport
+from vers.repo import Repo
 
 PAGE = 4096
 BUCKET = "vers-bench"
@@ -115,7 +115,7 @@ def main() -> None:
             repo.close()
 
             t0 = time.perf_counter()
-            cloned, head = clone(url, str(work / "clone"), quiet=True)
+            cloned, _head = clone(url, str(work / "clone"), quiet=True)
             t_clone = time.perf_counter() - t0
             moved = bucket_bytes(url)
             cloned.close()
