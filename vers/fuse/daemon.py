@@ -21,6 +21,7 @@ import trio
 log = logging.getLogger("vers.fuse.daemon")
 
 BASE_OPTIONS = ("fsname=vers", "default_permissions")
+INSPECT_READ_AHEAD_KB = 1024
 
 
 def serve(
@@ -29,11 +30,14 @@ def serve(
     options: tuple[str, ...] = (),
     on_ready: Callable[[], None] | None = None,
     extra_task: Callable[[trio.Nursery], Any] | None = None,
+    read_ahead_kb: int = 0,
 ) -> None:
     """Mount ``ops`` at ``mountpoint`` and serve until unmounted or signalled."""
     pyfuse3.init(ops, mountpoint, set(BASE_OPTIONS) | set(options))
     unmount = True
     try:
+        if read_ahead_kb:
+            set_read_ahead(mountpoint, read_ahead_kb)
         if on_ready:
             on_ready()
 
@@ -51,6 +55,37 @@ def serve(
         raise
     finally:
         pyfuse3.close(unmount=unmount)
+
+
+def set_read_ahead(mountpoint: str, kb: int) -> None:
+    """Raise the mount's readahead so sequential reads arrive as 1 MiB FUSE requests, not 128 KiB.
+
+    The kernel sizes readahead requests by the backing device's ``read_ahead_kb`` (128 by default
+    for FUSE); with 1024, ``dd bs=1M`` of a mounted image reached the daemon as 1 MiB reads (8x
+    fewer round trips through Python). Best effort: needs root, and changes nothing else.
+    """
+    # The device number comes from mountinfo: a stat() of our own mount point here would wait for
+    # this very daemon, which does not serve requests yet.
+    try:
+        dev = mount_device(mountpoint)
+        if dev is None:
+            return
+        with open(f"/sys/class/bdi/{dev}/read_ahead_kb", "w") as f:
+            f.write(str(kb))
+    except OSError as exc:
+        log.debug("cannot set read_ahead_kb on %s: %s", mountpoint, exc)
+
+
+def mount_device(mountpoint: str) -> str | None:
+    """'major:minor' of the file system mounted at ``mountpoint`` (the last one mounted there)."""
+    target = os.path.abspath(mountpoint)  # not realpath: its lstat() would reach this daemon too
+    found = None
+    with open("/proc/self/mountinfo", encoding="utf-8") as f:
+        for line in f:
+            fields = line.split(" ")
+            if fields[4].replace("\\040", " ") == target:
+                found = fields[2]
+    return found
 
 
 async def _stop_on_signal(nursery: trio.Nursery) -> None:
@@ -102,7 +137,8 @@ def main(argv: list[str] | None = None) -> int:
             from vers.repo import Repo
 
             ops: pyfuse3.Operations = InspectOperations(RepoView(Repo(args.repo)))
-            serve(ops, args.mountpoint, ("ro",), on_ready=lambda: report("ready"))
+            serve(ops, args.mountpoint, ("ro",), on_ready=lambda: report("ready"),
+                  read_ahead_kb=INSPECT_READ_AHEAD_KB)
         else:
             from vers.fuse.backing_daemon import run_backing_daemon
 

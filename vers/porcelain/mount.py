@@ -25,12 +25,13 @@ def mount(repo: Any, mountpoint: str | os.PathLike[str], foreground: bool = Fals
     """
     target = mnt.prepare_mountpoint(mountpoint)
     if foreground:
-        from vers.fuse.daemon import serve
+        from vers.fuse.daemon import INSPECT_READ_AHEAD_KB, serve
         from vers.fuse.ops import InspectOperations
         from vers.fuse.vfs import RepoView
 
         try:
-            serve(InspectOperations(RepoView(repo)), os.fspath(target), ("ro",))
+            serve(InspectOperations(RepoView(repo)), os.fspath(target), ("ro",),
+                  read_ahead_kb=INSPECT_READ_AHEAD_KB)
         except RuntimeError as exc:
             raise FuseError(f"mount failed: {exc}") from exc
         return None
