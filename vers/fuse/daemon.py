@@ -36,14 +36,14 @@ def serve(
     pyfuse3.init(ops, mountpoint, set(BASE_OPTIONS) | set(options))
     unmount = True
     try:
-        if read_ahead_kb:
-            set_read_ahead(mountpoint, read_ahead_kb)
         if on_ready:
             on_ready()
 
         async def run() -> None:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_stop_on_signal, nursery)
+                if read_ahead_kb:
+                    nursery.start_soon(_raise_read_ahead, mountpoint, read_ahead_kb)
                 if extra_task is not None:
                     extra_task(nursery)
                 await pyfuse3.main()
@@ -55,6 +55,14 @@ def serve(
         raise
     finally:
         pyfuse3.close(unmount=unmount)
+
+
+async def _raise_read_ahead(mountpoint: str, kb: int) -> None:
+    # The kernel sets the mount's readahead from our reply to FUSE INIT (capped at its own 128 KiB
+    # default), which pyfuse3.main sends once it runs: so set it after that, and once more later.
+    for delay in (0.05, 0.5):
+        await trio.sleep(delay)
+        set_read_ahead(mountpoint, kb)
 
 
 def set_read_ahead(mountpoint: str, kb: int) -> None:
