@@ -69,13 +69,25 @@ def kill_all(repo: Repo) -> None:
 
 
 @pytest.fixture(scope="module")
-def vmrepo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Repo]:
-    repo = Repo.init(tmp_path_factory.mktemp("vmrepo"))
+def vmrepo(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest,
+           ) -> Iterator[Repo]:
+    """A repository; the module's MEMORY_BACKING (default shm) backs every VM it starts, also
+    those started by `vers` subprocesses (through $VERS_MEMORY_BACKING)."""
+    backing = getattr(request.module, "MEMORY_BACKING", "shm")
+    old = os.environ.get("VERS_MEMORY_BACKING")
+    os.environ["VERS_MEMORY_BACKING"] = backing
+    repo = Repo.init(tmp_path_factory.mktemp(f"vmrepo-{backing}"))
     try:
         yield repo
     finally:
-        kill_all(repo)
-        repo.close()
+        try:
+            kill_all(repo)
+        finally:
+            repo.close()
+            if old is None:
+                os.environ.pop("VERS_MEMORY_BACKING", None)
+            else:
+                os.environ["VERS_MEMORY_BACKING"] = old
 
 
 @pytest.fixture(scope="module")

@@ -25,18 +25,20 @@ from vers.vmm.state import UnknownVM
 @click.option("--disk", "disks", multiple=True, type=click.Path(dir_okay=False),
               help="Your own raw disk image (repeat for more); used copy-on-write, never written.")
 @click.option("--append", "cmdline", default=None, help="Kernel command line (replaces ours).")
-@click.option("--memory-backing", default="shm", show_default=True,
-              help="Guest RAM backing implementation.")
+@click.option("--memory-backing", default=None,
+              help="Guest RAM backing: shm (default, or $VERS_MEMORY_BACKING) or fuse.")
 @click.option("--memory-dir", default=None, help="Directory for the RAM file (default /dev/shm).")
 @click.option("--boot-timeout", default=lifecycle.BOOT_TIMEOUT, show_default=True, type=float)
 def run(memory: str, vcpus: int, name: str | None, accel: str | None, kernel: str | None,
-        initrd: str | None, disks: tuple[str, ...], cmdline: str | None, memory_backing: str,
+        initrd: str | None, disks: tuple[str, ...], cmdline: str | None,
+        memory_backing: str | None,
         memory_dir: str | None, boot_timeout: float) -> None:
     """Boot a VM (the default guest unless you give your own); prints its ID."""
     repo = open_repo()
     opts = lifecycle.RunOptions(memory=parse_size(memory), vcpus=vcpus, name=name, accel=accel,
                                 kernel=kernel, initrd=initrd, disks=disks, cmdline=cmdline,
-                                memory_backing=memory_backing, memory_dir=memory_dir,
+                                memory_backing=memory_backing or lifecycle.default_backing(),
+                                memory_dir=memory_dir,
                                 boot_timeout=boot_timeout)
     info("booting VM (building the default guest first if it is not cached)...")
     rec = lifecycle.run_vm(repo, opts)

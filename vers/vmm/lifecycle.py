@@ -10,7 +10,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,11 @@ from vers.vmm.state import UnknownVM, VMRecord, VMRegistry
 
 DEFAULT_MEMORY = 256 * 1024 * 1024
 BOOT_TIMEOUT = float(os.environ.get("VERS_BOOT_TIMEOUT", "120"))
+
+
+def default_backing() -> str:
+    """Guest RAM backing when none is named: $VERS_MEMORY_BACKING, else the /dev/shm one."""
+    return os.environ.get("VERS_MEMORY_BACKING") or "shm"
 
 
 def registry(repo: Any) -> VMRegistry:
@@ -148,7 +153,7 @@ class RunOptions:
     initrd: str | None = None
     disks: tuple[str, ...] = ()
     cmdline: str | None = None
-    memory_backing: str = "shm"
+    memory_backing: str = field(default_factory=default_backing)
     memory_dir: str | None = None
     boot_timeout: float = BOOT_TIMEOUT
     make_current: bool = True
@@ -207,7 +212,7 @@ def _backing_class(kind: str) -> type[MemoryBacking]:
 
 
 def restore_commit(repo: Any, rev: str, name: str | None = None, make_current: bool = False,
-                   memory_backing: str = "shm", memory_dir: str | None = None,
+                   memory_backing: str | None = None, memory_dir: str | None = None,
                    paused: bool = False) -> VMRecord:
     """Boot a new VM from a commit through QEMU's snapshot-load path (-incoming).
 
@@ -230,7 +235,7 @@ def restore_commit(repo: Any, rev: str, name: str | None = None, make_current: b
                                 "size": base.stat().st_size}
         devstate = rec.dir / "restore.devstate"
         repo.export_image(cid, "devstate", devstate)
-        backing = _backing_class(memory_backing).create(
+        backing = _backing_class(memory_backing or default_backing()).create(
             rec.id, spec.memory, repo.open_image(cid, "memory"),
             Path(memory_dir) if memory_dir else None)
         rec.memory = backing.state()
