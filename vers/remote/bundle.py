@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import struct
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -121,22 +122,24 @@ class BundleStats:
 
 
 class BundleUploader:
-    """Packs records into bundles of about ``max_bytes`` and uploads each, then its index.
+    """Packs records into bundles of about ``max_bytes`` and uploads them.
 
-    One upload runs in the background while the next bundle fills, but never more than one, so the
-    bundles land in order (the invariant above) and memory stays at two bundles.
+    Up to ``parallel`` bundle bodies upload at once while the next bundle fills, but indexes are
+    written strictly in order, each only after its bundle and every earlier one is complete: that
+    is what keeps the closure invariant above. Memory stays at ``parallel + 1`` bundles.
     """
 
     def __init__(self, transport: Transport, max_bytes: int = DEFAULT_BUNDLE_BYTES,
-                 on_upload: Callable[[int, int], None] | None = None) -> None:
+                 on_upload: Callable[[int, int], None] | None = None, parallel: int = 2) -> None:
         self.transport = transport
         self.max_bytes = max_bytes
         self.on_upload = on_upload
+        self.parallel = max(1, parallel)
         self.stats = BundleStats()
         self._buf = bytearray(BUNDLE_MAGIC)
         self._entries: list[tuple[bytes, int, Record]] = []
-        self._pool = ThreadPoolExecutor(1)
-        self._inflight: Future[None] | None = None
+        self._pool = ThreadPoolExecutor(self.parallel)
+        self._inflight: deque[tuple[Future[str], list[tuple[bytes, int, Record]], int]] = deque()
 
     def add(self, oid: bytes, rec: Record) -> None:
         self._entries.append((oid, len(self._buf), rec))
@@ -150,37 +153,43 @@ class BundleUploader:
             return
         data, entries = bytes(self._buf), self._entries
         self._buf, self._entries = bytearray(BUNDLE_MAGIC), []
-        self._wait()
-        self._inflight = self._pool.submit(self._upload, data, entries)
+        self._inflight.append((self._pool.submit(self._put_bundle, data), entries, len(data)))
+        self._publish(self.parallel)
 
-    def _upload(self, data: bytes, entries: list[tuple[bytes, int, Record]]) -> None:
+    def _put_bundle(self, data: bytes) -> str:
         name = hash_bytes(data).hex()
         self.transport.put(f"{BUNDLE_PREFIX}{name}.bundle", data)
-        self.transport.put(f"{BUNDLE_PREFIX}{name}.idx", encode_index(name, entries))
-        self.stats.bundles += 1
-        self.stats.objects += len(entries)
-        self.stats.bytes += len(data)
-        if self.on_upload:
-            self.on_upload(len(entries), len(data))
+        return name
 
-    def _wait(self) -> None:
-        if self._inflight is not None:
-            fut, self._inflight = self._inflight, None
-            fut.result()
+    def _publish(self, max_inflight: int) -> None:
+        """Write the indexes of finished bundles, oldest first, waiting while more than
+        ``max_inflight`` bundles are still on their way."""
+        while self._inflight and (self._inflight[0][0].done() or len(self._inflight) > max_inflight):
+            fut, entries, size = self._inflight.popleft()
+            name = fut.result()
+            self.transport.put(f"{BUNDLE_PREFIX}{name}.idx", encode_index(name, entries))
+            self.stats.bundles += 1
+            self.stats.objects += len(entries)
+            self.stats.bytes += size
+            if self.on_upload:
+                self.on_upload(len(entries), size)
 
     def finish(self) -> BundleStats:
         """Upload what is left and wait: afterwards every added record is on the remote."""
         self.seal()
-        self._wait()
+        self._publish(0)
         self._pool.shutdown()
         return self.stats
 
     def abort(self) -> None:
+        """Stop without writing any further index (bundles already uploaded stay invisible)."""
         self._entries = []
+        for fut, _e, _s in self._inflight:
+            fut.cancel()
         # The error that made us abort is the one to report, not a failed upload behind it.
         with contextlib.suppress(Exception):
-            self._wait()
-        self._pool.shutdown()
+            self._pool.shutdown(wait=True)
+        self._inflight.clear()
 
 
 def _ranges(locs: list[tuple[bytes, Loc]]) -> list[tuple[str, int, int, list[tuple[bytes, Loc]]]]:
