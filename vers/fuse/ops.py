@@ -14,6 +14,7 @@ import errno
 import logging
 import os
 from collections.abc import Callable
+from functools import partial
 from typing import Any, TypeVar
 
 import pyfuse3
@@ -114,7 +115,7 @@ class InspectOperations(pyfuse3.Operations):
         for index in range(start_id, len(names)):
             child = "/" + names[index] if path == "/" else f"{path}/{names[index]}"
             try:
-                attr = translate(lambda c=child: self.view.getattr(c))
+                attr = translate(partial(self.view.getattr, child))
             except pyfuse3.FUSEError:
                 continue  # vanished between listing and stat (a ref moved): skip, don't fail
             if not pyfuse3.readdir_reply(token, os.fsencode(names[index]),

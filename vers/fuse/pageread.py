@@ -39,7 +39,7 @@ class FastImageReader:
         store = getattr(tree_reader, "store", None)
         self._tree = tree_reader if LmdbObjectStore is not None and isinstance(
             store, LmdbObjectStore) else None
-        self._store = store
+        self._store: Any = store
 
     def page_is_zero(self, page: int) -> bool:
         return bool(self.image.page_is_zero(page))

@@ -232,11 +232,11 @@ class RepoView:
                 kind, rest = "tags", parts[1:]
             if not rest:
                 return dir_attr
-            target = self._ref_target(kind, "/".join(rest))
-            if target is None:
+            ref_target = self._ref_target(kind, "/".join(rest))
+            if ref_target is None:
                 return dir_attr
             link = self.readlink(path)
-            return Attr(ino, "link", len(link), self._commit_time_ns(target))
+            return Attr(ino, "link", len(link), self._commit_time_ns(ref_target))
         raise KeyError(path)
 
     def is_dir(self, path: str) -> bool:
