@@ -55,7 +55,8 @@ class Marks:
 
 
 class CommitCache:
-    """Parsed commits, kept for one bisect command: a step reads the same commits many times."""
+    """Parsed commits, kept for one bisect command (or a whole ``run``): every step reads the same
+    commits again, and commits never change."""
 
     def __init__(self, repo: Any) -> None:
         self.repo = repo
@@ -188,7 +189,8 @@ def _expand(repo: Any, revs: Iterable[str], allow_ranges: bool) -> list[str]:
 
 
 def mark(
-    repo: Any, word: str, revs: Iterable[str] = (), say: Say = _quiet, auto_next: bool = True
+    repo: Any, word: str, revs: Iterable[str] = (), say: Say = _quiet, auto_next: bool = True,
+    get: CommitCache | None = None,
 ) -> Decision | None:
     """``bad``/``good``/``skip`` (or the custom terms): record a verdict, then pick the next one.
 
@@ -207,10 +209,10 @@ def mark(
         ids = [default]
     else:
         ids = _expand(repo, revs, allow_ranges=word == "skip")  # all validated before any write
-    get = CommitCache(repo)
+    get = get or CommitCache(repo)
     for cid in ids:
         _write_mark(repo, word, cid, get)
-    return next_step(repo, say=say) if auto_next else None
+    return next_step(repo, say=say, get=get) if auto_next else None
 
 
 def _adopt_terms(repo: Any, word: str) -> Terms:
@@ -229,7 +231,7 @@ def _adopt_terms(repo: Any, word: str) -> Terms:
     )
 
 
-def next_step(repo: Any, say: Say = _quiet) -> Decision | None:
+def next_step(repo: Any, say: Say = _quiet, get: CommitCache | None = None) -> Decision | None:
     """Choose the next candidate and point ``BISECT_HEAD`` at it; None while marks are missing."""
     _require(repo)
     terms = read_terms(repo)
@@ -242,7 +244,7 @@ def next_step(repo: Any, say: Say = _quiet) -> Decision | None:
             missing.append(terms.good)
         say(f"status: waiting for {' and '.join(missing)} commit(s)")
         return None
-    get = CommitCache(repo)
+    get = get or CommitCache(repo)
     if not _path(repo, "BISECT_ANCESTORS_OK").exists():
         verdict, mb = check_merge_bases(get, marks.bad, marks.goods, marks.skips)
         if verdict == "bad":

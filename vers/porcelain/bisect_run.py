@@ -47,7 +47,9 @@ class RunResult:
     decision: Decision | None
     runs: int = 0
     verdicts: list[tuple[str, str, int]] = field(default_factory=list)  # (commit, word, code)
-    overhead_s: float = 0.0  # time spent outside the predicate
+    overhead_s: float = 0.0  # time spent outside the predicate (setup included)
+    setup_s: float = 0.0  # mounting (once per run)
+    steps_s: float = 0.0  # bisect's own work between predicate runs (no setup, no teardown)
     predicate_s: float = 0.0
     mode: str = "mount"
 
@@ -197,19 +199,21 @@ def run(
     if mode == "vm":
         from vers.porcelain.bisect_vm import VMExecutor
 
-        vm = VMExecutor(repo, say)
+        vm = VMExecutor(repo, list(cmd), say)
         executor = vm.run
         files_mode = "none"
     else:
         files_mode = mode
     result = RunResult(None, mode=files_mode if mode != "vm" else "vm")
+    commits = bs.CommitCache(repo)
     t_total = time.perf_counter()
     with FilesView(repo, files_mode, say) as view:
+        result.setup_s = time.perf_counter() - t_total
         result.mode = view.mode if mode != "vm" else "vm"
         decision: Decision | None = None
         cid = bs.current(repo)
         if cid is None:
-            decision = bs.next_step(repo, say=say)
+            decision = bs.next_step(repo, say=say, get=commits)
             if decision is None or decision.kind in ("found", "only_skipped"):
                 result.decision = decision
                 return result
@@ -230,10 +234,11 @@ def run(
                 raise BisectError(f"bisect run failed: exit code {code} from '{' '.join(cmd)}' "
                                   "is < 0 or >= 128")
             result.verdicts.append((cid, word, code))
-            decision = bs.mark(repo, word, [cid], say=say)
+            decision = bs.mark(repo, word, [cid], say=say, get=commits)
             if decision is None or decision.kind in ("found", "only_skipped"):
                 break
             cid = decision.commit
+        result.steps_s = time.perf_counter() - t_total - result.setup_s - result.predicate_s
     result.decision = decision
     result.overhead_s = time.perf_counter() - t_total - result.predicate_s
     return result
