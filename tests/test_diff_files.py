@@ -176,3 +176,34 @@ def test_memory_ranges(repo: Repo, tmp_path: Path) -> None:
     coarse = memory_diff(repo, a, b, gap=100 * 4096)
     assert len(coarse.ranges) == 2 and coarse.changed_pages == 5
     assert d.to_json()["ranges"][0]["start_hex"] == "0x3000"
+
+
+def test_cli_diff_files_and_memory(repo: Repo, tmp_path: Path) -> None:
+    import json
+    import sys
+
+    img = tmp_path / "a.img"
+    mkfs(img, tree(tmp_path / "src", BASE))
+    mem = tmp_path / "mem"
+    mem.write_bytes(bytes(64 * 4096))
+    a = repo.snapshot({"disk": img, "memory": mem}, time=1)
+    debugfs(img, "rm hello.txt", write=True)
+    with open(mem, "r+b") as f:
+        f.seek(10 * 4096)
+        f.write(b"x")
+    b = repo.snapshot({"disk": img, "memory": mem}, time=2)
+    env = {**os.environ, "VERS_DIR": str(repo.root)}
+
+    def vers(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-c", "from vers.cli import main; main()", *args],
+                              env=env, capture_output=True, text=True, check=False)
+
+    r = vers("diff", a, b, "--files")
+    assert r.returncode == 0 and r.stdout.strip() == "D\t/hello.txt", r.stderr
+    r = vers("diff", a, b, "--files", "--memory", "--format", "json", "--exit-code")
+    assert r.returncode == 1, r.stderr
+    out = json.loads(r.stdout)
+    assert [f["path"] for f in out["files"]["files"]] == ["/hello.txt"]
+    assert out["memory"]["ranges"][0]["start"] == 10 * 4096
+    assert vers("diff", a, a, "--files", "--exit-code").returncode == 0
+    assert vers("diff", a, b, "--files", "--image", "memory").returncode == 2  # not ext4

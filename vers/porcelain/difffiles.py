@@ -405,3 +405,21 @@ def _human(n: int) -> str:
             return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}".replace(".0 ", " ")
         n /= 1024  # type: ignore[assignment]
     return str(n)
+
+
+def render(repo: Any, a: str, b: str, files: bool, memory: bool, image: str | None,
+           fmt: str) -> tuple[str, bool]:
+    """What ``vers diff --files/--memory`` prints, and whether anything changed (--exit-code)."""
+    import json
+
+    parts: list[Any] = []
+    if files:
+        parts.append(files_diff(repo, a, b, image or "disk"))
+    if memory:
+        parts.append(memory_diff(repo, a, b, "memory" if files or not image else image))
+    changed = any(p.changed if isinstance(p, FilesDiff) else bool(p.ranges) for p in parts)
+    if fmt == "json":
+        value = {("files" if isinstance(p, FilesDiff) else "memory"): p.to_json() for p in parts}
+        return json.dumps(value if len(parts) > 1 else next(iter(value.values())), indent=2,
+                          sort_keys=True), changed
+    return "\n".join(t for t in (p.format_text() for p in parts) if t), changed
