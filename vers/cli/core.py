@@ -124,9 +124,20 @@ def show(rev: str, fmt: str) -> None:
 @click.option("--stat", is_flag=True, help="One summary line per image.")
 @click.option("--exit-code", is_flag=True, help="Exit 1 if the commits differ, 0 if not.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
-def diff(a: str, b: str | None, stat: bool, exit_code: bool, fmt: str) -> None:
+@click.option("--files", is_flag=True, help="Guest files added/deleted/modified (ext4 disk).")
+@click.option("--memory", is_flag=True, help="Changed memory as guest-physical ranges.")
+@click.option("--image", default=None, help="Disk image for --files (default: disk).")
+def diff(a: str, b: str | None, stat: bool, exit_code: bool, fmt: str, files: bool = False,
+         memory: bool = False, image: str | None = None) -> None:
     """Changed memory pages and disk blocks between commits A and B (default B: HEAD)."""
     repo = open_repo()
+    if files or memory:  # issue #5: vers/porcelain/difffiles.py
+        from vers.porcelain.difffiles import render
+
+        text, changed = render(repo, a, b or "HEAD", files, memory, image, fmt)
+        if text:
+            click.echo(text)
+        sys.exit(1 if exit_code and changed else 0)
     d = repo.diff(a, b or "HEAD")
     if fmt == "json":
         emit_json(d.to_json())
