@@ -156,3 +156,30 @@ def test_bad_options(work: Path, args: tuple[str, ...], msg: str) -> None:
     p = vers(work, "gc", *args)
     assert p.returncode == 2 and msg in p.stderr and p.stderr.startswith("vers: error: ")
     assert state(work) == before
+
+
+def test_base_commit_of_a_vm_is_kept_and_checked(work: Path) -> None:
+    from vers.vmm.state import VMRegistry
+
+    h = Hist(work, 1, npages=16)
+    make_image(work / "other", 16 * PAGE, seed=98, random_fraction=1.0, zero_fraction=0)
+    ok(work, "branch-create", "tmp")
+    ok(work, "switch", "tmp")
+    side = ok(work, "snapshot", "--memory", "other", "-m", "vm base").strip()
+    ok(work, "switch", "main")
+    ok(work, "branch-delete", "tmp")
+    reg = VMRegistry(work / ".vers")
+    rec = reg.create(name="web")
+    rec.base_commit = side
+    reg.save(rec)
+    out = ok(work, "gc", "--grace", "0", "--expire-reflog", "now")
+    assert "prune: remove 0 objects" in out
+    with Repo(work) as repo:
+        repo.export_image(side, "memory", work / "side.out")
+    assert (work / "side.out").read_bytes() == (work / "other").read_bytes()
+    with Repo(work) as repo:  # fsck checks what the VM needs, and names the VM
+        page = repo.open_image(side, "memory").reader.page_id(2)
+        repo.store.delete([page])
+    p = vers(work, "fsck")
+    assert p.returncode == 1 and f"missing {page.hex()}" in p.stdout and f"vm {rec.id} (web)" in p.stdout
+    assert h.check_exports() == ["c0"]

@@ -19,9 +19,11 @@ def fsck_cmd(full: bool) -> None:
     commit); exit status 1 if there is any, 0 if none.
     """
     from vers.porcelain.fsck import fsck
+    from vers.porcelain.gc import vm_roots
 
     repo = open_repo()
-    report = fsck(repo.store, repo.refs, full=full, on_problem=lambda p: click.echo(str(p)))
+    report = fsck(repo.store, repo.refs, full=full, on_problem=lambda p: click.echo(str(p)),
+                  extra_roots=vm_roots(repo.vers_dir))
     info(report.summary())
     if not report.ok:
         sys.exit(1)
@@ -65,7 +67,7 @@ def gc_cmd(
     rule keeps are removed from history (kept commits above them are rewritten with the same
     state, time and message); branch heads and tagged commits are always kept.
     """
-    from vers.porcelain.gc import gc
+    from vers.porcelain.gc import gc, vm_roots
     from vers.porcelain.retention import Policy, parse_duration
 
     policy = Policy(
@@ -82,6 +84,7 @@ def gc_cmd(
         policy=None if policy.empty else policy,
         dry_run=dry_run,
         max_unused=max_unused / 100,
+        extra_roots=lambda: vm_roots(repo.vers_dir),
         progress=lambda msg: info(f"gc: {msg}"),
     )
     for line in report.lines():

@@ -348,11 +348,13 @@ def fsck(
     refs: RefsContainer,
     full: bool = False,
     on_problem: Callable[[Problem], None] | None = None,
+    extra_roots: Iterable[Root] = (),
 ) -> FsckReport:
     """Check ``store`` and ``refs``; every problem goes to ``on_problem`` as soon as it is found.
 
     ``full`` also checks that every node's level matches its place in its tree (one more read of
-    each reachable node).
+    each reachable node). ``extra_roots`` are commits something other than a ref depends on (the
+    base commits of VMs, see ``vers.porcelain.gc.vm_roots``).
     """
     t0 = time.monotonic()
     report = FsckReport()
@@ -381,7 +383,7 @@ def fsck(
     report.objects = len(stored)
 
     ref_problems: list[Problem] = []
-    roots = collect_roots(refs, reflogs=True, problems=ref_problems)
+    roots = collect_roots(refs, reflogs=True, problems=ref_problems) + list(extra_roots)
     for p in ref_problems:
         note(p)
     report.roots = len(roots)

@@ -23,9 +23,11 @@ narrows it by "freshening" such objects, which needs the writer's cooperation.
 
 from __future__ import annotations
 
+import os
 import time as _time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from vers.errors import StoreError
 from vers.objects.lmdbstore import LmdbObjectStore
@@ -62,6 +64,7 @@ class GcReport:
     store_bytes_after: int = 0
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    extra_roots: Callable[[], Iterable[Root]] = field(default=lambda: (), repr=False)
 
     def lines(self) -> list[str]:
         out: list[str] = []
@@ -111,14 +114,21 @@ def gc(
     policy: Policy | None = None,
     dry_run: bool = False,
     max_unused: float = DEFAULT_MAX_UNUSED,
+    extra_roots: Callable[[], Iterable[Root]] | None = None,
     now: float | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> GcReport:
-    """Run the steps in the module doc; with ``dry_run`` nothing is written."""
+    """Run the steps in the module doc; with ``dry_run`` nothing is written.
+
+    ``extra_roots`` is asked, at marking time and again before each sweep batch, for commits that
+    something other than a ref depends on (``vm_roots``: the base commits of VMs).
+    """
     t0 = _time.monotonic()
     now = _time.time() if now is None else now
     say = progress or (lambda _msg: None)
     report = GcReport(dry_run=dry_run)
+    if extra_roots is not None:
+        report.extra_roots = extra_roots
     if isinstance(store, LmdbObjectStore):
         report.store_bytes_before = sum(size for _, _, size in store.iter_packs())
 
@@ -158,7 +168,7 @@ def gc(
 
 
 def _roots(refs: RefsContainer, report: GcReport, cutoff: float, dry_run: bool) -> list[Root]:
-    roots = collect_roots(refs, reflogs=False)
+    roots = collect_roots(refs, reflogs=False) + list(report.extra_roots())
     for name in refs.reflog_names():
         for i, e in enumerate(refs.reflog(name)):
             if dry_run and e.time < cutoff:
@@ -175,6 +185,22 @@ def _roots(refs: RefsContainer, report: GcReport, cutoff: float, dry_run: bool) 
         roots = [r for r in roots if r.commit not in gone or not r.label.startswith(movable)]
         rewritten = plan.rewritten
         roots += [Root("retention", c, trees_only=c in rewritten) for c in sorted(plan.kept)]
+    return roots
+
+
+def vm_roots(vers_dir: str | os.PathLike[str]) -> list[Root]:
+    """The base commits of the repository's VMs (running or stopped, until ``vers kill``): a VM's
+    disk and memory may be read lazily from its base commit, and its next commit names that
+    commit as parent, so gc must keep it and fsck must check it, like git does a worktree's HEAD."""
+    try:
+        from vers.vmm.state import VMRegistry
+    except ImportError:  # pragma: no cover - the VMM is part of vers, but keep gc independent
+        return []
+    roots = []
+    for rec in VMRegistry(Path(vers_dir)).all():
+        if rec.base_commit and len(rec.base_commit) == 64:
+            label = f"vm {rec.id}" + (f" ({rec.name})" if rec.name else "")
+            roots.append(Root(label, rec.base_commit))
     return roots
 
 
