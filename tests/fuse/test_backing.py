@@ -236,3 +236,22 @@ def test_lazy_disk_written_by_debugfs_commits_only_written_blocks(
         assert old == history.files["hello.txt"]
     finally:
         disk.remove()
+
+
+def test_idle_daemon_exits_and_next_use_starts_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    monkeypatch.setenv("VERS_FUSE_IDLE_EXIT", "1")
+    daemon = BackingDaemon(tmp_path / "fuse-state")
+    f = BackingFile.create(daemon, "a.memory", 4 * PAGE)
+    time.sleep(2.5)
+    assert daemon.alive()  # a file exists: never idle
+    f.remove()
+    deadline = time.monotonic() + 15
+    while is_mounted(daemon.mountpoint) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not is_mounted(daemon.mountpoint)
+    g = BackingFile.create(daemon, "b.memory", 4 * PAGE)
+    assert g.stats()["size"] == 4 * PAGE
+    g.remove()
+    daemon.shutdown()

@@ -125,3 +125,33 @@ def test_overlay_on_commit(history: History, tmp_path: Path) -> None:
     img.write(5, b"hello")
     assert img.read(0, 10) == expect[:5] + b"hello"
     img.close()
+
+
+def test_commit_cycles_keep_the_layer_chain_short(tmp_path: Path) -> None:
+    base = os.urandom(16 * PAGE_SIZE)
+    img = OverlayImage(tmp_path, len(base), Bytes(base))
+    model = bytearray(base)
+    for cycle in range(10):
+        page = cycle % 16
+        img.write(page * PAGE_SIZE, bytes([cycle]) * PAGE_SIZE)
+        model[page * PAGE_SIZE : (page + 1) * PAGE_SIZE] = bytes([cycle]) * PAGE_SIZE
+        twin = img.capture()
+        assert twin.dirty_pages() == [page] and img.dirty_pages() == []
+        assert twin.read(0, len(base)) == bytes(model)
+        twin.close()
+        img.squash()
+        assert img.stats()["frozen_layers"] <= 1
+        assert img.read(0, len(base)) == bytes(model)
+    img.close()
+    assert list(tmp_path.glob("layer-*")) == []
+
+
+def test_failed_commit_gives_dirty_pages_back(tmp_path: Path) -> None:
+    img = OverlayImage(tmp_path, 8 * PAGE_SIZE)
+    img.write(0, b"a")
+    twin = img.capture()
+    img.write(3 * PAGE_SIZE, b"b")
+    img.restore_dirty(twin.dirty)
+    twin.close()
+    assert img.dirty_pages() == [0, 3]
+    img.close()

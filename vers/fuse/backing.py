@@ -152,8 +152,15 @@ class BackingFile:
         None for zeros. Nothing is read from the store until someone reads a page."""
         if size <= 0 or size % PAGE_SIZE:
             raise FuseError(f"image size {size} is not a positive multiple of {PAGE_SIZE}")
-        daemon.ensure_running()
-        daemon.request("create", name=name, size=size, base=base)
+        for attempt in (1, 2):
+            daemon.ensure_running()
+            try:
+                daemon.request("create", name=name, size=size, base=base)
+                break
+            except FuseError as exc:
+                # An idle daemon may exit between our ping and our request: start one and retry.
+                if attempt == 2 or "not running" not in str(exc):
+                    raise
         return cls(daemon, name, size)
 
     @property

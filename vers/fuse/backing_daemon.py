@@ -32,6 +32,7 @@ from vers.fuse.pageread import FastImageReader
 
 log = logging.getLogger("vers.fuse.backing")
 
+IDLE_EXIT_SECONDS = 120.0
 _NAME_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
 
@@ -68,6 +69,7 @@ class BackingOperations(pyfuse3.Operations):
         self._next_inode = pyfuse3.ROOT_INODE + 1
         self._repos: dict[str, Any] = {}
         self.started_ns = time.time_ns()
+        self.last_request = time.monotonic()
 
     # --------------------------------------------------------------- file table
     def add(self, name: str, image: OverlayImage, tracked: bool = False) -> BackingFile:
@@ -323,6 +325,17 @@ async def _serve_control(ops: BackingOperations, listener: socket.socket) -> Non
             nursery.start_soon(_handle_client, ops, trio.SocketStream(conn))
 
 
+async def _exit_when_idle(ops: BackingOperations, idle_seconds: float) -> None:
+    """Unmount and exit once no file has existed and no request come for ``idle_seconds``: VMs
+    come and go, and a daemon nobody uses should not outlive them (the next user starts one)."""
+    while True:
+        await trio.sleep(min(5.0, idle_seconds))
+        if not ops.by_inode and time.monotonic() - ops.last_request > idle_seconds:
+            log.info("idle for %.0f s with no files: exiting", idle_seconds)
+            pyfuse3.terminate()
+            return
+
+
 async def _handle_client(ops: BackingOperations, stream: trio.SocketStream) -> None:
     buf = b""
     async with stream:
@@ -336,6 +349,7 @@ async def _handle_client(ops: BackingOperations, stream: trio.SocketStream) -> N
             buf += data
             while b"\n" in buf:
                 line, buf = buf.split(b"\n", 1)
+                ops.last_request = time.monotonic()
                 try:
                     req = json.loads(line)
                     if req.get("op") == "shutdown":
@@ -346,6 +360,13 @@ async def _handle_client(ops: BackingOperations, stream: trio.SocketStream) -> N
                 except Exception as exc:  # noqa: BLE001 - every failure goes back to the client
                     reply = {"ok": False, "error": str(exc)}
                 await stream.send_all(json.dumps(reply).encode() + b"\n")
+
+
+def _start_tasks(nursery: trio.Nursery, ops: BackingOperations, listener: socket.socket) -> None:
+    nursery.start_soon(_serve_control, ops, listener)
+    idle = float(os.environ.get("VERS_FUSE_IDLE_EXIT", IDLE_EXIT_SECONDS))
+    if idle > 0:
+        nursery.start_soon(_exit_when_idle, ops, idle)
 
 
 def run_backing_daemon(
@@ -363,7 +384,7 @@ def run_backing_daemon(
             mountpoint,
             (),
             on_ready=on_ready,
-            extra_task=lambda nursery: nursery.start_soon(_serve_control, ops, listener),
+            extra_task=lambda nursery: _start_tasks(nursery, ops, listener),
         )
     finally:
         ops.close_all()
