@@ -103,6 +103,7 @@ def commit_vm(repo: Any, key: str | None, message: str = "", stay_paused: bool =
     with reg.lock(rec):
         rec = reg.resolve(rec.id)  # re-read under the lock
         backing = load_backing(rec.memory)
+        backing.warm_up()
         devstate = rec.dir / "commit.devstate"
         new_tops = prepare_freeze(reg, rec)
         frozen: dict[str, list[str]] = {}
@@ -226,6 +227,7 @@ def branch_vm(repo: Any, key: str | None, count: int = 1, name: str | None = Non
     with reg.lock(parent):
         parent = reg.resolve(parent.id)
         backing = load_backing(parent.memory)
+        backing.warm_up()
         spec = MachineSpec.from_dict(parent.spec)
         devstate = parent.dir / f"branch-{os.getpid()}.devstate"
         new_tops: dict[str, Path] = {}
