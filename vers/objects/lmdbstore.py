@@ -9,6 +9,7 @@ leaves either all of a batch or none of it.
 
 from __future__ import annotations
 
+import itertools
 import os
 import struct
 import time
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import lmdb
 
-from vers.errors import StoreError
+from vers.errors import ObjectNotFound, StoreError
 from vers.objects.store import ObjectStore, Record
 
 PACK_BYTES = 8 << 20
@@ -73,6 +74,28 @@ class LmdbObjectStore(ObjectStore):
             if pack is None or off + length > len(pack):
                 return Record(kind, enc, depth, b"")  # fails the re-hash, named by the caller
             return Record(kind, enc, depth, bytes(pack[off : off + length]))
+
+    def get_records(self, oids: Iterable[bytes]) -> Iterator[tuple[bytes, Record]]:
+        """Batched: one read transaction per 4096 IDs and each pack value looked up once per
+        batch (getting an 8 MiB pack value from LMDB costs ~20 us, more than copying a record)."""
+        index_db, packs_db = self.db["index"], self.db["packs"]
+        it = iter(oids)
+        while batch := list(itertools.islice(it, 4096)):
+            out: list[tuple[bytes, Record]] = []
+            with self.env.begin(buffers=True) as txn:
+                packs: dict[int, memoryview | None] = {}
+                for oid in batch:
+                    loc = txn.get(oid, db=index_db)
+                    if loc is None:
+                        raise ObjectNotFound(oid.hex())
+                    pack_no, off, length, kind, enc, depth = _INDEX.unpack(loc)
+                    if pack_no not in packs:
+                        packs[pack_no] = txn.get(_PACK_KEY.pack(pack_no), db=packs_db)
+                    pack = packs[pack_no]
+                    ok = pack is not None and off + length <= len(pack)
+                    payload = bytes(pack[off:off + length]) if ok and pack is not None else b""
+                    out.append((oid, Record(kind, enc, depth, payload)))
+            yield from out
 
     def _backend_missing(self, oids: list[bytes]) -> list[bytes]:
         index = self.db["index"]

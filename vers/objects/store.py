@@ -133,6 +133,12 @@ class ObjectStore(ABC):
             raise ObjectNotFound(oid.hex())
         return rec
 
+    def get_records(self, oids: Iterable[bytes]) -> Iterator[tuple[bytes, Record]]:
+        """(ID, stored record) for each of ``oids``, in order: bulk readers (push) use this so
+        a backend can batch its lookups. Not verified; use ``decode_record``."""
+        for oid in oids:
+            yield oid, self.get_record(oid)
+
     def get_bytes(self, oid: bytes) -> bytes:
         """Canonical bytes of an object, re-hashed against its ID."""
         data, _kind = self._load(oid)

@@ -136,23 +136,26 @@ class BundleUploader:
         self.on_upload = on_upload
         self.parallel = max(1, parallel)
         self.stats = BundleStats()
-        self._buf = bytearray(BUNDLE_MAGIC)
+        self._parts: list[bytes] = [BUNDLE_MAGIC]
+        self._size = len(BUNDLE_MAGIC)
         self._entries: list[tuple[bytes, int, Record]] = []
         self._pool = ThreadPoolExecutor(self.parallel)
         self._inflight: deque[tuple[Future[str], list[tuple[bytes, int, Record]], int]] = deque()
 
     def add(self, oid: bytes, rec: Record) -> None:
-        self._entries.append((oid, len(self._buf), rec))
-        self._buf += RECORD_HEADER.pack(oid, rec.kind, rec.encoding, rec.depth, len(rec.payload))
-        self._buf += rec.payload
-        if len(self._buf) >= self.max_bytes:
+        self._entries.append((oid, self._size, rec))
+        self._parts.append(RECORD_HEADER.pack(oid, rec.kind, rec.encoding, rec.depth,
+                                              len(rec.payload)))
+        self._parts.append(rec.payload)
+        self._size += RECORD_HEADER.size + len(rec.payload)
+        if self._size >= self.max_bytes:
             self.seal()
 
     def seal(self) -> None:
         if not self._entries:
             return
-        data, entries = bytes(self._buf), self._entries
-        self._buf, self._entries = bytearray(BUNDLE_MAGIC), []
+        data, entries = b"".join(self._parts), self._entries
+        self._parts, self._size, self._entries = [BUNDLE_MAGIC], len(BUNDLE_MAGIC), []
         self._inflight.append((self._pool.submit(self._put_bundle, data), entries, len(data)))
         self._publish(self.parallel)
 

@@ -91,8 +91,7 @@ def push(repo: Repo, transport: Transport, updates: list[tuple[str, str]], *, fo
     uploader = BundleUploader(transport, bundle_bytes, on_upload=lambda n, b: progress.add(n, b))
     sent: set[bytes] = set()
     try:
-        for oid in plan.ordered():
-            rec = repo.store.get_record(oid)
+        for oid, rec in repo.store.get_records(plan.ordered()):
             data = repo.store.decode_record(oid, rec)  # never spread a corrupt object
             if rec.encoding == ENC_DELTA:
                 base = rec.payload[:ID_LEN]
