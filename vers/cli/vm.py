@@ -40,7 +40,8 @@ def run(memory: str, vcpus: int, name: str | None, accel: str | None, kernel: st
                                 memory_backing=memory_backing or lifecycle.default_backing(),
                                 memory_dir=memory_dir,
                                 boot_timeout=boot_timeout)
-    info("booting VM (building the default guest first if it is not cached)...")
+    info("booting VM..." if kernel and initrd and disks else
+         "booting VM (building the default guest first if it is not cached)...")
     rec = lifecycle.run_vm(repo, opts)
     info(f"VM {rec.id} running{f' as {name}' if name else ''} (accel {rec.spec['accel']})")
     click.echo(rec.id)

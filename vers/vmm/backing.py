@@ -103,6 +103,14 @@ def _copy_file(src: Path, dst: Path, size: int) -> None:
 
 def _fill_from_image(dst: Path, size: int, source: Any) -> None:
     """Write a committed image into a fresh file, skipping zero pages (left as holes)."""
+    reader = getattr(source, "reader", None)
+    if reader is not None and hasattr(reader, "tree") and hasattr(reader, "store"):
+        # a store image (repo.open_image): walk its page IDs, never reading a zero page
+        from vers.objects.imagetree import write_image
+
+        with open(dst, "r+b") as fo:
+            write_image(reader.store, reader.tree, fo)
+        return
     with open(dst, "wb") as fo:
         fo.truncate(size)
         step = 16 * 1024 * 1024

@@ -40,17 +40,26 @@ def new_layer_path(layers: Path, tag: str) -> Path:
     return layers / f"{tag}-{secrets.token_hex(6)}.qcow2"
 
 
+def image_format(path: Path) -> str:
+    """Our own files say it in their suffix; a user's disk is asked about (raw or qcow2)."""
+    if path.suffix in (".raw", ".qcow2"):
+        return path.suffix[1:]
+    fmt = json.loads(qemu_img("info", "-U", "--output=json", str(path))).get("format", "raw")
+    if fmt not in ("raw", "qcow2"):
+        raise VMError(f"{path}: disk format {fmt!r} is not supported (use raw or qcow2)")
+    return str(fmt)
+
+
 def create_overlay(path: Path, backing: Path) -> None:
-    fmt = "raw" if backing.suffix == ".raw" else "qcow2"
-    qemu_img("create", "-q", "-f", "qcow2", "-b", str(backing), "-F", fmt, str(path))
+    qemu_img("create", "-q", "-f", "qcow2", "-b", str(backing), "-F", image_format(backing),
+             str(path))
 
 
 def create_overlay_unsafe(path: Path, backing: Path, size: int) -> None:
     """An overlay made without opening ``backing`` (-u), so it can be prepared while QEMU still
     writes to it; QEMU reads the backing's metadata only when it opens the overlay later."""
-    fmt = "raw" if backing.suffix == ".raw" else "qcow2"
-    qemu_img("create", "-q", "-f", "qcow2", "-u", "-b", str(backing), "-F", fmt, str(path),
-             str(size))
+    qemu_img("create", "-q", "-f", "qcow2", "-u", "-b", str(backing), "-F", image_format(backing),
+             str(path), str(size))
 
 
 def take_overlay(layers: Path, disk: dict[str, Any], tag: str, slot: str) -> Path:
