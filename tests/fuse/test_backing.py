@@ -255,3 +255,21 @@ def test_idle_daemon_exits_and_next_use_starts_one(tmp_path: Path, monkeypatch: 
     assert g.stats()["size"] == 4 * PAGE
     g.remove()
     daemon.shutdown()
+
+
+def test_stuck_daemon_is_an_error_not_a_hang(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import vers.fuse.backing as backing_mod
+
+    monkeypatch.setattr(backing_mod, "HEALTH_TIMEOUT", 1.0)
+    daemon = BackingDaemon(tmp_path / "fuse-state")
+    f = BackingFile.create(daemon, "vm.memory", 16 * PAGE)
+    pid = daemon.request("ping")["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(FuseError, match="did not answer"):
+            f.dirty_pages()
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert f.dirty_pages() is None  # it answers again once continued
+    f.remove()
+    daemon.shutdown()

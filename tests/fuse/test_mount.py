@@ -164,3 +164,20 @@ def test_cli_mount_umount_and_errors(history: History) -> None:
     assert r.returncode != 0 and "not mounted" in r.stderr
     r = vers("mount", str(history.dir / "missing"), cwd=history.repo.root)
     assert r.returncode != 0 and "not a directory" in r.stderr
+
+
+def test_umount_of_a_stopped_daemon_does_not_hang(history: History) -> None:
+    point = history.dir / "mnt"
+    point.mkdir()
+    pid = mount(history.repo, point)
+    assert pid
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(FuseError, match="does not respond"):
+            mnt.PROBE_TIMEOUT = 1.0
+            mnt.check_alive(point)
+        umount(point)
+        assert not mnt.is_mounted(point)
+    finally:
+        mnt.PROBE_TIMEOUT = 10.0
+        os.kill(pid, signal.SIGCONT)

@@ -34,6 +34,7 @@ from vers.fuse import mount as mnt
 
 PAGE_SIZE = 4096
 CONTROL_TIMEOUT = 60.0
+HEALTH_TIMEOUT = 10.0  # a ping before touching the mount: a stuck daemon fails here, not in fsync
 
 
 def default_state_dir() -> Path:
@@ -169,6 +170,8 @@ class BackingFile:
 
     def flush(self) -> None:
         """Make the daemon see every page written so far (fsync on a second descriptor)."""
+        # The socket first (it has a timeout): a stuck daemon would block the fsync for good.
+        self.daemon.request("ping", timeout=HEALTH_TIMEOUT)
         mnt.check_alive(self.daemon.mountpoint, "FUSE backing daemon")
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)

@@ -200,9 +200,12 @@ class BackingOperations(pyfuse3.Operations):
             raise pyfuse3.FUSEError(errno.EFBIG)
         try:
             return f.image.write(off, buf)
-        except OSError as exc:
+        except OSError as exc:  # e.g. ENOSPC in the overlay directory: the writer must see it
             log.error("write %s at %d: %s", f.name, off, exc)
             raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
+        except Exception:  # noqa: BLE001 - anything else would end pyfuse3.main
+            log.exception("write %s at %d", f.name, off)
+            raise pyfuse3.FUSEError(errno.EIO) from None
 
     async def fsync(self, fh: int, datasync: bool) -> None:
         # The kernel has already written back the inode's dirty pages (as WRITE requests) before it
@@ -337,29 +340,35 @@ async def _exit_when_idle(ops: BackingOperations, idle_seconds: float) -> None:
 
 
 async def _handle_client(ops: BackingOperations, stream: trio.SocketStream) -> None:
+    """One client connection. A client that goes away (timeout, kill) must never take the daemon
+    down with it: every stream error ends this connection only."""
+    try:
+        async with stream:
+            await _serve_requests(ops, stream)
+    except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+        log.info("control client went away: %s", exc)
+
+
+async def _serve_requests(ops: BackingOperations, stream: trio.SocketStream) -> None:
     buf = b""
-    async with stream:
-        while True:
+    while True:
+        data = await stream.receive_some(65536)
+        if not data:
+            return
+        buf += data
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            ops.last_request = time.monotonic()
             try:
-                data = await stream.receive_some(65536)
-            except trio.BrokenResourceError:
-                return
-            if not data:
-                return
-            buf += data
-            while b"\n" in buf:
-                line, buf = buf.split(b"\n", 1)
-                ops.last_request = time.monotonic()
-                try:
-                    req = json.loads(line)
-                    if req.get("op") == "shutdown":
-                        await stream.send_all(b'{"ok": true}\n')
-                        pyfuse3.terminate()
-                        return
-                    reply = {"ok": True, **ops.control(req)}
-                except Exception as exc:  # noqa: BLE001 - every failure goes back to the client
-                    reply = {"ok": False, "error": str(exc)}
-                await stream.send_all(json.dumps(reply).encode() + b"\n")
+                req = json.loads(line)
+                if req.get("op") == "shutdown":
+                    await stream.send_all(b'{"ok": true}\n')
+                    pyfuse3.terminate()
+                    return
+                reply = {"ok": True, **ops.control(req)}
+            except Exception as exc:  # noqa: BLE001 - every failure goes back to the client
+                reply = {"ok": False, "error": str(exc)}
+            await stream.send_all(json.dumps(reply).encode() + b"\n")
 
 
 def _start_tasks(nursery: trio.Nursery, ops: BackingOperations, listener: socket.socket) -> None:

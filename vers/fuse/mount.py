@@ -19,6 +19,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -26,6 +27,7 @@ from pathlib import Path
 from vers.errors import FuseError
 
 READY_TIMEOUT = 30.0
+PROBE_TIMEOUT = 10.0
 
 
 def _fusermount() -> str:
@@ -49,8 +51,16 @@ def mounted_fuse_points() -> dict[str, str]:
     return out
 
 
+def canonical(mountpoint: str | os.PathLike[str]) -> str:
+    """The path mountinfo shows, resolving symlinks in the parent only: resolving the mount point
+    itself would stat it, and its daemon may be dead or stuck."""
+    path = os.path.abspath(mountpoint)
+    return os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
+
+
 def is_mounted(mountpoint: str | os.PathLike[str]) -> bool:
-    return os.path.realpath(mountpoint) in mounted_fuse_points()
+    """From mountinfo only (never touches the mount)."""
+    return canonical(mountpoint) in mounted_fuse_points()
 
 
 def is_stale(mountpoint: str | os.PathLike[str]) -> bool:
@@ -59,11 +69,26 @@ def is_stale(mountpoint: str | os.PathLike[str]) -> bool:
     statvfs, not stat: FUSE_STATFS always goes to the daemon, while the kernel answers stat from
     its attribute cache for a while after the daemon died.
     """
-    try:
-        os.statvfs(mountpoint)
-    except OSError as exc:
-        return exc.errno == errno.ENOTCONN
-    return False
+    result: list[BaseException | None] = []
+
+    def probe() -> None:
+        try:
+            os.statvfs(mountpoint)
+            result.append(None)
+        except OSError as exc:
+            result.append(exc)
+
+    # In a thread with a timeout: a daemon that is alive but stuck (stopped, deadlocked) would
+    # otherwise block this call, and vers with it, forever.
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(PROBE_TIMEOUT)
+    if not result:
+        raise FuseError(f"the FUSE daemon serving {mountpoint} does not respond "
+                        f"(no answer in {PROBE_TIMEOUT:.0f} s); 'vers umount --lazy {mountpoint}' "
+                        "detaches it")
+    exc = result[0]
+    return isinstance(exc, OSError) and exc.errno == errno.ENOTCONN
 
 
 def check_alive(mountpoint: str | os.PathLike[str], what: str = "FUSE daemon") -> None:

@@ -42,10 +42,9 @@ def mount(repo: Any, mountpoint: str | os.PathLike[str], foreground: bool = Fals
 
 def umount(mountpoint: str | os.PathLike[str], lazy: bool = False) -> None:
     """Unmount a vers mount; a dead daemon's mount is detached lazily without being asked."""
-    path = os.path.realpath(mountpoint)
-    if mnt.is_stale(path):
-        mnt.detach(path, lazy=True)
-        return
+    # Only mountinfo and fusermount3 here, no access to the mount itself: a stuck daemon must not
+    # be able to hang the command that is meant to get rid of it.
+    path = mnt.canonical(mountpoint)
     if not mnt.is_mounted(path):
         raise FuseError(f"{mountpoint} is not mounted")
     try:
@@ -53,5 +52,5 @@ def umount(mountpoint: str | os.PathLike[str], lazy: bool = False) -> None:
     except FuseError as exc:
         if "busy" in str(exc).lower():
             raise FuseError(f"{exc} (files are open; close them or use --lazy)") from exc
-        raise
+        mnt.detach(path, lazy=True)  # a dead daemon's mount: detach it anyway
     mnt.wait_unmounted(path)
