@@ -293,6 +293,22 @@ class StoreBehaviour:
         assert fsck(h.store, h.refs).ok
         assert report.objects_removed > 0
 
+    def test_retention_leaves_a_branch_that_moved_meanwhile(self, h: History) -> None:
+        from vers.porcelain.retention import apply_retention
+
+        self.linear(h, 5, step=3600)
+        plan = plan_retention(h.store, h.refs, Policy(last=2), now=T0 + 10 * 3600)
+        # Another writer commits after the plan was made and before the refs move.
+        late = h.commit("late", evolve(77, h.images["c4"]), T0 + 6 * 3600)
+        result = apply_retention(h.store, h.refs, plan)
+        assert result.conflicts == ["refs/heads/main"] and not result.moved
+        assert h.refs.resolve("refs/heads/main") == late
+        assert h.assert_all_intact() == ["late", "c4", "c3", "c2", "c1", "c0"]
+        assert fsck(h.store, h.refs).ok
+        gc(h.store, h.refs, grace=0, expire_reflog=float("inf"))
+        assert h.assert_all_intact() == ["late", "c4", "c3", "c2", "c1", "c0"]
+        assert fsck(h.store, h.refs).ok
+
     def test_retention_two_branches_share_history(self, h: History) -> None:
         ids = self.linear(h, 6, step=3600)
         data = h.images["c3"]

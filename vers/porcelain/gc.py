@@ -80,8 +80,8 @@ class GcReport:
                 out.append(f"skipped {ref}: another writer moved it during gc; run gc again")
         out.append(f"reflog: {would}expire {self.reflog_expired} entries")
         out.append(
-            f"prune: {would}remove {self.objects_removed} objects ({_size(self.bytes_removed)}) "
-            f"({self.packs_rewritten} packs rewritten); {self.marked} objects reachable"
+            f"prune: {would}remove {self.objects_removed} objects ({_size(self.bytes_removed)}), "
+            f"{would}rewrite {self.packs_rewritten} packs; {self.marked} objects reachable"
             + (f"; {self.young_unreachable} unreachable objects kept, younger than the grace period"
                if self.young_unreachable else "")
         )

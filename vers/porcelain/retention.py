@@ -263,11 +263,15 @@ def apply_retention(store: ObjectStore, refs: RefsContainer, plan: RetentionPlan
     twins = {a: b for a, b in new_id.items() if a != b}
     result = RetentionResult(twins, {}, [])
     summary = f"gc: retention ({plan.policy.describe()}) kept {len(kept)} of {len(plan.decisions)} commits"
+    # Branches move from the tip the plan saw (one that moved since is a conflict, left alone);
+    # tags and a detached HEAD move if they name a re-parented commit now.
+    targets = {name: tip for name, tip in plan.branches.items() if tip in twins}
     for name, value in refs.list_refs("").items():
-        if value.startswith(SYMREF_PREFIX) or value not in twins:
+        if value.startswith(SYMREF_PREFIX) or value not in twins or name in plan.branches:
             continue
-        if not (name.startswith(("refs/heads/", "refs/tags/")) or name == HEAD):
-            continue
+        if name.startswith("refs/tags/") or name == HEAD:
+            targets[name] = value
+    for name, value in sorted(targets.items()):
         try:
             refs.set_ref(name, twins[value], old=value, follow=False,
                          message=f"{summary}; was {value[:12]}")
