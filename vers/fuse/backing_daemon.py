@@ -203,7 +203,7 @@ class BackingOperations(pyfuse3.Operations):
         except OSError as exc:  # e.g. ENOSPC in the overlay directory: the writer must see it
             log.error("write %s at %d: %s", f.name, off, exc)
             raise pyfuse3.FUSEError(exc.errno or errno.EIO) from None
-        except Exception:  # noqa: BLE001 - anything else would end pyfuse3.main
+        except Exception:  # anything else would end pyfuse3.main
             log.exception("write %s at %d", f.name, off)
             raise pyfuse3.FUSEError(errno.EIO) from None
 

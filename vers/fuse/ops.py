@@ -49,7 +49,7 @@ def translate(fn: Callable[[], T]) -> T:
     except (VersError, OSError, ValueError) as exc:
         log.error("store error: %s", exc)
         raise pyfuse3.FUSEError(errno.EIO) from None
-    except Exception:  # noqa: BLE001 - anything else would end pyfuse3.main: fail this call only
+    except Exception:  # anything else would end pyfuse3.main: fail this call only
         log.exception("unexpected error")
         raise pyfuse3.FUSEError(errno.EIO) from None
 
