@@ -206,3 +206,13 @@ def test_push_tags_and_branches(tmp_path: Path, remote_url: str) -> None:
         push(repo, "origin", ["v1"], quiet=True)
     b.close()
     repo.close()
+
+
+def test_clone_of_nothing_fails_cleanly(tmp_path: Path, remote_url: str) -> None:
+    proc = vers("clone", remote_url, str(tmp_path / "c"), check=False)
+    assert proc.returncode != 0 and "not a vers remote" in proc.stderr, proc.stderr
+    assert not (tmp_path / "c").exists()
+    if remote_url.startswith("s3://"):
+        proc = vers("clone", "s3://no-such-bucket-here/x", str(tmp_path / "d"), check=False)
+        assert proc.returncode != 0 and "no-such-bucket-here" in proc.stderr, proc.stderr
+        assert not (tmp_path / "d").exists()

@@ -11,7 +11,7 @@ from vers.porcelain.remote import resolve_remote
 from vers.remote.bundle import RemoteIndex
 from vers.remote.config import cache_dir
 from vers.remote.fetch import FetchResult, fetch_objects
-from vers.remote.refs import read_remote_head, read_remote_refs
+from vers.remote.refs import check_format, read_remote_head, read_remote_refs
 
 if TYPE_CHECKING:
     from vers.repo import Repo
@@ -34,6 +34,7 @@ def fetch(repo: Repo, remote: str, quiet: bool = False) -> FetchSummary:
     try:
         # Refs first: a remote ref moves only after its objects are indexed, so the index read
         # next covers every commit these refs name.
+        check_format(transport)
         remote_refs = {k: r.value for k, r in read_remote_refs(transport).items()}
         head = read_remote_head(transport)
         index = RemoteIndex.load(transport, cache_dir(repo, name))

@@ -15,6 +15,7 @@ any index, every object it reaches is too. Negotiation relies on it to prune who
 from __future__ import annotations
 
 import contextlib
+import re
 import struct
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -39,6 +40,7 @@ MERGE_GAP = 256 << 10
 # ... and never grow past this, so several can be in flight at once.
 MAX_RANGE = 8 << 20
 FETCH_WORKERS = 8
+_INDEX_KEY = re.compile(r"^bundles/[0-9a-f]{64}\.idx$")
 
 
 class Loc(NamedTuple):
@@ -90,8 +92,9 @@ class RemoteIndex:
     @classmethod
     def load(cls, transport: Transport, cache_dir: Path | None = None) -> RemoteIndex:
         index = cls()
+        # Only names a vers writer can have made: a hostile listing must not steer cache paths.
         names = sorted(k[len(BUNDLE_PREFIX):-4] for k in transport.list(BUNDLE_PREFIX)
-                       if k.endswith(".idx"))
+                       if _INDEX_KEY.match(k))
         if cache_dir is not None:
             cache_dir.mkdir(parents=True, exist_ok=True)
         todo = []

