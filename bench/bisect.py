@@ -8,6 +8,7 @@
    (same files): time should follow the changed blocks, not the disk size (goal: 4 GiB / 1 GiB
    close to 1). Baselines: the block-level ``repo.diff`` of the same commits, and the debugfs way
    (export the image, ``debugfs icheck`` + ``ncheck``) at 1 GiB.
+3. With skipped commits: total predicate runs of vers vs git over many histories (same answers).
 
 Usage: python3 bench/bisect.py [--quick]
 """
@@ -27,7 +28,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vers.porcelain import bisect as bs
 from vers.porcelain.bisect_run import run
-from vers.porcelain.bisect_testing import build_git, build_vers, git_env, linear
+from vers.porcelain.bisect_testing import (
+    build_git,
+    build_vers,
+    compare_with_git,
+    git_env,
+    linear,
+    random_dag,
+)
 from vers.porcelain.difffiles import files_diff
 from vers.repo import Repo
 
@@ -91,6 +99,28 @@ def bench_bisect(tmp: Path, first_bads: list[int]) -> None:
                      f"overhead ratio vers/git {per_step / max(gstep, 1e-6):.2f}")
         print(line)
     repo.close()
+
+
+def bench_skips(tmp: Path, histories: int) -> None:
+    """vers vs git with skipped commits: total predicate runs over many histories."""
+    for pattern in ("scattered", "clustered"):
+        tv = tg = same = 0
+        for seed in range(histories):
+            rnd = random.Random(seed)
+            graph = random_dag(70, seed) if seed % 2 else linear(70)
+            fb = rnd.randrange(3, 68)
+            if pattern == "clustered":
+                a = rnd.randrange(1, 60)
+                skip = set(range(a, a + rnd.randrange(3, 10))) - {fb}
+            else:
+                skip = {s for s in range(1, 69) if rnd.random() < 0.25 and s != fb}
+            answers, counts = compare_with_git(tmp / f"{pattern}-{seed}", graph, fb, skip,
+                                               mode="export")
+            same += answers["vers"] == answers["git"]
+            tv += counts["vers"]
+            tg += counts["git"]
+        print(f"skips ({pattern}), {histories} histories of 70 commits: vers {tv} runs, git {tg}"
+              f" runs (ratio vers/git {tv / tg:.2f}); same answer in {same}/{histories}")
 
 
 def make_disk(path: Path, size_gib: int, src: Path) -> None:
@@ -166,6 +196,8 @@ def main() -> None:
         tmp = Path(d)
         bench_bisect(tmp / "bisect", [1, 700] if quick else [1, 333, 700, 1023])
         bench_files(tmp / "files", [1] if quick else [1, 4], 400 if quick else 2000)
+        if shutil.which("git"):
+            bench_skips(tmp / "skips", 6 if quick else 30)
 
 
 if __name__ == "__main__":

@@ -10,94 +10,32 @@ from __future__ import annotations
 import os
 import random
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
-from vers.porcelain import bisect as bs
-from vers.porcelain.bisect_run import run
-from vers.porcelain.bisect_testing import (
-    Graph,
-    build_git,
-    build_vers,
-    git_env,
-    linear,
-    random_dag,
-    write_predicate,
-)
-from vers.repo import Repo
+from vers.porcelain.bisect_testing import Graph, compare_with_git, linear, random_dag
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 
 
-def _git_bisect(gitdir: Path, ids: list[str], bad: int, good: int, env: dict[str, str]) -> tuple:
-    subprocess.run(["git", "bisect", "start", ids[bad], ids[good]], cwd=gitdir, env=env,
-                   check=True, capture_output=True)
-    res = subprocess.run(["git", "bisect", "run", str(env["PREDICATE"])], cwd=gitdir, env=env,
-                         capture_output=True, text=True, check=False)
-    out = res.stdout
-    if "is the first bad commit" in out:
-        line = next(x for x in out.splitlines() if x.endswith("is the first bad commit"))
-        return ("found", {ids.index(line.split()[0])})
-    if "only 'skip'ped commits left" in out:
-        lines = out.split("could be any of:", 1)[1].split("We cannot bisect more", 1)[0]
-        return ("only_skipped", {ids.index(x) for x in lines.split()})
-    raise AssertionError(f"git bisect run: unexpected output\n{out}\n{res.stderr}")
-
-
-def _vers_bisect(repo: Repo, ids: list[str], bad: int, good: int, predicate: Path,
-                 mode: str) -> tuple:
-    bs.start(repo, ids[bad], [ids[good]])
-    result = run(repo, [str(predicate)], mode=mode)
-    d = result.decision
-    assert d is not None
-    if d.kind == "found":
-        return ("found", {ids.index(d.commit)})
-    return (d.kind, {ids.index(c) for c in d.candidates})
-
-
 def _compare(tmp_path: Path, graph: Graph, first_bad: int, skip: set[int], mode: str,
              good: int = 0, strict_runs: bool = True) -> tuple[int, int]:
-    repo = Repo.init(tmp_path / "vers")
-    vids = build_vers(repo, graph)
-    gids = build_git(tmp_path / "git", graph)
-    predicate = write_predicate(tmp_path / "pred.py")
-    bad_states = graph.descendants(first_bad)
-    env = git_env()
-    env.update(BISECT_BAD=",".join(map(str, sorted(bad_states))),
-               BISECT_SKIP=",".join(map(str, sorted(skip))), PREDICATE=str(predicate))
-    counts = {}
-    answers = {}
-    for who in ("git", "vers"):
-        count_file = tmp_path / f"count-{who}"
-        env["BISECT_COUNT_FILE"] = str(count_file)
-        if who == "git":
-            answers[who] = _git_bisect(tmp_path / "git", gids, graph.tip, good, env)
-        else:
-            old = dict(os.environ)
-            os.environ.update(env)
-            try:
-                answers[who] = _vers_bisect(repo, vids, graph.tip, good, predicate, mode)
-            finally:
-                os.environ.clear()
-                os.environ.update(old)
-        counts[who] = len(count_file.read_text().split()) if count_file.exists() else 0
+    answers, counts = compare_with_git(tmp_path, graph, first_bad, skip, mode, good)
     assert answers["vers"] == answers["git"], (answers, counts)
     if not skip:
         assert answers["vers"] == ("found", {first_bad})
     if strict_runs:
         assert counts["vers"] <= counts["git"], counts
-    repo.close()
     return counts["vers"], counts["git"]
 
 
-@pytest.mark.parametrize("first_bad", [1, 17, 30, 58, 59])
+@pytest.mark.parametrize("first_bad", [1, 30, 59])
 def test_linear_same_as_git(tmp_path: Path, first_bad: int) -> None:
     _compare(tmp_path, linear(60), first_bad, set(), mode="export")
 
 
-@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("seed", range(4))
 def test_merges_same_as_git(tmp_path: Path, seed: int) -> None:
     graph = random_dag(80, seed)
     first_bad = 10 + (seed * 13) % 60

@@ -16,6 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vers.porcelain import bisect as bs
+from vers.porcelain.bisect_run import run
+
 PAGE = 4096
 BASE_TIME = 1_700_000_000
 
@@ -148,3 +151,68 @@ def write_predicate(path: Path) -> Path:
     path.write_text(PREDICATE)
     path.chmod(0o755)
     return path
+
+
+# -- comparing with real git -----------------------------------------------------------------
+def _git_bisect(gitdir: Path, ids: list[str], bad: int, good: int, env: dict[str, str]) -> tuple[str, set[int]]:
+    subprocess.run(["git", "bisect", "start", ids[bad], ids[good]], cwd=gitdir, env=env,
+                   check=True, capture_output=True)
+    res = subprocess.run(["git", "bisect", "run", str(env["PREDICATE"])], cwd=gitdir, env=env,
+                         capture_output=True, text=True, check=False)
+    out = res.stdout
+    if "is the first bad commit" in out:
+        line = next(x for x in out.splitlines() if x.endswith("is the first bad commit"))
+        return ("found", {ids.index(line.split()[0])})
+    if "only 'skip'ped commits left" in out:
+        lines = out.split("could be any of:", 1)[1].split("We cannot bisect more", 1)[0]
+        return ("only_skipped", {ids.index(x) for x in lines.split()})
+    raise AssertionError(f"git bisect run: unexpected output\n{out}\n{res.stderr}")
+
+
+def _vers_bisect(repo: Any, ids: list[str], bad: int, good: int, predicate: Path,
+                 mode: str) -> tuple[str, set[int]]:
+    bs.start(repo, ids[bad], [ids[good]])
+    result = run(repo, [str(predicate)], mode=mode)
+    d = result.decision
+    if d is None:
+        raise AssertionError("vers bisect run ended without a decision")
+    if d.kind == "found":
+        return ("found", {ids.index(d.commit)})
+    return (d.kind, {ids.index(c) for c in d.candidates})
+
+
+def compare_with_git(tmp: Path, graph: Graph, first_bad: int, skip: set[int], mode: str,
+                     good: int = 0) -> tuple[dict[str, tuple[str, set[int]]], dict[str, int]]:
+    """Bisect ``graph`` with git and with vers, same predicate: (answers, predicate runs).
+
+    Bad states are the descendants of ``first_bad``; states in ``skip`` exit 125. An answer is
+    ("found", {index}) or ("only_skipped", {indices})."""
+    from vers.repo import Repo
+
+    repo = Repo.init(tmp / "vers")
+    vids = build_vers(repo, graph)
+    gids = build_git(tmp / "git", graph)
+    predicate = write_predicate(tmp / "pred.py")
+    env = git_env()
+    env.update(BISECT_BAD=",".join(map(str, sorted(graph.descendants(first_bad)))),
+               BISECT_SKIP=",".join(map(str, sorted(skip))), PREDICATE=str(predicate))
+    counts: dict[str, int] = {}
+    answers: dict[str, tuple[str, set[int]]] = {}
+    try:
+        for who in ("git", "vers"):
+            count_file = tmp / f"count-{who}"
+            env["BISECT_COUNT_FILE"] = str(count_file)
+            if who == "git":
+                answers[who] = _git_bisect(tmp / "git", gids, graph.tip, good, env)
+            else:
+                old = dict(os.environ)
+                os.environ.update(env)
+                try:
+                    answers[who] = _vers_bisect(repo, vids, graph.tip, good, predicate, mode)
+                finally:
+                    os.environ.clear()
+                    os.environ.update(old)
+            counts[who] = len(count_file.read_text().split()) if count_file.exists() else 0
+    finally:
+        repo.close()
+    return answers, counts
