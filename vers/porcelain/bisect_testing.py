@@ -176,7 +176,7 @@ def _vers_bisect(repo: Any, ids: list[str], bad: int, good: int, predicate: Path
     d = result.decision
     if d is None:
         raise AssertionError("vers bisect run ended without a decision")
-    if d.kind == "found":
+    if d.kind == "found" and d.commit is not None:
         return ("found", {ids.index(d.commit)})
     return (d.kind, {ids.index(c) for c in d.candidates})
 

@@ -96,7 +96,8 @@ def files_diff(repo: Any, a: str, b: str, image: str = "disk") -> FilesDiff:
     if fa.geometry() != fb.geometry():
         raise BadInput(f"the filesystems on {image!r} differ in geometry (resized or re-made "
                        "with other options); --files needs the same layout on both sides")
-    ranges = next((d.ranges for d in repo.diff(ca.id, cb.id).images if d.name == image), [])
+    ranges: list[Any] = next(
+        (d.ranges for d in repo.diff(ca.id, cb.id).images if d.name == image), [])
     per_page = PAGE_SIZE // fb.block_size
     changed = {p * per_page + k for r in ranges for p in range(r.start, r.start + r.count)
                for k in range(per_page)}
