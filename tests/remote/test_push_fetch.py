@@ -216,3 +216,37 @@ def test_clone_of_nothing_fails_cleanly(tmp_path: Path, remote_url: str) -> None
         proc = vers("clone", "s3://no-such-bucket-here/x", str(tmp_path / "d"), check=False)
         assert proc.returncode != 0 and "no-such-bucket-here" in proc.stderr, proc.stderr
         assert not (tmp_path / "d").exists()
+
+
+def test_racing_pushes_one_wins_no_update_lost(tmp_path: Path, remote_url: str) -> None:
+    import threading
+
+    repo, _commits, _ = _repo_with_history(tmp_path, remote_url)
+    push(repo, "origin", quiet=True)
+    clones = [clone(remote_url, str(tmp_path / f"c{i}"), quiet=True)[0] for i in range(2)]
+    tips = []
+    for i, c in enumerate(clones):
+        (tmp_path / f"x{i}").write_bytes(os.urandom(256 * PAGE))
+        tips.append(c.snapshot({"memory": tmp_path / f"x{i}"}, message=f"racer {i}"))
+    outcome: dict[int, object] = {}
+    barrier = threading.Barrier(2)
+
+    def race(i: int) -> None:
+        barrier.wait()
+        try:
+            outcome[i] = push(clones[i], "origin", quiet=True)
+        except PushRejected as exc:
+            outcome[i] = exc
+
+    threads = [threading.Thread(target=race, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    winners = [i for i, o in outcome.items() if not isinstance(o, PushRejected)]
+    assert len(winners) == 1, outcome
+    t = open_transport(remote_url)
+    assert t.get("refs/heads/main").decode().strip() == tips[winners[0]]
+    for c in clones:
+        c.close()
+    repo.close()
