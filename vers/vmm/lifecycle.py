@@ -68,6 +68,13 @@ def qmp_for(rec: VMRecord, timeout: float = 10.0) -> QMPClient:
 def spawn_machine(reg: VMRegistry, rec: VMRecord, spec: MachineSpec, backing: MemoryBacking,
                   incoming: bool) -> QMPClient:
     """Spawn QEMU for ``rec`` and return a connected QMP client (the caller closes it)."""
+    spawn_process(reg, rec, spec, backing, incoming)
+    return connect_machine(rec, incoming)
+
+
+def spawn_process(reg: VMRegistry, rec: VMRecord, spec: MachineSpec, backing: MemoryBacking,
+                  incoming: bool) -> None:
+    """Only start the QEMU process (a few ms); ``connect_machine`` waits for it to be ready."""
     d = rec.dir
     rec.qmp_sock, rec.agent_sock = _sock_path(d, "qmp"), _sock_path(d, "agent")
     rec.serial_log = str(d / "serial.log")
@@ -81,7 +88,10 @@ def spawn_machine(reg: VMRegistry, rec: VMRecord, spec: MachineSpec, backing: Me
                       serial_log=rec.serial_log, incoming=incoming)
     rec.pid = spawn(args, d)
     reg.save(rec)
-    qmp = connect_qmp(rec.qmp_sock, rec.pid, rec.id, d)
+
+
+def connect_machine(rec: VMRecord, incoming: bool) -> QMPClient:
+    qmp = connect_qmp(rec.qmp_sock, rec.pid or 0, rec.id, rec.dir)
     if incoming:
         try:
             qmp.command("migrate-set-capabilities",

@@ -25,11 +25,13 @@ from vers.errors import BadInput, VMError
 from vers.vmm import disk as disk_mod
 from vers.vmm.backing import load_backing
 from vers.vmm.lifecycle import (
+    connect_machine,
     finish_restore,
     qmp_for,
     refresh_spares,
     registry,
     spawn_machine,
+    spawn_process,
 )
 from vers.vmm.machine import MachineSpec, pid_alive
 from vers.vmm.qmp import QMPClient
@@ -266,6 +268,11 @@ def branch_vm(repo: Any, key: str | None, count: int = 1, name: str | None = Non
                     t0 = tm.mark("freeze_disks", t0)
                     tm.extra["fixed_pages"] = [backing.fork_end(m) for m in child_mem]
                     t0 = tm.mark("fix_memory", t0)
+                    if not early:  # their RAM files exist now: let QEMU start up meanwhile
+                        for c, mem in zip(children, child_mem):
+                            c.memory = mem.state()
+                            spawn_process(reg, c, spec, mem, incoming=True)
+                        t0 = tm.mark("spawn_children", t0)
                     save_devstate(q, devstate)
                     t0 = tm.mark("devstate", t0)
                 finally:
@@ -275,9 +282,7 @@ def branch_vm(repo: Any, key: str | None, count: int = 1, name: str | None = Non
                 tm.phases["cont"] = round((t_cont - t0) * 1000, 2)
                 tm.pause = round((t_cont - t_stop) * 1000, 2)
             if not early:
-                for c, mem in zip(children, child_mem):
-                    c.memory = mem.state()
-                    child_qmp.append(spawn_machine(reg, c, spec, mem, incoming=True))
+                child_qmp = [connect_machine(c, incoming=True) for c in children]
             for c, cq in zip(children, child_qmp):
                 finish_restore(cq, c, devstate)
             t_ready = time.perf_counter()
