@@ -121,11 +121,15 @@ class Fetcher:
         try:
             self._run(tips)
         except CorruptObject as exc:
+            self.progress.abort()
             raise self._rejected(exc) from exc
         except ObjectNotFound as exc:
+            self.progress.abort()
             raise RemoteError(f"{self.transport.url}: incomplete remote: {exc}") from exc
-        finally:
-            self.progress.close()
+        except BaseException:
+            self.progress.abort()
+            raise
+        self.progress.close()
         return self.result
 
     def _run(self, tips: list[str]) -> None:

@@ -65,3 +65,9 @@ class Progress:
         if not self.quiet:
             with self._lock:
                 self._draw(final=True)
+
+    def abort(self) -> None:
+        """End a redrawn line without claiming success (the error message follows)."""
+        if not self.quiet and self._tty and self._drawn:
+            self.stream.write("\n")
+            self.stream.flush()

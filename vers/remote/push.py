@@ -102,9 +102,9 @@ def push(repo: Repo, transport: Transport, updates: list[tuple[str, str]], *, fo
         stats = uploader.finish()
     except BaseException:
         uploader.abort()
+        progress.abort()
         raise
-    finally:
-        progress.close()
+    progress.close()
     result.objects, result.bytes, result.bundles = stats.objects, stats.bytes, stats.bundles
     lost = []
     for new, dst, old in todo:
