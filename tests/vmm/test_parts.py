@@ -170,3 +170,40 @@ def test_agent_reply_framing() -> None:
         _parse_reply(b"abc OUT\n", "abc")
     assert command_script(["echo hi; exit 2"]) == "echo hi; exit 2"
     assert command_script(["echo", "a b", "$x"]) == "echo 'a b' '$x'"
+
+
+def test_changed_pages_without_numpy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "numpy", None)  # import numpy now raises ImportError
+    pages = 300
+    _random_file(tmp_path / "a", pages, 5)
+    data = bytearray((tmp_path / "a").read_bytes())
+    for p in (0, 77, 299):
+        data[p * PAGE] ^= 0xFF
+    (tmp_path / "b").write_bytes(bytes(data))
+    assert changed_pages(tmp_path / "a", tmp_path / "b", pages * PAGE) == [0, 77, 299]
+
+
+@pytest.mark.vm
+@pytest.mark.slow
+def test_guest_build_from_debian_packages(tmp_path: Path) -> None:
+    """A fresh cache builds a guest: the kernel from apt, an initramfs with the virtio modules and
+    our init, an ext4 disk (checked with e2fsprogs' own tools) with busybox, init and agent."""
+    from vers.vmm.guest import build_guest, find_cached
+
+    if shutil.which("apt-get") is None or shutil.which("debugfs") is None:
+        pytest.skip("needs apt-get and e2fsprogs")
+    g = build_guest(tmp_path)
+    assert find_cached(tmp_path) == g
+    assert g.kernel.stat().st_size > 1 << 20
+    listing = subprocess.run(["cpio", "-it"], input=g.initrd.read_bytes(), capture_output=True,
+                             check=True).stdout.decode().split()
+    for want in ("init", "bin/busybox", "sbin/vers-agent", "lib/modules/virtio_mmio.ko",
+                 "lib/modules/virtio_blk.ko", "lib/modules/virtio_console.ko"):
+        assert want in listing, want
+    subprocess.run(["e2fsck", "-fn", str(g.disk)], check=True, capture_output=True)
+    out = subprocess.run(["debugfs", "-R", "cat /sbin/vers-agent", str(g.disk)],
+                         capture_output=True, check=True, text=True).stdout
+    assert "vers.agent" in out
+    assert build_guest(tmp_path) == g  # cached: not rebuilt

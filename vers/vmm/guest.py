@@ -105,15 +105,27 @@ def _download_kernel(pkg: str, work: Path) -> Path:
     return tree
 
 
+def _is_static_elf(path: Path) -> bool:
+    """An ELF executable without a PT_INTERP program header needs no dynamic loader."""
+    import struct
+
+    with open(path, "rb") as f:
+        head = f.read(64)
+        if head[:4] != b"\x7fELF" or head[4] != 2:  # 64-bit ELF only
+            return False
+        phoff, = struct.unpack_from("<Q", head, 0x20)
+        phentsize, phnum = struct.unpack_from("<HH", head, 0x36)
+        f.seek(phoff)
+        table = f.read(phentsize * phnum)
+    return all(struct.unpack_from("<I", table, i * phentsize)[0] != 3 for i in range(phnum))
+
+
 def _busybox() -> Path:
     for cand in ("/bin/busybox", "/usr/bin/busybox"):
         p = Path(cand)
-        if p.exists():
-            out = subprocess.run(["file", "-b", cand], capture_output=True, text=True,
-                                 check=False).stdout
-            if "statically linked" in out or not out:
-                return p
-    raise VMError("busybox-static is not installed (apt-get install busybox-static)")
+        if p.exists() and _is_static_elf(p):
+            return p
+    raise VMError("no statically linked busybox found: apt-get install busybox-static")
 
 
 def _write_exec(path: Path, text: str) -> None:
