@@ -206,3 +206,53 @@ def test_kill_gc_at_random_moments(tmp_path: Path) -> None:
         shutil.rmtree(work)
     print("gc runs killed:", killed, f"of {trials}; one gc takes {full:.2f}s")
     assert killed >= 3
+
+
+def test_fsck_and_gc_while_snapshots_land(tmp_path: Path) -> None:
+    """A snapshot landing during fsck is not a false "missing"; gc with the default grace period
+    and a retention policy never takes what a concurrent snapshot needs."""
+    import threading
+
+    work = tmp_path
+    run(work, "init")
+    data = make_image(work / "mem", 8 * MIB, seed=11)
+    expected: dict[str, str] = {}
+    with Repo(work) as repo:
+        repo.snapshot({"memory": work / "mem"}, message="s0")
+    expected["s0"] = digest(data)  # by message: retention gives kept commits new IDs
+    errors: list[str] = []
+
+    def writer() -> None:
+        for i in range(1, 7):
+            d = bytearray(data)
+            mutate_pages(d, 0.2, seed=200 + i)
+            img = work / f"w{i}"
+            img.write_bytes(d)
+            p = run(work, "snapshot", "--memory", img.name, "-m", f"s{i}")
+            if p.returncode != 0:
+                errors.append(p.stderr)
+            else:
+                expected[f"s{i}"] = digest(d)
+
+    t = threading.Thread(target=writer)
+    t.start()
+    checks = 0
+    while t.is_alive() or checks < 2:
+        with Repo(work) as repo:
+            report = fsck(repo.store, repo.refs)
+        assert report.ok, "\n".join(str(x) for x in report.problems)
+        p = run(work, "gc", "--keep-last", "3", "--expire-reflog", "never")
+        assert p.returncode == 0, p.stderr
+        checks += 1
+    t.join()
+    assert not errors, errors
+    print("fsck+gc rounds during snapshots:", checks)
+    # Everything the last gc kept is complete; the newest three states are among them.
+    with Repo(work) as repo:
+        kept = {c.id: c.message for c in repo.log("HEAD")}
+        assert "s6" in kept.values()
+    with Repo(work) as repo:
+        for cid, msg in kept.items():
+            repo.export_image(cid, "memory", work / "k.out")
+            assert digest((work / "k.out").read_bytes()) == expected[msg], msg
+    assert run(work, "fsck").returncode == 0

@@ -364,6 +364,14 @@ def fsck(
         if on_problem is not None:
             on_problem(p)
 
+    # Roots first: whatever they name was durable before the ref moved, so the scan (which starts
+    # later) sees it even while a snapshot lands meanwhile; the other order reports false misses.
+    ref_problems: list[Problem] = []
+    roots = collect_roots(refs, reflogs=True, problems=ref_problems) + list(extra_roots)
+    for p in ref_problems:
+        note(p)
+    report.roots = len(roots)
+
     stored: dict[bytes, int] = {}
     bad: dict[bytes, str] = {}
     if isinstance(store, LmdbObjectStore):
@@ -382,11 +390,6 @@ def fsck(
         report.by_kind[kind_name] = report.by_kind.get(kind_name, 0) + 1
     report.objects = len(stored)
 
-    ref_problems: list[Problem] = []
-    roots = collect_roots(refs, reflogs=True, problems=ref_problems) + list(extra_roots)
-    for p in ref_problems:
-        note(p)
-    report.roots = len(roots)
     walker = Reachability(store, note, stored=stored, bad=bad, check_levels=full)
     walker.walk(roots)
     marked = walker.marked
