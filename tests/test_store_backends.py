@@ -360,12 +360,12 @@ class TestLmdbStore(StoreBehaviour):
     def test_max_unused_unindexes_first_and_repacks_later(self, h: History) -> None:
         assert isinstance(h.store, LmdbObjectStore)
         self.linear(h, 3)
-        old_pages = set(o for o, k in h.store.iter_ids() if k == KIND_PAGE)
+        old_pages = {o for o, k in h.store.iter_ids() if k == KIND_PAGE}
         packs_before = sum(size for _, _, size in h.store.iter_packs())
         first = gc(h.store, h.refs, grace=0, expire_reflog=float("inf"), policy=Policy(last=2),
                    max_unused=0.5)
         assert first.objects_removed > 0 and first.packs_rewritten == 0 and first.dead_bytes_left > 0
-        gone = old_pages - set(o for o, k in h.store.iter_ids() if k == KIND_PAGE)
+        gone = old_pages - {o for o, k in h.store.iter_ids() if k == KIND_PAGE}
         assert len(gone) == 3  # c0's versions of the pages c1 changed
         assert not any(h.store.contains(o) for o in gone)
         assert sum(size for _, _, size in h.store.iter_packs()) >= packs_before  # not freed yet
