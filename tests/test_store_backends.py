@@ -207,6 +207,30 @@ class StoreBehaviour:
         whats = sorted((p.what, p.oid) for p in report.problems)
         assert ("bad-ref", "") in whats and ("missing", "ab" * 32) in whats
 
+    def test_fsck_wrong_kinds_and_levels(self, h: History) -> None:
+        from vers.objects.imagetree import store_tree
+        from vers.objects.model import Tree
+
+        self.linear(h, 1)
+        c = h.chain("refs/heads/main")[0]
+        h.refs.set_ref("refs/tags/not-a-commit", c.images["memory"])  # a tree, not a commit
+        report = fsck(h.store, h.refs)
+        assert [(p.what, p.oid) for p in report.problems] == [("wrong-kind", c.images["memory"])]
+        h.refs.delete_ref("refs/tags/not-a-commit")
+        # A tree claiming depth 2 whose root is a level-1 node: --full names the level mismatch.
+        real = h.store.get_tree(bytes.fromhex(c.images["memory"]))
+        with h.store.writer() as w:
+            bogus = store_tree(w, Tree(size=real.size * 256, root=real.root, depth=2))
+            raw = Commit(images={"memory": bogus.hex()}, author="t", time=T0, message="bogus").serialize()
+            w.add(hash_bytes(raw), KIND_COMMIT, raw, compress=False)
+        h.refs.set_ref("refs/heads/bogus", hash_bytes(raw).hex())
+        full = fsck(h.store, h.refs, full=True)
+        assert any(p.oid == real.root.hex() and "level 1, its tree needs 2" in p.detail
+                   for p in full.problems)
+        quick = fsck(h.store, h.refs)
+        assert any(p.what == "wrong-kind" and "expected a node, found a page" in p.detail
+                   for p in quick.problems)
+
     # -- gc -----------------------------------------------------------------------------------
     def test_gc_removes_unreachable_keeps_reachable(self, h: History) -> None:
         self.linear(h, 3)
