@@ -10,6 +10,7 @@ import os
 import random
 import shutil
 import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,8 @@ from vers.remote.s3server import SeaweedS3
 from vers.repo import Repo
 
 PAGE = 4096
+# The CLI as a user runs it, with this interpreter (no dependence on PATH or console scripts).
+VERS = [sys.executable, "-c", "from vers.cli import main; main()"]
 BUCKET = "vers-tests"
 
 
@@ -77,7 +80,7 @@ def change_pages(src: bytearray, path: Path, pages: list[int], seed: int) -> byt
 def vers(*args: str, cwd: Path | None = None, check: bool = True,
          env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run the real CLI in a subprocess (what a user runs, and what kill -9 can hit)."""
-    proc = subprocess.run(["vers", *args], check=False, cwd=cwd, capture_output=True, text=True,
+    proc = subprocess.run([*VERS, *args], check=False, cwd=cwd, capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, timeout=300)
     if check and proc.returncode != 0:
         raise AssertionError(f"vers {' '.join(args)} exited {proc.returncode}:\n{proc.stderr}")

@@ -19,7 +19,7 @@ from vers.remote.negotiate import plan_send
 from vers.remote.transport import open_transport
 from vers.repo import Repo
 
-from .conftest import assert_consistent, export_bytes, make_memory
+from .conftest import VERS, assert_consistent, export_bytes, make_memory
 
 NPAGES = 8192  # 32 MiB of random pages: long enough to be killed in the middle
 BUNDLE = 128 << 10
@@ -61,7 +61,7 @@ def test_kill_during_push(tmp_path: Path, remote_url: str) -> None:
     def some_bundles_landed() -> bool:
         return sum(k.endswith(".idx") for k in transport.list(BUNDLE_PREFIX)) >= 3
 
-    proc = subprocess.Popen(["vers", "push", "-q", "--bundle-size", str(BUNDLE), "origin"],
+    proc = subprocess.Popen([*VERS, "push", "-q", "--bundle-size", str(BUNDLE), "origin"],
                             cwd=repo.root, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     _wait_then_kill(proc, some_bundles_landed)
@@ -97,7 +97,7 @@ def test_kill_during_fetch(tmp_path: Path, remote_url: str) -> None:
         with store.env.begin() as txn:  # type: ignore[attr-defined]
             return int(txn.stat(store.db["index"])["entries"]) > 1000  # type: ignore[attr-defined]
 
-    proc = subprocess.Popen(["vers", "fetch", "-q", "origin"], cwd=b.root,
+    proc = subprocess.Popen([*VERS, "fetch", "-q", "origin"], cwd=b.root,
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     _wait_then_kill(proc, some_pages_stored)
