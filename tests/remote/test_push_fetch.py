@@ -250,3 +250,22 @@ def test_racing_pushes_one_wins_no_update_lost(tmp_path: Path, remote_url: str) 
     for c in clones:
         c.close()
     repo.close()
+
+
+@pytest.mark.s3
+def test_s3_without_conditional_writes_uses_locks(tmp_path: Path, s3_env: object,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lock-object fallback end to end: push, non-fast-forward refused, clone equal."""
+    monkeypatch.setenv("VERS_S3_CONDITIONAL", "0")
+    url = f"s3://vers-tests/lock-{os.getpid()}-{tmp_path.name}"
+    repo, commits, images = _repo_with_history(tmp_path, url)
+    push(repo, "origin", ["main"], quiet=True)
+    cloned, head = clone(url, str(tmp_path / "b"), quiet=True)
+    assert head == commits[1]
+    assert export_bytes(cloned, head, tmp_path) == bytes(images[1])
+    cloned.refs.set_ref("refs/heads/main", commits[0])
+    with pytest.raises(PushRejected, match="non-fast-forward"):
+        push(cloned, "origin", ["main"], quiet=True)
+    assert open_transport(url).list("locks/") == {}, "locks are released"
+    cloned.close()
+    repo.close()
