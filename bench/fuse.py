@@ -234,8 +234,11 @@ def bench_flush(work: Path) -> None:
                 w.wait()
             finally:
                 daemon.shutdown()
-                d.terminate()
-                d.wait()
+                try:
+                    d.wait(timeout=10)  # let it remove its overlay files
+                except subprocess.TimeoutExpired:
+                    d.kill()
+                    d.wait()
             print(f"[flush] writeback_cache={'on' if wb else 'off'} {mode:10} {n:5} pages: daemon saw "
                   f"{before:5} before fsync, {after:5} after; fsync {t_flush * 1000:.0f} ms "
                   f"({t_flush * 1e6 / n:.1f} us/page)")

@@ -173,6 +173,8 @@ def test_dead_daemon_is_a_clear_error_and_restarts(tmp_path: Path) -> None:
     daemon = BackingDaemon(tmp_path / "fuse-state")
     f = BackingFile.create(daemon, "vm.memory", 16 * PAGE)
     pid = daemon.request("ping")["pid"]
+    layers = daemon.state_dir / "layers"
+    (layers / f"layer-{pid}-99.pages").write_bytes(b"x")  # as if the dead daemon had left it
     os.kill(pid, signal.SIGKILL)
     try:
         with pytest.raises(FuseError, match="not running"):
@@ -182,6 +184,7 @@ def test_dead_daemon_is_a_clear_error_and_restarts(tmp_path: Path) -> None:
         # Next use cleans the stale mount and starts a fresh daemon.
         g = BackingFile.create(daemon, "vm.memory", 16 * PAGE)
         assert g.dirty_pages() is None
+        assert not list(layers.glob(f"layer-{pid}-*"))  # the new daemon removed the orphans
         g.remove()
     finally:
         daemon.shutdown()

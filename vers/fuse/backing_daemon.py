@@ -53,6 +53,23 @@ class BackingFile:
         self.mtime_ns = time.time_ns()
 
 
+def remove_orphan_layers(layer_dir: Path) -> int:
+    """Delete overlay files left by daemons that died (named layer-<pid>-<n>; pid not alive)."""
+    removed = 0
+    for path in layer_dir.glob("layer-*-*.pages"):
+        try:
+            pid = int(path.name.split("-")[1])
+            os.kill(pid, 0)
+            continue  # its daemon still runs
+        except ProcessLookupError:
+            pass
+        except (ValueError, PermissionError):
+            continue
+        path.unlink(missing_ok=True)
+        removed += 1
+    return removed
+
+
 class BackingOperations(pyfuse3.Operations):
     """FUSE side: a flat directory of fixed-size read-write files. Translates only."""
 
@@ -64,6 +81,7 @@ class BackingOperations(pyfuse3.Operations):
         self.state_dir = state_dir
         self.layer_dir = state_dir / "layers"
         self.layer_dir.mkdir(parents=True, exist_ok=True)
+        remove_orphan_layers(self.layer_dir)
         self.by_name: dict[str, BackingFile] = {}
         self.by_inode: dict[int, BackingFile] = {}
         self._next_inode = pyfuse3.ROOT_INODE + 1
