@@ -97,7 +97,11 @@ def main() -> None:
             repo = Repo.init(work / "src")
             make_image(work / "m1", size, seed=1)
             changed = change_one_percent(work / "m1", work / "m2", seed=2)
+            t0 = time.perf_counter()
             repo.snapshot({"memory": work / "m1"}, message="base")
+            t_snap = time.perf_counter() - t0
+            print(f"local `vers snapshot` of the {args.size_mib} MiB image (store write baseline): "
+                  f"{t_snap:.2f} s = {size / MB / t_snap:.0f} MB/s")
             add_remote(repo, "origin", url)
             t0 = time.perf_counter()
             first = push(repo, "origin", quiet=True)
@@ -129,6 +133,7 @@ def main() -> None:
             print(f"plain boto3 copy (aws s3 sync style, 10 threads): {base_bytes / MB:.0f} MB in "
                   f"{t_base:.2f} s = {base_rate:.0f} MB/s")
             print(f"ratio vers clone / plain copy (same bytes): {vers_rate / base_rate:.2f}")
+            print(f"ratio vers clone / local snapshot of the same image: {t_snap / t_clone:.2f}")
             print(f"load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     finally:
         shutil.rmtree(work, ignore_errors=True)
