@@ -21,7 +21,7 @@ import trio
 log = logging.getLogger("vers.fuse.daemon")
 
 BASE_OPTIONS = ("fsname=vers", "default_permissions")
-INSPECT_READ_AHEAD_KB = 1024
+INSPECT_READ_AHEAD_KB = 4096
 
 
 def serve(
@@ -36,14 +36,14 @@ def serve(
     pyfuse3.init(ops, mountpoint, set(BASE_OPTIONS) | set(options))
     unmount = True
     try:
-        if on_ready:
+        if on_ready and not read_ahead_kb:
             on_ready()
 
         async def run() -> None:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(_stop_on_signal, nursery)
                 if read_ahead_kb:
-                    nursery.start_soon(_raise_read_ahead, mountpoint, read_ahead_kb)
+                    nursery.start_soon(_raise_read_ahead, mountpoint, read_ahead_kb, on_ready)
                 if extra_task is not None:
                     extra_task(nursery)
                 await pyfuse3.main()
@@ -57,12 +57,18 @@ def serve(
         pyfuse3.close(unmount=unmount)
 
 
-async def _raise_read_ahead(mountpoint: str, kb: int) -> None:
+async def _raise_read_ahead(
+    mountpoint: str, kb: int, on_ready: Callable[[], None] | None
+) -> None:
     # The kernel sets the mount's readahead from our reply to FUSE INIT (capped at its own 128 KiB
     # default), which pyfuse3.main sends once it runs: so set it after that, and once more later.
+    # A file takes the readahead size in force when it is opened, so "ready" waits for the first.
     for delay in (0.05, 0.5):
         await trio.sleep(delay)
         set_read_ahead(mountpoint, kb)
+        if on_ready:
+            on_ready()
+            on_ready = None
 
 
 def set_read_ahead(mountpoint: str, kb: int) -> None:
@@ -70,7 +76,9 @@ def set_read_ahead(mountpoint: str, kb: int) -> None:
 
     The kernel sizes readahead requests by the backing device's ``read_ahead_kb`` (128 by default
     for FUSE); with 1024, ``dd bs=1M`` of a mounted image reached the daemon as 1 MiB reads (8x
-    fewer round trips through Python). Best effort: needs root, and changes nothing else.
+    fewer round trips through Python); with 4096 several 1 MiB requests are in flight, so the
+    daemon is not idle while the reader copies (docs/fuse.md has the numbers). Best effort: needs
+    root, and changes nothing else.
     """
     # The device number comes from mountinfo: a stat() of our own mount point here would wait for
     # this very daemon, which does not serve requests yet.
