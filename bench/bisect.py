@@ -153,11 +153,13 @@ def bench_files(tmp: Path, sizes: list[int], nfiles: int) -> None:
         a = repo.snapshot({"disk": a_img}, time=1)
         b = repo.snapshot({"disk": b_img}, time=2)
         commit_s = time.perf_counter() - t
-        t = time.perf_counter()
-        blocks = repo.diff(a, b)
-        t_blocks = time.perf_counter() - t
+        t_blocks = float("inf")
+        for _ in range(10):
+            t = time.perf_counter()
+            blocks = repo.diff(a, b)
+            t_blocks = min(t_blocks, time.perf_counter() - t)
         best = float("inf")
-        for _ in range(3):
+        for _ in range(10):  # best of 10: other work on the machine only ever adds time
             t = time.perf_counter()
             d = files_diff(repo, a, b)
             best = min(best, time.perf_counter() - t)

@@ -127,6 +127,10 @@ def _walk(fs: Ext4, ino: int, prefix: str) -> list[tuple[str, Inode]]:
     return out
 
 
+def _in_ranges(blk: int, ranges: list[tuple[int, int]]) -> bool:
+    return any(start <= blk < start + count for start, count in ranges)
+
+
 def _lookup(fs: Ext4, path: str) -> int | None:
     ino = ROOT_INO
     for name in path.strip("/").split("/"):
@@ -207,17 +211,20 @@ class _Differ:
                 if ba[s] != bb[s]:
                     out.add(first + k)
         if rest:
-            explained = fb.fixed_metadata()
+            known = fb.fixed_metadata()
             for fs in (fa, fb):
-                explained |= fs.blocks_of(fs.inode(fs.journal_ino))
+                known += fs.block_ranges(fs.inode(fs.journal_ino))
                 for ino in out:
-                    explained |= fs.blocks_of(fs.inode(ino))
-            rest -= explained
-            rest = {blk for blk in rest if fa.block_in_use(blk) or fb.block_in_use(blk)}
+                    known += fs.block_ranges(fs.inode(ino))
+            rest = {blk for blk in rest if not _in_ranges(blk, known)
+                    and (fa.block_in_use(blk) or fb.block_in_use(blk))}
         if rest:
             self.scanned = True
             for node in fb.used_inodes():
-                if node.ino not in out and node.ino != fb.journal_ino and fb.blocks_of(node) & rest:
+                if node.ino in out or node.ino == fb.journal_ino:
+                    continue
+                owned = fb.block_ranges(node)
+                if any(_in_ranges(blk, owned) for blk in rest):
                     out.add(node.ino)
         return out
 

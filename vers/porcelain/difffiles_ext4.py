@@ -194,18 +194,20 @@ class Ext4:
                 return g, g * self.inodes_per_group + (block - grp.inode_table) * per + 1
         return None
 
-    def fixed_metadata(self) -> set[int]:
-        """Superblocks, descriptor tables (and their reserve), and the bitmaps."""
-        out: set[int] = set()
+    def fixed_metadata(self) -> list[tuple[int, int]]:
+        """(first block, count) of superblocks, descriptor tables (and their reserve), bitmaps.
+
+        Ranges, not a set of block numbers: the reserve alone is thousands of blocks per copy, and
+        only a handful of changed blocks are ever looked up in it."""
+        out: list[tuple[int, int]] = [(0, 1)]
         for g, grp in enumerate(self.groups):
             if self._has_super(g):
                 start = self.first_data_block + g * self.blocks_per_group
                 if g == 0 and self.block_size == 1024:
                     start = 1
-                out.update(range(start, start + 1 + self.gdt_blocks + self.reserved_gdt))
-            out.add(grp.block_bitmap)
-            out.add(grp.inode_bitmap)
-        out.add(0)
+                out.append((start, 1 + self.gdt_blocks + self.reserved_gdt))
+            out.append((grp.block_bitmap, 1))
+            out.append((grp.inode_bitmap, 1))
         return out
 
     def _has_super(self, g: int) -> bool:
@@ -295,6 +297,11 @@ class Ext4:
             logical += 1
         for level, k in ((1, 12), (2, 13), (3, 14)):
             indirect(_u32(i_block, 4 * k), level)
+
+    def block_ranges(self, node: Inode) -> list[tuple[int, int]]:
+        """(first block, count) of everything a file owns: data, mapping blocks, xattr block."""
+        runs, meta = self.extents(node)
+        return [(start, count) for _l, start, count in runs] + [(m, 1) for m in meta]
 
     def blocks_of(self, node: Inode) -> set[int]:
         runs, meta = self.extents(node)
