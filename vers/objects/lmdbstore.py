@@ -122,7 +122,7 @@ class LmdbObjectStore(ObjectStore):
 
         def put_pack() -> None:
             nonlocal buf, pack_no
-            txn.put(_PACK_KEY.pack(pack_no), bytes(buf), db=packs_db)
+            txn.put(_PACK_KEY.pack(pack_no), buf, db=packs_db)  # no copy: put takes any buffer
             txn.put(_PACK_KEY.pack(pack_no), _PACK_META.pack(now, len(buf)), db=meta_db)
             buf = bytearray()
             pack_no += 1
