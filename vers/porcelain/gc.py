@@ -130,6 +130,10 @@ def gc(
     if extra_roots is not None:
         report.extra_roots = extra_roots
     if isinstance(store, LmdbObjectStore):
+        # Reader slots of killed processes pin old pages, so LMDB could not reuse what we free.
+        stale = store.env.reader_check()
+        if stale:
+            report.notes.append(f"cleared {stale} stale LMDB reader slot(s) of dead processes")
         report.store_bytes_before = sum(size for _, _, size in store.iter_packs())
 
     if policy is not None and not policy.empty:
