@@ -170,7 +170,7 @@ def plan_retention(
     counts = {"last": policy.last, "hourly": policy.hourly, "daily": policy.daily,
               "weekly": policy.weekly, "monthly": policy.monthly, "yearly": policy.yearly}
     last_bucket: dict[str, tuple[int, ...] | None] = {k: None for k in counts}
-    for i, d in enumerate(decisions):
+    for d in decisions:
         t = d.commit.time
         for name in named.get(d.commit.id, []):
             d.reasons.append(_ref_reason(name))
@@ -199,6 +199,8 @@ def _ref_reason(name: str) -> str:
 
 def _fmt_duration(seconds: float) -> str:
     """The inverse of ``parse_duration``: 12600 -> "3h30m"."""
+    if seconds == float("inf"):
+        return "forever"
     rest, parts = int(seconds), []
     for unit, n in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
         if rest >= n:
