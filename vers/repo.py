@@ -162,6 +162,21 @@ class Repo:
         for name in images:
             if not IMAGE_NAME_RE.match(name):
                 raise BadInput(f"bad image name {name!r} (want [a-z][a-z0-9_-]*)")
+        with self.store.writing():
+            return self._snapshot(images, message, config, parents, dirty, ref, author, time, progress)
+
+    def _snapshot(
+        self,
+        images: Mapping[str, ImageSource],
+        message: str,
+        config: Mapping[str, Any] | None,
+        parents: list[str] | None,
+        dirty: Mapping[str, Iterable[int]] | None,
+        ref: str | None,
+        author: str | None,
+        time: int | None,
+        progress: Callable[[int], None] | None,
+    ) -> str:
         explicit = parents is not None
         if parents is None:
             head = self.refs.resolve(ref) if ref else None

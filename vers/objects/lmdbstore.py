@@ -10,7 +10,9 @@ leaves either all of a batch or none of it.
 from __future__ import annotations
 
 import itertools
+import fcntl
 import os
+from contextlib import AbstractContextManager, contextmanager
 import struct
 import time
 from collections.abc import Iterable, Iterator
@@ -62,6 +64,21 @@ class LmdbObjectStore(ObjectStore):
 
     def close(self) -> None:
         self.env.close()
+
+    @contextmanager
+    def _gc_lock(self, mode: int) -> Iterator[None]:
+        with open(Path(self.env.path()) / "gc.lock", "a+b") as f:
+            fcntl.flock(f.fileno(), mode)
+            try:
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+    def writing(self) -> AbstractContextManager[None]:
+        return self._gc_lock(fcntl.LOCK_SH)
+
+    def collecting(self) -> AbstractContextManager[None]:
+        return self._gc_lock(fcntl.LOCK_EX)
 
     # -- primitives ---------------------------------------------------------------------------
     def _backend_get(self, oid: bytes) -> Record | None:

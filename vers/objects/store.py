@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import struct
 import threading
+from contextlib import AbstractContextManager, nullcontext
 from concurrent.futures import Future, ThreadPoolExecutor
 from abc import ABC, abstractmethod
 from collections import OrderedDict
@@ -113,6 +114,18 @@ class ObjectStore(ABC):
 
     def close(self) -> None:
         pass
+
+    def writing(self) -> AbstractContextManager[None]:
+        """Held (shared) by anything that writes objects and then points a ref at them.
+
+        A writer may find an object already stored but unreachable and not write it again
+        (dedup); gc must not delete it before the writer's ref lands. ``collecting`` excludes
+        writers for the whole mark-and-sweep, so the two never interleave."""
+        return nullcontext()
+
+    def collecting(self) -> AbstractContextManager[None]:
+        """Held (exclusive) by gc from marking until its sweep is done."""
+        return nullcontext()
 
     def iter_prefix(self, hex_prefix: str) -> Iterator[tuple[bytes, int]]:
         """(ID, kind) of stored objects whose hex ID starts with ``hex_prefix``."""

@@ -14,6 +14,7 @@ from vers.remote.fetch import FetchResult, fetch_objects
 from vers.remote.refs import check_format, read_remote_head, read_remote_refs
 
 if TYPE_CHECKING:
+    from vers.remote.transport import Transport
     from vers.repo import Repo
 
 
@@ -31,6 +32,11 @@ def fetch(repo: Repo, remote: str, quiet: bool = False) -> FetchSummary:
     name, transport = resolve_remote(repo, remote)
     if name is None:
         raise BadInput("fetch needs a configured remote (vers remote add NAME URL)")
+    with repo.store.writing():  # gc must not sweep objects this fetch relies on
+        return _fetch_locked(repo, name, transport, quiet)
+
+
+def _fetch_locked(repo: Repo, name: str, transport: Transport, quiet: bool) -> FetchSummary:
     try:
         # Refs first: a remote ref moves only after its objects are indexed, so the index read
         # next covers every commit these refs name.

@@ -150,21 +150,23 @@ def gc(
         else:
             report.reflog_expired += refs.expire_reflog(name, lambda _i, e: e.time >= cutoff)
 
-    say("marking reachable objects")
-    problems: list[Problem] = []
-    walker = Reachability(store, problems.append)
-    walker.walk(_roots(refs, report, cutoff, dry_run))
-    _refuse_if(problems)
-    marked = walker.marked
-    report.marked = len(marked)
+    # Writers wait while gc marks and sweeps: see ObjectStore.writing().
+    with store.collecting():
+        say("marking reachable objects")
+        problems: list[Problem] = []
+        walker = Reachability(store, problems.append)
+        walker.walk(_roots(refs, report, cutoff, dry_run))
+        _refuse_if(problems)
+        marked = walker.marked
+        report.marked = len(marked)
 
-    say("sweeping")
-    if isinstance(store, LmdbObjectStore):
-        _sweep_packs(store, refs, walker, report, now - grace, dry_run, cutoff, max_unused)
-    else:
-        garbage = [oid for oid, _k in list(store.iter_ids()) if oid not in marked]
-        report.bytes_removed = sum(len(store.get_record(o).payload) for o in garbage)
-        report.objects_removed = len(garbage) if dry_run else store.delete(garbage)
+        say("sweeping")
+        if isinstance(store, LmdbObjectStore):
+            _sweep_packs(store, refs, walker, report, now - grace, dry_run, cutoff, max_unused)
+        else:
+            garbage = [oid for oid, _k in list(store.iter_ids()) if oid not in marked]
+            report.bytes_removed = sum(len(store.get_record(o).payload) for o in garbage)
+            report.objects_removed = len(garbage) if dry_run else store.delete(garbage)
     if isinstance(store, LmdbObjectStore):
         report.store_bytes_after = sum(size for _, _, size in store.iter_packs())
     report.seconds = _time.monotonic() - t0

@@ -31,7 +31,7 @@ from vers.errors import BadInput, RefConflict
 from vers.history import walk
 from vers.objects.model import KIND_COMMIT, Commit, hash_bytes
 from vers.objects.store import ObjectStore
-from vers.refs.container import HEAD, SYMREF_PREFIX, RefsContainer
+from vers.refs.container import HEAD, SYMREF_PREFIX, RefsContainer, ReflogEntry
 
 _DURATION_PART = re.compile(r"(\d+)([smhdwy])")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
@@ -290,18 +290,19 @@ def _map_reflog(
 ) -> int:
     """Entries that moved a ref *to* a dropped commit go; an entry moving *from* one now reads
     as moving from its nearest kept ancestor. Everything else names the twin."""
-    entries = refs._reflog_entries(name)  # oldest first; no public rewrite yet
-    out = []
-    for e in entries:
-        if e.new in nearest:
-            continue
-        old = e.old
-        if old in nearest:
-            old = nearest[old][0] if nearest[old] else None
-        elif old is not None:
-            old = twins.get(old, old)
-        new = twins.get(e.new, e.new) if e.new else e.new
-        out.append(type(e)(old, new, e.time, e.who, e.message))
-    if out != entries:
-        refs._rewrite_reflog(name, out)
-    return len(entries) - len(out)
+
+    def edit(entries: list[ReflogEntry]) -> list[ReflogEntry]:
+        out = []
+        for e in entries:
+            if e.new in nearest:
+                continue
+            old = e.old
+            if old in nearest:
+                old = nearest[old][0] if nearest[old] else None
+            elif old is not None:
+                old = twins.get(old, old)
+            new = twins.get(e.new, e.new) if e.new else e.new
+            out.append(type(e)(old, new, e.time, e.who, e.message))
+        return out
+
+    return refs.rewrite_reflog(name, edit)

@@ -108,7 +108,9 @@ class RefsContainer(ABC):
         """Oldest first."""
 
     @abstractmethod
-    def _rewrite_reflog(self, name: str, entries: list[ReflogEntry]) -> None: ...
+    def rewrite_reflog(self, name: str, edit: Callable[[list[ReflogEntry]], list[ReflogEntry]]) -> int:
+        """Replace ``name``'s reflog (oldest first) by ``edit(entries)`` atomically, so an entry
+        appended meanwhile is never lost; returns how many entries were removed."""
 
     @abstractmethod
     def reflog_names(self) -> list[str]: ...
@@ -215,12 +217,12 @@ class RefsContainer(ABC):
 
     def expire_reflog(self, name: str, keep: Callable[[int, ReflogEntry], bool]) -> int:
         """Drop the entries for which ``keep(age_rank, entry)`` is false (0 = newest)."""
-        entries = self._reflog_entries(name)
-        newest_first = list(reversed(entries))
-        kept = [e for i, e in enumerate(newest_first) if keep(i, e)]
-        if len(kept) != len(entries):
-            self._rewrite_reflog(name, list(reversed(kept)))
-        return len(entries) - len(kept)
+
+        def edit(entries: list[ReflogEntry]) -> list[ReflogEntry]:
+            n = len(entries)
+            return [e for i, e in enumerate(entries) if keep(n - 1 - i, e)]
+
+        return self.rewrite_reflog(name, edit)
 
 
 class DictRefsContainer(RefsContainer):
@@ -261,9 +263,12 @@ class DictRefsContainer(RefsContainer):
     def _reflog_entries(self, name: str) -> list[ReflogEntry]:
         return list(self._logs.get(name, []))
 
-    def _rewrite_reflog(self, name: str, entries: list[ReflogEntry]) -> None:
+    def rewrite_reflog(self, name: str, edit: Callable[[list[ReflogEntry]], list[ReflogEntry]]) -> int:
         with self._lock:
-            self._logs[name] = list(entries)
+            entries = list(self._logs.get(name, []))
+            new = list(edit(list(entries)))
+            self._logs[name] = new
+            return len(entries) - len(new)
 
     def reflog_names(self) -> list[str]:
         return sorted(self._logs)
@@ -328,13 +333,18 @@ class LmdbRefsContainer(RefsContainer):
         with self.env.begin() as txn:
             return [ReflogEntry.from_json(v) for _, v in self._iter_log(txn, name)]
 
-    def _rewrite_reflog(self, name: str, entries: list[ReflogEntry]) -> None:
+    def rewrite_reflog(self, name: str, edit: Callable[[list[ReflogEntry]], list[ReflogEntry]]) -> int:
         prefix = name.encode() + b"\0"
         with self.env.begin(write=True) as txn:
-            for k in [k for k, _ in self._iter_log(txn, name)]:
-                txn.delete(k, db=self.log_db)
-            for seq, e in enumerate(entries):
-                txn.put(prefix + _REFLOG_KEY.pack(seq), e.to_json(), db=self.log_db)
+            old = list(self._iter_log(txn, name))
+            entries = [ReflogEntry.from_json(v) for _, v in old]
+            new = list(edit(list(entries)))
+            if new != entries:
+                for k, _ in old:
+                    txn.delete(k, db=self.log_db)
+                for seq, e in enumerate(new):
+                    txn.put(prefix + _REFLOG_KEY.pack(seq), e.to_json(), db=self.log_db)
+            return len(entries) - len(new)
 
     def reflog_names(self) -> list[str]:
         names = set()
