@@ -12,7 +12,7 @@ import time as _time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, BinaryIO, Union
+from typing import Any, BinaryIO, Union, Self
 
 from vers.errors import (
     BadInput,
@@ -90,7 +90,7 @@ class Repo:
     def close(self) -> None:
         self.store.close()
 
-    def __enter__(self) -> Repo:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -9,13 +9,13 @@ leaves either all of a batch or none of it.
 
 from __future__ import annotations
 
-import itertools
 import fcntl
+import itertools
 import os
-from contextlib import AbstractContextManager, contextmanager
 import struct
 import time
 from collections.abc import Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import lmdb

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import struct
 import threading
-from contextlib import AbstractContextManager, nullcontext
-from concurrent.futures import Future, ThreadPoolExecutor
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 import zstandard
@@ -263,7 +263,7 @@ class ObjectWriter:
         self.bytes_written = 0
         self.objects_written = 0
 
-    def __enter__(self) -> ObjectWriter:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:

@@ -31,7 +31,7 @@ from vers.errors import BadInput, RefConflict
 from vers.history import walk
 from vers.objects.model import KIND_COMMIT, Commit, hash_bytes
 from vers.objects.store import ObjectStore
-from vers.refs.container import HEAD, SYMREF_PREFIX, RefsContainer, ReflogEntry
+from vers.refs.container import HEAD, SYMREF_PREFIX, ReflogEntry, RefsContainer
 
 _DURATION_PART = re.compile(r"(\d+)([smhdwy])")
 _UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
