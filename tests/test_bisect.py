@@ -260,3 +260,23 @@ def test_cli_round_trip(hist: tuple[Repo, list[str]]) -> None:
     assert vers("bisect", "view").stdout.startswith(ids[1][:12])
     assert vers("bisect", "reset").returncode == 0
     assert vers("bisect", "start", "nope").returncode != 0
+
+
+def test_without_fuse_falls_back_to_export(hist: tuple[Repo, list[str]], tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """No fusermount3 on PATH (as on a machine without FUSE): said on stderr, export instead."""
+    repo, ids = hist
+    script = tmp_path / "p.sh"
+    script.write_text('#!/bin/sh\nPATH=/usr/bin:/bin\n'
+                      'n=$(head -c 12 "$VERS_MOUNT/disk" | tr -d "\\000" | cut -d" " -f2)\n'
+                      '[ "$n" -ge 12 ] && exit 1; exit 0\n')
+    script.chmod(0o755)
+    empty = tmp_path / "empty-bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    said: list[str] = []
+    bs.start(repo, ids[-1], [ids[0]])
+    result = run(repo, [str(script)], mode="mount", say=said.append)
+    assert result.mode == "export"
+    assert any("exporting each candidate" in m for m in said)
+    assert result.decision is not None and result.decision.commit == ids[12]
