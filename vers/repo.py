@@ -12,7 +12,7 @@ import time as _time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, BinaryIO, Union, Self
+from typing import Any, BinaryIO, Self, Union
 
 from vers.errors import (
     BadInput,
