@@ -278,7 +278,7 @@ def _open_source(stack: ExitStack, name: str, src: ImageSource) -> tuple[BinaryI
             st = os.stat(path)
             if stat.S_ISDIR(st.st_mode):
                 raise BadInput(f"{name} image {path} is a directory")
-            f = stack.enter_context(open(path, "rb"))
+            f = stack.enter_context(open(path, "rb"))  # noqa: SIM115 - closed by the ExitStack
         except FileNotFoundError as exc:
             raise BadInput(f"{name} image {path}: no such file") from exc
         except PermissionError as exc:
