@@ -47,8 +47,17 @@ class BisectGroup(click.Group):
         return super().resolve_command(ctx, args)
 
 
+_HELP = {
+    "good": "Mark REVs (default: the commit under test) as good, the state before the change.",
+    "bad": "Mark REV (default: the commit under test) as bad, the state after the change.",
+    "old": "Like good, for a session with the terms old/new.",
+    "new": "Like bad, for a session with the terms old/new.",
+    "skip": "Mark REVs or ranges A..B (default: the commit under test) as untestable.",
+}
+
+
 def _term_command(word: str) -> click.Command:
-    @click.command(word, help=f"Mark commits as '{word}' (a term of this bisect session).")
+    @click.command(word, help=_HELP.get(word, f"Mark commits as '{word}' (a custom term)."))
     @click.argument("revs", nargs=-1)
     def cmd(revs: tuple[str, ...]) -> None:
         repo = open_repo()
