@@ -66,19 +66,28 @@ class TreeReader:
         end = min(PAGE_SIZE, self.tree.size - page * PAGE_SIZE)
         return data[:end] if end < len(data) else data
 
+    def page_ids(self, first: int, last: int) -> list[bytes]:
+        """IDs of pages ``first..last`` (inclusive), one leaf lookup per 256 pages."""
+        oids: list[bytes] = []
+        page = first
+        while page <= last:
+            leaf = page // FANOUT
+            entries = self.node_at(1, leaf)
+            end = min(last + 1, (leaf + 1) * FANOUT)
+            j0, j1 = page % FANOUT, (end - 1) % FANOUT + 1
+            oids += [entries[j * ID_LEN : (j + 1) * ID_LEN] for j in range(j0, j1)]
+            page = end
+        return oids
+
     def pread(self, offset: int, length: int) -> bytes:
         size = self.tree.size
         if offset >= size or length <= 0:
             return b""
         length = min(length, size - offset)
-        out = bytearray()
-        pos = offset
-        while pos < offset + length:
-            page, within = divmod(pos, PAGE_SIZE)
-            n = min(PAGE_SIZE - within, offset + length - pos)
-            out += self.read_page(page)[within : within + n]
-            pos += n
-        return bytes(out)
+        first, last = offset // PAGE_SIZE, (offset + length - 1) // PAGE_SIZE
+        data = b"".join(self.store.get_pages(self.page_ids(first, last)))
+        skip = offset - first * PAGE_SIZE
+        return data[skip : skip + length]
 
     def iter_page_ids(self, start: int = 0) -> Iterator[tuple[int, bytes]]:
         for leaf in range(start // FANOUT, -(-self.tree.num_pages // FANOUT)):
@@ -335,18 +344,22 @@ class ImageFile(io.RawIOBase):
 def write_image(store: ObjectStore, tree: Tree, out: BinaryIO) -> None:
     """Write an image to a file, seeking over zero pages so the result is sparse."""
     reader = TreeReader(store, tree)
-    fd_size = tree.size
-    pos = 0
-    for page, oid in reader.iter_page_ids():
-        if oid == ZERO_ID:
-            continue
-        off = page * PAGE_SIZE
-        if off != pos:
-            out.seek(off)
-        data = store.get_page(oid)[: fd_size - off]
-        out.write(data)
-        pos = off + len(data)
-    out.truncate(fd_size)
+    size = tree.size
+    step = 16 * FANOUT  # 16 MiB of pages per batch
+    for first in range(0, tree.num_pages, step):
+        last = min(first + step, tree.num_pages) - 1
+        oids = reader.page_ids(first, last)
+        pages = store.get_pages(oids)
+        run_start = None
+        for k, oid in enumerate([*oids, ZERO_ID]):
+            if oid != ZERO_ID and run_start is None:
+                run_start = k
+            elif oid == ZERO_ID and run_start is not None:
+                off = (first + run_start) * PAGE_SIZE
+                out.seek(off)
+                out.write(b"".join(pages[run_start:k])[: size - off])
+                run_start = None
+    out.truncate(size)
     end = out.seek(0, os.SEEK_END)
-    if end < fd_size:  # in-memory files do not grow on truncate
-        out.write(bytes(fd_size - end))
+    if end < size:  # in-memory files do not grow on truncate
+        out.write(bytes(size - end))

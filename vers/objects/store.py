@@ -153,6 +153,16 @@ class ObjectStore(ABC):
         for oid in oids:
             yield oid, self.get_record(oid)
 
+    def get_pages(self, oids: list[bytes]) -> list[bytes]:
+        """Many pages at once, each re-hashed; zero IDs cost no lookup. Readers of ranges (export,
+        FUSE, mounts) use this so a backend can serve a whole request in one transaction."""
+        out = [ZERO_PAGE] * len(oids)
+        wanted = [(i, o) for i, o in enumerate(oids) if o != ZERO_ID]
+        records = self.get_records(o for _, o in wanted)
+        for (i, _), (oid, rec) in zip(wanted, records):
+            out[i] = self.decode_record(oid, rec)
+        return out
+
     def get_bytes(self, oid: bytes) -> bytes:
         """Canonical bytes of an object, re-hashed against its ID."""
         data, _kind = self._load(oid)
