@@ -205,6 +205,8 @@ class ShmMemoryBacking(MemoryBacking):
 
     kind = "shm"
     opens_before_fork_end = True
+    #: commit and branch by QEMU live migration (livecopy.py) instead of comparing inside the pause
+    live_capture = True
 
     @classmethod
     def create(cls, vm_id: str, size: int, source: Any = None,
@@ -243,8 +245,23 @@ class ShmMemoryBacking(MemoryBacking):
         copy_pages(self.path, self.ref, dirty)
         return self.ref, dirty
 
+    def adopt_capture(self, capture: Path) -> list[int] | None:
+        """A RAM image captured elsewhere (live migration's shadow): the pages where it differs
+        from the reference, or None when the reference is not trusted. The guest runs meanwhile."""
+        self._state["pending"] = str(capture)
+        if not self._state.get("ref_valid") or not self.ref.exists():
+            return None
+        return changed_pages(capture, self.ref, self.size)
+
     def commit_done(self, ok: bool) -> None:
-        self._state["ref_valid"] = ok
+        pending = self._state.pop("pending", None)
+        if pending is None:
+            self._state["ref_valid"] = ok
+        elif ok:  # the capture is the new base commit's image: it becomes the reference
+            os.replace(pending, self.ref)
+            self._state["ref_valid"] = True
+        else:  # the reference still equals the (unchanged) base commit
+            Path(pending).unlink(missing_ok=True)
 
     def fork_begin(self, vm_id: str) -> ShmMemoryBacking:
         base = self.path.parent

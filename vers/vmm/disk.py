@@ -174,12 +174,18 @@ def export_base(repo: Any, commit: str, image: str, layers: Path) -> Path:
     return path
 
 
-def gc_layers(layers: Path, in_use: set[str]) -> list[Path]:
-    """Delete layer files that no VM chain mentions (exported bases are kept as a cache)."""
+def gc_layers(layers: Path, in_use: set[str], live_vms: set[str]) -> list[Path]:
+    """Delete layer files that no VM record mentions and whose creator VM is gone.
+
+    A layer is named after the VM that made it; while that VM lives, its unrecorded layers may be
+    in flight (a new top QEMU switched to a moment before the record is saved), so they stay.
+    Exported commit bases (.raw) are kept as a cache."""
     removed: list[Path] = []
     if not layers.is_dir():
         return removed
     for p in layers.iterdir():
+        if p.name.split("-", 1)[0] in live_vms:
+            continue
         if p.suffix == ".qcow2" and str(p) not in in_use:
             p.unlink(missing_ok=True)
             removed.append(p)

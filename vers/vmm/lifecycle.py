@@ -436,9 +436,10 @@ def _remove(reg: VMRegistry, rec: VMRecord) -> None:
         reg.set_current(None)
     shutil.rmtree(rec.vm_dir, ignore_errors=True)
     in_use: set[str] = set()
-    for r in reg.all():
+    records = reg.all()
+    for r in records:
         in_use |= disk_mod.layers_in_use(r.disks)
-    disk_mod.gc_layers(reg.layers, in_use)
+    disk_mod.gc_layers(reg.layers, in_use, {r.id for r in records})
 
 
 def refresh_spares(reg: VMRegistry, rec: VMRecord) -> None:

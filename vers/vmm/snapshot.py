@@ -33,6 +33,7 @@ from vers.vmm.lifecycle import (
     spawn_machine,
     spawn_process,
 )
+from vers.vmm.lifecycle import vm_state as lifecycle_state
 from vers.vmm.machine import MachineSpec, pid_alive
 from vers.vmm.qmp import QMPClient
 from vers.vmm.state import VMRecord, VMRegistry
@@ -91,6 +92,26 @@ def freeze_disks(qmp: QMPClient, rec: VMRecord, new_tops: dict[str, Path]) -> di
     return frozen
 
 
+def use_live_capture(backing: Any, commit: bool = False) -> bool:
+    """Branch (one child) by live migration where the backing asks for it ($VERS_LIVE_COPY=0:
+    off); commits only with $VERS_LIVE_COMMIT=1 (see livecopy.save_target_devstate)."""
+    if not getattr(type(backing), "live_capture", False):
+        return False
+    if os.environ.get("VERS_LIVE_COPY", "1") == "0":
+        return False
+    return not commit or os.environ.get("VERS_LIVE_COMMIT") == "1"
+
+
+def _after_failure(reg: VMRegistry, rec: VMRecord, new_tops: dict[str, Path]) -> None:
+    """A failed commit/branch: if QEMU already switched to the new tops, the record must say so;
+    if not, the prepared files are garbage."""
+    in_chain = {p for d in rec.disks.values() for p in d["chain"]}
+    if any(str(t) in in_chain for t in new_tops.values()):
+        reg.save(rec)
+    else:
+        _drop(new_tops.values())
+
+
 def _drop(paths: Any) -> None:
     for p in paths:
         Path(p).unlink(missing_ok=True)
@@ -112,34 +133,51 @@ def commit_vm(repo: Any, key: str | None, message: str = "", stay_paused: bool =
         try:
             with qmp_for(rec, timeout=60.0) as q:
                 was_running = q.command("query-status")["status"] == "running"
-                prepare_devstate(q, devstate)
-                t0 = t_stop = time.perf_counter()
-                q.command("stop")
-                t0 = tm.mark("stop", t0)
-                try:
-                    frozen = freeze_disks(q, rec, new_tops)
-                    reg.save(rec)  # the new tops are QEMU's now, whatever happens next
-                    t0 = tm.mark("freeze_disks", t0)
-                    mem_image, mem_dirty = backing.capture()
-                    rec.memory = backing.state()
-                    reg.save(rec)
-                    t0 = tm.mark("capture_memory", t0)
-                    save_devstate(q, devstate)
-                    t0 = tm.mark("devstate", t0)
-                finally:
-                    if was_running and not stay_paused:
-                        q.command("cont")
-                        t0 = tm.mark("cont", t0)
-                tm.pause = round((time.perf_counter() - t_stop) * 1000, 2)
+                resume = was_running and not stay_paused
+                if use_live_capture(backing, commit=True) and was_running:
+                    from vers.vmm.livecopy import commit_capture
+
+                    frozen, mem_image, mem_dirty = commit_capture(
+                        reg, rec, backing, new_tops, devstate, q, resume, tm)  # type: ignore[arg-type]
+                else:
+                    frozen, mem_image, mem_dirty = _capture_stopped(
+                        reg, rec, backing, new_tops, devstate, q, resume, tm)
+                rec.memory = backing.state()
+                reg.save(rec)
         except BaseException:
-            if not frozen:
-                _drop(new_tops.values())
+            _after_failure(reg, rec, new_tops)
             raise
         cid = _store_commit(repo, reg, rec, backing, frozen, mem_image, mem_dirty, devstate,
                             message, tm)
         devstate.unlink(missing_ok=True)
         refresh_spares(reg, reg.resolve(rec.id))
     return cid, tm
+
+
+def _capture_stopped(reg: VMRegistry, rec: VMRecord, backing: Any, new_tops: dict[str, Path],
+                     devstate: Path, q: QMPClient, resume: bool, tm: Timings,
+                     ) -> tuple[dict[str, list[str]], Path, list[int] | None]:
+    """Stop, freeze disks, let the backing capture RAM, save device state, resume."""
+    prepare_devstate(q, devstate)
+    t0 = t_stop = time.perf_counter()
+    q.command("stop")
+    t0 = tm.mark("stop", t0)
+    try:
+        frozen = freeze_disks(q, rec, new_tops)
+        reg.save(rec)  # the new tops are QEMU's now, whatever happens next
+        t0 = tm.mark("freeze_disks", t0)
+        mem_image, mem_dirty = backing.capture()
+        rec.memory = backing.state()
+        reg.save(rec)
+        t0 = tm.mark("capture_memory", t0)
+        save_devstate(q, devstate)
+        t0 = tm.mark("devstate", t0)
+    finally:
+        if resume:
+            q.command("cont")
+            t0 = tm.mark("cont", t0)
+    tm.pause = round((time.perf_counter() - t_stop) * 1000, 2)
+    return frozen, mem_image, mem_dirty
 
 
 def _store_commit(repo: Any, reg: VMRegistry, rec: VMRecord, backing: Any,
@@ -229,6 +267,8 @@ def branch_vm(repo: Any, key: str | None, count: int = 1, name: str | None = Non
     with reg.lock(parent):
         parent = reg.resolve(parent.id)
         backing = load_backing(parent.memory)
+        if count == 1 and use_live_capture(backing) and lifecycle_state(parent) == "running":
+            return _branch_live(reg, parent, backing, names, tm), tm
         backing.warm_up()
         spec = MachineSpec.from_dict(parent.spec)
         devstate = parent.dir / f"branch-{os.getpid()}.devstate"
@@ -308,6 +348,32 @@ def branch_vm(repo: Any, key: str | None, count: int = 1, name: str | None = Non
     if not pid_alive(parent.pid, parent.id):
         raise VMError(f"parent VM {parent.id} died during the branch")
     return children, tm
+
+
+def _branch_live(reg: VMRegistry, parent: VMRecord, backing: Any, names: list[str | None],
+                 tm: Timings) -> list[VMRecord]:
+    from vers.vmm.livecopy import branch_children
+
+    t_begin = time.perf_counter()
+    new_tops = prepare_freeze(reg, parent)
+    try:
+        with qmp_for(parent, timeout=60.0) as q:
+            children = branch_children(reg, parent, backing, names, q, new_tops, True, tm)
+    except BaseException:
+        _after_failure(reg, parent, new_tops)
+        raise
+    reg.save(parent)
+    tm.extra["child_ready_ms"] = round((time.perf_counter() - t_begin) * 1000, 2)
+    for c in children:  # off the critical path: give each child our reference, and spares
+        c = reg.resolve(c.id)
+        mem = load_backing(c.memory)
+        backing.fork_reference(mem)
+        c.memory = mem.state()
+        refresh_spares(reg, c)
+    refresh_spares(reg, reg.resolve(parent.id))
+    if not pid_alive(parent.pid, parent.id):
+        raise VMError(f"parent VM {parent.id} died during the branch")
+    return children
 
 
 def branch_commit(repo: Any, rev: str, count: int = 1, name: str | None = None,
