@@ -28,7 +28,6 @@ import pyfuse3
 import trio
 
 from vers.fuse.overlay import OverlayImage
-from vers.fuse.pageread import FastImageReader
 
 log = logging.getLogger("vers.fuse.backing")
 
@@ -264,8 +263,8 @@ class BackingOperations(pyfuse3.Operations):
             from vers.objects.imagetree import ImageFile
 
             tree = repo.store.get_tree(bytes.fromhex(base["tree"]))
-            return FastImageReader(ImageFile(repo.store, tree, base.get("image", "")))
-        return FastImageReader(repo.open_image(base["commit"], base.get("image", "memory")))
+            return ImageFile(repo.store, tree, base.get("image", ""))
+        return repo.open_image(base["commit"], base.get("image", "memory"))
 
     def control(self, req: dict[str, Any]) -> dict[str, Any]:
         """One control request -> one reply. Plain function: tested without sockets."""

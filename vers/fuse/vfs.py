@@ -21,7 +21,7 @@ Why these choices:
 * ``commits/`` lists only the commits reachable from refs and HEAD (a walk of parents, cached per set
   of ref tips), but *looking up* any full commit ID works, so a mount never has to enumerate the store.
 * Times are the commit's time, so two mounts of the same history give byte- and stat-identical trees.
-* Image reads go through ``repo.open_image(...)`` (batched per request by ``pageread``): only the
+* Image reads go through ``repo.open_image(...)`` (batched per request by the core's ``store.get_pages``): only the
   pages a read touches are fetched, and all-zero pages are answered without a store lookup.
 """
 
@@ -38,7 +38,6 @@ from typing import Any, Protocol
 from blake3 import blake3
 
 from vers.errors import BadRevision
-from vers.fuse.pageread import FastImageReader
 
 ROOT_INODE = 1
 _FULL_ID_LEN = 64
@@ -137,7 +136,7 @@ class RepoView:
         if reader is None:
             if name not in self.commit(cid).images:
                 raise KeyError(name)
-            reader = FastImageReader(self.repo.open_image(cid, name))
+            reader = self.repo.open_image(cid, name)
             self._readers[key] = reader
             if len(self._readers) > _OPEN_IMAGE_CACHE:
                 _, old = self._readers.popitem(last=False)
