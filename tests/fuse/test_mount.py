@@ -162,8 +162,16 @@ def test_cli_mount_umount_and_errors(history: History) -> None:
         assert r.returncode == 0, r.stderr
     r = vers("umount", str(point), cwd=history.repo.root)
     assert r.returncode != 0 and "not mounted" in r.stderr
-    r = vers("mount", str(history.dir / "missing"), cwd=history.repo.root)
-    assert r.returncode != 0 and "not a directory" in r.stderr
+    (history.dir / "a-file").write_text("x")
+    r = vers("mount", str(history.dir / "a-file"), cwd=history.repo.root)
+    assert r.returncode != 0 and "is a file" in r.stderr
+    missing = history.dir / "missing" / "deeper"
+    r = vers("mount", str(missing), cwd=history.repo.root)
+    try:
+        assert r.returncode == 0, r.stderr
+        assert (missing / "HEAD" / "meta.json").exists()
+    finally:
+        assert vers("umount", str(missing), cwd=history.repo.root).returncode == 0
 
 
 def test_umount_of_a_stopped_daemon_does_not_hang(history: History) -> None:

@@ -123,6 +123,11 @@ def prepare_mountpoint(mountpoint: str | os.PathLike[str]) -> Path:
     clean_stale(mnt)
     if is_mounted(mnt):
         raise FuseError(f"{mnt} is already a mount point (run 'vers umount {mnt}' first)")
+    if not mnt.exists() and not mnt.is_symlink():
+        try:
+            mnt.mkdir(parents=True)  # like `git clone DIR`: a missing directory is made
+        except OSError as exc:
+            raise FuseError(f"cannot create mount point {mnt}: {exc.strerror}") from exc
     if not mnt.is_dir():
         raise FuseError(f"mount point {mnt} is not a directory")
     return mnt.resolve()
