@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import statistics
 import sys
@@ -165,27 +166,33 @@ def bench_one(size: int, backing: str, repeat: int, work: Path) -> dict[str, Any
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default="256M,2G")
-    ap.add_argument("--backings", default="shm,fuse")
+    ap.add_argument("--backings", default="shm,fuse",
+                    help="comma list; shm+livecommit = shm with $VERS_LIVE_COMMIT=1")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--json", action="store_true", help="print raw results as JSON too")
     args = ap.parse_args()
     results = []
     with tempfile.TemporaryDirectory(prefix="vers-bench-vm-") as tmp:
         for backing in args.backings.split(","):
+            os.environ.pop("VERS_LIVE_COMMIT", None)
+            if backing.endswith("+livecommit"):  # experimental: commit through a shadow QEMU
+                os.environ["VERS_LIVE_COMMIT"] = "1"
             try:
-                backing_class(backing)
+                backing_class(backing.split("+")[0])
             except Exception as exc:  # noqa: BLE001 - report and go on with the others
                 print(f"skipping backing {backing}: {exc}", file=sys.stderr)
                 continue
             for s in args.sizes.split(","):
                 print(f"... {backing} {s}", file=sys.stderr)
-                results.append(bench_one(parse_size(s), backing, args.repeat, Path(tmp)))
-    hdr = (f"{'backing':<7} {'RAM':>6} {'commit pause':>12} {'QEMU migrate':>12} {'ratio':>6}"
+                res = bench_one(parse_size(s), backing.split("+")[0], args.repeat, Path(tmp))
+                res["backing"] = backing
+                results.append(res)
+    hdr = (f"{'backing':<16} {'RAM':>6} {'commit pause':>12} {'QEMU migrate':>12} {'ratio':>6}"
            f" {'branch pause':>12} {'child ready':>11} {'bare start':>10} {'ratio':>6}"
            f" {'dirty KiB':>9} {'growth KiB':>10} {'ratio':>6}")
     print(hdr)
     for r in results:
-        print(f"{r['backing']:<7} {r['size_mib']:>5}M {r['commit_pause_ms']:>10.1f}ms"
+        print(f"{r['backing']:<16} {r['size_mib']:>5}M {r['commit_pause_ms']:>10.1f}ms"
               f" {r['qemu_full_migrate_pause_ms']:>10.1f}ms"
               f" {r['ratio_commit_pause_vs_qemu_migrate']:>6.3f}"
               f" {r['branch_pause_ms']:>10.1f}ms {r['branch_child_ready_ms']:>9.1f}ms"

@@ -108,7 +108,7 @@ def finish_restore(qmp: QMPClient, rec: VMRecord, devstate: Path, paused: bool =
     try:
         load_devstate(qmp, devstate)
         if not paused:
-            qmp.command("cont")
+            qmp.cont()
     except VMError as exc:
         kill_pid(rec.pid)
         raise launch_error(f"restoring device state failed: {exc}", rec.dir) from exc
@@ -352,7 +352,7 @@ def pause_vm(repo: Any, key: str | None) -> VMRecord:
 def resume_vm(repo: Any, key: str | None) -> VMRecord:
     rec = registry(repo).resolve(key)
     with qmp_for(rec) as q:
-        q.command("cont")
+        q.cont()
     return rec
 
 

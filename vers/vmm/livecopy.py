@@ -122,7 +122,7 @@ def _switchover(q: QMPClient, parent: VMRecord, new_tops: dict[str, Path],
     info = q.wait_migration(timeout=60)
     t_done = time.perf_counter()
     if resume:
-        q.command("cont")
+        q.cont()
     t_cont = time.perf_counter()
     tm.phases["switchover"] = round((t_done - t_pre) * 1000, 2)
     tm.phases["cont"] = round((t_cont - t_done) * 1000, 2)
@@ -208,7 +208,7 @@ def branch_children(reg: VMRegistry, parent: VMRecord, backing: ShmMemoryBacking
                     with connect_machine(c, incoming=True) as cq:
                         finish_restore(cq, c, devstate)
                 devstate.unlink(missing_ok=True)
-            fq.command("cont")
+            fq.cont()
             tm.extra["child_ready_after_resume_ms"] = round(
                 (time.perf_counter() - t_resumed) * 1000, 2)
     except BaseException:

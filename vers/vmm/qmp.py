@@ -120,6 +120,19 @@ class QMPClient:
                 raise QMPError(f"QEMU refused getfd: {resp['error'].get('desc')}")
             return
 
+    def cont(self, timeout: float = 5.0) -> None:
+        """``cont`` that waits out the moment after a migration reports "completed" but before
+        QEMU has finished cleaning it up ("Migration is not finalized yet")."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.command("cont")
+                return
+            except QMPError as exc:
+                if "not finalized" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.0005)
+
     def wait_migration(self, timeout: float = 60.0) -> dict[str, Any]:
         """Poll query-migrate until it completes; a failed migration raises."""
         deadline = time.monotonic() + timeout

@@ -174,7 +174,7 @@ def _capture_stopped(reg: VMRegistry, rec: VMRecord, backing: Any, new_tops: dic
         t0 = tm.mark("devstate", t0)
     finally:
         if resume:
-            q.command("cont")
+            q.cont()
             t0 = tm.mark("cont", t0)
     tm.pause = round((time.perf_counter() - t_stop) * 1000, 2)
     return frozen, mem_image, mem_dirty
@@ -317,7 +317,7 @@ def branch_vm(repo: Any, key: str | None, count: int = 1, name: str | None = Non
                     t0 = tm.mark("devstate", t0)
                 finally:
                     if was_running:
-                        q.command("cont")
+                        q.cont()
                 t_cont = time.perf_counter()
                 tm.phases["cont"] = round((t_cont - t0) * 1000, 2)
                 tm.pause = round((t_cont - t_stop) * 1000, 2)
