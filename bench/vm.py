@@ -109,7 +109,7 @@ def dirty_one_percent(rec: Any, size: int) -> None:
 
 
 def bench_one(size: int, backing: str, repeat: int, work: Path) -> dict[str, Any]:
-    repo = Repo.init(work / f"repo-{backing}-{size >> 20}M")
+    repo = Repo.init(work / f"repo-{backing}-{size >> 20}M-{os.environ.get('VERS_LIVE_COMMIT')}")
     res: dict[str, Any] = {"size_mib": size >> 20, "backing": backing}
     rec = lifecycle.run_vm(repo, lifecycle.RunOptions(memory=size, memory_backing=backing,
                                                       make_current=False))
