@@ -9,15 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from vers.testing import make_image, mutate_pages
+from vers.testing import make_image, mutate_pages, run_vers
 
 PAGE = 4096
 
 
 def vers(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, VERS_AUTHOR="Test <t@example>")
-    env.pop("VERS_DIR", None)
-    p = subprocess.run(["vers", *args], cwd=cwd, capture_output=True, text=True, env=env, timeout=120, check=False)
+    p = run_vers(cwd, *args, timeout=120)
     if check and p.returncode != 0:
         raise AssertionError(f"vers {args} failed ({p.returncode}): {p.stderr}")
     return p

@@ -7,7 +7,6 @@ Corruption is made the way it happens: a byte flipped in the store file on disk
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 import blake3
@@ -16,21 +15,10 @@ import pytest
 from vers.errors import CorruptObject
 from vers.repo import Repo
 from vers.testing import make_image
+from vers.testing import run_vers as vers
+from vers.testing import vers_ok as ok
 
 PAGE = 4096
-
-
-def vers(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, VERS_AUTHOR="Test <t@example>")
-    env.pop("VERS_DIR", None)
-    return subprocess.run(["vers", *args], cwd=cwd, capture_output=True, text=True, env=env,
-                          timeout=300, check=False)
-
-
-def ok(cwd: Path, *args: str) -> str:
-    p = vers(cwd, *args)
-    assert p.returncode == 0, f"vers {args}: {p.stderr}"
-    return p.stdout
 
 
 @pytest.fixture

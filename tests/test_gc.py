@@ -7,8 +7,6 @@ command under test always runs as a separate process, like a user runs it.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import time
 from pathlib import Path
 
@@ -16,22 +14,11 @@ import pytest
 
 from vers.repo import Repo
 from vers.testing import make_image, mutate_pages
+from vers.testing import run_vers as vers
+from vers.testing import vers_ok as ok
 
 PAGE = 4096
 HOUR = 3600
-
-
-def vers(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, VERS_AUTHOR="Test <t@example>")
-    env.pop("VERS_DIR", None)
-    return subprocess.run(["vers", *args], cwd=cwd, capture_output=True, text=True, env=env,
-                          timeout=300, check=False)
-
-
-def ok(cwd: Path, *args: str) -> str:
-    p = vers(cwd, *args)
-    assert p.returncode == 0, f"vers {args}: {p.stderr}"
-    return p.stdout
 
 
 def state(work: Path) -> bytes:

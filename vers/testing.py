@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import subprocess
 from pathlib import Path
 
 from vers.objects.model import PAGE_SIZE
@@ -35,3 +36,18 @@ def mutate_pages(data: bytearray, fraction: float, seed: int) -> list[int]:
     for p in chosen:
         data[p * PAGE_SIZE : (p + 1) * PAGE_SIZE] = rnd.randbytes(PAGE_SIZE)
     return chosen
+
+
+def run_vers(cwd: str | os.PathLike[str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run the real ``vers`` entry point as a user would, with a fixed author and no $VERS_DIR."""
+    env = dict(os.environ, VERS_AUTHOR="Test <t@example>")
+    env.pop("VERS_DIR", None)
+    return subprocess.run(["vers", *args], cwd=cwd, capture_output=True, text=True, env=env,
+                          timeout=timeout, check=False)
+
+
+def vers_ok(cwd: str | os.PathLike[str], *args: str) -> str:
+    """``run_vers`` that must succeed; returns its stdout."""
+    p = run_vers(cwd, *args)
+    assert p.returncode == 0, f"vers {args} failed ({p.returncode}): {p.stderr}"
+    return p.stdout

@@ -38,6 +38,7 @@ from typing import Any, Protocol
 from blake3 import blake3
 
 from vers.errors import BadRevision
+from vers.history import ancestors
 
 ROOT_INODE = 1
 _FULL_ID_LEN = 64
@@ -164,15 +165,7 @@ class RepoView:
         key = tuple(sorted(tips))
         if self._reachable is not None and self._reachable[0] == key:
             return self._reachable[1]
-        seen: set[str] = set()
-        stack = list(key)
-        while stack:
-            cid = stack.pop()
-            if cid in seen:
-                continue
-            seen.add(cid)
-            stack.extend(self.commit(cid).parents)
-        result = sorted(seen)
+        result = sorted(ancestors(self.commit, key))
         self._reachable = (key, result)
         return result
 
