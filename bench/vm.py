@@ -109,7 +109,7 @@ def dirty_one_percent(rec: Any, size: int) -> None:
 
 
 def bench_one(size: int, backing: str, repeat: int, work: Path) -> dict[str, Any]:
-    repo = Repo.init(work / f"repo-{backing}-{size >> 20}M-{os.environ.get('VERS_LIVE_COMMIT')}")
+    repo = Repo.init(work / f"repo-{backing}-{size >> 20}M-{os.environ.get('VERS_LIVE_COPY')}")
     res: dict[str, Any] = {"size_mib": size >> 20, "backing": backing}
     rec = lifecycle.run_vm(repo, lifecycle.RunOptions(memory=size, memory_backing=backing,
                                                       make_current=False))
@@ -167,16 +167,16 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default="256M,2G")
     ap.add_argument("--backings", default="shm,fuse",
-                    help="comma list; shm+livecommit = shm with $VERS_LIVE_COMMIT=1")
+                    help="comma list; shm+live = shm with $VERS_LIVE_COPY=1 (experimental)")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--json", action="store_true", help="print raw results as JSON too")
     args = ap.parse_args()
     results = []
     with tempfile.TemporaryDirectory(prefix="vers-bench-vm-") as tmp:
         for backing in args.backings.split(","):
-            os.environ.pop("VERS_LIVE_COMMIT", None)
-            if backing.endswith("+livecommit"):  # experimental: commit through a shadow QEMU
-                os.environ["VERS_LIVE_COMMIT"] = "1"
+            os.environ.pop("VERS_LIVE_COPY", None)
+            if backing.endswith("+live"):  # experimental: commit/branch by live migration
+                os.environ["VERS_LIVE_COPY"] = "1"
             try:
                 backing_class(backing.split("+")[0])
             except Exception as exc:  # noqa: BLE001 - report and go on with the others

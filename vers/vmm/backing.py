@@ -205,7 +205,7 @@ class ShmMemoryBacking(MemoryBacking):
 
     kind = "shm"
     opens_before_fork_end = True
-    #: commit and branch by QEMU live migration (livecopy.py) instead of comparing inside the pause
+    #: may commit and branch by QEMU live migration (livecopy.py; experimental, $VERS_LIVE_COPY=1)
     live_capture = True
 
     @classmethod

@@ -1,5 +1,10 @@
 """Commit and branch through QEMU's own live migration: short pauses without dirty tracking.
 
+EXPERIMENTAL, off unless $VERS_LIVE_COPY=1: on this machine (QEMU 7.2, TCG, microvm, share=on
+RAM) 10-20% of live-migrated guests crashed on arrival — the target logged "No irq handler for
+vector" and booted afresh — under load, in branch children and in restores of live commits alike.
+The stop-and-copy paths in snapshot.py never did. The pauses below are real, the reliability is not.
+
 The shm backing cannot know which pages the guest wrote (no soft-dirty bits on this kernel), so
 finding them means reading all of RAM — inside the pause, if done by us. QEMU's pre-copy migration
 tracks dirty pages itself, under TCG as under KVM. So the parent is live-migrated into a new QEMU
@@ -145,10 +150,8 @@ def wait_incoming(tq: QMPClient, timeout: float = 60.0) -> None:
 def save_target_devstate(tq: QMPClient, out: Path) -> None:
     """Device state of a paused target whose RAM is in its own share=on file.
 
-    Known problem: restoring device state re-saved from a freshly loaded, never-run target hung
-    the restored guest about one time in five (QEMU 7.2, TCG). QEMU refuses to migrate the source
-    again after a completed migration, so the source's own state is not available either. This is
-    why live commits are off by default ($VERS_LIVE_COMMIT=1 turns them on)."""
+    QEMU refuses to migrate the source again after a completed migration, so the source's own
+    device state at the switchover is not available; the target's is the same state."""
     from vers.vmm.snapshot import prepare_devstate, save_devstate
 
     prepare_devstate(tq, out)
@@ -199,7 +202,7 @@ def branch_children(reg: VMRegistry, parent: VMRecord, backing: ShmMemoryBacking
             reg.save(parent)
             t_resumed = time.perf_counter()
             wait_incoming(fq)
-            if len(names) > 1:  # same known problem as save_target_devstate: not used by default
+            if len(names) > 1:
                 devstate = first.dir / "branch.devstate"
                 save_target_devstate(fq, devstate)
                 for n in names[1:]:

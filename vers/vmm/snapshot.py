@@ -92,14 +92,15 @@ def freeze_disks(qmp: QMPClient, rec: VMRecord, new_tops: dict[str, Path]) -> di
     return frozen
 
 
-def use_live_capture(backing: Any, commit: bool = False) -> bool:
-    """Branch (one child) by live migration where the backing asks for it ($VERS_LIVE_COPY=0:
-    off); commits only with $VERS_LIVE_COMMIT=1 (see livecopy.save_target_devstate)."""
-    if not getattr(type(backing), "live_capture", False):
-        return False
-    if os.environ.get("VERS_LIVE_COPY", "1") == "0":
-        return False
-    return not commit or os.environ.get("VERS_LIVE_COMMIT") == "1"
+def use_live_capture(backing: Any) -> bool:
+    """Commit/branch by live migration: experimental, only with $VERS_LIVE_COPY=1.
+
+    Measured here (QEMU 7.2, TCG, microvm): pauses of ~10 ms at any RAM size, but 10-20% of the
+    live-migrated guests crashed on arrival (the target reset and booted afresh), so the default
+    is the stop-and-compare / copy path, which never did. See docs/vmm.md.
+    """
+    return bool(getattr(type(backing), "live_capture", False)) and \
+        os.environ.get("VERS_LIVE_COPY") == "1"
 
 
 def _after_failure(reg: VMRegistry, rec: VMRecord, new_tops: dict[str, Path]) -> None:
@@ -134,7 +135,7 @@ def commit_vm(repo: Any, key: str | None, message: str = "", stay_paused: bool =
             with qmp_for(rec, timeout=60.0) as q:
                 was_running = q.command("query-status")["status"] == "running"
                 resume = was_running and not stay_paused
-                if use_live_capture(backing, commit=True) and was_running:
+                if use_live_capture(backing) and was_running:
                     from vers.vmm.livecopy import commit_capture
 
                     frozen, mem_image, mem_dirty = commit_capture(
@@ -267,7 +268,7 @@ def branch_vm(repo: Any, key: str | None, count: int = 1, name: str | None = Non
     with reg.lock(parent):
         parent = reg.resolve(parent.id)
         backing = load_backing(parent.memory)
-        if count == 1 and use_live_capture(backing) and lifecycle_state(parent) == "running":
+        if use_live_capture(backing) and lifecycle_state(parent) == "running":
             return _branch_live(reg, parent, backing, names, tm), tm
         backing.warm_up()
         spec = MachineSpec.from_dict(parent.spec)
