@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from vers.repo import Repo
+from vers.testing import run_vers
 from vers.vmm import lifecycle
 from vers.vmm.agent import guest_exec
 
@@ -34,10 +35,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 def vers(cwd: Path, *args: str, check: bool = True, env: dict[str, str] | None = None,
          timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    full_env = dict(os.environ, VERS_AUTHOR="Test <t@example>", **(env or {}))
-    full_env.pop("VERS_DIR", None)
-    p = subprocess.run(["vers", *args], cwd=cwd, capture_output=True, text=True, env=full_env,
-                       timeout=timeout, check=False)
+    """The real `vers` entry point (vers.testing.run_vers), with extra environment if given."""
+    saved = {k: os.environ.get(k) for k in env or {}}
+    os.environ.update(env or {})
+    try:
+        p = run_vers(cwd, *args, timeout=timeout)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     if check and p.returncode != 0:
         raise AssertionError(f"vers {args} failed ({p.returncode}): {p.stderr}")
     return p
