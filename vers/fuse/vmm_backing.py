@@ -17,11 +17,13 @@ Registering it (the VMM owns ``vers/vmm/backing.py``)::
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
 from vers.errors import FuseError, VMError
 from vers.fuse.backing import BackingDaemon, BackingFile, base_of_image
+from vers.objects.model import PAGE_SIZE
 from vers.vmm.backing import MemoryBacking
 
 
@@ -89,3 +91,57 @@ class FuseMemoryBacking(MemoryBacking):
 
     def destroy(self) -> None:
         self.file.remove()
+
+
+DISK_BASE_PREFIX = "disk-"
+
+
+def _disk_base_name(base: dict[str, Any]) -> str:
+    from vers.objects.model import hash_bytes
+
+    repo_tag = hash_bytes(os.fsencode(base["repo"])).hex()[:8]
+    return f"{DISK_BASE_PREFIX}{repo_tag}-{base['tree'][:40]}"
+
+
+def disk_base(repo: Any, commit: str, image: str, where: Path | None = None) -> Path:
+    """A commit's disk as a lazily-read file on the backing daemon, for QEMU to use read-only
+    under a qcow2 overlay: a restore copies nothing up front, and a block is read from the store
+    only when the guest touches it. Shared by every VM of this repository restored from the same
+    disk tree."""
+    img = repo.open_image(commit, image)
+    base = base_of_image(img)
+    if base is None or img.size % PAGE_SIZE:
+        raise VMError(f"disk {image!r} of {commit[:12]} cannot be served lazily "
+                      f"(size {img.size} is not a multiple of {PAGE_SIZE})")
+    name = _disk_base_name(base)
+    daemon = BackingDaemon(where)
+    try:
+        daemon.ensure_running()
+        if name not in daemon.request("list")["files"]:
+            try:
+                BackingFile.create(daemon, name, img.size, base)
+            except FuseError as exc:
+                if "already exists" not in str(exc):  # another restore made it meanwhile
+                    raise
+    except FuseError as exc:
+        raise VMError(f"cannot serve disk {image!r} lazily: {exc}") from exc
+    return daemon.mountpoint / name
+
+
+def release_disk_bases(repo_dir: str | os.PathLike[str], in_use: set[str],
+                       where: Path | None = None) -> list[str]:
+    """Remove this repository's lazily-served disk bases that no VM's disk chain names (so an idle
+    daemon can exit). Returns the names removed."""
+    daemon = BackingDaemon(where)
+    if not daemon.alive():
+        return []
+    prefix = _disk_base_name({"repo": os.fspath(repo_dir), "tree": ""})
+    removed = []
+    try:
+        for name in daemon.request("list")["files"]:
+            if name.startswith(prefix) and str(daemon.mountpoint / name) not in in_use:
+                daemon.request("remove", name=name)
+                removed.append(name)
+    except FuseError:
+        pass  # best effort: a dead daemon holds nothing
+    return removed

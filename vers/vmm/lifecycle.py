@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -39,8 +40,34 @@ BOOT_TIMEOUT = float(os.environ.get("VERS_BOOT_TIMEOUT", "120"))
 
 
 def default_backing() -> str:
-    """Guest RAM backing when none is named: $VERS_MEMORY_BACKING, else the /dev/shm one."""
-    return os.environ.get("VERS_MEMORY_BACKING") or "shm"
+    """Guest RAM backing when none is named: $VERS_MEMORY_BACKING, else the lazily-read,
+    write-tracking FUSE file where FUSE works (restore reads no RAM up front, commit and branch
+    copy no RAM: see docs/vmm.md for the measurements), else the /dev/shm one."""
+    return os.environ.get("VERS_MEMORY_BACKING") or ("fuse" if fuse_usable() else "shm")
+
+
+def fuse_usable() -> bool:
+    if not os.path.exists("/dev/fuse") or not shutil.which("fusermount3"):
+        return False
+    try:
+        import pyfuse3  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _commit_disk_base(repo: Any, cid: str, dname: str, layers: Path, lazy: bool) -> Path:
+    """The read-only base under a restored VM's disk overlay: served lazily by the FUSE backing
+    daemon when the VM's RAM is on it anyway (a restore then copies no disk up front), else a
+    sparse export cached per commit."""
+    if lazy:
+        try:
+            from vers.fuse.vmm_backing import disk_base
+
+            return disk_base(repo, cid, dname)
+        except (ImportError, VMError) as exc:
+            print(f"vers: disk {dname} exported instead of served lazily: {exc}", file=sys.stderr)
+    return disk_mod.export_base(repo, cid, dname, layers)
 
 
 def registry(repo: Any) -> VMRegistry:
@@ -237,15 +264,16 @@ def restore_commit(repo: Any, rev: str, name: str | None = None, make_current: b
     rec = reg.create(name=name)
     try:
         rec.boot = {k: _boot_file(repo, reg, commit, k) for k in ("kernel", "initrd")}
+        backing_kind = memory_backing or default_backing()
         for dname in spec.disks:
-            base = disk_mod.export_base(repo, cid, dname, reg.layers)
+            base = _commit_disk_base(repo, cid, dname, reg.layers, backing_kind == "fuse")
             top = disk_mod.new_layer_path(reg.layers, rec.id)
             disk_mod.create_overlay(top, base)
             rec.disks[dname] = {"chain": [str(base), str(top)], "committed": 1,
                                 "size": base.stat().st_size}
         devstate = rec.dir / "restore.devstate"
         repo.export_image(cid, "devstate", devstate)
-        backing = _backing_class(memory_backing or default_backing()).create(
+        backing = _backing_class(backing_kind).create(
             rec.id, spec.memory, repo.open_image(cid, "memory"),
             Path(memory_dir) if memory_dir else None)
         rec.memory = backing.state()
@@ -440,6 +468,17 @@ def _remove(reg: VMRegistry, rec: VMRecord) -> None:
     for r in records:
         in_use |= disk_mod.layers_in_use(r.disks)
     disk_mod.gc_layers(reg.layers, in_use, {r.id for r in records})
+    if any(p.startswith("/") and "/mnt/disk-" in p for p in _chain_paths(rec)):
+        try:
+            from vers.fuse.vmm_backing import release_disk_bases
+
+            release_disk_bases(reg.root.parent, in_use)
+        except ImportError:
+            pass
+
+
+def _chain_paths(rec: VMRecord) -> list[str]:
+    return [p for d in rec.disks.values() for p in d.get("chain", [])]
 
 
 def refresh_spares(reg: VMRegistry, rec: VMRecord) -> None:
