@@ -190,9 +190,11 @@ def test_orphaned_qemu_is_listed_and_killed(vmrepo: Repo, booted: Any) -> None:
     shutil.rmtree(child.vm_dir)  # vers state gone, QEMU still running
     rows = {s.id: s for s in lifecycle.list_vms(vmrepo)}
     assert rows[child.id].state == "orphan" and rows[child.id].pid == child.pid
+    ram = load_backing(child.memory).path
     vers(vmrepo.root, "kill", child.id)
     assert not pid_alive(child.pid)
     assert child.id not in {s.id for s in lifecycle.list_vms(vmrepo)}
+    assert not ram.exists(), "the orphan's guest RAM file outlived it"
 
 
 def test_vm_killed_during_commit_leaves_no_partial_commit(vmrepo: Repo, booted: Any,

@@ -430,6 +430,7 @@ def kill_vms(repo: Any, keys: list[str]) -> list[str]:
             kill_pid(orphans[vid])
             for suffix in (".mem", ".ref"):
                 Path(f"/dev/shm/vers-{vid}{suffix}").unlink(missing_ok=True)
+            _release_orphan_fuse_memory(vid)
             shutil.rmtree(reg.root / vid, ignore_errors=True)
         else:
             with reg.lock(rec, timeout=30):
@@ -474,6 +475,21 @@ def _remove(reg: VMRegistry, rec: VMRecord) -> None:
 
             release_disk_bases(reg.root.parent, in_use)
         except ImportError:
+            pass
+
+
+def _release_orphan_fuse_memory(vid: str) -> None:
+    """An orphan's record is gone, so its backing is unknown: drop the FUSE backing daemon's file
+    of that VM by its conventional name, if the daemon runs at all."""
+    try:
+        from vers.fuse.backing import BackingDaemon
+    except ImportError:
+        return
+    daemon = BackingDaemon()
+    if daemon.alive():
+        try:
+            daemon.request("remove", name=f"{vid}.memory")
+        except Exception:  # noqa: BLE001 - best effort: it may never have had one
             pass
 
 
