@@ -20,8 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from vers.objects.model import FANOUT, PAGE_SIZE  # noqa: E402
-from vers.repo import Repo  # noqa: E402
+from vers.objects.model import FANOUT, PAGE_SIZE
+from vers.repo import Repo
 
 
 def sparse_image(path: Path, size: int, seed: int) -> None:

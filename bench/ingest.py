@@ -21,8 +21,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from vers.objects.model import PAGE_SIZE  # noqa: E402
-from vers.testing import make_image, mutate_pages  # noqa: E402
+from vers.objects.model import PAGE_SIZE
+from vers.testing import make_image, mutate_pages
 
 
 def du(path: Path) -> int:

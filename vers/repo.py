@@ -272,6 +272,7 @@ class Repo:
 
 
 def _open_source(stack: ExitStack, name: str, src: ImageSource) -> tuple[BinaryIO, int]:
+    f: BinaryIO
     if isinstance(src, (str, os.PathLike)):
         path = os.fspath(src)
         try:

@@ -10,6 +10,7 @@ import click
 
 from vers.cli._group import cli, emit_json, info, open_repo
 from vers.errors import BadInput
+from vers.objects.model import Commit
 from vers.porcelain import diff as diff_mod
 from vers.porcelain import export as export_mod
 from vers.porcelain import init as init_mod
@@ -92,9 +93,9 @@ def log(rev: str, oneline: bool, graph: bool, max_count: int | None, first_paren
         return
     deco = log_mod.decorations(repo)
 
-    def render(c: object) -> str:
+    def render(c: Commit) -> str:
         fn = log_mod.format_oneline if oneline else log_mod.format_full
-        return fn(c, deco.get(c.id, []))  # type: ignore[attr-defined]
+        return fn(c, deco.get(c.id, []))
 
     if graph:
         for line in log_mod.graph_lines(commits, render):

@@ -183,7 +183,7 @@ class LmdbObjectStore(ObjectStore):
 
     def pack_objects(self, pack_no: int) -> list[bytes]:
         """IDs whose live record is in this pack (a pack may also hold dead duplicates)."""
-        out = []
+        out: list[bytes] = []
         with self.env.begin(buffers=True) as txn:
             pack = txn.get(_PACK_KEY.pack(pack_no), db=self.db["packs"])
             if pack is None:
@@ -239,9 +239,13 @@ class LmdbObjectStore(ObjectStore):
     def corrupt_for_test(self, oid: bytes, flip_at: int = 0) -> None:
         """Flip one payload byte of ``oid`` in place (tests of integrity checking only)."""
         with self.env.begin(write=True) as txn:
-            pack_no, off, _len, _k, _e, _d = _INDEX.unpack(txn.get(oid, db=self.db["index"]))
+            loc = txn.get(oid, db=self.db["index"])
+            assert loc is not None, f"no object {oid.hex()}"
+            pack_no, off, _len, _k, _e, _d = _INDEX.unpack(loc)
             key = _PACK_KEY.pack(pack_no)
-            pack = bytearray(txn.get(key, db=self.db["packs"]))
+            stored = txn.get(key, db=self.db["packs"])
+            assert stored is not None
+            pack = bytearray(stored)
             pack[off + flip_at] ^= 0xFF
             txn.put(key, bytes(pack), db=self.db["packs"])
 

@@ -325,9 +325,10 @@ class LmdbRefsContainer(RefsContainer):
         cur = txn.cursor(db=self.log_db)
         if cur.set_range(prefix):
             for k, v in cur:
-                if not k.startswith(prefix):
+                key = bytes(k)
+                if not key.startswith(prefix):
                     break
-                yield k, v
+                yield key, bytes(v)
 
     def _reflog_entries(self, name: str) -> list[ReflogEntry]:
         with self.env.begin() as txn:

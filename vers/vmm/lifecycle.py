@@ -489,7 +489,7 @@ def _release_orphan_fuse_memory(vid: str) -> None:
     if daemon.alive():
         try:
             daemon.request("remove", name=f"{vid}.memory")
-        except Exception:  # noqa: BLE001 - best effort: it may never have had one
+        except Exception:  # noqa: BLE001, S110 - best effort: it may never have had one
             pass
 
 
