@@ -146,3 +146,12 @@ def test_ambiguous_prefix_detected_by_construction(repo: Repo, tmp_path: Path) -
             return
         seen[cid[:4]] = cid
     pytest.fail("no colliding prefix found")
+
+
+def test_detaching_head_logs_the_commit_not_the_symref(refs) -> None:
+    refs.set_symbolic_ref("HEAD", "refs/heads/main")
+    refs.set_ref("HEAD", A, message="one")
+    refs.set_ref("HEAD", B, follow=False, message="detach")
+    assert refs.read_ref("HEAD") == B and refs.read_ref("refs/heads/main") == A
+    e = refs.reflog("HEAD")[0]
+    assert (e.old, e.new) == (A, B)

@@ -172,7 +172,9 @@ class RefsContainer(ABC):
                 )
             target = check_ref_name(chain[-1])
             txn.put(target, new)
-            entry = ReflogEntry(value, new, int(time.time()), who, message)
+            # Reflogs hold commit IDs only: a symbolic ref replaced without following it (HEAD
+            # detached from a branch) is logged as the commit it pointed at.
+            entry = ReflogEntry(self._resolve_in(txn, value), new, int(time.time()), who, message)
             for ref in chain:
                 txn.log(ref, entry)
 
