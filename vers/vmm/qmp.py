@@ -1,19 +1,30 @@
-"""A small synchronous QMP client with a timeout on every step.
+"""A synchronous face on the QEMU project's own QMP client (``qemu.qmp``), with a timeout on every
+step.
 
-vers talks to QEMU from short-lived CLI processes: connect, issue a few commands, disconnect. A
-blocking socket with a deadline is all that needs; it keeps the latency we measure (commit and
-branch pause times) free of an event loop's scheduling, and every hang becomes a VMError that names
-the command instead of a stuck process.
+vers talks to QEMU from short-lived CLI processes: connect, issue a few commands, disconnect. The
+protocol (greeting, capabilities negotiation, framing, events, SCM_RIGHTS fd passing) is
+``qemu.qmp``'s; this module only runs its coroutines on a private event loop with a deadline each,
+so that every hang becomes a VMError naming the command instead of a stuck process, and keeps the
+few helpers the driver needs (``cont`` that waits out migration clean-up, ``wait_migration``).
 """
 
 from __future__ import annotations
 
-import json
-import socket
+import asyncio
+import logging
 import time
-from typing import Any, Self
+from collections.abc import Coroutine
+from typing import Any, Self, TypeVar
+
+from qemu.qmp import ExecuteError
+from qemu.qmp import QMPClient as _AsyncQMPClient
+from qemu.qmp import QMPError as _LibQMPError
 
 from vers.errors import VMError
+
+T = TypeVar("T")
+# qemu.qmp logs every disconnect of a killed QEMU at ERROR level; vers reports those itself.
+logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)
 
 
 class QMPError(VMError):
@@ -24,37 +35,46 @@ class QMPClient:
     def __init__(self, path: str, timeout: float = 10.0) -> None:
         self.path = path
         self.timeout = timeout
-        self._sock: socket.socket | None = None
-        self._buf = b""
-        self.events: list[dict[str, Any]] = []
+        self._loop = asyncio.new_event_loop()
+        self._qmp: _AsyncQMPClient | None = None
+
+    def _run(self, coro: Coroutine[Any, Any, T], what: str) -> T:
+        try:
+            return self._loop.run_until_complete(asyncio.wait_for(coro, self.timeout))
+        except TimeoutError as exc:
+            raise VMError(f"QMP on {self.path} did not answer {what} within {self.timeout}s") from exc
+        except ExecuteError as exc:
+            raise QMPError(f"QEMU refused {what}: {exc}") from exc
+        except (_LibQMPError, OSError, EOFError) as exc:
+            raise VMError(f"QMP {what} on {self.path} failed: {exc}") from exc
 
     def connect(self, wait: float = 0.0, alive: Any = None) -> QMPClient:
         """Connect and negotiate; retry for up to ``wait`` seconds while ``alive()`` holds."""
         deadline = time.monotonic() + wait
         while True:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.settimeout(self.timeout)
+            qmp = _AsyncQMPClient()
             try:
-                sock.connect(self.path)
+                self._run(qmp.connect(self.path), "connect")
                 break
-            except OSError as exc:
-                sock.close()
+            except VMError as exc:
+                self._run(qmp.disconnect(), "disconnect")
                 if time.monotonic() >= deadline or (alive is not None and not alive()):
                     raise VMError(f"cannot connect to QMP socket {self.path}: {exc}") from exc
                 time.sleep(0.002)
-        self._sock = sock
-        greeting = self._read_msg()
-        if "QMP" not in greeting:
-            raise VMError(f"unexpected QMP greeting: {greeting}")
-        self.command("qmp_capabilities")
+        self._qmp = qmp
         return self
 
     def close(self) -> None:
-        if self._sock is not None:
-            try:
-                self._sock.close()
-            finally:
-                self._sock = None
+        try:
+            if self._qmp is not None:
+                try:
+                    self._run(self._qmp.disconnect(), "disconnect")
+                except VMError:
+                    pass  # QEMU already gone: nothing to hang up
+                self._qmp = None
+        finally:
+            if not self._loop.is_closed():
+                self._loop.close()
 
     def __enter__(self) -> Self:
         return self
@@ -62,63 +82,25 @@ class QMPClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _read_msg(self) -> dict[str, Any]:
-        assert self._sock is not None
-        while b"\n" not in self._buf:
-            try:
-                chunk = self._sock.recv(65536)
-            except TimeoutError as exc:
-                raise VMError(f"QMP on {self.path} did not answer within {self.timeout}s") from exc
-            except OSError as exc:
-                raise VMError(f"QMP connection {self.path} failed: {exc}") from exc
-            if not chunk:
-                raise VMError(f"QEMU closed the QMP connection {self.path}")
-            self._buf += chunk
-        line, self._buf = self._buf.split(b"\n", 1)
-        return json.loads(line)  # type: ignore[no-any-return]
-
     def command(self, name: str, **args: Any) -> Any:
         """Run one command; return its result or raise QMPError with QEMU's description."""
-        if self._sock is None:
+        if self._qmp is None:
             raise VMError("QMP client is not connected")
-        msg: dict[str, Any] = {"execute": name}
-        if args:
-            msg["arguments"] = args
-        try:
-            self._sock.sendall(json.dumps(msg).encode() + b"\n")
-        except OSError as exc:
-            raise VMError(f"QMP send of {name} failed: {exc}") from exc
-        while True:
-            resp = self._read_msg()
-            if "event" in resp:
-                self.events.append(resp)
-                continue
-            if "error" in resp:
-                desc = resp["error"].get("desc", resp["error"])
-                raise QMPError(f"QEMU refused {name}: {desc}")
-            return resp.get("return")
+        return self._run(self._qmp.execute(name, args or None), name)
 
     def send_fd(self, name: str, fd: int) -> None:
-        """Hand QEMU an open file descriptor (getfd + SCM_RIGHTS) for a ``fd:NAME`` URI.
+        """Hand QEMU an open file descriptor (SCM_RIGHTS + getfd) for a ``fd:NAME`` URI.
 
         Migrating through a passed fd instead of ``exec:cat > file`` saves QEMU a fork+exec of a
         shell and cat inside the guest's pause (measured 2-3 ms instead of 7-20 ms here).
         """
-        if self._sock is None:
+        if self._qmp is None:
             raise VMError("QMP client is not connected")
-        msg = json.dumps({"execute": "getfd", "arguments": {"fdname": name}}).encode() + b"\n"
         try:
-            socket.send_fds(self._sock, [msg], [fd])
-        except OSError as exc:
-            raise VMError(f"QMP getfd failed: {exc}") from exc
-        while True:
-            resp = self._read_msg()
-            if "event" in resp:
-                self.events.append(resp)
-                continue
-            if "error" in resp:
-                raise QMPError(f"QEMU refused getfd: {resp['error'].get('desc')}")
-            return
+            self._qmp.send_fd_scm(fd)
+        except (_LibQMPError, OSError) as exc:
+            raise VMError(f"QMP fd passing failed: {exc}") from exc
+        self.command("getfd", fdname=name)
 
     def cont(self, timeout: float = 5.0) -> None:
         """``cont`` that waits out the moment after a migration reports "completed" but before
