@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -88,16 +88,6 @@ class TreeReader:
         data = b"".join(self.store.get_pages(self.page_ids(first, last)))
         skip = offset - first * PAGE_SIZE
         return data[skip : skip + length]
-
-    def iter_page_ids(self, start: int = 0) -> Iterator[tuple[int, bytes]]:
-        for leaf in range(start // FANOUT, -(-self.tree.num_pages // FANOUT)):
-            entries = self.node_at(1, leaf)
-            for j in range(FANOUT):
-                page = leaf * FANOUT + j
-                if page >= self.tree.num_pages:
-                    return
-                if page >= start:
-                    yield page, entries[j * ID_LEN : (j + 1) * ID_LEN]
 
 
 class _NodeSink:

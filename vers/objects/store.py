@@ -168,9 +168,6 @@ class ObjectStore(ABC):
         data, _kind = self._load(oid)
         return data
 
-    def get_kind(self, oid: bytes) -> int:
-        return self.get_record(oid).kind
-
     def _load(self, oid: bytes) -> tuple[bytes, int]:
         rec = self.get_record(oid)
         data = self._decode(oid, rec)
@@ -241,10 +238,6 @@ class ObjectStore(ABC):
         if kind != KIND_COMMIT:
             raise CorruptObject(oid.hex(), f"expected a commit, found a {KIND_NAMES.get(kind, '?')}")
         return Commit.parse(oid, data)
-
-    def delta_base(self, oid: bytes) -> bytes | None:
-        rec = self.get_record(oid)
-        return rec.payload[:ID_LEN] if rec.encoding == ENC_DELTA else None
 
     # -- writing ------------------------------------------------------------------------------
     def writer(self, flush_bytes: int = 64 << 20) -> ObjectWriter:

@@ -27,7 +27,6 @@ from vers.errors import BadRefName, RefConflict, RefError
 SYMREF_PREFIX = "ref: "
 HEAD = "HEAD"
 ANY = object()  # "any current value" for compare-and-swap updates
-_ANY = ANY
 T = TypeVar("T")
 _BAD_REF_CHARS = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
 _REFLOG_KEY = struct.Struct(">Q")
@@ -147,7 +146,7 @@ class RefsContainer(ABC):
         self,
         name: str,
         new: str,
-        old: object = _ANY,
+        old: object = ANY,
         message: str = "",
         follow: bool = True,
         who: str | None = None,
@@ -165,7 +164,7 @@ class RefsContainer(ABC):
                 if len(chain) > 5:
                     raise RefError(f"symbolic ref loop at {name}")
                 value = txn.get(chain[-1])
-            if old is not _ANY and value != old:
+            if old is not ANY and value != old:
                 raise RefConflict(
                     f"ref {chain[-1]} is at {value or '(nothing)'}, expected {old or '(nothing)'}: "
                     "another writer moved it"
@@ -203,14 +202,14 @@ class RefsContainer(ABC):
             value = txn.get(value[len(SYMREF_PREFIX) :])
         return None
 
-    def delete_ref(self, name: str, old: object = _ANY, message: str = "") -> None:
+    def delete_ref(self, name: str, old: object = ANY, message: str = "") -> None:
         check_ref_name(name)
 
         def apply(txn: RefTxn) -> None:
             value = txn.get(name)
             if value is None:
                 raise RefError(f"ref {name} does not exist")
-            if old is not _ANY and value != old:
+            if old is not ANY and value != old:
                 raise RefConflict(f"ref {name} is at {value}, expected {old}")
             txn.delete(name)
             txn.log(name, ReflogEntry(value, None, int(time.time()), default_identity(), message))

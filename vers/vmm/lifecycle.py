@@ -469,7 +469,8 @@ def _remove(reg: VMRegistry, rec: VMRecord) -> None:
     for r in records:
         in_use |= disk_mod.layers_in_use(r.disks)
     disk_mod.gc_layers(reg.layers, in_use, {r.id for r in records})
-    if any(p.startswith("/") and "/mnt/disk-" in p for p in _chain_paths(rec)):
+    # a disk base served lazily by the FUSE backing daemon (vers.fuse.vmm_backing.disk_base)
+    if any("/mnt/disk-" in p for p in disk_mod.layers_in_use(rec.disks)):
         try:
             from vers.fuse.vmm_backing import release_disk_bases
 
@@ -491,10 +492,6 @@ def _release_orphan_fuse_memory(vid: str) -> None:
             daemon.request("remove", name=f"{vid}.memory")
         except Exception:  # noqa: BLE001, S110 - best effort: it may never have had one
             pass
-
-
-def _chain_paths(rec: VMRecord) -> list[str]:
-    return [p for d in rec.disks.values() for p in d.get("chain", [])]
 
 
 def refresh_spares(reg: VMRegistry, rec: VMRecord) -> None:
