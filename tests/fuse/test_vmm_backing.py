@@ -9,6 +9,7 @@ import pytest
 
 from tests.fuse.conftest import History, needs_fuse
 from tests.fuse.test_backing import PAGE, Writer
+from vers.errors import VMError
 from vers.fuse.backing import BackingDaemon
 
 pytestmark = [pytest.mark.fuse, needs_fuse]
@@ -77,3 +78,48 @@ def test_fresh_boot_first_capture_reads_everything(where: Path) -> None:
     assert mem.capture()[1] == []
     mem.commit_done(True)
     mem.destroy()
+
+
+def test_child_maps_its_file_before_fork_end(history: History, where: Path) -> None:
+    """What an early-started child QEMU does: map the placeholder while the parent still runs,
+    touch nothing, and see the parent's content at the branch point through that same mapping."""
+    size = history.memory2.stat().st_size
+    mem = FuseMemoryBacking.create("p1", size, history.repo.open_image(history.second, "memory"),
+                                   where)
+    w = Writer(mem.path, size)
+    child = mem.fork_begin("c1")
+    assert Path(child.path).stat().st_size == size  # exists at once, for the QEMU command line
+    wc = Writer(child.path, size)  # mapped early, nothing read yet
+    try:
+        w.write(3, "before-branch")
+        assert mem.fork_end(child) == 0
+        w.write(4, "parent-after")
+        assert wc.read(3, 13) == "before-branch"
+        assert wc.read(4, 12) != "parent-after"
+        wc.write(3, "child-wrote")
+        assert w.read(3, 13) == "before-branch"
+    finally:
+        wc.close()
+        w.close()
+        child.destroy()
+        mem.destroy()
+
+
+def test_fork_refuses_a_placeholder_that_was_read(where: Path) -> None:
+    """A page the kernel cached from the empty placeholder would hide the parent's page: refuse
+    (clear error) rather than give the child wrong memory; the parent is untouched."""
+    mem = FuseMemoryBacking.create("p2", 16 * PAGE, None, where)
+    w = Writer(mem.path, 16 * PAGE)
+    child = mem.fork_begin("c2")
+    wc = Writer(child.path, 16 * PAGE)
+    try:
+        w.write(1, "parent-data")
+        assert wc.read(1, 4) == "\0" * 4  # touched before the branch point
+        with pytest.raises(VMError, match="untouched placeholder"):
+            mem.fork_end(child)
+        assert w.read(1, 11) == "parent-data"
+    finally:
+        wc.close()
+        w.close()
+        child.destroy()
+        mem.destroy()

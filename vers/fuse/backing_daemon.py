@@ -49,6 +49,11 @@ class BackingFile:
         self.direct_io = False
         self.open_count = 0
         self.removed = False
+        #: a placeholder holds no content yet: a branch child's QEMU may open (not read) it early,
+        #: and ``branch`` fills it later. ``touched``: a READ or WRITE reached it, so the kernel
+        #: may cache its pages and its content can no longer be swapped underneath.
+        self.placeholder = False
+        self.touched = False
         self.mtime_ns = time.time_ns()
 
 
@@ -205,14 +210,16 @@ class BackingOperations(pyfuse3.Operations):
 
     async def read(self, fh: int, off: int, size: int) -> bytes:
         f = self._file(fh)
+        f.touched = True
         try:
-            return f.image.read(off, size)
+            return f.image.read_view(off, size)  # type: ignore[return-value]  # any buffer will do
         except Exception as exc:  # noqa: BLE001 - a store error must surface as EIO, never as wrong bytes
             log.error("read %s at %d: %s", f.name, off, exc)
             raise pyfuse3.FUSEError(errno.EIO) from None
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         f = self._file(fh)
+        f.touched = True
         if off + len(buf) > f.image.size:
             raise pyfuse3.FUSEError(errno.EFBIG)
         try:
@@ -279,10 +286,14 @@ class BackingOperations(pyfuse3.Operations):
             if base is not None and base.size != size:
                 raise ValueError(f"base image is {base.size} bytes, not {size}")
             f = self.add(req["name"], OverlayImage(self.layer_dir, size, base), base is not None)
+            f.placeholder = bool(req.get("placeholder")) and base is None
             return {"inode": f.inode}
         f = self.get(req["name"])
         if op == "branch":
-            self.add(req["child"], f.image.branch(), f.tracked)
+            if req.get("into_placeholder"):
+                self._fill_placeholder(req["child"], f)
+            else:
+                self.add(req["child"], f.image.branch(), f.tracked)
             return {}
         if op == "dirty":
             return {"runs": f.image.dirty_runs() if f.tracked else None}
@@ -316,6 +327,16 @@ class BackingOperations(pyfuse3.Operations):
             self.remove(f.name)
             return {}
         raise ValueError(f"unknown control request {op!r}")
+
+    def _fill_placeholder(self, name: str, parent: BackingFile) -> None:
+        """Give an untouched placeholder ``parent``'s content as of now (copy-on-write). Safe only
+        because nothing was ever read from or written to it: the kernel caches no page of it."""
+        c = self.get(name)
+        if not c.placeholder or c.touched or c.image.size != parent.image.size:
+            raise ValueError(f"{name} is not an untouched placeholder of {parent.image.size} bytes")
+        old, c.image = c.image, parent.image.branch()
+        old.close()
+        c.tracked, c.placeholder = parent.tracked, False
 
     def close_all(self) -> None:
         for f in list(self.by_inode.values()):

@@ -121,25 +121,30 @@ class OverlayImage:
 
     # ------------------------------------------------------------------ reads
     def read(self, offset: int, n: int) -> bytes:
+        return bytes(self.read_view(offset, n))
+
+    def read_view(self, offset: int, n: int) -> memoryview:
+        """Like ``read`` without the final copy (what the FUSE daemon hands the kernel: a guest
+        fault on RAM mapped with MADV_HUGEPAGE asks for 2-4 MiB at once, so copies count)."""
         if offset >= self.size or n <= 0:
-            return b""
+            return memoryview(b"")
         n = min(n, self.size - offset)
         first = offset // PAGE_SIZE
         last = (offset + n - 1) // PAGE_SIZE
-        data = self._read_pages(first, last - first + 1)
+        data = memoryview(self._read_pages(first, last - first + 1))
         skip = offset - first * PAGE_SIZE
         return data[skip : skip + n]
 
     def _levels(self) -> list[Layer]:
         return [self.top, *reversed(self.frozen)]
 
-    def _read_pages(self, first: int, count: int) -> bytes:
+    def _read_pages(self, first: int, count: int) -> bytearray:
         out = bytearray(count * PAGE_SIZE)
-        self._fill(out, first, first, count, self._levels(), 0)
-        return bytes(out)
+        self._fill(memoryview(out), first, first, count, self._levels(), 0)
+        return out
 
     def _fill(
-        self, out: bytearray, origin: int, first: int, count: int, levels: list[Layer], level: int
+        self, out: memoryview, origin: int, first: int, count: int, levels: list[Layer], level: int
     ) -> None:
         """Fill pages [first, first+count) of ``out`` (whose page 0 is ``origin``) from ``level`` down."""
         end = first + count
@@ -157,9 +162,10 @@ class OverlayImage:
         for run_first, run_count in runs(layer.present, first, end):
             if run_first > i:
                 self._fill(out, origin, i, run_first - i, levels, level + 1)
-            data = os.pread(layer.fd, run_count * PAGE_SIZE, run_first * PAGE_SIZE)
             pos = (run_first - origin) * PAGE_SIZE
-            out[pos : pos + len(data)] = data
+            want = run_count * PAGE_SIZE
+            if os.preadv(layer.fd, [out[pos : pos + want]], run_first * PAGE_SIZE) != want:
+                raise OSError(f"short read from layer {layer.path} at page {run_first}")
             i = run_first + run_count
         if i < end:
             self._fill(out, origin, i, end - i, levels, level + 1)
@@ -177,7 +183,7 @@ class OverlayImage:
         tail = (last + 1) * PAGE_SIZE - (offset + n)
         if head or tail:
             # Partial pages: complete them from below first, so the top layer only holds whole pages.
-            buf = bytearray(self._read_pages(first, last - first + 1))
+            buf = self._read_pages(first, last - first + 1)
             buf[head : head + n] = data
             os.pwrite(self.top.fd, buf, first * PAGE_SIZE)
         else:

@@ -31,6 +31,10 @@ class FuseMemoryBacking(MemoryBacking):
     """Guest RAM as a lazily-read, write-tracking FUSE file. State: path, size, name, state_dir."""
 
     kind = "fuse"
+    #: fork_begin makes the child's file as an empty placeholder that fork_end fills, so a child
+    #: QEMU (started with -incoming, which maps guest RAM but touches no page until the device
+    #: state loads) can start up while the parent still runs
+    opens_before_fork_end = True
 
     @property
     def file(self) -> BackingFile:
@@ -57,6 +61,13 @@ class FuseMemoryBacking(MemoryBacking):
         return cls({"path": str(f.path), "size": size, "name": f.name,
                     "state_dir": str(daemon.state_dir)})
 
+    def pre_stop(self) -> None:
+        """Write back what the guest dirtied so far while it still runs, so that the flush inside
+        the pause only has the pages written since (measured at 1% of RAM dirty: 33 ms of pause
+        without, 2-3 ms with). An idle guest re-dirties ~250 pages within ~0.1 s, so one flush
+        takes ~10 ms whatever came before."""
+        self.file.flush()
+
     def capture(self) -> tuple[Path, list[int] | None]:
         twin, dirty = self.file.capture()
         self._state["capture"] = twin.name
@@ -67,18 +78,24 @@ class FuseMemoryBacking(MemoryBacking):
             self.file.capture_done(ok)
 
     def fork_begin(self, vm_id: str) -> FuseMemoryBacking:
-        """Guest still running: nothing to pre-copy, only name the child's file (its path is
-        final, so the child's QEMU command line can be prepared now)."""
-        name = f"{vm_id}.memory"
-        return FuseMemoryBacking({"path": str(self.file.daemon.mountpoint / name),
-                                  "size": self.size, "name": name,
-                                  "state_dir": self._state["state_dir"]})
+        """Guest still running: nothing to pre-copy; the child's file exists from now on as an
+        empty placeholder, so its QEMU can start (and map it) before the parent pauses."""
+        daemon, name = self.file.daemon, f"{vm_id}.memory"
+        try:  # the parent's daemon is running (it serves the parent): no start-up check needed
+            daemon.request("create", name=name, size=self.size, base=None, placeholder=True)
+        except FuseError as exc:
+            raise VMError(f"cannot create the child's FUSE memory backing: {exc}") from exc
+        return FuseMemoryBacking({"path": str(daemon.mountpoint / name), "size": self.size,
+                                  "name": name, "state_dir": self._state["state_dir"]})
 
     def fork_end(self, child: MemoryBacking) -> int:
         """Guest stopped: freeze our content under both files (copy-on-write). Copies 0 pages."""
         if not isinstance(child, FuseMemoryBacking):
             raise VMError("a FUSE memory backing can only fork into another FUSE memory backing")
-        self.file.branch(child._state["name"])
+        try:
+            self.file.branch(child._state["name"], into_placeholder=True)
+        except FuseError as exc:
+            raise VMError(f"cannot fork guest RAM into {child.path}: {exc}") from exc
         return 0
 
     def fork(self, vm_id: str) -> FuseMemoryBacking:
