@@ -59,6 +59,11 @@ class MemoryBacking(ABC):
     def warm_up(self) -> None:
         """Called before the guest is stopped: do any one-off set-up now, not inside the pause."""
 
+    def pre_stop(self) -> None:
+        """Called right before the guest is stopped (it still runs): shrink what ``capture`` or
+        ``fork_end`` will have to do inside the pause, e.g. flush pages written so far. May be
+        called more than once (a commit calls it early for the backlog, then right before stop)."""
+
     @abstractmethod
     def capture(self) -> tuple[Path, list[int] | None]:
         """Called with the guest stopped: make an image of RAM as of now that stays stable after

@@ -96,7 +96,7 @@ def spawn_machine(reg: VMRegistry, rec: VMRecord, spec: MachineSpec, backing: Me
                   incoming: bool) -> QMPClient:
     """Spawn QEMU for ``rec`` and return a connected QMP client (the caller closes it)."""
     spawn_process(reg, rec, spec, backing, incoming)
-    return connect_machine(rec, incoming)
+    return connect_machine(rec, incoming=False)  # a restore's load_devstate sets capabilities
 
 
 def spawn_process(reg: VMRegistry, rec: VMRecord, spec: MachineSpec, backing: MemoryBacking,
@@ -118,6 +118,8 @@ def spawn_process(reg: VMRegistry, rec: VMRecord, spec: MachineSpec, backing: Me
 
 
 def connect_machine(rec: VMRecord, incoming: bool) -> QMPClient:
+    """Connect to a spawned QEMU; ``incoming``: also turn on x-ignore-shared now (``load_devstate``
+    does that itself, in the same round trip as the load)."""
     qmp = connect_qmp(rec.qmp_sock, rec.pid or 0, rec.id, rec.dir)
     if incoming:
         try:
@@ -163,10 +165,13 @@ def load_devstate(qmp: QMPClient, devstate: Path, timeout: float = 60.0) -> None
     """QEMU's snapshot-load path: -incoming defer, x-ignore-shared, migrate-incoming from a file."""
     fd = os.open(devstate, os.O_RDONLY)
     try:
-        qmp.send_fd("devstate", fd)
+        qmp.pass_fd(fd)
     finally:
         os.close(fd)  # QEMU holds its own copy now
-    qmp.command("migrate-incoming", uri="fd:devstate")
+    qmp.batch(("migrate-set-capabilities",
+               {"capabilities": [{"capability": "x-ignore-shared", "state": True}]}),
+              ("getfd", {"fdname": "devstate"}),
+              ("migrate-incoming", {"uri": "fd:devstate"}))
     deadline = time.monotonic() + timeout
     while True:
         status = qmp.command("query-status")["status"]

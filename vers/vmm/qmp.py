@@ -88,18 +88,42 @@ class QMPClient:
             raise VMError("QMP client is not connected")
         return self._run(self._qmp.execute(name, args or None), name)
 
-    def send_fd(self, name: str, fd: int) -> None:
-        """Hand QEMU an open file descriptor (SCM_RIGHTS + getfd) for a ``fd:NAME`` URI.
+    def batch(self, *calls: tuple[str, dict[str, Any]], return_errors: bool = False) -> list[Any]:
+        """Several commands in one round trip: all are sent at once, QEMU runs them in order, and
+        the results come back as a list. Saves ~0.7 ms per command. A refused command raises
+        QMPError, or with ``return_errors`` takes its place in the list (the others still ran)."""
+        if self._qmp is None:
+            raise VMError("QMP client is not connected")
+        qmp = self._qmp
 
-        Migrating through a passed fd instead of ``exec:cat > file`` saves QEMU a fork+exec of a
-        shell and cat inside the guest's pause (measured 2-3 ms instead of 7-20 ms here).
-        """
+        async def run_all() -> list[Any]:
+            return list(await asyncio.gather(*(qmp.execute(n, a or None) for n, a in calls),
+                                             return_exceptions=return_errors))
+
+        results = self._run(run_all(), "+".join(n for n, _ in calls))
+        for i, res in enumerate(results):
+            if isinstance(res, ExecuteError):
+                results[i] = QMPError(f"QEMU refused {calls[i][0]}: {res}")
+            elif isinstance(res, BaseException):
+                raise VMError(f"QMP {calls[i][0]} on {self.path} failed: {res}") from res
+        return results
+
+    def pass_fd(self, fd: int) -> None:
+        """Send ``fd`` over the socket (SCM_RIGHTS); the next ``getfd`` names it."""
         if self._qmp is None:
             raise VMError("QMP client is not connected")
         try:
             self._qmp.send_fd_scm(fd)
         except (_LibQMPError, OSError) as exc:
             raise VMError(f"QMP fd passing failed: {exc}") from exc
+
+    def send_fd(self, name: str, fd: int) -> None:
+        """Hand QEMU an open file descriptor (SCM_RIGHTS + getfd) for a ``fd:NAME`` URI.
+
+        Migrating through a passed fd instead of ``exec:cat > file`` saves QEMU a fork+exec of a
+        shell and cat inside the guest's pause (measured 2-3 ms instead of 7-20 ms here).
+        """
+        self.pass_fd(fd)
         self.command("getfd", fdname=name)
 
     def cont(self, timeout: float = 5.0) -> None:
@@ -115,8 +139,9 @@ class QMPClient:
                     raise
                 time.sleep(0.0005)
 
-    def wait_migration(self, timeout: float = 60.0) -> dict[str, Any]:
-        """Poll query-migrate until it completes; a failed migration raises."""
+    def wait_migration(self, timeout: float = 60.0, max_delay: float = 0.02) -> dict[str, Any]:
+        """Poll query-migrate until it completes (backing off to ``max_delay`` between polls);
+        a failed migration raises."""
         deadline = time.monotonic() + timeout
         delay = 0.0002
         while True:
@@ -129,4 +154,4 @@ class QMPClient:
             if time.monotonic() > deadline:
                 raise VMError(f"migration did not finish within {timeout}s (status {status})")
             time.sleep(delay)
-            delay = min(delay * 2, 0.02)
+            delay = min(delay * 2, max_delay)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,6 @@ from vers.vmm.lifecycle import (
     qmp_for,
     refresh_spares,
     registry,
-    spawn_machine,
     spawn_process,
 )
 from vers.vmm.lifecycle import vm_state as lifecycle_state
@@ -57,18 +57,19 @@ def save_devstate(qmp: QMPClient, out: Path) -> None:
     """Device state only (RAM is shared and skipped): the caller has stopped the guest and set
     x-ignore-shared; ``fd:devstate`` must have been handed over with ``send_fd`` beforehand."""
     qmp.command("migrate", uri="fd:devstate")
-    qmp.wait_migration()
+    qmp.wait_migration(max_delay=0.0005)  # a few ms of device state: poll closely
 
 
 def prepare_devstate(qmp: QMPClient, out: Path) -> None:
     """Everything for a device-state save that can happen before the guest is stopped."""
-    qmp.command("migrate-set-capabilities",
-                capabilities=[{"capability": "x-ignore-shared", "state": True}])
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        qmp.send_fd("devstate", fd)
+        qmp.pass_fd(fd)
     finally:
         os.close(fd)
+    qmp.batch(("migrate-set-capabilities",
+               {"capabilities": [{"capability": "x-ignore-shared", "state": True}]}),
+              ("getfd", {"fdname": "devstate"}))
 
 
 def prepare_freeze(reg: VMRegistry, rec: VMRecord) -> dict[str, Path]:
@@ -80,16 +81,53 @@ def prepare_freeze(reg: VMRegistry, rec: VMRecord) -> dict[str, Path]:
     return new_tops
 
 
-def freeze_disks(qmp: QMPClient, rec: VMRecord, new_tops: dict[str, Path]) -> dict[str, list[str]]:
-    """Switch QEMU to the prepared tops; returns each disk's now-frozen chain."""
+def freeze_disks(qmp: QMPClient, rec: VMRecord, new_tops: dict[str, Path],
+                 save_devstate: bool = False) -> dict[str, list[str]]:
+    """Switch QEMU to the prepared tops; returns each disk's now-frozen chain. With
+    ``save_devstate`` the device-state migration is sent in the same round trip and waited for.
+    ``rec`` records every switch QEMU made, even when another command failed."""
+    names = list(rec.disks)
+    calls: list[tuple[str, dict[str, Any]]] = [
+        ("blockdev-snapshot-sync", {"device": name, "snapshot-file": str(new_tops[name]),
+                                    "format": "qcow2", "mode": "existing"}) for name in names]
+    if save_devstate:
+        calls.append(("migrate", {"uri": "fd:devstate"}))
+    results = qmp.batch(*calls, return_errors=True)
     frozen = {}
-    for name, d in rec.disks.items():
-        chain = list(d["chain"])
-        qmp.command("blockdev-snapshot-sync", device=name,
-                    **{"snapshot-file": str(new_tops[name])}, format="qcow2", mode="existing")
-        frozen[name] = chain
-        d["chain"] = chain + [str(new_tops[name])]
+    for name, res in zip(names, results):
+        if not isinstance(res, Exception):
+            d = rec.disks[name]
+            frozen[name] = list(d["chain"])
+            d["chain"] = frozen[name] + [str(new_tops[name])]
+    errors = [r for r in results if isinstance(r, Exception)]
+    if errors:
+        raise errors[0]
+    if save_devstate:
+        qmp.wait_migration(max_delay=0.0005)  # a few ms of device state: poll closely
     return frozen
+
+
+class _Beside:
+    """Run one call in a worker thread while this thread talks QMP (both mostly wait on I/O:
+    QEMU on one side, the memory backing's daemon or the kernel on the other)."""
+
+    def __init__(self, fn: Any, tm: Timings, phase: str) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1)
+        self._future = self._pool.submit(self._timed, fn, tm, phase)
+
+    @staticmethod
+    def _timed(fn: Any, tm: Timings, phase: str) -> Any:
+        t0 = time.perf_counter()
+        try:
+            return fn()
+        finally:
+            tm.mark(phase, t0)
+
+    def result(self) -> Any:
+        try:
+            return self._future.result()
+        finally:
+            self._pool.shutdown()
 
 
 def use_live_capture(backing: Any) -> bool:
@@ -128,6 +166,7 @@ def commit_vm(repo: Any, key: str | None, message: str = "", stay_paused: bool =
         rec = reg.resolve(rec.id)  # re-read under the lock
         backing = load_backing(rec.memory)
         backing.warm_up()
+        backing.pre_stop()  # the backlog now; the last few pages again right before the stop
         devstate = rec.dir / "commit.devstate"
         new_tops = prepare_freeze(reg, rec)
         frozen: dict[str, list[str]] = {}
@@ -158,21 +197,31 @@ def commit_vm(repo: Any, key: str | None, message: str = "", stay_paused: bool =
 def _capture_stopped(reg: VMRegistry, rec: VMRecord, backing: Any, new_tops: dict[str, Path],
                      devstate: Path, q: QMPClient, resume: bool, tm: Timings,
                      ) -> tuple[dict[str, list[str]], Path, list[int] | None]:
-    """Stop, freeze disks, let the backing capture RAM, save device state, resume."""
+    """Stop; then, at the same time, the backing captures RAM while QEMU freezes the disks and
+    saves device state; resume."""
     prepare_devstate(q, devstate)
-    t0 = t_stop = time.perf_counter()
+    t0 = time.perf_counter()
+    backing.pre_stop()
+    t0 = t_stop = tm.mark("pre_stop", t0)
     q.command("stop")
     t0 = tm.mark("stop", t0)
+    captured = False
     try:
-        frozen = freeze_disks(q, rec, new_tops)
-        reg.save(rec)  # the new tops are QEMU's now, whatever happens next
-        t0 = tm.mark("freeze_disks", t0)
-        mem_image, mem_dirty = backing.capture()
-        rec.memory = backing.state()
-        reg.save(rec)
-        t0 = tm.mark("capture_memory", t0)
-        save_devstate(q, devstate)
-        t0 = tm.mark("devstate", t0)
+        memory = _Beside(backing.capture, tm, "capture_memory")
+        try:
+            frozen = freeze_disks(q, rec, new_tops, save_devstate=True)
+            t0 = tm.mark("freeze_disks+devstate", t0)
+        finally:
+            reg.save(rec)  # whatever QEMU switched to is its disk now, whatever happens next
+            mem_image, mem_dirty = memory.result()
+            captured = True
+            rec.memory = backing.state()
+        t0 = time.perf_counter()
+    except BaseException:
+        if captured:  # RAM was captured but there will be no commit: give its pages back
+            backing.commit_done(False)
+            rec.memory = backing.state()
+        raise
     finally:
         if resume:
             q.cont()
@@ -270,13 +319,12 @@ def branch_vm(repo: Any, key: str | None, count: int = 1, name: str | None = Non
         backing = load_backing(parent.memory)
         if use_live_capture(backing) and lifecycle_state(parent) == "running":
             return _branch_live(reg, parent, backing, names, tm), tm
-        backing.warm_up()
+        t0 = t_begin = time.perf_counter()
         spec = MachineSpec.from_dict(parent.spec)
         devstate = parent.dir / f"branch-{os.getpid()}.devstate"
         new_tops: dict[str, Path] = {}
         frozen: dict[str, list[str]] = {}
         try:
-            t0 = t_begin = time.perf_counter()
             new_tops = prepare_freeze(reg, parent)
             for n in names:
                 c = reg.create(name=n, parent_vm=parent.id)
@@ -289,41 +337,53 @@ def branch_vm(repo: Any, key: str | None, count: int = 1, name: str | None = Non
                                       "committed": d["committed"], "size": d["size"]}
                 reg.save(c)
             t0 = tm.mark("prepare_disks", t0)
-            child_mem = [backing.fork_begin(c.id) for c in children]
+            child_mem = []
+            for c in children:
+                child_mem.append(backing.fork_begin(c.id))
+                c.memory = child_mem[-1].state()  # so a failed branch removes it
+                reg.save(c)
             t0 = tm.mark("precopy_memory", t0)
             early = type(backing).opens_before_fork_end
-            if early:
+            if early:  # QEMU's start-up (~40 ms) overlaps the parent's pause; connect later
                 for c, mem in zip(children, child_mem):
-                    c.memory = mem.state()
-                    child_qmp.append(spawn_machine(reg, c, spec, mem, incoming=True))
+                    spawn_process(reg, c, spec, mem, incoming=True)
                 t0 = tm.mark("spawn_children", t0)
+            backing.warm_up()
+            t0 = tm.mark("warm_up", t0)
             with qmp_for(parent, timeout=60.0) as q:
                 was_running = q.command("query-status")["status"] == "running"
                 prepare_devstate(q, devstate)
-                t_stop = time.perf_counter()
+                t0 = time.perf_counter()
+                backing.pre_stop()
+                t_stop = tm.mark("pre_stop", t0)
                 q.command("stop")
                 t0 = tm.mark("stop", t_stop)
                 try:
-                    frozen = freeze_disks(q, parent, new_tops)
-                    reg.save(parent)
-                    t0 = tm.mark("freeze_disks", t0)
-                    tm.extra["fixed_pages"] = [backing.fork_end(m) for m in child_mem]
-                    t0 = tm.mark("fix_memory", t0)
+                    memory = _Beside(lambda: [backing.fork_end(m) for m in child_mem], tm,
+                                     "fix_memory")
+                    try:
+                        frozen = freeze_disks(q, parent, new_tops, save_devstate=early)
+                        t0 = tm.mark("freeze_disks+devstate" if early else "freeze_disks", t0)
+                    finally:
+                        reg.save(parent)
+                        tm.extra["fixed_pages"] = memory.result()
                     if not early:  # their RAM files exist now: let QEMU start up meanwhile
+                        t0 = time.perf_counter()
                         for c, mem in zip(children, child_mem):
                             c.memory = mem.state()
                             spawn_process(reg, c, spec, mem, incoming=True)
                         t0 = tm.mark("spawn_children", t0)
-                    save_devstate(q, devstate)
-                    t0 = tm.mark("devstate", t0)
+                        save_devstate(q, devstate)
+                        t0 = tm.mark("devstate", t0)
+                    t0 = time.perf_counter()
                 finally:
                     if was_running:
                         q.cont()
                 t_cont = time.perf_counter()
                 tm.phases["cont"] = round((t_cont - t0) * 1000, 2)
                 tm.pause = round((t_cont - t_stop) * 1000, 2)
-            if not early:
-                child_qmp = [connect_machine(c, incoming=True) for c in children]
+            for c in children:
+                child_qmp.append(connect_machine(c, incoming=False))  # load sets capabilities
             for c, cq in zip(children, child_qmp):
                 finish_restore(cq, c, devstate)
             t_ready = time.perf_counter()
