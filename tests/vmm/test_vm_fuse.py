@@ -33,3 +33,52 @@ def test_restore_reads_the_disk_lazily_and_releases_its_base(vmrepo: Repo, boote
     finally:
         lifecycle.kill_vms(vmrepo, [rec.id])
     assert not os.path.exists(base)
+
+
+def test_standby_child_is_adopted_by_branch_and_kept_fresh(vmrepo: Repo) -> None:
+    """`vers run --standby`: a child QEMU waits, hidden, for the next branch; a commit (which
+    moves the disk chain) replaces it; the branch adopts it as the child, which continues the
+    parent's processes; parent and child (it inherits --standby) get new ones; kill removes them."""
+    from vers.vmm.lifecycle import registry
+
+    from .conftest import COUNTER
+
+    reg = registry(vmrepo)
+    rec = lifecycle.run_vm(vmrepo, lifecycle.RunOptions(name="sb", standby=True,
+                                                        make_current=False))
+    standbys = []
+    try:
+        gexec(rec, COUNTER)
+        rec = reg.resolve("sb")
+        first = reg.get(rec.standby_child or "")
+        assert first is not None and first.role == "standby" and pid_alive(first.pid, first.id)
+        assert first.id not in {s.id for s in lifecycle.list_vms(vmrepo)}  # not in `vers ps`
+        assert reg.find(first.id) is None  # nor a name commands accept
+        assert lifecycle.status(vmrepo, "sb")["standby_child"] == first.id
+
+        snapshot.commit_vm(vmrepo, "sb", "moves the disk chain")
+        rec = reg.resolve("sb")
+        assert rec.standby_child not in (None, first.id)
+        assert not pid_alive(first.pid, first.id) and reg.get(first.id) is None
+        second = rec.standby_child
+
+        gexec(rec, "echo before > /root/sb-file; sync")
+        at_branch = counter(rec)
+        children, tm = snapshot.branch_vm(vmrepo, "sb", name="sbkid")
+        (child,) = children
+        assert tm.extra["standby_child"] and child.id == second and child.name == "sbkid"
+        assert reg.find("sbkid") is not None and child.id in {s.id for s in lifecycle.list_vms(vmrepo)}
+        assert gexec(child, "cat /root/sb-file") == "before\n"
+        got = counter(child)
+        assert got >= at_branch and wait_counter_above(child, got) > got
+        gexec(child, "echo kid > /root/kid-only; sync")
+        assert gexec(rec, "test -e /root/kid-only || echo absent") == "absent\n"
+
+        rec, child = reg.resolve("sb"), reg.resolve("sbkid")
+        assert child.standby and rec.standby_child and child.standby_child
+        standbys = [reg.get(rec.standby_child), reg.get(child.standby_child)]
+        assert all(s is not None and pid_alive(s.pid, s.id) for s in standbys)
+    finally:
+        lifecycle.kill_vms(vmrepo, [v for v in ("sbkid", "sb") if reg.find(v)])
+    for s in standbys:
+        assert s is not None and not pid_alive(s.pid, s.id) and reg.get(s.id) is None

@@ -26,13 +26,17 @@ from vers.vmm.state import UnknownVM
               help="Your own raw disk image (repeat for more); used copy-on-write, never written.")
 @click.option("--append", "cmdline", default=None, help="Kernel command line (replaces ours).")
 @click.option("--memory-backing", default=None,
-              help="Guest RAM backing: shm (default, or $VERS_MEMORY_BACKING) or fuse.")
+              help="Guest RAM backing: fuse (default where FUSE works) or shm; "
+                   "or $VERS_MEMORY_BACKING.")
 @click.option("--memory-dir", default=None, help="Directory for the RAM file (default /dev/shm).")
 @click.option("--boot-timeout", default=lifecycle.BOOT_TIMEOUT, show_default=True, type=float)
+@click.option("--standby/--no-standby", default=None,
+              help="Keep a standby child QEMU started for the next `vers branch` (an idle "
+                   "process per VM; children inherit it). Default: $VERS_STANDBY=1, else off.")
 def run(memory: str, vcpus: int, name: str | None, accel: str | None, kernel: str | None,
         initrd: str | None, disks: tuple[str, ...], cmdline: str | None,
         memory_backing: str | None,
-        memory_dir: str | None, boot_timeout: float) -> None:
+        memory_dir: str | None, boot_timeout: float, standby: bool | None) -> None:
     """Boot a VM (the default guest unless you give your own); prints its ID."""
     repo = open_repo()
     opts = lifecycle.RunOptions(memory=parse_size(memory), vcpus=vcpus, name=name, accel=accel,
@@ -40,6 +44,8 @@ def run(memory: str, vcpus: int, name: str | None, accel: str | None, kernel: st
                                 memory_backing=memory_backing or lifecycle.default_backing(),
                                 memory_dir=memory_dir,
                                 boot_timeout=boot_timeout)
+    if standby is not None:
+        opts.standby = standby
     info("booting VM..." if kernel and initrd and disks else
          "booting VM (building the default guest first if it is not cached)...")
     rec = lifecycle.run_vm(repo, opts)

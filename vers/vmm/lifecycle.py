@@ -33,7 +33,7 @@ from vers.vmm.machine import (
     spawn,
 )
 from vers.vmm.qmp import QMPClient
-from vers.vmm.state import UnknownVM, VMRecord, VMRegistry
+from vers.vmm.state import UnknownVM, VMRecord, VMRegistry, check_alias
 
 DEFAULT_MEMORY = 256 * 1024 * 1024
 BOOT_TIMEOUT = float(os.environ.get("VERS_BOOT_TIMEOUT", "120"))
@@ -199,6 +199,8 @@ class RunOptions:
     memory_dir: str | None = None
     boot_timeout: float = BOOT_TIMEOUT
     make_current: bool = True
+    #: keep a standby child QEMU ready for the next branch (see prepare_standby)
+    standby: bool = field(default_factory=lambda: os.environ.get("VERS_STANDBY") == "1")
 
 
 def run_vm(repo: Any, opts: RunOptions) -> VMRecord:
@@ -224,6 +226,7 @@ def run_vm(repo: Any, opts: RunOptions) -> VMRecord:
                        cmdline=opts.cmdline or default_cmdline(accel), disks=names)
     reg = registry(repo)
     rec = reg.create(name=opts.name)
+    rec.standby = opts.standby
     try:
         rec.boot = {"kernel": str(Path(kernel).absolute()), "initrd": str(Path(initrd).absolute())}
         for name, path in zip(names, disk_files):
@@ -353,6 +356,8 @@ def list_vms(repo: Any) -> list[VMStatus]:
     out = []
     recs = reg.all()
     for r in recs:
+        if r.role == "standby":  # shown as part of its parent (status: standby_child)
+            continue
         out.append(VMStatus(r.id, r.name, vm_state(r), r.pid, int(r.spec.get("memory", 0)),
                             r.base_commit, r.id == cur, r.vm_dir))
     known = {r.id for r in recs}
@@ -369,7 +374,8 @@ def status(repo: Any, key: str | None) -> dict[str, Any]:
             "base_commit": rec.base_commit, "parent_vm": rec.parent_vm, "spec": rec.spec,
             "memory_backing": rec.memory, "disks": rec.disks, "serial_log": rec.serial_log,
             "qmp_sock": rec.qmp_sock, "agent_sock": rec.agent_sock, "vm_dir": rec.vm_dir,
-            "current": reg.current() == rec.id}
+            "current": reg.current() == rec.id, "standby": rec.standby,
+            "standby_child": rec.standby_child if _standby_fits(reg, rec) else None}
     return info
 
 
@@ -457,6 +463,10 @@ def _stop(rec: VMRecord) -> None:
 
 def _remove(reg: VMRegistry, rec: VMRecord) -> None:
     """Stop QEMU if running, delete the record, RAM files, sockets and unreferenced layers."""
+    standby = reg.get(rec.standby_child) if rec.standby_child else None
+    if standby is not None and standby.role == "standby":
+        rec.standby_child = None
+        _remove(reg, standby)
     _stop(rec)
     if rec.memory:
         try:
@@ -500,7 +510,75 @@ def _release_orphan_fuse_memory(vid: str) -> None:
 
 
 def refresh_spares(reg: VMRegistry, rec: VMRecord) -> None:
-    """After a VM runs: prepare the overlays its next commit/branch will need, off their pause."""
+    """After a VM runs: prepare the overlays its next commit/branch will need, off their pause,
+    and its standby child if it keeps one."""
+    prepare_standby(reg, rec)
     for d in rec.disks.values():
         disk_mod.make_spares(reg.layers, d, rec.id)
     reg.save(rec)
+
+
+def _standby_fits(reg: VMRegistry, rec: VMRecord) -> VMRecord | None:
+    """``rec``'s standby child if it can still become its child now: its QEMU is alive and its
+    disks are overlays on exactly ``rec``'s current disk chains (a commit or branch since moved
+    them, and then it must be made again)."""
+    sb = reg.get(rec.standby_child) if rec.standby_child else None
+    if sb is None or sb.role != "standby" or not pid_alive(sb.pid, sb.id):
+        return None
+    if set(sb.disks) != set(rec.disks) or any(
+            sb.disks[n]["chain"][:-1] != d["chain"] for n, d in rec.disks.items()):
+        return None
+    return sb
+
+
+def prepare_standby(reg: VMRegistry, rec: VMRecord) -> None:
+    """Keep a standby child ready for ``rec``'s next branch, if it asked for one (``--standby``)
+    and its memory backing can hand out a child file before the branch point (FUSE: an empty
+    placeholder costs nothing). The child QEMU starts now with ``-incoming``, so a branch only
+    pauses the parent, fills the placeholder and loads the device state: QEMU's ~40 ms start-up
+    leaves the branch's critical path. Costs an idle QEMU process per VM."""
+    if not rec.standby or rec.role == "standby" or not pid_alive(rec.pid, rec.id):
+        return
+    backing = load_backing(rec.memory)
+    if not type(backing).opens_before_fork_end or backing.kind == "shm":
+        return  # shm would pre-copy all of RAM into a file that goes stale: no standby
+    if _standby_fits(reg, rec) is not None:
+        return
+    old = reg.get(rec.standby_child) if rec.standby_child else None
+    rec.standby_child = None
+    if old is not None and old.role == "standby":
+        _remove(reg, old)
+    sb = reg.create(parent_vm=rec.id)
+    try:
+        sb.role, sb.standby = "standby", rec.standby
+        sb.boot, sb.base_commit = dict(rec.boot), rec.base_commit
+        for dname, d in rec.disks.items():
+            top = disk_mod.take_overlay(reg.layers, d, sb.id, "child")
+            sb.disks[dname] = {"chain": list(d["chain"]) + [str(top)],
+                               "committed": d["committed"], "size": d["size"]}
+        mem = backing.fork_begin(sb.id)
+        sb.memory = mem.state()
+        reg.save(sb)
+        spawn_process(reg, sb, MachineSpec.from_dict(rec.spec), mem, incoming=True)
+    except BaseException:
+        _remove(reg, sb)
+        raise
+    rec.standby_child = sb.id
+    reg.save(rec)
+
+
+def adopt_standby(reg: VMRegistry, rec: VMRecord, name: str | None) -> VMRecord | None:
+    """Turn ``rec``'s standby child into a visible child VM named ``name`` (the caller holds
+    ``rec``'s lock and branches next); None if there is none that still fits."""
+    sb = _standby_fits(reg, rec)
+    if sb is None:
+        return None
+    if name is not None:
+        check_alias(name)
+        if reg.find(name) is not None:
+            raise BadInput(f"a VM named {name!r} already exists")
+    rec.standby_child = None
+    reg.save(rec)
+    sb.role, sb.name, sb.base_commit, sb.boot = "", name, rec.base_commit, dict(rec.boot)
+    reg.save(sb)
+    return sb

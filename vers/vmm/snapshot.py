@@ -26,6 +26,7 @@ from vers.errors import BadInput, VMError
 from vers.vmm import disk as disk_mod
 from vers.vmm.backing import load_backing
 from vers.vmm.lifecycle import (
+    adopt_standby,
     connect_machine,
     finish_restore,
     qmp_for,
@@ -326,11 +327,15 @@ def branch_vm(repo: Any, key: str | None, count: int = 1, name: str | None = Non
         frozen: dict[str, list[str]] = {}
         try:
             new_tops = prepare_freeze(reg, parent)
-            for n in names:
+            # A standby child (``vers run --standby``) is already started: it becomes the first.
+            standby = adopt_standby(reg, parent, names[0])
+            tm.extra["standby_child"] = standby is not None
+            for n in names[1:] if standby else names:
                 c = reg.create(name=n, parent_vm=parent.id)
                 children.append(c)
                 c.boot = dict(parent.boot)
                 c.base_commit = parent.base_commit
+                c.standby = parent.standby
                 for dname, d in parent.disks.items():
                     top = disk_mod.take_overlay(reg.layers, d, c.id, "child")
                     c.disks[dname] = {"chain": list(d["chain"]) + [str(top)],
@@ -348,6 +353,9 @@ def branch_vm(repo: Any, key: str | None, count: int = 1, name: str | None = Non
                 for c, mem in zip(children, child_mem):
                     spawn_process(reg, c, spec, mem, incoming=True)
                 t0 = tm.mark("spawn_children", t0)
+            if standby is not None:  # started long ago, already waiting for the device state
+                children.insert(0, standby)
+                child_mem.insert(0, load_backing(standby.memory))
             backing.warm_up()
             t0 = tm.mark("warm_up", t0)
             with qmp_for(parent, timeout=60.0) as q:

@@ -50,6 +50,13 @@ class VMRecord:
     #: the commit whose images equal this VM's "committed" memory/disk layers
     base_commit: str | None = None
     parent_vm: str | None = None
+    #: keep a standby child ready: a QEMU already started (``-incoming``) on a placeholder RAM
+    #: file and an overlay of this VM's disks, which the next ``vers branch`` adopts
+    standby: bool = False
+    #: ID of that prepared child (a hidden record), if any
+    standby_child: str | None = None
+    #: "standby" for such a prepared, not yet adopted child: hidden from ps and from lookups
+    role: str = ""
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
@@ -114,9 +121,21 @@ class VMRegistry:
                 continue
         return out
 
+    def get(self, vid: str) -> VMRecord | None:
+        """By full ID, hidden standby records included."""
+        f = self.root / vid / "vm.json"
+        try:
+            return VMRecord.from_json(f.read_text())
+        except (FileNotFoundError, ValueError, TypeError):
+            return None
+
+    def visible(self) -> list[VMRecord]:
+        """The VMs users see and name: every record but prepared standby children."""
+        return [r for r in self.all() if r.role != "standby"]
+
     def find(self, key: str) -> VMRecord | None:
         """By alias, full ID or unique ID prefix."""
-        recs = self.all()
+        recs = self.visible()
         for r in recs:
             if r.name == key or r.id == key:
                 return r
