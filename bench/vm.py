@@ -12,7 +12,7 @@ backing is available), in one run:
 Prints medians and the ratios the issue sets goals for (commit <= 0.1x QEMU, branch pause <= 30
 ms, child ready <= 1.5x bare start, store growth <= 1.1x dirty bytes).
 
-    python3 bench/vm.py [--sizes 256M,2G] [--backings shm,fuse] [--repeat 3]
+    python3 bench/vm.py [--sizes 256M,2G] [--backings shm,fuse,fuse+standby] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -108,10 +108,13 @@ def dirty_one_percent(rec: Any, size: int) -> None:
     gexec(rec, f"dd if=/dev/urandom of=/tmp/dirty bs=4096 count={pages} conv=notrunc 2>/dev/null")
 
 
-def bench_one(size: int, backing: str, repeat: int, work: Path) -> dict[str, Any]:
-    repo = Repo.init(work / f"repo-{backing}-{size >> 20}M-{os.environ.get('VERS_LIVE_COPY')}")
+def bench_one(size: int, backing: str, repeat: int, work: Path, standby: bool = False,
+              ) -> dict[str, Any]:
+    repo = Repo.init(work / f"repo-{backing}-{size >> 20}M-{os.environ.get('VERS_LIVE_COPY')}"
+                            f"-{standby}")
     res: dict[str, Any] = {"size_mib": size >> 20, "backing": backing}
     rec = lifecycle.run_vm(repo, lifecycle.RunOptions(memory=size, memory_backing=backing,
+                                                      standby=standby,
                                                       make_current=False))
     try:
         gexec(rec, "setsid sh -c 'i=0; while :; do i=$((i+1)); echo $i > /tmp/counter;"
@@ -167,7 +170,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default="256M,2G")
     ap.add_argument("--backings", default="shm,fuse",
-                    help="comma list; shm+live = shm with $VERS_LIVE_COPY=1 (experimental)")
+                    help="comma list; shm+live = shm with $VERS_LIVE_COPY=1 (experimental); "
+                         "fuse+standby = VMs run with --standby")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--json", action="store_true", help="print raw results as JSON too")
     args = ap.parse_args()
@@ -184,7 +188,8 @@ def main() -> int:
                 continue
             for s in args.sizes.split(","):
                 print(f"... {backing} {s}", file=sys.stderr)
-                res = bench_one(parse_size(s), backing.split("+")[0], args.repeat, Path(tmp))
+                res = bench_one(parse_size(s), backing.split("+")[0], args.repeat, Path(tmp),
+                                standby=backing.endswith("+standby"))
                 res["backing"] = backing
                 results.append(res)
     hdr = (f"{'backing':<16} {'RAM':>6} {'commit pause':>12} {'QEMU migrate':>12} {'ratio':>6}"
