@@ -82,3 +82,24 @@ def test_standby_child_is_adopted_by_branch_and_kept_fresh(vmrepo: Repo) -> None
         lifecycle.kill_vms(vmrepo, [v for v in ("sbkid", "sb") if reg.find(v)])
     for s in standbys:
         assert s is not None and not pid_alive(s.pid, s.id) and reg.get(s.id) is None
+
+
+def test_unclaimed_standby_shows_as_orphan_and_can_be_killed(vmrepo: Repo) -> None:
+    """A standby child whose parent no longer names it (state lost half-way) is not hidden."""
+    from vers.vmm.lifecycle import registry
+
+    reg = registry(vmrepo)
+    rec = lifecycle.run_vm(vmrepo, lifecycle.RunOptions(name="sb2", standby=True,
+                                                        make_current=False))
+    try:
+        rec = reg.resolve("sb2")
+        sb = reg.get(rec.standby_child or "")
+        assert sb is not None and pid_alive(sb.pid, sb.id)
+        rec.standby_child = None
+        reg.save(rec)
+        rows = {r.id: r for r in lifecycle.list_vms(vmrepo)}
+        assert rows[sb.id].state == "orphan"
+        assert lifecycle.kill_vms(vmrepo, [sb.id]) == [sb.id]
+        assert not pid_alive(sb.pid, sb.id) and reg.get(sb.id) is None
+    finally:
+        lifecycle.kill_vms(vmrepo, ["sb2"])

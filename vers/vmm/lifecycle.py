@@ -355,8 +355,12 @@ def list_vms(repo: Any) -> list[VMStatus]:
     cur = reg.current()
     out = []
     recs = reg.all()
+    owners = {r.standby_child for r in recs}
     for r in recs:
-        if r.role == "standby":  # shown as part of its parent (status: standby_child)
+        if r.role == "standby" and r.id in owners:  # part of its parent (status: standby_child)
+            continue
+        if r.role == "standby":  # its parent is gone or moved on (a vers killed mid-way)
+            out.append(VMStatus(r.id, None, "orphan", r.pid, 0, None, False, r.vm_dir))
             continue
         out.append(VMStatus(r.id, r.name, vm_state(r), r.pid, int(r.spec.get("memory", 0)),
                             r.base_commit, r.id == cur, r.vm_dir))
@@ -427,7 +431,7 @@ def kill_vms(repo: Any, keys: list[str]) -> list[str]:
     orphans = find_qemu_processes(reg.root)
     targets: list[tuple[VMRecord | None, str]] = []
     for key in keys:
-        rec = reg.find(key)
+        rec = reg.find(key) or _stray_standby(reg, key)
         if rec is not None:
             targets.append((rec, rec.id))
             continue
@@ -449,6 +453,15 @@ def kill_vms(repo: Any, keys: list[str]) -> list[str]:
                 _remove(reg, rec)
         done.append(vid)
     return done
+
+
+def _stray_standby(reg: VMRegistry, vid: str) -> VMRecord | None:
+    """A standby child no VM claims any more (what `vers ps` lists as an orphan with a record)."""
+    rec = reg.get(vid)
+    if rec is None or rec.role != "standby":
+        return None
+    owner = reg.get(rec.parent_vm) if rec.parent_vm else None
+    return rec if owner is None or owner.standby_child != rec.id else None
 
 
 def _stop(rec: VMRecord) -> None:
@@ -549,8 +562,11 @@ def prepare_standby(reg: VMRegistry, rec: VMRecord) -> None:
     if old is not None and old.role == "standby":
         _remove(reg, old)
     sb = reg.create(parent_vm=rec.id)
+    sb.role, sb.standby = "standby", rec.standby
+    reg.save(sb)
+    rec.standby_child = sb.id  # first, so a vers killed from here on leaves nothing unowned
+    reg.save(rec)
     try:
-        sb.role, sb.standby = "standby", rec.standby
         sb.boot, sb.base_commit = dict(rec.boot), rec.base_commit
         for dname, d in rec.disks.items():
             top = disk_mod.take_overlay(reg.layers, d, sb.id, "child")
@@ -561,10 +577,10 @@ def prepare_standby(reg: VMRegistry, rec: VMRecord) -> None:
         reg.save(sb)
         spawn_process(reg, sb, MachineSpec.from_dict(rec.spec), mem, incoming=True)
     except BaseException:
+        rec.standby_child = None
         _remove(reg, sb)
+        reg.save(rec)
         raise
-    rec.standby_child = sb.id
-    reg.save(rec)
 
 
 def adopt_standby(reg: VMRegistry, rec: VMRecord, name: str | None) -> VMRecord | None:
