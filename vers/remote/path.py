@@ -101,16 +101,8 @@ class PathTransport(Transport):
             return None
         return data, hash_bytes(data).hex()
 
-    def _put_if(self, key: str, data: bytes, expected: str | None) -> bool:
-        lock = self._lock()
-        try:
-            cur = self._read_versioned(key)
-            if (cur[1] if cur else None) != expected:
-                return False
-            self._put(key, data)
-            return True
-        finally:
-            lock.unlink(missing_ok=True)
+    def _unlock(self, token: Path) -> None:
+        token.unlink(missing_ok=True)
 
     def _lock(self) -> Path:
         path = self._path(LOCK_NAME)

@@ -144,15 +144,10 @@ class S3Transport(Transport):
     def _put_if(self, key: str, data: bytes, expected: str | None) -> bool:
         if self.conditional_writes:
             return self._put_conditional(key, data, expected)
-        lock = self._lock()
-        try:
-            cur = self._read_versioned(key)
-            if (cur[1] if cur else None) != expected:
-                return False
-            self._put(key, data)
-            return True
-        finally:
-            self._delete(lock)
+        return super()._put_if(key, data, expected)
+
+    def _unlock(self, token: str) -> None:
+        self._delete(token)
 
     def _put_conditional(self, key: str, data: bytes, expected: str | None) -> bool:
         from botocore.exceptions import ClientError

@@ -15,6 +15,7 @@ import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlparse
 
 from vers.errors import BadInput, RemoteError
@@ -119,8 +120,25 @@ class Transport(ABC):
     @abstractmethod
     def _read_versioned(self, key: str) -> tuple[bytes, str] | None: ...
 
+    def _put_if(self, key: str, data: bytes, expected: str | None) -> bool:
+        """Compare-and-swap under the backend's writer lock (a backend with native conditional
+        writes overrides this)."""
+        token = self._lock()
+        try:
+            cur = self._read_versioned(key)
+            if (cur[1] if cur else None) != expected:
+                return False
+            self._put(key, data)
+            return True
+        finally:
+            self._unlock(token)
+
     @abstractmethod
-    def _put_if(self, key: str, data: bytes, expected: str | None) -> bool: ...
+    def _lock(self) -> Any:
+        """Wait (bounded) for the remote's refs lock; returns what ``_unlock`` needs."""
+
+    @abstractmethod
+    def _unlock(self, token: Any) -> None: ...
 
     def close(self) -> None:
         pass
