@@ -16,6 +16,7 @@ QEMU starts; each child starts with ``-incoming`` from the same device state.
 from __future__ import annotations
 
 import os
+import secrets
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -61,16 +62,46 @@ def save_devstate(qmp: QMPClient, out: Path) -> None:
     qmp.wait_migration(max_delay=0.0005)  # a few ms of device state: poll closely
 
 
-def prepare_devstate(qmp: QMPClient, out: Path) -> None:
-    """Everything for a device-state save that can happen before the guest is stopped."""
+def prepare_devstate(qmp: QMPClient, out: Path, rec: VMRecord | None = None,
+                     new_tops: dict[str, Path] | None = None) -> dict[str, tuple[str, str]]:
+    """Everything for a device-state save that can happen before the guest is stopped, in one
+    QMP round trip. Given ``rec`` and ``new_tops``, also opens each prepared top layer as a QEMU
+    block node now (``blockdev-add``), so that freezing a disk inside the pause is only a graph
+    change (``blockdev-snapshot``: ~1 ms, against ~2 ms for ``blockdev-snapshot-sync``, which
+    opens the file). Returns {disk: (node of its current top, node of the new top)}."""
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         qmp.pass_fd(fd)
     finally:
         os.close(fd)
-    qmp.batch(("migrate-set-capabilities",
-               {"capabilities": [{"capability": "x-ignore-shared", "state": True}]}),
-              ("getfd", {"fdname": "devstate"}))
+    tops_wanted = new_tops or {}
+    added = {name: f"vers-{secrets.token_hex(6)}" for name in tops_wanted}
+    results = qmp.batch(
+        ("migrate-set-capabilities",
+         {"capabilities": [{"capability": "x-ignore-shared", "state": True}]}),
+        ("getfd", {"fdname": "devstate"}),
+        ("query-block", {}),
+        *(("blockdev-add", {"driver": "qcow2", "node-name": node, "backing": None,
+                            "file": {"driver": "file", "filename": str(tops_wanted[name])}})
+          for name, node in added.items()),
+        return_errors=True)
+    errors = [r for r in results if isinstance(r, Exception)]
+    if errors:
+        drop_nodes(qmp, [n for n, r in zip(added.values(), results[3:]) if r == {}])
+        raise errors[0]
+    if rec is None:
+        return {}
+    tops = {b["device"]: b["inserted"]["node-name"] for b in results[2] if b.get("inserted")}
+    return {name: (tops[name], node) for name, node in added.items()}
+
+
+def drop_nodes(qmp: QMPClient, nodes: list[str]) -> None:
+    """Best effort: remove block nodes added for a freeze that did not happen."""
+    for node in nodes:
+        try:
+            qmp.command("blockdev-del", **{"node-name": node})
+        except VMError:
+            pass
 
 
 def prepare_freeze(reg: VMRegistry, rec: VMRecord) -> dict[str, Path]:
@@ -83,12 +114,15 @@ def prepare_freeze(reg: VMRegistry, rec: VMRecord) -> dict[str, Path]:
 
 
 def freeze_disks(qmp: QMPClient, rec: VMRecord, new_tops: dict[str, Path],
-                 save_devstate: bool = False) -> dict[str, list[str]]:
-    """Switch QEMU to the prepared tops; returns each disk's now-frozen chain. With
-    ``save_devstate`` the device-state migration is sent in the same round trip and waited for.
-    ``rec`` records every switch QEMU made, even when another command failed."""
+                 save_devstate: bool = False,
+                 nodes: dict[str, tuple[str, str]] | None = None) -> dict[str, list[str]]:
+    """Switch QEMU to the prepared tops (already open as block ``nodes`` when given, see
+    ``prepare_devstate``); returns each disk's now-frozen chain. With ``save_devstate`` the
+    device-state migration is sent in the same round trip and waited for. ``rec`` records every
+    switch QEMU made, even when another command failed."""
     names = list(rec.disks)
     calls: list[tuple[str, dict[str, Any]]] = [
+        ("blockdev-snapshot", {"node": nodes[name][0], "overlay": nodes[name][1]}) if nodes else
         ("blockdev-snapshot-sync", {"device": name, "snapshot-file": str(new_tops[name]),
                                     "format": "qcow2", "mode": "existing"}) for name in names]
     if save_devstate:
@@ -200,17 +234,17 @@ def _capture_stopped(reg: VMRegistry, rec: VMRecord, backing: Any, new_tops: dic
                      ) -> tuple[dict[str, list[str]], Path, list[int] | None]:
     """Stop; then, at the same time, the backing captures RAM while QEMU freezes the disks and
     saves device state; resume."""
-    prepare_devstate(q, devstate)
+    nodes = prepare_devstate(q, devstate, rec, new_tops)
     t0 = time.perf_counter()
     backing.pre_stop()
     t0 = t_stop = tm.mark("pre_stop", t0)
-    q.command("stop")
-    t0 = tm.mark("stop", t0)
     captured = False
     try:
+        q.command("stop")
+        t0 = tm.mark("stop", t0)
         memory = _Beside(backing.capture, tm, "capture_memory")
         try:
-            frozen = freeze_disks(q, rec, new_tops, save_devstate=True)
+            frozen = freeze_disks(q, rec, new_tops, save_devstate=True, nodes=nodes)
             t0 = tm.mark("freeze_disks+devstate", t0)
         finally:
             reg.save(rec)  # whatever QEMU switched to is its disk now, whatever happens next
@@ -222,6 +256,8 @@ def _capture_stopped(reg: VMRegistry, rec: VMRecord, backing: Any, new_tops: dic
         if captured:  # RAM was captured but there will be no commit: give its pages back
             backing.commit_done(False)
             rec.memory = backing.state()
+        if not any(str(t) in d["chain"] for d, t in zip(rec.disks.values(), new_tops.values())):
+            drop_nodes(q, [new for _, new in nodes.values()])
         raise
     finally:
         if resume:
@@ -360,33 +396,39 @@ def branch_vm(repo: Any, key: str | None, count: int = 1, name: str | None = Non
             t0 = tm.mark("warm_up", t0)
             with qmp_for(parent, timeout=60.0) as q:
                 was_running = q.command("query-status")["status"] == "running"
-                prepare_devstate(q, devstate)
-                t0 = time.perf_counter()
-                backing.pre_stop()
-                t_stop = tm.mark("pre_stop", t0)
-                q.command("stop")
-                t0 = tm.mark("stop", t_stop)
+                nodes = prepare_devstate(q, devstate, parent, new_tops)
                 try:
-                    memory = _Beside(lambda: [backing.fork_end(m) for m in child_mem], tm,
-                                     "fix_memory")
-                    try:
-                        frozen = freeze_disks(q, parent, new_tops, save_devstate=early)
-                        t0 = tm.mark("freeze_disks+devstate" if early else "freeze_disks", t0)
-                    finally:
-                        reg.save(parent)
-                        tm.extra["fixed_pages"] = memory.result()
-                    if not early:  # their RAM files exist now: let QEMU start up meanwhile
-                        t0 = time.perf_counter()
-                        for c, mem in zip(children, child_mem):
-                            c.memory = mem.state()
-                            spawn_process(reg, c, spec, mem, incoming=True)
-                        t0 = tm.mark("spawn_children", t0)
-                        save_devstate(q, devstate)
-                        t0 = tm.mark("devstate", t0)
                     t0 = time.perf_counter()
-                finally:
-                    if was_running:
-                        q.cont()
+                    backing.pre_stop()
+                    t_stop = tm.mark("pre_stop", t0)
+                    q.command("stop")
+                    t0 = tm.mark("stop", t_stop)
+                    try:
+                        memory = _Beside(lambda: [backing.fork_end(m) for m in child_mem], tm,
+                                         "fix_memory")
+                        try:
+                            frozen = freeze_disks(q, parent, new_tops, save_devstate=early,
+                                                  nodes=nodes)
+                            t0 = tm.mark("freeze_disks+devstate" if early else "freeze_disks", t0)
+                        finally:
+                            reg.save(parent)
+                            tm.extra["fixed_pages"] = memory.result()
+                        if not early:  # their RAM files exist now: let QEMU start up meanwhile
+                            t0 = time.perf_counter()
+                            for c, mem in zip(children, child_mem):
+                                c.memory = mem.state()
+                                spawn_process(reg, c, spec, mem, incoming=True)
+                            t0 = tm.mark("spawn_children", t0)
+                            save_devstate(q, devstate)
+                            t0 = tm.mark("devstate", t0)
+                        t0 = time.perf_counter()
+                    finally:
+                        if was_running:
+                            q.cont()
+                except BaseException:
+                    if not frozen:  # the prepared top nodes were never used
+                        drop_nodes(q, [new for _, new in nodes.values()])
+                    raise
                 t_cont = time.perf_counter()
                 tm.phases["cont"] = round((t_cont - t0) * 1000, 2)
                 tm.pause = round((t_cont - t_stop) * 1000, 2)
