@@ -46,6 +46,8 @@ def run(memory: str, vcpus: int, name: str | None, accel: str | None, kernel: st
                                 boot_timeout=boot_timeout)
     if standby is not None:
         opts.standby = standby
+    if opts.standby and opts.memory_backing != "fuse":
+        info(f"--standby needs the fuse memory backing; ignored for {opts.memory_backing}")
     info("booting VM..." if kernel and initrd and disks else
          "booting VM (building the default guest first if it is not cached)...")
     rec = lifecycle.run_vm(repo, opts)
