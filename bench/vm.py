@@ -12,7 +12,7 @@ backing is available), in one run:
 Prints medians and the ratios the issue sets goals for (commit <= 0.1x QEMU, branch pause <= 30
 ms, child ready <= 1.5x bare start, store growth <= 1.1x dirty bytes).
 
-    python3 bench/vm.py [--sizes 256M,2G] [--backings shm,fuse,fuse+standby] [--repeat 3]
+    python3 bench/vm.py [--sizes 256M,2G] [--backings shm,fuse,fuse+nostandby] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ def main() -> int:
     ap.add_argument("--sizes", default="256M,2G")
     ap.add_argument("--backings", default="shm,fuse",
                     help="comma list; shm+live = shm with $VERS_LIVE_COPY=1 (experimental); "
-                         "fuse+standby = VMs run with --standby")
+                         "fuse+nostandby = VMs run with --no-standby")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--json", action="store_true", help="print raw results as JSON too")
     args = ap.parse_args()
@@ -192,7 +192,7 @@ def main() -> int:
             for s in args.sizes.split(","):
                 print(f"... {backing} {s}", file=sys.stderr)
                 res = bench_one(parse_size(s), backing.split("+")[0], args.repeat, Path(tmp),
-                                standby=backing.endswith("+standby"))
+                                standby=not backing.endswith("+nostandby"))
                 res["backing"] = backing
                 results.append(res)
     hdr = (f"{'backing':<16} {'RAM':>6} {'commit pause':>12} {'QEMU migrate':>12} {'ratio':>6}"

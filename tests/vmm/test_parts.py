@@ -207,3 +207,12 @@ def test_guest_build_from_debian_packages(tmp_path: Path) -> None:
                          capture_output=True, check=True, text=True).stdout
     assert "vers.agent" in out
     assert build_guest(tmp_path) == g  # cached: not rebuilt
+
+
+def test_standby_is_on_unless_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    from vers.vmm.lifecycle import RunOptions
+
+    monkeypatch.delenv("VERS_STANDBY", raising=False)
+    assert RunOptions().standby
+    monkeypatch.setenv("VERS_STANDBY", "0")
+    assert not RunOptions().standby

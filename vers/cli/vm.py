@@ -32,7 +32,8 @@ from vers.vmm.state import UnknownVM
 @click.option("--boot-timeout", default=lifecycle.BOOT_TIMEOUT, show_default=True, type=float)
 @click.option("--standby/--no-standby", default=None,
               help="Keep a standby child QEMU started for the next `vers branch` (an idle "
-                   "process per VM; children inherit it). Default: $VERS_STANDBY=1, else off.")
+                   "~50 MB process per VM, hidden from `ps`; children inherit it). Default: on "
+                   "with the fuse memory backing, unless $VERS_STANDBY=0.")
 def run(memory: str, vcpus: int, name: str | None, accel: str | None, kernel: str | None,
         initrd: str | None, disks: tuple[str, ...], cmdline: str | None,
         memory_backing: str | None,
@@ -46,7 +47,7 @@ def run(memory: str, vcpus: int, name: str | None, accel: str | None, kernel: st
                                 boot_timeout=boot_timeout)
     if standby is not None:
         opts.standby = standby
-    if opts.standby and opts.memory_backing != "fuse":
+    if standby and opts.memory_backing != "fuse":
         info(f"--standby needs the fuse memory backing; ignored for {opts.memory_backing}")
     info("booting VM..." if kernel and initrd and disks else
          "booting VM (building the default guest first if it is not cached)...")

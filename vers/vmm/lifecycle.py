@@ -199,8 +199,9 @@ class RunOptions:
     memory_dir: str | None = None
     boot_timeout: float = BOOT_TIMEOUT
     make_current: bool = True
-    #: keep a standby child QEMU ready for the next branch (see prepare_standby)
-    standby: bool = field(default_factory=lambda: os.environ.get("VERS_STANDBY") == "1")
+    #: keep a standby child QEMU ready for the next branch (see prepare_standby); on unless
+    #: $VERS_STANDBY=0 (it only ever applies to the FUSE memory backing)
+    standby: bool = field(default_factory=lambda: os.environ.get("VERS_STANDBY", "1") != "0")
 
 
 def run_vm(repo: Any, opts: RunOptions) -> VMRecord:
@@ -270,6 +271,8 @@ def restore_commit(repo: Any, rev: str, name: str | None = None, make_current: b
     spec = MachineSpec.from_dict(vmconf)
     reg = registry(repo)
     rec = reg.create(name=name)
+    # mostly restored to be looked at and killed (bisect): a standby only when asked for
+    rec.standby = os.environ.get("VERS_STANDBY") == "1"
     try:
         rec.boot = {k: _boot_file(repo, reg, commit, k) for k in ("kernel", "initrd")}
         backing_kind = memory_backing or default_backing()
