@@ -153,24 +153,28 @@ class BackingFile:
         name: str,
         size: int,
         base: dict[str, Any] | None = None,
-        placeholder: bool = False,
     ) -> BackingFile:
         """A new file: ``base`` = {"repo": path, "commit": id, "image": name} (or "tree": id), or
-        None for zeros. Nothing is read from the store until someone reads a page.
-        ``placeholder``: a name to be filled later by ``branch(..., into_placeholder=True)``;
-        it may be opened and mapped meanwhile, but not read or written."""
+        None for zeros. Nothing is read from the store until someone reads a page."""
         if size <= 0 or size % PAGE_SIZE:
             raise FuseError(f"image size {size} is not a positive multiple of {PAGE_SIZE}")
         for attempt in (1, 2):
             daemon.ensure_running()
             try:
-                daemon.request("create", name=name, size=size, base=base, placeholder=placeholder)
+                daemon.request("create", name=name, size=size, base=base)
                 break
             except FuseError as exc:
                 # An idle daemon may exit between our ping and our request: start one and retry.
                 if attempt == 2 or "not running" not in str(exc):
                     raise
         return cls(daemon, name, size)
+
+    def placeholder(self, name: str) -> BackingFile:
+        """An empty file of our size in our (running) daemon, to be filled later by
+        ``branch(name, into_placeholder=True)``; it may be opened and mapped meanwhile, but not
+        read or written."""
+        self.daemon.request("create", name=name, size=self.size, base=None, placeholder=True)
+        return BackingFile(self.daemon, name, self.size)
 
     @property
     def path(self) -> Path:

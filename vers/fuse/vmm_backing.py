@@ -35,6 +35,7 @@ class FuseMemoryBacking(MemoryBacking):
     #: QEMU (started with -incoming, which maps guest RAM but touches no page until the device
     #: state loads) can start up while the parent still runs
     opens_before_fork_end = True
+    cheap_fork_begin = True
 
     @property
     def file(self) -> BackingFile:
@@ -80,13 +81,12 @@ class FuseMemoryBacking(MemoryBacking):
     def fork_begin(self, vm_id: str) -> FuseMemoryBacking:
         """Guest still running: nothing to pre-copy; the child's file exists from now on as an
         empty placeholder, so its QEMU can start (and map it) before the parent pauses."""
-        daemon, name = self.file.daemon, f"{vm_id}.memory"
-        try:  # the parent's daemon is running (it serves the parent): no start-up check needed
-            daemon.request("create", name=name, size=self.size, base=None, placeholder=True)
+        try:
+            f = self.file.placeholder(f"{vm_id}.memory")
         except FuseError as exc:
             raise VMError(f"cannot create the child's FUSE memory backing: {exc}") from exc
-        return FuseMemoryBacking({"path": str(daemon.mountpoint / name), "size": self.size,
-                                  "name": name, "state_dir": self._state["state_dir"]})
+        return FuseMemoryBacking({"path": str(f.path), "size": self.size, "name": f.name,
+                                  "state_dir": self._state["state_dir"]})
 
     def fork_end(self, child: MemoryBacking) -> int:
         """Guest stopped: freeze our content under both files (copy-on-write). Copies 0 pages."""
@@ -97,11 +97,6 @@ class FuseMemoryBacking(MemoryBacking):
         except FuseError as exc:
             raise VMError(f"cannot fork guest RAM into {child.path}: {exc}") from exc
         return 0
-
-    def fork(self, vm_id: str) -> FuseMemoryBacking:
-        child = self.fork_begin(vm_id)
-        self.fork_end(child)
-        return child
 
     def stats(self) -> dict[str, int]:
         return self.file.stats()

@@ -34,6 +34,9 @@ class MemoryBacking(ABC):
     #: True if the file ``fork_begin`` returns may be opened (by the child QEMU) before
     #: ``fork_end``: the branch then starts child QEMUs before pausing the parent.
     opens_before_fork_end: ClassVar[bool] = False
+    #: True if ``fork_begin`` copies nothing (so a standby child may hold its result for long;
+    #: a pre-copy would go stale and cost a full copy of RAM per VM)
+    cheap_fork_begin: ClassVar[bool] = False
 
     def __init__(self, state: dict[str, Any]) -> None:
         self._state = dict(state)

@@ -33,7 +33,7 @@ from vers.vmm.machine import (
     spawn,
 )
 from vers.vmm.qmp import QMPClient
-from vers.vmm.state import UnknownVM, VMRecord, VMRegistry, check_alias
+from vers.vmm.state import UnknownVM, VMRecord, VMRegistry
 
 DEFAULT_MEMORY = 256 * 1024 * 1024
 BOOT_TIMEOUT = float(os.environ.get("VERS_BOOT_TIMEOUT", "120"))
@@ -479,8 +479,8 @@ def _stop(rec: VMRecord) -> None:
 
 def _remove(reg: VMRegistry, rec: VMRecord) -> None:
     """Stop QEMU if running, delete the record, RAM files, sockets and unreferenced layers."""
-    standby = reg.get(rec.standby_child) if rec.standby_child else None
-    if standby is not None and standby.role == "standby":
+    standby = _standby_of(reg, rec)
+    if standby is not None:
         rec.standby_child = None
         _remove(reg, standby)
     _stop(rec)
@@ -534,12 +534,38 @@ def refresh_spares(reg: VMRegistry, rec: VMRecord) -> None:
     reg.save(rec)
 
 
+def create_child(reg: VMRegistry, parent: VMRecord, name: str | None = None,
+                 role: str = "") -> VMRecord:
+    """A new, not yet started child record of ``parent``: its boot files, base commit and standby
+    setting, and for each disk a new overlay on the parent's current top (the spare made for it
+    when it still fits). Removed again if that fails."""
+    c = reg.create(name=name, parent_vm=parent.id)
+    c.role, c.standby = role, parent.standby
+    c.boot, c.base_commit = dict(parent.boot), parent.base_commit
+    try:
+        for dname, d in parent.disks.items():
+            top = disk_mod.take_overlay(reg.layers, d, c.id, "child")
+            c.disks[dname] = {"chain": list(d["chain"]) + [str(top)],
+                              "committed": d["committed"], "size": d["size"]}
+        reg.save(c)
+    except BaseException:
+        _remove(reg, c)
+        raise
+    return c
+
+
+def _standby_of(reg: VMRegistry, rec: VMRecord) -> VMRecord | None:
+    """The standby record ``rec`` names, if it exists."""
+    sb = reg.get(rec.standby_child) if rec.standby_child else None
+    return sb if sb is not None and sb.role == "standby" else None
+
+
 def _standby_fits(reg: VMRegistry, rec: VMRecord) -> VMRecord | None:
     """``rec``'s standby child if it can still become its child now: its QEMU is alive and its
     disks are overlays on exactly ``rec``'s current disk chains (a commit or branch since moved
     them, and then it must be made again)."""
-    sb = reg.get(rec.standby_child) if rec.standby_child else None
-    if sb is None or sb.role != "standby" or not pid_alive(sb.pid, sb.id):
+    sb = _standby_of(reg, rec)
+    if sb is None or not pid_alive(sb.pid, sb.id):
         return None
     if set(sb.disks) != set(rec.disks) or any(
             sb.disks[n]["chain"][:-1] != d["chain"] for n, d in rec.disks.items()):
@@ -556,25 +582,18 @@ def prepare_standby(reg: VMRegistry, rec: VMRecord) -> None:
     if not rec.standby or rec.role == "standby" or not pid_alive(rec.pid, rec.id):
         return
     backing = load_backing(rec.memory)
-    if not type(backing).opens_before_fork_end or backing.kind == "shm":
-        return  # shm would pre-copy all of RAM into a file that goes stale: no standby
+    if not (type(backing).opens_before_fork_end and type(backing).cheap_fork_begin):
+        return  # e.g. shm: its fork_begin pre-copies all of RAM, which would go stale
     if _standby_fits(reg, rec) is not None:
         return
-    old = reg.get(rec.standby_child) if rec.standby_child else None
+    old = _standby_of(reg, rec)
     rec.standby_child = None
-    if old is not None and old.role == "standby":
+    if old is not None:
         _remove(reg, old)
-    sb = reg.create(parent_vm=rec.id)
-    sb.role, sb.standby = "standby", rec.standby
-    reg.save(sb)
-    rec.standby_child = sb.id  # first, so a vers killed from here on leaves nothing unowned
+    sb = create_child(reg, rec, role="standby")
+    rec.standby_child = sb.id  # before RAM and QEMU, so a vers killed now leaves them owned
     reg.save(rec)
     try:
-        sb.boot, sb.base_commit = dict(rec.boot), rec.base_commit
-        for dname, d in rec.disks.items():
-            top = disk_mod.take_overlay(reg.layers, d, sb.id, "child")
-            sb.disks[dname] = {"chain": list(d["chain"]) + [str(top)],
-                               "committed": d["committed"], "size": d["size"]}
         mem = backing.fork_begin(sb.id)
         sb.memory = mem.state()
         reg.save(sb)
@@ -592,10 +611,7 @@ def adopt_standby(reg: VMRegistry, rec: VMRecord, name: str | None) -> VMRecord 
     sb = _standby_fits(reg, rec)
     if sb is None:
         return None
-    if name is not None:
-        check_alias(name)
-        if reg.find(name) is not None:
-            raise BadInput(f"a VM named {name!r} already exists")
+    reg.check_new_name(name)
     rec.standby_child = None
     reg.save(rec)
     sb.role, sb.name, sb.base_commit, sb.boot = "", name, rec.base_commit, dict(rec.boot)

@@ -29,6 +29,7 @@ from vers.vmm.backing import load_backing
 from vers.vmm.lifecycle import (
     adopt_standby,
     connect_machine,
+    create_child,
     finish_restore,
     qmp_for,
     refresh_spares,
@@ -62,10 +63,10 @@ def save_devstate(qmp: QMPClient, out: Path) -> None:
     qmp.wait_migration(max_delay=0.0005)  # a few ms of device state: poll closely
 
 
-def prepare_devstate(qmp: QMPClient, out: Path, rec: VMRecord | None = None,
+def prepare_devstate(qmp: QMPClient, out: Path,
                      new_tops: dict[str, Path] | None = None) -> dict[str, tuple[str, str]]:
     """Everything for a device-state save that can happen before the guest is stopped, in one
-    QMP round trip. Given ``rec`` and ``new_tops``, also opens each prepared top layer as a QEMU
+    QMP round trip. Given ``new_tops``, also opens each prepared top layer as a QEMU
     block node now (``blockdev-add``), so that freezing a disk inside the pause is only a graph
     change (``blockdev-snapshot``: ~1 ms, against ~2 ms for ``blockdev-snapshot-sync``, which
     opens the file). Returns {disk: (node of its current top, node of the new top)}."""
@@ -74,29 +75,34 @@ def prepare_devstate(qmp: QMPClient, out: Path, rec: VMRecord | None = None,
         qmp.pass_fd(fd)
     finally:
         os.close(fd)
-    tops_wanted = new_tops or {}
-    added = {name: f"vers-{secrets.token_hex(6)}" for name in tops_wanted}
+    new_tops = new_tops or {}
+    added = {name: f"vers-{secrets.token_hex(6)}" for name in new_tops}
     results = qmp.batch(
         ("migrate-set-capabilities",
          {"capabilities": [{"capability": "x-ignore-shared", "state": True}]}),
         ("getfd", {"fdname": "devstate"}),
         ("query-block", {}),
         *(("blockdev-add", {"driver": "qcow2", "node-name": node, "backing": None,
-                            "file": {"driver": "file", "filename": str(tops_wanted[name])}})
+                            "file": {"driver": "file", "filename": str(new_tops[name])}})
           for name, node in added.items()),
         return_errors=True)
     errors = [r for r in results if isinstance(r, Exception)]
     if errors:
-        drop_nodes(qmp, [n for n, r in zip(added.values(), results[3:]) if r == {}])
+        _drop_nodes(qmp, [n for n, r in zip(added.values(), results[3:]) if r == {}])
         raise errors[0]
-    if rec is None:
-        return {}
     tops = {b["device"]: b["inserted"]["node-name"] for b in results[2] if b.get("inserted")}
     return {name: (tops[name], node) for name, node in added.items()}
 
 
-def drop_nodes(qmp: QMPClient, nodes: list[str]) -> None:
-    """Best effort: remove block nodes added for a freeze that did not happen."""
+def drop_unused_nodes(qmp: QMPClient, rec: VMRecord, new_tops: dict[str, Path],
+                      nodes: dict[str, tuple[str, str]]) -> None:
+    """After a failed commit or branch: remove the block nodes ``prepare_devstate`` added for the
+    disks whose freeze did not happen (best effort)."""
+    _drop_nodes(qmp, [new for name, (_, new) in nodes.items()
+                      if str(new_tops[name]) not in rec.disks[name]["chain"]])
+
+
+def _drop_nodes(qmp: QMPClient, nodes: list[str]) -> None:
     for node in nodes:
         try:
             qmp.command("blockdev-del", **{"node-name": node})
@@ -234,7 +240,7 @@ def _capture_stopped(reg: VMRegistry, rec: VMRecord, backing: Any, new_tops: dic
                      ) -> tuple[dict[str, list[str]], Path, list[int] | None]:
     """Stop; then, at the same time, the backing captures RAM while QEMU freezes the disks and
     saves device state; resume."""
-    nodes = prepare_devstate(q, devstate, rec, new_tops)
+    nodes = prepare_devstate(q, devstate, new_tops)
     t0 = time.perf_counter()
     backing.pre_stop()
     t0 = t_stop = tm.mark("pre_stop", t0)
@@ -256,8 +262,7 @@ def _capture_stopped(reg: VMRegistry, rec: VMRecord, backing: Any, new_tops: dic
         if captured:  # RAM was captured but there will be no commit: give its pages back
             backing.commit_done(False)
             rec.memory = backing.state()
-        if not any(str(t) in d["chain"] for d, t in zip(rec.disks.values(), new_tops.values())):
-            drop_nodes(q, [new for _, new in nodes.values()])
+        drop_unused_nodes(q, rec, new_tops, nodes)
         raise
     finally:
         if resume:
@@ -363,20 +368,12 @@ def branch_vm(repo: Any, key: str | None, count: int = 1, name: str | None = Non
         frozen: dict[str, list[str]] = {}
         try:
             new_tops = prepare_freeze(reg, parent)
-            # A standby child (``vers run --standby``) is already started: it becomes the first.
+            # A standby child (see lifecycle.prepare_standby) is already started: it becomes the
+            # first child.
             standby = adopt_standby(reg, parent, names[0])
             tm.extra["standby_child"] = standby is not None
             for n in names[1:] if standby else names:
-                c = reg.create(name=n, parent_vm=parent.id)
-                children.append(c)
-                c.boot = dict(parent.boot)
-                c.base_commit = parent.base_commit
-                c.standby = parent.standby
-                for dname, d in parent.disks.items():
-                    top = disk_mod.take_overlay(reg.layers, d, c.id, "child")
-                    c.disks[dname] = {"chain": list(d["chain"]) + [str(top)],
-                                      "committed": d["committed"], "size": d["size"]}
-                reg.save(c)
+                children.append(create_child(reg, parent, n))
             t0 = tm.mark("prepare_disks", t0)
             child_mem = []
             for c in children:
@@ -396,7 +393,7 @@ def branch_vm(repo: Any, key: str | None, count: int = 1, name: str | None = Non
             t0 = tm.mark("warm_up", t0)
             with qmp_for(parent, timeout=60.0) as q:
                 was_running = q.command("query-status")["status"] == "running"
-                nodes = prepare_devstate(q, devstate, parent, new_tops)
+                nodes = prepare_devstate(q, devstate, new_tops)
                 try:
                     t0 = time.perf_counter()
                     backing.pre_stop()
@@ -416,7 +413,6 @@ def branch_vm(repo: Any, key: str | None, count: int = 1, name: str | None = Non
                         if not early:  # their RAM files exist now: let QEMU start up meanwhile
                             t0 = time.perf_counter()
                             for c, mem in zip(children, child_mem):
-                                c.memory = mem.state()
                                 spawn_process(reg, c, spec, mem, incoming=True)
                             t0 = tm.mark("spawn_children", t0)
                             save_devstate(q, devstate)
@@ -426,8 +422,7 @@ def branch_vm(repo: Any, key: str | None, count: int = 1, name: str | None = Non
                         if was_running:
                             q.cont()
                 except BaseException:
-                    if not frozen:  # the prepared top nodes were never used
-                        drop_nodes(q, [new for _, new in nodes.values()])
+                    drop_unused_nodes(q, parent, new_tops, nodes)
                     raise
                 t_cont = time.perf_counter()
                 tm.phases["cont"] = round((t_cont - t0) * 1000, 2)

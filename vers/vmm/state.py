@@ -88,12 +88,16 @@ class VMRegistry:
             if not (self.root / vid).exists():
                 return vid
 
-    def create(self, name: str | None = None, parent_vm: str | None = None) -> VMRecord:
-        self.ensure()
+    def check_new_name(self, name: str | None) -> None:
+        """``name`` is a valid alias that no VM has yet (None: no alias, always fine)."""
         if name is not None:
             check_alias(name)
             if self.find(name) is not None:
                 raise BadInput(f"a VM named {name!r} already exists")
+
+    def create(self, name: str | None = None, parent_vm: str | None = None) -> VMRecord:
+        self.ensure()
+        self.check_new_name(name)
         vid = self.new_id()
         d = self.root / vid
         d.mkdir()
