@@ -40,20 +40,13 @@ def delete_branch(repo: Repo, name: str) -> str:
     check_short_name(name)
     if repo.current_branch() == name:
         raise RefError(f"cannot delete branch {name!r}: it is the current branch")
-    ref = "refs/heads/" + name
-    value = repo.refs.read_ref(ref)
-    if value is None:
-        raise RefError(f"branch {name!r} not found")
-    repo.refs.delete_ref(ref, old=value, message="branch: deleted")
-    return value
+    return _delete(repo, "refs/heads/" + name, "branch", name)
 
 
 def switch(repo: Repo, name: str) -> str:
     """Point HEAD at branch ``name`` (no VM is touched; `vers checkout` restores a machine)."""
     check_short_name(name)
-    value = repo.refs.read_ref("refs/heads/" + name)
-    if value is None:
-        raise RefError(f"branch {name!r} not found")
+    value = _existing(repo, "refs/heads/" + name, "branch", name)
     repo.set_head_branch(name, message=f"switch: moving to {name}")
     return value
 
@@ -75,11 +68,20 @@ def create_tag(repo: Repo, name: str, rev: str = HEAD, force: bool = False) -> s
 
 def delete_tag(repo: Repo, name: str) -> str:
     check_short_name(name, "tag")
-    ref = "refs/tags/" + name
+    return _delete(repo, "refs/tags/" + name, "tag", name)
+
+
+def _existing(repo: Repo, ref: str, what: str, name: str) -> str:
     value = repo.refs.read_ref(ref)
     if value is None:
-        raise RefError(f"tag {name!r} not found")
-    repo.refs.delete_ref(ref, old=value, message="tag: deleted")
+        raise RefError(f"{what} {name!r} not found")
+    return value
+
+
+def _delete(repo: Repo, ref: str, what: str, name: str) -> str:
+    """Delete an existing ref (compare-and-swap against the value read); returns that value."""
+    value = _existing(repo, ref, what, name)
+    repo.refs.delete_ref(ref, old=value, message=f"{what}: deleted")
     return value
 
 
