@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +12,8 @@ from vers.porcelain import bisect as bs
 from vers.porcelain.bisect_run import run
 from vers.repo import Repo
 
+from .vmm.conftest import vm_repo
+
 pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.skipif(
     shutil.which("qemu-system-x86_64") is None, reason="needs qemu-system-x86_64")]
 
@@ -22,10 +23,7 @@ def vm_history(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Repo,
     from vers.vmm import lifecycle, snapshot
     from vers.vmm.agent import guest_exec
 
-    old = os.environ.get("VERS_MEMORY_BACKING")
-    os.environ["VERS_MEMORY_BACKING"] = "shm"
-    repo = Repo.init(tmp_path_factory.mktemp("bisect-vm"))
-    try:
+    with vm_repo(tmp_path_factory.mktemp("bisect-vm"), "shm") as repo:
         rec = lifecycle.run_vm(repo, lifecycle.RunOptions(name="bisect"))
         ids = []
         for k in range(4):  # state k lives only in guest RAM (/tmp is the initramfs)
@@ -35,17 +33,6 @@ def vm_history(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Repo,
             ids.append(cid)
         lifecycle.kill_vms(repo, [rec.id])
         yield repo, ids
-    finally:
-        try:
-            ids_left = [s.id for s in lifecycle.list_vms(repo)]
-            if ids_left:
-                lifecycle.kill_vms(repo, ids_left)
-        finally:
-            repo.close()
-            if old is None:
-                os.environ.pop("VERS_MEMORY_BACKING", None)
-            else:
-                os.environ["VERS_MEMORY_BACKING"] = old
 
 
 def test_bisect_run_in_vm(vm_history: tuple[Repo, list[str]], tmp_path: Path) -> None:

@@ -20,27 +20,16 @@ import pytest
 
 from vers.porcelain.fsck import fsck
 from vers.repo import Repo
-from vers.testing import make_image, mutate_pages
+from vers.testing import make_image, mutate_pages, run_vers, vers_env, vers_ok
 
 pytestmark = pytest.mark.slow
 PAGE = 4096
 MIB = 1 << 20
 
 
-def env() -> dict[str, str]:
-    e = dict(os.environ, VERS_AUTHOR="Test <t@example>")
-    e.pop("VERS_DIR", None)
-    return e
-
-
 def spawn(cwd: Path, *args: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(["vers", *args], cwd=cwd, env=env(), stdout=subprocess.PIPE,
+    return subprocess.Popen(["vers", *args], cwd=cwd, env=vers_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
-
-
-def run(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["vers", *args], cwd=cwd, env=env(), capture_output=True, text=True,
-                          timeout=300, check=False)
 
 
 def digest(data: bytes | bytearray) -> str:
@@ -67,7 +56,7 @@ def head(work: Path) -> str | None:
 def test_kill_snapshot_at_random_moments(tmp_path: Path) -> None:
     rnd = random.Random(int(os.environ.get("VERS_TEST_SEED", "0")) or None)
     work = tmp_path
-    subprocess.run(["vers", "init"], cwd=work, env=env(), check=True, capture_output=True)
+    vers_ok(work, "init")
     data = make_image(work / "mem", 16 * MIB, seed=1)
     expected: dict[str, str] = {}
     with Repo(work) as repo:
@@ -111,7 +100,7 @@ def test_kill_snapshot_at_random_moments(tmp_path: Path) -> None:
     # Afterwards the repository still takes new commits normally.
     mutate_pages(data, 0.05, seed=999)
     (work / "mem").write_bytes(data)
-    p = run(work, "snapshot", "--memory", "mem", "-m", "after")
+    p = run_vers(work, "snapshot", "--memory", "mem", "-m", "after")
     assert p.returncode == 0, p.stderr
     expected[p.stdout.strip()] = digest(data)
     assert_consistent(work, expected)
@@ -119,7 +108,7 @@ def test_kill_snapshot_at_random_moments(tmp_path: Path) -> None:
 
 def test_two_processes_snapshot_at_once(tmp_path: Path) -> None:
     work = tmp_path
-    subprocess.run(["vers", "init"], cwd=work, env=env(), check=True, capture_output=True)
+    vers_ok(work, "init")
     base = make_image(work / "a", 8 * MIB, seed=5)
     expected: dict[str, str] = {}
     landed: list[str] = []
@@ -151,7 +140,7 @@ def test_two_processes_snapshot_at_once(tmp_path: Path) -> None:
 
 def _gc_fixture(base: Path) -> dict[str, str]:
     """A repository with 10 hourly commits, then a side branch deleted: lots of garbage."""
-    subprocess.run(["vers", "init"], cwd=base, env=env(), check=True, capture_output=True)
+    vers_ok(base, "init")
     data = make_image(base / "mem", 16 * MIB, seed=7)
     now = int(time.time())
     digests: dict[str, str] = {}
@@ -188,7 +177,7 @@ def test_kill_gc_at_random_moments(tmp_path: Path) -> None:
             "--expire-reflog", "now")
     first = tmp_path / "complete"
     shutil.copytree(base, first)
-    p = run(first, *args)
+    p = run_vers(first, *args)
     assert p.returncode == 0, p.stderr
     with Repo(first) as repo:
         assert [c.message for c in repo.log("HEAD")] == ["c9", "c8", "c7", "c6", "c5"]
@@ -217,9 +206,9 @@ def test_kill_gc_at_random_moments(tmp_path: Path) -> None:
             # Either retention had not moved main yet (all ten) or it had (the five it keeps).
             assert msgs in ([f"c{i}" for i in range(9, -1, -1)], ["c9", "c8", "c7", "c6", "c5"])
         # Running gc again finishes the job.
-        p = run(work, *args)
+        p = run_vers(work, *args)
         assert p.returncode == 0, p.stderr
-        assert run(work, "fsck").returncode == 0
+        assert run_vers(work, "fsck").returncode == 0
         shutil.rmtree(work)
     print("gc runs killed:", killed, f"of {trials}")
     assert killed >= 4
@@ -231,7 +220,7 @@ def test_fsck_and_gc_while_snapshots_land(tmp_path: Path) -> None:
     import threading
 
     work = tmp_path
-    run(work, "init")
+    run_vers(work, "init")
     data = make_image(work / "mem", 8 * MIB, seed=11)
     expected: dict[str, str] = {}
     with Repo(work) as repo:
@@ -245,7 +234,7 @@ def test_fsck_and_gc_while_snapshots_land(tmp_path: Path) -> None:
             mutate_pages(d, 0.2, seed=200 + i)
             img = work / f"w{i}"
             img.write_bytes(d)
-            p = run(work, "snapshot", "--memory", img.name, "-m", f"s{i}")
+            p = run_vers(work, "snapshot", "--memory", img.name, "-m", f"s{i}")
             if p.returncode != 0:
                 errors.append(p.stderr)
             else:
@@ -258,7 +247,7 @@ def test_fsck_and_gc_while_snapshots_land(tmp_path: Path) -> None:
         with Repo(work) as repo:
             report = fsck(repo.store, repo.refs)
         assert report.ok, "\n".join(str(x) for x in report.problems)
-        p = run(work, "gc", "--keep-last", "3", "--expire-reflog", "never")
+        p = run_vers(work, "gc", "--keep-last", "3", "--expire-reflog", "never")
         assert p.returncode == 0, p.stderr
         checks += 1
     t.join()
@@ -272,4 +261,4 @@ def test_fsck_and_gc_while_snapshots_land(tmp_path: Path) -> None:
         for cid, msg in kept.items():
             repo.export_image(cid, "memory", work / "k.out")
             assert digest((work / "k.out").read_bytes()) == expected[msg], msg
-    assert run(work, "fsck").returncode == 0
+    assert run_vers(work, "fsck").returncode == 0

@@ -38,12 +38,19 @@ def mutate_pages(data: bytearray, fraction: float, seed: int) -> list[int]:
     return chosen
 
 
-def run_vers(cwd: str | os.PathLike[str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """Run the real ``vers`` entry point as a user would, with a fixed author and no $VERS_DIR."""
-    env = dict(os.environ, VERS_AUTHOR="Test <t@example>")
+def vers_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment tests run ``vers`` in: ours with a fixed author, no $VERS_DIR, and
+    ``extra`` on top."""
+    env = dict(os.environ, VERS_AUTHOR="Test <t@example>", **(extra or {}))
     env.pop("VERS_DIR", None)
-    return subprocess.run(["vers", *args], cwd=cwd, capture_output=True, text=True, env=env,
-                          timeout=timeout, check=False)
+    return env
+
+
+def run_vers(cwd: str | os.PathLike[str], *args: str, timeout: float = 300,
+             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the real ``vers`` entry point as a user would (``vers_env(env)``)."""
+    return subprocess.run(["vers", *args], cwd=cwd, capture_output=True, text=True,
+                          env=vers_env(env), timeout=timeout, check=False)
 
 
 def vers_ok(cwd: str | os.PathLike[str], *args: str) -> str:

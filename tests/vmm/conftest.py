@@ -6,7 +6,7 @@ processes it started in its teardown, whatever the tests did.
 
 from __future__ import annotations
 
-import os
+import contextlib
 import shutil
 import subprocess
 import time
@@ -36,16 +36,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def vers(cwd: Path, *args: str, check: bool = True, env: dict[str, str] | None = None,
          timeout: float = 180) -> subprocess.CompletedProcess[str]:
     """The real `vers` entry point (vers.testing.run_vers), with extra environment if given."""
-    saved = {k: os.environ.get(k) for k in env or {}}
-    os.environ.update(env or {})
-    try:
-        p = run_vers(cwd, *args, timeout=timeout)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    p = run_vers(cwd, *args, timeout=timeout, env=env)
     if check and p.returncode != 0:
         raise AssertionError(f"vers {args} failed ({p.returncode}): {p.stderr}")
     return p
@@ -82,20 +73,24 @@ def vmrepo(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequ
     """A repository; the module's MEMORY_BACKING (default shm) backs every VM it starts, also
     those started by `vers` subprocesses (through $VERS_MEMORY_BACKING)."""
     backing = getattr(request.module, "MEMORY_BACKING", "shm")
-    old = os.environ.get("VERS_MEMORY_BACKING")
-    os.environ["VERS_MEMORY_BACKING"] = backing
-    repo = Repo.init(tmp_path_factory.mktemp(f"vmrepo-{backing}"))
-    try:
+    with vm_repo(tmp_path_factory.mktemp(f"vmrepo-{backing}"), backing) as repo:
         yield repo
-    finally:
+
+
+@contextlib.contextmanager
+def vm_repo(path: Path, backing: str) -> Iterator[Repo]:
+    """A new repository whose VMs use ``backing`` (also those started by `vers` subprocesses,
+    through $VERS_MEMORY_BACKING); every VM left in it is killed at the end."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VERS_MEMORY_BACKING", backing)
+        repo = Repo.init(path)
         try:
-            kill_all(repo)
+            yield repo
         finally:
-            repo.close()
-            if old is None:
-                os.environ.pop("VERS_MEMORY_BACKING", None)
-            else:
-                os.environ["VERS_MEMORY_BACKING"] = old
+            try:
+                kill_all(repo)
+            finally:
+                repo.close()
 
 
 @pytest.fixture(scope="module")
