@@ -35,6 +35,7 @@ from vers.porcelain.bisect_testing import (
     git_env,
     linear,
     random_dag,
+    skip_scenario,
 )
 from vers.porcelain.difffiles import files_diff
 from vers.repo import Repo
@@ -108,12 +109,7 @@ def bench_skips(tmp: Path, histories: int) -> None:
         for seed in range(histories):
             rnd = random.Random(seed)
             graph = random_dag(70, seed) if seed % 2 else linear(70)
-            fb = rnd.randrange(3, 68)
-            if pattern == "clustered":
-                a = rnd.randrange(1, 60)
-                skip = set(range(a, a + rnd.randrange(3, 10))) - {fb}
-            else:
-                skip = {s for s in range(1, 69) if rnd.random() < 0.25 and s != fb}
+            fb, skip = skip_scenario(rnd, 70, pattern)
             answers, counts = compare_with_git(tmp / f"{pattern}-{seed}", graph, fb, skip,
                                                mode="export")
             same += answers["vers"] == answers["git"]

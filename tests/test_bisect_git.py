@@ -14,7 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from vers.porcelain.bisect_testing import Graph, compare_with_git, linear, random_dag
+from vers.porcelain.bisect_testing import (
+    Graph,
+    compare_with_git,
+    linear,
+    random_dag,
+    skip_scenario,
+)
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
 
@@ -51,12 +57,7 @@ def test_skips_same_as_git(tmp_path: Path, pattern: str) -> None:
     for seed in range(6):
         rnd = random.Random(seed)
         graph = linear(60) if seed % 2 == 0 else random_dag(60, seed)
-        first_bad = rnd.randrange(3, 58)
-        if pattern == "clustered":
-            a = rnd.randrange(1, 50)
-            skip = set(range(a, a + rnd.randrange(3, 10))) - {first_bad}
-        else:
-            skip = {s for s in range(1, 59) if rnd.random() < 0.25 and s != first_bad}
+        first_bad, skip = skip_scenario(rnd, 60, pattern)
         v, g = _compare(tmp_path / str(seed), graph, first_bad, skip, mode="export",
                         strict_runs=False)
         total_vers += v

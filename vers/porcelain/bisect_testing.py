@@ -48,6 +48,18 @@ def linear(n: int) -> Graph:
     return Graph([[]] + [[i - 1] for i in range(1, n)])
 
 
+def skip_scenario(rnd: random.Random, n: int, pattern: str) -> tuple[int, set[int]]:
+    """For a history of ``n`` commits: a first bad commit, and the commits the predicate cannot
+    test — one run of 3-9 commits ("clustered") or each with probability 1/4 ("scattered")."""
+    first_bad = rnd.randrange(3, n - 2)
+    if pattern == "clustered":
+        a = rnd.randrange(1, n - 10)
+        skip = set(range(a, a + rnd.randrange(3, 10))) - {first_bad}
+    else:
+        skip = {s for s in range(1, n - 1) if rnd.random() < 0.25 and s != first_bad}
+    return first_bad, skip
+
+
 def random_dag(n: int, seed: int, merge_rate: float = 0.15, branch_rate: float = 0.2) -> Graph:
     """A history with side branches and merges, one root, and every commit an ancestor of the tip."""
     rnd = random.Random(seed)
