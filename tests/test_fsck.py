@@ -124,4 +124,4 @@ def test_missing_commit_named_by_a_ref_and_missing_tree(work: Path) -> None:
 
 def test_fsck_outside_a_repository(tmp_path: Path) -> None:
     p = vers(tmp_path, "fsck")
-    assert p.returncode == 2 and p.stderr.startswith("vers: error: not a vers repository")
+    assert p.returncode == 3 and p.stderr.startswith("vers: error: not a vers repository")

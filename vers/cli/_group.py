@@ -9,15 +9,19 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from vers.errors import VersError
+from vers.errors import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, VersError
+
+if TYPE_CHECKING:
+    from vers.repo import Repo
 
 
 class VersGroup(click.Group):
-    """Turns VersError into a one-line message and its exit code: the only place that does."""
+    """Turns VersError into a one-line message and its exit code (the table in vers.errors): the
+    only place that does."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -25,8 +29,11 @@ class VersGroup(click.Group):
         except VersError as exc:
             click.echo(f"vers: error: {exc}", err=True)
             sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("vers: interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
         except BrokenPipeError:
-            sys.exit(141)
+            sys.exit(EXIT_BROKEN_PIPE)
 
 
 @click.group(cls=VersGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -44,13 +51,21 @@ def cli(ctx: click.Context, repo_path: str | None) -> None:
     ctx.obj = {"repo_path": repo_path or os.environ.get("VERS_DIR")}
 
 
-def open_repo(ctx: click.Context | None = None) -> Any:
-    """Open the repository named by -C/$VERS_DIR, or found upwards from the cwd."""
+def open_repo(ctx: click.Context | None = None) -> Repo:
+    """The repository named by -C/$VERS_DIR, or found upwards from the cwd: opened once per
+    command line, and closed by the root group when the command ends (also on errors)."""
     from vers.repo import Repo
 
-    ctx = ctx or click.get_current_context()
-    path = (ctx.find_root().obj or {}).get("repo_path")
-    return Repo.discover(path or os.getcwd()) if path is None else Repo(path)
+    root = (ctx or click.get_current_context()).find_root()
+    obj = root.obj if root.obj is not None else {}
+    repo: Repo | None = obj.get("repo")
+    if repo is None:
+        path = obj.get("repo_path")
+        repo = Repo.discover(os.getcwd()) if path is None else Repo(path)
+        obj["repo"] = repo
+        root.obj = obj
+        root.call_on_close(repo.close)
+    return repo
 
 
 def info(msg: str) -> None:

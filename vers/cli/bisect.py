@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from vers.cli._group import cli, emit_json, info, open_repo
+from vers.errors import EXIT_BISECT_SKIPPED
 from vers.porcelain import bisect as bs
 from vers.porcelain.bisect_algo import Decision
 
@@ -26,7 +27,7 @@ def _finish(repo: Any, decision: Decision | None) -> None:
     elif decision.kind == "found" and decision.commit:
         click.echo(bs.first_bad_message(repo, decision.commit))
     elif decision.kind == "only_skipped":
-        sys.exit(2)
+        sys.exit(EXIT_BISECT_SKIPPED)
 
 
 class BisectGroup(click.Group):
@@ -122,7 +123,7 @@ def run_cmd(vm: bool, files_mode: str, cmd: tuple[str, ...]) -> None:
         click.echo(bs.first_bad_message(repo, d.commit))
         info("bisect found first bad commit")
     elif d is not None and d.kind == "only_skipped":
-        sys.exit(2)
+        sys.exit(EXIT_BISECT_SKIPPED)
 
 
 @bisect.command("log")

@@ -15,7 +15,7 @@ import socket
 import time
 from dataclasses import dataclass
 
-from vers.errors import VMError
+from vers.errors import GuestTimeout, VMError
 
 
 @dataclass
@@ -51,7 +51,7 @@ def guest_exec(sock_path: str, script: str, timeout: float = 60.0) -> ExecResult
                 break
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise VMError(f"guest command did not finish within {timeout}s: {script!r}")
+                raise GuestTimeout(f"guest command did not finish within {timeout}s: {script!r}")
             sock.settimeout(remaining)
             try:
                 chunk = sock.recv(65536)

@@ -20,13 +20,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from vers.errors import BadInput, VMError
+from vers.errors import BadInput, Busy, UnknownVM
 
 ALIAS_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
-
-
-class UnknownVM(VMError):
-    pass
 
 
 @dataclass
@@ -191,7 +187,7 @@ class VMRegistry:
                     break
                 except BlockingIOError:
                     if time.monotonic() > deadline:
-                        raise VMError(f"VM {rec.id} is busy (another vers command holds it)")
+                        raise Busy(f"VM {rec.id} is busy (another vers command holds it)")
                     time.sleep(0.05)
             yield
         finally:
