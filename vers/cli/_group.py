@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from vers import __version__
 from vers.errors import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, VersError
 
 if TYPE_CHECKING:
@@ -37,6 +38,8 @@ class VersGroup(click.Group):
 
 
 @click.group(cls=VersGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "-V", "--version", prog_name="vers",
+                      message="%(prog)s %(version)s")
 @click.option(
     "-C",
     "--repo",
