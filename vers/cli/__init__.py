@@ -1,16 +1,11 @@
-"""Command-line entry point: ``vers``."""
+"""Command-line entry point: ``vers``.
+
+Each area module (core, vm, fuse, bisect, remote, maint, ...) registers its commands on ``cli``
+when it is imported; the group imports only the module of the command being run.
+"""
 
 from __future__ import annotations
 
-# Importing each area module registers its commands on ``cli``.
-from vers.cli import (
-    bisect,  # noqa: F401
-    core,  # noqa: F401
-    fuse,  # noqa: F401
-    maint,  # noqa: F401
-    remote,  # noqa: F401
-    vm,  # noqa: F401
-)
 from vers.cli._group import cli
 
 

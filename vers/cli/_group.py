@@ -6,6 +6,7 @@ work on one area never touches another's file. Commands only parse arguments and
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
@@ -20,9 +21,35 @@ if TYPE_CHECKING:
     from vers.repo import Repo
 
 
+#: The module of vers.cli that defines each command. Only that module is imported to run a
+#: command, so that `vers log` does not pay for importing the VM driver or the remotes
+#: (tests/test_cli_start.py checks this table against the commands the modules define).
+COMMAND_MODULES: dict[str, str] = {
+    "bisect": "bisect",
+    "init": "core", "snapshot": "core", "log": "core", "show": "core", "diff": "core",
+    "export": "core", "rev-parse": "core", "tag": "core", "branch-list": "core",
+    "branch-create": "core", "branch-delete": "core", "switch": "core", "show-ref": "core",
+    "reflog": "core",
+    "mount": "fuse", "umount": "fuse",
+    "fsck": "maint", "gc": "maint",
+    "remote": "remote", "push": "remote", "fetch": "remote", "pull": "remote", "clone": "remote",
+    "run": "vm", "ps": "vm", "status": "vm", "pause": "vm", "resume": "vm", "kill": "vm",
+    "console": "vm", "exec": "vm", "commit": "vm", "branch": "vm", "run-commit": "vm",
+    "checkout": "vm",
+}
+
+
 class VersGroup(click.Group):
-    """Turns VersError into a one-line message and its exit code (the table in vers.errors): the
-    only place that does."""
+    """Loads each command's module on first use (``COMMAND_MODULES``), and turns VersError into a
+    one-line message and its exit code (the table in vers.errors): the only place that does."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(COMMAND_MODULES))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands and cmd_name in COMMAND_MODULES:
+            importlib.import_module(f"vers.cli.{COMMAND_MODULES[cmd_name]}")
+        return super().get_command(ctx, cmd_name)
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
