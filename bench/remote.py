@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from vers.porcelain.clone import clone
 from vers.porcelain.push import push
 from vers.porcelain.remote import add_remote
+from vers.remote.backends import open_transport
 from vers.remote.s3server import SeaweedS3
-from vers.remote.transport import open_transport
 from vers.repo import Repo
 
 PAGE = 4096

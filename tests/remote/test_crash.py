@@ -14,9 +14,9 @@ import pytest
 from vers.porcelain.fetch import fetch
 from vers.porcelain.push import push
 from vers.porcelain.remote import add_remote
+from vers.remote.backends import open_transport
 from vers.remote.bundle import BUNDLE_PREFIX, RemoteIndex
 from vers.remote.negotiate import plan_send
-from vers.remote.transport import open_transport
 from vers.repo import Repo
 
 from .conftest import VERS, assert_consistent, export_bytes, make_memory

@@ -13,9 +13,9 @@ from vers.porcelain.clone import clone
 from vers.porcelain.fetch import fetch, pull
 from vers.porcelain.push import push
 from vers.porcelain.remote import add_remote
+from vers.remote.backends import open_transport
 from vers.remote.bundle import BUNDLE_PREFIX, INDEX_ENTRY, INDEX_MAGIC, RECORD_HEADER
 from vers.remote.push import PushRejected
-from vers.remote.transport import open_transport
 from vers.repo import Repo
 
 from .conftest import PAGE, assert_consistent, change_pages, export_bytes, make_memory, vers
