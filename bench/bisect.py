@@ -28,7 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vers.porcelain import bisect as bs
 from vers.porcelain.bisect_run import run
-from vers.porcelain.bisect_testing import (
+from vers.porcelain.difffiles import files_diff
+from vers.repo import Repo
+from vers.testing.graphs import (
     build_git,
     build_vers,
     compare_with_git,
@@ -37,8 +39,6 @@ from vers.porcelain.bisect_testing import (
     random_dag,
     skip_scenario,
 )
-from vers.porcelain.difffiles import files_diff
-from vers.repo import Repo
 
 PRED = """#!/bin/sh
 # reads the state number from the commit's disk (vers) or the work tree (git); bad from FIRST_BAD

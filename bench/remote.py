@@ -28,8 +28,8 @@ from vers.porcelain.clone import clone
 from vers.porcelain.push import push
 from vers.porcelain.remote import add_remote
 from vers.remote.backends import open_transport
-from vers.remote.s3server import SeaweedS3
 from vers.repo import Repo
+from vers.testing.s3server import SeaweedS3
 
 PAGE = 4096
 BUCKET = "vers-bench"

@@ -29,6 +29,7 @@ from vers.porcelain.fsck import fsck
 from vers.porcelain.gc import gc
 from vers.porcelain.retention import Policy, plan_retention
 from vers.refs.container import DictRefsContainer, LmdbRefsContainer, RefsContainer
+from vers.testing.corrupt import flip_byte
 
 NPAGES = 40
 
@@ -351,9 +352,7 @@ class TestMemoryStore(StoreBehaviour):
         return MemoryObjectStore(), DictRefsContainer()
 
     def corrupt(self, store: ObjectStore, oid: bytes) -> None:
-        rec = store.get_record(oid)
-        assert isinstance(store, MemoryObjectStore)
-        store.corrupt_for_test(oid, bytes([rec.payload[0] ^ 1]) + rec.payload[1:])
+        flip_byte(store, oid, at=0)
 
 
 class TestLmdbStore(StoreBehaviour):
@@ -362,8 +361,7 @@ class TestLmdbStore(StoreBehaviour):
         return store, LmdbRefsContainer(store.env)
 
     def corrupt(self, store: ObjectStore, oid: bytes) -> None:
-        assert isinstance(store, LmdbObjectStore)
-        store.corrupt_for_test(oid, flip_at=7)
+        flip_byte(store, oid, at=7)
 
     # -- LMDB only: pack ages and the index ---------------------------------------------------
     def test_grace_period_protects_young_packs(self, h: History) -> None:

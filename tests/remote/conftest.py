@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 
 from vers.porcelain.fsck import fsck
-from vers.remote.s3server import SeaweedS3
 from vers.repo import Repo
+from vers.testing.s3server import SeaweedS3
 
 PAGE = 4096
 # The CLI as a user runs it, with this interpreter (no dependence on PATH or console scripts).

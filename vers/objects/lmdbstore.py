@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import fcntl
 import itertools
-import os
 import struct
 import time
 from collections.abc import Iterable, Iterator
@@ -61,6 +60,11 @@ class LmdbObjectStore(ObjectStore):
     def open(cls, path: Path) -> LmdbObjectStore:
         path.mkdir(parents=True, exist_ok=True)
         return cls(open_env(path))
+
+    @property
+    def path(self) -> str:
+        """The store's directory (``data.mdb`` and ``lock.mdb`` are in it)."""
+        return str(self.env.path())
 
     def close(self) -> None:
         self.env.close()
@@ -235,19 +239,3 @@ class LmdbObjectStore(ObjectStore):
                 if txn.delete(oid, db=self.db["index"]):
                     n += 1
         return n
-
-    def corrupt_for_test(self, oid: bytes, flip_at: int = 0) -> None:
-        """Flip one payload byte of ``oid`` in place (tests of integrity checking only)."""
-        with self.env.begin(write=True) as txn:
-            loc = txn.get(oid, db=self.db["index"])
-            assert loc is not None, f"no object {oid.hex()}"
-            pack_no, off, _len, _k, _e, _d = _INDEX.unpack(loc)
-            key = _PACK_KEY.pack(pack_no)
-            stored = txn.get(key, db=self.db["packs"])
-            assert stored is not None
-            pack = bytearray(stored)
-            pack[off + flip_at] ^= 0xFF
-            txn.put(key, bytes(pack), db=self.db["packs"])
-
-    def disk_usage(self) -> int:
-        return os.path.getsize(Path(self.env.path()) / "data.mdb")

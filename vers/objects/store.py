@@ -398,35 +398,34 @@ def _encode(kind: int, data: bytes) -> Record:
 
 
 class MemoryObjectStore(ObjectStore):
-    """A dict-backed store for tests and scratch work; same behaviour as the LMDB store."""
+    """A dict-backed store for tests and scratch work; same behaviour as the LMDB store.
+
+    ``records`` is the dict itself: stored records by ID, open to code that needs to reach past
+    the interface (tests that damage a record on purpose)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self._objects: dict[bytes, Record] = {}
+        self.records: dict[bytes, Record] = {}
 
     def _backend_get(self, oid: bytes) -> Record | None:
-        return self._objects.get(oid)
+        return self.records.get(oid)
 
     def _backend_missing(self, oids: list[bytes]) -> list[bytes]:
-        return [o for o in oids if o not in self._objects]
+        return [o for o in oids if o not in self.records]
 
     def _backend_put(self, records: list[tuple[bytes, Record]]) -> None:
         for oid, rec in records:
-            self._objects.setdefault(oid, rec)
+            self.records.setdefault(oid, rec)
 
     def iter_ids(self) -> Iterator[tuple[bytes, int]]:
-        yield from ((oid, rec.kind) for oid, rec in list(self._objects.items()))
+        yield from ((oid, rec.kind) for oid, rec in list(self.records.items()))
 
     def delete(self, oids: Iterable[bytes]) -> int:
         n = 0
         for oid in oids:
-            if self._objects.pop(oid, None) is not None:
+            if self.records.pop(oid, None) is not None:
                 n += 1
         return n
-
-    def corrupt_for_test(self, oid: bytes, payload: bytes) -> None:
-        rec = self._objects[oid]
-        self._objects[oid] = Record(rec.kind, rec.encoding, rec.depth, payload)
 
 
 __all__ = [
