@@ -27,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vers.porcelain import bisect as bs
-from vers.porcelain.bisect_run import run
+from vers.porcelain.bisect.run import run
 from vers.porcelain.difffiles import files_diff
 from vers.repo import Repo
 from vers.testing.graphs import (

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from vers.objects.model import PAGE_SIZE
 from vers.porcelain import bisect as bs
-from vers.porcelain.bisect_run import run
+from vers.porcelain.bisect.run import run
 from vers.repo import Repo
 
 BASE_TIME = 1_700_000_000
