@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from vers.errors import CorruptObject, ObjectNotFound, StoreError
+from vers.history.retention import Policy, plan_retention
 from vers.objects import (
     PAGE_SIZE,
     Commit,
@@ -27,7 +28,6 @@ from vers.objects import (
 from vers.objects.model import KIND_COMMIT, KIND_PAGE
 from vers.porcelain.fsck import fsck
 from vers.porcelain.gc import gc
-from vers.porcelain.retention import Policy, plan_retention
 from vers.refs.container import DictRefsContainer, LmdbRefsContainer, RefsContainer
 from vers.testing.corrupt import flip_byte
 
@@ -319,7 +319,7 @@ class StoreBehaviour:
         assert report.objects_removed > 0
 
     def test_retention_leaves_a_branch_that_moved_meanwhile(self, h: History) -> None:
-        from vers.porcelain.retention import apply_retention
+        from vers.history.retention import apply_retention
 
         self.linear(h, 5, step=3600)
         plan = plan_retention(h.store, h.refs, Policy(last=2), now=T0 + 10 * 3600)

@@ -26,6 +26,8 @@ from vers.objects.store import (
     ObjectStore,
     ObjectWriter,
     Record,
+    StoreStats,
+    SweepReport,
 )
 from vers.remote.bundle import RECORD_HEADER, Loc, RemoteIndex, fetch_records
 from vers.remote.negotiate import commits_to_send
@@ -70,6 +72,13 @@ class _Overlay(ObjectStore):
 
     def delete(self, oids: Iterable[bytes]) -> int:
         return 0
+
+    def stats(self) -> StoreStats:
+        return StoreStats(len(self.records), sum(len(r.payload) for r in self.records.values()))
+
+    def sweep(self, live: Callable[[], set[bytes]], *, older_than: float, max_unused: float,
+              dry_run: bool = False) -> SweepReport:
+        raise NotImplementedError("the overlay is read-only")
 
     def get_bytes(self, oid: bytes) -> bytes:
         # Delta chains share bases; decode each base once.
