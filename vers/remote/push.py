@@ -39,7 +39,7 @@ class PushResult:
     bundles: int = 0
 
 
-def _full_record(kind: int, data: bytes) -> Record:
+def full_record(kind: int, data: bytes) -> Record:
     import zstandard
 
     packed = zstandard.ZstdCompressor(level=1).compress(data)
@@ -96,7 +96,7 @@ def push(repo: Repo, transport: Transport, updates: list[tuple[str, str]], *, fo
             if rec.encoding == ENC_DELTA:
                 base = rec.payload[:ID_LEN]
                 if base not in sent and base not in index:
-                    rec = _full_record(rec.kind, data)
+                    rec = full_record(rec.kind, data)
             uploader.add(oid, rec)
             sent.add(oid)
         stats = uploader.finish()
