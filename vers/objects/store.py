@@ -359,7 +359,7 @@ class ObjectWriter:
         """Add an object by its canonical bytes (caller computed ``oid``); skips known IDs."""
         if self._known(oid):
             return
-        self._queue(oid, _encode(kind, data) if compress else Record(kind, ENC_RAW, 0, data))
+        self._queue(oid, encode_record(kind, data) if compress else Record(kind, ENC_RAW, 0, data))
 
     def add_pages(self, pages: list[tuple[bytes, bytes]]) -> None:
         """Add many pages; they are compressed on a worker thread while the caller goes on."""
@@ -371,7 +371,7 @@ class ObjectWriter:
         if batch:
             self._compressing = batch
             self._compress_job = self._executor().submit(
-                lambda items: [(o, _encode(KIND_PAGE, d)) for o, d in items], list(batch.items())
+                lambda items: [(o, encode_record(KIND_PAGE, d)) for o, d in items], list(batch.items())
             )
 
     def _drain_compress(self) -> None:
@@ -452,7 +452,8 @@ class ObjectWriter:
             self._pool = None
 
 
-def _encode(kind: int, data: bytes) -> Record:
+def encode_record(kind: int, data: bytes) -> Record:
+    """The stored form of an object's canonical bytes: zstd when that saves enough, else raw."""
     packed = _codec.cctx.compress(data)
     if len(packed) + MIN_COMPRESSION_SAVING <= len(data):
         return Record(kind, ENC_ZSTD, 0, packed)
@@ -521,4 +522,5 @@ __all__ = [
     "StoreStats",
     "StoredObject",
     "SweepReport",
+    "encode_record",
 ]

@@ -28,11 +28,11 @@ from vers.objects.store import (
     Record,
     StoreStats,
     SweepReport,
+    encode_record,
 )
 from vers.remote.bundle import RECORD_HEADER, Loc, RemoteIndex, fetch_records
 from vers.remote.negotiate import commits_to_send
 from vers.remote.progress import Progress
-from vers.remote.push import full_record
 from vers.remote.transport import Transport
 
 # Pages are committed to the local store in batches of this size: a killed fetch keeps all but
@@ -225,7 +225,7 @@ class Fetcher:
                     if depth is not None and depth + 1 <= MAX_DELTA_DEPTH:
                         rec = Record(rec.kind, ENC_DELTA, depth + 1, rec.payload)
                     else:  # the base will not be stored here: keep the node whole
-                        rec = full_record(rec.kind, self.overlay.get_bytes(oid))
+                        rec = encode_record(rec.kind, self.overlay.get_bytes(oid))
                 else:
                     rec = _plain(rec)
                 w.add_record(oid, rec)
