@@ -1,4 +1,4 @@
-"""Remote benchmark (issue #6), against a real S3 server (SeaweedFS) on loopback.
+"""Remote benchmark, against a real S3 server (SeaweedFS) on loopback.
 
 1. Incremental push: after pushing a 1 GiB memory image, a commit with 1% of its pages changed is
    pushed; the bucket's growth (sum of object sizes from a listing) is compared with the changed

@@ -1,4 +1,4 @@
-"""The issue #2 commands through the real `vers` entry point: output contracts and bad input."""
+"""The store and history commands through the real `vers` entry point: output contracts and bad input."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Bisect and diff --files benchmarks (issue #5). Prints ratios against baselines of the same run.
+"""Bisect and diff --files benchmarks. Prints ratios against baselines of the same run.
 
 1. Bisect over 1024 linear commits, mount mode, a real predicate process that reads the commit's
    disk through VERS_MOUNT: predicate runs (goal <= 11) and bisect's own per-step overhead, the
@@ -10,7 +10,7 @@
    (export the image, ``debugfs icheck`` + ``ncheck``) at 1 GiB.
 3. With skipped commits: total predicate runs of vers vs git over many histories (same answers).
 
-Usage: python3 bench/bisect.py [--quick]
+Usage: python3 bench/bisection.py [--quick]
 """
 
 from __future__ import annotations
