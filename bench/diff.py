@@ -1,4 +1,4 @@
-"""Diff benchmark (issue #2): two commits of big images differing in 10 pages.
+"""Diff benchmark: two commits of big images differing in 10 pages.
 
 The cost must follow the size of the change, not of the image: times are printed for 1 GiB and
 4 GiB images side by side (goal: <= 20 ms, and flat). Images are sparse files with random pages

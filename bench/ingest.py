@@ -1,4 +1,4 @@
-"""Ingest benchmark (issue #2): a series of memory images committed with vers vs backed up with restic.
+"""Ingest benchmark: a series of memory images committed with vers vs backed up with restic.
 
 Each image is half random, a quarter zero and a quarter compressible text; each differs from the
 previous one in 1% of its pages (new random content). Both tools read the same file from the same

@@ -1,4 +1,4 @@
-"""Maintenance benchmark (issue #2): ``vers fsck`` and ``vers gc`` on a history of large images.
+"""Maintenance benchmark: ``vers fsck`` and ``vers gc`` on a history of large images.
 
 Builds a history of COUNT images of SIZE MiB (half random, a quarter zero, a quarter text; 1% of
 pages changed between images), the same images backed up with restic, then times in one run:

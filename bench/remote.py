@@ -1,4 +1,4 @@
-"""Remote benchmark (issue #6), against a real S3 server (SeaweedFS) on loopback.
+"""Remote benchmark, against a real S3 server (SeaweedFS) on loopback.
 
 1. Incremental push: after pushing a 1 GiB memory image, a commit with 1% of its pages changed is
    pushed; the bucket's growth (sum of object sizes from a listing) is compared with the changed
@@ -24,14 +24,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from vers.objects.model import PAGE_SIZE
 from vers.porcelain.clone import clone
 from vers.porcelain.push import push
 from vers.porcelain.remote import add_remote
-from vers.remote.s3server import SeaweedS3
-from vers.remote.transport import open_transport
+from vers.remote.backends import open_transport
 from vers.repo import Repo
+from vers.testing.s3server import SeaweedS3
 
-PAGE = 4096
 BUCKET = "vers-bench"
 MB = 1e6
 
@@ -39,25 +39,25 @@ MB = 1e6
 def make_image(path: Path, size: int, seed: int) -> None:
     """Half random pages, half zero (a guest that has touched half its RAM)."""
     rnd = random.Random(seed)
-    block = 256 * PAGE
+    block = 256 * PAGE_SIZE
     with open(path, "wb") as f:
         for _ in range(size // block):
             buf = bytearray(block)
             for i in range(256):
                 if rnd.random() < 0.5:
-                    buf[i * PAGE:(i + 1) * PAGE] = os.urandom(PAGE)
+                    buf[i * PAGE_SIZE:(i + 1) * PAGE_SIZE] = os.urandom(PAGE_SIZE)
             f.write(buf)
 
 
 def change_one_percent(src: Path, dst: Path, seed: int) -> int:
     shutil.copyfile(src, dst)
-    npages = src.stat().st_size // PAGE
+    npages = src.stat().st_size // PAGE_SIZE
     pages = random.Random(seed).sample(range(npages), npages // 100)
     with open(dst, "r+b") as f:
         for p in pages:
-            f.seek(p * PAGE)
-            f.write(os.urandom(PAGE))
-    return len(pages) * PAGE
+            f.seek(p * PAGE_SIZE)
+            f.write(os.urandom(PAGE_SIZE))
+    return len(pages) * PAGE_SIZE
 
 
 def bucket_bytes(url: str) -> int:

@@ -12,10 +12,10 @@ import pytest
 
 from vers.errors import BadRevision, BisectError
 from vers.porcelain import bisect as bs
-from vers.porcelain.bisect_algo import estimate_steps, find_bisection
-from vers.porcelain.bisect_run import run, verdict_for
-from vers.porcelain.bisect_testing import build_vers, linear, random_dag, state_image
+from vers.porcelain.bisect.algo import estimate_steps, find_bisection
+from vers.porcelain.bisect.run import run, verdict_for
 from vers.repo import Repo
+from vers.testing.graphs import build_vers, linear, random_dag, state_image
 
 
 @pytest.fixture

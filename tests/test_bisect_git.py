@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from vers.porcelain.bisect_testing import (
+from vers.testing.graphs import (
     Graph,
     compare_with_git,
     linear,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from vers.porcelain import bisect as bs
-from vers.porcelain.bisect_run import run
+from vers.porcelain.bisect.run import run
 from vers.repo import Repo
 
 from .vmm.conftest import vm_repo

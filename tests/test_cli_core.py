@@ -1,4 +1,4 @@
-"""The issue #2 commands through the real `vers` entry point: output contracts and bad input."""
+"""The store and history commands through the real `vers` entry point: output contracts and bad input."""
 
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from vers.objects.model import PAGE_SIZE
 from vers.testing import make_image, mutate_pages, run_vers
-
-PAGE = 4096
 
 
 def vers(cwd: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -78,19 +77,19 @@ def test_snapshot_log_show_diff_export(work: Path) -> None:
 
 
 def test_export_is_sparse(work: Path) -> None:
-    (work / "mem").write_bytes(b"x" * PAGE + bytes(64 << 20))
+    (work / "mem").write_bytes(b"x" * PAGE_SIZE + bytes(64 << 20))
     vers(work, "snapshot", "--memory", "mem")
     vers(work, "export", "HEAD", "--memory", "out")
     st = os.stat(work / "out")
-    assert st.st_size == PAGE + (64 << 20)
+    assert st.st_size == PAGE_SIZE + (64 << 20)
     assert st.st_blocks * 512 < 1 << 20
 
 
 def test_tags_branches_reflog(work: Path) -> None:
-    (work / "m").write_bytes(b"a" * PAGE)
+    (work / "m").write_bytes(b"a" * PAGE_SIZE)
     c1 = vers(work, "snapshot", "--memory", "m", "-m", "one").stdout.strip()
     vers(work, "tag", "v1")
-    (work / "m").write_bytes(b"b" * PAGE)
+    (work / "m").write_bytes(b"b" * PAGE_SIZE)
     c2 = vers(work, "snapshot", "--memory", "m", "-m", "two").stdout.strip()
     assert vers(work, "tag").stdout == "v1\n"
     assert vers(work, "rev-parse", "v1").stdout.strip() == c1
@@ -131,10 +130,10 @@ def test_tags_branches_reflog(work: Path) -> None:
     ],
 )
 def test_bad_input_is_refused_and_changes_nothing(work: Path, args: list[str], message: str) -> None:
-    (work / "good.img").write_bytes(b"g" * PAGE)
+    (work / "good.img").write_bytes(b"g" * PAGE_SIZE)
     (work / "odd.img").write_bytes(b"o" * 1000)
     (work / "dir").mkdir()
-    (work / "unreadable.img").write_bytes(b"u" * PAGE)
+    (work / "unreadable.img").write_bytes(b"u" * PAGE_SIZE)
     (work / "unreadable.img").chmod(0)
     vers(work, "snapshot", "--memory", "good.img", "-m", "base")
     before = store_state(work)

@@ -13,12 +13,11 @@ import blake3
 import pytest
 
 from vers.errors import CorruptObject
+from vers.objects.model import PAGE_SIZE
 from vers.repo import Repo
 from vers.testing import make_image
 from vers.testing import run_vers as vers
 from vers.testing import vers_ok as ok
-
-PAGE = 4096
 
 
 @pytest.fixture
@@ -29,13 +28,13 @@ def work(tmp_path: Path) -> Path:
 
 def marked_page(marker: bytes) -> bytes:
     """A random (incompressible, so stored raw) page that contains ``marker`` once."""
-    return (os.urandom(1000) + marker + os.urandom(PAGE))[:PAGE]
+    return (os.urandom(1000) + marker + os.urandom(PAGE_SIZE))[:PAGE_SIZE]
 
 
 def test_fsck_clean_repository(work: Path) -> None:
     data = make_image(work / "mem", 1 << 20, seed=1)
     ok(work, "snapshot", "--memory", "mem", "-m", "one")
-    data[:PAGE] = os.urandom(PAGE)
+    data[:PAGE_SIZE] = os.urandom(PAGE_SIZE)
     (work / "mem").write_bytes(data)
     ok(work, "snapshot", "--memory", "mem", "-m", "two")
     ok(work, "tag", "v1", "HEAD~1")
@@ -47,12 +46,12 @@ def test_fsck_clean_repository(work: Path) -> None:
 
 
 def test_flipped_byte_in_store_file_is_found_by_read_and_by_fsck(work: Path) -> None:
-    base = make_image(work / "mem", 256 * PAGE, seed=2)
+    base = make_image(work / "mem", 256 * PAGE_SIZE, seed=2)
     first = ok(work, "snapshot", "--memory", "mem", "-m", "before").strip()
     marker = b"VERS-FSCK-MARKER-" + os.urandom(8).hex().encode()
     page = marked_page(marker)
     data = bytearray(base)
-    data[7 * PAGE : 8 * PAGE] = page
+    data[7 * PAGE_SIZE : 8 * PAGE_SIZE] = page
     (work / "mem").write_bytes(data)
     second = ok(work, "snapshot", "--memory", "mem", "-m", "with marker").strip()
     oid = blake3.blake3(page).hexdigest()
@@ -69,7 +68,7 @@ def test_flipped_byte_in_store_file_is_found_by_read_and_by_fsck(work: Path) -> 
             repo.export_image(second, "memory", work / "out")
         assert oid in str(exc.value)
         with pytest.raises(CorruptObject) as exc:
-            repo.open_image(second, "memory").pread(7 * PAGE + 10, 10)
+            repo.open_image(second, "memory").pread(7 * PAGE_SIZE + 10, 10)
         assert oid in str(exc.value)
         # The commit before the damage does not contain the page and still reads back exactly.
         repo.export_image(first, "memory", work / "first.out")
@@ -90,10 +89,10 @@ def test_flipped_byte_in_store_file_is_found_by_read_and_by_fsck(work: Path) -> 
 
 
 def test_missing_object_is_reported_with_the_ref_that_reaches_it(work: Path) -> None:
-    data = make_image(work / "mem", 64 * PAGE, seed=3, random_fraction=1.0, zero_fraction=0)
+    data = make_image(work / "mem", 64 * PAGE_SIZE, seed=3, random_fraction=1.0, zero_fraction=0)
     cid = ok(work, "snapshot", "--memory", "mem", "-m", "only").strip()
     ok(work, "tag", "keep", cid)
-    victim = blake3.blake3(bytes(data[3 * PAGE : 4 * PAGE])).digest()
+    victim = blake3.blake3(bytes(data[3 * PAGE_SIZE : 4 * PAGE_SIZE])).digest()
     with Repo(work) as repo:
         assert repo.store.delete([victim]) == 1
     p = vers(work, "fsck")
@@ -106,7 +105,7 @@ def test_missing_object_is_reported_with_the_ref_that_reaches_it(work: Path) -> 
 
 
 def test_missing_commit_named_by_a_ref_and_missing_tree(work: Path) -> None:
-    make_image(work / "mem", 16 * PAGE, seed=4)
+    make_image(work / "mem", 16 * PAGE_SIZE, seed=4)
     cid = ok(work, "snapshot", "--memory", "mem", "-m", "x").strip()
     with Repo(work) as repo:
         tree = bytes.fromhex(repo.get_commit(cid).images["memory"])

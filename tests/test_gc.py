@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from vers.objects.model import PAGE_SIZE
 from vers.repo import Repo
 from vers.testing import make_image, mutate_pages
 from vers.testing import run_vers as vers
 from vers.testing import vers_ok as ok
 
-PAGE = 4096
 HOUR = 3600
 
 
@@ -36,7 +36,7 @@ class Hist:
         self.work = work
         self.images: dict[str, bytes] = {}
         now = int(time.time())
-        data = make_image(work / "mem", npages * PAGE, seed=1)
+        data = make_image(work / "mem", npages * PAGE_SIZE, seed=1)
         with Repo(work) as repo:
             for i in range(n):
                 mutate_pages(data, 0.05, seed=10 + i)
@@ -104,7 +104,7 @@ def test_retention_rewrites_history_and_prunes(work: Path) -> None:
 
 def test_grace_period_keeps_fresh_garbage(work: Path) -> None:
     h = Hist(work, 2, npages=64)
-    make_image(work / "other", 64 * PAGE, seed=99, random_fraction=1.0, zero_fraction=0)
+    make_image(work / "other", 64 * PAGE_SIZE, seed=99, random_fraction=1.0, zero_fraction=0)
     ok(work, "branch-create", "scratch")
     ok(work, "switch", "scratch")
     side = ok(work, "snapshot", "--memory", "other", "-m", "side").strip()
@@ -149,7 +149,7 @@ def test_base_commit_of_a_vm_is_kept_and_checked(work: Path) -> None:
     from vers.vmm.state import VMRegistry
 
     h = Hist(work, 1, npages=16)
-    make_image(work / "other", 16 * PAGE, seed=98, random_fraction=1.0, zero_fraction=0)
+    make_image(work / "other", 16 * PAGE_SIZE, seed=98, random_fraction=1.0, zero_fraction=0)
     ok(work, "branch-create", "tmp")
     ok(work, "switch", "tmp")
     side = ok(work, "snapshot", "--memory", "other", "-m", "vm base").strip()

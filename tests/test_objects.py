@@ -27,6 +27,7 @@ from vers.objects import (
 )
 from vers.objects.model import KIND_PAGE, canonical_json, node_bytes
 from vers.objects.store import ENC_DELTA, ENC_RAW, ENC_ZSTD
+from vers.testing.corrupt import flip_byte
 
 
 @pytest.fixture(params=["memory", "lmdb"])
@@ -166,7 +167,7 @@ def test_corrupt_object_is_named_on_read() -> None:
     data = os.urandom(PAGE_SIZE)
     tree = build(store, data)
     oid = blake3.blake3(data).digest()
-    store.corrupt_for_test(oid, bytes([data[0] ^ 1]) + data[1:])
+    flip_byte(store, oid)
     with pytest.raises(CorruptObject) as exc:
         read_all(store, tree)
     assert oid.hex() in str(exc.value)

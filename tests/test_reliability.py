@@ -23,7 +23,6 @@ from vers.repo import Repo
 from vers.testing import make_image, mutate_pages, run_vers, vers_env, vers_ok
 
 pytestmark = pytest.mark.slow
-PAGE = 4096
 MIB = 1 << 20
 
 

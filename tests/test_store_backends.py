@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from vers.errors import CorruptObject, ObjectNotFound, StoreError
+from vers.history.retention import Policy, plan_retention
 from vers.objects import (
     PAGE_SIZE,
     Commit,
@@ -27,8 +28,8 @@ from vers.objects import (
 from vers.objects.model import KIND_COMMIT, KIND_PAGE
 from vers.porcelain.fsck import fsck
 from vers.porcelain.gc import gc
-from vers.porcelain.retention import Policy, plan_retention
 from vers.refs.container import DictRefsContainer, LmdbRefsContainer, RefsContainer
+from vers.testing.corrupt import flip_byte
 
 NPAGES = 40
 
@@ -318,7 +319,7 @@ class StoreBehaviour:
         assert report.objects_removed > 0
 
     def test_retention_leaves_a_branch_that_moved_meanwhile(self, h: History) -> None:
-        from vers.porcelain.retention import apply_retention
+        from vers.history.retention import apply_retention
 
         self.linear(h, 5, step=3600)
         plan = plan_retention(h.store, h.refs, Policy(last=2), now=T0 + 10 * 3600)
@@ -351,9 +352,7 @@ class TestMemoryStore(StoreBehaviour):
         return MemoryObjectStore(), DictRefsContainer()
 
     def corrupt(self, store: ObjectStore, oid: bytes) -> None:
-        rec = store.get_record(oid)
-        assert isinstance(store, MemoryObjectStore)
-        store.corrupt_for_test(oid, bytes([rec.payload[0] ^ 1]) + rec.payload[1:])
+        flip_byte(store, oid, at=0)
 
 
 class TestLmdbStore(StoreBehaviour):
@@ -362,8 +361,7 @@ class TestLmdbStore(StoreBehaviour):
         return store, LmdbRefsContainer(store.env)
 
     def corrupt(self, store: ObjectStore, oid: bytes) -> None:
-        assert isinstance(store, LmdbObjectStore)
-        store.corrupt_for_test(oid, flip_at=7)
+        flip_byte(store, oid, at=7)
 
     # -- LMDB only: pack ages and the index ---------------------------------------------------
     def test_grace_period_protects_young_packs(self, h: History) -> None:

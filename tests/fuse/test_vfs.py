@@ -8,6 +8,7 @@ import pytest
 
 from tests.fuse.conftest import History
 from vers.fuse.vfs import ROOT_INODE, RepoView, inode_of
+from vers.testing.corrupt import flip_byte
 
 
 def test_root_layout(history: History) -> None:
@@ -111,7 +112,7 @@ def test_batched_pread_matches_page_reads_and_detects_corruption(history: Histor
     for _ in range(100):
         off, n = rnd.randrange(image.size + 10), rnd.randrange(1, 1 << 20)
         assert image.pread(off, n) == expect[off : off + n]
-    history.repo.store.corrupt_for_test(image.reader.page_id(1), flip_at=7)
+    flip_byte(history.repo.store, image.reader.page_id(1), at=7)
     with pytest.raises(CorruptObject):
         image.pread(0, 3 * 4096)
     assert image.pread(2 * 4096, 4096) == bytes(4096)  # page 2 is a zero page: no lookup

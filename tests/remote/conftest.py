@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from vers.objects.model import PAGE_SIZE
 from vers.porcelain.fsck import fsck
-from vers.remote.s3server import SeaweedS3
 from vers.repo import Repo
+from vers.testing.s3server import SeaweedS3
 
-PAGE = 4096
 # The CLI as a user runs it, with this interpreter (no dependence on PATH or console scripts).
 VERS = [sys.executable, "-c", "from vers.cli import main; main()"]
 BUCKET = "vers-tests"
@@ -60,10 +60,10 @@ def remote_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 def make_memory(path: Path, npages: int, seed: int, random_fraction: float = 0.5) -> bytearray:
     """Some random pages, the rest zero, in a fixed pseudo-random pattern."""
     rnd = random.Random(seed)
-    data = bytearray(npages * PAGE)
+    data = bytearray(npages * PAGE_SIZE)
     for i in range(npages):
         if rnd.random() < random_fraction:
-            data[i * PAGE:(i + 1) * PAGE] = rnd.randbytes(PAGE)
+            data[i * PAGE_SIZE:(i + 1) * PAGE_SIZE] = rnd.randbytes(PAGE_SIZE)
     path.write_bytes(data)
     return data
 
@@ -72,7 +72,7 @@ def change_pages(src: bytearray, path: Path, pages: list[int], seed: int) -> byt
     rnd = random.Random(seed)
     data = bytearray(src)
     for p in pages:
-        data[p * PAGE:(p + 1) * PAGE] = rnd.randbytes(PAGE)
+        data[p * PAGE_SIZE:(p + 1) * PAGE_SIZE] = rnd.randbytes(PAGE_SIZE)
     path.write_bytes(data)
     return data
 

@@ -9,16 +9,17 @@ from pathlib import Path
 import pytest
 
 from vers.errors import RemoteError
+from vers.objects.model import PAGE_SIZE
 from vers.porcelain.clone import clone
 from vers.porcelain.fetch import fetch, pull
 from vers.porcelain.push import push
 from vers.porcelain.remote import add_remote
+from vers.remote.backends import open_transport
 from vers.remote.bundle import BUNDLE_PREFIX, INDEX_ENTRY, INDEX_MAGIC, RECORD_HEADER
 from vers.remote.push import PushRejected
-from vers.remote.transport import open_transport
 from vers.repo import Repo
 
-from .conftest import PAGE, assert_consistent, change_pages, export_bytes, make_memory, vers
+from .conftest import assert_consistent, change_pages, export_bytes, make_memory, vers
 
 
 def _repo_with_history(tmp: Path, remote_url: str, npages: int = 1024) -> tuple[Repo, list[str],
@@ -83,7 +84,7 @@ def test_second_push_sends_only_changed_pages(tmp_path: Path, remote_url: str) -
     change_pages(m1, tmp_path / "m2", changed, seed=9)
     repo.snapshot({"memory": tmp_path / "m2"}, message="1% changed")
     result = push(repo, "origin", quiet=True)
-    changed_bytes = len(changed) * PAGE
+    changed_bytes = len(changed) * PAGE_SIZE
     growth = _bucket_bytes(remote_url) - before
     # pages + 16 leaf nodes (deltas) + root + tree + commit; nothing of the unchanged 99%
     assert result.objects == len(changed) + 16 + 1 + 1 + 1
@@ -97,10 +98,10 @@ def test_non_fast_forward_rejected_and_nothing_changes(tmp_path: Path, remote_ur
     push(repo, "origin", quiet=True)
     other, _ = clone(remote_url, str(tmp_path / "b"), quiet=True)
     # Our side moves on and pushes; the clone commits on the old tip: histories diverge.
-    (tmp_path / "m3").write_bytes(os.urandom(64 * PAGE))
+    (tmp_path / "m3").write_bytes(os.urandom(64 * PAGE_SIZE))
     ours = repo.snapshot({"memory": tmp_path / "m3"}, message="ours")
     push(repo, "origin", quiet=True)
-    (tmp_path / "m4").write_bytes(os.urandom(64 * PAGE))
+    (tmp_path / "m4").write_bytes(os.urandom(64 * PAGE_SIZE))
     theirs = other.snapshot({"memory": tmp_path / "m4"}, message="theirs")
     listing = open_transport(remote_url).list("")
     with pytest.raises(PushRejected, match="non-fast-forward"):
@@ -128,7 +129,7 @@ def test_pull_fast_forwards(tmp_path: Path, remote_url: str) -> None:
     repo, commits, _ = _repo_with_history(tmp_path, remote_url)
     push(repo, "origin", quiet=True)
     other, _ = clone(remote_url, str(tmp_path / "b"), quiet=True)
-    (tmp_path / "m3").write_bytes(os.urandom(64 * PAGE))
+    (tmp_path / "m3").write_bytes(os.urandom(64 * PAGE_SIZE))
     new = repo.snapshot({"memory": tmp_path / "m3"}, message="three")
     push(repo, "origin", quiet=True)
     old, got = pull(other, "origin", quiet=True)
@@ -226,7 +227,7 @@ def test_racing_pushes_one_wins_no_update_lost(tmp_path: Path, remote_url: str) 
     clones = [clone(remote_url, str(tmp_path / f"c{i}"), quiet=True)[0] for i in range(2)]
     tips = []
     for i, c in enumerate(clones):
-        (tmp_path / f"x{i}").write_bytes(os.urandom(256 * PAGE))
+        (tmp_path / f"x{i}").write_bytes(os.urandom(256 * PAGE_SIZE))
         tips.append(c.snapshot({"memory": tmp_path / f"x{i}"}, message=f"racer {i}"))
     outcome: dict[int, object] = {}
     barrier = threading.Barrier(2)

@@ -8,17 +8,20 @@ message goes to stderr. Custom terms (``--term-old/--term-new``) become verbs of
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING
 
 import click
 
 from vers.cli._group import cli, emit_json, info, open_repo
 from vers.errors import EXIT_BISECT_SKIPPED
 from vers.porcelain import bisect as bs
-from vers.porcelain.bisect_algo import Decision
+from vers.porcelain.bisect.algo import Decision
+
+if TYPE_CHECKING:
+    from vers.repo import Repo
 
 
-def _finish(repo: Any, decision: Decision | None) -> None:
+def _finish(repo: Repo, decision: Decision | None) -> None:
     """Print what a step decided: the next ID, or the answer."""
     if decision is None:
         return
@@ -113,7 +116,7 @@ def run_cmd(vm: bool, files_mode: str, cmd: tuple[str, ...]) -> None:
     CMD gets VERS_COMMIT (the full ID) and VERS_MOUNT (a directory with the commit's memory,
     disk, ... files, read lazily) in its environment.
     """
-    from vers.porcelain.bisect_run import run
+    from vers.porcelain.bisect.run import run
 
     repo = open_repo()
     result = run(repo, list(cmd), mode="vm" if vm else files_mode, say=info)

@@ -10,7 +10,6 @@ import click
 
 from vers.cli._group import cli, emit_json, info, open_repo
 from vers.errors import BadInput
-from vers.objects.model import Commit
 from vers.porcelain import diff as diff_mod
 from vers.porcelain import export as export_mod
 from vers.porcelain import init as init_mod
@@ -91,20 +90,8 @@ def log(rev: str, oneline: bool, graph: bool, max_count: int | None, first_paren
     if fmt == "json":
         emit_json([log_mod.commit_json(c) for c in commits])
         return
-    deco = log_mod.decorations(repo)
-
-    def render(c: Commit) -> str:
-        fn = log_mod.format_oneline if oneline else log_mod.format_full
-        return fn(c, deco.get(c.id, []))
-
-    if graph:
-        for line in log_mod.graph_lines(commits, render):
-            click.echo(line)
-    else:
-        for i, c in enumerate(commits):
-            if not oneline and i:
-                click.echo("")
-            click.echo(render(c).rstrip("\n"))
+    for line in log_mod.log_lines(repo, commits, oneline, graph):
+        click.echo(line)
 
 
 @cli.command()
@@ -132,7 +119,7 @@ def diff(a: str, b: str | None, stat: bool, exit_code: bool, fmt: str, files: bo
          memory: bool = False, image: str | None = None) -> None:
     """Changed memory pages and disk blocks between commits A and B (default B: HEAD)."""
     repo = open_repo()
-    if files or memory:  # issue #5: vers/porcelain/difffiles.py
+    if files or memory:
         from vers.porcelain.difffiles import render
 
         text, changed = render(repo, a, b or "HEAD", files, memory, image, fmt)

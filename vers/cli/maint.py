@@ -18,12 +18,9 @@ def fsck_cmd(full: bool) -> None:
     Each problem is printed on its own line (what, which object, reached from which ref and
     commit); exit status 1 if there is any, 0 if none.
     """
-    from vers.porcelain.fsck import fsck
-    from vers.porcelain.gc import vm_roots
+    from vers.porcelain.fsck import fsck_repo
 
-    repo = open_repo()
-    report = fsck(repo.store, repo.refs, full=full, on_problem=lambda p: click.echo(str(p)),
-                  extra_roots=vm_roots(repo.vers_dir))
+    report = fsck_repo(open_repo(), full=full, on_problem=lambda p: click.echo(str(p)))
     info(report.summary())
     if not report.ok:
         sys.exit(1)
@@ -67,24 +64,20 @@ def gc_cmd(
     rule keeps are removed from history (kept commits above them are rewritten with the same
     state, time and message); branch heads and tagged commits are always kept.
     """
-    from vers.porcelain.gc import gc, vm_roots
-    from vers.porcelain.retention import Policy, parse_duration
+    from vers.porcelain.gc import Policy, gc_repo, parse_duration
 
     policy = Policy(
         last=keep_last, hourly=keep_hourly, daily=keep_daily, weekly=keep_weekly,
         monthly=keep_monthly, yearly=keep_yearly,
         within=parse_duration(keep_within) if keep_within is not None else None,
     )
-    repo = open_repo()
-    report = gc(
-        repo.store,
-        repo.refs,
+    report = gc_repo(
+        open_repo(),
         grace=parse_duration(grace),
         expire_reflog=parse_duration(expire_reflog),
-        policy=None if policy.empty else policy,
+        policy=policy,
         dry_run=dry_run,
         max_unused=max_unused / 100,
-        extra_roots=lambda: vm_roots(repo.vers_dir),
         progress=lambda msg: info(f"gc: {msg}"),
     )
     for line in report.lines():

@@ -5,8 +5,7 @@ from __future__ import annotations
 import click
 
 from vers.cli._group import cli, info, open_repo
-from vers.remote.bundle import DEFAULT_BUNDLE_BYTES
-from vers.remote.progress import human_bytes
+from vers.porcelain import push as push_mod
 
 _quiet = click.option("-q", "--quiet", is_flag=True, help="No progress output on stderr.")
 
@@ -60,26 +59,20 @@ remote.add_command(remote_remove, "rm")
 @click.argument("remote_name", metavar="REMOTE")
 @click.argument("refspecs", nargs=-1, metavar="[REF[:DST]]...")
 @click.option("-f", "--force", is_flag=True, help="Allow non-fast-forward updates.")
-@click.option("--bundle-size", type=int, default=DEFAULT_BUNDLE_BYTES, show_default=True,
+@click.option("--bundle-size", type=int, default=push_mod.DEFAULT_BUNDLE_BYTES, show_default=True,
               help="Target bytes per uploaded bundle.")
 @_quiet
 def push(remote_name: str, refspecs: tuple[str, ...], force: bool, bundle_size: int,
          quiet: bool) -> None:
     """Send commits to REMOTE and move its refs (default: the current branch)."""
-    from vers.porcelain.push import push as run_push
-
     if bundle_size < 4096:
         raise click.BadParameter("must be at least 4096", param_hint="--bundle-size")
     with open_repo() as repo:
-        result = run_push(repo, remote_name, list(refspecs), force=force, quiet=quiet,
+        result = push_mod.push(repo, remote_name, list(refspecs), force=force, quiet=quiet,
                           bundle_bytes=bundle_size)
     if not quiet:
-        for ref in result.up_to_date:
-            info(f"{ref}: up to date")
-        for ref, old, new in result.updated:
-            info(f"{ref}: {old[:12] if old else '(new)'} -> {new[:12]}")
-        info(f"sent {result.objects} objects, {human_bytes(result.bytes)} in "
-             f"{result.bundles} bundles")
+        for line in push_mod.push_lines(result):
+            info(line)
 
 
 @cli.command()
@@ -88,13 +81,13 @@ def push(remote_name: str, refspecs: tuple[str, ...], force: bool, bundle_size: 
 def fetch(remote_name: str, quiet: bool) -> None:
     """Fetch branches and tags of REMOTE into refs/remotes/REMOTE/* (and refs/tags/*)."""
     from vers.porcelain.fetch import fetch as run_fetch
+    from vers.porcelain.fetch import fetch_lines
 
     with open_repo() as repo:
         summary = run_fetch(repo, remote_name, quiet=quiet)
     if not quiet:
-        for ref, (old, new) in summary.updated.items():
-            info(f"{ref}: {old[:12] if old else '(new)'} -> {new[:12]}")
-        info(f"received {summary.result.objects} objects, {human_bytes(summary.result.bytes)}")
+        for line in fetch_lines(summary):
+            info(line)
 
 
 @cli.command()

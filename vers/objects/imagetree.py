@@ -252,10 +252,6 @@ class PageRange:
     start: int  # first page
     count: int
 
-    @property
-    def byte_range(self) -> tuple[int, int]:
-        return self.start * PAGE_SIZE, (self.start + self.count) * PAGE_SIZE
-
 
 def diff_trees(store: ObjectStore, a: Tree, b: Tree) -> list[PageRange]:
     """Page ranges whose content differs; equal subtrees are pruned without being read."""
@@ -326,9 +322,6 @@ class ImageFile(io.RawIOBase):
 
     def pread(self, offset: int, length: int) -> bytes:
         return self.reader.pread(offset, length)
-
-    def page_is_zero(self, page: int) -> bool:
-        return self.reader.page_id(page) == ZERO_ID
 
 
 def write_image(store: ObjectStore, tree: Tree, out: BinaryIO) -> None:

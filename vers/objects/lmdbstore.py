@@ -11,19 +11,19 @@ from __future__ import annotations
 
 import fcntl
 import itertools
-import os
 import struct
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import lmdb
 
 from vers.errors import ObjectNotFound, StoreError
-from vers.objects.store import ObjectStore, Record
+from vers.objects.store import ObjectStore, Record, StoredObject, StoreStats, SweepReport
 
 PACK_BYTES = 8 << 20
+PACKS_PER_TXN = 32  # 256 MiB of packs per sweep transaction: bounded memory, few transactions
 MAP_SIZE = 1 << 40  # address space only; the file grows as data is written
 _INDEX = struct.Struct("<QIIBBB")  # pack, offset, length, kind, encoding, depth
 _RECORD_HEADER = struct.Struct("<32sBBBI")  # id, kind, encoding, depth, length
@@ -61,6 +61,11 @@ class LmdbObjectStore(ObjectStore):
     def open(cls, path: Path) -> LmdbObjectStore:
         path.mkdir(parents=True, exist_ok=True)
         return cls(open_env(path))
+
+    @property
+    def path(self) -> str:
+        """The store's directory (``data.mdb`` and ``lock.mdb`` are in it)."""
+        return str(self.env.path())
 
     def close(self) -> None:
         self.env.close()
@@ -173,7 +178,124 @@ class LmdbObjectStore(ObjectStore):
                 if key.hex().startswith(hex_prefix):
                     yield bytes(key), _INDEX.unpack(loc)[3]
 
+    # -- checking (fsck) ----------------------------------------------------------------------
+    def scan(self) -> Iterator[StoredObject]:
+        """Pack by pack, in one read transaction, then the index entries that lead nowhere.
+
+        Reading pack by pack touches each 8 MiB pack value once instead of once per object (an
+        LMDB get of a large value costs ~25 us, more than hashing the page). An index entry must
+        point at its own record header inside an existing pack; one that does not is yielded
+        without a record, saying where it points."""
+        hdr = _RECORD_HEADER
+        index_db, packs_db = self.db["index"], self.db["packs"]
+        with self.env.begin(buffers=True) as txn:
+            seen: set[bytes] = set()
+            for key, pack in txn.cursor(db=packs_db):
+                pack_no = _PACK_KEY.unpack(key)[0]
+                off = 0
+                while off + hdr.size <= len(pack):
+                    rid, kind, enc, depth, length = hdr.unpack_from(pack, off)
+                    start, end = off + hdr.size, off + hdr.size + length
+                    if end > len(pack):
+                        break  # a truncated record; its index entry (if any) is yielded below
+                    off = end
+                    loc = txn.get(rid, db=index_db)
+                    if loc is None or _INDEX.unpack(loc) != (pack_no, start, length, kind, enc, depth):
+                        continue  # a dead duplicate: never read
+                    oid = bytes(rid)
+                    seen.add(oid)
+                    yield StoredObject(oid, kind, Record(kind, enc, depth, bytes(pack[start:end])))
+            for key, loc in txn.cursor(db=index_db):
+                oid = bytes(key)
+                if oid in seen:
+                    continue
+                pack_no, off, length, kind, _enc, _depth = _INDEX.unpack(loc)
+                where = txn.get(_PACK_KEY.pack(pack_no), db=packs_db)
+                if where is None:
+                    detail = f"index points into pack {pack_no}, which does not exist"
+                elif off < hdr.size or off + length > len(where):
+                    detail = (f"index points outside pack {pack_no} "
+                              f"(bytes {off}..{off + length} of {len(where)})")
+                else:
+                    detail = f"index entry does not match the record at pack {pack_no} offset {off}"
+                yield StoredObject(oid, kind, None, detail)
+
+    def stats(self) -> StoreStats:
+        with self.env.begin() as txn:
+            objects = int(txn.stat(self.db["index"])["entries"])
+        return StoreStats(objects, sum(size for _, _, size in self.iter_packs()))
+
     # -- maintenance (gc) ---------------------------------------------------------------------
+    def release_stale_readers(self) -> int:
+        """Reader slots of killed processes pin old pages, so LMDB could not reuse what gc frees."""
+        return int(self.env.reader_check())
+
+    def sweep(
+        self,
+        live: Callable[[], set[bytes]],
+        *,
+        older_than: float,
+        max_unused: float,
+        dry_run: bool = False,
+    ) -> SweepReport:
+        """Unreachable objects in packs created before ``older_than`` go in one of two ways
+        (restic's prune does the same):
+
+        - the pack is rewritten without them when, afterwards, more than ``max_unused`` of it
+          would be dead bytes (or nothing in it is live): the space is freed now;
+        - otherwise only their index entries go: they are gone for every reader at once, and
+          their bytes stay as dead records until the pack passes the threshold in a later sweep.
+          This keeps a gc after a small retention change from copying every pack to free a few
+          pages.
+
+        Each batch of packs is rewritten in one transaction (survivors copied to new packs, the
+        old packs dropped together), so a kill leaves either the old packs or the new ones."""
+        report = SweepReport()
+        marked = live()
+        repack: list[int] = []
+        unindex: list[bytes] = []
+        for pack_no, created, size in list(self.iter_packs()):
+            stored = self._pack_objects(pack_no)
+            garbage = [o for o in stored if o not in marked]
+            if created > older_than:
+                report.young_unreachable += len(garbage)
+                continue
+            keep_bytes = self._record_bytes([o for o in stored if o in marked])
+            dead = size - keep_bytes
+            if not garbage and dead <= max_unused * size:
+                continue
+            report.objects_removed += len(garbage)
+            report.bytes_removed += self._record_bytes(garbage)
+            if keep_bytes == 0 or dead > max_unused * size:
+                repack.append(pack_no)
+            else:
+                unindex.extend(garbage)
+                report.dead_bytes_left += self._record_bytes(garbage)
+        report.packs_rewritten = len(repack)
+        if dry_run:
+            return report
+        removed = 0
+        for i in range(0, max(len(repack), 1), PACKS_PER_TXN):
+            marked = live()
+            batch = repack[i : i + PACKS_PER_TXN]
+            if batch:
+                removed += self._rewrite_packs(batch, marked)
+            if i == 0 and unindex:
+                removed += self.delete([o for o in unindex if o not in marked])
+        report.objects_removed = removed
+        return report
+
+    def _record_bytes(self, oids: list[bytes]) -> int:
+        """Bytes the records of ``oids`` take in their packs, from the index alone (reading each
+        record would cost a pack lookup)."""
+        total = 0
+        with self.env.begin(buffers=True) as txn:
+            for oid in oids:
+                loc = txn.get(oid, db=self.db["index"])
+                if loc is not None:
+                    total += _INDEX.unpack(loc)[2] + _RECORD_HEADER.size
+        return total
+
     def iter_packs(self) -> Iterator[tuple[int, float, int]]:
         """(pack number, creation time, bytes) of every pack."""
         with self.env.begin() as txn:
@@ -181,7 +303,7 @@ class LmdbObjectStore(ObjectStore):
                 created, size = _PACK_META.unpack(val)
                 yield _PACK_KEY.unpack(key)[0], created, size
 
-    def pack_objects(self, pack_no: int) -> list[bytes]:
+    def _pack_objects(self, pack_no: int) -> list[bytes]:
         """IDs whose live record is in this pack (a pack may also hold dead duplicates)."""
         out: list[bytes] = []
         with self.env.begin(buffers=True) as txn:
@@ -197,11 +319,12 @@ class LmdbObjectStore(ObjectStore):
                 off += _RECORD_HEADER.size + length
         return out
 
-    def rewrite_packs(self, pack_nos: list[int], keep: set[bytes]) -> tuple[int, int]:
+    def _rewrite_packs(self, pack_nos: list[int], keep: set[bytes]) -> int:
         """Copy the records of ``keep`` out of ``pack_nos`` into new packs, then drop those packs
-        and every index entry still pointing into them. Atomic: one transaction."""
+        and every index entry still pointing into them; returns how many objects went. Atomic: one
+        transaction."""
         index_db, packs_db, meta_db = self.db["index"], self.db["packs"], self.db["packmeta"]
-        removed = freed = 0
+        removed = 0
         survivors: list[tuple[bytes, Record]] = []
         with self.env.begin(write=True) as txn:
             for pack_no in pack_nos:
@@ -222,11 +345,10 @@ class LmdbObjectStore(ObjectStore):
                     else:
                         removed += 1
                     txn.delete(oid, db=index_db)
-                freed += len(pack)
                 txn.delete(key, db=packs_db)
                 txn.delete(key, db=meta_db)
             self._put_in_txn(txn, survivors)
-        return removed, freed
+        return removed
 
     def delete(self, oids: Iterable[bytes]) -> int:
         n = 0
@@ -235,19 +357,3 @@ class LmdbObjectStore(ObjectStore):
                 if txn.delete(oid, db=self.db["index"]):
                     n += 1
         return n
-
-    def corrupt_for_test(self, oid: bytes, flip_at: int = 0) -> None:
-        """Flip one payload byte of ``oid`` in place (tests of integrity checking only)."""
-        with self.env.begin(write=True) as txn:
-            loc = txn.get(oid, db=self.db["index"])
-            assert loc is not None, f"no object {oid.hex()}"
-            pack_no, off, _len, _k, _e, _d = _INDEX.unpack(loc)
-            key = _PACK_KEY.pack(pack_no)
-            stored = txn.get(key, db=self.db["packs"])
-            assert stored is not None
-            pack = bytearray(stored)
-            pack[off + flip_at] ^= 0xFF
-            txn.put(key, bytes(pack), db=self.db["packs"])
-
-    def disk_usage(self) -> int:
-        return os.path.getsize(Path(self.env.path()) / "data.mdb")

@@ -46,16 +46,6 @@ def hash_bytes(data: bytes | bytearray | memoryview) -> bytes:
     return blake3.blake3(data).digest()
 
 
-def hex_id(oid: bytes) -> str:
-    return oid.hex()
-
-
-def parse_hex_id(text: str) -> bytes:
-    if len(text) != 2 * ID_LEN or not re.fullmatch(r"[0-9a-f]+", text):
-        raise BadInput(f"not a full object ID: {text!r}")
-    return bytes.fromhex(text)
-
-
 def canonical_json(value: Any) -> bytes:
     """Sorted keys, no white space, UTF-8; floats are refused because they do not round-trip."""
     _reject_floats(value)

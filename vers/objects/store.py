@@ -18,7 +18,7 @@ import struct
 import threading
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -63,6 +63,34 @@ class Record:
     encoding: int
     depth: int
     payload: bytes
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """One object as a scan of the store finds it: its record, or (``record`` None) why the
+    store's index does not lead to one."""
+
+    oid: bytes
+    kind: int
+    record: Record | None
+    problem: str = ""
+
+
+@dataclass(frozen=True)
+class StoreStats:
+    objects: int
+    bytes: int  # what the stored records take, dead ones not yet reclaimed included
+
+
+@dataclass
+class SweepReport:
+    """What a sweep removed (or, dry, would remove)."""
+
+    objects_removed: int = 0
+    bytes_removed: int = 0  # payload bytes of the removed objects
+    packs_rewritten: int = 0
+    young_unreachable: int = 0  # unreachable, but stored too recently to be removed
+    dead_bytes_left: int = 0  # removed from the index; their space is reclaimed in a later sweep
 
 
 class _Codec(threading.local):
@@ -112,6 +140,40 @@ class ObjectStore(ABC):
     @abstractmethod
     def delete(self, oids: Iterable[bytes]) -> int:
         """Remove objects (used by gc only); returns how many were removed."""
+
+    @abstractmethod
+    def stats(self) -> StoreStats: ...
+
+    @abstractmethod
+    def sweep(
+        self,
+        live: Callable[[], set[bytes]],
+        *,
+        older_than: float,
+        max_unused: float,
+        dry_run: bool = False,
+    ) -> SweepReport:
+        """Remove every object not in ``live()`` that was stored before the time ``older_than``
+        (a newer one may belong to a writer whose ref has not landed yet; a backend that keeps no
+        storage times ignores this).
+
+        ``live`` is asked again before each destructive step, so objects that became reachable
+        meanwhile are kept. ``max_unused`` is the share of dead bytes a backend that stores
+        objects together tolerates before it rewrites them (below it, objects only leave the
+        index)."""
+
+    def scan(self) -> Iterator[StoredObject]:
+        """Every stored object once, in the order cheapest for the backend, with its record
+        unverified (see ``decode_record``); fsck checks the store with this."""
+        for oid, kind in list(self.iter_ids()):
+            rec = self._backend_get(oid)
+            if rec is not None:  # else deleted while we looked
+                yield StoredObject(oid, kind, rec)
+
+    def release_stale_readers(self) -> int:
+        """Readers that died without closing can keep a backend from reusing freed space; this
+        releases them and says how many there were (0 for a backend without such readers)."""
+        return 0
 
     def close(self) -> None:
         pass
@@ -297,7 +359,7 @@ class ObjectWriter:
         """Add an object by its canonical bytes (caller computed ``oid``); skips known IDs."""
         if self._known(oid):
             return
-        self._queue(oid, _encode(kind, data) if compress else Record(kind, ENC_RAW, 0, data))
+        self._queue(oid, encode_record(kind, data) if compress else Record(kind, ENC_RAW, 0, data))
 
     def add_pages(self, pages: list[tuple[bytes, bytes]]) -> None:
         """Add many pages; they are compressed on a worker thread while the caller goes on."""
@@ -309,7 +371,7 @@ class ObjectWriter:
         if batch:
             self._compressing = batch
             self._compress_job = self._executor().submit(
-                lambda items: [(o, _encode(KIND_PAGE, d)) for o, d in items], list(batch.items())
+                lambda items: [(o, encode_record(KIND_PAGE, d)) for o, d in items], list(batch.items())
             )
 
     def _drain_compress(self) -> None:
@@ -390,7 +452,8 @@ class ObjectWriter:
             self._pool = None
 
 
-def _encode(kind: int, data: bytes) -> Record:
+def encode_record(kind: int, data: bytes) -> Record:
+    """The stored form of an object's canonical bytes: zstd when that saves enough, else raw."""
     packed = _codec.cctx.compress(data)
     if len(packed) + MIN_COMPRESSION_SAVING <= len(data):
         return Record(kind, ENC_ZSTD, 0, packed)
@@ -398,35 +461,53 @@ def _encode(kind: int, data: bytes) -> Record:
 
 
 class MemoryObjectStore(ObjectStore):
-    """A dict-backed store for tests and scratch work; same behaviour as the LMDB store."""
+    """A dict-backed store for tests and scratch work; same behaviour as the LMDB store.
+
+    ``records`` is the dict itself: stored records by ID, open to code that needs to reach past
+    the interface (tests that damage a record on purpose)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self._objects: dict[bytes, Record] = {}
+        self.records: dict[bytes, Record] = {}
 
     def _backend_get(self, oid: bytes) -> Record | None:
-        return self._objects.get(oid)
+        return self.records.get(oid)
 
     def _backend_missing(self, oids: list[bytes]) -> list[bytes]:
-        return [o for o in oids if o not in self._objects]
+        return [o for o in oids if o not in self.records]
 
     def _backend_put(self, records: list[tuple[bytes, Record]]) -> None:
         for oid, rec in records:
-            self._objects.setdefault(oid, rec)
+            self.records.setdefault(oid, rec)
 
     def iter_ids(self) -> Iterator[tuple[bytes, int]]:
-        yield from ((oid, rec.kind) for oid, rec in list(self._objects.items()))
+        yield from ((oid, rec.kind) for oid, rec in list(self.records.items()))
 
     def delete(self, oids: Iterable[bytes]) -> int:
         n = 0
         for oid in oids:
-            if self._objects.pop(oid, None) is not None:
+            if self.records.pop(oid, None) is not None:
                 n += 1
         return n
 
-    def corrupt_for_test(self, oid: bytes, payload: bytes) -> None:
-        rec = self._objects[oid]
-        self._objects[oid] = Record(rec.kind, rec.encoding, rec.depth, payload)
+    def stats(self) -> StoreStats:
+        return StoreStats(len(self.records), sum(len(r.payload) for r in self.records.values()))
+
+    def sweep(
+        self,
+        live: Callable[[], set[bytes]],
+        *,
+        older_than: float,
+        max_unused: float,
+        dry_run: bool = False,
+    ) -> SweepReport:
+        """No storage times here, and nothing shared between records: every unreachable object
+        goes at once (this store lives in one process, so no writer is in flight)."""
+        keep = live()
+        garbage = [oid for oid in list(self.records) if oid not in keep]
+        report = SweepReport(bytes_removed=sum(len(self.records[o].payload) for o in garbage))
+        report.objects_removed = len(garbage) if dry_run else self.delete(garbage)
+        return report
 
 
 __all__ = [
@@ -438,4 +519,8 @@ __all__ = [
     "ObjectStore",
     "ObjectWriter",
     "Record",
+    "StoreStats",
+    "StoredObject",
+    "SweepReport",
+    "encode_record",
 ]

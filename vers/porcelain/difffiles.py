@@ -26,11 +26,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from vers.errors import BadInput
+from vers.ext4.reader import ROOT_INO, Ext4, Inode
 from vers.objects.model import PAGE_SIZE
-from vers.porcelain.difffiles_ext4 import ROOT_INO, Ext4, Inode
-
-_IGNORED_FIELDS = ((8, 12), (12, 16), (116 + 8, 116 + 10), (128 + 2, 128 + 4), (132, 136),
-                   (140, 144))  # atime, ctime, checksums, ctime_extra, atime_extra
+from vers.repo import Repo
 
 
 @dataclass
@@ -80,7 +78,7 @@ class FilesDiff:
         return "\n".join(lines)
 
 
-def files_diff(repo: Any, a: str, b: str, image: str = "disk") -> FilesDiff:
+def files_diff(repo: Repo, a: str, b: str, image: str = "disk") -> FilesDiff:
     """Guest files added, deleted and modified on ext4 image ``image`` between commits a and b."""
     ca, cb = repo.get_commit(a), repo.get_commit(b)
     if image not in ca.images and image not in cb.images:
@@ -106,7 +104,7 @@ def files_diff(repo: Any, a: str, b: str, image: str = "disk") -> FilesDiff:
     return _Differ(fa, fb, changed, ca.id, cb.id, image).run()
 
 
-def _open(repo: Any, cid: str, image: str) -> Ext4:
+def _open(repo: Repo, cid: str, image: str) -> Ext4:
     f = repo.open_image(cid, image)
     return Ext4(f.pread, f.size)
 
@@ -131,31 +129,12 @@ def _in_ranges(blk: int, ranges: list[tuple[int, int]]) -> bool:
     return any(start <= blk < start + count for start, count in ranges)
 
 
-def _lookup(fs: Ext4, path: str) -> int | None:
-    ino = ROOT_INO
-    for name in path.strip("/").split("/"):
-        if not name:
-            continue
-        entry = fs.listdir(ino).get(name)
-        if entry is None:
-            return None
-        ino = entry[0]
-    return ino
-
-
 def _entry(path: str, node: Inode, status: str, fs: Ext4) -> FileChange:
     side_a = status == "deleted"
     return FileChange(path, status, node.kind,
                       inode_a=node.ino if side_a else None, inode_b=None if side_a else node.ino,
                       size_a=node.size if side_a else None, size_b=None if side_a else node.size)
 
-
-def _masked(raw: bytes) -> bytes:
-    b = bytearray(raw)
-    for lo, hi in _IGNORED_FIELDS:
-        if hi <= len(b):
-            b[lo:hi] = bytes(hi - lo)
-    return bytes(b)
 
 
 class _Differ:
@@ -187,7 +166,7 @@ class _Differ:
         pending = {i for i in files if not any(
             c.inode_b == i and c.status != "deleted" for c in self.out.values())}
         for path, ino in self._find_paths(self.fb, pending):
-            if _lookup(self.fa, path) == ino:
+            if self.fa.lookup(path) == ino:
                 self._compare(path, self.fa.inode(ino), self.fb.inode(ino))
         files_out = sorted(self.out.values(), key=lambda c: c.path)
         return FilesDiff(self.a, self.b, self.image, len(self.changed), files_out,
@@ -386,7 +365,7 @@ class MemoryDiff:
         return "\n".join(lines)
 
 
-def memory_diff(repo: Any, a: str, b: str, image: str = "memory", gap: int = 0) -> MemoryDiff:
+def memory_diff(repo: Repo, a: str, b: str, image: str = "memory", gap: int = 0) -> MemoryDiff:
     """Changed pages of the memory image as guest-physical ranges.
 
     ``gap``: join ranges separated by at most this many unchanged bytes (0: exact ranges), for a
@@ -415,7 +394,7 @@ def _human(n: int) -> str:
     return str(n)
 
 
-def render(repo: Any, a: str, b: str, files: bool, memory: bool, image: str | None,
+def render(repo: Repo, a: str, b: str, files: bool, memory: bool, image: str | None,
            fmt: str) -> tuple[str, bool]:
     """What ``vers diff --files/--memory`` prints, and whether anything changed (--exit-code)."""
     import json

@@ -11,6 +11,7 @@ from vers.porcelain.remote import resolve_remote
 from vers.remote.bundle import RemoteIndex
 from vers.remote.config import cache_dir
 from vers.remote.fetch import FetchResult, fetch_objects
+from vers.remote.progress import human_bytes
 from vers.remote.refs import check_format, read_remote_head, read_remote_refs
 
 if TYPE_CHECKING:
@@ -62,6 +63,15 @@ def _fetch_locked(repo: Repo, name: str, transport: Transport, quiet: bool) -> F
             repo.refs.set_ref(local, new, old=old, message=f"fetch {name}")
             summary.updated[local] = (old, new)
     return summary
+
+
+def fetch_lines(summary: FetchSummary) -> list[str]:
+    """What a fetch did, for people: one line per ref moved, then what was received."""
+    lines = [f"{ref}: {old[:12] if old else '(new)'} -> {new[:12]}"
+             for ref, (old, new) in summary.updated.items()]
+    lines.append(f"received {summary.result.objects} objects, "
+                 f"{human_bytes(summary.result.bytes)}")
+    return lines
 
 
 def pull(repo: Repo, remote: str = "origin", quiet: bool = False) -> tuple[str | None, str]:

@@ -8,13 +8,11 @@ Order matters for safety, and each step leaves a consistent repository if the pr
 2. Reflog expiry: entries older than ``expire_reflog`` are dropped (one transaction per ref).
 3. Mark: everything reachable from every ref and every remaining reflog entry, plus the delta
    bases of delta-encoded nodes (a node cannot be decoded without its base).
-4. Sweep: only objects in packs older than ``grace`` may go, so a snapshot in progress, whose new
-   objects are stored but not yet named by any ref, is safe. Just before each batch the refs are read
-   again and anything new is marked too. Each batch of packs is rewritten in one LMDB transaction
-   (``LmdbObjectStore.rewrite_packs``): the survivors are copied to new packs and the old packs
-   dropped together, so a kill leaves either the old packs or the new ones.
-
-The in-memory store has no pack ages; there the grace period does not apply (it is single-process).
+4. Sweep (``ObjectStore.sweep``): only objects stored longer ago than ``grace`` may go, so a
+   snapshot in progress, whose new objects are stored but not yet named by any ref, is safe. Just
+   before each destructive batch the refs are read again and anything new is marked too. The LMDB
+   store rewrites each batch of packs in one transaction, so a kill leaves either the old packs or
+   the new ones.
 
 Known limit (see docs/maintenance.md): a concurrent snapshot that *re-uses* an unreachable object
 from an old pack (found by dedup) can lose it to a concurrent sweep; git has the same window and
@@ -30,22 +28,25 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from vers.errors import StoreError
-from vers.objects.lmdbstore import LmdbObjectStore
-from vers.objects.store import ObjectStore
-from vers.porcelain.fsck import Problem, Reachability, Root, collect_roots
-from vers.porcelain.retention import (
+from vers.history.reachability import Problem, Reachability, Root, collect_roots
+from vers.history.retention import (
     Policy,
     RetentionPlan,
     RetentionResult,
     apply_retention,
+    parse_duration,
     plan_retention,
 )
+from vers.objects.store import ObjectStore
 from vers.refs.container import RefsContainer
+from vers.repo import Repo
+from vers.vmm.state import VMRegistry
+
+__all__ = ["GcReport", "Policy", "gc", "gc_repo", "parse_duration", "vm_roots"]
 
 DEFAULT_GRACE = 2 * 3600.0
 DEFAULT_EXPIRE_REFLOG = 90 * 86400.0
 DEFAULT_MAX_UNUSED = 0.1  # a pack is rewritten once more than this share of it is dead bytes
-PACKS_PER_TXN = 32  # 256 MiB of packs per transaction: bounded memory, still few transactions
 
 
 @dataclass
@@ -129,12 +130,10 @@ def gc(
     report = GcReport(dry_run=dry_run)
     if extra_roots is not None:
         report.extra_roots = extra_roots
-    if isinstance(store, LmdbObjectStore):
-        # Reader slots of killed processes pin old pages, so LMDB could not reuse what we free.
-        stale = store.env.reader_check()
-        if stale:
-            report.notes.append(f"cleared {stale} stale LMDB reader slot(s) of dead processes")
-        report.store_bytes_before = sum(size for _, _, size in store.iter_packs())
+    stale = store.release_stale_readers()
+    if stale:
+        report.notes.append(f"cleared {stale} stale LMDB reader slot(s) of dead processes")
+    report.store_bytes_before = store.stats().bytes
 
     if policy is not None and not policy.empty:
         say("planning retention")
@@ -161,16 +160,42 @@ def gc(
         report.marked = len(marked)
 
         say("sweeping")
-        if isinstance(store, LmdbObjectStore):
-            _sweep_packs(store, refs, walker, report, now - grace, dry_run, cutoff, max_unused)
-        else:
-            garbage = [oid for oid, _k in list(store.iter_ids()) if oid not in marked]
-            report.bytes_removed = sum(len(store.get_record(o).payload) for o in garbage)
-            report.objects_removed = len(garbage) if dry_run else store.delete(garbage)
-    if isinstance(store, LmdbObjectStore):
-        report.store_bytes_after = sum(size for _, _, size in store.iter_packs())
+
+        def live() -> set[bytes]:
+            # Refs may have moved since marking (a snapshot landed): mark what they reach now.
+            # The walker remembers what it has seen, so this costs only the new commits.
+            again: list[Problem] = []
+            walker.report = again.append
+            walker.walk(_roots(refs, report, cutoff, dry_run))
+            _refuse_if(again)
+            return walker.marked
+
+        swept = store.sweep(live, older_than=now - grace, max_unused=max_unused, dry_run=dry_run)
+    report.objects_removed = swept.objects_removed
+    report.bytes_removed = swept.bytes_removed
+    report.packs_rewritten = swept.packs_rewritten
+    report.young_unreachable = swept.young_unreachable
+    report.dead_bytes_left = swept.dead_bytes_left
+    report.store_bytes_after = store.stats().bytes
     report.seconds = _time.monotonic() - t0
     return report
+
+
+def gc_repo(
+    repo: Repo,
+    *,
+    grace: float = DEFAULT_GRACE,
+    expire_reflog: float = DEFAULT_EXPIRE_REFLOG,
+    policy: Policy | None = None,
+    dry_run: bool = False,
+    max_unused: float = DEFAULT_MAX_UNUSED,
+    progress: Callable[[str], None] | None = None,
+) -> GcReport:
+    """``gc`` of a repository, keeping the base commits of its VMs (``vm_roots``)."""
+    return gc(repo.store, repo.refs, grace=grace, expire_reflog=expire_reflog,
+              policy=None if policy is None or policy.empty else policy, dry_run=dry_run,
+              max_unused=max_unused, extra_roots=lambda: vm_roots(repo.vers_dir),
+              progress=progress)
 
 
 def _roots(refs: RefsContainer, report: GcReport, cutoff: float, dry_run: bool) -> list[Root]:
@@ -198,30 +223,12 @@ def vm_roots(vers_dir: str | os.PathLike[str]) -> list[Root]:
     """The base commits of the repository's VMs (running or stopped, until ``vers kill``): a VM's
     disk and memory may be read lazily from its base commit, and its next commit names that
     commit as parent, so gc must keep it and fsck must check it, like git does a worktree's HEAD."""
-    try:
-        from vers.vmm.state import VMRegistry
-    except ImportError:  # pragma: no cover - the VMM is part of vers, but keep gc independent
-        return []
     roots = []
     for rec in VMRegistry(Path(vers_dir)).all():
         if rec.base_commit and len(rec.base_commit) == 64:
             label = f"vm {rec.id}" + (f" ({rec.name})" if rec.name else "")
             roots.append(Root(label, rec.base_commit))
     return roots
-
-
-def _record_bytes(store: LmdbObjectStore, oids: list[bytes]) -> int:
-    """Bytes the records of ``oids`` take in their packs, from the index alone (reading each
-    record would cost a pack lookup)."""
-    from vers.objects import lmdbstore as ls
-
-    total = 0
-    with store.env.begin(buffers=True) as txn:
-        for oid in oids:
-            loc = txn.get(oid, db=store.db["index"])
-            if loc is not None:
-                total += ls._INDEX.unpack(loc)[2] + ls._RECORD_HEADER.size
-    return total
 
 
 def _refuse_if(problems: list[Problem]) -> None:
@@ -233,61 +240,3 @@ def _refuse_if(problems: list[Problem]) -> None:
             f"what is reachable cannot be known. Run `vers fsck`.\n  {shown}{more}"
         )
 
-
-def _sweep_packs(
-    store: LmdbObjectStore,
-    refs: RefsContainer,
-    walker: Reachability,
-    report: GcReport,
-    old_before: float,
-    dry_run: bool,
-    cutoff: float,
-    max_unused: float,
-) -> None:
-    """Unreachable objects in old packs go in one of two ways (restic's prune does the same):
-
-    - the pack is rewritten without them when, afterwards, more than ``max_unused`` of it would
-      be dead bytes (or nothing in it is live): the space is freed now;
-    - otherwise only their index entries go: they are gone for every reader at once, and their
-      bytes stay as dead records until the pack passes the threshold in a later gc. This keeps
-      a gc after a small retention change from copying every pack to free a few pages.
-    """
-    marked = walker.marked
-    repack: list[int] = []
-    unindex: list[bytes] = []
-    for pack_no, created, size in list(store.iter_packs()):
-        live = store.pack_objects(pack_no)
-        garbage = [o for o in live if o not in marked]
-        if created > old_before:
-            report.young_unreachable += len(garbage)
-            continue
-        keep_bytes = _record_bytes(store, [o for o in live if o in marked])
-        dead = size - keep_bytes
-        if not garbage and dead <= max_unused * size:
-            continue
-        report.objects_removed += len(garbage)
-        report.bytes_removed += _record_bytes(store, garbage)
-        if keep_bytes == 0 or dead > max_unused * size:
-            repack.append(pack_no)
-        else:
-            unindex.extend(garbage)
-            report.dead_bytes_left += _record_bytes(store, garbage)
-    report.packs_rewritten = len(repack)
-    if dry_run:
-        return
-    removed = 0
-    for i in range(0, max(len(repack), 1), PACKS_PER_TXN):
-        batch = repack[i : i + PACKS_PER_TXN]
-        # Refs may have moved since marking (a snapshot landed): mark what they reach now. The
-        # walker remembers what it has seen, so this costs only the new commits.
-        problems: list[Problem] = []
-        walker.report = problems.append
-        walker.walk(_roots(refs, report, cutoff, False))
-        _refuse_if(problems)
-        marked = walker.marked
-        if batch:
-            n, _freed = store.rewrite_packs(batch, marked)
-            removed += n
-        if i == 0 and unindex:
-            removed += store.delete([o for o in unindex if o not in marked])
-    report.objects_removed = removed

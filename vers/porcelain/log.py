@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -84,7 +84,26 @@ def format_oneline(c: Commit, deco: list[str]) -> str:
     return f"{short(c.id)}{d} {c.summary}"
 
 
-def graph_lines(commits: list[Commit], render: Any) -> Iterator[str]:
+def log_lines(repo: Repo, commits: list[Commit], oneline: bool = False,
+              graph: bool = False) -> Iterator[str]:
+    """``vers log`` as text: full entries separated by a blank line, or one line each, with the
+    refs that name each commit, optionally beside the commit graph."""
+    deco = decorations(repo)
+
+    def render(c: Commit) -> str:
+        fn = format_oneline if oneline else format_full
+        return fn(c, deco.get(c.id, []))
+
+    if graph:
+        yield from graph_lines(commits, render)
+        return
+    for i, c in enumerate(commits):
+        if not oneline and i:
+            yield ""
+        yield render(c).rstrip("\n")
+
+
+def graph_lines(commits: list[Commit], render: Callable[[Commit], str]) -> Iterator[str]:
     """A compact lane graph: '*' marks the commit's lane, '|' other live lanes, '\\' a new lane
     opened for a merge's further parents, '/' lanes that join."""
     lanes: list[str | None] = []

@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 from blake3 import blake3
 
 from vers.errors import FuseError
 from vers.fuse import mount as mnt
+from vers.repo import Repo
 
 
-def _log_path(repo: Any, mountpoint: Path) -> Path:
+def _log_path(repo: Repo, mountpoint: Path) -> Path:
     key = blake3(os.fsencode(mountpoint)).hexdigest()[:16]
     return Path(repo.vers_dir) / "fuse" / f"mount-{key}.log"
 
 
-def mount(repo: Any, mountpoint: str | os.PathLike[str], foreground: bool = False) -> int | None:
+def mount(repo: Repo, mountpoint: str | os.PathLike[str], foreground: bool = False) -> int | None:
     """Mount ``repo`` at ``mountpoint``. Returns the daemon's pid, or None after a foreground run.
 
     In the background case this returns only once the files are visible; a failure to mount raises

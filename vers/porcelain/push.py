@@ -10,11 +10,14 @@ from vers.refs.container import HEAD
 from vers.refs.revparse import expand_ref
 from vers.remote.bundle import DEFAULT_BUNDLE_BYTES
 from vers.remote.config import cache_dir
+from vers.remote.progress import human_bytes
 from vers.remote.push import PushResult
 from vers.remote.push import push as push_objects_and_refs
 
 if TYPE_CHECKING:
     from vers.repo import Repo
+
+__all__ = ["DEFAULT_BUNDLE_BYTES", "PushResult", "push", "push_lines"]
 
 
 def _resolve_spec(repo: Repo, spec: str) -> tuple[str, str]:
@@ -64,3 +67,13 @@ def push(repo: Repo, remote: str, refspecs: list[str] | None = None, *, force: b
                 repo.refs.set_ref(f"refs/remotes/{name}/{dst[len('refs/heads/'):]}", new,
                                   message=f"push {name}")
     return result
+
+
+def push_lines(result: PushResult) -> list[str]:
+    """What a push did, for people: one line per ref, then what was sent."""
+    lines = [f"{ref}: up to date" for ref in result.up_to_date]
+    lines += [f"{ref}: {old[:12] if old else '(new)'} -> {new[:12]}"
+              for ref, old, new in result.updated]
+    lines.append(f"sent {result.objects} objects, {human_bytes(result.bytes)} in "
+                 f"{result.bundles} bundles")
+    return lines

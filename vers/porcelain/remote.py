@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from vers.remote.backends import open_transport
 from vers.remote.config import add_remote, list_remotes, remote_url, remove_remote
-from vers.remote.transport import Transport, open_transport
+from vers.remote.transport import Transport
 
 if TYPE_CHECKING:
     from vers.repo import Repo

@@ -26,11 +26,13 @@ from vers.objects.store import (
     ObjectStore,
     ObjectWriter,
     Record,
+    StoreStats,
+    SweepReport,
+    encode_record,
 )
 from vers.remote.bundle import RECORD_HEADER, Loc, RemoteIndex, fetch_records
 from vers.remote.negotiate import commits_to_send
 from vers.remote.progress import Progress
-from vers.remote.push import _full_record
 from vers.remote.transport import Transport
 
 # Pages are committed to the local store in batches of this size: a killed fetch keeps all but
@@ -70,6 +72,13 @@ class _Overlay(ObjectStore):
 
     def delete(self, oids: Iterable[bytes]) -> int:
         return 0
+
+    def stats(self) -> StoreStats:
+        return StoreStats(len(self.records), sum(len(r.payload) for r in self.records.values()))
+
+    def sweep(self, live: Callable[[], set[bytes]], *, older_than: float, max_unused: float,
+              dry_run: bool = False) -> SweepReport:
+        raise NotImplementedError("the overlay is read-only")
 
     def get_bytes(self, oid: bytes) -> bytes:
         # Delta chains share bases; decode each base once.
@@ -216,7 +225,7 @@ class Fetcher:
                     if depth is not None and depth + 1 <= MAX_DELTA_DEPTH:
                         rec = Record(rec.kind, ENC_DELTA, depth + 1, rec.payload)
                     else:  # the base will not be stored here: keep the node whole
-                        rec = _full_record(rec.kind, self.overlay.get_bytes(oid))
+                        rec = encode_record(rec.kind, self.overlay.get_bytes(oid))
                 else:
                     rec = _plain(rec)
                 w.add_record(oid, rec)

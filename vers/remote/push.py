@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from vers.errors import RemoteError
 from vers.history import is_ancestor
 from vers.objects.model import ID_LEN
-from vers.objects.store import ENC_DELTA, ENC_RAW, ENC_ZSTD, MIN_COMPRESSION_SAVING, Record
+from vers.objects.store import ENC_DELTA, encode_record
 from vers.remote.bundle import DEFAULT_BUNDLE_BYTES, BundleUploader, RemoteIndex
 from vers.remote.negotiate import plan_send
 from vers.remote.progress import Progress
@@ -37,15 +37,6 @@ class PushResult:
     objects: int = 0
     bytes: int = 0
     bundles: int = 0
-
-
-def _full_record(kind: int, data: bytes) -> Record:
-    import zstandard
-
-    packed = zstandard.ZstdCompressor(level=1).compress(data)
-    if len(packed) + MIN_COMPRESSION_SAVING <= len(data):
-        return Record(kind, ENC_ZSTD, 0, packed)
-    return Record(kind, ENC_RAW, 0, data)
 
 
 def check_updates(repo: Repo, remote_refs: dict[str, RemoteRef], updates: list[tuple[str, str]],
@@ -96,7 +87,7 @@ def push(repo: Repo, transport: Transport, updates: list[tuple[str, str]], *, fo
             if rec.encoding == ENC_DELTA:
                 base = rec.payload[:ID_LEN]
                 if base not in sent and base not in index:
-                    rec = _full_record(rec.kind, data)
+                    rec = encode_record(rec.kind, data)
             uploader.add(oid, rec)
             sent.add(oid)
         stats = uploader.finish()

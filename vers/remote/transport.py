@@ -14,7 +14,6 @@ import re
 import threading
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
 
@@ -177,13 +176,3 @@ def normalise_url(url: str) -> str:
         return where
     return f"s3://{where}/{prefix}" if prefix else f"s3://{where}"
 
-
-def open_transport(url: str) -> Transport:
-    scheme, where, prefix = parse_url(url)
-    if scheme == "s3":
-        from vers.remote.s3 import S3Transport
-
-        return S3Transport(where, prefix)
-    from vers.remote.path import PathTransport
-
-    return PathTransport(Path(where))

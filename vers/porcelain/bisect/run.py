@@ -33,8 +33,12 @@ from types import TracebackType
 from typing import Any, Self
 
 from vers.errors import BisectError, VersError
+from vers.fuse import mount as mnt
 from vers.porcelain import bisect as bs
-from vers.porcelain.bisect_algo import Decision
+from vers.porcelain.bisect.algo import Decision
+from vers.porcelain.bisect.vm import VMExecutor
+from vers.porcelain.mount import mount, umount
+from vers.repo import Repo
 
 _SHELL_CHARS = re.compile(r"[\s|&;<>()$`\\\"'*?\[\]#~=%]")
 MODES = ("mount", "export", "none", "vm")
@@ -57,7 +61,7 @@ class RunResult:
 class FilesView(AbstractContextManager["FilesView"]):
     """Gives each candidate a directory of its image files, by FUSE mount or by export."""
 
-    def __init__(self, repo: Any, mode: str, say: bs.Say) -> None:
+    def __init__(self, repo: Repo, mode: str, say: bs.Say) -> None:
         self.repo = repo
         self.mode = mode
         self.say = say
@@ -78,9 +82,6 @@ class FilesView(AbstractContextManager["FilesView"]):
         return self
 
     def _mount(self) -> None:
-        from vers.fuse import mount as mnt
-        from vers.porcelain.mount import mount
-
         if not (os.path.exists("/dev/fuse") and shutil.which("fusermount3")):
             raise BisectError("FUSE is not available (/dev/fuse or fusermount3 missing)")
         point = Path(tempfile.mkdtemp(prefix="vers-bisect-mnt-"))
@@ -90,13 +91,12 @@ class FilesView(AbstractContextManager["FilesView"]):
             point.rmdir()
             raise
         self.mountpoint = point
-        self._mnt = mnt
 
     def directory(self, cid: str) -> str | None:
         if self.mode == "none":
             return None
         if self.mountpoint is not None:
-            self._mnt.check_alive(self.mountpoint, "bisect mount")
+            mnt.check_alive(self.mountpoint, "bisect mount")
             return os.fspath(self.mountpoint / "commits" / cid)
         assert self.tmp is not None
         target = self.tmp / cid
@@ -117,8 +117,6 @@ class FilesView(AbstractContextManager["FilesView"]):
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         if self.mountpoint is not None:
-            from vers.porcelain.mount import umount
-
             try:
                 umount(self.mountpoint)
             except VersError:
@@ -179,7 +177,7 @@ def verdict_for(code: int, terms: bs.Terms) -> str | None:
 
 
 def run(
-    repo: Any,
+    repo: Repo,
     cmd: list[str],
     mode: str = "mount",
     say: bs.Say = bs._quiet,
@@ -197,8 +195,6 @@ def run(
                           f"'vers bisect {terms.good} REV')")
     argv = command_argv(cmd)
     if mode == "vm":
-        from vers.porcelain.bisect_vm import VMExecutor
-
         vm = VMExecutor(repo, list(cmd), say)
         executor = vm.run
         files_mode = "none"
@@ -244,7 +240,7 @@ def run(
     return result
 
 
-def _verify_on_good(repo: Any, argv: list[str], code: int, view: FilesView,
+def _verify_on_good(repo: Repo, argv: list[str], code: int, view: FilesView,
                     executor: Callable[[list[str], str, str | None], int] | None, good: str,
                     result: RunResult) -> None:
     """git: a first 126/127 may mean 'cannot run at all'; if a good commit says the same, stop."""

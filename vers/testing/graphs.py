@@ -14,12 +14,12 @@ import random
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from vers.objects.model import PAGE_SIZE
 from vers.porcelain import bisect as bs
-from vers.porcelain.bisect_run import run
+from vers.porcelain.bisect.run import run
+from vers.repo import Repo
 
-PAGE = 4096
 BASE_TIME = 1_700_000_000
 
 
@@ -85,10 +85,10 @@ def random_dag(n: int, seed: int, merge_rate: float = 0.15, branch_rate: float =
 
 
 def state_image(i: int) -> bytes:
-    return f"state {i}\n".encode().ljust(PAGE, b"\0")
+    return f"state {i}\n".encode().ljust(PAGE_SIZE, b"\0")
 
 
-def build_vers(repo: Any, graph: Graph, ref: str | None = "refs/heads/main") -> list[str]:
+def build_vers(repo: Repo, graph: Graph, ref: str | None = "refs/heads/main") -> list[str]:
     """Commit ``graph`` into ``repo``; returns the commit IDs by index. ``ref`` ends at the tip."""
     ids: list[str] = []
     for i, ps in enumerate(graph.parents):
@@ -181,7 +181,7 @@ def _git_bisect(gitdir: Path, ids: list[str], bad: int, good: int, env: dict[str
     raise AssertionError(f"git bisect run: unexpected output\n{out}\n{res.stderr}")
 
 
-def _vers_bisect(repo: Any, ids: list[str], bad: int, good: int, predicate: Path,
+def _vers_bisect(repo: Repo, ids: list[str], bad: int, good: int, predicate: Path,
                  mode: str) -> tuple[str, set[int]]:
     bs.start(repo, ids[bad], [ids[good]])
     result = run(repo, [str(predicate)], mode=mode)
@@ -199,8 +199,6 @@ def compare_with_git(tmp: Path, graph: Graph, first_bad: int, skip: set[int], mo
 
     Bad states are the descendants of ``first_bad``; states in ``skip`` exit 125. An answer is
     ("found", {index}) or ("only_skipped", {indices})."""
-    from vers.repo import Repo
-
     repo = Repo.init(tmp / "vers")
     vids = build_vers(repo, graph)
     gids = build_git(tmp / "git", graph)

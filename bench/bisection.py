@@ -1,4 +1,4 @@
-"""Bisect and diff --files benchmarks (issue #5). Prints ratios against baselines of the same run.
+"""Bisect and diff --files benchmarks. Prints ratios against baselines of the same run.
 
 1. Bisect over 1024 linear commits, mount mode, a real predicate process that reads the commit's
    disk through VERS_MOUNT: predicate runs (goal <= 11) and bisect's own per-step overhead, the
@@ -10,7 +10,7 @@
    (export the image, ``debugfs icheck`` + ``ncheck``) at 1 GiB.
 3. With skipped commits: total predicate runs of vers vs git over many histories (same answers).
 
-Usage: python3 bench/bisect.py [--quick]
+Usage: python3 bench/bisection.py [--quick]
 """
 
 from __future__ import annotations
@@ -27,8 +27,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from vers.porcelain import bisect as bs
-from vers.porcelain.bisect_run import run
-from vers.porcelain.bisect_testing import (
+from vers.porcelain.bisect.run import run
+from vers.porcelain.difffiles import files_diff
+from vers.repo import Repo
+from vers.testing.graphs import (
     build_git,
     build_vers,
     compare_with_git,
@@ -37,8 +39,6 @@ from vers.porcelain.bisect_testing import (
     random_dag,
     skip_scenario,
 )
-from vers.porcelain.difffiles import files_diff
-from vers.repo import Repo
 
 PRED = """#!/bin/sh
 # reads the state number from the commit's disk (vers) or the work tree (git); bad from FIRST_BAD

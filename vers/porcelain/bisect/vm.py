@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import shlex
 import sys
-from typing import Any
 
 from vers.errors import BisectError, VersError
 from vers.porcelain import bisect as bs
+from vers.repo import Repo
 
 VM_EXEC_TIMEOUT = 600.0
 
@@ -22,7 +22,7 @@ VM_EXEC_TIMEOUT = 600.0
 class VMExecutor:
     """Restores a commit, runs the command through the guest agent, tears the VM down."""
 
-    def __init__(self, repo: Any, cmd: list[str], say: bs.Say,
+    def __init__(self, repo: Repo, cmd: list[str], say: bs.Say,
                  timeout: float = VM_EXEC_TIMEOUT) -> None:
         try:
             from vers.vmm import lifecycle

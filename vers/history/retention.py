@@ -22,13 +22,14 @@ their original commits, and whatever those reach, alive.
 
 from __future__ import annotations
 
+import datetime
 import re
 import time as _time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from vers.errors import BadInput, RefConflict
-from vers.history import walk
+from vers.history.graph import walk
 from vers.objects.model import KIND_COMMIT, Commit, hash_bytes
 from vers.objects.store import ObjectStore
 from vers.refs.container import HEAD, SYMREF_PREFIX, ReflogEntry, RefsContainer
@@ -101,8 +102,6 @@ def _bucket(rule: str, t: int) -> tuple[int, ...]:
 
 
 def _iso_week(t: int) -> tuple[int, int]:
-    import datetime
-
     y, w, _ = datetime.datetime.fromtimestamp(t, datetime.UTC).isocalendar()
     return (y, w)
 

@@ -303,13 +303,6 @@ class Ext4:
         runs, meta = self.extents(node)
         return [(start, count) for _l, start, count in runs] + [(m, 1) for m in meta]
 
-    def blocks_of(self, node: Inode) -> set[int]:
-        runs, meta = self.extents(node)
-        out = set(meta)
-        for _logical, start, count in runs:
-            out.update(range(start, start + count))
-        return out
-
     def read_file(self, node: Inode) -> Iterator[bytes]:
         """The content of a file, in order (holes as zeros), in block-sized pieces."""
         if node.flags & INLINE_DATA_FL or (node.kind == "symlink" and not node.has_block_data):
@@ -345,6 +338,18 @@ class Ext4:
                     _parse_dirents(self.block(start + j), out)
         self._dir_cache[ino] = out
         return out
+
+    def lookup(self, path: str) -> int | None:
+        """The inode number of ``path`` (from the root, ``/`` separated), None if it is not there."""
+        ino = ROOT_INO
+        for name in path.strip("/").split("/"):
+            if not name:
+                continue
+            entry = self.listdir(ino).get(name)
+            if entry is None:
+                return None
+            ino = entry[0]
+        return ino
 
     def used_inodes(self) -> Iterator[Inode]:
         """Every in-use inode, reading inode tables group by group (skipping unused tails)."""

