@@ -216,3 +216,20 @@ def test_standby_is_on_unless_turned_off(monkeypatch: pytest.MonkeyPatch) -> Non
     assert RunOptions().standby
     monkeypatch.setenv("VERS_STANDBY", "0")
     assert not RunOptions().standby
+
+
+def test_commit_state_parents_and_head_move(tmp_path: Path) -> None:
+    """A VM commit's parents: its base first; HEAD's tip second once HEAD moved on."""
+    from vers.repo import Repo
+
+    mem = tmp_path / "mem"
+    mem.write_bytes(bytes(4096 * 4))
+    with Repo.init(tmp_path / "repo") as repo:
+        first = repo.commit_state({"memory": mem}, base=None, message="first")
+        assert repo.get_commit(first).parents == [] and repo.head_commit() == first
+        second = repo.commit_state({"memory": mem}, base=first, message="second")
+        assert repo.get_commit(second).parents == [first] and repo.head_commit() == second
+        other = repo.commit_state({"memory": mem}, base=first, message="other VM",
+                                  source="vm 12345678")
+        assert repo.get_commit(other).parents == [first, second]
+        assert repo.head_commit() == other and repo.current_branch() == "main"

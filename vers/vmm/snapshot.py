@@ -296,22 +296,10 @@ def _store_commit(repo: Any, reg: VMRegistry, rec: VMRecord, backing: Any,
     spec = dict(rec.spec)
     config = {"vm": {**spec, "kernel": rec.boot["kernel"], "initrd": rec.boot["initrd"]},
               "vmm": {"devstate": "qemu-migration x-ignore-shared", "vm_id": rec.id}}
-    head = repo.head_commit()
-    base = rec.base_commit
     ok = False
     try:
-        if base is None or head == base:
-            parents = [base] if base else ([head] if head else [])
-            cid = repo.snapshot(images, message=message, config=config, parents=parents,
-                                dirty=dirty or None, ref="HEAD")
-        else:
-            # The branch moved on since this VM's base (another VM committed): record the VM's
-            # lineage as first parent (so only its changed pages are read) and the branch tip as
-            # second, then fast-forward the branch to the new commit.
-            parents = [base] + ([head] if head else [])
-            cid = repo.snapshot(images, message=message, config=config, parents=parents,
-                                dirty=dirty or None, ref=None)
-            repo.refs.set_ref("HEAD", cid, old=head, message=f"commit (vm {rec.id}): {message}")
+        cid = repo.commit_state(images, base=rec.base_commit, message=message, config=config,
+                                dirty=dirty or None, source=f"vm {rec.id}")
         ok = True
     finally:
         backing.commit_done(ok)
