@@ -17,18 +17,21 @@ child ready <= 1.5x bare start, store growth <= 1.1x dirty bytes; docs/vmm.md).
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# Python puts this script's folder first on sys.path, where bench/bisect.py would shadow the
+# standard library's bisect (which statistics and random import): the repository goes there.
+sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
 import argparse
 import dataclasses
 import json
 import shlex
 import statistics
-import sys
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from vers.objects.model import PAGE_SIZE as PAGE
 from vers.repo import Repo
