@@ -23,8 +23,10 @@ from vers.vmm.boot import RunOptions, run_vm
 from vers.vmm.control import list_vms
 from vers.vmm.teardown import kill_vms
 
-COUNTER = ("setsid sh -c 'i=0; while :; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.05; done'"
-           " </dev/null >/dev/null 2>&1 &")
+#: a guest process counting in /tmp/counter; each value is renamed into place, so a reader never
+#: sees the file truncated and not yet written
+COUNTER = ("setsid sh -c 'i=0; while :; do i=$((i+1)); echo $i > /tmp/counter.new;"
+           " mv /tmp/counter.new /tmp/counter; sleep 0.05; done' </dev/null >/dev/null 2>&1 &")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
