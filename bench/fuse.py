@@ -1,4 +1,4 @@
-"""FUSE benchmarks (issue #4), every goal as a ratio against a baseline measured in the same run.
+"""FUSE benchmarks, every goal as a ratio against a baseline measured in the same run.
 
 1. Sequential read of a mounted 1 GiB memory file (``dd bs=1M`` from a fresh mount) vs
    ``vers export`` of the same commit. Goals: >= 300 MB/s, and export_time / ... within 2x.
@@ -33,11 +33,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from vers.fuse.backing import BackingDaemon, BackingFile
+from vers.objects.model import PAGE_SIZE as PAGE
 from vers.porcelain.mount import mount, umount
 from vers.repo import Repo
+from vers.vmm.boot import RunOptions, restore_commit, run_vm
+from vers.vmm.commit import commit_vm
+from vers.vmm.control import list_vms
+from vers.vmm.memory import load_backing
+from vers.vmm.memory.fuse import BackingDaemon, BackingFile
+from vers.vmm.teardown import kill_vms
 
-PAGE = 4096
 MiB = 1 << 20
 
 
@@ -182,8 +187,8 @@ def bench_restore(work: Path, daemon: BackingDaemon) -> None:
 FLUSH_DAEMON = r"""
 import sys
 from pathlib import Path
-from vers.fuse import backing_daemon as bd
-from vers.fuse.daemon import serve
+from vers.fuse.serve import serve
+from vers.vmm.memory import daemon as bd
 class Ops(bd.BackingOperations):
     enable_writeback_cache = sys.argv[3] == "1"
 state = Path(sys.argv[1]); ops = Ops(state)
@@ -245,36 +250,32 @@ def bench_flush(work: Path) -> None:
 
 
 def bench_vm_restore(work: Path) -> None:
-    from vers.vmm import lifecycle
-    from vers.vmm.backing import load_backing
-    from vers.vmm.snapshot import commit_vm
-
     state = work / "vm-fuse-state"
     results: dict[tuple[str, int], float] = {}
     for mem in (256 * MiB, 2048 * MiB):
         repo = Repo.init(work / f"vm-{mem}")
         try:
-            rec = lifecycle.run_vm(repo, lifecycle.RunOptions(
+            rec = run_vm(repo, RunOptions(
                 memory=mem, memory_backing="fuse", memory_dir=str(state), make_current=False))
             cid, _ = commit_vm(repo, rec.id, "bench")
-            lifecycle.kill_vms(repo, [rec.id])
+            kill_vms(repo, [rec.id])
             for backing in ("fuse", "shm"):
                 best = float("inf")
                 for _ in range(2):
                     t0 = time.perf_counter()
-                    r = lifecycle.restore_commit(repo, cid, memory_backing=backing,
+                    r = restore_commit(repo, cid, memory_backing=backing,
                                                  memory_dir=str(state) if backing == "fuse" else None)
                     best = min(best, time.perf_counter() - t0)
                     if backing == "fuse":
                         read = load_backing(r.memory).stats()["base_bytes_read"]  # type: ignore[attr-defined]
                         print(f"[vm] {mem // MiB} MiB fuse restore read {read / MiB:.1f} MiB of RAM "
                               "from the store before running")
-                    lifecycle.kill_vms(repo, [r.id])
+                    kill_vms(repo, [r.id])
                 results[(backing, mem)] = best
         finally:
-            ids = [v.id for v in lifecycle.list_vms(repo)]
+            ids = [v.id for v in list_vms(repo)]
             if ids:
-                lifecycle.kill_vms(repo, ids)
+                kill_vms(repo, ids)
             repo.close()
     for backing in ("fuse", "shm"):
         small, big = results[(backing, 256 * MiB)], results[(backing, 2048 * MiB)]

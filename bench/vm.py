@@ -1,4 +1,4 @@
-"""VM driver benchmark (issue #3): commit and branch pause times against QEMU's own paths.
+"""VM driver benchmark: commit and branch pause times against QEMU's own paths.
 
 For each guest size (256 MiB and 2 GiB by default) and memory backing (shm, and fuse when the FUSE
 backing is available), in one run:
@@ -9,41 +9,41 @@ backing is available), in one run:
   start to QMP-ready with the same command line;
 * store growth per incremental commit against the bytes the guest dirtied.
 
-Prints medians and the ratios the issue sets goals for (commit <= 0.1x QEMU, branch pause <= 30
-ms, child ready <= 1.5x bare start, store growth <= 1.1x dirty bytes).
+Prints medians and the ratios vers has goals for (commit <= 0.1x QEMU, branch pause <= 30 ms,
+child ready <= 1.5x bare start, store growth <= 1.1x dirty bytes; docs/vmm.md).
 
     python3 bench/vm.py [--sizes 256M,2G] [--backings shm,fuse,fuse+nostandby] [--repeat 3]
 """
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
+# Python puts this script's folder first on sys.path, where bench/bisect.py would shadow the
+# standard library's bisect (which statistics and random import): the repository goes there.
+sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
 import argparse
+import dataclasses
 import json
-import os
 import shlex
 import statistics
-import sys
 import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
+from vers.objects.model import PAGE_SIZE as PAGE
 from vers.repo import Repo
-from vers.vmm import lifecycle, snapshot
 from vers.vmm.agent import guest_exec
-from vers.vmm.backing import backing_class
-from vers.vmm.machine import (
-    MachineSpec,
-    build_args,
-    connect_qmp,
-    kill_pid,
-    parse_size,
-    spawn,
-)
-
-PAGE = 4096
+from vers.vmm.boot import RunOptions, run_vm
+from vers.vmm.branch import branch_vm
+from vers.vmm.commit import commit_vm
+from vers.vmm.control import list_vms
+from vers.vmm.machine import Machine, parse_size
+from vers.vmm.memory import backing_class
+from vers.vmm.state import VMRecord
+from vers.vmm.teardown import kill_vms
 
 
 def store_bytes(repo: Repo) -> int:
@@ -51,16 +51,17 @@ def store_bytes(repo: Repo) -> int:
     return int((env.info()["last_pgno"] + 1) * env.stat()["psize"])
 
 
-def gexec(rec: Any, script: str) -> str:
-    res = guest_exec(rec.agent_sock, script, 300)
+def gexec(rec: VMRecord, script: str) -> str:
+    res = guest_exec(rec.runtime.agent_sock, script, 300)
     if res.returncode:
         raise RuntimeError(f"guest: {script}: {res.stderr!r}")
     return res.stdout.decode()
 
 
-def qemu_full_migrate_pause(rec: Any, out: Path) -> tuple[float, int]:
+def qemu_full_migrate_pause(rec: VMRecord, out: Path) -> tuple[float, int]:
     """QEMU's own snapshot of everything: stop, migrate RAM + devices to a file, cont."""
-    with lifecycle.qmp_for(rec, timeout=300) as q:
+    with Machine.attach(rec, qmp_timeout=300) as m:
+        q = m.qmp()
         q.command("migrate-set-capabilities",
                   capabilities=[{"capability": "x-ignore-shared", "state": False}])
         q.command("migrate-set-parameters", **{"max-bandwidth": 1 << 40})
@@ -77,50 +78,44 @@ def qemu_full_migrate_pause(rec: Any, out: Path) -> tuple[float, int]:
     return pause, size
 
 
-def bare_start_ms(rec: Any, work: Path) -> float:
+def bare_start_ms(rec: VMRecord, work: Path) -> float:
     """Spawn QEMU with the VM's command line (paused, fresh RAM file) until QMP answers."""
-    spec = MachineSpec.from_dict(rec.spec)
     d = work / f"bare-{time.monotonic_ns()}"
     d.mkdir()
     mem = Path("/dev/shm") / f"vers-bench-bare-{d.name}.mem"
     with open(mem, "wb") as f:
-        f.truncate(spec.memory)
-    args = build_args("bench-bare", spec, mem_path=str(mem), kernel=rec.boot["kernel"],
-                      initrd=rec.boot["initrd"],
-                      disks={n: rec.disks[n]["chain"][-1] for n in spec.disks},
-                      qmp_sock=str(d / "q.sock"), agent_sock=str(d / "a.sock"),
-                      serial_log=str(d / "serial.log"), incoming=True)
-    args = [a for a in args if a not in ("-incoming", "defer")]
+        f.truncate(rec.spec.memory)
+    bare = Machine(dataclasses.replace(rec, id="bench-bare", vm_dir=str(d)))
+    bare.prepare()
+    args = [a for a in bare.args(str(mem), incoming=True) if a not in ("-incoming", "defer")]
     # the disk is opened read-only so the running VM's image lock does not refuse us
     args = [a.replace("if=none", "if=none,read-only=on") for a in args]
     t0 = time.perf_counter()
-    pid = spawn(args, d)
     try:
-        connect_qmp(str(d / "q.sock"), pid, "bench-bare", d).close()
+        bare.spawn(args)
+        bare.connect()
         return (time.perf_counter() - t0) * 1000
     finally:
-        kill_pid(pid)
+        bare.shutdown()
         mem.unlink(missing_ok=True)
 
 
-def dirty_one_percent(rec: Any, size: int) -> None:
+def dirty_one_percent(rec: VMRecord, size: int) -> None:
     pages = size // PAGE // 100
     gexec(rec, f"dd if=/dev/urandom of=/tmp/dirty bs=4096 count={pages} conv=notrunc 2>/dev/null")
 
 
 def bench_one(size: int, backing: str, repeat: int, work: Path, standby: bool = False,
               ) -> dict[str, Any]:
-    repo = Repo.init(work / f"repo-{backing}-{size >> 20}M-{os.environ.get('VERS_LIVE_COPY')}"
-                            f"-{standby}")
+    repo = Repo.init(work / f"repo-{backing}-{size >> 20}M-{standby}")
     res: dict[str, Any] = {"size_mib": size >> 20, "backing": backing}
-    rec = lifecycle.run_vm(repo, lifecycle.RunOptions(memory=size, memory_backing=backing,
-                                                      standby=standby,
-                                                      make_current=False))
+    rec = run_vm(repo, RunOptions(memory=size, memory_backing=backing, standby=standby,
+                                  make_current=False))
     try:
         gexec(rec, "setsid sh -c 'i=0; while :; do i=$((i+1)); echo $i > /tmp/counter;"
                    " sleep 0.1; done' </dev/null >/dev/null 2>&1 &")
         t0 = time.perf_counter()
-        _, tm_first = snapshot.commit_vm(repo, rec.id, "first (full)")
+        _, tm_first = commit_vm(repo, rec.id, "first (full)")
         res["first_commit_total_ms"] = round((time.perf_counter() - t0) * 1000)
         res["first_commit_pause_ms"] = tm_first.pause
         pauses, growth, dirty_bytes, totals, phases = [], [], [], [], []
@@ -128,7 +123,7 @@ def bench_one(size: int, backing: str, repeat: int, work: Path, standby: bool = 
             dirty_one_percent(rec, size)
             before = store_bytes(repo)
             t0 = time.perf_counter()
-            _, tm = snapshot.commit_vm(repo, rec.id, f"incremental {i}")
+            _, tm = commit_vm(repo, rec.id, f"incremental {i}")
             totals.append((time.perf_counter() - t0) * 1000)
             pauses.append(tm.pause)
             phases.append(tm.phases)
@@ -144,11 +139,11 @@ def bench_one(size: int, backing: str, repeat: int, work: Path, standby: bool = 
         res["qemu_full_migrate_bytes"] = mig[0][1]
         bpause, bready, bphases = [], [], []
         for _ in range(repeat):
-            children, tm = snapshot.branch_vm(repo, rec.id)
+            children, tm = branch_vm(repo, rec.id)
             bready.append(tm.extra["child_ready_ms"])
             bpause.append(tm.pause)
             bphases.append(tm.phases)
-            lifecycle.kill_vms(repo, [c.id for c in children])
+            kill_vms(repo, [c.id for c in children])
             # Branches spaced the way a person or a script that works on each child would space
             # them: 0.5 s lets a --standby parent's next standby child finish starting up.
             time.sleep(0.5)
@@ -158,7 +153,7 @@ def bench_one(size: int, backing: str, repeat: int, work: Path, standby: bool = 
         res["bare_qemu_start_ms"] = statistics.median(bare_start_ms(rec, work)
                                                       for _ in range(repeat))
     finally:
-        lifecycle.kill_vms(repo, [s.id for s in lifecycle.list_vms(repo)])
+        kill_vms(repo, [s.id for s in list_vms(repo)])
         repo.close()
     res["ratio_commit_pause_vs_qemu_migrate"] = round(
         res["commit_pause_ms"] / res["qemu_full_migrate_pause_ms"], 3)
@@ -173,17 +168,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default="256M,2G")
     ap.add_argument("--backings", default="shm,fuse",
-                    help="comma list; shm+live = shm with $VERS_LIVE_COPY=1 (experimental); "
-                         "fuse+nostandby = VMs run with --no-standby")
+                    help="comma list; fuse+nostandby = VMs run with --no-standby")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--json", action="store_true", help="print raw results as JSON too")
     args = ap.parse_args()
     results = []
     with tempfile.TemporaryDirectory(prefix="vers-bench-vm-") as tmp:
         for backing in args.backings.split(","):
-            os.environ.pop("VERS_LIVE_COPY", None)
-            if backing.endswith("+live"):  # experimental: commit/branch by live migration
-                os.environ["VERS_LIVE_COPY"] = "1"
             try:
                 backing_class(backing.split("+")[0])
             except Exception as exc:  # noqa: BLE001 - report and go on with the others

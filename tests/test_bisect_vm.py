@@ -11,6 +11,11 @@ import pytest
 from vers.porcelain import bisect as bs
 from vers.porcelain.bisect.run import run
 from vers.repo import Repo
+from vers.vmm.agent import guest_exec
+from vers.vmm.boot import RunOptions, run_vm
+from vers.vmm.commit import commit_vm
+from vers.vmm.control import list_vms
+from vers.vmm.teardown import kill_vms
 
 from .vmm.conftest import vm_repo
 
@@ -20,31 +25,26 @@ pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def vm_history(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Repo, list[str]]]:
-    from vers.vmm import lifecycle, snapshot
-    from vers.vmm.agent import guest_exec
-
     with vm_repo(tmp_path_factory.mktemp("bisect-vm"), "shm") as repo:
-        rec = lifecycle.run_vm(repo, lifecycle.RunOptions(name="bisect"))
+        rec = run_vm(repo, RunOptions(name="bisect"))
         ids = []
         for k in range(4):  # state k lives only in guest RAM (/tmp is the initramfs)
-            res = guest_exec(rec.agent_sock, f"echo {k} > /tmp/state", 60)
+            res = guest_exec(rec.runtime.agent_sock, f"echo {k} > /tmp/state", 60)
             assert res.returncode == 0, res
-            cid, _ = snapshot.commit_vm(repo, rec.id, f"state {k}")
+            cid, _ = commit_vm(repo, rec.id, f"state {k}")
             ids.append(cid)
-        lifecycle.kill_vms(repo, [rec.id])
+        kill_vms(repo, [rec.id])
         yield repo, ids
 
 
 def test_bisect_run_in_vm(vm_history: tuple[Repo, list[str]], tmp_path: Path) -> None:
-    from vers.vmm import lifecycle
-
     repo, ids = vm_history
     bs.start(repo, ids[-1], [ids[0]])
     result = run(repo, ['test "$(cat /tmp/state)" -lt 2 && test -n "$VERS_COMMIT"'], mode="vm")
     assert result.decision is not None and result.decision.kind == "found"
     assert result.decision.commit == ids[2]
     assert result.runs <= 2
-    assert lifecycle.list_vms(repo) == []  # every VM torn down after its step
+    assert list_vms(repo) == []  # every VM torn down after its step
     bs.reset(repo)
 
 

@@ -165,6 +165,35 @@ class Repo:
         with self.store.writing():
             return self._snapshot(images, message, config, parents, dirty, ref, author, time, progress)
 
+    def commit_state(
+        self,
+        images: Mapping[str, ImageSource],
+        *,
+        base: str | None,
+        message: str = "",
+        config: Mapping[str, Any] | None = None,
+        dirty: Mapping[str, Iterable[int]] | None = None,
+        source: str = "",
+    ) -> str:
+        """Commit the state of something whose images started from commit ``base`` (a live VM),
+        and move HEAD (its branch) to it; returns the new commit's ID.
+
+        ``dirty`` is relative to ``base``, so ``base`` is always the first parent. If HEAD still
+        points at ``base`` (or nothing was committed yet), the commit simply advances it. If HEAD
+        has moved on since (another VM committed on the same branch), the commit gets HEAD as its
+        second parent and HEAD is fast-forwarded to it, so neither line of work is lost.
+        ``source`` names the writer in the reflog of that second case (e.g. ``vm 1a2b3c4d``).
+        """
+        head = self.head_commit()
+        if base is None or head == base:
+            parents = [base] if base else ([head] if head else [])
+            return self.snapshot(images, message=message, config=config, parents=parents,
+                                 dirty=dirty, ref=HEAD)
+        cid = self.snapshot(images, message=message, config=config,
+                            parents=[base] + ([head] if head else []), dirty=dirty, ref=None)
+        self.refs.set_ref(HEAD, cid, old=head, message=f"commit ({source}): {message}")
+        return cid
+
     def _snapshot(
         self,
         images: Mapping[str, ImageSource],

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from vers.objects.model import PAGE_SIZE as PAGE
 from vers.repo import Repo
-
-PAGE = 4096
 
 
 def fuse_usable() -> bool:

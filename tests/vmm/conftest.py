@@ -18,11 +18,15 @@ import pytest
 
 from vers.repo import Repo
 from vers.testing import run_vers
-from vers.vmm import lifecycle
 from vers.vmm.agent import guest_exec
+from vers.vmm.boot import RunOptions, run_vm
+from vers.vmm.control import list_vms
+from vers.vmm.teardown import kill_vms
 
-COUNTER = ("setsid sh -c 'i=0; while :; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.05; done'"
-           " </dev/null >/dev/null 2>&1 &")
+#: a guest process counting in /tmp/counter; each value is renamed into place, so a reader never
+#: sees the file truncated and not yet written
+COUNTER = ("setsid sh -c 'i=0; while :; do i=$((i+1)); echo $i > /tmp/counter.new;"
+           " mv /tmp/counter.new /tmp/counter; sleep 0.05; done' </dev/null >/dev/null 2>&1 &")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -43,7 +47,7 @@ def vers(cwd: Path, *args: str, check: bool = True, env: dict[str, str] | None =
 
 
 def gexec(rec: Any, script: str, timeout: float = 60) -> str:
-    res = guest_exec(rec.agent_sock, script, timeout)
+    res = guest_exec(rec.runtime.agent_sock, script, timeout)
     assert res.returncode == 0, (script, res)
     return res.stdout.decode()
 
@@ -62,9 +66,9 @@ def wait_counter_above(rec: Any, value: int, timeout: float = 20) -> int:
 
 
 def kill_all(repo: Repo) -> None:
-    ids = [s.id for s in lifecycle.list_vms(repo)]
+    ids = [s.id for s in list_vms(repo)]
     if ids:
-        lifecycle.kill_vms(repo, ids)
+        kill_vms(repo, ids)
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +100,7 @@ def vm_repo(path: Path, backing: str) -> Iterator[Repo]:
 @pytest.fixture(scope="module")
 def booted(vmrepo: Repo) -> Any:
     """A 256 MiB default guest running a counter process (a shell loop writing /tmp/counter)."""
-    rec = lifecycle.run_vm(vmrepo, lifecycle.RunOptions(name="base"))
+    rec = run_vm(vmrepo, RunOptions(name="base"))
     gexec(rec, COUNTER)
     wait_counter_above(rec, 0)
     return rec

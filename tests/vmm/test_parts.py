@@ -1,9 +1,11 @@
-"""The VM driver's parts that need no running guest: command line, RAM change detection, disk
-capture from real qcow2 chains (written with qemu-io), the VM registry, the agent's framing."""
+"""The VM driver's parts that need no running guest: command line and launch failures, records,
+RAM change detection, disk capture from real qcow2 chains (written with qemu-io), the VM
+registry, the agent's framing."""
 
 from __future__ import annotations
 
 import base64
+import json
 import os
 import random
 import shutil
@@ -13,32 +15,79 @@ from pathlib import Path
 import pytest
 
 from vers.errors import BadInput, VMError
+from vers.objects.model import PAGE_SIZE as PAGE
 from vers.vmm import disk as disk_mod
 from vers.vmm.agent import _parse_reply, command_script
-from vers.vmm.backing import ShmMemoryBacking, changed_pages, copy_pages
-from vers.vmm.machine import MachineSpec, build_args, default_cmdline, parse_size
-from vers.vmm.state import VMRegistry
+from vers.vmm.disk import DiskChain
+from vers.vmm.machine import Machine, default_cmdline, parse_size
+from vers.vmm.memory.shm import ShmMemoryBacking, changed_pages, copy_pages
+from vers.vmm.state import MachineSpec, Runtime, VMRecord, VMRegistry
 
-PAGE = 4096
+
+def _record(spec: MachineSpec, vm_dir: str = "/vm") -> VMRecord:
+    return VMRecord(id="abcd1234", vm_dir=vm_dir, spec=spec, boot={"kernel": "k", "initrd": "i"},
+                    disks={"disk": DiskChain(["/base.raw", "/d.qcow2"], 0, 1 << 20)},
+                    runtime=Runtime(qmp_sock="/q", agent_sock="/a", serial_log="/s.log"))
 
 
 def test_build_args_microvm_shared_memory_and_incoming() -> None:
     spec = MachineSpec(memory=256 << 20, vcpus=2, accel="tcg", cmdline=default_cmdline("tcg"))
-    args = build_args("abcd1234", spec, mem_path="/dev/shm/x.mem", kernel="k", initrd="i",
-                      disks={"disk": "/d.qcow2"}, qmp_sock="/q", agent_sock="/a",
-                      serial_log="/s.log", incoming=True, qemu="qemu-system-x86_64")
+    args = Machine(_record(spec)).args("/dev/shm/x.mem", incoming=True, qemu="qemu-system-x86_64")
     joined = " ".join(args)
     assert "-M microvm,memory-backend=mem" in joined
     assert "memory-backend-file,id=mem,size=256M,mem-path=/dev/shm/x.mem,share=on" in joined
     assert "-smp 2" in joined and "-accel tcg" in joined and "-cpu host" not in joined
+    assert "id=disk,file=/d.qcow2,format=qcow2" in joined and "-serial file:/s.log" in joined
     assert args[args.index("-append") + 1].split()[:1] == ["console=ttyS0"]
     assert "tsc_early_khz=2000000" in joined and "lpj=4000000" in joined
     assert args[-3:] == ["-S", "-incoming", "defer"]
-    kvm = build_args("abcd1234", MachineSpec(memory=256 << 20, accel="kvm"), mem_path="m",
-                     kernel="k", initrd="i", disks={"disk": "d"}, qmp_sock="q", agent_sock="a",
-                     serial_log="s", qemu="q")
+    kvm = Machine(_record(MachineSpec(memory=256 << 20, accel="kvm"))).args("m", qemu="q")
     assert "-cpu" in kvm and "-incoming" not in kvm
-    assert "tsc_early_khz" not in default_cmdline("kvm")
+
+
+def test_launch_failure_carries_the_command_line_and_log(tmp_path: Path) -> None:
+    """A process that exits before QMP answers: a VMError with the command and qemu.log's tail,
+    and a machine whose shutdown, then a second one, are harmless."""
+    m = Machine(_record(MachineSpec(memory=64 << 20), str(tmp_path)))
+    m.prepare()
+    with pytest.raises(VMError) as info, m:
+        m.spawn(["/bin/sh", "-c", "echo no such machine >&2; exit 3"])
+        m.connect(wait=5.0)
+    msg = str(info.value)
+    assert "QEMU exited during start-up" in msg and "command: /bin/sh -c" in msg
+    assert "no such machine" in msg and "qemu.log" in msg
+    assert not m.is_running()
+    m.shutdown()
+    m.shutdown()
+
+
+def test_machine_spec_dict_is_what_commits_record() -> None:
+    """Commit IDs depend on this form: same keys, same order, same values as ever."""
+    spec = MachineSpec(memory=256 << 20, vcpus=2, cmdline="console=ttyS0", disks=["disk", "disk1"])
+    assert json.dumps(spec.to_dict()) == (
+        '{"memory": 268435456, "vcpus": 2, "accel": "tcg", "cmdline": "console=ttyS0", '
+        '"disks": ["disk", "disk1"], "machine": "microvm"}')
+    assert MachineSpec.from_dict(spec.to_dict()) == spec
+
+
+def test_vm_record_round_trip_and_earlier_format(tmp_path: Path) -> None:
+    rec = _record(MachineSpec(memory=64 << 20), str(tmp_path))
+    rec.runtime.pid = 4242
+    assert VMRecord.from_json(rec.to_json()) == rec
+    old = {"id": "abcd1234", "vm_dir": str(tmp_path), "name": "web", "pid": 77,
+           "qmp_sock": "/q", "agent_sock": "/a", "serial_log": "/s", "created": 1.0,
+           "spec": {"memory": 64 << 20, "vcpus": 1, "accel": "tcg", "cmdline": "c",
+                    "disks": ["disk"], "machine": "microvm"},
+           "memory": {"kind": "shm", "path": "/dev/shm/x"}, "boot": {"kernel": "k"},
+           "disks": {"disk": {"chain": ["/b", "/t"], "committed": 1, "size": 512,
+                              "spares": {"top": {"path": "/s1", "backing": "/t"}}}},
+           "base_commit": None, "parent_vm": None, "standby": False, "standby_child": None,
+           "role": ""}
+    got = VMRecord.from_json(json.dumps(old))
+    assert got.runtime == Runtime(pid=77, qmp_sock="/q", agent_sock="/a", serial_log="/s")
+    assert got.spec.memory == 64 << 20 and got.name == "web"
+    assert got.disks["disk"].top == "/t" and got.disks["disk"].spares["top"].path == "/s1"
+    assert got.disks["disk"].paths() == {"/b", "/t", "/s1"}
 
 
 def test_parse_size() -> None:
@@ -210,9 +259,26 @@ def test_guest_build_from_debian_packages(tmp_path: Path) -> None:
 
 
 def test_standby_is_on_unless_turned_off(monkeypatch: pytest.MonkeyPatch) -> None:
-    from vers.vmm.lifecycle import RunOptions
+    from vers.vmm.boot import RunOptions
 
     monkeypatch.delenv("VERS_STANDBY", raising=False)
     assert RunOptions().standby
     monkeypatch.setenv("VERS_STANDBY", "0")
     assert not RunOptions().standby
+
+
+def test_commit_state_parents_and_head_move(tmp_path: Path) -> None:
+    """A VM commit's parents: its base first; HEAD's tip second once HEAD moved on."""
+    from vers.repo import Repo
+
+    mem = tmp_path / "mem"
+    mem.write_bytes(bytes(4096 * 4))
+    with Repo.init(tmp_path / "repo") as repo:
+        first = repo.commit_state({"memory": mem}, base=None, message="first")
+        assert repo.get_commit(first).parents == [] and repo.head_commit() == first
+        second = repo.commit_state({"memory": mem}, base=first, message="second")
+        assert repo.get_commit(second).parents == [first] and repo.head_commit() == second
+        other = repo.commit_state({"memory": mem}, base=first, message="other VM",
+                                  source="vm 12345678")
+        assert repo.get_commit(other).parents == [first, second]
+        assert repo.head_commit() == other and repo.current_branch() == "main"

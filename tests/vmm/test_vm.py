@@ -15,9 +15,14 @@ from typing import Any
 import pytest
 
 from vers.repo import Repo
-from vers.vmm import lifecycle, snapshot
-from vers.vmm.backing import load_backing
+from vers.vmm.boot import RunOptions, restore_commit, run_vm
+from vers.vmm.branch import branch_vm
+from vers.vmm.commit import commit_vm
+from vers.vmm.control import list_vms, resume_vm, vm_state
 from vers.vmm.machine import pid_alive
+from vers.vmm.memory import load_backing
+from vers.vmm.state import registry
+from vers.vmm.teardown import kill_vms
 
 from .conftest import counter, gexec, vers, wait_counter_above
 
@@ -37,26 +42,26 @@ def test_commit_keeps_the_counter_running_and_stores_only_changes(vmrepo: Repo,
                                                                   booted: Any) -> None:
     gexec(booted, "echo committed-file > /root/before-commit; sync")
     before = counter(booted)
-    cid1, _tm1 = snapshot.commit_vm(vmrepo, booted.id, "first")
+    cid1, _tm1 = commit_vm(vmrepo, booted.id, "first")
     assert vmrepo.rev_parse("HEAD") == cid1
     assert wait_counter_above(booted, before + 5) > before + 5  # still counting after resume
     c = vmrepo.get_commit(cid1)
     assert {"memory", "disk", "devstate", "kernel", "initrd"} <= set(c.images)
     assert c.config["vm"]["memory"] == 256 * 1024 * 1024 and c.config["vm"]["vcpus"] == 1
     assert "tsc_early_khz=2000000" in c.config["vm"]["cmdline"]
-    cid2, tm2 = snapshot.commit_vm(vmrepo, booted.id, "second")
+    cid2, tm2 = commit_vm(vmrepo, booted.id, "second")
     assert vmrepo.get_commit(cid2).parents == [cid1]
     dirty = tm2.extra["memory_dirty_pages"]
     assert dirty is not None and 0 < dirty < PAGES_256M // 10, tm2.extra
-    assert lifecycle.vm_state(lifecycle.registry(vmrepo).resolve(booted.id)) == "running"
+    assert vm_state(registry(vmrepo).resolve(booted.id)) == "running"
 
 
 def test_commit_pause_leaves_vm_paused_and_resume_continues(vmrepo: Repo, booted: Any) -> None:
-    _cid, _ = snapshot.commit_vm(vmrepo, booted.id, "paused", stay_paused=True)
-    rec = lifecycle.registry(vmrepo).resolve(booted.id)
-    assert lifecycle.vm_state(rec) == "paused"
-    lifecycle.resume_vm(vmrepo, booted.id)
-    assert lifecycle.vm_state(rec) == "running"
+    _cid, _ = commit_vm(vmrepo, booted.id, "paused", stay_paused=True)
+    rec = registry(vmrepo).resolve(booted.id)
+    assert vm_state(rec) == "paused"
+    resume_vm(vmrepo, booted.id)
+    assert vm_state(rec) == "running"
     now = counter(booted)
     assert wait_counter_above(booted, now) > now
 
@@ -64,9 +69,9 @@ def test_commit_pause_leaves_vm_paused_and_resume_continues(vmrepo: Repo, booted
 def test_branch_child_continues_and_files_are_isolated(vmrepo: Repo, booted: Any) -> None:
     gexec(booted, "echo shared > /root/before-branch; sync")
     at_branch = counter(booted)
-    children, _tm = snapshot.branch_vm(vmrepo, booted.id, count=1, name="kid")
+    children, _tm = branch_vm(vmrepo, booted.id, count=1, name="kid")
     (child,) = children
-    assert child.name == "kid" and pid_alive(child.pid, child.id)
+    assert child.name == "kid" and pid_alive(child.runtime.pid, child.id)
     assert gexec(child, "cat /root/before-branch") == "shared\n"
     assert gexec(child, "cat /root/before-commit") == "committed-file\n"
     got = counter(child)
@@ -84,18 +89,18 @@ def test_branch_child_continues_and_files_are_isolated(vmrepo: Repo, booted: Any
 
 
 def test_branch_count_gives_independent_children(vmrepo: Repo, booted: Any) -> None:
-    children, _ = snapshot.branch_vm(vmrepo, booted.id, count=2)
+    children, _ = branch_vm(vmrepo, booted.id, count=2)
     a, b = children
     gexec(a, "echo a > /tmp/who")
     gexec(b, "echo b > /tmp/who")
     assert gexec(a, "cat /tmp/who") == "a\n" and gexec(b, "cat /tmp/who") == "b\n"
-    lifecycle.kill_vms(vmrepo, [a.id, b.id])
-    assert not pid_alive(a.pid) and not pid_alive(b.pid)
+    kill_vms(vmrepo, [a.id, b.id])
+    assert not pid_alive(a.runtime.pid) and not pid_alive(b.runtime.pid)
 
 
 def test_child_commit_is_incremental(vmrepo: Repo, booted: Any) -> None:
-    child = lifecycle.registry(vmrepo).resolve("kid")
-    cid, tm = snapshot.commit_vm(vmrepo, "kid", "from the child")
+    child = registry(vmrepo).resolve("kid")
+    cid, tm = commit_vm(vmrepo, "kid", "from the child")
     assert tm.extra["memory_dirty_pages"] is not None
     assert vmrepo.get_commit(cid).parents[0] == child.base_commit
 
@@ -103,30 +108,30 @@ def test_child_commit_is_incremental(vmrepo: Repo, booted: Any) -> None:
 def test_restore_twice_gives_identical_memory_and_a_running_counter(
         vmrepo: Repo, booted: Any, tmp_path: Path) -> None:
     at_commit = counter(booted)
-    cid, _ = snapshot.commit_vm(vmrepo, booted.id, "to restore")
-    r1 = lifecycle.restore_commit(vmrepo, cid, paused=True)
-    r2 = lifecycle.restore_commit(vmrepo, cid, paused=True)
+    cid, _ = commit_vm(vmrepo, booted.id, "to restore")
+    r1 = restore_commit(vmrepo, cid, paused=True)
+    r2 = restore_commit(vmrepo, cid, paused=True)
     m1, m2 = load_backing(r1.memory).path, load_backing(r2.memory).path
     assert filecmp.cmp(m1, m2, shallow=False)
     vmrepo.export_image(cid, "memory", tmp_path / "committed.mem")
     assert filecmp.cmp(m1, tmp_path / "committed.mem", shallow=False)
     for r in (r1, r2):
-        lifecycle.resume_vm(vmrepo, r.id)
+        resume_vm(vmrepo, r.id)
         got = counter(r)
         assert got >= at_commit
         assert wait_counter_above(r, got) > got
         assert gexec(r, "cat /root/before-branch") == "shared\n"
     # a commit of a restored VM stores only what it changed since the commit it came from
-    cid2, tm = snapshot.commit_vm(vmrepo, r1.id, "after restore")
+    cid2, tm = commit_vm(vmrepo, r1.id, "after restore")
     assert vmrepo.get_commit(cid2).parents[0] == cid
     assert 0 < tm.extra["memory_dirty_pages"] < PAGES_256M // 10
     # r2 is based on cid too, but the branch has moved on to cid2: its commit keeps its own
     # lineage first (so it is still incremental) and the branch tip second, and fast-forwards
-    cid3, tm3 = snapshot.commit_vm(vmrepo, r2.id, "second VM on the same branch")
+    cid3, tm3 = commit_vm(vmrepo, r2.id, "second VM on the same branch")
     assert vmrepo.get_commit(cid3).parents == [cid, cid2]
     assert vmrepo.rev_parse("HEAD") == cid3
     assert 0 < tm3.extra["memory_dirty_pages"] < PAGES_256M // 10
-    lifecycle.kill_vms(vmrepo, [r1.id, r2.id])
+    kill_vms(vmrepo, [r1.id, r2.id])
 
 
 def test_checkout_and_ps_and_status_cli(vmrepo: Repo, booted: Any) -> None:
@@ -170,30 +175,30 @@ def test_qemu_missing_is_a_clear_error(vmrepo: Repo) -> None:
 
 def test_guest_that_never_boots_times_out_with_serial_tail(vmrepo: Repo) -> None:
     # rdinit=/bin/cat: the kernel boots, then init blocks forever reading the console.
-    opts = lifecycle.RunOptions(cmdline="console=ttyS0 tsc_early_khz=2000000 lpj=4000000 "
+    opts = RunOptions(cmdline="console=ttyS0 tsc_early_khz=2000000 lpj=4000000 "
                                         "rdinit=/bin/cat", boot_timeout=8, make_current=False)
-    before = {s.id for s in lifecycle.list_vms(vmrepo)}
+    before = {s.id for s in list_vms(vmrepo)}
     with pytest.raises(Exception) as info:
-        lifecycle.run_vm(vmrepo, opts)
+        run_vm(vmrepo, opts)
     msg = str(info.value)
     assert "guest did not boot" in msg and "command: " in msg and "-M microvm" in msg
     assert "last lines of" in msg and "serial.log" in msg
     assert re.search(r"\[\s*\d+\.\d+\] ", msg), msg  # kernel log lines from the serial console
-    assert {s.id for s in lifecycle.list_vms(vmrepo)} == before  # nothing left behind
+    assert {s.id for s in list_vms(vmrepo)} == before  # nothing left behind
 
 
 def test_orphaned_qemu_is_listed_and_killed(vmrepo: Repo, booted: Any) -> None:
-    children, _ = snapshot.branch_vm(vmrepo, booted.id)
+    children, _ = branch_vm(vmrepo, booted.id)
     child = children[0]
     import shutil
 
     shutil.rmtree(child.vm_dir)  # vers state gone, QEMU still running
-    rows = {s.id: s for s in lifecycle.list_vms(vmrepo)}
-    assert rows[child.id].state == "orphan" and rows[child.id].pid == child.pid
+    rows = {s.id: s for s in list_vms(vmrepo)}
+    assert rows[child.id].state == "orphan" and rows[child.id].pid == child.runtime.pid
     ram = load_backing(child.memory).path
     vers(vmrepo.root, "kill", child.id)
-    assert not pid_alive(child.pid)
-    assert child.id not in {s.id for s in lifecycle.list_vms(vmrepo)}
+    assert not pid_alive(child.runtime.pid)
+    assert child.id not in {s.id for s in list_vms(vmrepo)}
     assert not ram.exists(), "the orphan's guest RAM file outlived it"
 
 
@@ -204,15 +209,15 @@ def test_vm_killed_during_commit_leaves_no_partial_commit(vmrepo: Repo, booted: 
     import signal
     import subprocess
 
-    base, _ = snapshot.commit_vm(vmrepo, booted.id, "base of the kill test")
+    base, _ = commit_vm(vmrepo, booted.id, "base of the kill test")
     for delay in (0.0, 0.4):
-        vid = lifecycle.restore_commit(vmrepo, base).id
-        rec = lifecycle.registry(vmrepo).resolve(vid)
+        vid = restore_commit(vmrepo, base).id
+        rec = registry(vmrepo).resolve(vid)
         head = vmrepo.rev_parse("HEAD")
         proc = subprocess.Popen(["vers", "commit", vid, "-m", "doomed"], cwd=vmrepo.root,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         time.sleep(delay)
-        os.kill(rec.pid, signal.SIGKILL)
+        os.kill(rec.runtime.pid, signal.SIGKILL)
         out, err = proc.communicate(timeout=60)
         now = vmrepo.rev_parse("HEAD")
         if proc.returncode == 0:  # it finished before the kill: then it is a whole commit
@@ -225,6 +230,6 @@ def test_vm_killed_during_commit_leaves_no_partial_commit(vmrepo: Repo, booted: 
             assert now == head, err
         vmrepo.export_image(head, "memory", tmp_path / "head.mem")
         assert [x.id for x in vmrepo.log(head)]  # history still readable
-        lifecycle.kill_vms(vmrepo, [vid])
+        kill_vms(vmrepo, [vid])
         fsck = vers(vmrepo.root, "fsck", check=False)
         assert fsck.returncode == 0, fsck.stdout + fsck.stderr

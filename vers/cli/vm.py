@@ -1,5 +1,5 @@
 """vers CLI commands of the VM driver: run, ps, status, pause, resume, kill, console, exec,
-commit, branch, run-commit, checkout. Each parses arguments and calls vers.vmm."""
+commit, branch, run-commit, checkout. Each parses arguments and calls vers.porcelain.vm."""
 
 from __future__ import annotations
 
@@ -8,10 +8,7 @@ import sys
 import click
 
 from vers.cli._group import cli, emit_json, info, open_repo
-from vers.errors import BadRevision
-from vers.vmm import lifecycle, snapshot
-from vers.vmm.machine import parse_size
-from vers.vmm.state import UnknownVM
+from vers.porcelain import vm as verbs
 
 
 @cli.command()
@@ -29,7 +26,7 @@ from vers.vmm.state import UnknownVM
               help="Guest RAM backing: fuse (default where FUSE works) or shm; "
                    "or $VERS_MEMORY_BACKING.")
 @click.option("--memory-dir", default=None, help="Directory for the RAM file (default /dev/shm).")
-@click.option("--boot-timeout", default=lifecycle.BOOT_TIMEOUT, show_default=True, type=float)
+@click.option("--boot-timeout", default=verbs.BOOT_TIMEOUT, show_default=True, type=float)
 @click.option("--standby/--no-standby", default=None,
               help="Keep a standby child QEMU started for the next `vers branch` (an idle "
                    "~50 MB process per VM, hidden from `ps`; children inherit it). Default: on "
@@ -40,19 +37,18 @@ def run(memory: str, vcpus: int, name: str | None, accel: str | None, kernel: st
         memory_dir: str | None, boot_timeout: float, standby: bool | None) -> None:
     """Boot a VM (the default guest unless you give your own); prints its ID."""
     repo = open_repo()
-    opts = lifecycle.RunOptions(memory=parse_size(memory), vcpus=vcpus, name=name, accel=accel,
-                                kernel=kernel, initrd=initrd, disks=disks, cmdline=cmdline,
-                                memory_backing=memory_backing or lifecycle.default_backing(),
-                                memory_dir=memory_dir,
-                                boot_timeout=boot_timeout)
+    opts = verbs.RunOptions(memory=verbs.parse_size(memory), vcpus=vcpus, name=name, accel=accel,
+                            kernel=kernel, initrd=initrd, disks=disks, cmdline=cmdline,
+                            memory_backing=memory_backing or verbs.default_backing(),
+                            memory_dir=memory_dir, boot_timeout=boot_timeout)
     if standby is not None:
         opts.standby = standby
     if standby and opts.memory_backing != "fuse":
         info(f"--standby needs the fuse memory backing; ignored for {opts.memory_backing}")
     info("booting VM..." if kernel and initrd and disks else
          "booting VM (building the default guest first if it is not cached)...")
-    rec = lifecycle.run_vm(repo, opts)
-    info(f"VM {rec.id} running{f' as {name}' if name else ''} (accel {rec.spec['accel']})")
+    rec = verbs.run(repo, opts)
+    info(f"VM {rec.id} running{f' as {name}' if name else ''} (accel {rec.spec.accel})")
     click.echo(rec.id)
 
 
@@ -61,7 +57,7 @@ def run(memory: str, vcpus: int, name: str | None, accel: str | None, kernel: st
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
 def ps(quiet: bool, fmt: str) -> None:
     """List this repository's VMs, including orphaned QEMU processes."""
-    rows = lifecycle.list_vms(open_repo())
+    rows = verbs.ps(open_repo())
     if fmt == "json":
         emit_json([r.__dict__ for r in rows])
         return
@@ -82,14 +78,14 @@ def ps(quiet: bool, fmt: str) -> None:
 @click.argument("vm", required=False)
 def status(vm: str | None) -> None:
     """Show one VM's state and where its files are (JSON)."""
-    emit_json(lifecycle.status(open_repo(), vm))
+    emit_json(verbs.status(open_repo(), vm))
 
 
 @cli.command()
 @click.argument("vm", required=False)
 def pause(vm: str | None) -> None:
     """Stop the guest's CPUs."""
-    rec = lifecycle.pause_vm(open_repo(), vm)
+    rec = verbs.pause(open_repo(), vm)
     info(f"VM {rec.id} paused")
 
 
@@ -97,7 +93,7 @@ def pause(vm: str | None) -> None:
 @click.argument("vm", required=False)
 def resume(vm: str | None) -> None:
     """Let a paused guest run again."""
-    rec = lifecycle.resume_vm(open_repo(), vm)
+    rec = verbs.resume(open_repo(), vm)
     info(f"VM {rec.id} running")
 
 
@@ -105,7 +101,7 @@ def resume(vm: str | None) -> None:
 @click.argument("vms", nargs=-1, required=True)
 def kill(vms: tuple[str, ...]) -> None:
     """Stop VMs (or orphaned QEMU processes) and delete their state."""
-    for vid in lifecycle.kill_vms(open_repo(), list(vms)):
+    for vid in verbs.kill(open_repo(), list(vms)):
         info(f"killed {vid}")
 
 
@@ -116,7 +112,7 @@ def console(vm: str | None, follow: bool) -> None:
     """Print the VM's serial console log."""
     out = sys.stdout.buffer
     try:
-        for chunk in lifecycle.follow_console(open_repo(), vm, follow):
+        for chunk in verbs.console(open_repo(), vm, follow):
             out.write(chunk)
             out.flush()
     except KeyboardInterrupt:
@@ -129,7 +125,7 @@ def console(vm: str | None, follow: bool) -> None:
 @click.option("--timeout", default=300.0, show_default=True, type=float)
 def exec_(vm: str, command: tuple[str, ...], timeout: float) -> None:
     """Run COMMAND in the guest (vers exec VM -- CMD...); exits with its exit code."""
-    res = lifecycle.exec_in_vm(open_repo(), vm, list(command), timeout)
+    res = verbs.exec_in(open_repo(), vm, list(command), timeout)
     sys.stdout.buffer.write(res.stdout)
     sys.stdout.buffer.flush()
     sys.stderr.buffer.write(res.stderr)
@@ -144,7 +140,7 @@ def exec_(vm: str, command: tuple[str, ...], timeout: float) -> None:
 @click.option("-v", "--verbose", is_flag=True, help="Print phase timings.")
 def commit(vm: str | None, message: str, stay_paused: bool, verbose: bool) -> None:
     """Commit a running VM's memory, disks and device state; prints the commit ID."""
-    cid, tm = snapshot.commit_vm(open_repo(), vm, message, stay_paused)
+    cid, tm = verbs.commit(open_repo(), vm, message, stay_paused)
     info(f"committed {cid[:12]} (guest paused {tm.pause:.0f} ms, "
          f"{_pages(tm.extra.get('memory_dirty_pages'))} memory pages changed)")
     if verbose:
@@ -163,19 +159,11 @@ def _pages(n: int | None) -> str:
 @click.option("-v", "--verbose", is_flag=True, help="Print phase timings.")
 def branch(source: str | None, count: int, name: str | None, verbose: bool) -> None:
     """Fork a live VM (or restore a COMMIT) into children; prints their IDs."""
-    repo = open_repo()
-    reg = lifecycle.registry(repo)
-    if source is None or reg.find(source) is not None:
-        children, tm = snapshot.branch_vm(repo, source, count, name)
+    children, tm = verbs.branch(open_repo(), source, count, name)
+    if tm is not None:
         info(f"branched {len(children)} VM(s); parent paused {tm.pause:.0f} ms")
         if verbose:
             info(f"phases (ms): {tm.phases} {tm.extra}")
-    else:
-        try:
-            repo.rev_parse(source)
-        except BadRevision as exc:
-            raise UnknownVM(f"{source!r} is neither a VM nor a commit") from exc
-        children = snapshot.branch_commit(repo, source, count, name)
     for c in children:
         click.echo(c.id)
 
@@ -185,7 +173,7 @@ def branch(source: str | None, count: int, name: str | None, verbose: bool) -> N
 @click.option("--name", default=None, help="Alias for the new VM.")
 def run_commit(commit_rev: str, name: str | None) -> None:
     """Boot a new VM from COMMIT (memory, disks, device state); prints its ID."""
-    rec = lifecycle.restore_commit(open_repo(), commit_rev, name=name)
+    rec = verbs.run_commit(open_repo(), commit_rev, name=name)
     info(f"VM {rec.id} restored from {rec.base_commit[:12] if rec.base_commit else '?'}")
     click.echo(rec.id)
 
@@ -194,6 +182,6 @@ def run_commit(commit_rev: str, name: str | None) -> None:
 @click.argument("commit_rev", metavar="COMMIT")
 def checkout(commit_rev: str) -> None:
     """Restore COMMIT into a new VM, make it the current VM and move HEAD there."""
-    rec = lifecycle.checkout(open_repo(), commit_rev)
+    rec = verbs.checkout(open_repo(), commit_rev)
     info(f"VM {rec.id} restored from {rec.base_commit[:12] if rec.base_commit else '?'}, now current")
     click.echo(rec.id)

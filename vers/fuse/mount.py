@@ -5,7 +5,8 @@ A FUSE daemon that dies leaves its mount point in place, answering every access 
 point here first checks the mount point's state, turns a dead mount into a clear ``FuseError``, and
 ``mount`` lazily detaches a stale one (``fusermount3 -u -z``) before mounting again.
 
-Starting: the daemon is ``python -m vers.fuse.daemon ...`` in its own session. It reports
+Starting: a daemon is ``python -m MODULE ...`` in its own session (``vers.fuse.daemon`` for the
+inspection mount, ``vers.vmm.memory.daemon`` for VM memory; ``vers.fuse.serve`` is what both run). It reports
 ``ready`` (or ``error: ...``) on a pipe once ``pyfuse3.init`` has mounted, so ``vers mount`` returns
 only when the files are visible, and a failure to mount is reported with the daemon's reason.
 """
@@ -133,13 +134,14 @@ def prepare_mountpoint(mountpoint: str | os.PathLike[str]) -> Path:
     return mnt.resolve()
 
 
-def spawn_daemon(args: Iterable[str], log_path: Path, timeout: float = READY_TIMEOUT) -> int:
-    """Start ``python -m vers.fuse.daemon ARGS`` detached; return its pid once it says ready."""
+def spawn_daemon(module: str, args: Iterable[str], log_path: Path,
+                 timeout: float = READY_TIMEOUT) -> int:
+    """Start ``python -m MODULE ARGS`` detached; return its pid once it says ready."""
     read_fd, write_fd = os.pipe()
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "vers.fuse.daemon", "--ready-fd", str(write_fd), *args],
+            [sys.executable, "-m", module, "--ready-fd", str(write_fd), *args],
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,

@@ -21,6 +21,7 @@ import pyfuse3
 
 from vers.errors import CorruptObject, ObjectNotFound, RefError, VersError
 from vers.fuse.vfs import Attr, RepoView
+from vers.objects.model import PAGE_SIZE
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +64,7 @@ def entry_attributes(attr: Attr) -> pyfuse3.EntryAttributes:
     e.st_uid = os.getuid()
     e.st_gid = os.getgid()
     e.st_size = attr.size
-    e.st_blksize = 4096
+    e.st_blksize = PAGE_SIZE
     e.st_blocks = (attr.size + 511) // 512
     e.st_atime_ns = e.st_mtime_ns = e.st_ctime_ns = attr.mtime_ns
     timeout = _IMMUTABLE_TIMEOUT if attr.immutable else _MUTABLE_TIMEOUT
@@ -152,7 +153,7 @@ class InspectOperations(pyfuse3.Operations):
 
     async def statfs(self, ctx: Any = None) -> pyfuse3.StatvfsData:
         s = pyfuse3.StatvfsData()
-        s.f_bsize = s.f_frsize = 4096
+        s.f_bsize = s.f_frsize = PAGE_SIZE
         s.f_namemax = 255
         return s
 

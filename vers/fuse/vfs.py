@@ -33,12 +33,15 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from blake3 import blake3
 
 from vers.errors import BadRevision
 from vers.history import ancestors
+
+if TYPE_CHECKING:
+    from vers.repo import Repo
 
 ROOT_INODE = 1
 _FULL_ID_LEN = 64
@@ -100,7 +103,7 @@ class RepoView:
     daemon never pins an old LMDB snapshot.
     """
 
-    def __init__(self, repo: Any) -> None:
+    def __init__(self, repo: Repo) -> None:
         self.repo = repo
         self._mount_time_ns = time.time_ns()
         self._paths: dict[int, str] = {ROOT_INODE: "/"}
@@ -322,7 +325,7 @@ class RepoView:
         return (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode()
 
 
-def list_refs(repo: Any, kind: str) -> dict[str, str]:
+def list_refs(repo: Repo, kind: str) -> dict[str, str]:
     """{short name: commit id} of refs/<kind>/* (symbolic refs followed; dangling ones left out)."""
     prefix = f"refs/{kind}/"
     out: dict[str, str] = {}

@@ -25,8 +25,9 @@ def mount(repo: Repo, mountpoint: str | os.PathLike[str], foreground: bool = Fal
     """
     target = mnt.prepare_mountpoint(mountpoint)
     if foreground:
-        from vers.fuse.daemon import INSPECT_READ_AHEAD_KB, serve
+        from vers.fuse.daemon import INSPECT_READ_AHEAD_KB
         from vers.fuse.ops import InspectOperations
+        from vers.fuse.serve import serve
         from vers.fuse.vfs import RepoView
 
         try:
@@ -36,7 +37,9 @@ def mount(repo: Repo, mountpoint: str | os.PathLike[str], foreground: bool = Fal
             raise FuseError(f"mount failed: {exc}") from exc
         return None
     return mnt.spawn_daemon(
-        ["inspect", os.fspath(repo.root), os.fspath(target)], _log_path(repo, target)
+        "vers.fuse.daemon",
+        ["inspect", os.fspath(repo.root), os.fspath(target)],
+        _log_path(repo, target),
     )
 
 

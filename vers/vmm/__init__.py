@@ -1,6 +1,10 @@
-"""The QEMU microvm driver: boot, commit, branch and restore live VMs (issue #3, docs/vmm.md).
+"""The QEMU microvm driver: boot, commit, branch and restore live VMs (docs/vmm.md).
 
-Plain functions taking a ``vers.Repo``: ``lifecycle`` (run_vm, restore_commit, checkout, list_vms,
-exec_in_vm, kill_vms, ...) and ``snapshot`` (commit_vm, branch_vm). ``guest`` builds the default
-guest (``python3 -m vers.vmm.guest``); ``backing`` is the pluggable guest-RAM interface.
+By job: ``boot`` (run a fresh VM, restore a commit), ``commit`` and ``branch`` (the two verbs that
+must keep the guest's pause short), ``control`` (list, status, pause, resume, exec, console),
+``teardown`` (kill, remove, orphans), ``standby`` (child QEMUs started ahead of a branch). Under
+them: ``machine`` (one QEMU process), ``state`` (VM records), ``devstate`` (device state and disk
+freezes over QMP), ``disk`` (qcow2 chains), ``memory`` (guest-RAM backings), ``qmp``, ``agent``,
+``guest`` (the default guest). The verbs take a ``vers.Repo``; ``vers.porcelain.vm`` is what the
+CLI calls.
 """

@@ -1,7 +1,7 @@
 """Copy-on-write disks as qcow2 overlay chains, and how a commit finds the blocks that changed.
 
 Each VM disk is a chain ``base.raw <- layer1.qcow2 <- ... <- top.qcow2``; QEMU writes only to the
-top. At a commit (guest stopped) QEMU switches to a new empty top (``blockdev-snapshot-sync``), so
+top. At a commit (guest stopped) QEMU switches to a new empty top (``blockdev-snapshot``), so
 the layers below are frozen; the blocks changed since the base commit are exactly the clusters
 allocated in the layers added since that commit (``qemu-img map``), and only those are copied out.
 A branch freezes the parent's top the same way and gives the child its own overlay on it: the
@@ -18,12 +18,88 @@ import json
 import os
 import secrets
 import subprocess
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vers.errors import VMError
+from vers.objects.model import PAGE_SIZE
 
-PAGE = 4096
+if TYPE_CHECKING:
+    from vers.repo import Repo
+
+#: the spare overlays a disk keeps ready: the next commit's top and the next branch child's
+SPARE_SLOTS = ("top", "child")
+
+
+@dataclass
+class Spare:
+    """An empty overlay made in advance on ``backing`` (a disk's top when it was made)."""
+
+    path: str
+    backing: str
+
+
+@dataclass
+class DiskChain:
+    """One VM disk: its qcow2 chain (base first, QEMU writes only the last), how many of those
+    layers the base commit holds (``committed``: the rest changed since), its virtual size, and
+    the spare overlays made for it in advance."""
+
+    chain: list[str]
+    committed: int = 0
+    size: int = 0
+    spares: dict[str, Spare] = field(default_factory=dict)
+
+    @property
+    def top(self) -> str:
+        return self.chain[-1]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"chain": list(self.chain), "committed": self.committed, "size": self.size,
+                "spares": {k: {"path": v.path, "backing": v.backing}
+                           for k, v in self.spares.items()}}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> DiskChain:
+        return cls(chain=list(d["chain"]), committed=int(d.get("committed", 0)),
+                   size=int(d.get("size") or 0),
+                   spares={k: Spare(v["path"], v["backing"])
+                           for k, v in d.get("spares", {}).items()})
+
+    def child(self, top: Path) -> DiskChain:
+        """The chain of a child whose own new top is ``top``, over our whole chain."""
+        return DiskChain(self.chain + [str(top)], self.committed, self.size)
+
+    def paths(self) -> set[str]:
+        """Every layer file this disk uses or keeps ready."""
+        return set(self.chain) | {sp.path for sp in self.spares.values()}
+
+    def take_overlay(self, layers: Path, tag: str, slot: str) -> Path:
+        """A new empty overlay on the current top: the spare made earlier when it still sits on
+        that top (no qemu-img run on the critical path), else a fresh one."""
+        if not self.size:  # a record written before sizes were kept
+            self.size = image_size(Path(self.chain[0]))
+        spare = self.spares.pop(slot, None)
+        if spare and spare.backing == self.top and Path(spare.path).exists():
+            return Path(spare.path)
+        if spare:
+            Path(spare.path).unlink(missing_ok=True)
+        path = new_layer_path(layers, tag)
+        create_overlay_unsafe(path, Path(self.top), self.size)
+        return path
+
+    def make_spares(self, layers: Path, tag: str) -> None:
+        """Prepare overlays on the current top for the next commit and the next branch."""
+        for slot in SPARE_SLOTS:
+            old = self.spares.get(slot)
+            if old and old.backing == self.top and Path(old.path).exists():
+                continue
+            if old:
+                Path(old.path).unlink(missing_ok=True)
+            path = new_layer_path(layers, tag)
+            create_overlay_unsafe(path, Path(self.top), self.size)
+            self.spares[slot] = Spare(str(path), self.top)
 
 
 def qemu_img(*args: str) -> str:
@@ -62,41 +138,10 @@ def create_overlay_unsafe(path: Path, backing: Path, size: int) -> None:
              str(path), str(size))
 
 
-def take_overlay(layers: Path, disk: dict[str, Any], tag: str, slot: str) -> Path:
-    """A new empty overlay on the disk's current top: the spare made earlier when it still sits on
-    that top (no qemu-img run on the critical path), else a fresh one."""
-    top = disk["chain"][-1]
-    spare = disk.setdefault("spares", {}).pop(slot, None)
-    if spare and spare["backing"] == top and Path(spare["path"]).exists():
-        return Path(spare["path"])
-    if spare:
-        Path(spare["path"]).unlink(missing_ok=True)
-    path = new_layer_path(layers, tag)
-    create_overlay_unsafe(path, Path(top), int(disk["size"]))
-    return path
-
-
-def make_spares(layers: Path, disk: dict[str, Any], tag: str,
-                slots: tuple[str, ...] = ("top", "child")) -> None:
-    """Prepare overlays on the current top for the next commit ("top") and branch ("child")."""
-    top = disk["chain"][-1]
-    spares = disk.setdefault("spares", {})
-    for slot in slots:
-        old = spares.get(slot)
-        if old and old["backing"] == top and Path(old["path"]).exists():
-            continue
-        if old:
-            Path(old["path"]).unlink(missing_ok=True)
-        path = new_layer_path(layers, tag)
-        create_overlay_unsafe(path, Path(top), int(disk["size"]))
-        spares[slot] = {"path": str(path), "backing": top}
-
-
-def layers_in_use(disks: dict[str, dict[str, Any]]) -> set[str]:
-    out = set()
+def layers_in_use(disks: dict[str, DiskChain]) -> set[str]:
+    out: set[str] = set()
     for d in disks.values():
-        out.update(d["chain"])
-        out.update(sp["path"] for sp in d.get("spares", {}).values())
+        out |= d.paths()
     return out
 
 
@@ -133,8 +178,8 @@ def capture_disk(chain: list[str], new_layers: int, size: int, out: Path,
                     continue
                 start, length = int(ext["start"]), int(ext["length"])
                 if changed:
-                    first = start // PAGE
-                    dirty.extend(range(first, (start + length + PAGE - 1) // PAGE))
+                    first = start // PAGE_SIZE
+                    dirty.extend(range(first, (start + length + PAGE_SIZE - 1) // PAGE_SIZE))
                 if ext.get("zero") or not ext.get("data"):
                     continue
                 src_off = int(ext.get("offset", start))
@@ -159,7 +204,7 @@ def _copy_range(fin: int, fout: int, src: int, dst: int, length: int) -> None:
         done += len(data)
 
 
-def export_base(repo: Any, commit: str, image: str, layers: Path) -> Path:
+def export_base(repo: Repo, commit: str, image: str, layers: Path) -> Path:
     """The commit's disk as a shared sparse raw file (made once per commit and image)."""
     path = layers / f"{commit}-{image}.raw"
     if path.exists():

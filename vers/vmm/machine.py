@@ -1,12 +1,16 @@
-"""Launching QEMU microvm processes, after qemu's own python/qemu/machine.
+"""One QEMU microvm process, after qemu's own python/qemu/machine ``QEMUMachine``.
 
-Launch happens in three steps: build the argument list (pure, testable), spawn QEMU with stdin
-closed and its output in a log file, then connect QMP with a timeout while checking that the
-process is still alive. Any failure raises a VMError carrying the command line and the tail of the
-logs, because "QEMU exited" alone never tells anyone why.
+A ``Machine`` owns the QEMU process of one VM record. Launch happens in steps: ``prepare`` (socket
+paths, stale sockets removed), ``args`` (the whole command line, a pure function of the record),
+``spawn`` (QEMU with stdin closed and its output in ``qemu.log``), ``connect`` (QMP, with a timeout,
+while checking that the process is still alive). Any failure raises a VMError carrying the
+command line and the tail of the logs, because "QEMU exited" alone never tells anyone why.
 
-QEMU runs in its own session so that it outlives the vers command that started it; later commands
-find it again through the VM record (pid, QMP socket).
+QEMU runs in its own session so that it outlives the vers command that started it; a later
+command re-attaches with ``Machine.attach(record)``. Hence leaving a ``with Machine(...)`` block
+only hangs up QMP; only when the block that launched QEMU raises is QEMU shut down as well, so a
+failed start leaves no process behind. ``shutdown`` is soft (QMP ``quit``), then hard (SIGTERM,
+SIGKILL), and idempotent.
 """
 
 from __future__ import annotations
@@ -16,38 +20,19 @@ import shlex
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import Self
 
 from vers.errors import VMError
 from vers.vmm.guest import BASE_CMDLINE, TCG_CMDLINE
 from vers.vmm.qmp import QMPClient
+from vers.vmm.state import Runtime, VMRecord
 
 MiB = 1024 * 1024
-
-
-@dataclass
-class MachineSpec:
-    """What QEMU needs to recreate the same virtual hardware; recorded in every commit."""
-
-    memory: int
-    vcpus: int = 1
-    accel: str = "tcg"
-    cmdline: str = BASE_CMDLINE
-    disks: list[str] = field(default_factory=lambda: ["disk"])
-    machine: str = "microvm"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"memory": self.memory, "vcpus": self.vcpus, "accel": self.accel,
-                "cmdline": self.cmdline, "disks": list(self.disks), "machine": self.machine}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> MachineSpec:
-        return cls(memory=int(d["memory"]), vcpus=int(d.get("vcpus", 1)),
-                   accel=d.get("accel", "tcg"), cmdline=d.get("cmdline", BASE_CMDLINE),
-                   disks=list(d.get("disks", ["disk"])), machine=d.get("machine", "microvm"))
+CONNECT_TIMEOUT = 30.0
 
 
 def kvm_usable() -> bool:
@@ -89,44 +74,6 @@ def parse_size(text: str) -> int:
         raise VMError(f"bad size {text!r} (use e.g. 256M or 2G)") from exc
 
 
-def build_args(vm_id: str, spec: MachineSpec, *, mem_path: str, kernel: str, initrd: str,
-               disks: dict[str, str], qmp_sock: str, agent_sock: str, serial_log: str,
-               incoming: bool = False, qemu: str | None = None) -> list[str]:
-    """The whole QEMU command line. Device order is fixed: migration needs identical hardware."""
-    mib = spec.memory // MiB
-    args = [qemu or qemu_binary(), "-name", f"vers-{vm_id}",
-            "-M", f"{spec.machine},memory-backend=mem", "-accel", spec.accel,
-            "-m", f"{mib}M", "-smp", str(spec.vcpus),
-            "-object", f"memory-backend-file,id=mem,size={mib}M,mem-path={mem_path},share=on",
-            "-nodefaults", "-no-user-config", "-nographic",
-            "-serial", f"file:{serial_log}",
-            "-kernel", kernel, "-initrd", initrd, "-append", spec.cmdline]
-    if spec.accel == "kvm":
-        args += ["-cpu", "host"]
-    for name in spec.disks:
-        args += ["-drive", f"id={name},file={disks[name]},format=qcow2,if=none",
-                 "-device", f"virtio-blk-device,drive={name}"]
-    args += ["-device", "virtio-serial-device",
-             "-chardev", f"socket,id=agent,path={agent_sock},server=on,wait=off",
-             "-device", "virtserialport,chardev=agent,name=vers.agent",
-             "-qmp", f"unix:{qmp_sock},server=on,wait=off"]
-    if incoming:
-        args += ["-S", "-incoming", "defer"]
-    return args
-
-
-def spawn(args: list[str], vm_dir: Path) -> int:
-    """Start QEMU detached from our session; its stdout/stderr go to vm_dir/qemu.log."""
-    with open(vm_dir / "qemu.log", "wb") as log:
-        try:
-            proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log,
-                                    stderr=subprocess.STDOUT, start_new_session=True, cwd=vm_dir)
-        except OSError as exc:
-            raise VMError(f"cannot start QEMU: {exc}\n  command: {shlex.join(args)}") from exc
-    (vm_dir / "cmdline").write_text(shlex.join(args) + "\n")
-    return proc.pid
-
-
 def pid_alive(pid: int | None, vm_id: str | None = None) -> bool:
     """True if pid runs (not a zombie) and, when vm_id is given, is that VM's QEMU."""
     if not pid:
@@ -145,40 +92,6 @@ def pid_alive(pid: int | None, vm_id: str | None = None) -> bool:
     except (FileNotFoundError, ProcessLookupError, IndexError):
         return False
     return True
-
-
-def log_tail(vm_dir: Path, lines: int = 20) -> str:
-    parts = []
-    for name in ("qemu.log", "serial.log"):
-        p = vm_dir / name
-        try:
-            text = p.read_text(errors="replace").splitlines()[-lines:]
-        except FileNotFoundError:
-            continue
-        if text:
-            parts.append(f"--- last lines of {p} ---\n" + "\n".join(text))
-    return "\n".join(parts)
-
-
-def launch_error(msg: str, vm_dir: Path) -> VMError:
-    cmd = ""
-    try:
-        cmd = (vm_dir / "cmdline").read_text().strip()
-    except FileNotFoundError:
-        pass
-    return VMError(f"{msg}\n  command: {cmd}\n{log_tail(vm_dir)}")
-
-
-def connect_qmp(sock: str, pid: int, vm_id: str, vm_dir: Path, wait: float = 30.0) -> QMPClient:
-    """Connect to a freshly spawned QEMU; fail fast (with logs) if the process dies first."""
-    try:
-        return QMPClient(sock).connect(wait=wait, alive=lambda: pid_alive(pid))
-    except VMError as exc:
-        alive = pid_alive(pid)
-        what = "QEMU exited during start-up" if not alive else f"QEMU QMP not ready: {exc}"
-        if alive:
-            kill_pid(pid)
-        raise launch_error(what, vm_dir) from exc
 
 
 def kill_pid(pid: int | None, timeout: float = 5.0) -> None:
@@ -220,3 +133,198 @@ def find_qemu_processes(vms_root: Path) -> dict[str, int]:
             if a == b"-name" and argv[i + 1].startswith(b"vers-") and pid_alive(int(entry)):
                 found[argv[i + 1][5:].decode()] = int(entry)
     return found
+
+
+def _sock_path(vm_dir: Path, name: str) -> str:
+    """Unix socket paths are limited to 107 bytes; deep repositories fall back to /tmp."""
+    p = vm_dir / f"{name}.sock"
+    if len(str(p)) < 100:
+        return str(p)
+    d = Path(tempfile.gettempdir()) / f"vers-{os.getuid()}"
+    d.mkdir(mode=0o700, exist_ok=True)
+    return str(d / f"{vm_dir.name}-{name}.sock")
+
+
+class Machine:
+    """The QEMU process of one VM record (``record.runtime`` says which process it is)."""
+
+    def __init__(self, record: VMRecord, qmp_timeout: float = 10.0) -> None:
+        self.record = record
+        self.qmp_timeout = qmp_timeout
+        self._qmp: QMPClient | None = None
+        self._launched = False
+
+    @classmethod
+    def attach(cls, record: VMRecord, qmp_timeout: float = 10.0) -> Machine:
+        """The machine of a VM started by an earlier command; a VMError if its QEMU is gone."""
+        if not pid_alive(record.runtime.pid, record.id):
+            raise VMError(f"VM {record.id} is not running (QEMU process gone); "
+                          f"`vers kill {record.id}`")
+        return cls(record, qmp_timeout)
+
+    @property
+    def dir(self) -> Path:
+        return self.record.dir
+
+    @property
+    def pid(self) -> int | None:
+        return self.record.runtime.pid
+
+    def is_running(self) -> bool:
+        return pid_alive(self.pid, self.record.id)
+
+    # -- launching ----------------------------------------------------------------------------
+    def prepare(self) -> None:
+        """Choose the socket and log paths of a new process (removing stale sockets)."""
+        d = self.dir
+        rt = Runtime(qmp_sock=_sock_path(d, "qmp"), agent_sock=_sock_path(d, "agent"),
+                     serial_log=str(d / "serial.log"), ports=self.record.runtime.ports)
+        for s in (rt.qmp_sock, rt.agent_sock):
+            Path(s).unlink(missing_ok=True)
+        self.record.runtime = rt
+
+    def args(self, mem_path: str, incoming: bool = False, qemu: str | None = None) -> list[str]:
+        """The whole QEMU command line. Device order is fixed: migration needs identical hardware."""
+        rec, rt, spec = self.record, self.record.runtime, self.record.spec
+        mib = spec.memory // MiB
+        args = [qemu or qemu_binary(), "-name", f"vers-{rec.id}",
+                "-M", f"{spec.machine},memory-backend=mem", "-accel", spec.accel,
+                "-m", f"{mib}M", "-smp", str(spec.vcpus),
+                "-object", f"memory-backend-file,id=mem,size={mib}M,mem-path={mem_path},share=on",
+                "-nodefaults", "-no-user-config", "-nographic",
+                "-serial", f"file:{rt.serial_log}",
+                "-kernel", rec.boot["kernel"], "-initrd", rec.boot["initrd"],
+                "-append", spec.cmdline]
+        if spec.accel == "kvm":
+            args += ["-cpu", "host"]
+        for name in spec.disks:
+            args += ["-drive", f"id={name},file={rec.disks[name].top},format=qcow2,if=none",
+                     "-device", f"virtio-blk-device,drive={name}"]
+        args += ["-device", "virtio-serial-device",
+                 "-chardev", f"socket,id=agent,path={rt.agent_sock},server=on,wait=off",
+                 "-device", "virtserialport,chardev=agent,name=vers.agent",
+                 "-qmp", f"unix:{rt.qmp_sock},server=on,wait=off"]
+        if incoming:
+            args += ["-S", "-incoming", "defer"]
+        return args
+
+    def spawn(self, args: list[str]) -> None:
+        """Start QEMU detached from our session; its stdout/stderr go to the VM's qemu.log."""
+        with open(self.dir / "qemu.log", "wb") as log:
+            try:
+                proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log,
+                                        stderr=subprocess.STDOUT, start_new_session=True,
+                                        cwd=self.dir)
+            except OSError as exc:
+                raise VMError(f"cannot start QEMU: {exc}\n  command: {shlex.join(args)}") from exc
+        (self.dir / "cmdline").write_text(shlex.join(args) + "\n")
+        self.record.runtime.pid = proc.pid
+        self._launched = True
+
+    def start(self, mem_path: str, incoming: bool = False) -> None:
+        """Prepare and spawn (a few ms); ``connect`` waits for QEMU to be ready."""
+        self.prepare()
+        self.spawn(self.args(mem_path, incoming))
+
+    def connect(self, wait: float = CONNECT_TIMEOUT) -> QMPClient:
+        """Connect QMP to a freshly spawned QEMU; fail fast (with logs) if the process dies
+        first, and stop a QEMU that does not answer in time."""
+        pid = self.pid or 0
+        try:
+            self._qmp = QMPClient(self.record.runtime.qmp_sock, timeout=self.qmp_timeout).connect(
+                wait=wait, alive=lambda: pid_alive(pid))
+        except VMError as exc:
+            alive = pid_alive(pid)
+            what = f"QEMU QMP not ready: {exc}" if alive else "QEMU exited during start-up"
+            if alive:
+                kill_pid(pid)
+            raise self.launch_error(what) from exc
+        return self._qmp
+
+    def launch(self, mem_path: str, incoming: bool = False) -> QMPClient:
+        """Start QEMU and connect to it."""
+        self.start(mem_path, incoming)
+        return self.connect()
+
+    def launch_error(self, msg: str) -> VMError:
+        """An error carrying the command line and the tails of qemu.log and serial.log."""
+        try:
+            cmd = (self.dir / "cmdline").read_text().strip()
+        except FileNotFoundError:
+            cmd = ""
+        return VMError(f"{msg}\n  command: {cmd}\n{log_tail(self.dir)}")
+
+    # -- talking to it ------------------------------------------------------------------------
+    def qmp(self) -> QMPClient:
+        """A QMP connection to the running QEMU (made on first use, kept until ``close``)."""
+        if self._qmp is None:
+            self._qmp = QMPClient(self.record.runtime.qmp_sock, timeout=self.qmp_timeout)
+            try:
+                self._qmp.connect(wait=2.0)
+            except VMError:
+                self._qmp = None
+                raise
+        return self._qmp
+
+    def status(self) -> str:
+        """running | paused | dead | unreachable (and QEMU's other run states)."""
+        if not self.is_running():
+            return "dead"
+        try:
+            st = self.qmp().command("query-status")["status"]
+        except VMError:
+            return "unreachable"
+        return {"postmigrate": "paused", "prelaunch": "paused"}.get(st, st)
+
+    def pause(self) -> None:
+        self.qmp().command("stop")
+
+    def resume(self) -> None:
+        self.qmp().cont()
+
+    def close(self) -> None:
+        """Hang up QMP; QEMU keeps running."""
+        if self._qmp is not None:
+            self._qmp.close()
+            self._qmp = None
+
+    # -- stopping -----------------------------------------------------------------------------
+    def shutdown(self, timeout: float = 3.0) -> None:
+        """Soft (QMP ``quit``), then hard (SIGTERM, then SIGKILL); a stopped machine is left as is."""
+        if not self.is_running():  # also: never signal a pid that another process took over
+            self.close()
+            return
+        try:
+            q = self._qmp or QMPClient(self.record.runtime.qmp_sock, timeout=2.0).connect()
+            try:
+                q.command("quit")
+            finally:
+                q.close()
+        except VMError:
+            pass  # not answering: the signals below
+        finally:
+            self._qmp = None
+            kill_pid(self.pid, timeout=timeout)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if exc_type is not None and self._launched:
+            self.shutdown()
+        else:
+            self.close()
+
+
+def log_tail(vm_dir: Path, lines: int = 20) -> str:
+    parts = []
+    for name in ("qemu.log", "serial.log"):
+        p = vm_dir / name
+        try:
+            text = p.read_text(errors="replace").splitlines()[-lines:]
+        except FileNotFoundError:
+            continue
+        if text:
+            parts.append(f"--- last lines of {p} ---\n" + "\n".join(text))
+    return "\n".join(parts)

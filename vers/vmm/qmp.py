@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any, Self, TypeVar
 
 from qemu.qmp import ExecuteError
@@ -48,7 +48,8 @@ class QMPClient:
         except (_LibQMPError, OSError, EOFError) as exc:
             raise VMError(f"QMP {what} on {self.path} failed: {exc}") from exc
 
-    def connect(self, wait: float = 0.0, alive: Any = None) -> QMPClient:
+    def connect(self, wait: float = 0.0,
+                alive: Callable[[], bool] | None = None) -> QMPClient:
         """Connect and negotiate; retry for up to ``wait`` seconds while ``alive()`` holds."""
         deadline = time.monotonic() + wait
         while True:

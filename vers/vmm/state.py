@@ -1,8 +1,9 @@
 """Where vers keeps track of its VMs: ``.vers/vms/<id>/vm.json`` plus a CURRENT file.
 
-A VM outlives the command that started it, so everything a later command needs (pid, sockets,
-serial log, memory and disk backing, the commit the VM's state is based on) is written here. The
-record is replaced atomically (write + rename); commands that change a VM hold a per-VM lock.
+A VM outlives the command that started it, so everything a later command needs is written here:
+the machine (``MachineSpec``, boot files, disk chains, memory backing, the commit the VM's state
+is based on) and its ``Runtime`` (pid, sockets, serial log). The record is replaced atomically
+(write + rename); commands that change a VM hold a per-VM lock.
 
 ``CURRENT`` names the VM that commands act on when none is given, the way HEAD names a commit.
 """
@@ -16,31 +17,71 @@ import os
 import secrets
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vers.errors import BadInput, Busy, UnknownVM
+from vers.vmm.disk import DiskChain
+from vers.vmm.guest import BASE_CMDLINE
+
+if TYPE_CHECKING:
+    from vers.repo import Repo
 
 ALIAS_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+#: what a VM record keeps about the QEMU process (older vm.json files had these at the top)
+_RUNTIME_KEYS = ("pid", "qmp_sock", "agent_sock", "serial_log")
+
+
+@dataclass
+class MachineSpec:
+    """What QEMU needs to recreate the same virtual hardware; recorded in every commit (``vm`` in
+    its config, through ``to_dict``) and rebuilt by every restore."""
+
+    memory: int
+    vcpus: int = 1
+    accel: str = "tcg"
+    cmdline: str = BASE_CMDLINE
+    disks: list[str] = field(default_factory=lambda: ["disk"])
+    machine: str = "microvm"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The form commits record: its keys and values must not change, or commit IDs would."""
+        return {"memory": self.memory, "vcpus": self.vcpus, "accel": self.accel,
+                "cmdline": self.cmdline, "disks": list(self.disks), "machine": self.machine}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> MachineSpec:
+        return cls(memory=int(d["memory"]), vcpus=int(d.get("vcpus", 1)),
+                   accel=d.get("accel", "tcg"), cmdline=d.get("cmdline", BASE_CMDLINE),
+                   disks=list(d.get("disks", ["disk"])), machine=d.get("machine", "microvm"))
+
+
+@dataclass
+class Runtime:
+    """The QEMU process a VM runs in now: gone when it stops, never part of a commit."""
+
+    pid: int | None = None
+    qmp_sock: str = ""
+    agent_sock: str = ""
+    serial_log: str = ""
+    #: host-side resources held for the VM (e.g. published host ports), released at teardown
+    ports: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
 class VMRecord:
+    """One VM: what its machine is (spec, boot files, disks, memory backing, base commit: what a
+    commit records and a restore rebuilds) and, in ``runtime``, the process running it now."""
+
     id: str
     vm_dir: str
+    spec: MachineSpec
     name: str | None = None
-    pid: int | None = None
     created: float = field(default_factory=time.time)
-    qmp_sock: str = ""
-    agent_sock: str = ""
-    serial_log: str = ""
-    #: machine configuration: memory, vcpus, accel, cmdline, machine args (goes into commits)
-    spec: dict[str, Any] = field(default_factory=dict)
-    #: memory backing state (kind + paths), see backing.py
+    #: memory backing state (kind + paths), see vers.vmm.memory
     memory: dict[str, Any] = field(default_factory=dict)
-    #: per disk image name: {"chain": [paths base..top], "committed": n_layers_in_base_commit}
-    disks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    disks: dict[str, DiskChain] = field(default_factory=dict)
     #: paths of the kernel and initrd the VM booted (needed to record them in commits)
     boot: dict[str, str] = field(default_factory=dict)
     #: the commit whose images equal this VM's "committed" memory/disk layers
@@ -53,19 +94,47 @@ class VMRecord:
     standby_child: str | None = None
     #: "standby" for such a prepared, not yet adopted child: hidden from ps and from lookups
     role: str = ""
+    runtime: Runtime = field(default_factory=Runtime)
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+        data = {
+            "id": self.id, "vm_dir": self.vm_dir, "name": self.name, "created": self.created,
+            "spec": self.spec.to_dict(), "memory": self.memory,
+            "disks": {n: d.to_dict() for n, d in self.disks.items()}, "boot": self.boot,
+            "base_commit": self.base_commit, "parent_vm": self.parent_vm,
+            "standby": self.standby, "standby_child": self.standby_child, "role": self.role,
+            "runtime": {"pid": self.runtime.pid, "qmp_sock": self.runtime.qmp_sock,
+                        "agent_sock": self.runtime.agent_sock,
+                        "serial_log": self.runtime.serial_log, "ports": self.runtime.ports},
+        }
+        return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
     @classmethod
     def from_json(cls, text: str) -> VMRecord:
+        """Also reads the records of earlier versions (runtime fields at the top level)."""
         data = json.loads(text)
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
+        runtime = data.get("runtime") or {k: data[k] for k in _RUNTIME_KEYS if k in data}
+        return cls(
+            id=data["id"], vm_dir=data["vm_dir"], spec=MachineSpec.from_dict(data["spec"]),
+            name=data.get("name"), created=float(data.get("created", 0.0)),
+            memory=dict(data.get("memory") or {}),
+            disks={n: DiskChain.from_dict(d) for n, d in (data.get("disks") or {}).items()},
+            boot=dict(data.get("boot") or {}), base_commit=data.get("base_commit"),
+            parent_vm=data.get("parent_vm"), standby=bool(data.get("standby", False)),
+            standby_child=data.get("standby_child"), role=data.get("role", ""),
+            runtime=Runtime(**{k: v for k, v in runtime.items()
+                               if k in Runtime.__dataclass_fields__}))
 
     @property
     def dir(self) -> Path:
         return Path(self.vm_dir)
+
+
+def registry(repo: Repo) -> VMRegistry:
+    """The VMs of ``repo`` (its ``.vers/vms`` directory made if missing)."""
+    reg = VMRegistry(repo.vers_dir)
+    reg.ensure()
+    return reg
 
 
 class VMRegistry:
@@ -91,13 +160,16 @@ class VMRegistry:
             if self.find(name) is not None:
                 raise BadInput(f"a VM named {name!r} already exists")
 
-    def create(self, name: str | None = None, parent_vm: str | None = None) -> VMRecord:
+    def create(self, name: str | None = None, parent_vm: str | None = None,
+               spec: MachineSpec | None = None) -> VMRecord:
+        """A new record (saved); without ``spec`` its machine is not known yet (memory 0)."""
         self.ensure()
         self.check_new_name(name)
         vid = self.new_id()
         d = self.root / vid
         d.mkdir()
-        rec = VMRecord(id=vid, vm_dir=str(d), name=name, parent_vm=parent_vm)
+        rec = VMRecord(id=vid, vm_dir=str(d), spec=spec or MachineSpec(memory=0), name=name,
+                       parent_vm=parent_vm)
         self.save(rec)
         return rec
 
@@ -117,7 +189,7 @@ class VMRegistry:
                 continue
             try:
                 out.append(VMRecord.from_json(f.read_text()))
-            except (ValueError, TypeError):
+            except (ValueError, TypeError, KeyError):
                 continue
         return out
 
@@ -126,8 +198,13 @@ class VMRegistry:
         f = self.root / vid / "vm.json"
         try:
             return VMRecord.from_json(f.read_text())
-        except (FileNotFoundError, ValueError, TypeError):
+        except (FileNotFoundError, ValueError, TypeError, KeyError):
             return None
+
+    def standby_of(self, rec: VMRecord) -> VMRecord | None:
+        """The standby child record ``rec`` names, if it exists."""
+        sb = self.get(rec.standby_child) if rec.standby_child else None
+        return sb if sb is not None and sb.role == "standby" else None
 
     def visible(self) -> list[VMRecord]:
         """The VMs users see and name: every record but prepared standby children."""

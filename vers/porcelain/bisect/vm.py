@@ -1,8 +1,8 @@
 """``vers bisect run --vm``: restore each candidate into a VM and run the predicate inside it.
 
-Each step restores the candidate commit with the VMM's ``restore_commit`` (QEMU's snapshot-load
-path, so the guest continues from the committed instant, processes and all), runs the command
-through the guest agent (``exec_in_vm``, the same path as ``vers exec``) with ``VERS_COMMIT`` set,
+Each step restores the candidate commit like ``vers run-commit`` (QEMU's snapshot-load path, so
+the guest continues from the committed instant, processes and all), runs the command through the
+guest agent (the same path as ``vers exec``) with ``VERS_COMMIT`` set,
 relays its output to stderr, and kills the VM whatever happens: one VM at a time, never left
 behind. The command's exit code is the verdict, with git's meaning.
 """
@@ -14,6 +14,7 @@ import sys
 
 from vers.errors import BisectError, VersError
 from vers.porcelain import bisect as bs
+from vers.porcelain import vm
 from vers.repo import Repo
 
 VM_EXEC_TIMEOUT = 600.0
@@ -24,29 +25,23 @@ class VMExecutor:
 
     def __init__(self, repo: Repo, cmd: list[str], say: bs.Say,
                  timeout: float = VM_EXEC_TIMEOUT) -> None:
-        try:
-            from vers.vmm import lifecycle
-        except ImportError as exc:  # pragma: no cover - the VMM is part of vers
-            raise BisectError(f"bisect run --vm is not available: {exc}") from exc
         self.repo = repo
         self.cmd = list(cmd)
         self.say = say
         self.timeout = timeout
-        self._lc = lifecycle
 
     def script(self, cid: str) -> str:
         body = self.cmd[0] if len(self.cmd) == 1 else " ".join(shlex.quote(a) for a in self.cmd)
         return f"VERS_COMMIT={cid}; export VERS_COMMIT\n{body}"
 
     def run(self, argv: list[str], cid: str, directory: str | None) -> int:
-        lc = self._lc
         try:
-            rec = lc.restore_commit(self.repo, cid, make_current=False)
+            rec = vm.run_commit(self.repo, cid)
         except VersError as exc:
             raise BisectError(f"bisect run --vm: cannot restore {cid[:12]}: {exc}") from exc
         try:
             self.say(f"restored {cid[:12]} into VM {rec.id}")
-            res = lc.exec_in_vm(self.repo, rec.id, [self.script(cid)], timeout=self.timeout)
+            res = vm.exec_in(self.repo, rec.id, [self.script(cid)], timeout=self.timeout)
             for data in (res.stdout, res.stderr):
                 if data:
                     sys.stderr.buffer.write(data)
@@ -57,6 +52,6 @@ class VMExecutor:
                               f"{exc}") from exc
         finally:
             try:
-                lc.kill_vms(self.repo, [rec.id])
+                vm.kill(self.repo, [rec.id])
             except VersError as exc:
                 self.say(f"warning: could not remove VM {rec.id}: {exc}")

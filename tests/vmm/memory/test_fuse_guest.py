@@ -13,11 +13,12 @@ import pytest
 
 from tests.fuse.conftest import needs_fuse
 from tests.vmm.conftest import COUNTER, counter, gexec, kill_all, wait_counter_above
-from vers.fuse.backing import BackingDaemon
 from vers.repo import Repo
-from vers.vmm import lifecycle
-from vers.vmm.backing import load_backing
-from vers.vmm.snapshot import branch_vm, commit_vm
+from vers.vmm.boot import RunOptions, restore_commit, run_vm
+from vers.vmm.branch import branch_vm
+from vers.vmm.commit import commit_vm
+from vers.vmm.memory import load_backing
+from vers.vmm.memory.fuse import BackingDaemon
 
 pytestmark = [
     pytest.mark.vm,
@@ -43,7 +44,7 @@ def vm_repo(tmp_path: Path) -> Iterator[tuple[Repo, Path]]:
 
 def test_guest_on_fuse_memory_commit_branch_restore(vm_repo: tuple[Repo, Path]) -> None:
     repo, state = vm_repo
-    rec = lifecycle.run_vm(repo, lifecycle.RunOptions(
+    rec = run_vm(repo, RunOptions(
         memory=256 * MiB, name="fusevm", memory_backing="fuse", memory_dir=str(state)))
     assert rec.memory["kind"] == "fuse"
     assert Path(rec.memory["path"]).parent == state / "mnt"
@@ -65,7 +66,7 @@ def test_guest_on_fuse_memory_commit_branch_restore(vm_repo: tuple[Repo, Path]) 
     gexec(child, "echo child > /tmp/who")
     assert gexec(rec, "cat /tmp/who 2>/dev/null || echo none").strip() == "none"
 
-    restored = lifecycle.restore_commit(repo, second, name="restored", memory_backing="fuse",
+    restored = restore_commit(repo, second, name="restored", memory_backing="fuse",
                                         memory_dir=str(state))
     stats = load_backing(restored.memory).stats()  # type: ignore[attr-defined]
     assert stats["base_bytes_read"] < 256 * MiB // 2, stats  # restore read only what it touched

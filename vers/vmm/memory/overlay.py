@@ -28,7 +28,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
-PAGE_SIZE = 4096
+from vers.objects.model import PAGE_SIZE
+
 _ONE = b"\x01"
 _ZERO = b"\x00"
 

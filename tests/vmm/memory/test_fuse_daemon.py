@@ -14,13 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.fuse.conftest import History, needs_fuse
+from tests.fuse.conftest import PAGE, History, needs_fuse
 from vers.errors import FuseError
-from vers.fuse.backing import BackingDaemon, BackingFile
 from vers.fuse.mount import is_mounted
+from vers.vmm.memory.fuse import BackingDaemon, BackingFile
 
 pytestmark = [pytest.mark.fuse, needs_fuse]
-PAGE = 4096
 
 WRITER = r"""
 import mmap, os, sys
@@ -261,7 +260,7 @@ def test_idle_daemon_exits_and_next_use_starts_one(tmp_path: Path, monkeypatch: 
 
 
 def test_stuck_daemon_is_an_error_not_a_hang(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import vers.fuse.backing as backing_mod
+    import vers.vmm.memory.fuse as backing_mod
 
     monkeypatch.setattr(backing_mod, "HEALTH_TIMEOUT", 1.0)
     daemon = BackingDaemon(tmp_path / "fuse-state")

@@ -1,10 +1,12 @@
-"""The VM backing daemon: writable, lazily-read image files served over FUSE, one per VM image.
+"""The VM memory backing daemon: writable, lazily-read image files served over FUSE, one per VM
+image. ``python -m vers.vmm.memory.daemon [--ready-fd N] STATE_DIR MOUNTPOINT``; started on first
+use by ``vers.vmm.memory.fuse.BackingDaemon``.
 
-One daemon per repository serves a flat directory ``<state>/mnt/<name>`` of ``OverlayImage`` files
-(``vers.fuse.overlay``). QEMU maps a memory file with ``memory-backend-file,share=on``: the kernel
+One daemon per state directory (one per user by default) serves a flat directory
+``<state>/mnt/<name>`` of ``OverlayImage`` files (``vers.vmm.memory.overlay``). QEMU maps a memory file with ``memory-backend-file,share=on``: the kernel
 asks this daemon for a page the first time the guest touches it (we read it from the commit) and
 writes dirty pages back to us (we keep them in the overlay and mark them dirty). Parent and child
-of a branch must share frozen layers, which is why one daemon serves all the repository's VMs.
+of a branch must share frozen layers, which is why one daemon serves all the VMs.
 
 A control socket ``<state>/ctl.sock`` (one JSON object per line each way) creates, branches,
 queries and removes files. It is served by the same trio loop as FUSE, so control requests and FUSE
@@ -13,12 +15,14 @@ requests never run concurrently and need no locks.
 
 from __future__ import annotations
 
+import argparse
 import errno
 import json
 import logging
 import os
 import socket
 import stat
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -27,9 +31,13 @@ from typing import Any
 import pyfuse3
 import trio
 
-from vers.fuse.overlay import OverlayImage
+from vers.fuse.serve import daemon_main, serve
+from vers.objects.imagetree import ImageFile
+from vers.objects.model import PAGE_SIZE
+from vers.repo import Repo
+from vers.vmm.memory.overlay import OverlayImage, PageSource
 
-log = logging.getLogger("vers.fuse.backing")
+log = logging.getLogger("vers.vmm.memory.daemon")
 
 IDLE_EXIT_SECONDS = 120.0
 _NAME_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
@@ -89,7 +97,7 @@ class BackingOperations(pyfuse3.Operations):
         self.by_name: dict[str, BackingFile] = {}
         self.by_inode: dict[int, BackingFile] = {}
         self._next_inode = pyfuse3.ROOT_INODE + 1
-        self._repos: dict[str, Any] = {}
+        self._repos: dict[str, Repo] = {}
         self.started_ns = time.time_ns()
         self.last_request = time.monotonic()
 
@@ -128,11 +136,9 @@ class BackingOperations(pyfuse3.Operations):
         except KeyError:
             raise KeyError(f"no backing file {name}") from None
 
-    def repo(self, path: str) -> Any:
+    def repo(self, path: str) -> Repo:
         repo = self._repos.get(path)
         if repo is None:
-            from vers.repo import Repo
-
             repo = self._repos[path] = Repo(path)
         return repo
 
@@ -148,7 +154,7 @@ class BackingOperations(pyfuse3.Operations):
         e.st_ino = inode
         e.st_uid = os.getuid()
         e.st_gid = os.getgid()
-        e.st_blksize = 4096
+        e.st_blksize = PAGE_SIZE
         e.attr_timeout = 1.0
         e.entry_timeout = 1.0
         if inode == pyfuse3.ROOT_INODE:
@@ -252,7 +258,7 @@ class BackingOperations(pyfuse3.Operations):
 
     async def statfs(self, ctx: Any = None) -> pyfuse3.StatvfsData:
         s = pyfuse3.StatvfsData()
-        s.f_bsize = s.f_frsize = 4096
+        s.f_bsize = s.f_frsize = PAGE_SIZE
         s.f_namemax = 255
         return s
 
@@ -263,12 +269,10 @@ class BackingOperations(pyfuse3.Operations):
         raise pyfuse3.FUSEError(errno.EPERM)
 
     # --------------------------------------------------------------- control requests
-    def open_base(self, base: dict[str, Any]) -> Any:
+    def open_base(self, base: dict[str, Any]) -> PageSource:
         """A commit's image as a page source: {"repo", "commit", "image"} or {"repo", "tree"}."""
         repo = self.repo(base["repo"])
         if base.get("tree"):
-            from vers.objects.imagetree import ImageFile
-
             tree = repo.store.get_tree(bytes.fromhex(base["tree"]))
             return ImageFile(repo.store, tree, base.get("image", ""))
         return repo.open_image(base["commit"], base.get("image", "memory"))
@@ -419,8 +423,6 @@ def _start_tasks(nursery: trio.Nursery, ops: BackingOperations, listener: socket
 def run_backing_daemon(
     state_dir: str | os.PathLike[str], mountpoint: str, on_ready: Callable[[], None] | None = None
 ) -> None:
-    from vers.fuse.daemon import serve
-
     state = Path(state_dir)
     ops = BackingOperations(state)
     sock_path = state / "ctl.sock"
@@ -439,3 +441,20 @@ def run_backing_daemon(
             sock_path.unlink()
         except FileNotFoundError:
             pass
+
+
+def _arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("state_dir")
+    parser.add_argument("mountpoint")
+
+
+def main(argv: list[str] | None = None) -> int:
+    return daemon_main(
+        "vers.vmm.memory.daemon", _arguments,
+        lambda args, on_ready: run_backing_daemon(args.state_dir, args.mountpoint, on_ready),
+        argv,
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

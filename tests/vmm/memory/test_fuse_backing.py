@@ -1,4 +1,4 @@
-"""FuseMemoryBacking through the VMM's MemoryBacking interface, the way the driver calls it."""
+"""FuseMemoryBacking through the MemoryBacking interface, the way the driver calls it."""
 
 from __future__ import annotations
 
@@ -8,14 +8,13 @@ from pathlib import Path
 import pytest
 
 from tests.fuse.conftest import History, needs_fuse
-from tests.fuse.test_backing import PAGE, Writer
+from tests.vmm.memory.test_fuse_daemon import PAGE, Writer
 from vers.errors import VMError
-from vers.fuse.backing import BackingDaemon
+from vers.vmm.memory import MemoryBacking, backing_class
+from vers.vmm.memory.fuse import BackingDaemon, FuseMemoryBacking
 
 pytestmark = [pytest.mark.fuse, needs_fuse]
 
-vmm_backing = pytest.importorskip("vers.vmm.backing")
-from vers.fuse.vmm_backing import FuseMemoryBacking
 
 
 @pytest.fixture
@@ -31,7 +30,7 @@ def test_restore_commit_fork_cycle(history: History, where: Path) -> None:
     repo = history.repo
     size = history.memory2.stat().st_size
     mem = FuseMemoryBacking.create("vm1", size, repo.open_image(history.second, "memory"), where)
-    assert isinstance(mem, vmm_backing.MemoryBacking)
+    assert isinstance(mem, MemoryBacking) and backing_class("fuse") is FuseMemoryBacking
     # The record survives a process boundary: rebuild the backing from its saved state.
     mem = FuseMemoryBacking({k: v for k, v in mem.state().items() if k != "kind"})
     w = Writer(mem.path, size)

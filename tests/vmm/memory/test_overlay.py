@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from tests.fuse.conftest import History
-from vers.fuse.overlay import PAGE_SIZE, OverlayImage, runs
+from vers.objects.model import PAGE_SIZE
+from vers.vmm.memory.overlay import OverlayImage, runs
 
 
 class Bytes:

@@ -1,0 +1,103 @@
+"""The VM verbs: run, ps, status, pause, resume, kill, console, exec, commit, branch, run-commit,
+checkout. Plain functions taking a ``Repo``; ``vers/cli/vm.py`` only parses arguments and calls
+them. The work is the VM driver's (``vers.vmm``); what a verb means for history (HEAD, which
+source ``vers branch`` forks) is decided here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from vers.errors import BadRevision, UnknownVM
+from vers.vmm import control
+from vers.vmm.agent import ExecResult
+from vers.vmm.boot import BOOT_TIMEOUT, RunOptions, restore_commit, run_vm
+from vers.vmm.branch import branch_vm, child_names
+from vers.vmm.commit import commit_vm
+from vers.vmm.control import VMStatus
+from vers.vmm.devstate import Timings
+from vers.vmm.machine import parse_size
+from vers.vmm.memory import default_backing
+from vers.vmm.state import VMRecord, registry
+from vers.vmm.teardown import kill_vms
+
+if TYPE_CHECKING:
+    from vers.repo import Repo
+
+__all__ = ["BOOT_TIMEOUT", "RunOptions", "Timings", "VMRecord", "VMStatus", "branch",
+           "checkout", "commit", "console", "default_backing", "exec_in", "kill", "parse_size",
+           "pause", "ps", "resume", "run", "run_commit", "status"]
+
+
+def run(repo: Repo, opts: RunOptions) -> VMRecord:
+    """Boot a VM (the default guest unless ``opts`` names kernel, initrd and disks)."""
+    return run_vm(repo, opts)
+
+
+def ps(repo: Repo) -> list[VMStatus]:
+    """This repository's VMs, orphaned QEMU processes included."""
+    return control.list_vms(repo)
+
+
+def status(repo: Repo, vm: str | None) -> dict[str, Any]:
+    """One VM's state and where its files are."""
+    return control.status(repo, vm)
+
+
+def pause(repo: Repo, vm: str | None) -> VMRecord:
+    return control.pause_vm(repo, vm)
+
+
+def resume(repo: Repo, vm: str | None) -> VMRecord:
+    return control.resume_vm(repo, vm)
+
+
+def kill(repo: Repo, vms: list[str]) -> list[str]:
+    """Stop VMs (or orphans) and delete their state; returns the IDs killed."""
+    return kill_vms(repo, vms)
+
+
+def console(repo: Repo, vm: str | None, follow: bool = False) -> Iterator[bytes]:
+    return control.follow_console(repo, vm, follow)
+
+
+def exec_in(repo: Repo, vm: str | None, argv: list[str], timeout: float = 300.0) -> ExecResult:
+    return control.exec_in_vm(repo, vm, argv, timeout)
+
+
+def commit(repo: Repo, vm: str | None, message: str = "",
+           stay_paused: bool = False) -> tuple[str, Timings]:
+    """Commit a running VM and move HEAD to it (``Repo.commit_state``)."""
+    return commit_vm(repo, vm, message, stay_paused)
+
+
+def branch(repo: Repo, source: str | None, count: int = 1,
+           name: str | None = None) -> tuple[list[VMRecord], Timings | None]:
+    """Fork SOURCE into ``count`` children: a live VM (the current one when None) is branched,
+    a commit is restored ``count`` times. Timings only for a live VM."""
+    if source is None or registry(repo).find(source) is not None:
+        return branch_vm(repo, source, count, name)
+    try:
+        repo.rev_parse(source)
+    except BadRevision as exc:
+        raise UnknownVM(f"{source!r} is neither a VM nor a commit") from exc
+    return [restore_commit(repo, source, name=n) for n in child_names(name, count)], None
+
+
+def run_commit(repo: Repo, rev: str, name: str | None = None,
+               make_current: bool = False) -> VMRecord:
+    """Boot a new VM from a commit (memory, disks, device state)."""
+    return restore_commit(repo, rev, name=name, make_current=make_current)
+
+
+def checkout(repo: Repo, rev: str) -> VMRecord:
+    """Restore ``rev``, make the new VM current and move HEAD there, like git checkout: onto the
+    branch when ``rev`` names one, else detached at the commit."""
+    cid = repo.rev_parse(rev)
+    rec = restore_commit(repo, cid, make_current=True)
+    if repo.refs.resolve("refs/heads/" + rev) is not None:
+        repo.set_head_branch(rev, message=f"checkout: {rev}")
+    else:
+        repo.set_head_detached(cid, message=f"checkout: {rev}")
+    return rec

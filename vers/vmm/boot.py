@@ -1,0 +1,218 @@
+"""Starting VMs: boot a fresh one (``vers run``) or restore a commit (``run-commit``, ``checkout``,
+``branch COMMIT``, bisect).
+
+A restore goes through QEMU's snapshot-load path: start with ``-incoming defer`` on RAM made from
+the commit's memory image (shm: copied, zero pages left as holes; FUSE: nothing copied, pages read
+from the store on first touch), load the device state, ``cont``. The guest continues from the
+committed instant, processes and all.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from vers.errors import BadInput, BadRevision, VMError
+from vers.vmm import agent as agent_mod
+from vers.vmm import disk as disk_mod
+from vers.vmm.devstate import load_devstate
+from vers.vmm.disk import DiskChain
+from vers.vmm.guest import build_guest
+from vers.vmm.machine import Machine, default_cmdline, detect_accel, pid_alive
+from vers.vmm.memory import MemoryBacking, backing_class, default_backing
+from vers.vmm.memory.fuse import disk_base
+from vers.vmm.standby import refresh_spares
+from vers.vmm.state import MachineSpec, VMRecord, VMRegistry, registry
+from vers.vmm.teardown import remove
+
+if TYPE_CHECKING:
+    from vers.objects.model import Commit
+    from vers.repo import Repo
+
+DEFAULT_MEMORY = 256 * 1024 * 1024
+BOOT_TIMEOUT = float(os.environ.get("VERS_BOOT_TIMEOUT", "120"))
+
+
+@dataclass
+class RunOptions:
+    memory: int = DEFAULT_MEMORY
+    vcpus: int = 1
+    name: str | None = None
+    accel: str | None = None
+    kernel: str | None = None
+    initrd: str | None = None
+    disks: tuple[str, ...] = ()
+    cmdline: str | None = None
+    memory_backing: str = field(default_factory=default_backing)
+    memory_dir: str | None = None
+    boot_timeout: float = BOOT_TIMEOUT
+    make_current: bool = True
+    #: keep a standby child QEMU ready for the next branch (see vers.vmm.standby); on unless
+    #: $VERS_STANDBY=0 (it only ever applies to the FUSE memory backing)
+    standby: bool = field(default_factory=lambda: os.environ.get("VERS_STANDBY", "1") != "0")
+
+
+def run_vm(repo: Repo, opts: RunOptions) -> VMRecord:
+    """Boot a root VM (default guest unless kernel/initrd/disks are given)."""
+    spec, kernel, initrd, disk_files = _machine_for(opts)
+    reg = registry(repo)
+    rec = reg.create(name=opts.name, spec=spec)
+    rec.standby = opts.standby
+    try:
+        rec.boot = {"kernel": str(Path(kernel).absolute()), "initrd": str(Path(initrd).absolute())}
+        for name, path in zip(spec.disks, disk_files):
+            base = Path(path).absolute()
+            top = disk_mod.new_layer_path(reg.layers, rec.id)
+            disk_mod.create_overlay(top, base)
+            rec.disks[name] = DiskChain([str(base), str(top)], 0, disk_mod.image_size(base))
+        backing = _backing_class(opts.memory_backing).create(
+            rec.id, opts.memory, None, Path(opts.memory_dir) if opts.memory_dir else None)
+        rec.memory = backing.state()
+        reg.save(rec)
+        _boot(reg, rec, backing, opts.boot_timeout)
+        refresh_spares(reg, rec)
+    except BaseException:
+        remove(reg, rec)
+        raise
+    if opts.make_current:
+        reg.set_current(rec.id)
+    return rec
+
+
+def _machine_for(opts: RunOptions) -> tuple[MachineSpec, str, str, list[str]]:
+    """The checked options as a machine: spec, kernel, initrd, disk files (the default guest's
+    unless all three are given)."""
+    if opts.memory < 16 * 1024 * 1024 or opts.memory % (1024 * 1024):
+        raise BadInput("--memory must be a whole number of MiB, at least 16M")
+    if opts.vcpus < 1:
+        raise BadInput("--vcpus must be at least 1")
+    accel = opts.accel or detect_accel()
+    if accel not in ("kvm", "tcg"):
+        raise BadInput(f"--accel must be kvm or tcg, not {accel!r}")
+    if opts.kernel and opts.initrd and opts.disks:
+        kernel, initrd, disk_files = opts.kernel, opts.initrd, list(opts.disks)
+    else:
+        guest = build_guest()
+        kernel, initrd = opts.kernel or str(guest.kernel), opts.initrd or str(guest.initrd)
+        disk_files = list(opts.disks) or [str(guest.disk)]
+    for p in [kernel, initrd, *disk_files]:
+        if not Path(p).is_file():
+            raise BadInput(f"no such file: {p}")
+    names = ["disk"] + [f"disk{i}" for i in range(1, len(disk_files))]
+    spec = MachineSpec(memory=opts.memory, vcpus=opts.vcpus, accel=accel,
+                       cmdline=opts.cmdline or default_cmdline(accel), disks=names)
+    return spec, kernel, initrd, disk_files
+
+
+def _boot(reg: VMRegistry, rec: VMRecord, backing: MemoryBacking, boot_timeout: float) -> None:
+    """Start QEMU for a fresh boot and wait for the guest agent."""
+    m = Machine(rec)
+    m.start(str(backing.path))
+    reg.save(rec)
+    m.connect()
+    m.close()
+    try:
+        agent_mod.wait_agent(rec.runtime.agent_sock, boot_timeout,
+                             alive=lambda: pid_alive(rec.runtime.pid))
+    except VMError as exc:
+        m.shutdown()
+        raise m.launch_error(f"guest did not boot: {exc}") from exc
+
+
+def _backing_class(kind: str) -> type[MemoryBacking]:
+    try:
+        return backing_class(kind)
+    except VMError as exc:
+        raise BadInput(str(exc)) from exc
+
+
+def restore_commit(repo: Repo, rev: str, name: str | None = None, make_current: bool = False,
+                   memory_backing: str | None = None, memory_dir: str | None = None,
+                   paused: bool = False) -> VMRecord:
+    """Boot a new VM from a commit through QEMU's snapshot-load path (-incoming).
+
+    With ``paused`` the guest is left stopped right after its state is loaded."""
+    cid = repo.rev_parse(rev)
+    commit = repo.get_commit(cid)
+    vmconf = commit.config.get("vm")
+    if not vmconf or "devstate" not in commit.images or "memory" not in commit.images:
+        raise BadRevision(f"commit {cid[:12]} is not a VM commit (no vm config / devstate)")
+    reg = registry(repo)
+    rec = reg.create(name=name, spec=MachineSpec.from_dict(vmconf))
+    # mostly restored to be looked at and killed (bisect): a standby only when asked for
+    rec.standby = os.environ.get("VERS_STANDBY") == "1"
+    try:
+        rec.boot = {k: _boot_file(repo, reg, commit, k) for k in ("kernel", "initrd")}
+        backing_kind = memory_backing or default_backing()
+        for dname in rec.spec.disks:
+            base = _commit_disk_base(repo, cid, dname, reg.layers, backing_kind == "fuse")
+            top = disk_mod.new_layer_path(reg.layers, rec.id)
+            disk_mod.create_overlay(top, base)
+            rec.disks[dname] = DiskChain([str(base), str(top)], 1, base.stat().st_size)
+        devstate = rec.dir / "restore.devstate"
+        repo.export_image(cid, "devstate", devstate)
+        backing = _backing_class(backing_kind).create(
+            rec.id, rec.spec.memory, repo.open_image(cid, "memory"),
+            Path(memory_dir) if memory_dir else None)
+        rec.memory = backing.state()
+        rec.base_commit = cid
+        reg.save(rec)
+        m = Machine(rec)
+        m.start(str(backing.path), incoming=True)
+        reg.save(rec)
+        m.connect()
+        finish_restore(m, devstate, paused)
+        devstate.unlink(missing_ok=True)
+        refresh_spares(reg, rec)
+    except BaseException:
+        remove(reg, rec)
+        raise
+    if make_current:
+        reg.set_current(rec.id)
+    return rec
+
+
+def finish_restore(m: Machine, devstate: Path, paused: bool = False) -> None:
+    """Load the device state into a QEMU started with ``incoming`` and connected, then let it
+    run (``paused``: leave it stopped); hangs up QMP either way."""
+    try:
+        q = m.qmp()
+        load_devstate(q, devstate)
+        if not paused:
+            q.cont()
+    except VMError as exc:
+        m.shutdown()
+        raise m.launch_error(f"restoring device state failed: {exc}") from exc
+    finally:
+        m.close()
+
+
+def _commit_disk_base(repo: Repo, cid: str, dname: str, layers: Path, lazy: bool) -> Path:
+    """The read-only base under a restored VM's disk overlay: served lazily by the FUSE backing
+    daemon when the VM's RAM is on it anyway (a restore then copies no disk up front), else a
+    sparse export cached per commit."""
+    if lazy:
+        try:
+            return disk_base(repo, cid, dname)
+        except VMError as exc:
+            print(f"vers: disk {dname} exported instead of served lazily: {exc}", file=sys.stderr)
+    return disk_mod.export_base(repo, cid, dname, layers)
+
+
+def _boot_file(repo: Repo, reg: VMRegistry, commit: Commit, kind: str) -> str:
+    """The commit's own kernel/initrd image (cached by tree ID), else the recorded path."""
+    tree = commit.images.get(kind)
+    if tree:
+        path = reg.layers / f"{kind}-{tree}"
+        if not path.exists():
+            tmp = reg.layers / f".{path.name}.tmp{os.getpid()}"
+            repo.export_image(commit.id, kind, tmp)
+            os.replace(tmp, path)
+        return str(path)
+    p = commit.config.get("vm", {}).get(kind)
+    if p and Path(p).is_file():
+        return str(p)
+    raise BadRevision(f"commit {commit.id[:12]} has no {kind} image and {p} is missing")

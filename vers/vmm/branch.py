@@ -1,0 +1,203 @@
+"""``vers branch`` of a live VM: children that continue from the same instant as the parent.
+
+    prepare   spare overlays as the parent's next top and the children's tops, child records,
+              child RAM (fork_begin: shm pre-copy, FUSE empty placeholder), child QEMUs started
+              with -incoming defer (not waited for) when the backing allows it; a standby child
+              (vers.vmm.standby) is adopted as the first child, its QEMU started long ago
+    pause     [x-ignore-shared + getfd + blockdev-add] in one round trip, flush RAM, stop
+    fork      [freeze the parent's disk top + save device state] in one round trip
+              || fork_end: each child's RAM made exact (a worker thread)
+    resume    cont                                                  (end of the parent's pause)
+    children  each connects, loads the device state and runs; then spares and standbys
+
+The parent's frozen disk layers are shared read-only with the children, each of which gets its
+own overlay; no disk data is copied. One cleanup (``_finish``) removes every child and unused
+layer of a branch that failed.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from vers.errors import BadInput, VMError
+from vers.vmm.boot import finish_restore
+from vers.vmm.devstate import (
+    Beside,
+    Timings,
+    drop_unused_nodes,
+    drop_unused_tops,
+    freeze_disks,
+    prepare_devstate,
+    prepare_freeze,
+    save_devstate,
+)
+from vers.vmm.machine import Machine, pid_alive
+from vers.vmm.memory import MemoryBacking, load_backing
+from vers.vmm.qmp import QMPClient
+from vers.vmm.standby import adopt_standby, create_child, refresh_spares
+from vers.vmm.state import VMRecord, VMRegistry, registry
+from vers.vmm.teardown import remove
+
+if TYPE_CHECKING:
+    from vers.repo import Repo
+
+
+def child_names(name: str | None, count: int) -> list[str | None]:
+    """``name`` for one child, ``name-0`` ... for several (no names without ``name``)."""
+    if count < 1:
+        raise BadInput("--count must be at least 1")
+    return [name] if count == 1 else [f"{name}-{i}" if name else None for i in range(count)]
+
+
+@dataclass
+class _Branch:
+    """One branch in progress: what each phase hands to the next, and to the cleanup."""
+
+    parent: VMRecord
+    backing: MemoryBacking
+    devstate: Path
+    #: child QEMUs may start before the parent's pause (the backing allows it)
+    early: bool
+    new_tops: dict[str, Path] = field(default_factory=dict)
+    standby: VMRecord | None = None
+    children: list[VMRecord] = field(default_factory=list)
+    child_mem: list[MemoryBacking] = field(default_factory=list)
+    machines: list[Machine] = field(default_factory=list)
+    ok: bool = False
+
+
+def branch_vm(repo: Repo, key: str | None, count: int = 1, name: str | None = None,
+              ) -> tuple[list[VMRecord], Timings]:
+    """Fork a live VM into ``count`` children that continue from the same instant."""
+    names = child_names(name, count)
+    reg = registry(repo)
+    parent = reg.resolve(key)
+    tm = Timings()
+    with reg.lock(parent):
+        parent = reg.resolve(parent.id)  # re-read under the lock
+        backing = load_backing(parent.memory)
+        job = _Branch(parent, backing, parent.dir / f"branch-{os.getpid()}.devstate",
+                      early=type(backing).opens_before_fork_end)
+        t_begin = time.perf_counter()
+        try:
+            _prepare(reg, job, names, tm)
+            with Machine.attach(parent, qmp_timeout=60.0) as m:
+                t_cont = _pause_and_fork(reg, job, m.qmp(), tm)
+            _start_children(job, tm, t_begin, t_cont)
+            _after(reg, job)
+            job.ok = True
+        finally:
+            _finish(reg, job)
+    if not pid_alive(parent.runtime.pid, parent.id):
+        raise VMError(f"parent VM {parent.id} died during the branch")
+    return job.children, tm
+
+
+def _prepare(reg: VMRegistry, job: _Branch, names: list[str | None], tm: Timings) -> None:
+    """Everything that does not need the parent stopped."""
+    t0 = time.perf_counter()
+    job.new_tops = prepare_freeze(reg, job.parent)
+    job.standby = adopt_standby(reg, job.parent, names[0])
+    tm.extra["standby_child"] = job.standby is not None
+    if job.standby is not None:  # started long ago, already waiting for the device state
+        job.children.append(job.standby)
+        job.child_mem.append(load_backing(job.standby.memory))
+        names = names[1:]
+    job.children += [create_child(reg, job.parent, n) for n in names]
+    job.machines = [Machine(c) for c in job.children]
+    t0 = tm.mark("prepare_disks", t0)
+    for c in job.children[len(job.child_mem):]:
+        mem = job.backing.fork_begin(c.id)
+        job.child_mem.append(mem)
+        c.memory = mem.state()  # so a failed branch removes it
+        reg.save(c)
+    t0 = tm.mark("precopy_memory", t0)
+    if job.early:  # QEMU's start-up (~40 ms) overlaps the parent's pause; connect later
+        _spawn_children(reg, job)
+        t0 = tm.mark("spawn_children", t0)
+    job.backing.warm_up()
+    tm.mark("warm_up", t0)
+
+
+def _spawn_children(reg: VMRegistry, job: _Branch) -> None:
+    for c, mem, m in zip(job.children, job.child_mem, job.machines):
+        if c is not job.standby:
+            m.start(str(mem.path), incoming=True)
+            reg.save(c)
+
+
+def _pause_and_fork(reg: VMRegistry, job: _Branch, q: QMPClient, tm: Timings) -> float:
+    """Pause the parent only to freeze its disk top, make the children's RAM exact and save the
+    device state; returns when it resumed."""
+    was_running = q.command("query-status")["status"] == "running"
+    nodes = prepare_devstate(q, job.devstate, job.new_tops)
+    t0 = time.perf_counter()
+    job.backing.pre_stop()
+    t_stop = tm.mark("pre_stop", t0)
+    try:
+        t0 = _fork(reg, job, q, nodes, tm, t_stop)
+    except BaseException:
+        drop_unused_nodes(q, job.parent, job.new_tops, nodes)
+        raise
+    finally:
+        if was_running:
+            q.cont()
+    t_cont = time.perf_counter()
+    tm.phases["cont"] = round((t_cont - t0) * 1000, 2)
+    tm.pause = round((t_cont - t_stop) * 1000, 2)
+    return t_cont
+
+
+def _fork(reg: VMRegistry, job: _Branch, q: QMPClient, nodes: dict[str, tuple[str, str]],
+          tm: Timings, t0: float) -> float:
+    q.command("stop")
+    t0 = tm.mark("stop", t0)
+    memory = Beside(lambda: [job.backing.fork_end(m) for m in job.child_mem], tm, "fix_memory")
+    try:
+        freeze_disks(q, job.parent, job.new_tops, nodes, save_devstate=job.early)
+        t0 = tm.mark("freeze_disks+devstate" if job.early else "freeze_disks", t0)
+    finally:
+        reg.save(job.parent)  # whatever QEMU switched to is its disk now
+        tm.extra["fixed_pages"] = memory.result()
+    if not job.early:  # their RAM files exist now: let QEMU start up meanwhile
+        t0 = time.perf_counter()
+        _spawn_children(reg, job)
+        t0 = tm.mark("spawn_children", t0)
+        save_devstate(q)
+        tm.mark("devstate", t0)
+    return time.perf_counter()
+
+
+def _start_children(job: _Branch, tm: Timings, t_begin: float, t_cont: float) -> None:
+    for m in job.machines:
+        m.connect()
+    for m in job.machines:
+        finish_restore(m, job.devstate)
+    t_ready = time.perf_counter()
+    tm.extra["child_ready_after_resume_ms"] = round((t_ready - t_cont) * 1000, 2)
+    tm.extra["child_ready_ms"] = round((t_ready - t_begin) * 1000, 2)
+
+
+def _after(reg: VMRegistry, job: _Branch) -> None:
+    """Off the critical path, children running: references, spare overlays and standbys."""
+    for c, mem in zip(job.children, job.child_mem):
+        job.backing.fork_reference(mem)
+        c.memory = mem.state()
+        refresh_spares(reg, c)
+    refresh_spares(reg, job.parent)
+
+
+def _finish(reg: VMRegistry, job: _Branch) -> None:
+    """The one cleanup: hang up the children's QMP and drop the device-state file; after a
+    failure also remove every child and the prepared tops QEMU never switched to."""
+    for m in job.machines:
+        m.close()
+    job.devstate.unlink(missing_ok=True)
+    if not job.ok:
+        for c in job.children:
+            remove(reg, c)
+        drop_unused_tops(job.parent, job.new_tops)

@@ -1,0 +1,103 @@
+"""Child records, and standby children: a branch's child QEMU started before the branch.
+
+A standby child is a hidden VM record (``role: standby``) whose QEMU already runs with
+``-incoming`` on a placeholder RAM file and an overlay of its parent's disk tops. The next
+``vers branch`` of the parent adopts it as its first child, so the branch waits for no QEMU
+start-up at all (~40 ms here). It costs an idle QEMU process per VM, and only backings whose
+``fork_begin`` copies nothing can keep one (the FUSE backing: an empty placeholder).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from vers.vmm.machine import Machine, pid_alive
+from vers.vmm.memory import load_backing
+from vers.vmm.state import VMRecord, VMRegistry
+from vers.vmm.teardown import remove
+
+
+def refresh_spares(reg: VMRegistry, rec: VMRecord) -> None:
+    """After a VM runs: prepare the overlays its next commit/branch will need, off their pause,
+    and its standby child if it keeps one."""
+    prepare_standby(reg, rec)
+    for d in rec.disks.values():
+        d.make_spares(reg.layers, rec.id)
+    reg.save(rec)
+
+
+def create_child(reg: VMRegistry, parent: VMRecord, name: str | None = None,
+                 role: str = "") -> VMRecord:
+    """A new, not yet started child record of ``parent``: its machine, boot files, base commit
+    and standby setting, and for each disk a new overlay on the parent's current top (the spare
+    made for it when it still fits). Removed again if that fails."""
+    c = reg.create(name=name, parent_vm=parent.id, spec=dataclasses.replace(parent.spec))
+    c.role, c.standby = role, parent.standby
+    c.boot, c.base_commit = dict(parent.boot), parent.base_commit
+    try:
+        for dname, d in parent.disks.items():
+            c.disks[dname] = d.child(d.take_overlay(reg.layers, c.id, "child"))
+        reg.save(c)
+    except BaseException:
+        remove(reg, c)
+        raise
+    return c
+
+
+def standby_fits(reg: VMRegistry, rec: VMRecord) -> VMRecord | None:
+    """``rec``'s standby child if it can still become its child now: its QEMU is alive and its
+    disks are overlays on exactly ``rec``'s current disk chains (a commit or branch since moved
+    them, and then it must be made again)."""
+    sb = reg.standby_of(rec)
+    if sb is None or not pid_alive(sb.runtime.pid, sb.id):
+        return None
+    if set(sb.disks) != set(rec.disks) or any(
+            sb.disks[n].chain[:-1] != d.chain for n, d in rec.disks.items()):
+        return None
+    return sb
+
+
+def prepare_standby(reg: VMRegistry, rec: VMRecord) -> None:
+    """Keep a standby child ready for ``rec``'s next branch, if it asked for one (``--standby``)
+    and its memory backing can hand out a child file before the branch point. The child QEMU
+    starts now with ``-incoming``, so a branch only pauses the parent, fills the placeholder and
+    loads the device state: QEMU's ~40 ms start-up leaves the branch's critical path."""
+    if not rec.standby or rec.role == "standby" or not pid_alive(rec.runtime.pid, rec.id):
+        return
+    backing = load_backing(rec.memory)
+    if not (type(backing).opens_before_fork_end and type(backing).cheap_fork_begin):
+        return  # e.g. shm: its fork_begin pre-copies all of RAM, which would go stale
+    if standby_fits(reg, rec) is not None:
+        return
+    old = reg.standby_of(rec)
+    rec.standby_child = None
+    if old is not None:
+        remove(reg, old)
+    sb = create_child(reg, rec, role="standby")
+    rec.standby_child = sb.id  # before RAM and QEMU, so a vers killed now leaves them owned
+    reg.save(rec)
+    try:
+        mem = backing.fork_begin(sb.id)
+        sb.memory = mem.state()
+        reg.save(sb)
+        Machine(sb).start(str(mem.path), incoming=True)
+        reg.save(sb)
+    except BaseException:
+        rec.standby_child = None
+        remove(reg, sb)
+        reg.save(rec)
+        raise
+
+
+def adopt_standby(reg: VMRegistry, rec: VMRecord, name: str | None) -> VMRecord | None:
+    """Turn ``rec``'s standby child into a visible child VM named ``name`` (the caller holds
+    ``rec``'s lock and branches next); None if there is none that still fits."""
+    sb = standby_fits(reg, rec)
+    if sb is None:
+        return None
+    reg.check_new_name(name)
+    rec.standby_child = None
+    reg.save(rec)
+    sb.role, sb.name, sb.base_commit, sb.boot = "", name, rec.base_commit, dict(rec.boot)
+    reg.save(sb)
+    return sb
