@@ -1,6 +1,6 @@
 """Host side of the guest agent: run a shell command in the guest over virtio-serial.
 
-The guest agent (a busybox sh script, see guestfs.py) reads one request line ``ID BASE64(script)``
+The guest agent (a busybox sh script, see vers/images/guestfs.py) reads one request line ``ID BASE64(script)``
 and answers with base64 blocks for stdout and stderr and a final ``ID END RC`` line. Base64 keeps
 arbitrary bytes (and the agent's own framing) intact through a line-oriented shell loop; the random
 ID lets the host ignore anything stale left in the channel by a restored or branched guest.

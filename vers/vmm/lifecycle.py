@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from vers.errors import BadInput, BadRevision, VMError
+from vers.images.guest import build_guest
 from vers.vmm import agent as agent_mod
 from vers.vmm import disk as disk_mod
 from vers.vmm.backing import MemoryBacking, backing_class, load_backing
-from vers.vmm.guest import build_guest
 from vers.vmm.machine import (
     MachineSpec,
     build_args,

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from vers.errors import VMError
-from vers.vmm.guest import BASE_CMDLINE, TCG_CMDLINE
+from vers.images.guest import BASE_CMDLINE, TCG_CMDLINE
 from vers.vmm.qmp import QMPClient
 
 MiB = 1024 * 1024

@@ -9,7 +9,7 @@ The cache directory name carries the kernel version and a hash of the guest scri
 scripts or changing the kernel builds a new guest instead of silently reusing a stale one. Builds go
 to a temporary directory that is renamed into place, so concurrent builders never see half a guest.
 
-Run ``python3 -m vers.vmm.guest`` to build (or find) it; it prints the cache directory.
+Run ``python3 -m vers.images.guest`` to build (or find) it; it prints the cache directory.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vers.errors import VMError
-from vers.vmm import guestfs
+from vers.images import guestfs
 
 KERNEL_PACKAGE_RE = re.compile(r"^linux-image-6\.1\.0-(\d+)-cloud-amd64$")
 #: Load order measured to work with the Debian cloud kernel under microvm (FINDINGS.md).
