@@ -23,6 +23,7 @@ from typing import Any
 
 from vers.errors import VMError
 from vers.images.guest import BASE_CMDLINE, TCG_CMDLINE
+from vers.images.guestfs import initramfs_error
 from vers.vmm.qmp import QMPClient
 
 MiB = 1024 * 1024
@@ -161,6 +162,11 @@ def log_tail(vm_dir: Path, lines: int = 20) -> str:
 
 
 def launch_error(msg: str, vm_dir: Path) -> VMError:
+    """A VMError with the command line and log tails; a root disk the initramfs refused is named
+    on the first line, since that is the reason."""
+    refused = initramfs_error(vm_dir / "serial.log")
+    if refused:
+        msg = f"{refused}\n{msg}"
     cmd = ""
     try:
         cmd = (vm_dir / "cmdline").read_text().strip()
