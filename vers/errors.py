@@ -84,3 +84,7 @@ class RemoteError(VersError):
 
 class BisectError(VersError):
     pass
+
+
+class MirrorUnreachable(VMError):
+    """Building a guest image needs the Debian package mirror, and it cannot be reached."""

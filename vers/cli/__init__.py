@@ -7,6 +7,7 @@ from vers.cli import (
     bisect,  # noqa: F401
     core,  # noqa: F401
     fuse,  # noqa: F401
+    images,  # noqa: F401
     maint,  # noqa: F401
     remote,  # noqa: F401
     vm,  # noqa: F401
