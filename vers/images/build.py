@@ -88,8 +88,8 @@ def add_vers_files(root: Path, with_busybox: bool) -> None:
     write_exec(sbin / "vers-init", guestfs.GUEST_INIT)
     write_exec(sbin / "vers-agent", guestfs.GUEST_AGENT)
     if with_busybox:
-        shutil.copy2(static_busybox(), sbin / "vers-busybox")
-        (sbin / "vers-busybox").chmod(0o755)
+        shutil.copy2(static_busybox(), sbin / "busybox-vers")
+        (sbin / "busybox-vers").chmod(0o755)
 
 
 def make_disk(root: Path, out: Path, free_space: int) -> None:

@@ -4,9 +4,10 @@ Kept as Python strings (not package data files) so that any install of vers, edi
 can build guests. Their hash is part of every image's cache key, so editing them rebuilds images.
 
 The init and agent run with the root file system's own ``/bin/sh``. When vers added a static
-busybox to a root it did not build (``/sbin/vers-busybox``, see docs/guests.md), they take their
-tools from it, so a root without ``base64`` or ``mount`` still boots; ``vers exec`` commands always
-run with the root's own ``sh`` and PATH.
+busybox to a root it did not build (``/sbin/busybox-vers``: busybox runs ``busybox* APPLET ARGS``
+only under a name starting with busybox; see docs/guests.md), they take their tools from it, so a
+root without ``base64`` or ``mount`` still boots; ``vers exec`` commands always run with the root's
+own ``sh`` and PATH.
 """
 
 from __future__ import annotations
@@ -47,9 +48,9 @@ mkdir -p /newroot
 err=$(mount -t ext4 /dev/vda /newroot 2>&1) ||
     fail "cannot mount /dev/vda as ext4 (${err##*: }): vers boots ext4 root file systems only"
 if [ ! -x /newroot/sbin/vers-init ]; then
-    mkdir -p /newroot/sbin && cp /bin/busybox /newroot/sbin/vers-busybox ||
+    mkdir -p /newroot/sbin && cp /bin/busybox /newroot/sbin/busybox-vers ||
         fail "cannot add vers' init to the root file system (read-only or full?)"
-    chroot /newroot /sbin/vers-busybox test -e /bin/sh ||
+    chroot /newroot /sbin/busybox-vers test -e /bin/sh ||
         fail "the root file system has no /bin/sh to run vers' init with"
     chroot /newroot /bin/sh -c : 2>/dev/null ||
         fail "the root file system's /bin/sh does not run on this machine (not x86_64?)"
@@ -68,7 +69,7 @@ GUEST_INIT = r'''#!/bin/sh
 # idle forever so that PID 1 never exits (and reaps orphans while it waits).
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 bb=
-[ -x /sbin/vers-busybox ] && bb=/sbin/vers-busybox
+[ -x /sbin/busybox-vers ] && bb=/sbin/busybox-vers
 $bb mount -t proc proc /proc 2>/dev/null
 $bb mount -t sysfs sys /sys 2>/dev/null
 $bb mount -t devtmpfs dev /dev 2>/dev/null
@@ -100,7 +101,7 @@ GUEST_AGENT = r'''#!/bin/sh
 # host client is connected, hence the sleep-and-retry.
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 bb=
-[ -x /sbin/vers-busybox ] && bb=/sbin/vers-busybox
+[ -x /sbin/busybox-vers ] && bb=/sbin/busybox-vers
 port=
 while [ -z "$port" ]; do
     for p in /sys/class/virtio-ports/*; do
