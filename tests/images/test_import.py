@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import struct
 import subprocess
 import tarfile
@@ -92,9 +93,12 @@ def test_imported_tarball_boots_and_the_source_is_untouched(
     rows = json.loads(vers(imgrepo.root, "images", "--format", "json"))
     mine = [r for r in rows if r["name"] == "mybox"]
     assert mine and mine[0]["kind"] == "imported" and mine[0]["path"] == str(disk.parent)
-    vm = boot(imgrepo, default_image, disk=disk, memory="256M")
-    assert gexec(imgrepo, vm, "cat /etc/mine; ls /sbin/busybox-vers").split("\n")[0] == MARK
-    vers(imgrepo.root, "kill", vm)
+    try:
+        vm = boot(imgrepo, default_image, disk=disk, memory="256M")
+        assert gexec(imgrepo, vm, "cat /etc/mine; ls /sbin/busybox-vers").split("\n")[0] == MARK
+        vers(imgrepo.root, "kill", vm)
+    finally:
+        shutil.rmtree(disk.parent)  # the image lives in the user's cache like any other
 
 
 @pytest.mark.vm
