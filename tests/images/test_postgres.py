@@ -12,7 +12,7 @@ from vers.repo import Repo
 
 from .conftest import boot, gexec, vers
 
-pytestmark = pytest.mark.vm
+pytestmark = [pytest.mark.vm, pytest.mark.slow]
 
 ROWS = 1000
 SEED = ("psql -v ON_ERROR_STOP=1 -qc \"CREATE TABLE items (id int PRIMARY KEY, name text); "

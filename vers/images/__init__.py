@@ -17,8 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vers.errors import BadInput
-from vers.images import build as build_mod
-from vers.images import rootfs
+from vers.images import builder, rootfs
 from vers.images.guest import BASE_CMDLINE, GuestImages, build_guest, find_cached
 from vers.images.recipes import RECIPES
 
@@ -54,8 +53,8 @@ def _with_default_kernel(disk: Path, build: bool) -> GuestImages:
     return GuestImages(guest.kernel, guest.initrd, disk, BASE_CMDLINE)
 
 
-def _newest_import(name: str) -> build_mod.BuiltImage | None:
-    for b in build_mod.built_images():
+def _newest_import(name: str) -> builder.BuiltImage | None:
+    for b in builder.built_images():
         if b.kind == "imported" and b.name == name:
             return b
     return None
@@ -70,8 +69,8 @@ def get(name: str, build: bool = True) -> GuestImages:
         return guest
     recipe = RECIPES.get(name)
     if recipe is not None:
-        found = (build_mod.build_recipe(recipe) if build
-                 else build_mod.find_recipe_image(recipe))
+        found = (builder.build_recipe(recipe) if build
+                 else builder.find_recipe_image(recipe))
         if found is None:
             raise BadInput(f"image {name!r} is not built: vers image build {name}")
         return _with_default_kernel(found.disk, build)
@@ -113,12 +112,12 @@ def list_images() -> list[ImageInfo]:
     rows = [_info(DEFAULT, "default", "busybox guest: the kernel and initramfs every image uses",
                   guest.disk if guest else None, kernel_files, None)]
     for recipe in RECIPES.values():
-        found = build_mod.find_recipe_image(recipe)
+        found = builder.find_recipe_image(recipe)
         rows.append(_info(recipe.name, "recipe", recipe.summary,
                           found.disk if found else None, [],
                           found.meta.get("build_seconds") if found else None))
     seen = set()
-    for b in build_mod.built_images():
+    for b in builder.built_images():
         if b.kind == "imported" and b.name not in seen:
             seen.add(b.name)
             rows.append(_info(b.name, "imported", f"imported from {b.meta.get('source', '?')}",

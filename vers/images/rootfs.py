@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from vers.errors import BadInput, VMError
-from vers.images import build as build_mod
+from vers.images import builder
 from vers.images.guest import run_tool
 from vers.images.tree import EM_X86_64, elf_machine, machine_name, resolve_in_root
 
@@ -85,11 +85,11 @@ def _unpack(src: str, root: Path) -> str:
 
 
 def import_rootfs(src: str, name: str, reserved: set[str],
-                  cache: Path | None = None) -> build_mod.BuiltImage:
+                  cache: Path | None = None) -> builder.BuiltImage:
     """Make image ``name`` from a root tree (a directory) or a tar stream of one (``docker
     export``'s output, or ``-`` for stdin). The source is only read: vers' files go into a copy."""
     check_name(name, reserved)
-    cache = cache or build_mod.images_root()
+    cache = cache or builder.images_root()
     cache.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(dir=cache, prefix=".import-") as tmp:
@@ -97,15 +97,15 @@ def import_rootfs(src: str, name: str, reserved: set[str],
         root = work / "root"
         what = _unpack(src, root)
         check_tree(root, what)
-        build_mod.add_vers_files(root, with_busybox=True)
+        builder.add_vers_files(root, with_busybox=True)
         stage = work / "out"
         stage.mkdir()
-        build_mod.make_disk(root, stage / "disk.raw", IMPORT_FREE_SPACE)
+        builder.make_disk(root, stage / "disk.raw", IMPORT_FREE_SPACE)
         meta = {"name": name, "kind": "imported", "source": str(Path(src).resolve())
                 if src != "-" else "stdin", "built_at": time.time(),
                 "build_seconds": round(time.monotonic() - started, 1)}
-        target = build_mod.publish(stage, build_mod.new_import_dir(cache, name), meta)
-    return build_mod.BuiltImage(name, "imported", target, meta)
+        target = builder.publish(stage, builder.new_import_dir(cache, name), meta)
+    return builder.BuiltImage(name, "imported", target, meta)
 
 
 def sized_overlay(base: Path, out: Path, size: int) -> None:
