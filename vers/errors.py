@@ -153,3 +153,7 @@ class BisectOnlySkipped(BisectError):
     """Only skipped commits are left between good and bad: no single first bad commit."""
 
     exit_code = EXIT_BISECT_SKIPPED
+
+
+class MirrorUnreachable(VMError):
+    """Building a guest image needs the Debian package mirror, and it cannot be reached."""

@@ -239,7 +239,7 @@ def test_changed_pages_without_numpy(tmp_path: Path, monkeypatch: pytest.MonkeyP
 def test_guest_build_from_debian_packages(tmp_path: Path) -> None:
     """A fresh cache builds a guest: the kernel from apt, an initramfs with the virtio modules and
     our init, an ext4 disk (checked with e2fsprogs' own tools) with busybox, init and agent."""
-    from vers.vmm.guest import build_guest, find_cached
+    from vers.images.guest import build_guest, find_cached
 
     if shutil.which("apt-get") is None or shutil.which("debugfs") is None:
         pytest.skip("needs apt-get and e2fsprogs")

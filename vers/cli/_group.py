@@ -31,6 +31,7 @@ COMMAND_MODULES: dict[str, str] = {
     "branch-create": "core", "branch-delete": "core", "switch": "core", "show-ref": "core",
     "reflog": "core",
     "mount": "fuse", "umount": "fuse",
+    "images": "images", "image": "images",
     "fsck": "maint", "gc": "maint",
     "remote": "remote", "push": "remote", "fetch": "remote", "pull": "remote", "clone": "remote",
     "run": "vm", "ps": "vm", "status": "vm", "pause": "vm", "resume": "vm", "kill": "vm",

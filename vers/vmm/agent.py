@@ -1,9 +1,10 @@
 """Host side of the guest agent: run a shell command in the guest over virtio-serial.
 
-The guest agent (a busybox sh script, see guestfs.py) reads one request line ``ID BASE64(script)``
-and answers with base64 blocks for stdout and stderr and a final ``ID END RC`` line. Base64 keeps
-arbitrary bytes (and the agent's own framing) intact through a line-oriented shell loop; the random
-ID lets the host ignore anything stale left in the channel by a restored or branched guest.
+The guest agent (a shell script, see vers/images/guestfs.py) reads one request line
+``ID BASE64(script)`` and answers with base64 blocks for stdout and stderr and a final ``ID END RC``
+line. Base64 keeps arbitrary bytes (and the agent's own framing) intact through a line-oriented
+shell loop; the random ID lets the host ignore anything stale left in the channel by a restored or
+branched guest.
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ def guest_exec(sock_path: str, script: str, timeout: float = 60.0) -> ExecResult
                 chunk = sock.recv(65536)
             except TimeoutError:
                 continue
+            except OSError as exc:  # QEMU went away mid-reply (a guest that powered off)
+                raise VMError(f"the guest agent connection broke: {exc}") from exc
             if not chunk:
                 raise VMError("the guest agent connection closed (VM gone?)")
             buf += chunk

@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vers.errors import BadInput, BadRevision, VMError
+from vers.images.guest import build_guest
 from vers.vmm import agent as agent_mod
 from vers.vmm import disk as disk_mod
 from vers.vmm.devstate import load_devstate
 from vers.vmm.disk import DiskChain
-from vers.vmm.guest import build_guest
 from vers.vmm.machine import Machine, default_cmdline, detect_accel, pid_alive
 from vers.vmm.memory import MemoryBacking, backing_class, default_backing
 from vers.vmm.memory.fuse import disk_base

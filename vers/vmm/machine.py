@@ -27,7 +27,8 @@ from types import TracebackType
 from typing import Self
 
 from vers.errors import VMError
-from vers.vmm.guest import BASE_CMDLINE, TCG_CMDLINE
+from vers.images.guest import BASE_CMDLINE, TCG_CMDLINE
+from vers.images.guestfs import initramfs_error
 from vers.vmm.qmp import QMPClient
 from vers.vmm.state import Runtime, VMRecord
 
@@ -247,7 +248,11 @@ class Machine:
         return self.connect()
 
     def launch_error(self, msg: str) -> VMError:
-        """An error carrying the command line and the tails of qemu.log and serial.log."""
+        """An error carrying the command line and the tails of qemu.log and serial.log; a root
+        disk the initramfs refused is named on the first line, since that is the reason."""
+        refused = initramfs_error(self.dir / "serial.log")
+        if refused:
+            msg = f"{refused}\n{msg}"
         try:
             cmd = (self.dir / "cmdline").read_text().strip()
         except FileNotFoundError:

@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vers.errors import BadInput, Busy, UnknownVM
+from vers.images.guest import BASE_CMDLINE
 from vers.vmm.disk import DiskChain
-from vers.vmm.guest import BASE_CMDLINE
 
 if TYPE_CHECKING:
     from vers.repo import Repo

@@ -9,7 +9,7 @@ The cache directory name carries the kernel version and a hash of the guest scri
 scripts or changing the kernel builds a new guest instead of silently reusing a stale one. Builds go
 to a temporary directory that is renamed into place, so concurrent builders never see half a guest.
 
-Run ``python3 -m vers.vmm.guest`` to build (or find) it; it prints the cache directory.
+Run ``python3 -m vers.images.guest`` to build (or find) it; it prints the cache directory.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import json
 import os
 import re
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
@@ -26,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vers.errors import VMError
-from vers.vmm import guestfs
+from vers.images import guestfs
 
 KERNEL_PACKAGE_RE = re.compile(r"^linux-image-6\.1\.0-(\d+)-cloud-amd64$")
 #: Load order measured to work with the Debian cloud kernel under microvm (FINDINGS.md).
@@ -47,12 +48,16 @@ class GuestImages:
     cmdline: str
 
 
+def vers_cache() -> Path:
+    """``$XDG_CACHE_HOME/vers`` (default ``~/.cache/vers``): every guest image vers builds."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")) / "vers"
+
+
 def cache_root() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "vers" / "guest"
+    return vers_cache() / "guest"
 
 
-def _scripts_hash() -> str:
+def scripts_hash() -> str:
     h = hashlib.sha256()
     for text in (guestfs.INITRAMFS_INIT, guestfs.GUEST_INIT, guestfs.GUEST_AGENT, BASE_CMDLINE):
         h.update(text.encode())
@@ -61,7 +66,8 @@ def _scripts_hash() -> str:
     return h.hexdigest()[:12]
 
 
-def _run(cmd: list[str], cwd: Path | None = None) -> str:
+def run_tool(cmd: list[str], cwd: Path | None = None) -> str:
+    """Run a build tool; a missing tool or a failure is a VMError that says which step."""
     try:
         res = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, check=False)
     except FileNotFoundError as exc:
@@ -76,10 +82,10 @@ def pick_kernel_package() -> str:
     forced = os.environ.get("VERS_GUEST_KERNEL_PKG")
     if forced:
         return forced
-    names = _run(["apt-cache", "pkgnames", "linux-image-6.1.0-"]).split()
+    names = run_tool(["apt-cache", "pkgnames", "linux-image-6.1.0-"]).split()
     if not any(KERNEL_PACKAGE_RE.match(n) for n in names):
-        _run(["apt-get", "update", "-qq"])
-        names = _run(["apt-cache", "pkgnames", "linux-image-6.1.0-"]).split()
+        run_tool(["apt-get", "update", "-qq"])
+        names = run_tool(["apt-cache", "pkgnames", "linux-image-6.1.0-"]).split()
     found = sorted(
         (int(m.group(1)), n) for n in names if (m := KERNEL_PACKAGE_RE.match(n))
     )
@@ -93,22 +99,20 @@ def _download_kernel(pkg: str, work: Path) -> Path:
     dl = work / "deb"
     dl.mkdir()
     try:
-        _run(["apt-get", "download", "-q", pkg], cwd=dl)
+        run_tool(["apt-get", "download", "-q", pkg], cwd=dl)
     except VMError:
-        _run(["apt-get", "update", "-qq"])
-        _run(["apt-get", "download", "-q", pkg], cwd=dl)
+        run_tool(["apt-get", "update", "-qq"])
+        run_tool(["apt-get", "download", "-q", pkg], cwd=dl)
     debs = list(dl.glob("*.deb"))
     if not debs:
         raise VMError(f"apt-get download {pkg} produced no .deb")
     tree = work / "kernel-tree"
-    _run(["dpkg-deb", "-x", str(debs[0]), str(tree)])
+    run_tool(["dpkg-deb", "-x", str(debs[0]), str(tree)])
     return tree
 
 
 def _is_static_elf(path: Path) -> bool:
     """An ELF executable without a PT_INTERP program header needs no dynamic loader."""
-    import struct
-
     with open(path, "rb") as f:
         head = f.read(64)
         if head[:4] != b"\x7fELF" or head[4] != 2:  # 64-bit ELF only
@@ -120,7 +124,8 @@ def _is_static_elf(path: Path) -> bool:
     return all(struct.unpack_from("<I", table, i * phentsize)[0] != 3 for i in range(phnum))
 
 
-def _busybox() -> Path:
+def static_busybox() -> Path:
+    """The host's statically linked busybox: it runs in any x86_64 root, whatever its libc."""
     for cand in ("/bin/busybox", "/usr/bin/busybox"):
         p = Path(cand)
         if p.exists() and _is_static_elf(p):
@@ -128,17 +133,17 @@ def _busybox() -> Path:
     raise VMError("no statically linked busybox found: apt-get install busybox-static")
 
 
-def _write_exec(path: Path, text: str) -> None:
+def write_exec(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     path.chmod(0o755)
 
 
-def _populate_busybox(root: Path, busybox: Path) -> None:
+def populate_busybox(root: Path, busybox: Path) -> None:
     (root / "bin").mkdir(parents=True, exist_ok=True)
     shutil.copy2(busybox, root / "bin" / "busybox")
     (root / "bin" / "busybox").chmod(0o755)
-    applets = _run([str(busybox), "--list"]).split()
+    applets = run_tool([str(busybox), "--list"]).split()
     for applet in applets:
         link = root / "bin" / applet
         if applet != "busybox" and not link.exists():
@@ -150,7 +155,7 @@ def _populate_busybox(root: Path, busybox: Path) -> None:
 
 def _build_initramfs(tree: Path, kver: str, busybox: Path, work: Path, out: Path) -> None:
     root = work / "initramfs"
-    _populate_busybox(root, busybox)
+    populate_busybox(root, busybox)
     moddir = root / "lib" / "modules"
     moddir.mkdir(parents=True)
     kmods = tree / "lib" / "modules" / kver / "kernel"
@@ -164,9 +169,9 @@ def _build_initramfs(tree: Path, kver: str, busybox: Path, work: Path, out: Path
             (moddir / f"{name}.ko").write_bytes(data)
         else:
             shutil.copy2(src, moddir / f"{name}.ko")
-    _write_exec(root / "init", guestfs.INITRAMFS_INIT)
-    _write_exec(root / "sbin" / "vers-init", guestfs.GUEST_INIT)
-    _write_exec(root / "sbin" / "vers-agent", guestfs.GUEST_AGENT)
+    write_exec(root / "init", guestfs.INITRAMFS_INIT)
+    write_exec(root / "sbin" / "vers-init", guestfs.GUEST_INIT)
+    write_exec(root / "sbin" / "vers-agent", guestfs.GUEST_AGENT)
     files = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
     cpio = subprocess.run(
         ["cpio", "-o", "-H", "newc", "-R", "0:0", "--quiet"],
@@ -186,14 +191,14 @@ def _run_bytes(cmd: list[str]) -> bytes:
 
 def _build_disk(busybox: Path, work: Path, out: Path) -> None:
     root = work / "rootfs"
-    _populate_busybox(root, busybox)
-    _write_exec(root / "sbin" / "vers-init", guestfs.GUEST_INIT)
-    _write_exec(root / "sbin" / "vers-agent", guestfs.GUEST_AGENT)
+    populate_busybox(root, busybox)
+    write_exec(root / "sbin" / "vers-init", guestfs.GUEST_INIT)
+    write_exec(root / "sbin" / "vers-agent", guestfs.GUEST_AGENT)
     (root / "etc" / "hostname").write_text("vers-guest\n")
-    (root / "etc" / "vers-guest").write_text("default vers guest, built by vers.vmm.guest\n")
+    (root / "etc" / "vers-guest").write_text("default vers guest, built by vers.images.guest\n")
     with open(out, "wb") as f:
         f.truncate(DISK_SIZE)
-    _run(["mkfs.ext4", "-q", "-F", "-L", "vers-root", "-E", "root_owner=0:0",
+    run_tool(["mkfs.ext4", "-q", "-F", "-L", "vers-root", "-E", "root_owner=0:0",
           "-d", str(root), str(out)])
 
 
@@ -207,10 +212,10 @@ def build_guest(cache: Path | None = None) -> GuestImages:
     pkg = pick_kernel_package()
     m = KERNEL_PACKAGE_RE.match(pkg)
     kver = f"6.1.0-{m.group(1)}-cloud-amd64" if m else pkg.removeprefix("linux-image-")
-    target = cache / f"{kver}-{_scripts_hash()}"
+    target = cache / f"{kver}-{scripts_hash()}"
     if (target / "guest.json").exists():
         return _load(target)
-    busybox = _busybox()
+    busybox = static_busybox()
     with tempfile.TemporaryDirectory(dir=cache, prefix=".build-") as tmp:
         work = Path(tmp)
         tree = _download_kernel(pkg, work)
@@ -223,7 +228,7 @@ def build_guest(cache: Path | None = None) -> GuestImages:
         _build_initramfs(tree, kver, busybox, work, stage / "initrd.img")
         _build_disk(busybox, work, stage / "disk.raw")
         meta = {"kernel_package": pkg, "kernel_version": kver, "cmdline": BASE_CMDLINE,
-                "scripts": _scripts_hash()}
+                "scripts": scripts_hash()}
         (stage / "guest.json").write_text(json.dumps(meta, indent=2) + "\n")
         try:
             stage.rename(target)
@@ -238,7 +243,7 @@ def find_cached(cache: Path | None = None) -> GuestImages | None:
     cache = cache or cache_root()
     if not cache.is_dir():
         return None
-    suffix = f"-{_scripts_hash()}"
+    suffix = f"-{scripts_hash()}"
     hits = sorted(p for p in cache.iterdir() if p.name.endswith(suffix)
                   and (p / "guest.json").exists())
     return _load(hits[-1]) if hits else None
