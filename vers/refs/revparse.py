@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 from collections.abc import Callable, Iterable
 
@@ -111,4 +112,14 @@ def _resolve_base(
             return found[0]
         if len(found) > 1:
             raise AmbiguousRevision(base, found)
-    raise BadRevision(f"unknown revision {rev!r}")
+    raise BadRevision(f"unknown revision {rev!r}{_hint(refs, base, lowered)}")
+
+
+def _hint(refs: RefsContainer, base: str, lowered: str) -> str:
+    """What the user may have meant: a short hex prefix, or a ref name close to ``base``."""
+    if _HEX.match(lowered) and len(lowered) < MIN_PREFIX:
+        return f" (an ID prefix needs at least {MIN_PREFIX} hex digits)"
+    names = {n.removeprefix("refs/heads/").removeprefix("refs/tags/")
+             for n in refs.list_refs("refs/heads/") | refs.list_refs("refs/tags/")}
+    close = difflib.get_close_matches(base, sorted(names), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""

@@ -11,6 +11,7 @@ is based on) and its ``Runtime`` (pid, sockets, serial log). The record is repla
 from __future__ import annotations
 
 import contextlib
+import difflib
 import fcntl
 import json
 import os
@@ -230,7 +231,10 @@ class VMRegistry:
             key = cur
         rec = self.find(key)
         if rec is None:
-            raise UnknownVM(f"no VM {key!r} in this repository (see `vers ps`)")
+            names = sorted({n for r in self.visible() for n in (r.name, r.id) if n})
+            close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else " (see `vers ps`)"
+            raise UnknownVM(f"no VM {key!r} in this repository{hint}")
         return rec
 
     def current(self) -> str | None:
