@@ -110,13 +110,15 @@ def show(rev: str, fmt: str) -> None:
 @click.argument("a")
 @click.argument("b", required=False)
 @click.option("--stat", is_flag=True, help="One summary line per image.")
+@click.option("--ranges", "all_ranges", is_flag=True,
+              help="Every changed range (default: a summary with the largest ones).")
 @click.option("--exit-code", is_flag=True, help="Exit 1 if the commits differ, 0 if not.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
 @click.option("--files", is_flag=True, help="Guest files added/deleted/modified (ext4 disk).")
 @click.option("--memory", is_flag=True, help="Changed memory as guest-physical ranges.")
 @click.option("--image", default=None, help="Disk image for --files (default: disk).")
-def diff(a: str, b: str | None, stat: bool, exit_code: bool, fmt: str, files: bool = False,
-         memory: bool = False, image: str | None = None) -> None:
+def diff(a: str, b: str | None, stat: bool, all_ranges: bool, exit_code: bool, fmt: str,
+         files: bool = False, memory: bool = False, image: str | None = None) -> None:
     """Changed memory pages and disk blocks between commits A and B (default B: HEAD)."""
     repo = open_repo()
     if files or memory:
@@ -130,7 +132,8 @@ def diff(a: str, b: str | None, stat: bool, exit_code: bool, fmt: str, files: bo
     if fmt == "json":
         emit_json(d.to_json())
     else:
-        text = diff_mod.format_stat(d) if stat else diff_mod.format_ranges(d)
+        text = (diff_mod.format_stat(d) if stat else diff_mod.format_ranges(d) if all_ranges
+                else diff_mod.format_summary(d))
         if text:
             click.echo(text)
     if exit_code and d.changed:
