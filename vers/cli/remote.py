@@ -34,12 +34,13 @@ def remote(ctx: click.Context, verbose: bool) -> None:
 @remote.command("add")
 @click.argument("name")
 @click.argument("url")
-def remote_add(name: str, url: str) -> None:
+@click.option("--create-bucket", is_flag=True, help="Create the s3:// URL's bucket first.")
+def remote_add(name: str, url: str, create_bucket: bool) -> None:
     """Add remote NAME at URL."""
     from vers.porcelain.remote import add_remote
 
     with open_repo() as repo:
-        add_remote(repo, name, url)
+        add_remote(repo, name, url, create_bucket)
 
 
 @remote.command("remove")

@@ -64,10 +64,31 @@ class S3Transport(Transport):
             if code in _MISSING_CODES:
                 raise RemoteObjectMissing(self.url, key) from exc
             if code == "NoSuchBucket":
-                raise RemoteError(f"{self.url}: bucket {self.bucket} does not exist") from exc
+                raise RemoteError(
+                    f"{self.url}: bucket {self.bucket} does not exist (create it with your S3 "
+                    f"tools, or add the remote with `vers remote add --create-bucket NAME "
+                    f"{self.url}`)") from exc
             raise RemoteError(f"{self.url}: {what} {key} failed: {code or exc}") from exc
         except BotoCoreError as exc:
             raise RemoteError(f"{self.url}: {what} {key} failed: {exc}") from exc
+
+    def create_bucket(self) -> None:
+        """Create the bucket (for `vers remote add --create-bucket`); one we own already is fine."""
+        from botocore.exceptions import ClientError
+
+        try:
+            self._call("CREATE", self.bucket, self.client.head_bucket)
+            return
+        except RemoteError:
+            pass
+        try:
+            self._call("CREATE", self.bucket, self.client.create_bucket)
+        except RemoteError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, ClientError) and cause.response.get("Error", {}).get("Code") \
+                    == "BucketAlreadyOwnedByYou":
+                return
+            raise
 
     # -- verbs --------------------------------------------------------------------------------
     def _get(self, key: str) -> bytes:
