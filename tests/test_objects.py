@@ -35,7 +35,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path):
     if request.param == "memory":
         s = MemoryObjectStore()
     else:
-        s = LmdbObjectStore.open(tmp_path / "store")
+        s = LmdbObjectStore.create(tmp_path / "store")
     yield s
     s.close()
 
@@ -91,7 +91,7 @@ def test_zero_image_costs_nothing(store) -> None:
 def test_same_content_same_id_in_both_backends(tmp_path: Path) -> None:
     data = os.urandom(3 * PAGE_SIZE) + bytes(PAGE_SIZE) + b"abc" * 1000
     ids = []
-    for s in (MemoryObjectStore(), LmdbObjectStore.open(tmp_path / "s")):
+    for s in (MemoryObjectStore(), LmdbObjectStore.create(tmp_path / "s")):
         with s.writer() as w:
             ids.append(build_tree(w, io.BytesIO(data), len(data)))
     assert ids[0] == ids[1]
@@ -174,7 +174,7 @@ def test_corrupt_object_is_named_on_read() -> None:
 
 
 def test_flipped_byte_in_lmdb_file_detected(tmp_path: Path) -> None:
-    store = LmdbObjectStore.open(tmp_path / "s")
+    store = LmdbObjectStore.create(tmp_path / "s")
     marker = b"UNIQUE-MARKER-" + os.urandom(16).hex().encode()
     page = (marker + os.urandom(PAGE_SIZE))[:PAGE_SIZE]
     tree = build(store, page)

@@ -19,7 +19,7 @@ def refs(request: pytest.FixtureRequest, tmp_path: Path):
     if request.param == "dict":
         yield DictRefsContainer()
     else:
-        store = LmdbObjectStore.open(tmp_path / "s")
+        store = LmdbObjectStore.create(tmp_path / "s")
         yield LmdbRefsContainer(store.env)
         store.close()
 

@@ -357,7 +357,7 @@ class TestMemoryStore(StoreBehaviour):
 
 class TestLmdbStore(StoreBehaviour):
     def make(self, tmp_path: Path) -> tuple[ObjectStore, RefsContainer]:
-        store = LmdbObjectStore.open(tmp_path / "store")
+        store = LmdbObjectStore.create(tmp_path / "store")
         return store, LmdbRefsContainer(store.env)
 
     def corrupt(self, store: ObjectStore, oid: bytes) -> None:

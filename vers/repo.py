@@ -22,7 +22,9 @@ from vers.errors import (
     ObjectNotFound,
     RefConflict,
     RepositoryExists,
+    StoreError,
 )
+from vers.files import make_private_dirs, open_private, write_private
 from vers.history import walk
 from vers.objects.imagetree import ImageFile, build_tree, patch_tree, write_image
 from vers.objects.lmdbstore import LmdbObjectStore
@@ -54,11 +56,18 @@ class Repo:
             raise NotARepository(f"not a vers repository: {path} (run `vers init`)")
         self.vers_dir = p
         self.root = p.parent
-        self.config: dict[str, Any] = json.loads((p / "config.json").read_text())
+        try:
+            self.config: dict[str, Any] = json.loads((p / "config.json").read_text())
+        except (OSError, ValueError) as exc:
+            raise StoreError(f"{p / 'config.json'}: cannot be read: {exc}") from exc
         self.store: ObjectStore
         lstore = LmdbObjectStore.open(p / "store")
         self.store = lstore
-        self.refs: RefsContainer = LmdbRefsContainer(lstore.env)
+        try:
+            self.refs: RefsContainer = LmdbRefsContainer(lstore.env)
+        except BaseException:
+            lstore.close()
+            raise
 
     @classmethod
     def init(cls, path: str | os.PathLike[str] = ".") -> Repo:
@@ -68,11 +77,13 @@ class Repo:
             raise RepositoryExists(f"a vers repository already exists at {vers_dir}")
         if root.exists() and not root.is_dir():
             raise BadInput(f"{root} exists and is not a directory")
-        vers_dir.mkdir(parents=True, exist_ok=True)
-        LmdbObjectStore.open(vers_dir / "store").close()
-        tmp = vers_dir / "config.json.tmp"
-        tmp.write_text(json.dumps({"format": 1, "default_branch": DEFAULT_BRANCH}, indent=2) + "\n")
-        os.replace(tmp, vers_dir / "config.json")
+        try:
+            make_private_dirs(vers_dir)
+            LmdbObjectStore.create(vers_dir / "store").close()
+            write_private(vers_dir / "config.json",
+                          json.dumps({"format": 1, "default_branch": DEFAULT_BRANCH}, indent=2) + "\n")
+        except OSError as exc:
+            raise BadInput(f"cannot create a repository at {root}: {exc.strerror}") from exc
         repo = cls(root)
         repo.refs.set_symbolic_ref(HEAD, "refs/heads/" + DEFAULT_BRANCH)
         return repo
@@ -219,11 +230,15 @@ class Repo:
                     base_tree = None
                     if base is not None and name in base.images:
                         base_tree = self.store.get_tree(bytes.fromhex(base.images[name]))
-                    if dirty is not None and name in dirty and base_tree and base_tree.size == size:
-                        tree_id = patch_tree(w, base_tree, dirty[name], _page_reader(f, size))
-                    else:
-                        f.seek(0)
-                        tree_id = build_tree(w, f, size, base_tree, progress)
+                    try:
+                        if dirty is not None and name in dirty and base_tree and base_tree.size == size:
+                            tree_id = patch_tree(w, base_tree, dirty[name], _page_reader(f, size))
+                        else:
+                            f.seek(0)
+                            tree_id = build_tree(w, f, size, base_tree, progress)
+                    except OSError as exc:  # the writer drops what it has not flushed
+                        raise BadInput(f"{name} image {_source_name(images[name])}: reading "
+                                       f"failed: {exc.strerror or exc}") from exc
                     trees[name] = tree_id.hex()
         return self._write_commit(
             trees, parents, explicit, ref, message, dict(config or {}), author, time
@@ -275,7 +290,7 @@ class Repo:
         image = self.open_image(rev, name)
         tmp = Path(str(out) + ".vers-tmp")
         try:
-            with open(tmp, "wb") as f:
+            with os.fdopen(open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as f:
                 write_image(self.store, image.reader.tree, f)
             os.replace(tmp, out)
         except OSError as exc:
@@ -308,14 +323,18 @@ def _open_source(stack: ExitStack, name: str, src: ImageSource) -> tuple[BinaryI
             st = os.stat(path)
             if stat.S_ISDIR(st.st_mode):
                 raise BadInput(f"{name} image {path} is a directory")
+            if not (stat.S_ISREG(st.st_mode) or stat.S_ISBLK(st.st_mode)):
+                # A FIFO or a character device would block or never end: only files of a
+                # fixed size can be images.
+                raise BadInput(f"{name} image {path} is not a regular file or block device")
             f = stack.enter_context(open(path, "rb"))  # noqa: SIM115 - closed by the ExitStack
+            size = f.seek(0, os.SEEK_END)
         except FileNotFoundError as exc:
             raise BadInput(f"{name} image {path}: no such file") from exc
         except PermissionError as exc:
             raise BadInput(f"{name} image {path}: permission denied") from exc
         except OSError as exc:
-            raise BadInput(f"{name} image {path}: {exc.strerror}") from exc
-        size = f.seek(0, os.SEEK_END)
+            raise BadInput(f"{name} image {path} cannot be read as an image: {exc.strerror}") from exc
     else:
         f = src
         try:
@@ -325,6 +344,10 @@ def _open_source(stack: ExitStack, name: str, src: ImageSource) -> tuple[BinaryI
     _check_size(name, size)
     f.seek(0)
     return f, size
+
+
+def _source_name(src: ImageSource) -> str:
+    return os.fspath(src) if isinstance(src, (str, os.PathLike)) else repr(src)
 
 
 def _check_size(name: str, size: int) -> None:

@@ -18,7 +18,7 @@ from vers.objects.store import MemoryObjectStore, ObjectStore
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
     if request.param == "memory":
         return MemoryObjectStore()
-    return LmdbObjectStore.open(tmp_path / "store")
+    return LmdbObjectStore.create(tmp_path / "store")
 
 
 def test_get_records_matches_get_record(store: ObjectStore) -> None:

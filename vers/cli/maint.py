@@ -12,14 +12,26 @@ from vers.cli._group import cli, info, open_repo
 @cli.command("fsck")
 @click.option("--full", is_flag=True,
               help="Also check that every node's level matches its place in its tree.")
-def fsck_cmd(full: bool) -> None:
+@click.option("--salvage", "salvage_dir", metavar="DIR", default=None,
+              type=click.Path(file_okay=False),
+              help="Instead, copy every intact commit, and the refs naming one, into a new "
+                   "repository DIR (docs/recovery.md).")
+def fsck_cmd(full: bool, salvage_dir: str | None) -> None:
     """Re-hash every object and check that every ref and reflog entry reaches complete state.
 
     Each problem is printed on its own line (what, which object, reached from which ref and
-    commit); exit status 1 if there is any, 0 if none.
+    commit); exit status 1 if there is any, 0 if none. With --salvage, exit status 1 if any ref
+    could not be copied.
     """
     from vers.porcelain.fsck import fsck_repo
 
+    if salvage_dir is not None:
+        from vers.porcelain.salvage import salvage
+
+        result = salvage(open_repo(), salvage_dir)
+        for line in result.lines():
+            info(line)
+        sys.exit(1 if result.lost_refs else 0)
     report = fsck_repo(open_repo(), full=full, on_problem=lambda p: click.echo(str(p)))
     info(report.summary())
     if not report.ok:

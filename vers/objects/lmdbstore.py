@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import fcntl
 import itertools
+import os
 import struct
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -19,12 +20,13 @@ from pathlib import Path
 
 import lmdb
 
-from vers.errors import ObjectNotFound, StoreError
+from vers.errors import ObjectNotFound
+from vers.files import open_private
+from vers.objects.lmdbenv import DAMAGE, damaged, open_env, transaction
 from vers.objects.store import ObjectStore, Record, StoredObject, StoreStats, SweepReport
 
 PACK_BYTES = 8 << 20
 PACKS_PER_TXN = 32  # 256 MiB of packs per sweep transaction: bounded memory, few transactions
-MAP_SIZE = 1 << 40  # address space only; the file grows as data is written
 _INDEX = struct.Struct("<QIIBBB")  # pack, offset, length, kind, encoding, depth
 _RECORD_HEADER = struct.Struct("<32sBBBI")  # id, kind, encoding, depth, length
 _PACK_META = struct.Struct("<dQ")  # creation time, bytes
@@ -33,34 +35,28 @@ _PACK_KEY = struct.Struct(">Q")
 DB_NAMES = (b"index", b"packs", b"packmeta", b"refs", b"reflog", b"meta")
 
 
-def open_env(path: Path, readonly: bool = False) -> lmdb.Environment:
-    try:
-        return lmdb.open(
-            str(path),
-            map_size=MAP_SIZE,
-            max_dbs=len(DB_NAMES) + 2,
-            subdir=True,
-            readahead=False,
-            max_readers=512,
-            readonly=readonly,
-            create=not readonly,
-        )
-    except lmdb.Error as exc:
-        raise StoreError(f"cannot open store at {path}: {exc}") from exc
-
-
 class LmdbObjectStore(ObjectStore):
     """Objects in packs inside LMDB. Shares its environment with the LMDB refs container."""
 
     def __init__(self, env: lmdb.Environment) -> None:
         super().__init__()
         self.env = env
-        self.db = {name.decode(): env.open_db(name) for name in DB_NAMES}
+        try:
+            self.db = {name.decode(): env.open_db(name) for name in DB_NAMES}
+        except DAMAGE as exc:
+            error = damaged(env.path(), exc)
+            env.close()
+            raise error from exc
 
     @classmethod
     def open(cls, path: Path) -> LmdbObjectStore:
-        path.mkdir(parents=True, exist_ok=True)
+        """The existing store at ``path``; a missing or damaged one is a ``StoreError``."""
         return cls(open_env(path))
+
+    @classmethod
+    def create(cls, path: Path) -> LmdbObjectStore:
+        """A new store at ``path`` (its directory 0700, its files 0600)."""
+        return cls(open_env(path, create=True))
 
     @property
     def path(self) -> str:
@@ -72,12 +68,15 @@ class LmdbObjectStore(ObjectStore):
 
     @contextmanager
     def _gc_lock(self, mode: int) -> Iterator[None]:
-        with open(Path(self.env.path()) / "gc.lock", "a+b") as f:
-            fcntl.flock(f.fileno(), mode)
+        fd = open_private(Path(self.path) / "gc.lock", os.O_RDWR | os.O_CREAT)
+        try:
+            fcntl.flock(fd, mode)
             try:
                 yield
             finally:
-                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
 
     def writing(self) -> AbstractContextManager[None]:
         return self._gc_lock(fcntl.LOCK_SH)
@@ -87,7 +86,7 @@ class LmdbObjectStore(ObjectStore):
 
     # -- primitives ---------------------------------------------------------------------------
     def _backend_get(self, oid: bytes) -> Record | None:
-        with self.env.begin(buffers=True) as txn:
+        with transaction(self.env, buffers=True) as txn:
             loc = txn.get(oid, db=self.db["index"])
             if loc is None:
                 return None
@@ -104,8 +103,8 @@ class LmdbObjectStore(ObjectStore):
         it = iter(oids)
         while batch := list(itertools.islice(it, 4096)):
             out: list[tuple[bytes, Record]] = []
-            with self.env.begin(buffers=True) as txn:
-                packs: dict[int, memoryview | None] = {}
+            with transaction(self.env, buffers=True) as txn:
+                packs: dict[int, bytes | memoryview | None] = {}
                 for oid in batch:
                     loc = txn.get(oid, db=index_db)
                     if loc is None:
@@ -121,15 +120,12 @@ class LmdbObjectStore(ObjectStore):
 
     def _backend_missing(self, oids: list[bytes]) -> list[bytes]:
         index = self.db["index"]
-        with self.env.begin(buffers=True) as txn:
+        with transaction(self.env, buffers=True) as txn:
             return [o for o in oids if txn.get(o, db=index) is None]
 
     def _backend_put(self, records: list[tuple[bytes, Record]]) -> None:
-        try:
-            with self.env.begin(write=True) as txn:
-                self._put_in_txn(txn, records)
-        except lmdb.Error as exc:
-            raise StoreError(f"writing objects failed: {exc}") from exc
+        with transaction(self.env, write=True) as txn:
+            self._put_in_txn(txn, records)
 
     def _put_in_txn(self, txn: lmdb.Transaction, records: list[tuple[bytes, Record]]) -> None:
         index_db, packs_db, meta_db = self.db["index"], self.db["packs"], self.db["packmeta"]
@@ -162,18 +158,18 @@ class LmdbObjectStore(ObjectStore):
         txn.cursor(db=index_db).putmulti(entries)
 
     def iter_ids(self) -> Iterator[tuple[bytes, int]]:
-        with self.env.begin() as txn:
+        with transaction(self.env) as txn:
             for key, loc in txn.cursor(db=self.db["index"]):
                 yield bytes(key), _INDEX.unpack(loc)[3]
 
     def iter_prefix(self, hex_prefix: str) -> Iterator[tuple[bytes, int]]:
         start = bytes.fromhex(hex_prefix[: len(hex_prefix) // 2 * 2])
-        with self.env.begin() as txn:
+        with transaction(self.env) as txn:
             cur = txn.cursor(db=self.db["index"])
             if not cur.set_range(start):
                 return
             for key, loc in cur:
-                if not key.startswith(start):
+                if not bytes(key).startswith(start):
                     return
                 if key.hex().startswith(hex_prefix):
                     yield bytes(key), _INDEX.unpack(loc)[3]
@@ -188,7 +184,7 @@ class LmdbObjectStore(ObjectStore):
         without a record, saying where it points."""
         hdr = _RECORD_HEADER
         index_db, packs_db = self.db["index"], self.db["packs"]
-        with self.env.begin(buffers=True) as txn:
+        with transaction(self.env, buffers=True) as txn:
             seen: set[bytes] = set()
             for key, pack in txn.cursor(db=packs_db):
                 pack_no = _PACK_KEY.unpack(key)[0]
@@ -221,14 +217,17 @@ class LmdbObjectStore(ObjectStore):
                 yield StoredObject(oid, kind, None, detail)
 
     def stats(self) -> StoreStats:
-        with self.env.begin() as txn:
+        with transaction(self.env) as txn:
             objects = int(txn.stat(self.db["index"])["entries"])
         return StoreStats(objects, sum(size for _, _, size in self.iter_packs()))
 
     # -- maintenance (gc) ---------------------------------------------------------------------
     def release_stale_readers(self) -> int:
         """Reader slots of killed processes pin old pages, so LMDB could not reuse what gc frees."""
-        return int(self.env.reader_check())
+        try:
+            return int(self.env.reader_check())
+        except lmdb.Error as exc:
+            raise damaged(self.env.path(), exc) from exc
 
     def sweep(
         self,
@@ -289,7 +288,7 @@ class LmdbObjectStore(ObjectStore):
         """Bytes the records of ``oids`` take in their packs, from the index alone (reading each
         record would cost a pack lookup)."""
         total = 0
-        with self.env.begin(buffers=True) as txn:
+        with transaction(self.env, buffers=True) as txn:
             for oid in oids:
                 loc = txn.get(oid, db=self.db["index"])
                 if loc is not None:
@@ -298,7 +297,7 @@ class LmdbObjectStore(ObjectStore):
 
     def iter_packs(self) -> Iterator[tuple[int, float, int]]:
         """(pack number, creation time, bytes) of every pack."""
-        with self.env.begin() as txn:
+        with transaction(self.env) as txn:
             for key, val in txn.cursor(db=self.db["packmeta"]):
                 created, size = _PACK_META.unpack(val)
                 yield _PACK_KEY.unpack(key)[0], created, size
@@ -306,7 +305,7 @@ class LmdbObjectStore(ObjectStore):
     def _pack_objects(self, pack_no: int) -> list[bytes]:
         """IDs whose live record is in this pack (a pack may also hold dead duplicates)."""
         out: list[bytes] = []
-        with self.env.begin(buffers=True) as txn:
+        with transaction(self.env, buffers=True) as txn:
             pack = txn.get(_PACK_KEY.pack(pack_no), db=self.db["packs"])
             if pack is None:
                 return out
@@ -326,7 +325,7 @@ class LmdbObjectStore(ObjectStore):
         index_db, packs_db, meta_db = self.db["index"], self.db["packs"], self.db["packmeta"]
         removed = 0
         survivors: list[tuple[bytes, Record]] = []
-        with self.env.begin(write=True) as txn:
+        with transaction(self.env, write=True) as txn:
             for pack_no in pack_nos:
                 key = _PACK_KEY.pack(pack_no)
                 pack = txn.get(key, db=packs_db)
@@ -352,7 +351,7 @@ class LmdbObjectStore(ObjectStore):
 
     def delete(self, oids: Iterable[bytes]) -> int:
         n = 0
-        with self.env.begin(write=True) as txn:
+        with transaction(self.env, write=True) as txn:
             for oid in oids:
                 if txn.delete(oid, db=self.db["index"]):
                     n += 1

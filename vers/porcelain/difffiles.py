@@ -21,6 +21,7 @@ guest-physical ranges (guest-physical address = offset in the memory image).
 
 from __future__ import annotations
 
+import json
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -397,8 +398,6 @@ def _human(n: int) -> str:
 def render(repo: Repo, a: str, b: str, files: bool, memory: bool, image: str | None,
            fmt: str) -> tuple[str, bool]:
     """What ``vers diff --files/--memory`` prints, and whether anything changed (--exit-code)."""
-    import json
-
     parts: list[Any] = []
     if files:
         parts.append(files_diff(repo, a, b, image or "disk"))

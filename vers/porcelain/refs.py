@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from vers.errors import BadRevision, RefError
 from vers.refs.container import ANY, HEAD, SYMREF_PREFIX, check_short_name
+from vers.refs.revparse import expand_ref
 from vers.repo import Repo
 
 
@@ -97,8 +98,6 @@ def show_refs(repo: Repo) -> list[tuple[str, str]]:
 
 
 def reflog(repo: Repo, ref: str = HEAD) -> list[str]:
-    from vers.refs.revparse import expand_ref
-
     full = expand_ref(repo.refs, ref) or ref
     if full != HEAD and not full.startswith("refs/"):
         raise BadRevision(f"no ref named {ref!r}")

@@ -23,6 +23,7 @@ from typing import Protocol, TypeVar
 import lmdb
 
 from vers.errors import BadRefName, RefConflict, RefError
+from vers.objects.lmdbenv import DAMAGE, damaged, transaction
 
 SYMREF_PREFIX = "ref: "
 HEAD = "HEAD"
@@ -275,17 +276,24 @@ class DictRefsContainer(RefsContainer):
         return sorted(self._logs)
 
 
+# A reflog entry that no longer parses (LMDB hands back whatever bytes a damaged page holds).
+_ENTRY_DAMAGE = (ValueError, KeyError, TypeError)
+
+
 class LmdbRefsContainer(RefsContainer):
     """Refs in the ``refs`` database and reflogs in ``reflog`` (key: name NUL big-endian seq)."""
 
     def __init__(self, env: lmdb.Environment) -> None:
         self.env = env
-        self.refs_db = env.open_db(b"refs")
-        self.log_db = env.open_db(b"reflog")
+        try:
+            self.refs_db = env.open_db(b"refs")
+            self.log_db = env.open_db(b"reflog")
+        except DAMAGE as exc:
+            raise damaged(env.path(), exc) from exc
 
     def _transaction(self, fn: Callable[[RefTxn], T]) -> T:
         refs_db, log_db = self.refs_db, self.log_db
-        with self.env.begin(write=True) as txn:
+        with transaction(self.env, write=True) as txn:
 
             class Txn:
                 def get(self, name: str) -> str | None:
@@ -312,7 +320,7 @@ class LmdbRefsContainer(RefsContainer):
     def _items(self, prefix: str) -> dict[str, str]:
         out: dict[str, str] = {}
         p = prefix.encode()
-        with self.env.begin() as txn:
+        with transaction(self.env, also=_ENTRY_DAMAGE) as txn:
             cur = txn.cursor(db=self.refs_db)
             if cur.set_range(p):
                 for k, v in cur:
@@ -332,12 +340,12 @@ class LmdbRefsContainer(RefsContainer):
                 yield key, bytes(v)
 
     def _reflog_entries(self, name: str) -> list[ReflogEntry]:
-        with self.env.begin() as txn:
+        with transaction(self.env, also=_ENTRY_DAMAGE) as txn:
             return [ReflogEntry.from_json(v) for _, v in self._iter_log(txn, name)]
 
     def rewrite_reflog(self, name: str, edit: Callable[[list[ReflogEntry]], list[ReflogEntry]]) -> int:
         prefix = name.encode() + b"\0"
-        with self.env.begin(write=True) as txn:
+        with transaction(self.env, write=True, also=_ENTRY_DAMAGE) as txn:
             old = list(self._iter_log(txn, name))
             entries = [ReflogEntry.from_json(v) for _, v in old]
             new = list(edit(list(entries)))
@@ -350,7 +358,7 @@ class LmdbRefsContainer(RefsContainer):
 
     def reflog_names(self) -> list[str]:
         names = set()
-        with self.env.begin() as txn:
+        with transaction(self.env, also=_ENTRY_DAMAGE) as txn:
             for k, _ in txn.cursor(db=self.log_db):
                 names.add(k.split(b"\0", 1)[0].decode())
         return sorted(names)

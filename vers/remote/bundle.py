@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from vers.errors import CorruptObject, RemoteError
+from vers.files import make_private_dirs, write_private
 from vers.objects.model import hash_bytes
 from vers.objects.store import Record
 from vers.remote.transport import RemoteObjectMissing, Transport
@@ -96,7 +97,7 @@ class RemoteIndex:
         names = sorted(k[len(BUNDLE_PREFIX):-4] for k in transport.list(BUNDLE_PREFIX)
                        if _INDEX_KEY.match(k))
         if cache_dir is not None:
-            cache_dir.mkdir(parents=True, exist_ok=True)
+            make_private_dirs(cache_dir)
         todo = []
         for name in names:
             cached = cache_dir / f"{name}.idx" if cache_dir is not None else None
@@ -111,9 +112,7 @@ class RemoteIndex:
             for name, data in zip(todo, pool.map(lambda n: transport.get(f"{BUNDLE_PREFIX}{n}.idx"), todo)):
                 index.add(name, data)
                 if cache_dir is not None:
-                    tmp = cache_dir / f".{name}.idx.tmp"
-                    tmp.write_bytes(data)
-                    tmp.replace(cache_dir / f"{name}.idx")
+                    write_private(cache_dir / f"{name}.idx", data)
         return index
 
 

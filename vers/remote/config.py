@@ -8,13 +8,13 @@ it; each update re-reads it first, so other keys written by other parts of vers 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vers.errors import BadInput
+from vers.files import write_private
 from vers.remote.transport import normalise_url
 
 if TYPE_CHECKING:
@@ -35,10 +35,7 @@ def _read(repo: Repo) -> dict[str, Any]:
 
 
 def _write(repo: Repo, cfg: dict[str, Any]) -> None:
-    path = repo.vers_dir / "config.json"
-    tmp = path.with_name(f"config.json.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    write_private(repo.vers_dir / "config.json", json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     repo.config = cfg
 
 

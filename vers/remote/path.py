@@ -27,6 +27,11 @@ class PathTransport(Transport):
         super().__init__()
         self.root = root
         self.url = str(root)
+        if root.exists() and not root.is_dir():
+            raise RemoteError(f"{self.url}: not a directory, so it cannot be a remote")
+
+    def _failed(self, what: str, key: str, exc: OSError) -> RemoteError:
+        return RemoteError(f"{self.url}: cannot {what} {key}: {exc.strerror or exc}")
 
     def _path(self, key: str) -> Path:
         if key.startswith("/") or ".." in key.split("/"):
@@ -39,18 +44,23 @@ class PathTransport(Transport):
         except FileNotFoundError as exc:
             raise RemoteObjectMissing(self.url, key) from exc
         except OSError as exc:
-            raise RemoteError(f"{self.url}: cannot read {key}: {exc.strerror}") from exc
+            raise self._failed("read", key, exc) from exc
 
     def _get_range(self, key: str, start: int, length: int) -> bytes:
         try:
             fd = os.open(self._path(key), os.O_RDONLY)
         except FileNotFoundError as exc:
             raise RemoteObjectMissing(self.url, key) from exc
+        except OSError as exc:
+            raise self._failed("read", key, exc) from exc
         try:
             chunks = []
             got = 0
             while got < length:
-                b = os.pread(fd, length - got, start + got)
+                try:
+                    b = os.pread(fd, length - got, start + got)
+                except OSError as exc:
+                    raise self._failed("read", key, exc) from exc
                 if not b:
                     break
                 chunks.append(b)
@@ -70,7 +80,7 @@ class PathTransport(Transport):
                 os.fsync(f.fileno())
             os.replace(tmp, path)
         except OSError as exc:
-            raise RemoteError(f"{self.url}: cannot write {key}: {exc.strerror}") from exc
+            raise self._failed("write", key, exc) from exc
 
     def _list(self, prefix: str) -> dict[str, int]:
         base = self._path(prefix) if prefix else self.root
@@ -93,12 +103,16 @@ class PathTransport(Transport):
             self._path(key).unlink()
         except FileNotFoundError:
             pass
+        except OSError as exc:
+            raise self._failed("delete", key, exc) from exc
 
     def _read_versioned(self, key: str) -> tuple[bytes, str] | None:
         try:
             data = self._path(key).read_bytes()
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            raise self._failed("read", key, exc) from exc
         return data, hash_bytes(data).hex()
 
     def _unlock(self, token: Path) -> None:
@@ -106,7 +120,10 @@ class PathTransport(Transport):
 
     def _lock(self) -> Path:
         path = self._path(LOCK_NAME)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise self._failed("create", path.parent.name, exc) from exc
         deadline = time.monotonic() + LOCK_WAIT_SECONDS
         while True:
             try:

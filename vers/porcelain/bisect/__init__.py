@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from vers.errors import BadRevision, BisectError, RefError
+from vers.files import append_private, write_private
 from vers.history import walk
 from vers.objects.model import Commit
 from vers.porcelain.bisect.algo import Decision, check_merge_bases, find_bisection
@@ -107,8 +108,7 @@ def check_term(term: str, which: str) -> None:
 
 
 def _append_log(repo: Repo, *lines: str) -> None:
-    with open(_path(repo, "BISECT_LOG"), "a", encoding="utf-8") as f:
-        f.writelines(line + "\n" for line in lines)
+    append_private(_path(repo, "BISECT_LOG"), "".join(line + "\n" for line in lines))
 
 
 def _describe(get: Callable[[str], Commit], cid: str) -> str:
@@ -151,8 +151,8 @@ def start(
     if in_progress(repo):
         reset(repo)
     head = repo.refs.read_ref("HEAD") or ""
-    _path(repo, "BISECT_START").write_text(head.removeprefix("ref: refs/heads/") + "\n")
-    _path(repo, "BISECT_TERMS").write_text(f"{term_new}\n{term_old}\n")
+    write_private(_path(repo, "BISECT_START"), head.removeprefix("ref: refs/heads/") + "\n")
+    write_private(_path(repo, "BISECT_TERMS"), f"{term_new}\n{term_old}\n")
     args = [a for a in (bad_id, *good_ids) if a is not None]  # full IDs: names may move later
     opts = []
     if (term_new, term_old) != ("bad", "good"):
@@ -224,7 +224,7 @@ def _adopt_terms(repo: Repo, word: str) -> Terms:
     if terms == Terms() and word in ("old", "new"):
         marks = read_marks(repo, terms)
         if marks.bad is None and not marks.goods:
-            _path(repo, "BISECT_TERMS").write_text("new\nold\n")
+            write_private(_path(repo, "BISECT_TERMS"), "new\nold\n")
             _append_log(repo, "vers bisect terms --term-new=new --term-old=old")
             return Terms("new", "old")
     raise BisectError(
@@ -267,7 +267,7 @@ def next_step(repo: Repo, say: Say = _quiet, get: CommitCache | None = None) -> 
         if verdict == "skipped":
             say(f"warning: the merge base {mb} must be skipped; the first {terms.bad} commit may "
                 f"not be between it and {marks.bad}; continuing anyway")
-        _path(repo, "BISECT_ANCESTORS_OK").touch()
+        write_private(_path(repo, "BISECT_ANCESTORS_OK"), "")
     decision = find_bisection(get, marks.bad, marks.goods, marks.skips)
     if decision.kind == "test" and decision.commit is not None:
         n = decision.remaining
@@ -288,7 +288,7 @@ def next_step(repo: Repo, say: Say = _quiet, get: CommitCache | None = None) -> 
 
 def _checkout(repo: Repo, cid: str) -> None:
     repo.refs.set_ref(BISECT_HEAD, cid, follow=False, message="bisect")
-    _path(repo, "BISECT_EXPECTED_REV").write_text(cid + "\n")
+    write_private(_path(repo, "BISECT_EXPECTED_REV"), cid + "\n")
 
 
 def _read_expected(repo: Repo) -> str | None:
@@ -412,5 +412,5 @@ def _replay_terms(repo: Repo, args: list[str]) -> None:
         elif key == "--term-old":
             old = value
     if new and old:
-        _path(repo, "BISECT_TERMS").write_text(f"{new}\n{old}\n")
+        write_private(_path(repo, "BISECT_TERMS"), f"{new}\n{old}\n")
         _append_log(repo, f"vers bisect terms --term-new={new} --term-old={old}")

@@ -33,6 +33,7 @@ from types import TracebackType
 from typing import Any, Self
 
 from vers.errors import BisectError, VersError
+from vers.files import DIR_MODE, write_private
 from vers.fuse import mount as mnt
 from vers.porcelain import bisect as bs
 from vers.porcelain.bisect.algo import Decision
@@ -103,11 +104,11 @@ class FilesView(AbstractContextManager["FilesView"]):
         if self._exported != cid:
             if self._exported is not None:
                 shutil.rmtree(self.tmp / self._exported, ignore_errors=True)
-            target.mkdir()
+            target.mkdir(mode=DIR_MODE)
             commit = self.repo.get_commit(cid)
             for name in commit.images:
                 self.repo.export_image(cid, name, target / name)
-            (target / "meta.json").write_text(json.dumps(
+            write_private(target / "meta.json", json.dumps(
                 {"id": cid, "parents": commit.parents, "author": commit.author,
                  "time": commit.time, "message": commit.message, "config": commit.config},
                 indent=2, sort_keys=True) + "\n")
