@@ -51,14 +51,15 @@ def stored_bytes(img: images.GuestImages) -> int:
     return sum(p.stat().st_blocks * 512 for p in (img.kernel, img.initrd, img.disk))
 
 
-def bench_image(name: str, img: images.GuestImages, repeat: int, work: Path) -> dict[str, Any]:
+def bench_image(name: str, img: images.GuestImages, repeat: int, work: Path,
+                backing: str) -> dict[str, Any]:
     repo = Repo.init(work / f"repo-{name}")
-    res: dict[str, Any] = {"image": name}
+    res: dict[str, Any] = {"image": name, "backing": backing}
     try:
         t0 = time.perf_counter()
         rec = lifecycle.run_vm(repo, lifecycle.RunOptions(
             memory=GiB, kernel=str(img.kernel), initrd=str(img.initrd), disks=(str(img.disk),),
-            memory_backing="shm", make_current=False))
+            memory_backing=backing, make_current=False))
         res["boot_to_agent_s"] = round(time.perf_counter() - t0, 2)
         snapshot.commit_vm(repo, rec.id, "first (full)")
         pauses = []
@@ -103,6 +104,8 @@ def main() -> int:
     ap.add_argument("--images", default="default,debian,postgres")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--cached", action="store_true", help="reuse built images (no build times)")
+    ap.add_argument("--backing", default=lifecycle.default_backing(),
+                    help="guest RAM backing (default: fuse where FUSE works, as for vers run)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     names = args.images.split(",")
@@ -115,7 +118,7 @@ def main() -> int:
         for name in names:
             print(f"... {name}", file=sys.stderr)
             img, build_s = build_image(name, args.cached)
-            res = bench_image(name, img, args.repeat, Path(tmp))
+            res = bench_image(name, img, args.repeat, Path(tmp), args.backing)
             res["build_s"] = None if build_s is None else round(build_s, 1)
             res["stored_mib"] = round(stored_bytes(img) / (1 << 20), 1)
             results.append(res)
@@ -126,6 +129,7 @@ def main() -> int:
             return "-"
         return f"{r[key] / base[key]:.2f}x"
 
+    print(f"memory backing {args.backing}, 1 GiB guests")
     print(f"{'image':<10} {'build':>8} {'ratio':>6} {'stored':>8} {'ratio':>6} {'boot':>7} "
           f"{'ratio':>6} {'commit':>8} {'/migrate':>8} {'branch':>8} {'ready':>8} {'/bare':>6}")
     for r in results:
