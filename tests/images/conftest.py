@@ -1,0 +1,100 @@
+"""Fixtures for the guest image tests: each image is built once per run (and cached on disk
+across runs, rebuilt only when its recipe changes), and a repository whose VMs all die at the end.
+
+A build that needs the Debian mirror and cannot reach it skips with that reason; it never passes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from vers import images
+from vers.errors import MirrorUnreachable
+from vers.images import GuestImages
+from vers.repo import Repo
+from vers.testing import run_vers
+from tests.vmm.conftest import vm_repo
+
+#: The memory every image test gives its guests (the size the performance goals are set for).
+MEMORY = "1G"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    if shutil.which("qemu-system-x86_64") is None:
+        skip = pytest.mark.skip(reason="qemu-system-x86_64 is not installed")
+        for item in items:
+            if "vm" in item.keywords:
+                item.add_marker(skip)
+
+
+def build_or_skip(name: str) -> GuestImages:
+    if name != images.DEFAULT:
+        if shutil.which("mmdebstrap") is None:
+            pytest.skip("mmdebstrap is not installed (scripts/install-deps.sh installs it)")
+        if os.geteuid() != 0:
+            pytest.skip(f"building the {name} image needs root (mmdebstrap --mode=root)")
+    try:
+        return images.build(name)
+    except MirrorUnreachable as exc:
+        pytest.skip(f"the Debian package mirror is unreachable, so the {name} image cannot be "
+                    f"built: {str(exc).splitlines()[0]}")
+
+
+@pytest.fixture(scope="session")
+def default_image() -> GuestImages:
+    return build_or_skip(images.DEFAULT)
+
+
+@pytest.fixture(scope="session")
+def debian_image() -> GuestImages:
+    return build_or_skip("debian")
+
+
+@pytest.fixture(scope="session")
+def postgres_image() -> GuestImages:
+    return build_or_skip("postgres")
+
+
+@pytest.fixture(scope="module")
+def imgrepo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Repo]:
+    """A repository whose VMs use the shm backing; every VM left in it is killed at the end."""
+    with vm_repo(tmp_path_factory.mktemp("imgrepo"), "shm") as repo:
+        yield repo
+
+
+def vers(cwd: Path, *args: str, timeout: float = 300) -> str:
+    p = run_vers(cwd, *args, timeout=timeout)
+    assert p.returncode == 0, f"vers {args} failed ({p.returncode}): {p.stderr}"
+    return p.stdout
+
+
+def boot_args(image: GuestImages, disk: Path | None = None, name: str | None = None,
+              memory: str = MEMORY) -> list[str]:
+    """`vers run` arguments for ``image`` (the one place to switch to `vers run --image`)."""
+    args = ["run", "--kernel", str(image.kernel), "--initrd", str(image.initrd),
+            "--disk", str(disk or image.disk), "--memory", memory]
+    return args + (["--name", name] if name else [])
+
+
+def boot(repo: Repo, image: GuestImages, disk: Path | None = None, name: str | None = None,
+         memory: str = MEMORY) -> str:
+    """Boot ``image`` (or its kernel with ``disk``) through `vers run`; returns the VM ID."""
+    return vers(repo.root, *boot_args(image, disk, name, memory)).strip()
+
+
+def gexec(repo: Repo, vm: str, script: str, timeout: float = 120) -> str:
+    """Run ``script`` in the guest through `vers exec`; it must succeed."""
+    return vers(repo.root, "exec", vm, "--timeout", str(timeout), "--", script,
+                timeout=timeout + 30)
+
+
+def run_fails(repo: Repo, *args: str) -> subprocess.CompletedProcess[str]:
+    p = run_vers(repo.root, *args, timeout=300)
+    assert p.returncode != 0, f"vers {args} succeeded: {p.stdout}"
+    return p
