@@ -88,3 +88,9 @@ class BisectError(VersError):
 
 class MirrorUnreachable(VMError):
     """Building a guest image needs the Debian package mirror, and it cannot be reached."""
+
+
+class GuestTimeout(VMError):
+    """A guest command outlived its timeout (and was given up on)."""
+
+    exit_code = 124
