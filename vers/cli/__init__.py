@@ -10,6 +10,7 @@ from vers.cli import (
     images,  # noqa: F401
     maint,  # noqa: F401
     remote,  # noqa: F401
+    transfer,  # noqa: F401
     vm,  # noqa: F401
 )
 from vers.cli._group import cli

@@ -671,6 +671,12 @@ static void finish_channels(void) {
     }
 }
 
+static void drain_wake_pipe(void) {
+    char junk[64];
+    while (read(wake_pipe[0], junk, sizeof junk) > 0) {
+    }
+}
+
 int main(void) {
     if (pipe(wake_pipe) < 0)
         return 1;
@@ -743,23 +749,25 @@ int main(void) {
             return 1;
         if (r <= 0)
             continue;
-        if (fds[0].revents) {
-            char junk[64];
-            while (read(wake_pipe[0], junk, sizeof junk) > 0) {
+        if ((fds[1].revents & POLLHUP) && !(fds[1].revents & POLLIN)) {
+            /* nobody on the host side: drop everything, then sleep until SIGIO says the host
+             * side changed (or a second passes). The wake pipe is drained only after that
+             * sleep, so a SIGIO that came in since the poll above cuts it short. */
+            reset_session(1);
+            struct pollfd p = {.fd = port, .events = POLLIN};
+            if (poll(&p, 1, 0) == 1 && (p.revents & POLLHUP) && !(p.revents & POLLIN)) {
+                struct pollfd w = {.fd = wake_pipe[0], .events = POLLIN};
+                poll(&w, 1, 1000);
             }
+            drain_wake_pipe();
+            continue;
         }
+        if (fds[0].revents)
+            drain_wake_pipe();
         if (fds[1].revents & POLLIN)
             read_port();
         if (fds[1].revents & POLLOUT)
             write_port();
-        if ((fds[1].revents & POLLHUP) && !(fds[1].revents & POLLIN)) {
-            /* nobody on the host side: drop everything, then sleep until SIGIO says a host is
-             * there (or a second passes) */
-            reset_session(1);
-            struct pollfd w = {.fd = wake_pipe[0], .events = POLLIN};
-            poll(&w, 1, 1000);
-            continue;
-        }
         for (int k = 2; k < nf; k++) {
             struct channel *c = owner[k];
             if (!fds[k].revents || !c->used)
