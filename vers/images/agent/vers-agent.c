@@ -296,11 +296,10 @@ static void child_fail(const char *what, const char *arg, int code) {
 }
 
 static void child_exec(struct open_req *r, int fd_in, int fd_out, int fd_err, const char *slave) {
-    signal(SIGCHLD, SIG_DFL);
-    signal(SIGPIPE, SIG_DFL);
-    signal(SIGIO, SIG_DFL);
-    signal(SIGTERM, SIG_DFL);
-    signal(SIGHUP, SIG_DFL);
+    /* every signal back to its default: the agent was started in the background by the guest
+     * init, which leaves SIGINT and SIGQUIT ignored, and a shell on a pty must see Ctrl-C */
+    for (int sig = 1; sig < NSIG; sig++)
+        signal(sig, SIG_DFL);
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
