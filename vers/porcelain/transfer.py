@@ -441,8 +441,12 @@ move() {
     fi
 }
 if [ -n "$name" ]; then move "$tmp/$name" "$d"
-else for e in "$tmp"/* "$tmp"/.[!.]*; do [ -e "$e" ] || [ -h "$e" ] && move "$e" "$dir/"; done
+else
+    for e in "$tmp"/* "$tmp"/.[!.]*; do
+        if [ -e "$e" ] || [ -h "$e" ]; then move "$e" "$dir/${e##*/}"; fi
+    done
 fi
+exit 0
 '''
 
 
