@@ -55,7 +55,11 @@ def exec_command(repo: Repo, vm: str | None, command: list[str], *, workdir: str
     argv = ["/bin/sh", "-c", command[0]] if len(command) == 1 else command
     deadline = time.monotonic() + timeout
     interrupted = False
-    with agent.open_channel(rec.agent_sock, argv, env=env, cwd=workdir, stdin=forward) as ch:
+    try:
+        ch = agent.open_channel(rec.agent_sock, argv, env=env, cwd=workdir, stdin=forward)
+    except agent.LegacyAgent:
+        return _legacy_exec(rec, command, workdir, env, timeout)
+    with ch:
         if forward:
             threading.Thread(target=_pump_stdin, args=(ch,), daemon=True).start()
         while True:
@@ -73,6 +77,19 @@ def exec_command(repo: Repo, vm: str | None, command: list[str], *, workdir: str
             if ev.kind == "exit":
                 return ev.code
             os.write(1 if ev.kind == "stdout" else 2, ev.data)
+
+
+def _legacy_exec(rec: VMRecord, command: list[str], workdir: str | None,
+                 env: dict[str, str] | None, timeout: float) -> int:
+    """A guest restored from a commit of an earlier vers runs the old shell agent: the command
+    runs, without stdin, and its output arrives when it ends."""
+    if workdir or env:
+        raise VMError(f"VM {rec.id} runs the agent of an earlier vers (restored from an old "
+                      "commit): it takes no -w or -e")
+    res = agent.legacy_exec(rec.agent_sock, agent.command_script(command), timeout)
+    os.write(1, res.stdout)
+    os.write(2, res.stderr)
+    return res.returncode
 
 
 def _pump_stdin(ch: agent.Channel) -> None:
