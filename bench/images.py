@@ -32,8 +32,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.vm import bare_start_ms, gexec, qemu_full_migrate_pause, store_bytes
 from vers import images
 from vers.objects.model import PAGE_SIZE
+from vers.porcelain import vm as verbs
 from vers.repo import Repo
-from vers.vmm import lifecycle, snapshot
+from vers.vmm.boot import RunOptions
+from vers.vmm.branch import branch_vm
+from vers.vmm.commit import commit_vm
+from vers.vmm.memory import default_backing
 
 GiB = 1 << 30
 INSERT = ("psql -qc \"CREATE TABLE IF NOT EXISTS bench (id serial PRIMARY KEY, v text); "
@@ -57,26 +61,26 @@ def bench_image(name: str, img: images.GuestImages, repeat: int, work: Path,
     res: dict[str, Any] = {"image": name, "backing": backing}
     try:
         t0 = time.perf_counter()
-        rec = lifecycle.run_vm(repo, lifecycle.RunOptions(
+        rec = verbs.run(repo, RunOptions(
             memory=GiB, kernel=str(img.kernel), initrd=str(img.initrd), disks=(str(img.disk),),
             memory_backing=backing, make_current=False))
         res["boot_to_agent_s"] = round(time.perf_counter() - t0, 2)
-        snapshot.commit_vm(repo, rec.id, "first (full)")
+        commit_vm(repo, rec.id, "first (full)")
         pauses = []
         for i in range(repeat):
             gexec(rec, "dd if=/dev/urandom of=/tmp/dirty bs=4096 count=2621 conv=notrunc "
                        "2>/dev/null")
-            _, tm = snapshot.commit_vm(repo, rec.id, f"incremental {i}")
+            _, tm = commit_vm(repo, rec.id, f"incremental {i}")
             pauses.append(tm.pause)
         res["commit_pause_ms"] = statistics.median(pauses)
         res["qemu_full_migrate_pause_ms"] = statistics.median(
             qemu_full_migrate_pause(rec, work / "full.migrate")[0] for _ in range(repeat))
         bpause, bready = [], []
         for _ in range(repeat):
-            children, tm = snapshot.branch_vm(repo, rec.id)
+            children, tm = branch_vm(repo, rec.id)
             bpause.append(tm.pause)
             bready.append(tm.extra["child_ready_ms"])
-            lifecycle.kill_vms(repo, [c.id for c in children])
+            verbs.kill(repo, [c.id for c in children])
             time.sleep(0.5)
         res["branch_pause_ms"] = statistics.median(bpause)
         res["child_ready_ms"] = statistics.median(bready)
@@ -87,14 +91,14 @@ def bench_image(name: str, img: images.GuestImages, repeat: int, work: Path,
             for _ in range(repeat + 3):  # the first rounds warm LMDB up; keep the last ones
                 gexec(rec, INSERT)
                 before = store_bytes(repo)
-                _, tm = snapshot.commit_vm(repo, rec.id, "1000 rows")
+                _, tm = commit_vm(repo, rec.id, "1000 rows")
                 growth.append(store_bytes(repo) - before)
                 disk = sum(tm.extra["disk_dirty_pages"].values())
                 changed.append(((tm.extra["memory_dirty_pages"] or 0) + disk) * PAGE_SIZE)
             res["insert_store_growth_bytes"] = statistics.median(growth[3:])
             res["insert_changed_bytes"] = statistics.median(changed[3:])
     finally:
-        lifecycle.kill_vms(repo, [s.id for s in lifecycle.list_vms(repo)])
+        verbs.kill(repo, [s.id for s in verbs.ps(repo)])
         repo.close()
     return res
 
@@ -104,7 +108,7 @@ def main() -> int:
     ap.add_argument("--images", default="default,debian,postgres")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--cached", action="store_true", help="reuse built images (no build times)")
-    ap.add_argument("--backing", default=lifecycle.default_backing(),
+    ap.add_argument("--backing", default=default_backing(),
                     help="guest RAM backing (default: fuse where FUSE works, as for vers run)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()

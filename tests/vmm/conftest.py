@@ -53,7 +53,9 @@ def gexec(rec: Any, script: str, timeout: float = 60) -> str:
 
 
 def counter(rec: Any) -> int:
-    return int(gexec(rec, "cat /tmp/counter").strip())
+    """The counter's value; 0 until its first write (the agent answers faster than a
+    backgrounded shell starts)."""
+    return int(gexec(rec, "cat /tmp/counter 2>/dev/null || echo 0").strip())
 
 
 def wait_counter_above(rec: Any, value: int, timeout: float = 20) -> int:

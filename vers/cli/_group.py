@@ -35,8 +35,8 @@ COMMAND_MODULES: dict[str, str] = {
     "fsck": "maint", "gc": "maint",
     "remote": "remote", "push": "remote", "fetch": "remote", "pull": "remote", "clone": "remote",
     "run": "vm", "ps": "vm", "status": "vm", "pause": "vm", "resume": "vm", "kill": "vm",
-    "console": "vm", "exec": "vm", "commit": "vm", "branch": "vm", "run-commit": "vm",
-    "checkout": "vm",
+    "console": "vm", "commit": "vm", "branch": "vm", "run-commit": "vm", "checkout": "vm",
+    "exec": "transfer", "cp": "transfer", "connect": "transfer", "shell": "transfer",
 }
 
 

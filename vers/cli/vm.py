@@ -1,5 +1,6 @@
-"""vers CLI commands of the VM driver: run, ps, status, pause, resume, kill, console, exec,
-commit, branch, run-commit, checkout. Each parses arguments and calls vers.porcelain.vm."""
+"""vers CLI commands of the VM driver: run, ps, status, pause, resume, kill, console, commit,
+branch, run-commit, checkout (exec, cp and connect are in vers/cli/transfer.py). Each parses
+arguments and calls vers.porcelain.vm."""
 
 from __future__ import annotations
 
@@ -117,20 +118,6 @@ def console(vm: str | None, follow: bool) -> None:
             out.flush()
     except KeyboardInterrupt:
         pass
-
-
-@cli.command(name="exec", context_settings={"ignore_unknown_options": True})
-@click.argument("vm")
-@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-@click.option("--timeout", default=300.0, show_default=True, type=float)
-def exec_(vm: str, command: tuple[str, ...], timeout: float) -> None:
-    """Run COMMAND in the guest (vers exec VM -- CMD...); exits with its exit code."""
-    res = verbs.exec_in(open_repo(), vm, list(command), timeout)
-    sys.stdout.buffer.write(res.stdout)
-    sys.stdout.buffer.flush()
-    sys.stderr.buffer.write(res.stderr)
-    sys.stderr.buffer.flush()
-    sys.exit(res.returncode)
 
 
 @cli.command()

@@ -86,7 +86,7 @@ def add_vers_files(root: Path, with_busybox: bool) -> None:
             (root / d).mkdir()
     sbin = resolve_in_root(root, "sbin") or root / "sbin"
     write_exec(sbin / "vers-init", guestfs.GUEST_INIT)
-    write_exec(sbin / "vers-agent", guestfs.GUEST_AGENT)
+    guestfs.install_agent(sbin / "vers-agent")
     if with_busybox:
         shutil.copy2(static_busybox(), sbin / "busybox-vers")
         (sbin / "busybox-vers").chmod(0o755)

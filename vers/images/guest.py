@@ -59,7 +59,7 @@ def cache_root() -> Path:
 
 def scripts_hash() -> str:
     h = hashlib.sha256()
-    for text in (guestfs.INITRAMFS_INIT, guestfs.GUEST_INIT, guestfs.GUEST_AGENT, BASE_CMDLINE):
+    for text in (guestfs.INITRAMFS_INIT, guestfs.GUEST_INIT, guestfs.AGENT_SOURCE, BASE_CMDLINE):
         h.update(text.encode())
         h.update(b"\0")
     h.update(repr(MODULES).encode())
@@ -171,7 +171,7 @@ def _build_initramfs(tree: Path, kver: str, busybox: Path, work: Path, out: Path
             shutil.copy2(src, moddir / f"{name}.ko")
     write_exec(root / "init", guestfs.INITRAMFS_INIT)
     write_exec(root / "sbin" / "vers-init", guestfs.GUEST_INIT)
-    write_exec(root / "sbin" / "vers-agent", guestfs.GUEST_AGENT)
+    guestfs.install_agent(root / "sbin" / "vers-agent")
     files = sorted(str(p.relative_to(root)) for p in root.rglob("*"))
     cpio = subprocess.run(
         ["cpio", "-o", "-H", "newc", "-R", "0:0", "--quiet"],
@@ -193,7 +193,7 @@ def _build_disk(busybox: Path, work: Path, out: Path) -> None:
     root = work / "rootfs"
     populate_busybox(root, busybox)
     write_exec(root / "sbin" / "vers-init", guestfs.GUEST_INIT)
-    write_exec(root / "sbin" / "vers-agent", guestfs.GUEST_AGENT)
+    guestfs.install_agent(root / "sbin" / "vers-agent")
     (root / "etc" / "hostname").write_text("vers-guest\n")
     (root / "etc" / "vers-guest").write_text("default vers guest, built by vers.images.guest\n")
     with open(out, "wb") as f:

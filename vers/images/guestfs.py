@@ -1,18 +1,22 @@
-"""The scripts baked into every guest: initramfs /init, the guest init and the agent.
+"""What vers bakes into every guest: the initramfs /init, the guest init and the agent.
 
-Kept as Python strings (not package data files) so that any install of vers, editable or not,
-can build guests. Their hash is part of every image's cache key, so editing them rebuilds images.
+The two scripts are Python strings; the agent is a small C program (vers/images/agent, package
+data) compiled at image-build time. Their text is part of every image's cache key, so editing them
+rebuilds images.
 
-The init and agent run with the root file system's own ``/bin/sh``. When vers added a static
-busybox to a root it did not build (``/sbin/busybox-vers``: busybox runs ``busybox* APPLET ARGS``
-only under a name starting with busybox; see docs/guests.md), they take their tools from it, so a
-root without ``base64`` or ``mount`` still boots; ``vers exec`` commands always run with the root's
-own ``sh`` and PATH.
+The init runs with the root file system's own ``/bin/sh``. When vers added a static busybox to a
+root it did not build (``/sbin/busybox-vers``: busybox runs ``busybox* APPLET ARGS``
+only under a name starting with busybox; see docs/guests.md), the init takes its tools from
+it, so a root without ``mount`` still boots; ``vers exec`` commands always run with the root's own
+``sh`` and PATH. The agent is static and needs nothing from the root.
 """
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
+
+from vers.errors import VMError
 
 #: Every line the initramfs prints when it refuses a root disk starts with this.
 INITRAMFS_ERROR = "vers-initramfs: error:"
@@ -47,6 +51,11 @@ fi
 mkdir -p /newroot
 err=$(mount -t ext4 /dev/vda /newroot 2>&1) ||
     fail "cannot mount /dev/vda as ext4 (${err##*: }): vers boots ext4 root file systems only"
+if [ -x /newroot/sbin/vers-init ] && ! cmp -s /sbin/vers-agent /newroot/sbin/vers-agent; then
+    # a root prepared by an earlier vers: its agent may speak an older protocol
+    cp /sbin/vers-agent /newroot/sbin/vers-agent 2>/dev/null ||
+        echo "vers-initramfs: cannot update the agent on the root file system"
+fi
 if [ ! -x /newroot/sbin/vers-init ]; then
     mkdir -p /newroot/sbin && cp /bin/busybox /newroot/sbin/busybox-vers ||
         fail "cannot add vers' init to the root file system (read-only or full?)"
@@ -93,34 +102,28 @@ echo "vers-guest: ready"
 while true; do $bb sleep 3600; done
 '''
 
-GUEST_AGENT = r'''#!/bin/sh
-# vers guest agent on the virtio-serial port named "vers.agent".
-# Request: one line "ID BASE64(script)". Reply: "ID OUT", base64 of stdout, "ID ERR", base64 of
-# stderr, "ID END RC". The port stays open for the agent's whole life: the virtio console driver
-# drops data that arrives for a port nobody holds open, and read() returns EOF (not blocks) while no
-# host client is connected, hence the sleep-and-retry.
-export PATH=/bin:/sbin:/usr/bin:/usr/sbin
-bb=
-[ -x /sbin/busybox-vers ] && bb=/sbin/busybox-vers
-port=
-while [ -z "$port" ]; do
-    for p in /sys/class/virtio-ports/*; do
-        [ "$($bb cat "$p/name" 2>/dev/null)" = vers.agent ] && port=/dev/${p##*/}
-    done
-    [ -n "$port" ] || $bb sleep 0.1
-done
-exec 3<>"$port"
-w=/tmp/.vers-agent
-$bb mkdir -p $w
-while true; do
-    if ! read -r id b64 <&3; then $bb sleep 0.05; continue; fi
-    [ -n "$id" ] || continue
-    echo "$b64" | $bb base64 -d >$w/cmd 2>/dev/null
-    (cd /root && exec sh $w/cmd) </dev/null >$w/out 2>$w/err 3>&-
-    rc=$?
-    { echo "$id OUT"; $bb base64 $w/out; echo "$id ERR"; $bb base64 $w/err; echo "$id END $rc"; } >&3
-done
-'''
+#: The agent's C source (vers/images/agent/vers-agent.c): its text is part of every image's cache
+#: key, and ``install_agent`` compiles it into the image.
+AGENT_SOURCE_PATH = Path(__file__).parent / "agent" / "vers-agent.c"
+AGENT_SOURCE = AGENT_SOURCE_PATH.read_text()
+
+
+def install_agent(dest: Path) -> None:
+    """Compile the guest agent with the host's gcc, statically (it must run in any x86_64 root,
+    whatever its libc), into ``dest``."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.build")
+    cmd = ["gcc", "-static", "-O2", "-std=c99", "-Wall", "-o", str(tmp), str(AGENT_SOURCE_PATH)]
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    except FileNotFoundError as exc:
+        raise VMError("building the guest agent needs gcc and libc6-dev: "
+                      "apt-get install gcc libc6-dev") from exc
+    if res.returncode != 0:
+        raise VMError(f"compiling the guest agent failed: {' '.join(cmd)}\n"
+                      f"{res.stderr.strip()[-2000:]}")
+    tmp.chmod(0o755)
+    tmp.replace(dest)
 
 
 def initramfs_error(serial_log: Path) -> str | None:

@@ -51,7 +51,7 @@ class Recipe:
         """Hash of everything that goes into the image: its cache directory carries it."""
         h = hashlib.sha256()
         parts = [BUILDER_VERSION, SUITE, self.name, *self.packages, *DPKG_OPTIONS, *self.hooks,
-                 guestfs.GUEST_INIT, guestfs.GUEST_AGENT, str(self.free_space)]
+                 guestfs.GUEST_INIT, guestfs.AGENT_SOURCE, str(self.free_space)]
         parts += [f"{f.path}\0{f.mode:o}\0{f.content}" for f in self.files]
         for p in parts:
             h.update(p.encode())

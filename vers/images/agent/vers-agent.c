@@ -1,0 +1,785 @@
+/*
+ * vers-agent: the guest side of `vers exec`, `vers cp` and `vers connect`.
+ *
+ * One virtio-serial port (named "vers.agent") carries a multiplexed, framed protocol (the spec is
+ * docs/guests.md, the host side vers/vmm/agent.py). Every frame is
+ *
+ *     [type u8][channel u32 LE][length u32 LE][payload: length bytes]
+ *
+ * The host opens channels; each runs one command (fork, setsid, exec), with pipes or a pty, and
+ * streams its stdin, stdout and stderr as frames. Per-channel credit windows bound every buffer:
+ * the agent reads a command's output only while the host has granted room for it, and the host
+ * sends stdin only while the agent has granted room, so a slow reader stalls only its own channel
+ * and the agent never needs the guest's disk or /tmp.
+ *
+ * The host may disconnect at any time (the vers process ended, the VM was restored or branched
+ * into a new QEMU). The agent notices it by POLLHUP on the port, or by the host's next HELLO, and
+ * then drops every channel (SIGTERM to its process group, SIGKILL two seconds later).
+ *
+ * Plain C99 + POSIX, linked statically: it runs in any x86_64 root whatever its libc.
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <termios.h>
+#include <time.h>
+#include <unistd.h>
+
+#define PROTO_MAJOR 1
+#define PROTO_MINOR 0
+
+enum {
+    F_NOP = 0, F_HELLO = 1, F_OPEN = 2, F_STDIN = 3, F_STDOUT = 4, F_STDERR = 5, F_EXIT = 6,
+    F_SIGNAL = 7, F_RESIZE = 8, F_CREDIT = 9, F_CLOSE = 10, F_ERROR = 11, F_MAX = 11
+};
+
+#define HDR 9
+#define WINDOW (1u << 20)           /* credit a channel starts with, each way */
+#define MAX_IN_FRAME (256u << 10)   /* the host never sends a bigger payload */
+#define OUT_CHUNK (64u << 10)       /* stdout/stderr frames carry at most this */
+#define OUT_HIGH (512u << 10)       /* stop reading commands while this much waits for the port */
+#define MAX_CHANNELS 64
+#define KILL_GRACE_MS 2000
+
+static const char MAGIC[] = "VERS-AGENT-HELLO/";
+
+struct buf {
+    unsigned char *p;
+    size_t off, len, cap;
+};
+
+struct channel {
+    int used;
+    uint32_t id;
+    pid_t pid;          /* 0 once reaped */
+    int status;
+    int in_fd, out_fd, err_fd;  /* -1 when closed; with a pty all three are the master */
+    int pty;
+    int stdin_eof;      /* the host sent STDIN EOF */
+    struct buf in;      /* stdin waiting for the command */
+    uint32_t out_credit;  /* bytes of output the host has room for */
+    uint32_t in_done;   /* stdin bytes written since the last CREDIT */
+};
+
+struct dying {
+    pid_t pgid;
+    long long kill_at;
+};
+
+static int port = -1;
+static int synced;           /* a HELLO was seen on the current host connection */
+static struct buf inbuf, outbuf;
+static struct channel chans[MAX_CHANNELS];
+static struct dying dying[MAX_CHANNELS * 2];
+static int wake_pipe[2];
+
+static long long now_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+static void on_signal(int sig) {
+    int saved = errno;
+    char c = (char)sig;
+    ssize_t r = write(wake_pipe[1], &c, 1);
+    (void)r;
+    errno = saved;
+}
+
+static void buf_reserve(struct buf *b, size_t more) {
+    if (b->off && b->off + b->len + more > b->cap) {
+        memmove(b->p, b->p + b->off, b->len);
+        b->off = 0;
+    }
+    if (b->off + b->len + more > b->cap) {
+        size_t cap = b->cap ? b->cap : 65536;
+        while (cap < b->off + b->len + more)
+            cap *= 2;
+        unsigned char *np = realloc(b->p, cap);
+        if (!np) {
+            fprintf(stderr, "vers-agent: out of memory\n");
+            exit(1);
+        }
+        b->p = np;
+        b->cap = cap;
+    }
+}
+
+static void buf_append(struct buf *b, const void *data, size_t n) {
+    buf_reserve(b, n);
+    memcpy(b->p + b->off + b->len, data, n);
+    b->len += n;
+}
+
+static void buf_consume(struct buf *b, size_t n) {
+    b->off += n;
+    b->len -= n;
+    if (!b->len)
+        b->off = 0;
+}
+
+static void buf_free(struct buf *b) {
+    free(b->p);
+    memset(b, 0, sizeof *b);
+}
+
+static void put_u32(unsigned char *p, uint32_t v) {
+    p[0] = v & 0xff; p[1] = (v >> 8) & 0xff; p[2] = (v >> 16) & 0xff; p[3] = (v >> 24) & 0xff;
+}
+
+static uint32_t get_u32(const unsigned char *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
+/* Appends a frame header; the caller appends exactly len payload bytes. */
+static void frame_header(int type, uint32_t chan, uint32_t len) {
+    unsigned char h[HDR];
+    h[0] = (unsigned char)type;
+    put_u32(h + 1, chan);
+    put_u32(h + 5, len);
+    buf_append(&outbuf, h, HDR);
+}
+
+static void send_frame(int type, uint32_t chan, const void *data, uint32_t len) {
+    frame_header(type, chan, len);
+    if (len)
+        buf_append(&outbuf, data, len);
+}
+
+static void send_u32(int type, uint32_t chan, uint32_t v) {
+    unsigned char p[4];
+    put_u32(p, v);
+    send_frame(type, chan, p, 4);
+}
+
+static void send_error(uint32_t chan, const char *msg) {
+    send_frame(F_ERROR, chan, msg, (uint32_t)strlen(msg));
+}
+
+static struct channel *find_channel(uint32_t id) {
+    for (int i = 0; i < MAX_CHANNELS; i++)
+        if (chans[i].used && chans[i].id == id)
+            return &chans[i];
+    return NULL;
+}
+
+static void close_fd(int *fd) {
+    if (*fd >= 0)
+        close(*fd);
+    *fd = -1;
+}
+
+static void close_io(struct channel *c) {
+    if (c->pty) {
+        close_fd(&c->out_fd);
+        c->in_fd = c->err_fd = -1;
+    } else {
+        close_fd(&c->in_fd);
+        close_fd(&c->out_fd);
+        close_fd(&c->err_fd);
+    }
+}
+
+static void free_channel(struct channel *c) {
+    close_io(c);
+    buf_free(&c->in);
+    memset(c, 0, sizeof *c);
+    c->in_fd = c->out_fd = c->err_fd = -1;
+}
+
+/* The host is gone or started over: stop the command (TERM now, KILL after a grace period). */
+static void drop_channel(struct channel *c) {
+    if (c->pid > 0) {
+        kill(-c->pid, SIGTERM);
+        kill(-c->pid, SIGCONT);
+        for (size_t i = 0; i < sizeof dying / sizeof dying[0]; i++) {
+            if (!dying[i].pgid) {
+                dying[i].pgid = c->pid;
+                dying[i].kill_at = now_ms() + KILL_GRACE_MS;
+                break;
+            }
+        }
+    }
+    free_channel(c);
+}
+
+static void drop_all(void) {
+    for (int i = 0; i < MAX_CHANNELS; i++)
+        if (chans[i].used)
+            drop_channel(&chans[i]);
+}
+
+/* Drops every channel and what waits for the port; ``lost``: the host went away, so what it
+ * sent last is stale too. */
+static void reset_session(int lost) {
+    drop_all();
+    outbuf.off = outbuf.len = 0;
+    if (lost) {
+        inbuf.off = inbuf.len = 0;
+        synced = 0;
+    }
+}
+
+/* -- opening a channel ------------------------------------------------------------------- */
+
+struct open_req {
+    char **argv;
+    int argc;
+    char **env;
+    int envc;
+    const char *cwd;
+    int pty, want_stdin;
+    unsigned rows, cols;
+};
+
+static int set_nonblock(int fd) {
+    int fl = fcntl(fd, F_GETFL);
+    return fl < 0 ? -1 : fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+}
+
+/* Payload: NUL-terminated "key=value" entries: argv= (repeated, in order), env=K=V (repeated),
+ * cwd=, pty=0|1, rows=, cols=, stdin=0|1. */
+static int parse_open(unsigned char *p, uint32_t len, struct open_req *r) {
+    memset(r, 0, sizeof *r);
+    r->cwd = NULL;
+    r->want_stdin = 1;
+    r->rows = 24;
+    r->cols = 80;
+    if (!len || p[len - 1] != 0)
+        return -1;
+    int n = 0;
+    for (uint32_t i = 0; i < len; i++)
+        n += p[i] == 0;
+    r->argv = calloc((size_t)n + 1, sizeof(char *));
+    r->env = calloc((size_t)n + 1, sizeof(char *));
+    if (!r->argv || !r->env)
+        return -1;
+    for (uint32_t i = 0; i < len;) {
+        char *kv = (char *)p + i;
+        i += (uint32_t)strlen(kv) + 1;
+        if (!strncmp(kv, "argv=", 5))
+            r->argv[r->argc++] = kv + 5;
+        else if (!strncmp(kv, "env=", 4))
+            r->env[r->envc++] = kv + 4;
+        else if (!strncmp(kv, "cwd=", 4))
+            r->cwd = kv + 4;
+        else if (!strncmp(kv, "pty=", 4))
+            r->pty = atoi(kv + 4);
+        else if (!strncmp(kv, "stdin=", 6))
+            r->want_stdin = atoi(kv + 6);
+        else if (!strncmp(kv, "rows=", 5))
+            r->rows = (unsigned)atoi(kv + 5);
+        else if (!strncmp(kv, "cols=", 5))
+            r->cols = (unsigned)atoi(kv + 5);
+    }
+    return r->argc ? 0 : -1;
+}
+
+static void child_fail(const char *what, const char *arg, int code) {
+    char msg[512];
+    int n = snprintf(msg, sizeof msg, "vers-agent: %s %s: %s\n", what, arg, strerror(errno));
+    ssize_t w = write(2, msg, n > 0 ? (size_t)n : 0);
+    (void)w;
+    _exit(code);
+}
+
+static void child_exec(struct open_req *r, int fd_in, int fd_out, int fd_err, const char *slave) {
+    /* every signal back to its default: the agent was started in the background by the guest
+     * init, which leaves SIGINT and SIGQUIT ignored, and a shell on a pty must see Ctrl-C */
+    for (int sig = 1; sig < NSIG; sig++)
+        signal(sig, SIG_DFL);
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+    setsid();
+    if (slave) {
+        int s = open(slave, O_RDWR);
+        if (s < 0)
+            _exit(126);
+        ioctl(s, TIOCSCTTY, 0);
+        fd_in = fd_out = fd_err = s;
+    }
+    if (dup2(fd_in, 0) < 0 || dup2(fd_out, 1) < 0 || dup2(fd_err, 2) < 0)
+        _exit(126);
+    for (int fd = 3; fd < 1024; fd++)
+        close(fd);
+    for (int i = 0; i < r->envc; i++)
+        putenv(r->env[i]);
+    if (r->cwd && chdir(r->cwd) < 0)
+        child_fail("cannot change directory to", r->cwd, 126);
+    if (!r->cwd && chdir("/root") < 0 && chdir("/") < 0)
+        _exit(126);
+    execvp(r->argv[0], r->argv);
+    child_fail("cannot run", r->argv[0], errno == ENOENT ? 127 : 126);
+}
+
+static void open_channel(uint32_t id, unsigned char *p, uint32_t len) {
+    struct open_req r;
+    struct channel *c = NULL;
+    if (find_channel(id)) {
+        send_error(id, "channel already open");
+        return;
+    }
+    for (int i = 0; i < MAX_CHANNELS && !c; i++)
+        if (!chans[i].used)
+            c = &chans[i];
+    if (!c) {
+        send_error(id, "too many channels open");
+        return;
+    }
+    if (parse_open(p, len, &r) < 0) {
+        send_error(id, "malformed OPEN request");
+        goto out;
+    }
+    int in[2] = {-1, -1}, out[2] = {-1, -1}, err[2] = {-1, -1}, master = -1;
+    char *slave = NULL;
+    if (r.pty) {
+        master = posix_openpt(O_RDWR | O_NOCTTY);
+        if (master < 0 || grantpt(master) < 0 || unlockpt(master) < 0 ||
+            !(slave = ptsname(master))) {
+            send_error(id, "cannot allocate a pty");
+            close_fd(&master);
+            goto out;
+        }
+        struct winsize ws = {.ws_row = (unsigned short)r.rows, .ws_col = (unsigned short)r.cols};
+        ioctl(master, TIOCSWINSZ, &ws);
+    } else {
+        if (pipe(out) < 0 || pipe(err) < 0 ||
+            (r.want_stdin ? pipe(in) : ((in[0] = open("/dev/null", O_RDONLY)) < 0 ? -1 : 0)) < 0) {
+            send_error(id, "cannot create pipes");
+            goto fail_pipes;
+        }
+    }
+    pid_t pid = fork();
+    if (pid < 0) {
+        send_error(id, "fork failed");
+        close_fd(&master);
+        goto fail_pipes;
+    }
+    if (pid == 0)
+        child_exec(&r, in[0], out[1], err[1], slave);
+    memset(c, 0, sizeof *c);
+    c->used = 1;
+    c->id = id;
+    c->pid = pid;
+    c->out_credit = WINDOW;
+    if (r.pty) {
+        c->pty = 1;
+        c->in_fd = c->out_fd = c->err_fd = master;
+        set_nonblock(master);
+        c->err_fd = -1;
+    } else {
+        close(in[0]);
+        close(out[1]);
+        close(err[1]);
+        c->in_fd = in[1];
+        c->out_fd = out[0];
+        c->err_fd = err[0];
+        set_nonblock(out[0]);
+        set_nonblock(err[0]);
+        if (c->in_fd >= 0)
+            set_nonblock(c->in_fd);
+        else
+            c->stdin_eof = 1;
+    }
+    goto out;
+fail_pipes:
+    for (int i = 0; i < 2; i++) {
+        close_fd(&in[i]);
+        close_fd(&out[i]);
+        close_fd(&err[i]);
+    }
+out:
+    free(r.argv);
+    free(r.env);
+}
+
+/* -- frames from the host ---------------------------------------------------------------- */
+
+static void hello(void) {
+    reset_session(0);
+    synced = 1;
+    char msg[64];
+    int n = snprintf(msg, sizeof msg, "%s%d.%d\n", MAGIC, PROTO_MAJOR, PROTO_MINOR);
+    send_frame(F_HELLO, 0, msg, (uint32_t)n);
+}
+
+static void host_frame(int type, uint32_t id, unsigned char *p, uint32_t len) {
+    struct channel *c = type == F_OPEN || type == F_NOP ? NULL : find_channel(id);
+    switch (type) {
+    case F_NOP:
+        return;
+    case F_OPEN:
+        open_channel(id, p, len);
+        return;
+    default:
+        break;
+    }
+    if (!c)
+        return;  /* a channel that already ended: the host learns that from its EXIT */
+    switch (type) {
+    case F_STDIN:
+        if (!len)
+            c->stdin_eof = 1;
+        else if (c->in_fd >= 0)
+            buf_append(&c->in, p, len);
+        break;
+    case F_SIGNAL:
+        if (len >= 4 && c->pid > 0)
+            kill(-c->pid, (int)get_u32(p));
+        break;
+    case F_RESIZE:
+        if (len >= 4 && c->pty) {
+            struct winsize ws = {.ws_row = (unsigned short)(p[0] | p[1] << 8),
+                                 .ws_col = (unsigned short)(p[2] | p[3] << 8)};
+            ioctl(c->out_fd, TIOCSWINSZ, &ws);
+        }
+        break;
+    case F_CREDIT:
+        if (len >= 4)
+            c->out_credit += get_u32(p);
+        break;
+    case F_CLOSE:
+        drop_channel(c);
+        break;
+    }
+}
+
+/* Parses complete frames out of inbuf. Until the connection's HELLO, and after anything that
+ * cannot be a frame, only the HELLO magic is looked for: stale bytes of an earlier connection (a
+ * frame cut short when its vers process died) are skipped, never taken as commands. */
+static void parse_input(void) {
+    for (;;) {
+        unsigned char *p = inbuf.p + inbuf.off;
+        size_t n = inbuf.len;
+        if (!synced) {
+            unsigned char *m = memmem(p, n, MAGIC, sizeof MAGIC - 1);
+            if (!m) {
+                size_t keep = sizeof MAGIC - 2;
+                if (n > keep)
+                    buf_consume(&inbuf, n - keep);
+                return;
+            }
+            unsigned char *nl = memchr(m, '\n', n - (size_t)(m - p));
+            if (!nl)
+                return;
+            buf_consume(&inbuf, (size_t)(nl + 1 - p));
+            hello();
+            continue;
+        }
+        if (n < HDR)
+            return;
+        int type = p[0];
+        uint32_t id = get_u32(p + 1), len = get_u32(p + 5);
+        if (type > F_MAX || len > MAX_IN_FRAME || (type == F_NOP && (id || len))) {
+            synced = 0;
+            buf_consume(&inbuf, 1);
+            continue;
+        }
+        if (n < HDR + (size_t)len)
+            return;
+        if (type == F_HELLO) {
+            buf_consume(&inbuf, HDR + len);
+            hello();
+            continue;
+        }
+        host_frame(type, id, p + HDR, len);
+        buf_consume(&inbuf, HDR + len);
+    }
+}
+
+/* -- the port ---------------------------------------------------------------------------- */
+
+static int open_port(void) {
+    for (;;) {
+        DIR *d = opendir("/sys/class/virtio-ports");
+        struct dirent *e;
+        while (d && (e = readdir(d))) {
+            char path[300], name[64] = "";
+            snprintf(path, sizeof path, "/sys/class/virtio-ports/%s/name", e->d_name);
+            FILE *f = fopen(path, "r");
+            if (!f)
+                continue;
+            if (!fgets(name, sizeof name, f))
+                name[0] = 0;
+            fclose(f);
+            name[strcspn(name, "\n")] = 0;
+            if (!strcmp(name, "vers.agent")) {
+                snprintf(path, sizeof path, "/dev/%s", e->d_name);
+                closedir(d);
+                int fd = open(path, O_RDWR | O_NONBLOCK | O_CLOEXEC);
+                if (fd < 0) {
+                    perror("vers-agent: open port");
+                    exit(1);
+                }
+                /* SIGIO on host connect/disconnect: no busy loop while nobody is connected */
+                fcntl(fd, F_SETOWN, getpid());
+                fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_ASYNC);
+                return fd;
+            }
+        }
+        if (d)
+            closedir(d);
+        usleep(100000);
+    }
+}
+
+static void read_port(void) {
+    for (int i = 0; i < 16; i++) {
+        buf_reserve(&inbuf, 256 << 10);
+        ssize_t r = read(port, inbuf.p + inbuf.off + inbuf.len, 256 << 10);
+        if (r > 0) {
+            inbuf.len += (size_t)r;
+            parse_input();
+            continue;
+        }
+        if (r == 0)  /* no host connected */
+            reset_session(1);
+        return;
+    }
+}
+
+static void write_port(void) {
+    while (outbuf.len) {
+        ssize_t w = write(port, outbuf.p + outbuf.off, outbuf.len);
+        if (w <= 0)
+            return;
+        buf_consume(&outbuf, (size_t)w);
+    }
+}
+
+/* -- commands ---------------------------------------------------------------------------- */
+
+/* Reads what a command wrote, as far as the host's credit and our port backlog allow.
+ * Returns 1 when the fd is exhausted for now (EAGAIN) or closed, 0 when stopped by credit. */
+static int pump_output(struct channel *c, int *fd, int type) {
+    while (*fd >= 0) {
+        if (!c->out_credit || outbuf.len >= OUT_HIGH)
+            return 0;
+        uint32_t want = c->out_credit < OUT_CHUNK ? c->out_credit : OUT_CHUNK;
+        buf_reserve(&outbuf, HDR + want);
+        unsigned char *dst = outbuf.p + outbuf.off + outbuf.len + HDR;
+        ssize_t r = read(*fd, dst, want);
+        if (r > 0) {
+            frame_header(type, c->id, (uint32_t)r);
+            outbuf.len += (size_t)r;
+            c->out_credit -= (uint32_t)r;
+            continue;
+        }
+        if (r < 0 && errno == EAGAIN)
+            return 1;
+        if (r < 0 && errno == EINTR)
+            continue;
+        /* EOF, or EIO from a pty master once every slave holder is gone */
+        if (c->pty) {
+            close_fd(fd);
+            c->in_fd = -1;
+        } else {
+            close_fd(fd);
+        }
+        return 1;
+    }
+    return 1;
+}
+
+static void pump_stdin(struct channel *c) {
+    while (c->in_fd >= 0 && c->in.len) {
+        ssize_t w = write(c->in_fd, c->in.p + c->in.off, c->in.len);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w < 0 && errno == EAGAIN)
+            break;
+        if (w < 0) {  /* EPIPE: the command stopped reading; what is left is dropped */
+            c->in_done += (uint32_t)c->in.len;
+            c->in.len = c->in.off = 0;
+            if (!c->pty)
+                close_fd(&c->in_fd);
+            break;
+        }
+        buf_consume(&c->in, (size_t)w);
+        c->in_done += (uint32_t)w;
+    }
+    if (c->in_done && (c->in_done >= (WINDOW / 4) || !c->in.len)) {
+        send_u32(F_CREDIT, c->id, c->in_done);
+        c->in_done = 0;
+    }
+    if (c->stdin_eof && !c->in.len && c->in_fd >= 0) {
+        if (c->pty) {
+            unsigned char eot = 4;  /* ^D: end of input for the terminal's reader */
+            if (write(c->in_fd, &eot, 1) == 1)
+                c->stdin_eof = 0;
+        } else {
+            close_fd(&c->in_fd);
+        }
+    }
+}
+
+static void reap(void) {
+    int st;
+    pid_t pid;
+    while ((pid = waitpid(-1, &st, WNOHANG)) > 0) {
+        for (int i = 0; i < MAX_CHANNELS; i++)
+            if (chans[i].used && chans[i].pid == pid) {
+                chans[i].pid = 0;
+                chans[i].status = st;
+            }
+        for (size_t i = 0; i < sizeof dying / sizeof dying[0]; i++)
+            if (dying[i].pgid == pid)
+                dying[i].pgid = 0;
+    }
+}
+
+static void kill_stragglers(void) {
+    long long t = now_ms();
+    for (size_t i = 0; i < sizeof dying / sizeof dying[0]; i++)
+        if (dying[i].pgid && t >= dying[i].kill_at) {
+            kill(-dying[i].pgid, SIGKILL);
+            dying[i].pgid = 0;
+        }
+}
+
+/* A command that exited is finished once what it wrote is read: EXIT follows the last output. */
+static void finish_channels(void) {
+    for (int i = 0; i < MAX_CHANNELS; i++) {
+        struct channel *c = &chans[i];
+        if (!c->used || c->pid)
+            continue;
+        int done = pump_output(c, &c->out_fd, F_STDOUT);
+        if (!c->pty)
+            done &= pump_output(c, &c->err_fd, F_STDERR);
+        if (!done)
+            continue;
+        unsigned char p[8];
+        int st = c->status;
+        put_u32(p, WIFSIGNALED(st) ? 1 : 0);
+        put_u32(p + 4, (uint32_t)(WIFSIGNALED(st) ? WTERMSIG(st) : WEXITSTATUS(st)));
+        send_frame(F_EXIT, c->id, p, 8);
+        free_channel(c);
+    }
+}
+
+static void drain_wake_pipe(void) {
+    char junk[64];
+    while (read(wake_pipe[0], junk, sizeof junk) > 0) {
+    }
+}
+
+int main(void) {
+    if (pipe(wake_pipe) < 0)
+        return 1;
+    set_nonblock(wake_pipe[0]);
+    set_nonblock(wake_pipe[1]);
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sa.sa_flags = SA_RESTART;
+    sigaction(SIGCHLD, &sa, NULL);
+    sigaction(SIGIO, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    signal(SIGHUP, SIG_IGN);
+    setenv("HOME", "/root", 0);
+    if (!getenv("PATH"))
+        setenv("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", 1);
+    for (int i = 0; i < MAX_CHANNELS; i++)
+        chans[i].in_fd = chans[i].out_fd = chans[i].err_fd = -1;
+    port = open_port();
+    struct pollfd fds[2 + 2 * MAX_CHANNELS];
+    struct channel *owner[2 + 2 * MAX_CHANNELS];
+    for (;;) {
+        reap();
+        kill_stragglers();
+        finish_channels();
+        write_port();
+        int nf = 0;
+        fds[nf].fd = wake_pipe[0];
+        fds[nf].events = POLLIN;
+        owner[nf++] = NULL;
+        fds[nf].fd = port;
+        fds[nf].events = POLLIN | (outbuf.len ? POLLOUT : 0);
+        owner[nf++] = NULL;
+        for (int i = 0; i < MAX_CHANNELS; i++) {
+            struct channel *c = &chans[i];
+            if (!c->used)
+                continue;
+            int readable = c->out_credit && outbuf.len < OUT_HIGH;
+            short ev_out = readable ? POLLIN : 0;
+            if (c->pty) {
+                short ev = ev_out | (c->in.len || c->stdin_eof ? POLLOUT : 0);
+                if (c->out_fd >= 0 && ev) {
+                    fds[nf].fd = c->out_fd;
+                    fds[nf].events = ev;
+                    owner[nf++] = c;
+                }
+                continue;
+            }
+            if (c->out_fd >= 0 && ev_out) {
+                fds[nf].fd = c->out_fd;
+                fds[nf].events = ev_out;
+                owner[nf++] = c;
+            }
+            if (c->err_fd >= 0 && ev_out) {
+                fds[nf].fd = c->err_fd;
+                fds[nf].events = ev_out;
+                owner[nf++] = c;
+            }
+            if (c->in_fd >= 0 && (c->in.len || c->stdin_eof)) {
+                fds[nf].fd = c->in_fd;
+                fds[nf].events = POLLOUT;
+                owner[nf++] = c;
+            }
+        }
+        int has_dying = 0;
+        for (size_t i = 0; i < sizeof dying / sizeof dying[0]; i++)
+            has_dying |= dying[i].pgid != 0;
+        int r = poll(fds, (nfds_t)nf, has_dying ? 100 : 1000);
+        if (r < 0 && errno != EINTR)
+            return 1;
+        if (r <= 0)
+            continue;
+        if ((fds[1].revents & POLLHUP) && !(fds[1].revents & POLLIN)) {
+            /* nobody on the host side: drop everything, then sleep until SIGIO says the host
+             * side changed (or a second passes). The wake pipe is drained only after that
+             * sleep, so a SIGIO that came in since the poll above cuts it short. */
+            reset_session(1);
+            struct pollfd p = {.fd = port, .events = POLLIN};
+            if (poll(&p, 1, 0) == 1 && (p.revents & POLLHUP) && !(p.revents & POLLIN)) {
+                struct pollfd w = {.fd = wake_pipe[0], .events = POLLIN};
+                poll(&w, 1, 1000);
+            }
+            drain_wake_pipe();
+            continue;
+        }
+        if (fds[0].revents)
+            drain_wake_pipe();
+        if (fds[1].revents & POLLIN)
+            read_port();
+        if (fds[1].revents & POLLOUT)
+            write_port();
+        for (int k = 2; k < nf; k++) {
+            struct channel *c = owner[k];
+            if (!fds[k].revents || !c->used)
+                continue;
+            if (fds[k].fd == c->in_fd && (fds[k].events & POLLOUT))
+                pump_stdin(c);
+            if (fds[k].fd == c->out_fd && (fds[k].revents & (POLLIN | POLLHUP | POLLERR)))
+                pump_output(c, &c->out_fd, F_STDOUT);
+            else if (fds[k].fd == c->err_fd && (fds[k].revents & (POLLIN | POLLHUP | POLLERR)))
+                pump_output(c, &c->err_fd, F_STDERR);
+        }
+        for (int i = 0; i < MAX_CHANNELS; i++)
+            if (chans[i].used && (chans[i].in.len || chans[i].stdin_eof) && chans[i].in_fd >= 0)
+                pump_stdin(&chans[i]);
+    }
+}
