@@ -54,8 +54,14 @@ def gexec(rec: Any, script: str, timeout: float = 60) -> str:
 
 def counter(rec: Any) -> int:
     """The counter's value; 0 until its first write (the agent answers faster than a
-    backgrounded shell starts)."""
-    return int(gexec(rec, "cat /tmp/counter 2>/dev/null || echo 0").strip())
+    backgrounded shell starts). A read between the loop's truncate and its write sees an empty
+    file: read again."""
+    for _ in range(50):
+        value = gexec(rec, "cat /tmp/counter 2>/dev/null || echo 0").strip()
+        if value:
+            return int(value)
+        time.sleep(0.01)
+    raise AssertionError("the counter file stayed empty")
 
 
 def wait_counter_above(rec: Any, value: int, timeout: float = 20) -> int:
