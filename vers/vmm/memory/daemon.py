@@ -306,22 +306,20 @@ class BackingOperations(pyfuse3.Operations):
             f.tracked = True
             return {}
         if op == "capture":
+            given_back = 0
             if f.capture is not None:
-                raise ValueError(f"{f.name} already has a pending capture {f.capture}")
+                if not req.get("give_back_pending"):
+                    raise ValueError(f"{f.name} already has a pending capture {f.capture}")
+                given_back = self._settle_capture(f, ok=False)
             twin = self.add(req["capture"], f.image.capture(), f.tracked)
             twin.direct_io = True
             f.capture = twin.name
-            return {"runs": twin.image.dirty_runs() if f.tracked else None}
+            return {"runs": twin.image.dirty_runs() if f.tracked else None,
+                    "given_back": given_back}
         if op == "capture_done":
             if f.capture is None:
                 raise ValueError(f"{f.name} has no pending capture")
-            twin = self.get(f.capture)
-            if req.get("ok"):
-                f.tracked = True
-            else:
-                f.image.restore_dirty(twin.image.dirty)
-            self.remove(twin.name)
-            f.capture = None
+            self._settle_capture(f, bool(req.get("ok")))
             return {"squashed_pages": f.image.squash()}
         if op == "stats":
             return {**f.image.stats(), "tracked": int(f.tracked)}
@@ -331,6 +329,23 @@ class BackingOperations(pyfuse3.Operations):
             self.remove(f.name)
             return {}
         raise ValueError(f"unknown control request {op!r}")
+
+    def _settle_capture(self, f: BackingFile, ok: bool) -> int:
+        """End ``f``'s pending capture: its commit landed (``ok``), or it did not and the twin's
+        dirty pages go back into ``f``'s dirty set, so the next commit stores them. Returns the
+        number of pages given back."""
+        assert f.capture is not None
+        twin = self.get(f.capture)
+        given_back = 0
+        if ok:
+            f.tracked = True
+        else:
+            given_back = sum(twin.image.dirty)
+            f.image.restore_dirty(twin.image.dirty)
+            log.info("%s: capture %s given back (%d dirty pages)", f.name, twin.name, given_back)
+        self.remove(twin.name)
+        f.capture = None
+        return given_back
 
     def _fill_placeholder(self, name: str, parent: BackingFile) -> None:
         """Give an untouched placeholder ``parent``'s content as of now (copy-on-write). Safe only

@@ -229,10 +229,14 @@ class BackingFile:
 
     def capture(self, capture_name: str | None = None) -> tuple[BackingFile, list[int] | None]:
         """With the writer paused: freeze the content now into a read-only twin (no copy), which
-        owns the dirty pages; the live file starts a new dirty set and may resume at once."""
+        owns the dirty pages; the live file starts a new dirty set and may resume at once.
+
+        A capture still pending here was left by a commit that died before settling it (the
+        caller holds the VM's lock, so no other commit is running): its pages are given back
+        first, so this capture holds every page changed since the last commit that landed."""
         self.flush()
         twin = capture_name or f"{self.name}.capture"
-        runs = self._request("capture", capture=twin)["runs"]
+        runs = self._request("capture", capture=twin, give_back_pending=True)["runs"]
         return BackingFile(self.daemon, twin, self.size), None if runs is None else expand(runs)
 
     def capture_done(self, ok: bool) -> None:
