@@ -152,18 +152,29 @@ class ShmMemoryBacking(MemoryBacking):
         except ImportError:
             pass
 
+    @property
+    def _pending(self) -> Path:
+        """Exists from a capture until its commit landed: a commit killed in between leaves the
+        reference ahead of the base commit, and the VM record cannot say so (it is saved later),
+        so the next capture must not trust the reference."""
+        return self.ref.with_name(self.ref.name + ".pending")
+
     def capture(self) -> tuple[Path, list[int] | None]:
-        if not self._state.get("ref_valid") or not self.ref.exists():
+        trusted = self._state.get("ref_valid") and self.ref.exists() \
+            and not self._pending.exists()
+        self._pending.touch(mode=0o600)
+        self._state["ref_valid"] = False  # ref now runs ahead of the base commit until commit_done
+        if not trusted:
             _copy_file(self.path, self.ref, self.size)
-            self._state["ref_valid"] = False
             return self.ref, None
         dirty = changed_pages(self.path, self.ref, self.size)
-        self._state["ref_valid"] = False  # ref now runs ahead of the base commit until commit_done
         copy_pages(self.path, self.ref, dirty)
         return self.ref, dirty
 
     def commit_done(self, ok: bool) -> None:
         self._state["ref_valid"] = ok
+        if ok:
+            self._pending.unlink(missing_ok=True)
 
     def fork_begin(self, vm_id: str) -> ShmMemoryBacking:
         base = self.path.parent
@@ -186,6 +197,6 @@ class ShmMemoryBacking(MemoryBacking):
             child._state["ref_valid"] = True
 
     def destroy(self) -> None:
-        for p in (self.path, self.ref):
+        for p in (self.path, self.ref, self._pending):
             p.unlink(missing_ok=True)
 
