@@ -24,6 +24,7 @@ from vers.vmm.disk import DiskChain
 from vers.vmm.machine import Machine, default_cmdline, detect_accel, pid_alive
 from vers.vmm.memory import MemoryBacking, backing_class, default_backing
 from vers.vmm.memory.fuse import disk_base
+from vers.vmm.private import make_private
 from vers.vmm.standby import refresh_spares
 from vers.vmm.state import MachineSpec, VMRecord, VMRegistry, registry
 from vers.vmm.teardown import remove
@@ -210,6 +211,7 @@ def _boot_file(repo: Repo, reg: VMRegistry, commit: Commit, kind: str) -> str:
         if not path.exists():
             tmp = reg.layers / f".{path.name}.tmp{os.getpid()}"
             repo.export_image(commit.id, kind, tmp)
+            make_private(tmp)
             os.replace(tmp, path)
         return str(path)
     p = commit.config.get("vm", {}).get(kind)

@@ -102,7 +102,8 @@ def prepare_devstate(qmp: QMPClient, out: Path,
     block node now (``blockdev-add``), so that freezing a disk inside the pause is only a graph
     change (``blockdev-snapshot``: ~1 ms, against ~2 ms for ``blockdev-snapshot-sync``, which
     opens the file). Returns {disk: (node of its current top, node of the new top)}."""
-    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
     try:
         qmp.pass_fd(fd)
     finally:

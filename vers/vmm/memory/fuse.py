@@ -37,6 +37,7 @@ from vers.fuse import mount as mnt
 from vers.objects.imagetree import ImageFile
 from vers.objects.model import PAGE_SIZE, hash_bytes
 from vers.vmm.memory.base import MemoryBacking
+from vers.vmm.private import private_dir
 
 if TYPE_CHECKING:
     from vers.repo import Repo
@@ -69,7 +70,7 @@ class BackingDaemon:
         self.log_path = self.state_dir / "daemon.log"
 
     def ensure_running(self) -> None:
-        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        private_dir(self.state_dir)  # guest RAM pages and a control socket: ours only
         with open(self.state_dir / "lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # two VMs starting at once start one daemon
             if self.alive():

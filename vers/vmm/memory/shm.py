@@ -20,12 +20,13 @@ from vers.errors import VMError
 from vers.objects.imagetree import ImageFile, write_image
 from vers.objects.model import PAGE_SIZE
 from vers.vmm.memory.base import MemoryBacking
+from vers.vmm.private import private_file
 
 
 def _copy_file(src: Path, dst: Path, size: int) -> None:
     """Kernel-side copy (no page faults in our process); tmpfs supports copy_file_range."""
-    with open(src, "rb") as fi, open(dst, "wb") as fo:
-        fo.truncate(size)
+    private_file(dst, size)
+    with open(src, "rb") as fi, open(dst, "r+b") as fo:
         off = 0
         while off < size:
             n = os.copy_file_range(fi.fileno(), fo.fileno(), size - off, off, off)
@@ -133,8 +134,7 @@ class ShmMemoryBacking(MemoryBacking):
             raise VMError(f"memory backing directory {base} does not exist")
         path = base / f"vers-{vm_id}.mem"
         ref = base / f"vers-{vm_id}.ref"
-        with open(path, "wb") as f:
-            f.truncate(size)
+        private_file(path, size)
         ref_valid = False
         if source is not None:
             _fill_from_image(path, source)
