@@ -21,7 +21,7 @@ from vers.vmm import agent as agent_mod
 from vers.vmm import disk as disk_mod
 from vers.vmm.devstate import load_devstate
 from vers.vmm.disk import DiskChain
-from vers.vmm.machine import Machine, default_cmdline, detect_accel, pid_alive
+from vers.vmm.machine import Machine, MiB, default_cmdline, detect_accel, pid_alive
 from vers.vmm.memory import MemoryBacking, backing_class, default_backing
 from vers.vmm.memory.fuse import disk_base
 from vers.vmm.private import make_private
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from vers.objects.model import Commit
     from vers.repo import Repo
 
-DEFAULT_MEMORY = 256 * 1024 * 1024
+DEFAULT_MEMORY = 256 * MiB
 BOOT_TIMEOUT = float(os.environ.get("VERS_BOOT_TIMEOUT", "120"))
 
 
@@ -50,6 +50,8 @@ class RunOptions:
     memory_backing: str = field(default_factory=default_backing)
     memory_dir: str | None = None
     boot_timeout: float = BOOT_TIMEOUT
+    #: allow more guest RAM than the host's RAM and swap together (it can never all be backed)
+    overcommit: bool = False
     make_current: bool = True
     #: keep a standby child QEMU ready for the next branch (see vers.vmm.standby); on unless
     #: $VERS_STANDBY=0 (it only ever applies to the FUSE memory backing)
@@ -90,6 +92,14 @@ def _machine_for(opts: RunOptions) -> tuple[MachineSpec, str, str, list[str]]:
         raise BadInput("--memory must be a whole number of MiB, at least 16M")
     if opts.vcpus < 1:
         raise BadInput("--vcpus must be at least 1")
+    host = host_memory()
+    if host and opts.memory > host and not opts.overcommit:
+        raise BadInput(f"--memory {opts.memory // MiB}M is more than this host has "
+                       f"({host // MiB}M of RAM and swap); use --overcommit if you mean it")
+    if opts.memory_dir is not None:
+        d = Path(opts.memory_dir)
+        if not d.is_dir() or not os.access(d, os.W_OK | os.X_OK):
+            raise BadInput(f"--memory-dir {d}: not a directory you can write to")
     accel = opts.accel or detect_accel()
     if accel not in ("kvm", "tcg"):
         raise BadInput(f"--accel must be kvm or tcg, not {accel!r}")
@@ -106,6 +116,21 @@ def _machine_for(opts: RunOptions) -> tuple[MachineSpec, str, str, list[str]]:
     spec = MachineSpec(memory=opts.memory, vcpus=opts.vcpus, accel=accel,
                        cmdline=opts.cmdline or default_cmdline(accel), disks=names)
     return spec, kernel, initrd, disk_files
+
+
+def host_memory() -> int:
+    """Bytes of RAM plus swap on this host (0 if unknown): guest RAM beyond that can never be
+    backed, and QEMU would only fail once the guest touches it."""
+    total = 0
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key in ("MemTotal", "SwapTotal"):
+                    total += int(value.split()[0]) * 1024
+    except (OSError, ValueError, IndexError):
+        return 0
+    return total
 
 
 def _boot(reg: VMRegistry, rec: VMRecord, backing: MemoryBacking, boot_timeout: float) -> None:

@@ -134,12 +134,19 @@ class ShmMemoryBacking(MemoryBacking):
             raise VMError(f"memory backing directory {base} does not exist")
         path = base / f"vers-{vm_id}.mem"
         ref = base / f"vers-{vm_id}.ref"
-        private_file(path, size)
         ref_valid = False
-        if source is not None:
-            _fill_from_image(path, source)
-            _copy_file(path, ref, size)
-            ref_valid = True
+        try:
+            private_file(path, size)
+            if source is not None:
+                _fill_from_image(path, source)
+                _copy_file(path, ref, size)
+                ref_valid = True
+        except BaseException as exc:
+            for p in (path, ref):  # no record names them yet: nobody else would remove them
+                p.unlink(missing_ok=True)
+            if isinstance(exc, OSError):
+                raise VMError(f"cannot create guest RAM in {base}: {exc.strerror}") from exc
+            raise
         return cls({"path": str(path), "ref": str(ref), "size": size, "ref_valid": ref_valid})
 
     @property
