@@ -76,6 +76,9 @@ def ps(quiet: bool, fmt: str) -> None:
         base = r.base_commit[:12] if r.base_commit else "-"
         click.echo(f"{mark} {r.id:<9} {r.name or '-':<16} {r.state:<11} {r.pid or '-':>7} "
                    f"{mem:>7}  {base}")
+    for r in rows:
+        if r.problem:
+            info(f"VM {r.id}: {r.problem}")
 
 
 @cli.command()
