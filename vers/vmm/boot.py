@@ -172,6 +172,7 @@ def restore_commit(repo: Repo, rev: str, name: str | None = None, make_current: 
     rec.standby = os.environ.get("VERS_STANDBY") == "1"
     try:
         rec.boot = {k: _boot_file(repo, reg, commit, k) for k in ("kernel", "initrd")}
+        reg.save(rec)  # names the cached boot files, so that no teardown removes them now
         backing_kind = memory_backing or default_backing()
         for dname in rec.spec.disks:
             base = _commit_disk_base(repo, cid, dname, reg.layers, backing_kind == "fuse")
@@ -190,8 +191,13 @@ def restore_commit(repo: Repo, rev: str, name: str | None = None, make_current: 
         m.start(str(backing.path), incoming=True)
         reg.save(rec)
         m.connect()
-        finish_restore(m, devstate, paused)
+        try:
+            finish_restore(m, devstate, paused)
+        except VMError as exc:
+            _raise_if_lost(backing, cid, exc)
+            raise
         devstate.unlink(missing_ok=True)
+        _raise_if_lost(backing, cid, None)  # e.g. a damaged page the device-state load read
         refresh_spares(reg, rec)
     except BaseException:
         remove(reg, rec)
@@ -199,6 +205,14 @@ def restore_commit(repo: Repo, rev: str, name: str | None = None, make_current: 
     if make_current:
         reg.set_current(rec.id)
     return rec
+
+
+def _raise_if_lost(backing: MemoryBacking, cid: str, cause: VMError | None) -> None:
+    """A restore whose guest RAM cannot be read fails with the reason (QEMU itself only dies of
+    the EIO, with nothing in its logs)."""
+    problem = backing.lost()
+    if problem is not None:
+        raise VMError(f"restoring {cid[:12]} failed: {problem}") from cause
 
 
 def finish_restore(m: Machine, devstate: Path, paused: bool = False) -> None:

@@ -40,13 +40,18 @@ def vm_state(rec: VMRecord) -> str:
 
 
 def vm_problem(rec: VMRecord, state: str) -> str | None:
-    """What is wrong with a VM whose QEMU runs (its guest RAM's backing is gone, ...)."""
-    if state not in ("running", "paused") or not rec.memory:
+    """What is wrong with a VM (its guest RAM's backing is gone, a page of it could not be read
+    from the store, ...): also why a VM is dead, when its backing knows."""
+    if state not in ("running", "paused", "dead") or not rec.memory:
         return None
     try:
         return load_backing(rec.memory).lost()
     except VMError as exc:
         return str(exc)
+
+
+def _shown(state: str, problem: str | None) -> str:
+    return "lost-ram" if problem and state != "dead" else state
 
 
 def list_vms(repo: Repo) -> list[VMStatus]:
@@ -64,7 +69,7 @@ def list_vms(repo: Repo) -> list[VMStatus]:
             continue
         state = vm_state(r)
         problem = vm_problem(r, state)
-        out.append(VMStatus(r.id, r.name, "lost-ram" if problem else state, r.runtime.pid,
+        out.append(VMStatus(r.id, r.name, _shown(state, problem), r.runtime.pid,
                             r.spec.memory, r.base_commit, r.id == cur, r.vm_dir, problem))
     known = {r.id for r in recs}
     for vid, pid in sorted(find_qemu_processes(reg.root).items()):
@@ -80,7 +85,7 @@ def status(repo: Repo, key: str | None) -> dict[str, Any]:
     rt = rec.runtime
     state = vm_state(rec)
     problem = vm_problem(rec, state)
-    return {"id": rec.id, "name": rec.name, "state": "lost-ram" if problem else state,
+    return {"id": rec.id, "name": rec.name, "state": _shown(state, problem),
             "problem": problem, "pid": rt.pid,
             "base_commit": rec.base_commit, "parent_vm": rec.parent_vm,
             "spec": rec.spec.to_dict(), "memory_backing": rec.memory,

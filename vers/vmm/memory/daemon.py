@@ -63,6 +63,9 @@ class BackingFile:
         self.placeholder = False
         self.touched = False
         self.mtime_ns = time.time_ns()
+        #: the first read that failed (a damaged object in the store): QEMU dies of the EIO, and
+        #: this is what `vers ps`/`status` and the restore report
+        self.read_error: str | None = None
 
 
 def remove_orphan_layers(layer_dir: Path) -> int:
@@ -221,6 +224,8 @@ class BackingOperations(pyfuse3.Operations):
             return f.image.read_view(off, size)  # type: ignore[return-value]  # any buffer will do
         except Exception as exc:  # noqa: BLE001 - a store error must surface as EIO, never as wrong bytes
             log.error("read %s at %d: %s", f.name, off, exc)
+            if f.read_error is None:
+                f.read_error = f"reading page {off // PAGE_SIZE} failed: {exc}"
             raise pyfuse3.FUSEError(errno.EIO) from None
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:
@@ -321,6 +326,8 @@ class BackingOperations(pyfuse3.Operations):
                 raise ValueError(f"{f.name} has no pending capture")
             self._settle_capture(f, bool(req.get("ok")))
             return {"squashed_pages": f.image.squash()}
+        if op == "read_error":
+            return {"error": f.read_error}
         if op == "stats":
             return {**f.image.stats(), "tracked": int(f.tracked)}
         if op == "remove":

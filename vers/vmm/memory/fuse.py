@@ -291,6 +291,11 @@ class BackingFile:
     def stats(self) -> dict[str, int]:
         return {k: int(v) for k, v in self._request("stats").items()}
 
+    def read_error(self) -> str | None:
+        """Why a read of this file failed (the first time), if one did."""
+        error = self._request("read_error")["error"]
+        return None if error is None else str(error)
+
     def remove(self) -> None:
         """Drop the file (its overlay is freed once nothing has it open)."""
         try:
@@ -403,6 +408,13 @@ class FuseMemoryBacking(MemoryBacking):
         if self._state["name"] not in files:
             return (f"guest RAM is lost: the FUSE backing daemon has no file "
                     f"{self._state['name']} (it was restarted?); `vers kill` this VM")
+        try:
+            error = self.file.read_error()
+        except FuseError as exc:
+            return f"guest RAM is lost: {exc}"
+        if error is not None:
+            return (f"guest RAM could not be read from the store ({error}); "
+                    "`vers fsck` names what is damaged")
         return daemon.lost()
 
     def destroy(self) -> None:
