@@ -37,7 +37,7 @@ def mounted(history: History) -> Iterator[tuple[History, Path]]:
         yield history, point
     finally:
         if mnt.is_mounted(point):
-            umount(point, lazy=True)
+            umount(history.repo, point, lazy=True)
 
 
 def test_cmp_against_snapshotted_images(mounted: tuple[History, Path]) -> None:
@@ -80,7 +80,7 @@ def test_stat_listing_and_read_only(mounted: tuple[History, Path]) -> None:
         os.stat(point / "commits" / ("f" * 64))
     # Inode numbers are the same on a second mount of the same repository.
     ino = os.stat(point / "commits" / h.first / "disk").st_ino
-    umount(point)
+    umount(h.repo, point)
     mount(h.repo, point)
     assert os.stat(point / "commits" / h.first / "disk").st_ino == ino
 
@@ -127,7 +127,7 @@ def test_corrupt_page_is_eio_not_wrong_bytes(history: History) -> None:
                 f.read(4096)
         assert exc.value.errno == errno.EIO
     finally:
-        umount(point, lazy=True)
+        umount(history.repo, point, lazy=True)
 
 
 def test_dead_daemon_is_a_clear_error_and_next_mount_cleans_up(history: History) -> None:
@@ -143,7 +143,7 @@ def test_dead_daemon_is_a_clear_error_and_next_mount_cleans_up(history: History)
     # The next mount detaches the stale mount point and works.
     mount(history.repo, point)
     assert sorted(os.listdir(point)) == ["HEAD", "commits", "refs", "tags"]
-    umount(point)
+    umount(history.repo, point)
     assert not mnt.is_mounted(point)
 
 
@@ -184,7 +184,7 @@ def test_umount_of_a_stopped_daemon_does_not_hang(history: History) -> None:
         with pytest.raises(FuseError, match="does not respond"):
             mnt.PROBE_TIMEOUT = 1.0
             mnt.check_alive(point)
-        umount(point)
+        umount(history.repo, point)
         assert not mnt.is_mounted(point)
     finally:
         mnt.PROBE_TIMEOUT = 10.0

@@ -31,4 +31,4 @@ def umount_cmd(directory: str, lazy: bool) -> None:
     """Unmount a vers mount (also cleans up after a daemon that died)."""
     from vers.porcelain.mount import umount
 
-    umount(directory, lazy=lazy)
+    umount(open_repo(), directory, lazy=lazy)

@@ -28,6 +28,8 @@ from vers.porcelain import vm as verbs
                    "or $VERS_MEMORY_BACKING.")
 @click.option("--memory-dir", default=None, help="Directory for the RAM file (default /dev/shm).")
 @click.option("--boot-timeout", default=verbs.BOOT_TIMEOUT, show_default=True, type=float)
+@click.option("--overcommit", is_flag=True,
+              help="Allow more guest RAM than this host's RAM and swap together.")
 @click.option("--standby/--no-standby", default=None,
               help="Keep a standby child QEMU started for the next `vers branch` (an idle "
                    "~50 MB process per VM, hidden from `ps`; children inherit it). Default: on "
@@ -35,13 +37,15 @@ from vers.porcelain import vm as verbs
 def run(memory: str, vcpus: int, name: str | None, accel: str | None, kernel: str | None,
         initrd: str | None, disks: tuple[str, ...], cmdline: str | None,
         memory_backing: str | None,
-        memory_dir: str | None, boot_timeout: float, standby: bool | None) -> None:
+        memory_dir: str | None, boot_timeout: float, overcommit: bool,
+        standby: bool | None) -> None:
     """Boot a VM (the default guest unless you give your own); prints its ID."""
     repo = open_repo()
     opts = verbs.RunOptions(memory=verbs.parse_size(memory), vcpus=vcpus, name=name, accel=accel,
                             kernel=kernel, initrd=initrd, disks=disks, cmdline=cmdline,
                             memory_backing=memory_backing or verbs.default_backing(),
-                            memory_dir=memory_dir, boot_timeout=boot_timeout)
+                            memory_dir=memory_dir, boot_timeout=boot_timeout,
+                            overcommit=overcommit)
     if standby is not None:
         opts.standby = standby
     if standby and opts.memory_backing != "fuse":
@@ -73,6 +77,9 @@ def ps(quiet: bool, fmt: str) -> None:
         base = r.base_commit[:12] if r.base_commit else "-"
         click.echo(f"{mark} {r.id:<9} {r.name or '-':<16} {r.state:<11} {r.pid or '-':>7} "
                    f"{mem:>7}  {base}")
+    for r in rows:
+        if r.problem:
+            info(f"VM {r.id}: {r.problem}")
 
 
 @cli.command()

@@ -25,7 +25,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from vers.errors import FuseError
+from vers.errors import Busy, FuseError
 
 READY_TIMEOUT = 30.0
 PROBE_TIMEOUT = 10.0
@@ -102,11 +102,15 @@ def check_alive(mountpoint: str | os.PathLike[str], what: str = "FUSE daemon") -
 
 
 def detach(mountpoint: str | os.PathLike[str], lazy: bool = False) -> None:
-    """Unmount; ``lazy`` also works when the daemon is dead or files are still open."""
-    args = [_fusermount(), "-u", "-q"] + (["-z"] if lazy else []) + [os.fspath(mountpoint)]
+    """Unmount; ``lazy`` also works when the daemon is dead or files are still open. Without it
+    a mount with open files is ``Busy`` (fusermount3's message is kept: ``-q`` would hide it)."""
+    args = [_fusermount(), "-u"] + (["-z"] if lazy else []) + [os.fspath(mountpoint)]
     res = subprocess.run(args, check=False, stdin=subprocess.DEVNULL, capture_output=True, text=True)
     if res.returncode != 0:
         msg = (res.stderr or res.stdout).strip() or f"exit {res.returncode}"
+        if "busy" in msg.lower():
+            raise Busy(f"cannot unmount {mountpoint}: files are open (close them, or detach "
+                       "it lazily with 'vers umount --lazy')")
         raise FuseError(f"cannot unmount {mountpoint}: {msg}")
 
 

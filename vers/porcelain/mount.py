@@ -7,7 +7,7 @@ from pathlib import Path
 
 from blake3 import blake3
 
-from vers.errors import FuseError
+from vers.errors import BadInput, Busy, FuseError
 from vers.fuse import mount as mnt
 from vers.repo import Repo
 
@@ -24,6 +24,9 @@ def mount(repo: Repo, mountpoint: str | os.PathLike[str], foreground: bool = Fal
     FuseError with the daemon's reason. A stale mount left by a dead daemon is detached first.
     """
     target = mnt.prepare_mountpoint(mountpoint)
+    log = _log_path(repo, target)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    log.touch()  # also what tells `vers umount` this repository mounted here
     if foreground:
         from vers.fuse.daemon import INSPECT_READ_AHEAD_KB
         from vers.fuse.ops import InspectOperations
@@ -39,21 +42,36 @@ def mount(repo: Repo, mountpoint: str | os.PathLike[str], foreground: bool = Fal
     return mnt.spawn_daemon(
         "vers.fuse.daemon",
         ["inspect", os.fspath(repo.root), os.fspath(target)],
-        _log_path(repo, target),
+        log,
     )
 
 
-def umount(mountpoint: str | os.PathLike[str], lazy: bool = False) -> None:
-    """Unmount a vers mount; a dead daemon's mount is detached lazily without being asked."""
+def umount(repo: Repo, mountpoint: str | os.PathLike[str], lazy: bool = False) -> None:
+    """Unmount an inspection mount of ``repo``; a dead daemon's mount is detached lazily without
+    being asked. Any other mount (another repository's, the VM memory backing's that running VMs
+    depend on, anything not vers) is refused: one repository must not break another's."""
     # Only mountinfo and fusermount3 here, no access to the mount itself: a stuck daemon must not
     # be able to hang the command that is meant to get rid of it.
     path = mnt.canonical(mountpoint)
     if not mnt.is_mounted(path):
         raise FuseError(f"{mountpoint} is not mounted")
+    if not _log_path(repo, Path(path)).exists():
+        raise BadInput(f"{mountpoint} is not a `vers mount` of this repository ({repo.root}): "
+                       "not unmounting it")
     try:
         mnt.detach(path, lazy=lazy)
-    except FuseError as exc:
-        if "busy" in str(exc).lower():
-            raise FuseError(f"{exc} (files are open; close them or use --lazy)") from exc
+    except Busy:
+        if _serving(path):
+            raise  # files are open on a working mount: only --lazy detaches it
+        mnt.detach(path, lazy=True)  # stuck on a dead or stopped daemon: nothing works anyway
+    except FuseError:
         mnt.detach(path, lazy=True)  # a dead daemon's mount: detach it anyway
     mnt.wait_unmounted(path)
+
+
+def _serving(path: str) -> bool:
+    """True if the daemon behind ``path`` answers (probed with a timeout, never a hang)."""
+    try:
+        return not mnt.is_stale(path)
+    except FuseError:
+        return False  # it does not respond

@@ -21,9 +21,10 @@ from vers.vmm import agent as agent_mod
 from vers.vmm import disk as disk_mod
 from vers.vmm.devstate import load_devstate
 from vers.vmm.disk import DiskChain
-from vers.vmm.machine import Machine, default_cmdline, detect_accel, pid_alive
+from vers.vmm.machine import Machine, MiB, default_cmdline, detect_accel, pid_alive
 from vers.vmm.memory import MemoryBacking, backing_class, default_backing
 from vers.vmm.memory.fuse import disk_base
+from vers.vmm.private import make_private
 from vers.vmm.standby import refresh_spares
 from vers.vmm.state import MachineSpec, VMRecord, VMRegistry, registry
 from vers.vmm.teardown import remove
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
     from vers.objects.model import Commit
     from vers.repo import Repo
 
-DEFAULT_MEMORY = 256 * 1024 * 1024
+DEFAULT_MEMORY = 256 * MiB
 BOOT_TIMEOUT = float(os.environ.get("VERS_BOOT_TIMEOUT", "120"))
 
 
@@ -49,6 +50,8 @@ class RunOptions:
     memory_backing: str = field(default_factory=default_backing)
     memory_dir: str | None = None
     boot_timeout: float = BOOT_TIMEOUT
+    #: allow more guest RAM than the host's RAM and swap together (it can never all be backed)
+    overcommit: bool = False
     make_current: bool = True
     #: keep a standby child QEMU ready for the next branch (see vers.vmm.standby); on unless
     #: $VERS_STANDBY=0 (it only ever applies to the FUSE memory backing)
@@ -89,6 +92,14 @@ def _machine_for(opts: RunOptions) -> tuple[MachineSpec, str, str, list[str]]:
         raise BadInput("--memory must be a whole number of MiB, at least 16M")
     if opts.vcpus < 1:
         raise BadInput("--vcpus must be at least 1")
+    host = host_memory()
+    if host and opts.memory > host and not opts.overcommit:
+        raise BadInput(f"--memory {opts.memory // MiB}M is more than this host has "
+                       f"({host // MiB}M of RAM and swap); use --overcommit if you mean it")
+    if opts.memory_dir is not None:
+        d = Path(opts.memory_dir)
+        if not d.is_dir() or not os.access(d, os.W_OK | os.X_OK):
+            raise BadInput(f"--memory-dir {d}: not a directory you can write to")
     accel = opts.accel or detect_accel()
     if accel not in ("kvm", "tcg"):
         raise BadInput(f"--accel must be kvm or tcg, not {accel!r}")
@@ -105,6 +116,21 @@ def _machine_for(opts: RunOptions) -> tuple[MachineSpec, str, str, list[str]]:
     spec = MachineSpec(memory=opts.memory, vcpus=opts.vcpus, accel=accel,
                        cmdline=opts.cmdline or default_cmdline(accel), disks=names)
     return spec, kernel, initrd, disk_files
+
+
+def host_memory() -> int:
+    """Bytes of RAM plus swap on this host (0 if unknown): guest RAM beyond that can never be
+    backed, and QEMU would only fail once the guest touches it."""
+    total = 0
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key in ("MemTotal", "SwapTotal"):
+                    total += int(value.split()[0]) * 1024
+    except (OSError, ValueError, IndexError):
+        return 0
+    return total
 
 
 def _boot(reg: VMRegistry, rec: VMRecord, backing: MemoryBacking, boot_timeout: float) -> None:
@@ -146,6 +172,7 @@ def restore_commit(repo: Repo, rev: str, name: str | None = None, make_current: 
     rec.standby = os.environ.get("VERS_STANDBY") == "1"
     try:
         rec.boot = {k: _boot_file(repo, reg, commit, k) for k in ("kernel", "initrd")}
+        reg.save(rec)  # names the cached boot files, so that no teardown removes them now
         backing_kind = memory_backing or default_backing()
         for dname in rec.spec.disks:
             base = _commit_disk_base(repo, cid, dname, reg.layers, backing_kind == "fuse")
@@ -164,8 +191,13 @@ def restore_commit(repo: Repo, rev: str, name: str | None = None, make_current: 
         m.start(str(backing.path), incoming=True)
         reg.save(rec)
         m.connect()
-        finish_restore(m, devstate, paused)
+        try:
+            finish_restore(m, devstate, paused)
+        except VMError as exc:
+            _raise_if_lost(backing, cid, exc)
+            raise
         devstate.unlink(missing_ok=True)
+        _raise_if_lost(backing, cid, None)  # e.g. a damaged page the device-state load read
         refresh_spares(reg, rec)
     except BaseException:
         remove(reg, rec)
@@ -173,6 +205,14 @@ def restore_commit(repo: Repo, rev: str, name: str | None = None, make_current: 
     if make_current:
         reg.set_current(rec.id)
     return rec
+
+
+def _raise_if_lost(backing: MemoryBacking, cid: str, cause: VMError | None) -> None:
+    """A restore whose guest RAM cannot be read fails with the reason (QEMU itself only dies of
+    the EIO, with nothing in its logs)."""
+    problem = backing.lost()
+    if problem is not None:
+        raise VMError(f"restoring {cid[:12]} failed: {problem}") from cause
 
 
 def finish_restore(m: Machine, devstate: Path, paused: bool = False) -> None:
@@ -210,6 +250,7 @@ def _boot_file(repo: Repo, reg: VMRegistry, commit: Commit, kind: str) -> str:
         if not path.exists():
             tmp = reg.layers / f".{path.name}.tmp{os.getpid()}"
             repo.export_image(commit.id, kind, tmp)
+            make_private(tmp)
             os.replace(tmp, path)
         return str(path)
     p = commit.config.get("vm", {}).get(kind)

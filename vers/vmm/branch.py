@@ -38,6 +38,7 @@ from vers.vmm.devstate import (
 from vers.vmm.machine import Machine, pid_alive
 from vers.vmm.memory import MemoryBacking, load_backing
 from vers.vmm.qmp import QMPClient
+from vers.vmm.recovery import PauseGuard, recover
 from vers.vmm.standby import adopt_standby, create_child, refresh_spares
 from vers.vmm.state import VMRecord, VMRegistry, registry
 from vers.vmm.teardown import remove
@@ -78,7 +79,7 @@ def branch_vm(repo: Repo, key: str | None, count: int = 1, name: str | None = No
     parent = reg.resolve(key)
     tm = Timings()
     with reg.lock(parent):
-        parent = reg.resolve(parent.id)  # re-read under the lock
+        parent = recover(reg, reg.resolve(parent.id))  # re-read under the lock
         backing = load_backing(parent.memory)
         job = _Branch(parent, backing, parent.dir / f"branch-{os.getpid()}.devstate",
                       early=type(backing).opens_before_fork_end)
@@ -135,6 +136,7 @@ def _pause_and_fork(reg: VMRegistry, job: _Branch, q: QMPClient, tm: Timings) ->
     device state; returns when it resumed."""
     was_running = q.command("query-status")["status"] == "running"
     nodes = prepare_devstate(q, job.devstate, job.new_tops)
+    guard = PauseGuard(job.parent) if was_running else None  # should we die with it paused
     t0 = time.perf_counter()
     job.backing.pre_stop()
     t_stop = tm.mark("pre_stop", t0)
@@ -144,8 +146,12 @@ def _pause_and_fork(reg: VMRegistry, job: _Branch, q: QMPClient, tm: Timings) ->
         drop_unused_nodes(q, job.parent, job.new_tops, nodes)
         raise
     finally:
-        if was_running:
-            q.cont()
+        try:
+            if was_running:
+                q.cont()
+        finally:
+            if guard is not None:
+                guard.disarm()
     t_cont = time.perf_counter()
     tm.phases["cont"] = round((t_cont - t0) * 1000, 2)
     tm.pause = round((t_cont - t_stop) * 1000, 2)

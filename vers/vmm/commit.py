@@ -34,6 +34,7 @@ from vers.vmm.devstate import (
 from vers.vmm.machine import Machine
 from vers.vmm.memory import MemoryBacking, load_backing
 from vers.vmm.qmp import QMPClient
+from vers.vmm.recovery import PauseGuard, recover
 from vers.vmm.standby import refresh_spares
 from vers.vmm.state import VMRecord, VMRegistry, registry
 
@@ -66,7 +67,7 @@ def commit_vm(repo: Repo, key: str | None, message: str = "", stay_paused: bool 
     rec = reg.resolve(key)
     tm = Timings()
     with reg.lock(rec):
-        job = _prepare(reg, reg.resolve(rec.id))  # re-read under the lock
+        job = _prepare(reg, recover(reg, reg.resolve(rec.id)))  # re-read under the lock
         try:
             with Machine.attach(job.rec, qmp_timeout=60.0) as m:
                 _pause_and_capture(reg, job, m.qmp(), stay_paused, tm)
@@ -90,6 +91,7 @@ def _pause_and_capture(reg: VMRegistry, job: _Commit, q: QMPClient, stay_paused:
     saves device state; resume (unless the VM was paused already or ``stay_paused``)."""
     resume = q.command("query-status")["status"] == "running" and not stay_paused
     nodes = prepare_devstate(q, job.devstate, job.new_tops)
+    guard = PauseGuard(job.rec) if resume else None  # resumes the guest should we die paused
     t0 = time.perf_counter()
     job.backing.pre_stop()
     t_stop = tm.mark("pre_stop", t0)
@@ -100,9 +102,13 @@ def _pause_and_capture(reg: VMRegistry, job: _Commit, q: QMPClient, stay_paused:
         raise
     finally:
         t0 = time.perf_counter()
-        if resume:
-            q.cont()
-            tm.mark("cont", t0)
+        try:
+            if resume:
+                q.cont()
+                tm.mark("cont", t0)
+        finally:
+            if guard is not None:
+                guard.disarm()
     tm.pause = round((time.perf_counter() - t_stop) * 1000, 2)
 
 
@@ -156,6 +162,11 @@ def _finish(reg: VMRegistry, job: _Commit) -> None:
     tops QEMU never switched to, and record the disks and memory QEMU uses now."""
     ok = job.cid is not None
     try:
+        if ok:
+            # The record names the new base commit before the backing forgets the capture's
+            # pages: killed in between, the next commit stores a few pages too many, never
+            # too few.
+            _record(reg, job, ok)
         if job.captured:
             job.backing.commit_done(ok)
     finally:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from vers.errors import BadInput, VMError
 from vers.vmm import agent as agent_mod
 from vers.vmm.machine import Machine, find_qemu_processes, pid_alive
+from vers.vmm.memory import load_backing
 from vers.vmm.standby import standby_fits
 from vers.vmm.state import VMRecord, registry
 
@@ -28,11 +29,29 @@ class VMStatus:
     base_commit: str | None
     current: bool
     vm_dir: str | None
+    #: why the VM cannot be committed or branched any more, and what to do (e.g. its RAM's
+    #: backing mount was detached); its state is then "lost-ram"
+    problem: str | None = None
 
 
 def vm_state(rec: VMRecord) -> str:
     with Machine(rec, qmp_timeout=2.0) as m:
         return m.status()
+
+
+def vm_problem(rec: VMRecord, state: str) -> str | None:
+    """What is wrong with a VM (its guest RAM's backing is gone, a page of it could not be read
+    from the store, ...): also why a VM is dead, when its backing knows."""
+    if state not in ("running", "paused", "dead") or not rec.memory:
+        return None
+    try:
+        return load_backing(rec.memory).lost()
+    except VMError as exc:
+        return str(exc)
+
+
+def _shown(state: str, problem: str | None) -> str:
+    return "lost-ram" if problem and state != "dead" else state
 
 
 def list_vms(repo: Repo) -> list[VMStatus]:
@@ -48,8 +67,10 @@ def list_vms(repo: Repo) -> list[VMStatus]:
         if r.role == "standby":  # its parent is gone or moved on (a vers killed mid-way)
             out.append(VMStatus(r.id, None, "orphan", r.runtime.pid, 0, None, False, r.vm_dir))
             continue
-        out.append(VMStatus(r.id, r.name, vm_state(r), r.runtime.pid, r.spec.memory,
-                            r.base_commit, r.id == cur, r.vm_dir))
+        state = vm_state(r)
+        problem = vm_problem(r, state)
+        out.append(VMStatus(r.id, r.name, _shown(state, problem), r.runtime.pid,
+                            r.spec.memory, r.base_commit, r.id == cur, r.vm_dir, problem))
     known = {r.id for r in recs}
     for vid, pid in sorted(find_qemu_processes(reg.root).items()):
         if vid not in known:
@@ -62,7 +83,10 @@ def status(repo: Repo, key: str | None) -> dict[str, Any]:
     rec = reg.resolve(key)
     sb = standby_fits(reg, rec)
     rt = rec.runtime
-    return {"id": rec.id, "name": rec.name, "state": vm_state(rec), "pid": rt.pid,
+    state = vm_state(rec)
+    problem = vm_problem(rec, state)
+    return {"id": rec.id, "name": rec.name, "state": _shown(state, problem),
+            "problem": problem, "pid": rt.pid,
             "base_commit": rec.base_commit, "parent_vm": rec.parent_vm,
             "spec": rec.spec.to_dict(), "memory_backing": rec.memory,
             "disks": {n: d.to_dict() for n, d in rec.disks.items()},

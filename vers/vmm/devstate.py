@@ -63,6 +63,33 @@ class Beside(Generic[T]):
             self._pool.shutdown()
 
 
+def adopt_qemu_chains(qmp: QMPClient, rec: VMRecord) -> list[str]:
+    """Make each disk chain of ``rec`` what QEMU actually uses. A commit or branch that died
+    between freezing a disk (QEMU switched to the new top) and saving the record leaves the
+    record one layer short: the next commit would then miss what the guest wrote to that layer,
+    and could even reuse it as a spare. Returns the layers adopted."""
+    adopted: list[str] = []
+    for block in qmp.command("query-block"):
+        d = rec.disks.get(block.get("device", ""))
+        image = (block.get("inserted") or {}).get("image")
+        if d is None or image is None:
+            continue
+        qemu_chain: list[str] = []
+        while image is not None:
+            qemu_chain.insert(0, image["filename"])
+            image = image.get("backing-image")
+        if qemu_chain[-1] == d.top:
+            continue
+        if d.top not in qemu_chain:
+            raise VMError(f"disk {block['device']} of VM {rec.id}: QEMU writes to "
+                          f"{qemu_chain[-1]}, which its record does not know")
+        new = qemu_chain[qemu_chain.index(d.top) + 1:]
+        d.chain += new
+        d.spares = {k: sp for k, sp in d.spares.items() if sp.path not in new}
+        adopted += new
+    return adopted
+
+
 def prepare_freeze(reg: VMRegistry, rec: VMRecord) -> dict[str, Path]:
     """Create each disk's next top layer before the pause (without opening the current top)."""
     return {name: d.take_overlay(reg.layers, rec.id, "top") for name, d in rec.disks.items()}
@@ -75,7 +102,8 @@ def prepare_devstate(qmp: QMPClient, out: Path,
     block node now (``blockdev-add``), so that freezing a disk inside the pause is only a graph
     change (``blockdev-snapshot``: ~1 ms, against ~2 ms for ``blockdev-snapshot-sync``, which
     opens the file). Returns {disk: (node of its current top, node of the new top)}."""
-    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
     try:
         qmp.pass_fd(fd)
     finally:

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from vers.errors import VMError
 from vers.objects.model import PAGE_SIZE
+from vers.vmm.private import make_private, private_file
 
 if TYPE_CHECKING:
     from vers.repo import Repo
@@ -129,6 +130,7 @@ def image_format(path: Path) -> str:
 def create_overlay(path: Path, backing: Path) -> None:
     qemu_img("create", "-q", "-f", "qcow2", "-b", str(backing), "-F", image_format(backing),
              str(path))
+    make_private(path)
 
 
 def create_overlay_unsafe(path: Path, backing: Path, size: int) -> None:
@@ -136,6 +138,7 @@ def create_overlay_unsafe(path: Path, backing: Path, size: int) -> None:
     writes to it; QEMU reads the backing's metadata only when it opens the overlay later."""
     qemu_img("create", "-q", "-f", "qcow2", "-u", "-b", str(backing), "-F", image_format(backing),
              str(path), str(size))
+    make_private(path)
 
 
 def layers_in_use(disks: dict[str, DiskChain]) -> set[str]:
@@ -168,9 +171,9 @@ def capture_disk(chain: list[str], new_layers: int, size: int, out: Path,
     files = list(reversed(chain))  # depth -> file
     dirty: list[int] = []
     fds: dict[int, int] = {}
+    private_file(out, size)
     try:
-        with open(out, "wb") as fo:
-            fo.truncate(size)
+        with open(out, "r+b") as fo:
             for ext in extents:
                 depth = int(ext.get("depth", 0))
                 changed = depth < new_layers and ext.get("present", True)
@@ -212,7 +215,7 @@ def export_base(repo: Repo, commit: str, image: str, layers: Path) -> Path:
     tmp = layers / f".{path.name}.{secrets.token_hex(4)}"
     try:
         repo.export_image(commit, image, str(tmp))
-        os.chmod(tmp, 0o444)
+        os.chmod(tmp, 0o400)  # read-only, and ours only
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

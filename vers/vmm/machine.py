@@ -29,6 +29,7 @@ from typing import Self
 from vers.errors import VMError
 from vers.images.guest import BASE_CMDLINE, TCG_CMDLINE
 from vers.images.guestfs import initramfs_error
+from vers.vmm.private import private_dir, private_file
 from vers.vmm.qmp import QMPClient
 from vers.vmm.state import Runtime, VMRecord
 
@@ -137,12 +138,12 @@ def find_qemu_processes(vms_root: Path) -> dict[str, int]:
 
 
 def _sock_path(vm_dir: Path, name: str) -> str:
-    """Unix socket paths are limited to 107 bytes; deep repositories fall back to /tmp."""
+    """Unix socket paths are limited to 107 bytes; deep repositories fall back to
+    $TMPDIR/vers-<uid>, which must be ours and closed to others (``private_dir``)."""
     p = vm_dir / f"{name}.sock"
     if len(str(p)) < 100:
         return str(p)
-    d = Path(tempfile.gettempdir()) / f"vers-{os.getuid()}"
-    d.mkdir(mode=0o700, exist_ok=True)
+    d = private_dir(Path(tempfile.gettempdir()) / f"vers-{os.getuid()}")
     return str(d / f"{vm_dir.name}-{name}.sock")
 
 
@@ -211,11 +212,12 @@ class Machine:
 
     def spawn(self, args: list[str]) -> None:
         """Start QEMU detached from our session; its stdout/stderr go to the VM's qemu.log."""
+        private_file(self.dir / "qemu.log")
         with open(self.dir / "qemu.log", "wb") as log:
             try:
                 proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log,
                                         stderr=subprocess.STDOUT, start_new_session=True,
-                                        cwd=self.dir)
+                                        cwd=self.dir, umask=0o077)  # its logs and sockets
             except OSError as exc:
                 raise VMError(f"cannot start QEMU: {exc}\n  command: {shlex.join(args)}") from exc
         (self.dir / "cmdline").write_text(shlex.join(args) + "\n")

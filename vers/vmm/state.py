@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from vers.errors import BadInput, Busy, UnknownVM
 from vers.images.guest import BASE_CMDLINE
 from vers.vmm.disk import DiskChain
+from vers.vmm.private import own_dir
 
 if TYPE_CHECKING:
     from vers.repo import Repo
@@ -146,7 +147,8 @@ class VMRegistry:
         self.layers = self.root / "_layers"
 
     def ensure(self) -> None:
-        self.layers.mkdir(parents=True, exist_ok=True)
+        own_dir(self.root)  # RAM files, layers and sockets of the VMs: ours only
+        own_dir(self.layers)
 
     def new_id(self) -> str:
         while True:
@@ -168,7 +170,7 @@ class VMRegistry:
         self.check_new_name(name)
         vid = self.new_id()
         d = self.root / vid
-        d.mkdir()
+        d.mkdir(mode=0o700)
         rec = VMRecord(id=vid, vm_dir=str(d), spec=spec or MachineSpec(memory=0), name=name,
                        parent_vm=parent_vm)
         self.save(rec)

@@ -79,9 +79,20 @@ def remove(reg: VMRegistry, rec: VMRecord) -> None:
     for r in records:
         in_use |= disk_mod.layers_in_use(r.disks)
     disk_mod.gc_layers(reg.layers, in_use, {r.id for r in records})
+    _remove_unused_boot_files(reg, records)
     # a disk base served lazily by the FUSE backing daemon (vers.vmm.memory.fuse.disk_base)
     if any("/mnt/disk-" in p for p in disk_mod.layers_in_use(rec.disks)):
         release_disk_bases(reg.root.parent, in_use)
+
+
+def _remove_unused_boot_files(reg: VMRegistry, records: list[VMRecord]) -> None:
+    """The kernels and initrds restores exported (``_layers/kernel-<tree>``, ~16 MiB together)
+    that no VM boots any more: the store still has them for the next restore."""
+    in_use = {p for r in records for p in r.boot.values()}
+    for kind in ("kernel", "initrd"):
+        for p in reg.layers.glob(f"{kind}-*"):
+            if str(p) not in in_use:
+                p.unlink(missing_ok=True)
 
 
 def _remove_orphan(reg: VMRegistry, vid: str, pid: int) -> None:

@@ -140,6 +140,30 @@ def test_capture_freezes_content_while_writer_continues(daemon: BackingDaemon) -
         f.remove()
 
 
+def test_capture_left_by_a_dead_commit_is_given_back(daemon: BackingDaemon) -> None:
+    """A commit killed between capture and capture_done leaves its twin pending: the next capture
+    takes the twin's pages back, so its dirty set still holds every page since the last commit."""
+    size = 32 * PAGE
+    f = BackingFile.create(daemon, "vm3.memory", size)
+    w = Writer(f.path, size)
+    try:
+        f.capture()
+        f.capture_done(ok=True)  # a first commit landed
+        w.write(3, "dead commit's page")
+        f.capture()  # ... and its commit process died here: no capture_done
+        w.write(5, "written after")
+        twin, dirty = f.capture()
+        assert dirty == [3, 5]
+        assert twin.name in daemon.request("list")["files"]
+        with pytest.raises(FuseError, match="already has a pending capture"):
+            daemon.request("capture", name=f.name, capture="other")  # without give_back_pending
+        f.capture_done(ok=True)
+        assert daemon.request("list")["files"] == [f.name]
+    finally:
+        w.close()
+        f.remove()
+
+
 def test_branch_children_diverge(daemon: BackingDaemon) -> None:
     size = 128 * PAGE
     parent = BackingFile.create(daemon, "p.memory", size)

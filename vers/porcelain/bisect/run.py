@@ -119,10 +119,10 @@ class FilesView(AbstractContextManager["FilesView"]):
                  tb: TracebackType | None) -> None:
         if self.mountpoint is not None:
             try:
-                umount(self.mountpoint)
+                umount(self.repo, self.mountpoint)
             except VersError:
                 try:
-                    umount(self.mountpoint, lazy=True)
+                    umount(self.repo, self.mountpoint, lazy=True)
                 except VersError as e2:
                     self.say(f"vers bisect: could not unmount {self.mountpoint}: {e2}")
             try:

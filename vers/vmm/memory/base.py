@@ -83,6 +83,11 @@ class MemoryBacking(ABC):
     def fork_reference(self, child: MemoryBacking) -> None:
         """After the parent resumed: let the child's first commit be incremental (optional)."""
 
+    def lost(self) -> str | None:
+        """Why the RAM file can no longer be used (commit, branch), with what to do; None while
+        it is fine. What ``vers ps`` and ``vers status`` report."""
+        return None
+
     @abstractmethod
     def destroy(self) -> None:
         """Remove every file this backing made."""

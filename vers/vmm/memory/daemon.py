@@ -63,6 +63,9 @@ class BackingFile:
         self.placeholder = False
         self.touched = False
         self.mtime_ns = time.time_ns()
+        #: the first read that failed (a damaged object in the store): QEMU dies of the EIO, and
+        #: this is what `vers ps`/`status` and the restore report
+        self.read_error: str | None = None
 
 
 def remove_orphan_layers(layer_dir: Path) -> int:
@@ -221,6 +224,8 @@ class BackingOperations(pyfuse3.Operations):
             return f.image.read_view(off, size)  # type: ignore[return-value]  # any buffer will do
         except Exception as exc:  # noqa: BLE001 - a store error must surface as EIO, never as wrong bytes
             log.error("read %s at %d: %s", f.name, off, exc)
+            if f.read_error is None:
+                f.read_error = f"reading page {off // PAGE_SIZE} failed: {exc}"
             raise pyfuse3.FUSEError(errno.EIO) from None
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:
@@ -306,23 +311,23 @@ class BackingOperations(pyfuse3.Operations):
             f.tracked = True
             return {}
         if op == "capture":
+            given_back = 0
             if f.capture is not None:
-                raise ValueError(f"{f.name} already has a pending capture {f.capture}")
+                if not req.get("give_back_pending"):
+                    raise ValueError(f"{f.name} already has a pending capture {f.capture}")
+                given_back = self._settle_capture(f, ok=False)
             twin = self.add(req["capture"], f.image.capture(), f.tracked)
             twin.direct_io = True
             f.capture = twin.name
-            return {"runs": twin.image.dirty_runs() if f.tracked else None}
+            return {"runs": twin.image.dirty_runs() if f.tracked else None,
+                    "given_back": given_back}
         if op == "capture_done":
             if f.capture is None:
                 raise ValueError(f"{f.name} has no pending capture")
-            twin = self.get(f.capture)
-            if req.get("ok"):
-                f.tracked = True
-            else:
-                f.image.restore_dirty(twin.image.dirty)
-            self.remove(twin.name)
-            f.capture = None
+            self._settle_capture(f, bool(req.get("ok")))
             return {"squashed_pages": f.image.squash()}
+        if op == "read_error":
+            return {"error": f.read_error}
         if op == "stats":
             return {**f.image.stats(), "tracked": int(f.tracked)}
         if op == "remove":
@@ -331,6 +336,23 @@ class BackingOperations(pyfuse3.Operations):
             self.remove(f.name)
             return {}
         raise ValueError(f"unknown control request {op!r}")
+
+    def _settle_capture(self, f: BackingFile, ok: bool) -> int:
+        """End ``f``'s pending capture: its commit landed (``ok``), or it did not and the twin's
+        dirty pages go back into ``f``'s dirty set, so the next commit stores them. Returns the
+        number of pages given back."""
+        assert f.capture is not None
+        twin = self.get(f.capture)
+        given_back = 0
+        if ok:
+            f.tracked = True
+        else:
+            given_back = sum(twin.image.dirty)
+            f.image.restore_dirty(twin.image.dirty)
+            log.info("%s: capture %s given back (%d dirty pages)", f.name, twin.name, given_back)
+        self.remove(twin.name)
+        f.capture = None
+        return given_back
 
     def _fill_placeholder(self, name: str, parent: BackingFile) -> None:
         """Give an untouched placeholder ``parent``'s content as of now (copy-on-write). Safe only

@@ -37,6 +37,7 @@ from vers.fuse import mount as mnt
 from vers.objects.imagetree import ImageFile
 from vers.objects.model import PAGE_SIZE, hash_bytes
 from vers.vmm.memory.base import MemoryBacking
+from vers.vmm.private import private_dir
 
 if TYPE_CHECKING:
     from vers.repo import Repo
@@ -69,26 +70,60 @@ class BackingDaemon:
         self.log_path = self.state_dir / "daemon.log"
 
     def ensure_running(self) -> None:
-        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        """A daemon with its mount in place, started if none runs. A mount is only ever
+        detached when its daemon is dead: a daemon that is merely slow to answer still serves
+        the RAM of running VMs (of any repository of this user), and detaching its mount would
+        leave them all uncommittable."""
+        private_dir(self.state_dir)  # guest RAM pages and a control socket: ours only
         with open(self.state_dir / "lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # two VMs starting at once start one daemon
-            if self.alive():
-                return
-            mnt.clean_stale(self.mountpoint)
+            try:
+                self.request("ping", timeout=HEALTH_TIMEOUT)
+            except FuseError as exc:
+                if "not running" not in str(exc):
+                    raise  # alive but not answering: leave it and its mount alone
+            else:
+                if self.lost() is None:
+                    return
+                self._restart_if_idle()
+            mnt.clean_stale(self.mountpoint)  # a dead daemon's mount (ENOTCONN) only
             if mnt.is_mounted(self.mountpoint):
-                mnt.detach(self.mountpoint, lazy=True)
+                raise FuseError(f"a FUSE file system is mounted at {self.mountpoint} but no "
+                                f"backing daemon answers on {self.sock_path}: not using it")
             self.mountpoint.mkdir(exist_ok=True)
             mnt.spawn_daemon(
                 DAEMON_MODULE, [os.fspath(self.state_dir), os.fspath(self.mountpoint)],
                 self.log_path,
             )
 
+    def _restart_if_idle(self) -> None:
+        """The daemon answers but its mount is gone: with no files it is stopped (a fresh one is
+        started); with files it keeps serving the VMs that have them mapped, and that is an
+        error for whoever wanted a new file."""
+        files = self.request("list")["files"]
+        if files:
+            raise FuseError(self.lost() or "the FUSE backing daemon lost its mount")
+        pid = self.request("ping")["pid"]
+        self.request("shutdown", timeout=5.0)
+        mnt.terminate_pid(pid)
+
+    def lost(self) -> str | None:
+        """Why the daemon's files cannot be used, if so: it answers, but its mount is not there
+        (someone detached it). QEMU keeps its mapping, but nothing can open the files again (a
+        commit's flush does), and a new file under the bare directory would be a plain file."""
+        if mnt.is_mounted(self.mountpoint):
+            return None
+        return (f"the FUSE backing mount {self.mountpoint} was detached while its daemon still "
+                "serves VM memory: those VMs run on but cannot be committed or branched; "
+                "`vers kill` them (restore their last commit with `vers run-commit`)")
+
     def alive(self) -> bool:
+        """The daemon answers and its mount is in place and connected."""
         try:
-            self.request("ping", timeout=5.0)
+            self.request("ping", timeout=HEALTH_TIMEOUT)
         except FuseError:
             return False
-        return not mnt.is_stale(self.mountpoint)
+        return self.lost() is None and not mnt.is_stale(self.mountpoint)
 
     def request(self, op: str, timeout: float = CONTROL_TIMEOUT, **args: Any) -> dict[str, Any]:
         """One control request. A dead or stuck daemon is a FuseError, never a hang."""
@@ -191,6 +226,9 @@ class BackingFile:
         # The socket first (it has a timeout): a stuck daemon would block the fsync for good.
         if time.monotonic() - _last_ping.get(self.daemon.state_dir, -HEALTH_FRESH) >= HEALTH_FRESH:
             self.daemon.request("ping", timeout=HEALTH_TIMEOUT)
+            lost = self.daemon.lost()
+            if lost is not None:
+                raise FuseError(lost)
             _last_ping[self.daemon.state_dir] = time.monotonic()
         mnt.check_alive(self.daemon.mountpoint, "FUSE backing daemon")
         try:
@@ -229,10 +267,14 @@ class BackingFile:
 
     def capture(self, capture_name: str | None = None) -> tuple[BackingFile, list[int] | None]:
         """With the writer paused: freeze the content now into a read-only twin (no copy), which
-        owns the dirty pages; the live file starts a new dirty set and may resume at once."""
+        owns the dirty pages; the live file starts a new dirty set and may resume at once.
+
+        A capture still pending here was left by a commit that died before settling it (the
+        caller holds the VM's lock, so no other commit is running): its pages are given back
+        first, so this capture holds every page changed since the last commit that landed."""
         self.flush()
         twin = capture_name or f"{self.name}.capture"
-        runs = self._request("capture", capture=twin)["runs"]
+        runs = self._request("capture", capture=twin, give_back_pending=True)["runs"]
         return BackingFile(self.daemon, twin, self.size), None if runs is None else expand(runs)
 
     def capture_done(self, ok: bool) -> None:
@@ -248,6 +290,11 @@ class BackingFile:
 
     def stats(self) -> dict[str, int]:
         return {k: int(v) for k, v in self._request("stats").items()}
+
+    def read_error(self) -> str | None:
+        """Why a read of this file failed (the first time), if one did."""
+        error = self._request("read_error")["error"]
+        return None if error is None else str(error)
 
     def remove(self) -> None:
         """Drop the file (its overlay is freed once nothing has it open)."""
@@ -351,6 +398,24 @@ class FuseMemoryBacking(MemoryBacking):
 
     def stats(self) -> dict[str, int]:
         return self.file.stats()
+
+    def lost(self) -> str | None:
+        daemon = self.file.daemon
+        try:
+            files = daemon.request("list", timeout=HEALTH_TIMEOUT)["files"]
+        except FuseError as exc:
+            return f"guest RAM is lost: {exc}"
+        if self._state["name"] not in files:
+            return (f"guest RAM is lost: the FUSE backing daemon has no file "
+                    f"{self._state['name']} (it was restarted?); `vers kill` this VM")
+        try:
+            error = self.file.read_error()
+        except FuseError as exc:
+            return f"guest RAM is lost: {exc}"
+        if error is not None:
+            return (f"guest RAM could not be read from the store ({error}); "
+                    "`vers fsck` names what is damaged")
+        return daemon.lost()
 
     def destroy(self) -> None:
         self.file.remove()

@@ -20,12 +20,13 @@ from vers.errors import VMError
 from vers.objects.imagetree import ImageFile, write_image
 from vers.objects.model import PAGE_SIZE
 from vers.vmm.memory.base import MemoryBacking
+from vers.vmm.private import private_file
 
 
 def _copy_file(src: Path, dst: Path, size: int) -> None:
     """Kernel-side copy (no page faults in our process); tmpfs supports copy_file_range."""
-    with open(src, "rb") as fi, open(dst, "wb") as fo:
-        fo.truncate(size)
+    private_file(dst, size)
+    with open(src, "rb") as fi, open(dst, "r+b") as fo:
         off = 0
         while off < size:
             n = os.copy_file_range(fi.fileno(), fo.fileno(), size - off, off, off)
@@ -133,13 +134,19 @@ class ShmMemoryBacking(MemoryBacking):
             raise VMError(f"memory backing directory {base} does not exist")
         path = base / f"vers-{vm_id}.mem"
         ref = base / f"vers-{vm_id}.ref"
-        with open(path, "wb") as f:
-            f.truncate(size)
         ref_valid = False
-        if source is not None:
-            _fill_from_image(path, source)
-            _copy_file(path, ref, size)
-            ref_valid = True
+        try:
+            private_file(path, size)
+            if source is not None:
+                _fill_from_image(path, source)
+                _copy_file(path, ref, size)
+                ref_valid = True
+        except BaseException as exc:
+            for p in (path, ref):  # no record names them yet: nobody else would remove them
+                p.unlink(missing_ok=True)
+            if isinstance(exc, OSError):
+                raise VMError(f"cannot create guest RAM in {base}: {exc.strerror}") from exc
+            raise
         return cls({"path": str(path), "ref": str(ref), "size": size, "ref_valid": ref_valid})
 
     @property
@@ -152,18 +159,29 @@ class ShmMemoryBacking(MemoryBacking):
         except ImportError:
             pass
 
+    @property
+    def _pending(self) -> Path:
+        """Exists from a capture until its commit landed: a commit killed in between leaves the
+        reference ahead of the base commit, and the VM record cannot say so (it is saved later),
+        so the next capture must not trust the reference."""
+        return self.ref.with_name(self.ref.name + ".pending")
+
     def capture(self) -> tuple[Path, list[int] | None]:
-        if not self._state.get("ref_valid") or not self.ref.exists():
+        trusted = self._state.get("ref_valid") and self.ref.exists() \
+            and not self._pending.exists()
+        self._pending.touch(mode=0o600)
+        self._state["ref_valid"] = False  # ref now runs ahead of the base commit until commit_done
+        if not trusted:
             _copy_file(self.path, self.ref, self.size)
-            self._state["ref_valid"] = False
             return self.ref, None
         dirty = changed_pages(self.path, self.ref, self.size)
-        self._state["ref_valid"] = False  # ref now runs ahead of the base commit until commit_done
         copy_pages(self.path, self.ref, dirty)
         return self.ref, dirty
 
     def commit_done(self, ok: bool) -> None:
         self._state["ref_valid"] = ok
+        if ok:
+            self._pending.unlink(missing_ok=True)
 
     def fork_begin(self, vm_id: str) -> ShmMemoryBacking:
         base = self.path.parent
@@ -186,6 +204,6 @@ class ShmMemoryBacking(MemoryBacking):
             child._state["ref_valid"] = True
 
     def destroy(self) -> None:
-        for p in (self.path, self.ref):
+        for p in (self.path, self.ref, self._pending):
             p.unlink(missing_ok=True)
 
