@@ -138,7 +138,7 @@ def publish(q: QMPClient, port: Port) -> None:
 
 def unpublish(q: QMPClient, port: Port) -> None:
     out = _hmp(q, f"hostfwd_remove {NETDEV} {port.proto}:{port.host_ip}:{port.host_port}")
-    if out:
+    if not out.endswith(" removed"):  # QEMU says "host forwarding rule for ... removed"
         raise VMError(f"cannot remove the rule for {port}: {out}")
 
 
