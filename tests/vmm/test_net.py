@@ -161,8 +161,11 @@ def test_ports_are_runtime_children_get_their_own(vmrepo: Repo, web: VMRecord) -
 
 def test_guest_loopback_connection_survives_branch_and_restore(vmrepo: Repo,
                                                                web: VMRecord) -> None:
+    """One busybox nc server (it takes one connection) and one client over the guest's loopback,
+    both with stdin held open (busybox nc quits at EOF on stdin): a line written after the branch
+    or the restore reaches the server through the connection made before the commit."""
     gexec(web, "rm -f /tmp/fifo /tmp/got; mkfifo /tmp/fifo;"
-               " setsid sh -c 'nc -l -p 7000 > /tmp/got' </dev/null >/dev/null 2>&1 &"
+               " setsid sh -c 'sleep 100000 | nc -l -p 7000 > /tmp/got' </dev/null >/dev/null 2>&1 &"
                " sleep 0.5; setsid sh -c 'sleep 100000 > /tmp/fifo' </dev/null >/dev/null 2>&1 &"
                " setsid sh -c 'nc 127.0.0.1 7000 < /tmp/fifo' </dev/null >/dev/null 2>&1 &"
                " echo before > /tmp/fifo")
