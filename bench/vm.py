@@ -1,7 +1,8 @@
 """VM driver benchmark: commit and branch pause times against QEMU's own paths.
 
-For each guest size (256 MiB and 2 GiB by default) and memory backing (shm, and fuse when the FUSE
-backing is available), in one run:
+For each guest size (256 MiB and 2 GiB by default), memory backing (shm, and fuse when the FUSE
+backing is available) and network (``user``, the default, and ``none``; rows side by side), in one
+run:
 
 * commit pause with ~1% of guest pages dirtied since the parent commit, against QEMU's own full
   ``migrate`` of the same VM to a file (stop -> migrate -> cont, max-bandwidth unthrottled);
@@ -12,7 +13,8 @@ backing is available), in one run:
 Prints medians and the ratios vers has goals for (commit <= 0.1x QEMU, branch pause <= 30 ms,
 child ready <= 1.5x bare start, store growth <= 1.1x dirty bytes; docs/vmm.md).
 
-    python3 bench/vm.py [--sizes 256M,2G] [--backings shm,fuse,fuse+nostandby] [--repeat 3]
+    python3 bench/vm.py [--sizes 256M,2G] [--backings shm,fuse,fuse+nostandby] [--net user,none]
+                        [--repeat 3]
 """
 
 from __future__ import annotations
@@ -106,11 +108,11 @@ def dirty_one_percent(rec: VMRecord, size: int) -> None:
 
 
 def bench_one(size: int, backing: str, repeat: int, work: Path, standby: bool = False,
-              ) -> dict[str, Any]:
-    repo = Repo.init(work / f"repo-{backing}-{size >> 20}M-{standby}")
-    res: dict[str, Any] = {"size_mib": size >> 20, "backing": backing}
+              net: str = "user") -> dict[str, Any]:
+    repo = Repo.init(work / f"repo-{backing}-{size >> 20}M-{standby}-{net}")
+    res: dict[str, Any] = {"size_mib": size >> 20, "backing": backing, "net": net}
     rec = run_vm(repo, RunOptions(memory=size, memory_backing=backing, standby=standby,
-                                  make_current=False))
+                                  make_current=False, net=net))
     try:
         gexec(rec, "setsid sh -c 'i=0; while :; do i=$((i+1)); echo $i > /tmp/counter;"
                    " sleep 0.1; done' </dev/null >/dev/null 2>&1 &")
@@ -169,6 +171,7 @@ def main() -> int:
     ap.add_argument("--sizes", default="256M,2G")
     ap.add_argument("--backings", default="shm,fuse",
                     help="comma list; fuse+nostandby = VMs run with --no-standby")
+    ap.add_argument("--net", default="user,none", help="comma list of --net modes")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--json", action="store_true", help="print raw results as JSON too")
     args = ap.parse_args()
@@ -181,17 +184,19 @@ def main() -> int:
                 print(f"skipping backing {backing}: {exc}", file=sys.stderr)
                 continue
             for s in args.sizes.split(","):
-                print(f"... {backing} {s}", file=sys.stderr)
-                res = bench_one(parse_size(s), backing.split("+")[0], args.repeat, Path(tmp),
-                                standby=not backing.endswith("+nostandby"))
-                res["backing"] = backing
-                results.append(res)
-    hdr = (f"{'backing':<16} {'RAM':>6} {'commit pause':>12} {'QEMU migrate':>12} {'ratio':>6}"
+                for net in args.net.split(","):
+                    print(f"... {backing} {s} net {net}", file=sys.stderr)
+                    res = bench_one(parse_size(s), backing.split("+")[0], args.repeat,
+                                    Path(tmp), standby=not backing.endswith("+nostandby"),
+                                    net=net)
+                    res["backing"] = backing
+                    results.append(res)
+    hdr = (f"{'backing':<16} {'net':<4} {'RAM':>6} {'commit pause':>12} {'QEMU migrate':>12} {'ratio':>6}"
            f" {'branch pause':>12} {'child ready':>11} {'bare start':>10} {'ratio':>6}"
            f" {'dirty KiB':>9} {'growth KiB':>10} {'ratio':>6}")
     print(hdr)
     for r in results:
-        print(f"{r['backing']:<16} {r['size_mib']:>5}M {r['commit_pause_ms']:>10.1f}ms"
+        print(f"{r['backing']:<16} {r['net']:<4} {r['size_mib']:>5}M {r['commit_pause_ms']:>10.1f}ms"
               f" {r['qemu_full_migrate_pause_ms']:>10.1f}ms"
               f" {r['ratio_commit_pause_vs_qemu_migrate']:>6.3f}"
               f" {r['branch_pause_ms']:>10.1f}ms {r['branch_child_ready_ms']:>9.1f}ms"

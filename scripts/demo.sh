@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The README's "main job": install everything, build the default guest, boot it, run something in
-# it, commit, branch, restore, and print what happened. Safe to run again; cleans up its VMs.
+# it, commit, branch, restore, serve a page from a guest and its branch child on published ports,
+# and print what happened. Safe to run again; cleans up its VMs.
 #
 #   bash scripts/demo.sh [DIR]      (DIR: where to put the demo repository, default a temp dir)
 set -euo pipefail
@@ -53,6 +54,16 @@ echo "restored $R: counter $(vers exec restored -- cat /tmp/counter) (it was cou
 sleep 1
 echo "restored counter one second later: $(vers exec restored -- cat /tmp/counter)"
 echo "note2 exists in the restored VM? $(vers exec restored -- 'test -e /root/note2 && echo yes || echo no') (written after $C1)"
+
+say "Serve a page from the guest on a published port, branch it, fetch it from the child's port"
+vers run --name web -p 8000 >/dev/null
+vers exec web -- 'mkdir -p /www; echo "served by $(cat /run/vers/generation)" > /www/index.html; httpd -p 8000 -h /www'
+port_of() { vers port "$1" --format json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["host_port"])'; }
+echo "parent, 127.0.0.1:$(port_of web): $(curl -s "http://127.0.0.1:$(port_of web)/")"
+WEBCHILD=$(vers branch web --name web-child)
+vers exec web-child -- 'echo "served by $(cat /run/vers/generation)" > /www/index.html'
+echo "child $WEBCHILD, its own port 127.0.0.1:$(port_of web-child): $(curl -s "http://127.0.0.1:$(port_of web-child)/")"
+echo "parent still serves: $(curl -s "http://127.0.0.1:$(port_of web)/")"
 
 say "All VMs"
 vers ps

@@ -5,6 +5,7 @@ registry, the agent's framing."""
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import os
 import random
@@ -45,6 +46,19 @@ def test_build_args_microvm_shared_memory_and_incoming() -> None:
     assert "-cpu" in kvm and "-incoming" not in kvm
 
 
+def test_network_device_comes_last_and_only_with_the_user_network() -> None:
+    """The virtio-net device follows every other device, so a machine without it (--net none,
+    and every commit made before networking) keeps the hardware layout it was committed with;
+    no host port is ever on the command line (ports are runtime, added over QMP)."""
+    user = Machine(_record(MachineSpec(memory=64 << 20))).args("m", qemu="q")
+    none = Machine(_record(MachineSpec(memory=64 << 20, net="none"))).args("m", qemu="q")
+    i = user.index("-netdev")
+    assert user[i:i + 4] == ["-netdev", "user,id=net0", "-device", "virtio-net-device,netdev=net0"]
+    assert user[:i] + user[i + 4:] == none
+    assert "virtserialport,chardev=agent,name=vers.agent" in user[:i]
+    assert "hostfwd" not in " ".join(user)
+
+
 def test_launch_failure_carries_the_command_line_and_log(tmp_path: Path) -> None:
     """A process that exits before QMP answers: a VMError with the command and qemu.log's tail,
     and a machine whose shutdown, then a second one, are harmless."""
@@ -62,12 +76,18 @@ def test_launch_failure_carries_the_command_line_and_log(tmp_path: Path) -> None
 
 
 def test_machine_spec_dict_is_what_commits_record() -> None:
-    """Commit IDs depend on this form: same keys, same order, same values as ever."""
-    spec = MachineSpec(memory=256 << 20, vcpus=2, cmdline="console=ttyS0", disks=["disk", "disk1"])
-    assert json.dumps(spec.to_dict()) == (
-        '{"memory": 268435456, "vcpus": 2, "accel": "tcg", "cmdline": "console=ttyS0", '
-        '"disks": ["disk", "disk1"], "machine": "microvm"}')
+    """Commit IDs depend on this form: same keys, same order, same values as ever; a machine
+    without a network device is recorded as before networking existed, and such a record (every
+    older commit) restores without one."""
+    spec = MachineSpec(memory=256 << 20, vcpus=2, cmdline="console=ttyS0", disks=["disk", "disk1"],
+                       net="none")
+    old_form = ('{"memory": 268435456, "vcpus": 2, "accel": "tcg", "cmdline": "console=ttyS0", '
+                '"disks": ["disk", "disk1"], "machine": "microvm"')
+    assert json.dumps(spec.to_dict()) == old_form + "}"
     assert MachineSpec.from_dict(spec.to_dict()) == spec
+    with_net = dataclasses.replace(spec, net="user")
+    assert json.dumps(with_net.to_dict()) == old_form + ', "net": "user"}'
+    assert MachineSpec.from_dict(with_net.to_dict()) == with_net
 
 
 def test_vm_record_round_trip_and_earlier_format(tmp_path: Path) -> None:

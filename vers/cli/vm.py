@@ -1,15 +1,29 @@
 """vers CLI commands of the VM driver: run, ps, status, pause, resume, kill, console, commit,
-branch, run-commit, checkout (exec, cp and connect are in vers/cli/transfer.py). Each parses
-arguments and calls vers.porcelain.vm."""
+branch, run-commit, checkout, port (exec, cp and connect are in vers/cli/transfer.py). Each
+parses arguments and calls vers.porcelain.vm."""
 
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import click
 
 from vers.cli._group import cli, emit_json, info, open_repo
+from vers.errors import BadInput
 from vers.porcelain import vm as verbs
+
+PUBLISH_HELP = ("Publish a guest port on the host: [HOSTIP:]HOSTPORT:GUESTPORT[/udp], or GUESTPORT "
+                "for a free host port; HOSTIP defaults to 127.0.0.1. Repeatable.")
+
+
+def _publish_option(help_text: str = PUBLISH_HELP) -> Any:
+    return click.option("-p", "--publish", "ports", multiple=True, metavar="SPEC", help=help_text)
+
+
+def _say_ports(rec: verbs.VMRecord) -> None:
+    for p in rec.runtime.ports:
+        info(f"  {verbs.Port.from_dict(p)}")
 
 
 @cli.command()
@@ -34,18 +48,21 @@ from vers.porcelain import vm as verbs
               help="Keep a standby child QEMU started for the next `vers branch` (an idle "
                    "~50 MB process per VM, hidden from `ps`; children inherit it). Default: on "
                    "with the fuse memory backing, unless $VERS_STANDBY=0.")
+@click.option("--net", type=click.Choice(["user", "none"]), default="user", show_default=True,
+              help="user: a virtio-net device on QEMU's user-mode network (guest 10.0.2.15, "
+                   "host 10.0.2.2); none: no network device.")
+@_publish_option()
 def run(memory: str, vcpus: int, name: str | None, accel: str | None, kernel: str | None,
         initrd: str | None, disks: tuple[str, ...], cmdline: str | None,
-        memory_backing: str | None,
-        memory_dir: str | None, boot_timeout: float, overcommit: bool,
-        standby: bool | None) -> None:
+        memory_backing: str | None, memory_dir: str | None, boot_timeout: float,
+        overcommit: bool, standby: bool | None, net: str, ports: tuple[str, ...]) -> None:
     """Boot a VM (the default guest unless you give your own); prints its ID."""
     repo = open_repo()
     opts = verbs.RunOptions(memory=verbs.parse_size(memory), vcpus=vcpus, name=name, accel=accel,
                             kernel=kernel, initrd=initrd, disks=disks, cmdline=cmdline,
                             memory_backing=memory_backing or verbs.default_backing(),
                             memory_dir=memory_dir, boot_timeout=boot_timeout,
-                            overcommit=overcommit)
+                            overcommit=overcommit, net=net, ports=ports)
     if standby is not None:
         opts.standby = standby
     if standby and opts.memory_backing != "fuse":
@@ -54,6 +71,7 @@ def run(memory: str, vcpus: int, name: str | None, accel: str | None, kernel: st
          "booting VM (building the default guest first if it is not cached)...")
     rec = verbs.run(repo, opts)
     info(f"VM {rec.id} running{f' as {name}' if name else ''} (accel {rec.spec.accel})")
+    _say_ports(rec)
     click.echo(rec.id)
 
 
@@ -151,31 +169,69 @@ def _pages(n: int | None) -> str:
 @click.option("--count", default=1, show_default=True, type=int, help="Number of children.")
 @click.option("--name", default=None, help="Alias for the child (NAME-i with --count).")
 @click.option("-v", "--verbose", is_flag=True, help="Print phase timings.")
-def branch(source: str | None, count: int, name: str | None, verbose: bool) -> None:
+@_publish_option(PUBLISH_HELP + " Children of a live VM also publish its guest ports, each on a "
+                 "host port of its own.")
+def branch(source: str | None, count: int, name: str | None, verbose: bool,
+           ports: tuple[str, ...]) -> None:
     """Fork a live VM (or restore a COMMIT) into children; prints their IDs."""
-    children, tm = verbs.branch(open_repo(), source, count, name)
+    children, tm = verbs.branch(open_repo(), source, count, name, ports)
     if tm is not None:
         info(f"branched {len(children)} VM(s); parent paused {tm.pause:.0f} ms")
         if verbose:
             info(f"phases (ms): {tm.phases} {tm.extra}")
     for c in children:
+        _say_ports(c)
         click.echo(c.id)
 
 
 @cli.command("run-commit")
 @click.argument("commit_rev", metavar="COMMIT")
 @click.option("--name", default=None, help="Alias for the new VM.")
-def run_commit(commit_rev: str, name: str | None) -> None:
+@_publish_option()
+def run_commit(commit_rev: str, name: str | None, ports: tuple[str, ...]) -> None:
     """Boot a new VM from COMMIT (memory, disks, device state); prints its ID."""
-    rec = verbs.run_commit(open_repo(), commit_rev, name=name)
+    rec = verbs.run_commit(open_repo(), commit_rev, name=name, ports=ports)
     info(f"VM {rec.id} restored from {rec.base_commit[:12] if rec.base_commit else '?'}")
+    _say_ports(rec)
     click.echo(rec.id)
 
 
 @cli.command()
 @click.argument("commit_rev", metavar="COMMIT")
-def checkout(commit_rev: str) -> None:
+@_publish_option()
+def checkout(commit_rev: str, ports: tuple[str, ...]) -> None:
     """Restore COMMIT into a new VM, make it the current VM and move HEAD there."""
-    rec = verbs.checkout(open_repo(), commit_rev)
+    rec = verbs.checkout(open_repo(), commit_rev, ports=ports)
     info(f"VM {rec.id} restored from {rec.base_commit[:12] if rec.base_commit else '?'}, now current")
+    _say_ports(rec)
     click.echo(rec.id)
+
+
+@cli.command()
+@click.argument("args", nargs=-1, metavar="[VM] | add VM SPEC | rm VM SPEC")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
+def port(args: tuple[str, ...], fmt: str) -> None:
+    """List a VM's published ports, or publish (add) / stop publishing (rm) one on a running VM.
+
+    SPEC is [HOSTIP:]HOSTPORT:GUESTPORT[/udp] or GUESTPORT (add: a free host port; rm: every
+    rule to that guest port)."""
+    repo = open_repo()
+    if args and args[0] in ("add", "rm"):
+        if len(args) != 3:
+            raise BadInput(f"usage: vers port {args[0]} VM SPEC")
+        if args[0] == "add":
+            p = verbs.port_add(repo, args[1], args[2])
+            info(f"published {p}")
+            click.echo(p.host_port)
+        else:
+            for p in verbs.port_rm(repo, args[1], args[2]):
+                info(f"removed {p}")
+        return
+    if len(args) > 1:
+        raise BadInput("usage: vers port [VM] | vers port add VM SPEC | vers port rm VM SPEC")
+    _, ports = verbs.ports(repo, args[0] if args else None)
+    if fmt == "json":
+        emit_json([p.to_dict() for p in ports])
+        return
+    for p in ports:
+        click.echo(f"{p.guest_port}/{p.proto} -> {p.host_ip}:{p.host_port}")

@@ -30,8 +30,10 @@ from vers.errors import VMError
 from vers.images import guestfs
 
 KERNEL_PACKAGE_RE = re.compile(r"^linux-image-6\.1\.0-(\d+)-cloud-amd64$")
-#: Load order measured to work with the Debian cloud kernel under microvm (FINDINGS.md).
-MODULES = ("virtio_ring", "virtio", "virtio_mmio", "virtio_blk", "virtio_console")
+#: Load order measured to work with the Debian cloud kernel under microvm (docs/vmm.md);
+#: virtio_net needs net_failover, which needs failover.
+MODULES = ("virtio_ring", "virtio", "virtio_mmio", "virtio_blk", "virtio_console",
+           "failover", "net_failover", "virtio_net")
 #: Under TCG the kernel's TSC/PIT calibration can hang on a loaded host; these make boots reliable.
 TCG_CMDLINE = "tsc_early_khz=2000000 lpj=4000000"
 BASE_CMDLINE = "console=ttyS0 panic=-1 quiet"

@@ -33,7 +33,7 @@ export PATH=/bin
 mount -t devtmpfs dev /dev
 mount -t proc proc /proc
 mount -t sysfs sys /sys
-for m in virtio_ring virtio virtio_mmio virtio_blk virtio_console; do
+for m in virtio_ring virtio virtio_mmio virtio_blk virtio_console failover net_failover virtio_net; do
     [ -f /lib/modules/$m.ko ] && insmod /lib/modules/$m.ko
 done
 fail() {
@@ -73,9 +73,10 @@ exec switch_root /newroot /sbin/vers-init
 '''
 
 GUEST_INIT = r'''#!/bin/sh
-# vers guest init (PID 1): mount the usual file systems, grow the root file system to the disk,
-# run the image's /etc/vers/boot.d/* scripts (services such as PostgreSQL), start the agent, then
-# idle forever so that PID 1 never exits (and reaps orphans while it waits).
+# vers guest init (PID 1): mount the usual file systems, bring up lo and eth0 (QEMU's user-mode
+# network: the fixed addresses it always hands out, so no DHCP wait), grow the root file system to
+# the disk, run the image's /etc/vers/boot.d/* scripts (services such as PostgreSQL), start the
+# agent, then idle forever so that PID 1 never exits (and reaps orphans while it waits).
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 bb=
 [ -x /sbin/busybox-vers ] && bb=/sbin/busybox-vers
@@ -90,6 +91,12 @@ $bb mount -t tmpfs -o mode=0755 run /run
 $bb mount -o remount,rw / 2>/dev/null
 echo vers-guest >/proc/sys/kernel/hostname
 $bb ip link set lo up 2>/dev/null
+if [ -e /sys/class/net/eth0 ]; then
+    $bb ip link set eth0 up
+    $bb ip addr add 10.0.2.15/24 dev eth0
+    $bb ip route add default via 10.0.2.2 dev eth0
+    [ -L /etc/resolv.conf ] || echo "nameserver 10.0.2.3" >/etc/resolv.conf
+fi
 if command -v resize2fs >/dev/null 2>&1; then
     resize2fs /dev/vda >/dev/null 2>&1
 fi

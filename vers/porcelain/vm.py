@@ -1,5 +1,5 @@
 """The VM verbs: run, ps, status, pause, resume, kill, console, exec, commit, branch, run-commit,
-checkout. Plain functions taking a ``Repo``; ``vers/cli/vm.py`` only parses arguments and calls
+checkout, port. Plain functions taking a ``Repo``; ``vers/cli/vm.py`` only parses arguments and calls
 them. The work is the VM driver's (``vers.vmm``); what a verb means for history (HEAD, which
 source ``vers branch`` forks) is decided here.
 """
@@ -19,15 +19,17 @@ from vers.vmm.control import VMStatus
 from vers.vmm.devstate import Timings
 from vers.vmm.machine import parse_size
 from vers.vmm.memory import default_backing
+from vers.vmm.net import Port, child_ports, parse_ports
 from vers.vmm.state import VMRecord, registry
 from vers.vmm.teardown import kill_vms
 
 if TYPE_CHECKING:
     from vers.repo import Repo
 
-__all__ = ["BOOT_TIMEOUT", "RunOptions", "Timings", "VMRecord", "VMStatus", "branch",
+__all__ = ["BOOT_TIMEOUT", "Port", "RunOptions", "Timings", "VMRecord", "VMStatus", "branch",
            "checkout", "commit", "console", "default_backing", "exec_in", "kill", "parse_size",
-           "pause", "ps", "resume", "run", "run_commit", "status"]
+           "pause", "port_add", "port_rm", "ports", "ps", "resume", "run", "run_commit",
+           "status"]
 
 
 def run(repo: Repo, opts: RunOptions) -> VMRecord:
@@ -72,32 +74,51 @@ def commit(repo: Repo, vm: str | None, message: str = "",
     return commit_vm(repo, vm, message, stay_paused)
 
 
-def branch(repo: Repo, source: str | None, count: int = 1,
-           name: str | None = None) -> tuple[list[VMRecord], Timings | None]:
+def branch(repo: Repo, source: str | None, count: int = 1, name: str | None = None,
+           ports: tuple[str, ...] = ()) -> tuple[list[VMRecord], Timings | None]:
     """Fork SOURCE into ``count`` children: a live VM (the current one when None) is branched,
-    a commit is restored ``count`` times. Timings only for a live VM."""
+    a commit is restored ``count`` times. Each child publishes ``ports`` (a live VM's children
+    also its guest ports, on host ports of their own). Timings only for a live VM."""
     if source is None or registry(repo).find(source) is not None:
-        return branch_vm(repo, source, count, name)
+        return branch_vm(repo, source, count, name, ports)
     try:
         repo.rev_parse(source)
     except BadRevision as exc:
         raise UnknownVM(f"{source!r} is neither a VM nor a commit") from exc
-    return [restore_commit(repo, source, name=n) for n in child_names(name, count)], None
+    child_ports([], parse_ports(ports), count)  # refuses a fixed host port for several
+    return [restore_commit(repo, source, name=n, ports=ports)
+            for n in child_names(name, count)], None
 
 
-def run_commit(repo: Repo, rev: str, name: str | None = None,
-               make_current: bool = False) -> VMRecord:
-    """Boot a new VM from a commit (memory, disks, device state)."""
-    return restore_commit(repo, rev, name=name, make_current=make_current)
+def run_commit(repo: Repo, rev: str, name: str | None = None, make_current: bool = False,
+               ports: tuple[str, ...] = ()) -> VMRecord:
+    """Boot a new VM from a commit (memory, disks, device state), publishing ``ports`` (a
+    commit records none)."""
+    return restore_commit(repo, rev, name=name, make_current=make_current, ports=ports)
 
 
-def checkout(repo: Repo, rev: str) -> VMRecord:
+def checkout(repo: Repo, rev: str, ports: tuple[str, ...] = ()) -> VMRecord:
     """Restore ``rev``, make the new VM current and move HEAD there, like git checkout: onto the
     branch when ``rev`` names one, else detached at the commit."""
     cid = repo.rev_parse(rev)
-    rec = restore_commit(repo, cid, make_current=True)
+    rec = restore_commit(repo, cid, make_current=True, ports=ports)
     if repo.refs.resolve("refs/heads/" + rev) is not None:
         repo.set_head_branch(rev, message=f"checkout: {rev}")
     else:
         repo.set_head_detached(cid, message=f"checkout: {rev}")
     return rec
+
+
+def ports(repo: Repo, vm: str | None) -> tuple[VMRecord, list[Port]]:
+    """A VM's published ports."""
+    return control.list_ports(repo, vm)
+
+
+def port_add(repo: Repo, vm: str | None, spec: str) -> Port:
+    """Publish a port of a running VM; returns it with the host port it got."""
+    return control.add_port(repo, vm, spec)
+
+
+def port_rm(repo: Repo, vm: str | None, spec: str) -> list[Port]:
+    """Stop publishing the ports ``spec`` names."""
+    return control.remove_port(repo, vm, spec)

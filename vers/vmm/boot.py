@@ -21,9 +21,11 @@ from vers.vmm import agent as agent_mod
 from vers.vmm import disk as disk_mod
 from vers.vmm.devstate import load_devstate
 from vers.vmm.disk import DiskChain
+from vers.vmm.fresh import freshen
 from vers.vmm.machine import Machine, MiB, default_cmdline, detect_accel, pid_alive
 from vers.vmm.memory import MemoryBacking, backing_class, default_backing
 from vers.vmm.memory.fuse import disk_base
+from vers.vmm.net import NET_MODES, Port, check_ports, parse_ports, publish_all
 from vers.vmm.private import make_private
 from vers.vmm.standby import refresh_spares
 from vers.vmm.state import MachineSpec, VMRecord, VMRegistry, registry
@@ -53,6 +55,10 @@ class RunOptions:
     #: allow more guest RAM than the host's RAM and swap together (it can never all be backed)
     overcommit: bool = False
     make_current: bool = True
+    #: "user" (QEMU's user-mode network, the default) or "none" (no network device)
+    net: str = "user"
+    #: published ports: ``[HOSTIP:]HOSTPORT:GUESTPORT`` or ``GUESTPORT`` (see vers.vmm.net)
+    ports: tuple[str, ...] = ()
     #: keep a standby child QEMU ready for the next branch (see vers.vmm.standby); on unless
     #: $VERS_STANDBY=0 (it only ever applies to the FUSE memory backing)
     standby: bool = field(default_factory=lambda: os.environ.get("VERS_STANDBY", "1") != "0")
@@ -61,6 +67,8 @@ class RunOptions:
 def run_vm(repo: Repo, opts: RunOptions) -> VMRecord:
     """Boot a root VM (default guest unless kernel/initrd/disks are given)."""
     spec, kernel, initrd, disk_files = _machine_for(opts)
+    ports = parse_ports(opts.ports)
+    check_ports(spec.net, ports)
     reg = registry(repo)
     rec = reg.create(name=opts.name, spec=spec)
     rec.standby = opts.standby
@@ -75,7 +83,7 @@ def run_vm(repo: Repo, opts: RunOptions) -> VMRecord:
             rec.id, opts.memory, None, Path(opts.memory_dir) if opts.memory_dir else None)
         rec.memory = backing.state()
         reg.save(rec)
-        _boot(reg, rec, backing, opts.boot_timeout)
+        _boot(reg, rec, backing, opts.boot_timeout, ports)
         refresh_spares(reg, rec)
     except BaseException:
         remove(reg, rec)
@@ -103,6 +111,8 @@ def _machine_for(opts: RunOptions) -> tuple[MachineSpec, str, str, list[str]]:
     accel = opts.accel or detect_accel()
     if accel not in ("kvm", "tcg"):
         raise BadInput(f"--accel must be kvm or tcg, not {accel!r}")
+    if opts.net not in NET_MODES:
+        raise BadInput(f"--net must be one of {', '.join(NET_MODES)}, not {opts.net!r}")
     if opts.kernel and opts.initrd and opts.disks:
         kernel, initrd, disk_files = opts.kernel, opts.initrd, list(opts.disks)
     else:
@@ -114,7 +124,8 @@ def _machine_for(opts: RunOptions) -> tuple[MachineSpec, str, str, list[str]]:
             raise BadInput(f"no such file: {p}")
     names = ["disk"] + [f"disk{i}" for i in range(1, len(disk_files))]
     spec = MachineSpec(memory=opts.memory, vcpus=opts.vcpus, accel=accel,
-                       cmdline=opts.cmdline or default_cmdline(accel), disks=names)
+                       cmdline=opts.cmdline or default_cmdline(accel), disks=names,
+                       net=opts.net)
     return spec, kernel, initrd, disk_files
 
 
@@ -133,16 +144,23 @@ def host_memory() -> int:
     return total
 
 
-def _boot(reg: VMRegistry, rec: VMRecord, backing: MemoryBacking, boot_timeout: float) -> None:
-    """Start QEMU for a fresh boot and wait for the guest agent."""
+def _boot(reg: VMRegistry, rec: VMRecord, backing: MemoryBacking, boot_timeout: float,
+          ports: list[Port]) -> None:
+    """Start QEMU for a fresh boot, publish its ports, wait for the guest agent and write the
+    generation marker (docs/vmm.md)."""
     m = Machine(rec)
     m.start(str(backing.path))
     reg.save(rec)
     m.connect()
-    m.close()
+    try:
+        rec.runtime.ports = [p.to_dict() for p in publish_all(m.qmp(), ports)]
+        reg.save(rec)
+    finally:
+        m.close()
     try:
         agent_mod.wait_agent(rec.runtime.agent_sock, boot_timeout,
                              alive=lambda: pid_alive(rec.runtime.pid))
+        freshen(rec.id, rec.runtime.agent_sock, first=True)
     except VMError as exc:
         m.shutdown()
         raise m.launch_error(f"guest did not boot: {exc}") from exc
@@ -157,17 +175,22 @@ def _backing_class(kind: str) -> type[MemoryBacking]:
 
 def restore_commit(repo: Repo, rev: str, name: str | None = None, make_current: bool = False,
                    memory_backing: str | None = None, memory_dir: str | None = None,
-                   paused: bool = False) -> VMRecord:
-    """Boot a new VM from a commit through QEMU's snapshot-load path (-incoming).
+                   paused: bool = False, ports: tuple[str, ...] = ()) -> VMRecord:
+    """Boot a new VM from a commit through QEMU's snapshot-load path (-incoming), publishing
+    ``ports``; it runs once its clock, entropy and generation marker are fresh (vers.vmm.fresh).
 
-    With ``paused`` the guest is left stopped right after its state is loaded."""
+    With ``paused`` the guest is left stopped right after its state is loaded, exactly as
+    committed (not made fresh)."""
     cid = repo.rev_parse(rev)
     commit = repo.get_commit(cid)
     vmconf = commit.config.get("vm")
     if not vmconf or "devstate" not in commit.images or "memory" not in commit.images:
         raise BadRevision(f"commit {cid[:12]} is not a VM commit (no vm config / devstate)")
+    spec = MachineSpec.from_dict(vmconf)
+    asked = parse_ports(ports)
+    check_ports(spec.net, asked)
     reg = registry(repo)
-    rec = reg.create(name=name, spec=MachineSpec.from_dict(vmconf))
+    rec = reg.create(name=name, spec=spec)
     # mostly restored to be looked at and killed (bisect): a standby only when asked for
     rec.standby = os.environ.get("VERS_STANDBY") == "1"
     try:
@@ -192,12 +215,15 @@ def restore_commit(repo: Repo, rev: str, name: str | None = None, make_current: 
         reg.save(rec)
         m.connect()
         try:
-            finish_restore(m, devstate, paused)
+            finish_restore(m, devstate, paused, asked)
         except VMError as exc:
             _raise_if_lost(backing, cid, exc)
             raise
+        reg.save(rec)
         devstate.unlink(missing_ok=True)
         _raise_if_lost(backing, cid, None)  # e.g. a damaged page the device-state load read
+        if not paused:
+            freshen(rec.id, rec.runtime.agent_sock)
         refresh_spares(reg, rec)
     except BaseException:
         remove(reg, rec)
@@ -215,17 +241,25 @@ def _raise_if_lost(backing: MemoryBacking, cid: str, cause: VMError | None) -> N
         raise VMError(f"restoring {cid[:12]} failed: {problem}") from cause
 
 
-def finish_restore(m: Machine, devstate: Path, paused: bool = False) -> None:
-    """Load the device state into a QEMU started with ``incoming`` and connected, then let it
-    run (``paused``: leave it stopped); hangs up QMP either way."""
+def finish_restore(m: Machine, devstate: Path, paused: bool = False,
+                   ports: list[Port] | None = None) -> None:
+    """Load the device state into a QEMU started with ``incoming`` and connected, publish
+    ``ports`` (into ``m.record.runtime.ports``, for the caller to save) and let it run
+    (``paused``: leave it stopped); hangs up QMP either way. QEMU is shut down if any step
+    fails. The caller then makes the guest fresh (vers.vmm.fresh) before reporting it running."""
+    rec = m.record
     try:
         q = m.qmp()
         load_devstate(q, devstate)
+        rec.runtime.ports = [p.to_dict() for p in publish_all(q, ports or [])]
         if not paused:
             q.cont()
     except VMError as exc:
         m.shutdown()
         raise m.launch_error(f"restoring device state failed: {exc}") from exc
+    except BaseException:
+        m.shutdown()
+        raise
     finally:
         m.close()
 

@@ -35,8 +35,10 @@ from vers.vmm.devstate import (
     prepare_freeze,
     save_devstate,
 )
+from vers.vmm.fresh import freshen_all
 from vers.vmm.machine import Machine, pid_alive
 from vers.vmm.memory import MemoryBacking, load_backing
+from vers.vmm.net import Port, check_ports, child_ports, parse_ports
 from vers.vmm.qmp import QMPClient
 from vers.vmm.recovery import PauseGuard, recover
 from vers.vmm.standby import adopt_standby, create_child, refresh_spares
@@ -68,27 +70,36 @@ class _Branch:
     children: list[VMRecord] = field(default_factory=list)
     child_mem: list[MemoryBacking] = field(default_factory=list)
     machines: list[Machine] = field(default_factory=list)
+    #: what each child publishes (the same for all; each picks its own free host ports)
+    ports: list[Port] = field(default_factory=list)
     ok: bool = False
 
 
 def branch_vm(repo: Repo, key: str | None, count: int = 1, name: str | None = None,
-              ) -> tuple[list[VMRecord], Timings]:
-    """Fork a live VM into ``count`` children that continue from the same instant."""
+              ports: tuple[str, ...] = ()) -> tuple[list[VMRecord], Timings]:
+    """Fork a live VM into ``count`` children that continue from the same instant. Each child
+    publishes ``ports`` and, on host ports of its own, the guest ports its parent publishes; it
+    runs once it is fresh (clock, entropy, generation: vers.vmm.fresh), all after the parent
+    resumed."""
     names = child_names(name, count)
+    asked = parse_ports(ports)
     reg = registry(repo)
     parent = reg.resolve(key)
+    check_ports(parent.spec.net, asked)
     tm = Timings()
     with reg.lock(parent):
         parent = recover(reg, reg.resolve(parent.id))  # re-read under the lock
         backing = load_backing(parent.memory)
         job = _Branch(parent, backing, parent.dir / f"branch-{os.getpid()}.devstate",
-                      early=type(backing).opens_before_fork_end)
+                      early=type(backing).opens_before_fork_end,
+                      ports=child_ports([Port.from_dict(p) for p in parent.runtime.ports],
+                                        asked, count))
         t_begin = time.perf_counter()
         try:
             _prepare(reg, job, names, tm)
             with Machine.attach(parent, qmp_timeout=60.0) as m:
                 t_cont = _pause_and_fork(reg, job, m.qmp(), tm)
-            _start_children(job, tm, t_begin, t_cont)
+            _start_children(reg, job, tm, t_begin, t_cont)
             _after(reg, job)
             job.ok = True
         finally:
@@ -178,12 +189,17 @@ def _fork(reg: VMRegistry, job: _Branch, q: QMPClient, nodes: dict[str, tuple[st
     return time.perf_counter()
 
 
-def _start_children(job: _Branch, tm: Timings, t_begin: float, t_cont: float) -> None:
+def _start_children(reg: VMRegistry, job: _Branch, tm: Timings, t_begin: float,
+                    t_cont: float) -> None:
     for m in job.machines:
         m.connect()
     for m in job.machines:
-        finish_restore(m, job.devstate)
+        finish_restore(m, job.devstate, ports=job.ports)
+        reg.save(m.record)
+    t_run = time.perf_counter()
+    freshen_all([(c.id, c.runtime.agent_sock) for c in job.children])
     t_ready = time.perf_counter()
+    tm.extra["fresh_ms"] = round((t_ready - t_run) * 1000, 2)
     tm.extra["child_ready_after_resume_ms"] = round((t_ready - t_cont) * 1000, 2)
     tm.extra["child_ready_ms"] = round((t_ready - t_begin) * 1000, 2)
 

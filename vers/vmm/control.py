@@ -1,4 +1,4 @@
-"""Looking at and steering running VMs: list, status, pause, resume, exec, console."""
+"""Looking at and steering running VMs: list, status, pause, resume, exec, console, ports."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from vers.errors import BadInput, VMError
 from vers.vmm import agent as agent_mod
 from vers.vmm.machine import Machine, find_qemu_processes, pid_alive
 from vers.vmm.memory import load_backing
+from vers.vmm.net import Port, check_ports, find_published, parse_port, publish_all, unpublish
 from vers.vmm.standby import standby_fits
 from vers.vmm.state import VMRecord, registry
 
@@ -29,6 +30,8 @@ class VMStatus:
     base_commit: str | None
     current: bool
     vm_dir: str | None
+    #: published ports (``Runtime.ports``: proto, host_ip, host_port, guest_port)
+    ports: list[dict[str, Any]]
     #: why the VM cannot be committed or branched any more, and what to do (e.g. its RAM's
     #: backing mount was detached); its state is then "lost-ram"
     problem: str | None = None
@@ -65,16 +68,18 @@ def list_vms(repo: Repo) -> list[VMStatus]:
         if r.role == "standby" and r.id in owners:  # part of its parent (status: standby_child)
             continue
         if r.role == "standby":  # its parent is gone or moved on (a vers killed mid-way)
-            out.append(VMStatus(r.id, None, "orphan", r.runtime.pid, 0, None, False, r.vm_dir))
+            out.append(VMStatus(r.id, None, "orphan", r.runtime.pid, 0, None, False, r.vm_dir,
+                                []))
             continue
         state = vm_state(r)
         problem = vm_problem(r, state)
         out.append(VMStatus(r.id, r.name, _shown(state, problem), r.runtime.pid,
-                            r.spec.memory, r.base_commit, r.id == cur, r.vm_dir, problem))
+                            r.spec.memory, r.base_commit, r.id == cur, r.vm_dir,
+                            [dict(p) for p in r.runtime.ports], problem))
     known = {r.id for r in recs}
     for vid, pid in sorted(find_qemu_processes(reg.root).items()):
         if vid not in known:
-            out.append(VMStatus(vid, None, "orphan", pid, 0, None, False, None))
+            out.append(VMStatus(vid, None, "orphan", pid, 0, None, False, None, []))
     return out
 
 
@@ -135,3 +140,35 @@ def follow_console(repo: Repo, key: str | None, follow: bool) -> Iterator[bytes]
                 return
             time.sleep(0.2)
 
+
+
+def list_ports(repo: Repo, key: str | None) -> tuple[VMRecord, list[Port]]:
+    rec = registry(repo).resolve(key)
+    return rec, [Port.from_dict(p) for p in rec.runtime.ports]
+
+
+def add_port(repo: Repo, key: str | None, spec: str) -> Port:
+    """Publish one more port of a running VM (``hostfwd_add``); returns it with its host port."""
+    want = parse_port(spec)
+    reg = registry(repo)
+    rec = reg.resolve(key)
+    check_ports(rec.spec.net, [want])
+    with reg.lock(rec), Machine.attach(reg.resolve(rec.id)) as m:
+        port, = publish_all(m.qmp(), [want])
+        m.record.runtime.ports.append(port.to_dict())
+        reg.save(m.record)
+    return port
+
+
+def remove_port(repo: Repo, key: str | None, spec: str) -> list[Port]:
+    """Stop publishing the ports ``spec`` names (``hostfwd_remove``); returns them."""
+    reg = registry(repo)
+    rec = reg.resolve(key)
+    with reg.lock(rec), Machine.attach(reg.resolve(rec.id)) as m:
+        rt = m.record.runtime
+        gone = find_published([Port.from_dict(p) for p in rt.ports], spec)
+        for p in gone:
+            unpublish(m.qmp(), p)
+            rt.ports.remove(p.to_dict())
+            reg.save(m.record)
+    return gone

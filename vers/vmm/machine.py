@@ -35,6 +35,8 @@ from vers.vmm.state import Runtime, VMRecord
 
 MiB = 1024 * 1024
 CONNECT_TIMEOUT = 30.0
+#: the id of the user-mode network backend; published ports are added to it over QMP
+NETDEV = "net0"
 
 
 def kvm_usable() -> bool:
@@ -204,8 +206,11 @@ class Machine:
                      "-device", f"virtio-blk-device,drive={name}"]
         args += ["-device", "virtio-serial-device",
                  "-chardev", f"socket,id=agent,path={rt.agent_sock},server=on,wait=off",
-                 "-device", "virtserialport,chardev=agent,name=vers.agent",
-                 "-qmp", f"unix:{rt.qmp_sock},server=on,wait=off"]
+                 "-device", "virtserialport,chardev=agent,name=vers.agent"]
+        if spec.net == "user":  # last, so machines without it keep every other device's slot
+            args += ["-netdev", f"user,id={NETDEV}",
+                     "-device", f"virtio-net-device,netdev={NETDEV}"]
+        args += ["-qmp", f"unix:{rt.qmp_sock},server=on,wait=off"]
         if incoming:
             args += ["-S", "-incoming", "defer"]
         return args

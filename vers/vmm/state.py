@@ -46,17 +46,26 @@ class MachineSpec:
     cmdline: str = BASE_CMDLINE
     disks: list[str] = field(default_factory=lambda: ["disk"])
     machine: str = "microvm"
+    #: guest network: "user" (a virtio-net device on QEMU's user-mode network) or "none"
+    net: str = "user"
 
     def to_dict(self) -> dict[str, Any]:
-        """The form commits record: its keys and values must not change, or commit IDs would."""
-        return {"memory": self.memory, "vcpus": self.vcpus, "accel": self.accel,
-                "cmdline": self.cmdline, "disks": list(self.disks), "machine": self.machine}
+        """The form commits record: its keys and values must not change, or commit IDs would.
+        ``net`` is recorded only when there is a network device, so a machine without one is
+        recorded exactly as before networking existed (and such commits restore without one)."""
+        d: dict[str, Any] = {"memory": self.memory, "vcpus": self.vcpus, "accel": self.accel,
+                             "cmdline": self.cmdline, "disks": list(self.disks),
+                             "machine": self.machine}
+        if self.net != "none":
+            d["net"] = self.net
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MachineSpec:
         return cls(memory=int(d["memory"]), vcpus=int(d.get("vcpus", 1)),
                    accel=d.get("accel", "tcg"), cmdline=d.get("cmdline", BASE_CMDLINE),
-                   disks=list(d.get("disks", ["disk"])), machine=d.get("machine", "microvm"))
+                   disks=list(d.get("disks", ["disk"])), machine=d.get("machine", "microvm"),
+                   net=d.get("net", "none"))
 
 
 @dataclass

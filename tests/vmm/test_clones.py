@@ -1,0 +1,71 @@
+"""Clones are distinct machines: after a branch or a restore the guest's clock is the host's, its
+random generator was reseeded with host entropy, and /run/vers/generation says which VM and how
+many forks/restores in, all before vers reports the VM running (no polling below)."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from vers.repo import Repo
+from vers.vmm.boot import RunOptions, restore_commit, run_vm
+from vers.vmm.branch import branch_vm
+from vers.vmm.commit import commit_vm
+from vers.vmm.state import VMRecord
+
+from .conftest import gexec, vers
+
+MEMORY_BACKING = "fuse" if os.path.exists("/dev/fuse") else "shm"
+pytestmark = [pytest.mark.vm]
+
+
+@pytest.fixture(scope="module")
+def guest(vmrepo: Repo) -> VMRecord:
+    return run_vm(vmrepo, RunOptions(name="orig"))
+
+
+def generation(rec: VMRecord) -> tuple[str, int]:
+    vid, n = gexec(rec, "cat /run/vers/generation").split()
+    return vid, int(n)
+
+
+def clock_offset(rec: VMRecord) -> float:
+    t0 = time.time()
+    guest = float(gexec(rec, "date +%s"))
+    return guest - (t0 + time.time()) / 2
+
+
+def test_restored_clock_is_the_hosts(vmrepo: Repo, guest: VMRecord) -> None:
+    """Committed, then restored 6 s later: the guest's clock would be 6 s behind; it is within
+    2 s of the host's."""
+    assert abs(clock_offset(guest)) < 2
+    cid, _ = commit_vm(vmrepo, "orig", "clock")
+    time.sleep(6)
+    restored = restore_commit(vmrepo, cid)
+    assert abs(clock_offset(restored)) < 2
+
+
+def test_children_read_different_random_bytes(vmrepo: Repo, guest: VMRecord) -> None:
+    out = vers(vmrepo.root, "branch", "--count", "3", "orig").stdout.split()
+    assert len(out) == 3
+    read = "head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'"
+    children = [gexec_id(vmrepo, vid, read) for vid in out]
+    parent = gexec(guest, read)
+    assert len(set(children)) == 3 and parent not in children, (children, parent)
+
+
+def gexec_id(vmrepo: Repo, vid: str, script: str) -> str:
+    return vers(vmrepo.root, "exec", vid, "--", script).stdout
+
+
+def test_generation_marker_counts_forks_and_restores(vmrepo: Repo, guest: VMRecord) -> None:
+    assert generation(guest) == (guest.id, 0)
+    (child,), tm = branch_vm(vmrepo, "orig")
+    assert generation(child) == (child.id, 1)
+    assert generation(guest) == (guest.id, 0)
+    assert tm.extra["fresh_ms"] > 0 and "fresh" not in tm.phases  # outside the parent's pause
+    cid, _ = commit_vm(vmrepo, child.id, "child")
+    again = restore_commit(vmrepo, cid)
+    assert generation(again) == (again.id, 2)

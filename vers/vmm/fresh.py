@@ -1,0 +1,114 @@
+"""Making every clone a machine of its own: after each branch child and each restore, before the
+VM is reported running, one guest-agent round trip
+
+1. steps the guest's wall clock to the host's (a restored guest would otherwise be as old as its
+   commit);
+2. credits fresh host entropy (``os.urandom``) to the guest kernel's pool and forces its random
+   generator to reseed (children of one branch would otherwise read the same bytes from
+   ``/dev/urandom`` until the kernel reseeds on its own, up to a minute later);
+3. writes the generation marker ``/run/vers/generation``: one line ``VMID N``, N counting the forks
+   and restores in this machine's history (0 after ``vers run``), renamed into place, so guest
+   programs can watch it for "I was cloned" (docs/vmm.md).
+
+Writing to ``/dev/urandom`` only mixes bytes into the input pool, credits nothing and does not
+reseed; that needs the ``RNDADDENTROPY`` and ``RNDRESEEDCRNG`` ioctls, which no busybox applet
+issues. ``entropy_helper`` is those two system calls as a ~200-byte static x86_64 program, written
+into the guest's ``/run/vers`` on first use, so every image gets it without a compiler or a
+package. (QEMU's ``vmgenid`` device would do this inside the
+kernel, but the Debian cloud kernel is built without CONFIG_VMGENID: see docs/vmm.md.)
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from vers.errors import VMError
+from vers.vmm.agent import guest_exec
+
+#: where the marker and the helper live in the guest (a tmpfs, so part of the machine's RAM)
+RUN_DIR = "/run/vers"
+GENERATION = f"{RUN_DIR}/generation"
+_HELPER = f"{RUN_DIR}/reseed"
+#: bytes of host entropy mixed into the guest's pool per clone (a full ChaCha key's worth, twice)
+ENTROPY_BYTES = 64
+RNDADDENTROPY = 0x40085203  # _IOW('R', 0x03, int[2]), linux/random.h
+RNDRESEEDCRNG = 0x5207  # _IO('R', 0x07)
+
+
+def entropy_helper() -> bytes:
+    """A static x86_64 ELF executable: read a ``struct rand_pool_info`` (8-byte header + up to 64
+    bytes) from stdin, ``ioctl(1, RNDADDENTROPY, it)`` (mix and credit), ``ioctl(1,
+    RNDRESEEDCRNG)``, exit with the errno (0 when the kernel reseeded). Run it as root with
+    /dev/urandom on stdout. Crediting matters: a guest without a hardware RNG (TCG) may never have
+    had its generator initialised, and then there is nothing to reseed."""
+    reseed = (b"\xb8\x10\x00\x00\x00"                         # mov eax, 16 (ioctl)
+              b"\xbf\x01\x00\x00\x00"                         # mov edi, 1
+              b"\xbe" + struct.pack("<I", RNDRESEEDCRNG) +    # mov esi, RNDRESEEDCRNG
+              b"\x0f\x05")                                     # syscall
+    code = (b"\x48\x81\xec\x80\x00\x00\x00"                     # sub rsp, 128
+            b"\x31\xc0\x31\xff\x48\x89\xe6"                     # read(0, rsp,
+            b"\xba" + struct.pack("<I", 8 + ENTROPY_BYTES) +     #      8 + ENTROPY_BYTES)
+            b"\x0f\x05"
+            b"\xb8\x10\x00\x00\x00\xbf\x01\x00\x00\x00"         # ioctl(1,
+            b"\xbe" + struct.pack("<I", RNDADDENTROPY) +         #       RNDADDENTROPY,
+            b"\x48\x89\xe2\x0f\x05"                             #       rsp)
+            b"\x85\xc0\x75" + bytes([len(reseed)]) +             # test eax, eax; jnz exit
+            reseed +
+            b"\x89\xc7\xf7\xdf"                                  # exit: mov edi, eax; neg edi
+            b"\xb8\x3c\x00\x00\x00\x0f\x05")                     # exit(edi)
+    base, hdr = 0x400000, 64 + 56
+    ehdr = struct.pack("<4sBBBB8xHHIQQQIHHHHHH", b"\x7fELF", 2, 1, 1, 0, 2, 0x3E, 1,
+                       base + hdr, 64, 0, 0, 64, 56, 1, 0, 0, 0)
+    phdr = struct.pack("<IIQQQQQQ", 1, 5, 0, base, base, hdr + len(code), hdr + len(code),
+                       0x1000)
+    return ehdr + phdr + code
+
+
+def entropy_input(data: bytes) -> bytes:
+    """What the helper reads: ``struct rand_pool_info`` crediting every bit of ``data``."""
+    return struct.pack("<ii", len(data) * 8, len(data)) + data
+
+
+def _octal(data: bytes) -> str:
+    """Bytes as a printf(1) format of octal escapes: the shell's builtin printf writes them, no
+    base64 process needed."""
+    return "".join(f"\\{b:03o}" for b in data)
+
+
+def fresh_script(vm_id: str, first: bool) -> str:
+    """The guest-side script; ``first``: a fresh boot (generation 0), else the count goes up."""
+    gen = "n=0" if first else f"n=0; read -r _ n < {GENERATION} 2>/dev/null; n=$((${{n:-0}} + 1))"
+    return "\n".join([
+        f"date -s @{round(time.time())} >/dev/null || exit 10",
+        f"[ -d {RUN_DIR} ] || mkdir -p {RUN_DIR}",
+        (f"[ -x {_HELPER} ] || {{ printf '{_octal(entropy_helper())}' > {_HELPER} &&"
+         f" chmod 755 {_HELPER}; }} || exit 11"),
+        (f"printf '{_octal(entropy_input(os.urandom(ENTROPY_BYTES)))}' | {_HELPER} >/dev/urandom"
+         " || exit 12"),
+        gen,
+        f"echo \"{vm_id} $n\" > {GENERATION}.new && mv {GENERATION}.new {GENERATION} || exit 13",
+    ]) + "\n"
+
+
+def freshen(vm_id: str, agent_sock: str, first: bool = False, timeout: float = 30.0) -> None:
+    """Run the script in the guest; a VMError saying which step failed if it did not finish."""
+    res = guest_exec(agent_sock, fresh_script(vm_id, first), timeout)
+    if res.returncode:
+        step = {10: "setting the clock", 11: "writing the entropy helper",
+                12: "adding host entropy and reseeding", 13: "writing the generation marker"}
+        what = step.get(res.returncode, f"exit {res.returncode}")
+        raise VMError(f"making VM {vm_id} distinct failed ({what}): "
+                      f"{res.stderr.decode(errors='replace').strip()}")
+
+
+def freshen_all(vms: list[tuple[str, str]]) -> None:
+    """``freshen`` each (VM ID, agent socket) at the same time: the guests run on their own."""
+    if len(vms) == 1:
+        freshen(*vms[0])
+        return
+    with ThreadPoolExecutor(len(vms)) as pool:
+        for f in [pool.submit(freshen, vid, sock) for vid, sock in vms]:
+            f.result()
