@@ -62,7 +62,7 @@ class Repo:
         self.refs: RefsContainer = LmdbRefsContainer(lstore.env)
 
     @classmethod
-    def init(cls, path: str | os.PathLike[str] = ".") -> Repo:
+    def init(cls, path: str | os.PathLike[str] = ".") -> Self:
         root = Path(path).absolute()
         vers_dir = root / VERS_DIRNAME
         if (vers_dir / "config.json").exists():
@@ -79,7 +79,7 @@ class Repo:
         return repo
 
     @classmethod
-    def discover(cls, start: str | os.PathLike[str] = ".") -> Repo:
+    def discover(cls, start: str | os.PathLike[str] = ".") -> Self:
         p = Path(start).absolute()
         for d in [p, *p.parents]:
             if (d / VERS_DIRNAME / "config.json").is_file() or (

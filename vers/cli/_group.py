@@ -37,6 +37,7 @@ COMMAND_MODULES: dict[str, str] = {
     "run": "vm", "ps": "vm", "status": "vm", "pause": "vm", "resume": "vm", "kill": "vm",
     "console": "vm", "exec": "vm", "commit": "vm", "branch": "vm", "run-commit": "vm",
     "checkout": "vm",
+    "mcp": "mcp",
 }
 
 
