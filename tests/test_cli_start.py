@@ -22,7 +22,7 @@ def test_import_vers_does_not_load_the_store() -> None:
     assert out.stdout.split() == ["False", "False"]
     code = "import vers; print(vers.Repo.__module__)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "vers.repo"
+    assert out.stdout.strip() == "vers.sdk"
 
 
 def test_command_table_names_every_command_once() -> None:

@@ -35,6 +35,7 @@ from vers.refs.container import (
     SYMREF_PREFIX,
     LmdbRefsContainer,
     RefsContainer,
+    check_short_name,
     default_identity,
 )
 from vers.refs.revparse import rev_parse
@@ -70,7 +71,7 @@ class Repo:
             raise
 
     @classmethod
-    def init(cls, path: str | os.PathLike[str] = ".") -> Repo:
+    def init(cls, path: str | os.PathLike[str] = ".") -> Self:
         root = Path(path).absolute()
         vers_dir = root / VERS_DIRNAME
         if (vers_dir / "config.json").exists():
@@ -89,7 +90,7 @@ class Repo:
         return repo
 
     @classmethod
-    def discover(cls, start: str | os.PathLike[str] = ".") -> Repo:
+    def discover(cls, start: str | os.PathLike[str] = ".") -> Self:
         p = Path(start).absolute()
         for d in [p, *p.parents]:
             if (d / VERS_DIRNAME / "config.json").is_file() or (
@@ -185,24 +186,42 @@ class Repo:
         config: Mapping[str, Any] | None = None,
         dirty: Mapping[str, Iterable[int]] | None = None,
         source: str = "",
+        branch: str | None = None,
+        merge: bool = False,
     ) -> str:
-        """Commit the state of something whose images started from commit ``base`` (a live VM),
-        and move HEAD (its branch) to it; returns the new commit's ID.
+        """Commit the state of something whose images started from commit ``base`` (a live VM)
+        and move a ref to it: branch ``branch`` when given (created at ``base`` if it does not
+        exist yet), else HEAD (its branch); returns the new commit's ID.
 
-        ``dirty`` is relative to ``base``, so ``base`` is always the first parent. If HEAD still
-        points at ``base`` (or nothing was committed yet), the commit simply advances it. If HEAD
-        has moved on since (another VM committed on the same branch), the commit gets HEAD as its
-        second parent and HEAD is fast-forwarded to it, so neither line of work is lost.
-        ``source`` names the writer in the reflog of that second case (e.g. ``vm 1a2b3c4d``).
+        ``dirty`` is relative to ``base``, so ``base`` is always the first parent. If the ref still
+        points at ``base`` (or at nothing yet), the commit simply advances it: N VMs forked from
+        one commit and committed onto N branches give N siblings. If the ref has moved on since
+        (another VM committed there), the commit is refused with ``RefConflict`` unless ``merge``
+        is set: then the ref's commit becomes the second parent and the ref is fast-forwarded to
+        it, so neither line of work is lost. ``source`` names the writer in the reflog of that
+        merge (e.g. ``vm 1a2b3c4d``).
         """
-        head = self.head_commit()
-        if base is None or head == base:
-            parents = [base] if base else ([head] if head else [])
+        ref = HEAD
+        if branch is not None:
+            check_short_name(branch)
+            ref = "refs/heads/" + branch
+        tip = self.refs.resolve(ref)
+        if branch is not None and tip is None and base is not None:
+            self.refs.set_ref(ref, base, old=None, message=f"branch: created at {base[:12]}")
+            tip = base
+        if base is None or tip is None or tip == base:
+            parents = [base] if base else ([tip] if tip else [])
             return self.snapshot(images, message=message, config=config, parents=parents,
-                                 dirty=dirty, ref=HEAD)
-        cid = self.snapshot(images, message=message, config=config,
-                            parents=[base] + ([head] if head else []), dirty=dirty, ref=None)
-        self.refs.set_ref(HEAD, cid, old=head, message=f"commit ({source}): {message}")
+                                 dirty=dirty, ref=ref)
+        if not merge:
+            where = f"branch {branch!r}" if branch else (
+                f"branch {self.current_branch()!r}" if self.current_branch() else "HEAD")
+            raise RefConflict(
+                f"{where} has moved on since this VM's commit {base[:12]} (it is at {tip[:12]}): "
+                "commit onto a branch of its own (--branch NAME), or join both lines with --merge")
+        cid = self.snapshot(images, message=message, config=config, parents=[base, tip],
+                            dirty=dirty, ref=None)
+        self.refs.set_ref(ref, cid, old=tip, message=f"commit ({source}): {message}")
         return cid
 
     def _snapshot(

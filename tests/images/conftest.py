@@ -74,18 +74,19 @@ def vers(cwd: Path, *args: str, timeout: float = 300) -> str:
     return p.stdout
 
 
-def boot_args(image: GuestImages, disk: Path | None = None, name: str | None = None,
-              memory: str = MEMORY) -> list[str]:
-    """`vers run` arguments for ``image`` (the one place to switch to `vers run --image`)."""
-    args = ["run", "--kernel", str(image.kernel), "--initrd", str(image.initrd),
-            "--disk", str(disk or image.disk), "--memory", memory]
+def boot_args(image: str, disk: Path | None = None, name: str | None = None,
+              memory: str = MEMORY, disk_size: int | None = None) -> list[str]:
+    """`vers run --image IMAGE` arguments (``disk``: that disk instead of the image's)."""
+    args = ["run", "--image", image, "--memory", memory]
+    args += ["--disk", str(disk)] if disk else []
+    args += ["--disk-size", str(disk_size)] if disk_size else []
     return args + (["--name", name] if name else [])
 
 
-def boot(repo: Repo, image: GuestImages, disk: Path | None = None, name: str | None = None,
-         memory: str = MEMORY) -> str:
+def boot(repo: Repo, image: str, disk: Path | None = None, name: str | None = None,
+         memory: str = MEMORY, disk_size: int | None = None) -> str:
     """Boot ``image`` (or its kernel with ``disk``) through `vers run`; returns the VM ID."""
-    return vers(repo.root, *boot_args(image, disk, name, memory)).strip()
+    return vers(repo.root, *boot_args(image, disk, name, memory, disk_size)).strip()
 
 
 def gexec(repo: Repo, vm: str, script: str, timeout: float = 120) -> str:

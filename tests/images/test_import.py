@@ -94,7 +94,7 @@ def test_imported_tarball_boots_and_the_source_is_untouched(
     mine = [r for r in rows if r["name"] == "mybox"]
     assert mine and mine[0]["kind"] == "imported" and mine[0]["path"] == str(disk.parent)
     try:
-        vm = boot(imgrepo, default_image, disk=disk, memory="256M")
+        vm = boot(imgrepo, "mybox", memory="256M")
         assert gexec(imgrepo, vm, "cat /etc/mine; ls /sbin/busybox-vers").split("\n")[0] == MARK
         vers(imgrepo.root, "kill", vm)
     finally:
@@ -106,7 +106,7 @@ def test_raw_disk_without_vers_init_boots_and_stays_unchanged(
         imgrepo: Repo, default_image: GuestImages, tmp_path: Path) -> None:
     disk = ext4_of(busybox_tree(tmp_path / "tree"), tmp_path / "mine.img")
     before = sha256(disk)
-    vm = boot(imgrepo, default_image, disk=disk, memory="256M")
+    vm = boot(imgrepo, "default", disk=disk, memory="256M")
     assert gexec(imgrepo, vm, "cat /etc/mine").strip() == MARK
     console = vers(imgrepo.root, "console", vm)
     assert "added vers' init and agent" in console
@@ -119,13 +119,13 @@ def test_unbootable_roots_fail_with_the_initramfs_reason(
         imgrepo: Repo, default_image: GuestImages, tmp_path: Path) -> None:
     zeros = tmp_path / "zeros.img"
     zeros.write_bytes(bytes(16 << 20))
-    p = run_fails(imgrepo, *boot_args(default_image, disk=zeros, memory="256M"))
+    p = run_fails(imgrepo, *boot_args("default", disk=zeros, memory="256M"))
     first = p.stderr.splitlines()[1]  # after "booting VM..."
     assert first.startswith(f"vers: error: {INITRAMFS_ERROR} cannot mount /dev/vda as ext4"), \
         p.stderr
     (tmp_path / "nosh" / "etc").mkdir(parents=True)
     nosh = ext4_of(tmp_path / "nosh", tmp_path / "nosh.img")
-    p = run_fails(imgrepo, *boot_args(default_image, disk=nosh, memory="256M"))
+    p = run_fails(imgrepo, *boot_args("default", disk=nosh, memory="256M"))
     assert f"{INITRAMFS_ERROR} the root file system has no /bin/sh" in p.stderr.splitlines()[1]
     assert run_vers(imgrepo.root, "ps", "-q").stdout.strip() == "", "a failed boot left a VM"
     p = run_fails(imgrepo, "image", "import", str(tmp_path / "nosh"), "broken")

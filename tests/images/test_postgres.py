@@ -43,7 +43,7 @@ def report(repo: Repo, vm: str, before: str = "") -> dict[str, str]:
 def test_each_branch_child_runs_its_own_migration_on_the_same_baseline(
         imgrepo: Repo, postgres_image: GuestImages) -> None:
     cwd = imgrepo.root
-    parent = boot(imgrepo, postgres_image, name="pg")
+    parent = boot(imgrepo, "postgres", name="pg")
     # A fresh boot answers psql at once: the server started before the agent reported ready.
     base = report(imgrepo, parent, SEED + " && ")
     baseline = f"{ROWS}|{ROWS * (ROWS + 1) // 2}"

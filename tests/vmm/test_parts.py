@@ -288,7 +288,8 @@ def test_standby_is_on_unless_turned_off(monkeypatch: pytest.MonkeyPatch) -> Non
 
 
 def test_commit_state_parents_and_head_move(tmp_path: Path) -> None:
-    """A VM commit's parents: its base first; HEAD's tip second once HEAD moved on."""
+    """A VM commit's parents: its base first; HEAD's tip second once HEAD moved on (asked for
+    with ``merge``)."""
     from vers.repo import Repo
 
     mem = tmp_path / "mem"
@@ -299,6 +300,6 @@ def test_commit_state_parents_and_head_move(tmp_path: Path) -> None:
         second = repo.commit_state({"memory": mem}, base=first, message="second")
         assert repo.get_commit(second).parents == [first] and repo.head_commit() == second
         other = repo.commit_state({"memory": mem}, base=first, message="other VM",
-                                  source="vm 12345678")
+                                  source="vm 12345678", merge=True)
         assert repo.get_commit(other).parents == [first, second]
         assert repo.head_commit() == other and repo.current_branch() == "main"

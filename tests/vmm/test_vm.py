@@ -127,7 +127,8 @@ def test_restore_twice_gives_identical_memory_and_a_running_counter(
     assert 0 < tm.extra["memory_dirty_pages"] < PAGES_256M // 10
     # r2 is based on cid too, but the branch has moved on to cid2: its commit keeps its own
     # lineage first (so it is still incremental) and the branch tip second, and fast-forwards
-    cid3, tm3 = commit_vm(vmrepo, r2.id, "second VM on the same branch")
+    # (asked for with merge; without it the commit is refused)
+    cid3, tm3 = commit_vm(vmrepo, r2.id, "second VM on the same branch", merge=True)
     assert vmrepo.get_commit(cid3).parents == [cid, cid2]
     assert vmrepo.rev_parse("HEAD") == cid3
     assert 0 < tm3.extra["memory_dirty_pages"] < PAGES_256M // 10

@@ -38,6 +38,7 @@ COMMAND_MODULES: dict[str, str] = {
     "console": "vm", "commit": "vm", "branch": "vm", "run-commit": "vm", "checkout": "vm",
     "port": "vm",
     "exec": "transfer", "cp": "transfer", "connect": "transfer", "shell": "transfer",
+    "mcp": "mcp",
 }
 
 

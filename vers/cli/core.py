@@ -208,7 +208,12 @@ def branch_delete(name: str) -> None:
 @click.argument("name")
 def switch(name: str) -> None:
     """Make branch NAME current (moves HEAD only; `vers checkout` restores a machine)."""
-    cid = refs_mod.switch(open_repo(), name)
+    repo = open_repo()
+    old = refs_mod.detached_head(repo)
+    cid = refs_mod.switch(repo, name)
+    warning = refs_mod.leaving_warning(refs_mod.left_behind(repo, old))
+    if warning:
+        info(warning)
     info(f"Switched to branch '{name}' at {cid[:12]}")
 
 

@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING
 
 import click
 
-from vers.cli._group import cli, info, open_repo
+from vers.cli._group import cli, emit_json, info, open_repo
 from vers.errors import BadInput, GuestTimeout, VMError
 from vers.porcelain import transfer
+from vers.porcelain import vm as verbs
 from vers.porcelain.transfer import Channel
 
 if TYPE_CHECKING:
@@ -111,8 +112,11 @@ class _DashDash(click.Command):
               help="Set an environment variable (repeatable).")
 @click.option("--timeout", default=300.0, show_default=True, type=float,
               help="Kill the command after this many seconds and exit 124.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
+              help="json: {returncode, stdout, stderr, ...} on stdout once the command ended; "
+                   "exits 0 whatever the command's exit code.")
 def exec_(args: tuple[str, ...], workdir: str | None, env: tuple[str, ...],
-          timeout: float) -> None:
+          timeout: float, fmt: str) -> None:
     """Run a command in a VM: vers exec [VM] -- CMD... (VM: the current one).
 
     Output is streamed, stdin is forwarded when it is not a terminal, and vers exits with the
@@ -128,6 +132,11 @@ def exec_(args: tuple[str, ...], workdir: str | None, env: tuple[str, ...],
         raise BadInput(f"one VM before --, not {len(args)}: {' '.join(args)}")
     else:
         vm = args[0] if args else None
+    if fmt == "json":
+        if workdir or env:
+            raise BadInput("--format json takes no -w or -e")
+        emit_json(verbs.exec_json(verbs.exec_in(open_repo(), vm, command, timeout)))
+        return
     sys.exit(exec_command(open_repo(), vm, command, workdir=workdir, env=_parse_env(env),
                           timeout=timeout))
 

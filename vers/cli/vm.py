@@ -5,13 +5,17 @@ parses arguments and calls vers.porcelain.vm."""
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from vers.cli._group import cli, emit_json, info, open_repo
 from vers.errors import BadInput
+from vers.porcelain import refs as refs_mod
 from vers.porcelain import vm as verbs
+
+if TYPE_CHECKING:
+    from vers.repo import Repo
 
 PUBLISH_HELP = ("Publish a guest port on the host: [HOSTIP:]HOSTPORT:GUESTPORT[/udp], or GUESTPORT "
                 "for a free host port; HOSTIP defaults to 127.0.0.1. Repeatable.")
@@ -30,6 +34,10 @@ def _say_ports(rec: verbs.VMRecord) -> None:
 @click.option("--memory", default="256M", show_default=True, help="Guest RAM, e.g. 256M or 2G.")
 @click.option("--vcpus", default=1, show_default=True, type=int)
 @click.option("--name", default=None, help="Alias for the new VM.")
+@click.option("--image", default=None,
+              help="Guest image: default, debian, postgres or one you imported (vers images); "
+                   "built first if needed.")
+@click.option("--disk-size", default=None, help="Grow the root disk to SIZE, e.g. 4G.")
 @click.option("--accel", type=click.Choice(["kvm", "tcg"]), default=None,
               help="Default: kvm where kvm_intel/kvm_amd really work, else tcg.")
 @click.option("--kernel", type=click.Path(dir_okay=False), help="Your own kernel (bzImage).")
@@ -52,14 +60,19 @@ def _say_ports(rec: verbs.VMRecord) -> None:
               help="user: a virtio-net device on QEMU's user-mode network (guest 10.0.2.15, "
                    "host 10.0.2.2); none: no network device.")
 @_publish_option()
-def run(memory: str, vcpus: int, name: str | None, accel: str | None, kernel: str | None,
-        initrd: str | None, disks: tuple[str, ...], cmdline: str | None,
-        memory_backing: str | None, memory_dir: str | None, boot_timeout: float,
-        overcommit: bool, standby: bool | None, net: str, ports: tuple[str, ...]) -> None:
-    """Boot a VM (the default guest unless you give your own); prints its ID."""
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
+              help="json: one object on stdout (docs/cli.md).")
+def run(memory: str, vcpus: int, name: str | None, image: str | None, disk_size: str | None,
+        accel: str | None, kernel: str | None, initrd: str | None, disks: tuple[str, ...],
+        cmdline: str | None, memory_backing: str | None, memory_dir: str | None,
+        boot_timeout: float, overcommit: bool, standby: bool | None, net: str,
+        ports: tuple[str, ...], fmt: str) -> None:
+    """Boot a VM (the default guest unless you name an image or give your own); prints its ID."""
     repo = open_repo()
     opts = verbs.RunOptions(memory=verbs.parse_size(memory), vcpus=vcpus, name=name, accel=accel,
-                            kernel=kernel, initrd=initrd, disks=disks, cmdline=cmdline,
+                            kernel=kernel, initrd=initrd, disks=disks, image=image,
+                            disk_size=verbs.parse_size(disk_size) if disk_size else None,
+                            cmdline=cmdline,
                             memory_backing=memory_backing or verbs.default_backing(),
                             memory_dir=memory_dir, boot_timeout=boot_timeout,
                             overcommit=overcommit, net=net, ports=ports)
@@ -68,11 +81,22 @@ def run(memory: str, vcpus: int, name: str | None, accel: str | None, kernel: st
     if standby and opts.memory_backing != "fuse":
         info(f"--standby needs the fuse memory backing; ignored for {opts.memory_backing}")
     info("booting VM..." if kernel and initrd and disks else
-         "booting VM (building the default guest first if it is not cached)...")
+         f"booting VM (building the {image or 'default'} guest first if it is not cached)...")
     rec = verbs.run(repo, opts)
     info(f"VM {rec.id} running{f' as {name}' if name else ''} (accel {rec.spec.accel})")
-    _say_ports(rec)
-    click.echo(rec.id)
+    if fmt != "json":
+        _say_ports(rec)
+    _print_vms(repo, [rec], fmt, many=False)
+
+
+def _print_vms(repo: Repo, recs: list[verbs.VMRecord], fmt: str, many: bool) -> None:
+    """IDs one a line, or the VMs as JSON (an object, or a list when ``many``)."""
+    if fmt == "json":
+        rows = [verbs.vm_json(repo, r) for r in recs]
+        emit_json(rows if many else rows[0])
+        return
+    for r in recs:
+        click.echo(r.id)
 
 
 @cli.command()
@@ -102,7 +126,9 @@ def ps(quiet: bool, fmt: str) -> None:
 
 @cli.command()
 @click.argument("vm", required=False)
-def status(vm: str | None) -> None:
+@click.option("--format", "fmt", type=click.Choice(["json"]), default="json",
+              help="Always JSON (the option is accepted for symmetry).")
+def status(vm: str | None, fmt: str) -> None:
     """Show one VM's state and where its files are (JSON)."""
     emit_json(verbs.status(open_repo(), vm))
 
@@ -125,10 +151,15 @@ def resume(vm: str | None) -> None:
 
 @cli.command()
 @click.argument("vms", nargs=-1, required=True)
-def kill(vms: tuple[str, ...]) -> None:
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
+              help="json: one object on stdout (docs/cli.md).")
+def kill(vms: tuple[str, ...], fmt: str) -> None:
     """Stop VMs (or orphaned QEMU processes) and delete their state."""
-    for vid in verbs.kill(open_repo(), list(vms)):
+    killed = verbs.kill(open_repo(), list(vms))
+    for vid in killed:
         info(f"killed {vid}")
+    if fmt == "json":
+        emit_json({"killed": killed})
 
 
 @cli.command()
@@ -149,15 +180,28 @@ def console(vm: str | None, follow: bool) -> None:
 @click.argument("vm", required=False)
 @click.option("-m", "--message", default="", help="Commit message.")
 @click.option("--pause", "stay_paused", is_flag=True, help="Leave the VM paused afterwards.")
+@click.option("--branch", "onto", default=None,
+              help="Commit onto this branch (made at the VM's base commit if new) instead of "
+                   "the VM's own branch or HEAD.")
+@click.option("--merge", is_flag=True,
+              help="If the branch moved on since the VM's base, join both lines in a merge "
+                   "commit (without it such a commit is refused).")
 @click.option("-v", "--verbose", is_flag=True, help="Print phase timings.")
-def commit(vm: str | None, message: str, stay_paused: bool, verbose: bool) -> None:
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
+              help="json: one object on stdout (docs/cli.md).")
+def commit(vm: str | None, message: str, stay_paused: bool, onto: str | None, merge: bool,
+           verbose: bool, fmt: str) -> None:
     """Commit a running VM's memory, disks and device state; prints the commit ID."""
-    cid, tm = verbs.commit(open_repo(), vm, message, stay_paused)
+    repo = open_repo()
+    cid, tm = verbs.commit(repo, vm, message, stay_paused, onto, merge)
     info(f"committed {cid[:12]} (guest paused {tm.pause:.0f} ms, "
          f"{_pages(tm.extra.get('memory_dirty_pages'))} memory pages changed)")
     if verbose:
         info(f"phases (ms): {tm.phases}")
-    click.echo(cid)
+    if fmt == "json":
+        emit_json(verbs.commit_json(cid, tm, repo))
+    else:
+        click.echo(cid)
 
 
 def _pages(n: int | None) -> str:
@@ -168,43 +212,62 @@ def _pages(n: int | None) -> str:
 @click.argument("source", required=False)
 @click.option("--count", default=1, show_default=True, type=int, help="Number of children.")
 @click.option("--name", default=None, help="Alias for the child (NAME-i with --count).")
+@click.option("--refs", default=None, metavar="PREFIX",
+              help="Give child i its own branch PREFIX-i (made at the commit the children start "
+                   "from); its commits then go there.")
 @click.option("-v", "--verbose", is_flag=True, help="Print phase timings.")
 @_publish_option(PUBLISH_HELP + " Children of a live VM also publish its guest ports, each on a "
                  "host port of its own.")
-def branch(source: str | None, count: int, name: str | None, verbose: bool,
-           ports: tuple[str, ...]) -> None:
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
+              help="json: one object on stdout (docs/cli.md).")
+def branch(source: str | None, count: int, name: str | None, refs: str | None, verbose: bool,
+           ports: tuple[str, ...], fmt: str) -> None:
     """Fork a live VM (or restore a COMMIT) into children; prints their IDs."""
-    children, tm = verbs.branch(open_repo(), source, count, name, ports)
+    repo = open_repo()
+    children, tm = verbs.branch(repo, source, count, name, ports, refs)
     if tm is not None:
         info(f"branched {len(children)} VM(s); parent paused {tm.pause:.0f} ms")
         if verbose:
             info(f"phases (ms): {tm.phases} {tm.extra}")
-    for c in children:
-        _say_ports(c)
-        click.echo(c.id)
+    if fmt != "json":
+        for c in children:
+            _say_ports(c)
+    _print_vms(repo, children, fmt, many=True)
 
 
 @cli.command("run-commit")
 @click.argument("commit_rev", metavar="COMMIT")
 @click.option("--name", default=None, help="Alias for the new VM.")
 @_publish_option()
-def run_commit(commit_rev: str, name: str | None, ports: tuple[str, ...]) -> None:
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
+              help="json: one object on stdout (docs/cli.md).")
+def run_commit(commit_rev: str, name: str | None, ports: tuple[str, ...], fmt: str) -> None:
     """Boot a new VM from COMMIT (memory, disks, device state); prints its ID."""
-    rec = verbs.run_commit(open_repo(), commit_rev, name=name, ports=ports)
+    repo = open_repo()
+    rec = verbs.run_commit(repo, commit_rev, name=name, ports=ports)
     info(f"VM {rec.id} restored from {rec.base_commit[:12] if rec.base_commit else '?'}")
-    _say_ports(rec)
-    click.echo(rec.id)
+    if fmt != "json":
+        _say_ports(rec)
+    _print_vms(repo, [rec], fmt, many=False)
 
 
 @cli.command()
 @click.argument("commit_rev", metavar="COMMIT")
 @_publish_option()
-def checkout(commit_rev: str, ports: tuple[str, ...]) -> None:
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
+              help="json: one object on stdout (docs/cli.md).")
+def checkout(commit_rev: str, ports: tuple[str, ...], fmt: str) -> None:
     """Restore COMMIT into a new VM, make it the current VM and move HEAD there."""
-    rec = verbs.checkout(open_repo(), commit_rev, ports=ports)
+    repo = open_repo()
+    old = refs_mod.detached_head(repo)
+    rec = verbs.checkout(repo, commit_rev, ports=ports)
+    warning = refs_mod.leaving_warning(refs_mod.left_behind(repo, old))
+    if warning:
+        info(warning)
     info(f"VM {rec.id} restored from {rec.base_commit[:12] if rec.base_commit else '?'}, now current")
-    _say_ports(rec)
-    click.echo(rec.id)
+    if fmt != "json":
+        _say_ports(rec)
+    _print_vms(repo, [rec], fmt, many=False)
 
 
 @cli.command()

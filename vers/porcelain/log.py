@@ -104,30 +104,113 @@ def log_lines(repo: Repo, commits: list[Commit], oneline: bool = False,
 
 
 def graph_lines(commits: list[Commit], render: Callable[[Commit], str]) -> Iterator[str]:
-    """A compact lane graph: '*' marks the commit's lane, '|' other live lanes, '\\' a new lane
-    opened for a merge's further parents, '/' lanes that join."""
-    lanes: list[str | None] = []
+    """The commit graph beside each entry, drawn the way ``git log --graph`` draws it (for
+    merges of two parents): one column per line of history waiting for a commit; '*' the
+    commit, '|' the other columns; below a merge, '\\' towards its second parent; rows of '/'
+    where a line joins a column on its left (a fork seen from above)."""
+    columns: list[str] = []
+    state = _State()
     for c in commits:
-        if c.id not in lanes:
-            lanes.append(c.id)
-        col = lanes.index(c.id)
-        # Lanes that were also waiting for this commit join it.
-        joined = [i for i, lane in enumerate(lanes) if lane == c.id and i != col]
-        row = " ".join("*" if i == col else "|" for i in range(len(lanes)) if i not in joined)
+        if c.id not in columns:
+            columns.append(c.id)
+        col = columns.index(c.id)
+        new, targets = _next_columns(columns, col, c.parents)
+        # columns right of the merge step right for its further parents, unless the last one
+        # is what the next column waits for already (then its '\\' joins that column)
+        joins = len(targets[col]) > 1 and col + 1 < len(columns) and \
+            targets[col + 1] == targets[col][-1:]
+        added = max(len(targets[col]) - 1 - joins, 0)
+        width = 2 * max(len(columns) + added, len(new))
+        cells = []
+        for i in range(len(columns)):
+            if i == col:
+                cells.append("*")
+            elif i > col and added > 0 and state.after_merge_at is not None \
+                    and state.after_merge_at < i:
+                cells.append("\\")
+            elif i in state.slid_into and targets[i] and targets[i][0] < i:
+                cells.append("/")
+            else:
+                cells.append("|")
+        rows = [f"{' '.join(cells):<{width}}"]
+        state = _State()
+        if len(targets[col]) > 1:
+            rows.append(_below_merge(len(columns), col, added > 0))
+            state.after_merge_at = col
+        pos: dict[int, int] = {}  # where each line is now -> the column it goes to
+        for i, t in enumerate(targets):
+            if i == col:
+                pos[col] = t[0] if t else -1
+                if added > 0:
+                    pos.update({col + k: target for k, target in enumerate(t) if k})
+            elif t:
+                pos[i if i < col or added <= 0 else i + added] = t[0]
+        pos = {p: t for p, t in pos.items() if t >= 0}
+        collapse = _collapse(pos, state)
+        rows += collapse
         text = render(c).splitlines() or [""]
-        yield f"{row} {text[0]}"
-        for extra in text[1:]:
-            cont = " ".join("|" for i in range(len(lanes)) if i not in joined)
-            yield f"{cont} {extra}".rstrip()
-        for i in reversed(joined):
-            del lanes[i]
-        if joined:
-            yield " ".join("|" for _ in range(col + 1)) + "/"
-        parents = c.parents
-        lanes[col] = parents[0] if parents else None
-        for p in parents[1:]:
-            if p not in lanes:
-                lanes.insert(col + 1, p)
-                yield " ".join("|" for _ in range(col + 1)) + "\\"
-        if lanes[col] is None:
-            del lanes[col]
+        for k, line in enumerate(text):
+            graph = rows[k] if k < len(rows) else _cells(len(new))
+            yield (f"{graph:<{width}}{line}" if k else f"{graph}{line}").rstrip()
+        yield from (row.rstrip() for row in rows[len(text):])
+        columns = new
+
+
+class _State:
+    """What the rows below the previous commit did, which the next commit row depends on."""
+
+    def __init__(self) -> None:
+        #: the column of a merge whose '\\' row was the last one drawn
+        self.after_merge_at: int | None = None
+        #: columns whose line reached them through a '/' in the last row drawn
+        self.slid_into: set[int] = set()
+
+
+def _next_columns(columns: list[str], col: int, parents: list[str],
+                  ) -> tuple[list[str], list[list[int]]]:
+    """The columns after commit ``columns[col]`` with ``parents``, and for each old column the
+    new columns its line goes on in (none for a root commit's column)."""
+    new: list[str] = []
+    targets: list[list[int]] = []
+    for i, cid in enumerate(columns):
+        out = []
+        for p in parents if i == col else [cid]:
+            if p not in new:
+                new.append(p)
+            out.append(new.index(p))
+        targets.append(out)
+    return new, targets
+
+
+def _cells(width: int) -> str:
+    return " ".join("|" * width)
+
+
+def _below_merge(width: int, col: int, opens_column: bool) -> str:
+    """``|\\`` below a merge in column ``col``; the columns right of it step right ('\\')
+    when the second parent opens a new column, else go straight on ('|')."""
+    right = " \\" if opens_column else "|"
+    return " ".join(["|"] * (col + 1)) + "\\" + right * (width - col - 1)
+
+
+def _collapse(pos: dict[int, int], state: _State) -> list[str]:
+    """Rows moving lines left one column per row ('/'), until each is in its column. Lines
+    crossing another column share its place for a row and stay apart."""
+    lines = set(pos.items())
+    rows = []
+    while any(p != t for p, t in lines):
+        chars: dict[int, str] = {}
+        nxt: set[tuple[int, int]] = set()
+        state.slid_into = set()
+        for p, t in sorted(lines):
+            if p > t:
+                chars[2 * p - 1] = "/"
+                nxt.add((p - 1, t))
+                state.slid_into.add(p - 1)
+            else:
+                chars[2 * p] = "|"
+                nxt.add((p, t))
+        rows.append("".join(chars.get(i, " ") for i in range(max(chars) + 1)))
+        state.after_merge_at = None
+        lines = nxt
+    return rows

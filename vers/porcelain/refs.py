@@ -5,9 +5,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from vers.errors import BadRevision, RefError
+from vers.history import walk
+from vers.objects.model import Commit
 from vers.refs.container import ANY, HEAD, SYMREF_PREFIX, check_short_name
 from vers.refs.revparse import expand_ref
 from vers.repo import Repo
+
+#: how many of the commits a HEAD move leaves behind the warning names
+SHOW_LEFT_BEHIND = 5
 
 
 @dataclass(frozen=True)
@@ -50,6 +55,39 @@ def switch(repo: Repo, name: str) -> str:
     value = _existing(repo, "refs/heads/" + name, "branch", name)
     repo.set_head_branch(name, message=f"switch: moving to {name}")
     return value
+
+
+def detached_head(repo: Repo) -> str | None:
+    """The commit HEAD points at directly (no branch), or None when HEAD is on a branch."""
+    return repo.head_commit() if repo.current_branch() is None else None
+
+
+def left_behind(repo: Repo, old_head: str | None) -> list[Commit]:
+    """Commits reachable from ``old_head`` (a detached HEAD before it moved) that neither HEAD
+    now nor any ref reaches: what ``gc`` may drop, newest first."""
+    if old_head is None:
+        return []
+    keep = [v for v in repo.refs.list_refs("refs/").values() if not v.startswith(SYMREF_PREFIX)]
+    head = repo.head_commit()
+    if head is not None:
+        keep.append(head)
+    return list(walk(repo.get_commit, [old_head], keep))
+
+
+def leaving_warning(commits: list[Commit]) -> str | None:
+    """git's "you are leaving N commits behind" for the commits ``left_behind`` found."""
+    if not commits:
+        return None
+    n = len(commits)
+    head = (f"Warning: you are leaving {n} commit{'s' if n > 1 else ''} behind, "
+            "not connected to any of your branches:")
+    lines = [head, ""]
+    lines += [f"  {c.id[:12]} {c.summary}" for c in commits[:SHOW_LEFT_BEHIND]]
+    if n > SHOW_LEFT_BEHIND:
+        lines.append(f"  ... and {n - SHOW_LEFT_BEHIND} more.")
+    lines += ["", "If you want to keep them, this may be a good time to create a branch:", "",
+              f"  vers branch-create <new-branch-name> {commits[0].id[:12]}"]
+    return "\n".join(lines)
 
 
 def list_tags(repo: Repo) -> list[RefInfo]:

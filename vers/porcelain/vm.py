@@ -6,10 +6,12 @@ source ``vers branch`` forks) is decided here.
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from vers.errors import BadRevision, UnknownVM
+from vers.errors import BadRevision, RefError, UnknownVM
+from vers.refs.container import check_short_name
 from vers.vmm import control
 from vers.vmm.agent import ExecResult
 from vers.vmm.boot import BOOT_TIMEOUT, RunOptions, restore_commit, run_vm
@@ -26,15 +28,47 @@ from vers.vmm.teardown import kill_vms
 if TYPE_CHECKING:
     from vers.repo import Repo
 
-__all__ = ["BOOT_TIMEOUT", "Port", "RunOptions", "Timings", "VMRecord", "VMStatus", "branch",
-           "checkout", "commit", "console", "default_backing", "exec_in", "kill", "parse_size",
-           "pause", "port_add", "port_rm", "ports", "ps", "resume", "run", "run_commit",
-           "status"]
+__all__ = ["BOOT_TIMEOUT", "ExecResult", "Port", "RunOptions", "Timings", "VMRecord", "VMStatus",
+           "branch", "checkout", "commit", "commit_json", "console", "default_backing",
+           "exec_in", "exec_json", "kill", "parse_size", "pause", "port_add", "port_rm", "ports",
+           "ps", "record", "resume", "run", "run_commit", "status", "vm_json"]
 
 
 def run(repo: Repo, opts: RunOptions) -> VMRecord:
     """Boot a VM (the default guest unless ``opts`` names kernel, initrd and disks)."""
     return run_vm(repo, opts)
+
+
+def record(repo: Repo, vm: str | None) -> VMRecord:
+    """The VM named by alias, ID or unique prefix (the current VM when None)."""
+    return registry(repo).resolve(vm)
+
+
+def vm_json(repo: Repo, rec: VMRecord) -> dict[str, Any]:
+    """A VM as the JSON outputs of run, branch, run-commit and checkout show it (docs/cli.md)."""
+    return {"id": rec.id, "name": rec.name, "base_commit": rec.base_commit,
+            "branch": rec.branch, "parent_vm": rec.parent_vm, "pid": rec.runtime.pid,
+            "memory": rec.spec.memory, "accel": rec.spec.accel,
+            "ports": [dict(p) for p in rec.runtime.ports],
+            "current": registry(repo).current() == rec.id}
+
+
+def exec_json(res: ExecResult) -> dict[str, Any]:
+    """An exec result as JSON: output as text (invalid UTF-8 replaced) and as base64."""
+    return {"returncode": res.returncode,
+            "stdout": res.stdout.decode(errors="replace"),
+            "stderr": res.stderr.decode(errors="replace"),
+            "stdout_b64": base64.b64encode(res.stdout).decode(),
+            "stderr_b64": base64.b64encode(res.stderr).decode()}
+
+
+def commit_json(cid: str, tm: Timings, repo: Repo) -> dict[str, Any]:
+    """A VM commit as JSON: its ID, parents, the guest's pause and what changed."""
+    c = repo.get_commit(cid)
+    return {"id": cid, "parents": c.parents, "message": c.message,
+            "vm_id": c.config.get("vmm", {}).get("vm_id"), "pause_ms": tm.pause,
+            "memory_dirty_pages": tm.extra.get("memory_dirty_pages"),
+            "phases_ms": dict(tm.phases)}
 
 
 def ps(repo: Repo) -> list[VMStatus]:
@@ -68,26 +102,62 @@ def exec_in(repo: Repo, vm: str | None, argv: list[str], timeout: float = 300.0)
     return control.exec_in_vm(repo, vm, argv, timeout)
 
 
-def commit(repo: Repo, vm: str | None, message: str = "",
-           stay_paused: bool = False) -> tuple[str, Timings]:
-    """Commit a running VM and move HEAD to it (``Repo.commit_state``)."""
-    return commit_vm(repo, vm, message, stay_paused)
+def commit(repo: Repo, vm: str | None, message: str = "", stay_paused: bool = False,
+           branch: str | None = None, merge: bool = False) -> tuple[str, Timings]:
+    """Commit a running VM onto ``branch`` (else the VM's own branch, else HEAD); see
+    ``Repo.commit_state`` for when ``merge`` is needed."""
+    return commit_vm(repo, vm, message, stay_paused, branch, merge)
 
 
 def branch(repo: Repo, source: str | None, count: int = 1, name: str | None = None,
-           ports: tuple[str, ...] = ()) -> tuple[list[VMRecord], Timings | None]:
+           ports: tuple[str, ...] = (), refs: str | None = None,
+           ) -> tuple[list[VMRecord], Timings | None]:
     """Fork SOURCE into ``count`` children: a live VM (the current one when None) is branched,
     a commit is restored ``count`` times. Each child publishes ``ports`` (a live VM's children
-    also its guest ports, on host ports of their own). Timings only for a live VM."""
+    also its guest ports, on host ports of their own). Timings only for a live VM.
+
+    With ``refs`` (a prefix), child i gets branch PREFIX-i, made at the commit the children
+    start from (or at their first commit, for a VM never committed); each child's commits then
+    go to its own branch."""
+    ref_names = _child_refs(repo, refs, count)
     if source is None or registry(repo).find(source) is not None:
-        return branch_vm(repo, source, count, name, ports)
-    try:
-        repo.rev_parse(source)
-    except BadRevision as exc:
-        raise UnknownVM(f"{source!r} is neither a VM nor a commit") from exc
-    child_ports([], parse_ports(ports), count)  # refuses a fixed host port for several
-    return [restore_commit(repo, source, name=n, ports=ports)
-            for n in child_names(name, count)], None
+        children, tm = branch_vm(repo, source, count, name, ports)
+    else:
+        try:
+            repo.rev_parse(source)
+        except BadRevision as exc:
+            raise UnknownVM(f"{source!r} is neither a VM nor a commit") from exc
+        child_ports([], parse_ports(ports), count)  # refuses a fixed host port for several
+        children = [restore_commit(repo, source, name=n, ports=ports)
+                    for n in child_names(name, count)]
+        tm = None
+    if ref_names:
+        _give_refs(repo, children, ref_names)
+    return children, tm
+
+
+def _child_refs(repo: Repo, prefix: str | None, count: int) -> list[str]:
+    """PREFIX-0 .. PREFIX-(count-1), checked up front: valid names no branch has yet."""
+    if prefix is None:
+        return []
+    names = [f"{prefix}-{i}" for i in range(count)]
+    for n in names:
+        check_short_name(n)
+        if repo.refs.read_ref("refs/heads/" + n) is not None:
+            raise RefError(f"branch {n!r} already exists (pick another --refs prefix)")
+    return names
+
+
+def _give_refs(repo: Repo, children: list[VMRecord], names: list[str]) -> None:
+    reg = registry(repo)
+    for child, ref in zip(children, names):
+        if child.base_commit is not None:
+            repo.refs.set_ref("refs/heads/" + ref, child.base_commit, old=None,
+                              message=f"branch: child VM {child.id}")
+        with reg.lock(child):
+            fresh = reg.get(child.id) or child
+            fresh.branch = child.branch = ref
+            reg.save(fresh)
 
 
 def run_commit(repo: Repo, rev: str, name: str | None = None, make_current: bool = False,

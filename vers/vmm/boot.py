@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from vers import images
 from vers.errors import BadInput, BadRevision, VMError
-from vers.images.guest import build_guest
+from vers.images.rootfs import sized_overlay
 from vers.vmm import agent as agent_mod
 from vers.vmm import disk as disk_mod
 from vers.vmm.devstate import load_devstate
@@ -48,6 +49,11 @@ class RunOptions:
     kernel: str | None = None
     initrd: str | None = None
     disks: tuple[str, ...] = ()
+    #: a named guest image (``vers images``): its kernel, initrd and root disk, built if needed;
+    #: files given in ``kernel``/``initrd``/``disks`` replace the image's
+    image: str | None = None
+    #: the root disk as the guest sees it, in bytes (the guest init grows its file system)
+    disk_size: int | None = None
     cmdline: str | None = None
     memory_backing: str = field(default_factory=default_backing)
     memory_dir: str | None = None
@@ -74,11 +80,14 @@ def run_vm(repo: Repo, opts: RunOptions) -> VMRecord:
     rec.standby = opts.standby
     try:
         rec.boot = {"kernel": str(Path(kernel).absolute()), "initrd": str(Path(initrd).absolute())}
-        for name, path in zip(spec.disks, disk_files):
+        for i, (name, path) in enumerate(zip(spec.disks, disk_files)):
             base = Path(path).absolute()
             top = disk_mod.new_layer_path(reg.layers, rec.id)
-            disk_mod.create_overlay(top, base)
-            rec.disks[name] = DiskChain([str(base), str(top)], 0, disk_mod.image_size(base))
+            if i == 0 and opts.disk_size is not None:
+                sized_overlay(base, top, opts.disk_size)
+            else:
+                disk_mod.create_overlay(top, base)
+            rec.disks[name] = DiskChain([str(base), str(top)], 0, disk_mod.image_size(top))
         backing = _backing_class(opts.memory_backing).create(
             rec.id, opts.memory, None, Path(opts.memory_dir) if opts.memory_dir else None)
         rec.memory = backing.state()
@@ -113,10 +122,10 @@ def _machine_for(opts: RunOptions) -> tuple[MachineSpec, str, str, list[str]]:
         raise BadInput(f"--accel must be kvm or tcg, not {accel!r}")
     if opts.net not in NET_MODES:
         raise BadInput(f"--net must be one of {', '.join(NET_MODES)}, not {opts.net!r}")
-    if opts.kernel and opts.initrd and opts.disks:
+    if opts.kernel and opts.initrd and opts.disks and opts.image is None:
         kernel, initrd, disk_files = opts.kernel, opts.initrd, list(opts.disks)
     else:
-        guest = build_guest()
+        guest = images.get(opts.image or images.DEFAULT, build=True)
         kernel, initrd = opts.kernel or str(guest.kernel), opts.initrd or str(guest.initrd)
         disk_files = list(opts.disks) or [str(guest.disk)]
     for p in [kernel, initrd, *disk_files]:

@@ -61,8 +61,11 @@ class _Commit:
 
 
 def commit_vm(repo: Repo, key: str | None, message: str = "", stay_paused: bool = False,
-              ) -> tuple[str, Timings]:
-    """Commit the VM's memory, disks and device state; returns (commit ID, timings)."""
+              branch: str | None = None, merge: bool = False) -> tuple[str, Timings]:
+    """Commit the VM's memory, disks and device state; returns (commit ID, timings).
+
+    The commit goes onto ``branch``, else the branch the VM was given (``VMRecord.branch``),
+    else HEAD; ``merge`` as in ``Repo.commit_state``."""
     reg = registry(repo)
     rec = reg.resolve(key)
     tm = Timings()
@@ -71,7 +74,7 @@ def commit_vm(repo: Repo, key: str | None, message: str = "", stay_paused: bool 
         try:
             with Machine.attach(job.rec, qmp_timeout=60.0) as m:
                 _pause_and_capture(reg, job, m.qmp(), stay_paused, tm)
-            cid = _store(repo, job, message, tm)
+            cid = _store(repo, job, message, tm, branch or job.rec.branch, merge)
         finally:
             _finish(reg, job)
         refresh_spares(reg, reg.resolve(rec.id))
@@ -126,7 +129,8 @@ def _capture(reg: VMRegistry, job: _Commit, q: QMPClient, nodes: dict[str, tuple
         job.captured = True
 
 
-def _store(repo: Repo, job: _Commit, message: str, tm: Timings) -> str:
+def _store(repo: Repo, job: _Commit, message: str, tm: Timings, branch: str | None,
+           merge: bool) -> str:
     """The guest runs again: copy out the changed disk clusters and store the commit."""
     t0 = time.perf_counter()
     rec = job.rec
@@ -149,7 +153,8 @@ def _store(repo: Repo, job: _Commit, message: str, tm: Timings) -> str:
         "vm": {**rec.spec.to_dict(), "kernel": rec.boot["kernel"], "initrd": rec.boot["initrd"]},
         "vmm": {"devstate": "qemu-migration x-ignore-shared", "vm_id": rec.id}}
     job.cid = repo.commit_state(images, base=rec.base_commit, message=message, config=config,
-                                dirty=dirty or None, source=f"vm {rec.id}")
+                                dirty=dirty or None, source=f"vm {rec.id}", branch=branch,
+                                merge=merge)
     tm.mark("store", t0)
     tm.extra = {"memory_dirty_pages": None if job.mem_dirty is None else len(job.mem_dirty),
                 "disk_dirty_pages": {k: len(v) for k, v in dirty.items() if k != "memory"}}

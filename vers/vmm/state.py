@@ -105,6 +105,8 @@ class VMRecord:
     standby_child: str | None = None
     #: "standby" for such a prepared, not yet adopted child: hidden from ps and from lookups
     role: str = ""
+    #: the branch this VM's commits go to by default (``vers branch --refs``); None: HEAD
+    branch: str | None = None
     runtime: Runtime = field(default_factory=Runtime)
 
     def to_json(self) -> str:
@@ -114,6 +116,7 @@ class VMRecord:
             "disks": {n: d.to_dict() for n, d in self.disks.items()}, "boot": self.boot,
             "base_commit": self.base_commit, "parent_vm": self.parent_vm,
             "standby": self.standby, "standby_child": self.standby_child, "role": self.role,
+            "branch": self.branch,
             "runtime": {"pid": self.runtime.pid, "qmp_sock": self.runtime.qmp_sock,
                         "agent_sock": self.runtime.agent_sock,
                         "serial_log": self.runtime.serial_log, "ports": self.runtime.ports},
@@ -133,6 +136,7 @@ class VMRecord:
             boot=dict(data.get("boot") or {}), base_commit=data.get("base_commit"),
             parent_vm=data.get("parent_vm"), standby=bool(data.get("standby", False)),
             standby_child=data.get("standby_child"), role=data.get("role", ""),
+            branch=data.get("branch"),
             runtime=Runtime(**{k: v for k, v in runtime.items()
                                if k in Runtime.__dataclass_fields__}))
 

@@ -1,0 +1,312 @@
+"""The Python face of vers: ``vers.Repo`` with VMs as objects (docs/sdk.md).
+
+    repo = vers.Repo.init("work")                    # or vers.Repo("work")
+    with repo.run(image="default", memory="256M") as golden:
+        golden.exec("echo ready > /root/state")
+        with golden.branch(4) as agents:             # killed when the block ends
+            results = pool.map(lambda vm: vm.exec("try-something"), agents)
+            winner = agents[best(results)]
+            winner.commit("the winner", branch="winner")
+
+``Repo`` is the core repository class (``vers.repo.Repo``) with the VM verbs added; every method
+calls the same functions of ``vers.porcelain.vm`` the command line calls, so a script and
+``vers`` see the same VMs, refs and errors (``vers.errors``; each has an ``exit_code``).
+
+A ``VM`` is a handle on one VM of the repository's registry (``.vers/vms``), not a process of
+this Python program: it stays valid across processes and threads, and ``kill()`` is idempotent.
+The context managers (``with repo.run() as vm``, ``with vm.branch(4) as children``) kill what
+they made when the block ends, on exceptions and Ctrl-C too. Calls on different VMs may run in
+parallel threads; calls on one VM are serialised by a lock (its guest agent serves one command at
+a time).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import shlex
+import tarfile
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from vers.errors import GuestTimeout, UnknownVM, VMError
+from vers.objects.model import Commit
+from vers.porcelain import vm as verbs
+from vers.repo import Repo as CoreRepo
+from vers.vmm.agent import ExecResult
+
+__all__ = ["VM", "Commit", "ExecResult", "ExecStream", "Repo", "VMGroup"]
+
+#: how often ``exec_stream`` asks the guest for new output
+STREAM_POLL = 0.05
+
+
+class Repo(CoreRepo):
+    """A repository (``vers.repo.Repo``) plus its VMs: run, restore, list, look up."""
+
+    def run(self, image: str | None = None, *, memory: str | int = "256M", vcpus: int = 1,
+            name: str | None = None, disk_size: str | int | None = None,
+            kernel: str | os.PathLike[str] | None = None,
+            initrd: str | os.PathLike[str] | None = None,
+            disks: Sequence[str | os.PathLike[str]] = (), accel: str | None = None,
+            memory_backing: str | None = None, boot_timeout: float = verbs.BOOT_TIMEOUT,
+            standby: bool | None = None, make_current: bool = True, net: str = "user",
+            ports: Sequence[str] = ()) -> VM:
+        """Boot a VM from guest image ``image`` (``vers images``; ``default`` when neither an
+        image nor your own kernel, initrd and disks are given) and wait until its agent
+        answers. Sizes are bytes or strings like ``"1G"``; ``ports`` are published like
+        ``vers run -p`` (``"8000"``, ``"127.0.0.1:8080:80"``), ``net="none"`` gives no network."""
+        opts = verbs.RunOptions(
+            memory=_size(memory), vcpus=vcpus, name=name, accel=accel,
+            kernel=os.fspath(kernel) if kernel else None,
+            initrd=os.fspath(initrd) if initrd else None,
+            disks=tuple(os.fspath(d) for d in disks), image=image,
+            disk_size=_size(disk_size) if disk_size is not None else None,
+            memory_backing=memory_backing or verbs.default_backing(), boot_timeout=boot_timeout,
+            make_current=make_current, net=net, ports=tuple(ports))
+        if standby is not None:
+            opts.standby = standby
+        return VM(self, verbs.run(self, opts).id)
+
+    def restore(self, rev: str, *, name: str | None = None, make_current: bool = False,
+                ports: Sequence[str] = ()) -> VM:
+        """Boot a new VM from commit ``rev``: it continues from the committed instant, its
+        clock, entropy and generation marker made fresh (docs/vmm.md)."""
+        return VM(self, verbs.run_commit(self, rev, name=name, make_current=make_current,
+                                         ports=tuple(ports)).id)
+
+    def checkout(self, rev: str) -> VM:
+        """``restore`` + make it the current VM + move HEAD to ``rev`` (like ``vers checkout``)."""
+        return VM(self, verbs.checkout(self, rev).id)
+
+    def vms(self) -> list[VM]:
+        """This repository's VMs (orphaned QEMU processes are left to ``vers ps``/``kill``)."""
+        return [VM(self, s.id) for s in verbs.ps(self) if s.state != "orphan"]
+
+    def vm(self, key: str | None = None) -> VM:
+        """The VM with this alias, ID or unique ID prefix (the current VM when None)."""
+        return VM(self, verbs.record(self, key).id)
+
+
+@dataclass(frozen=True)
+class ExecStream:
+    """What ``VM.exec_stream`` yields: a piece of the command's output as the guest wrote it
+    (stdout and stderr interleaved), or, last, its exit code with ``data`` empty."""
+
+    data: bytes
+    returncode: int | None = None
+
+
+class VM:
+    """One VM of a repository, by ID. Methods raise ``vers.errors.VMError`` (and subclasses:
+    ``GuestTimeout``, ``UnknownVM``) when the VM cannot do what was asked."""
+
+    def __init__(self, repo: Repo, vid: str) -> None:
+        self.repo = repo
+        self.id = vid
+        self._lock = _lock_for(repo, vid)
+
+    def __repr__(self) -> str:
+        return f"<VM {self.id}{f' {self.name!r}' if self.name else ''}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, VM) and other.id == self.id and other.repo is self.repo
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.kill()
+
+    # -- what it is ---------------------------------------------------------------------------
+    @property
+    def name(self) -> str | None:
+        return verbs.record(self.repo, self.id).name
+
+    @property
+    def base_commit(self) -> str | None:
+        """The commit the VM's state is based on (its last commit, or the one it came from)."""
+        return verbs.record(self.repo, self.id).base_commit
+
+    @property
+    def branch_name(self) -> str | None:
+        """The branch its commits go to by default (``branch(refs=...)``); None: HEAD."""
+        return verbs.record(self.repo, self.id).branch
+
+    @property
+    def ports(self) -> list[dict[str, Any]]:
+        """Host resources published for the VM (e.g. forwarded ports), as ``vers status``."""
+        return [dict(p) for p in verbs.record(self.repo, self.id).runtime.ports]
+
+    def status(self) -> dict[str, Any]:
+        """State (running, paused, dead...) and where its files are: ``vers status --format
+        json``."""
+        return verbs.status(self.repo, self.id)
+
+    def info(self) -> dict[str, Any]:
+        """The VM as the JSON outputs of run, branch and restore show it (docs/cli.md)."""
+        return verbs.vm_json(self.repo, verbs.record(self.repo, self.id))
+
+    # -- running commands ---------------------------------------------------------------------
+    def exec(self, cmd: str | Sequence[str], stdin: bytes | str | None = None,
+             timeout: float | None = None, env: Mapping[str, str] | None = None,
+             cwd: str | None = None, check: bool = False) -> ExecResult:
+        """Run ``cmd`` in the guest (a string is a shell script; a list an argv, quoted) and
+        wait for it. Raises ``GuestTimeout`` after ``timeout`` seconds (default 300); with
+        ``check``, a ``VMError`` for a non-zero exit code."""
+        script = _script(cmd, stdin, env, cwd)
+        with self._lock:
+            res = verbs.exec_in(self.repo, self.id, [script], 300.0 if timeout is None else timeout)
+        if check and res.returncode != 0:
+            raise VMError(f"command failed in VM {self.id} (exit {res.returncode}): "
+                          f"{res.stderr.decode(errors='replace').strip()[-500:]}")
+        return res
+
+    def exec_stream(self, cmd: str | Sequence[str], timeout: float | None = None,
+                    env: Mapping[str, str] | None = None,
+                    cwd: str | None = None) -> Iterator[ExecStream]:
+        """Run ``cmd`` in the background in the guest and yield its output as it comes (the
+        agent answers whole commands, so the output is collected in a guest file and read back
+        every ``STREAM_POLL`` seconds); the last item carries the exit code."""
+        tag = f"/tmp/.vers-stream-{os.urandom(4).hex()}"
+        inner = _script(cmd, None, env, cwd)
+        start = (f"( ( {inner}\n) >{tag}.out 2>&1 </dev/null; echo $? >{tag}.rc.tmp; "
+                 f"mv {tag}.rc.tmp {tag}.rc ) >/dev/null 2>&1 &")
+        self.exec(start, timeout=30, check=True)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        offset = 0
+        try:
+            while True:
+                res = self.exec(f"echo $(cat {tag}.rc 2>/dev/null); tail -c +{offset + 1} {tag}.out",
+                                timeout=30)
+                rc_line, _, data = res.stdout.partition(b"\n")
+                if data:
+                    offset += len(data)
+                    yield ExecStream(data)
+                if rc_line.strip():
+                    rest = self.exec(f"tail -c +{offset + 1} {tag}.out", timeout=30).stdout
+                    if rest:
+                        yield ExecStream(rest)
+                    yield ExecStream(b"", int(rc_line))
+                    return
+                if deadline is not None and time.monotonic() > deadline:
+                    raise GuestTimeout(f"guest command did not finish within {timeout}s")
+                time.sleep(STREAM_POLL)
+        finally:
+            try:
+                self.exec(f"rm -f {tag}.out {tag}.rc", timeout=10)
+            except VMError:
+                pass
+
+    def copy_in(self, src: str | os.PathLike[str], dest: str, timeout: float = 300.0) -> None:
+        """Copy a host file or directory into the guest directory ``dest`` (made if missing),
+        as a tar stream through the agent."""
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            tar.add(os.fspath(src), arcname=Path(src).name)
+        self.exec(f"mkdir -p {shlex.quote(dest)} && tar -x -f - -C {shlex.quote(dest)}",
+                  stdin=buf.getvalue(), timeout=timeout, check=True)
+
+    def copy_out(self, src: str, dest: str | os.PathLike[str], timeout: float = 300.0) -> None:
+        """Copy a guest file or directory into the host directory ``dest`` (made if missing)."""
+        parent, name = os.path.split(src.rstrip("/") or "/")
+        res = self.exec(f"tar -c -f - -C {shlex.quote(parent or '/')} {shlex.quote(name)}",
+                        timeout=timeout, check=True)
+        Path(dest).mkdir(parents=True, exist_ok=True)
+        with tarfile.open(fileobj=io.BytesIO(res.stdout), mode="r") as tar:
+            tar.extractall(dest, filter="data")
+
+    # -- history and forks --------------------------------------------------------------------
+    def commit(self, message: str = "", branch: str | None = None, merge: bool = False,
+               pause: bool = False) -> Commit:
+        """Commit memory, disks and device state onto ``branch`` (made at the VM's base commit
+        if new), else the VM's own branch, else HEAD. A branch that moved on since the VM's
+        base is refused (``RefConflict``) unless ``merge``. ``pause`` leaves the VM paused."""
+        with self._lock:
+            cid, _tm = verbs.commit(self.repo, self.id, message, pause, branch, merge)
+        return self.repo.get_commit(cid)
+
+    def branch(self, count: int = 1, *, name: str | None = None,
+               refs: str | None = None) -> VMGroup:
+        """Fork the running VM into ``count`` children that continue from this instant. With
+        ``refs`` (a prefix) child i commits onto branch PREFIX-i. The result is a list and a
+        context manager that kills the children when the block ends."""
+        with self._lock:
+            children, _tm = verbs.branch(self.repo, self.id, count, name, refs=refs)
+        return VMGroup(VM(self.repo, c.id) for c in children)
+
+    def pause(self) -> None:
+        verbs.pause(self.repo, self.id)
+
+    def resume(self) -> None:
+        verbs.resume(self.repo, self.id)
+
+    def kill(self) -> None:
+        """Stop the VM and delete its state; nothing happens if it is gone already."""
+        try:
+            verbs.kill(self.repo, [self.id])
+        except UnknownVM:
+            pass
+
+    @property
+    def alive(self) -> bool:
+        try:
+            return self.status()["state"] in ("running", "paused")
+        except UnknownVM:
+            return False
+
+
+class VMGroup(list[VM]):
+    """VMs made together (``VM.branch``): a list, and a context manager that kills them all."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.kill()
+
+    def kill(self) -> None:
+        for vm in self:
+            vm.kill()
+
+
+def _size(value: str | int) -> int:
+    return value if isinstance(value, int) else verbs.parse_size(value)
+
+
+def _script(cmd: str | Sequence[str], stdin: bytes | str | None,
+            env: Mapping[str, str] | None, cwd: str | None) -> str:
+    """``cmd`` as one guest shell script: in ``cwd``, with ``env``, reading ``stdin`` (carried
+    inside the script as base64, since the agent takes no input stream)."""
+    body = cmd if isinstance(cmd, str) else " ".join(shlex.quote(a) for a in cmd)
+    pre: list[str] = []
+    if cwd is not None:
+        pre.append(f"cd {shlex.quote(cwd)} || exit 1")
+    for k, v in (env or {}).items():
+        pre.append(f"export {k}={shlex.quote(v)}")
+    if stdin is None:
+        return "\n".join([*pre, body]) if pre else body
+    data = stdin.encode() if isinstance(stdin, str) else stdin
+    encoded = base64.b64encode(data).decode()
+    return "\n".join([*pre, f"echo {encoded} | base64 -d | {{\n{body}\n}}"])
+
+
+_locks: dict[tuple[int, str], threading.Lock] = {}
+_locks_guard = threading.Lock()
+
+
+def _lock_for(repo: Repo, vid: str) -> threading.Lock:
+    """One lock per VM per repository object, shared by every ``VM`` handle on it."""
+    with _locks_guard:
+        return _locks.setdefault((id(repo), vid), threading.Lock())
