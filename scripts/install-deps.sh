@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(qemu-system-x86 qemu-utils fuse3 libfuse3-dev pkg-config busybox-static cpio
-              e2fsprogs restic kmod xz-utils zstd git mmdebstrap gcc libc6-dev)
+              e2fsprogs restic kmod xz-utils zstd git mmdebstrap gcc libc6-dev curl)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
