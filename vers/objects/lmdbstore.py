@@ -1,7 +1,7 @@
 """The on-disk object store: one LMDB environment holding packs, an index, refs and reflogs.
 
 Objects are not one LMDB value each: a 4096-byte page would take two 4 KiB overflow pages (2x
-space, see FINDINGS.md). Records are appended to *packs* (LMDB values of up to ``PACK_BYTES``), and
+space, see docs/storage-format.md). Records are appended to *packs* (LMDB values of up to ``PACK_BYTES``), and
 the ``index`` maps a 32-byte ID to (pack, offset, length, kind, encoding, delta depth). A write
 batch is one LMDB transaction: the packs and the index entries become visible together, so a crash
 leaves either all of a batch or none of it.
