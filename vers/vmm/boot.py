@@ -27,7 +27,7 @@ from vers.vmm.machine import Machine, MiB, default_cmdline, detect_accel, pid_al
 from vers.vmm.memory import MemoryBacking, backing_class, default_backing
 from vers.vmm.memory.fuse import disk_base
 from vers.vmm.net import NET_MODES, Port, check_ports, parse_ports, publish_all
-from vers.vmm.private import make_private
+from vers.vmm.private import make_private, private_dir
 from vers.vmm.standby import refresh_spares
 from vers.vmm.state import MachineSpec, VMRecord, VMRegistry, registry
 from vers.vmm.teardown import remove
@@ -114,9 +114,7 @@ def _machine_for(opts: RunOptions) -> tuple[MachineSpec, str, str, list[str]]:
         raise BadInput(f"--memory {opts.memory // MiB}M is more than this host has "
                        f"({host // MiB}M of RAM and swap); use --overcommit if you mean it")
     if opts.memory_dir is not None:
-        d = Path(opts.memory_dir)
-        if not d.is_dir() or not os.access(d, os.W_OK | os.X_OK):
-            raise BadInput(f"--memory-dir {d}: not a directory you can write to")
+        _check_memory_dir(Path(opts.memory_dir), opts.memory_backing)
     accel = opts.accel or detect_accel()
     if accel not in ("kvm", "tcg"):
         raise BadInput(f"--accel must be kvm or tcg, not {accel!r}")
@@ -136,6 +134,18 @@ def _machine_for(opts: RunOptions) -> tuple[MachineSpec, str, str, list[str]]:
                        cmdline=opts.cmdline or default_cmdline(accel), disks=names,
                        net=opts.net)
     return spec, kernel, initrd, disk_files
+
+
+def _check_memory_dir(d: Path, backing: str) -> None:
+    """shm: the directory for the RAM file, which must exist; fuse: the backing daemon's state
+    directory, made if missing and then only ours (``private_dir``)."""
+    if backing == "fuse":
+        try:
+            private_dir(d)
+        except VMError as exc:
+            raise BadInput(f"--memory-dir {d}: {exc}") from exc
+    elif not d.is_dir() or not os.access(d, os.W_OK | os.X_OK):
+        raise BadInput(f"--memory-dir {d}: not a directory you can write to")
 
 
 def host_memory() -> int:

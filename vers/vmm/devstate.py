@@ -22,6 +22,8 @@ from vers.vmm.qmp import QMPClient
 from vers.vmm.state import VMRecord, VMRegistry
 
 T = TypeVar("T")
+#: block nodes vers adds (``blockdev-add``) are named NODE_PREFIX + random hex
+NODE_PREFIX = "vers-"
 IGNORE_SHARED = ("migrate-set-capabilities",
                  {"capabilities": [{"capability": "x-ignore-shared", "state": True}]})
 
@@ -67,8 +69,11 @@ def adopt_qemu_chains(qmp: QMPClient, rec: VMRecord) -> list[str]:
     """Make each disk chain of ``rec`` what QEMU actually uses. A commit or branch that died
     between freezing a disk (QEMU switched to the new top) and saving the record leaves the
     record one layer short: the next commit would then miss what the guest wrote to that layer,
-    and could even reuse it as a spare. Returns the layers adopted."""
+    and could even reuse it as a spare. One that died before the freeze leaves the next top open
+    as a block node nothing uses, holding the file's write lock: such nodes are closed. Returns
+    the layers adopted."""
     adopted: list[str] = []
+    in_use: set[str] = set()
     for block in qmp.command("query-block"):
         d = rec.disks.get(block.get("device", ""))
         image = (block.get("inserted") or {}).get("image")
@@ -78,6 +83,7 @@ def adopt_qemu_chains(qmp: QMPClient, rec: VMRecord) -> list[str]:
         while image is not None:
             qemu_chain.insert(0, image["filename"])
             image = image.get("backing-image")
+        in_use |= set(qemu_chain)
         if qemu_chain[-1] == d.top:
             continue
         if d.top not in qemu_chain:
@@ -87,6 +93,9 @@ def adopt_qemu_chains(qmp: QMPClient, rec: VMRecord) -> list[str]:
         d.chain += new
         d.spares = {k: sp for k, sp in d.spares.items() if sp.path not in new}
         adopted += new
+    _drop_nodes(qmp, [n["node-name"] for n in qmp.command("query-named-block-nodes", flat=True)
+                      if n.get("node-name", "").startswith(NODE_PREFIX) and n.get("drv") == "qcow2"
+                      and n.get("file") not in in_use])
     return adopted
 
 
@@ -109,7 +118,7 @@ def prepare_devstate(qmp: QMPClient, out: Path,
     finally:
         os.close(fd)
     new_tops = new_tops or {}
-    added = {name: f"vers-{secrets.token_hex(6)}" for name in new_tops}
+    added = {name: f"{NODE_PREFIX}{secrets.token_hex(6)}" for name in new_tops}
     results = qmp.batch(
         IGNORE_SHARED,
         ("getfd", {"fdname": "devstate"}),
