@@ -22,11 +22,8 @@ a time).
 
 from __future__ import annotations
 
-import base64
-import io
 import os
-import shlex
-import tarfile
+import signal
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -37,6 +34,7 @@ from typing import Any, Self
 
 from vers.errors import GuestTimeout, UnknownVM, VMError
 from vers.objects.model import Commit
+from vers.porcelain import transfer
 from vers.porcelain import vm as verbs
 from vers.repo import Repo as CoreRepo
 from vers.vmm.agent import ExecResult
@@ -44,7 +42,6 @@ from vers.vmm.agent import ExecResult
 __all__ = ["VM", "Commit", "ExecResult", "ExecStream", "Repo", "VMGroup"]
 
 #: how often ``exec_stream`` asks the guest for new output
-STREAM_POLL = 0.05
 
 
 class Repo(CoreRepo):
@@ -161,12 +158,14 @@ class VM:
     def exec(self, cmd: str | Sequence[str], stdin: bytes | str | None = None,
              timeout: float | None = None, env: Mapping[str, str] | None = None,
              cwd: str | None = None, check: bool = False) -> ExecResult:
-        """Run ``cmd`` in the guest (a string is a shell script; a list an argv, quoted) and
-        wait for it. Raises ``GuestTimeout`` after ``timeout`` seconds (default 300); with
-        ``check``, a ``VMError`` for a non-zero exit code."""
-        script = _script(cmd, stdin, env, cwd)
-        with self._lock:
-            res = verbs.exec_in(self.repo, self.id, [script], 300.0 if timeout is None else timeout)
+        """Run ``cmd`` in the guest (a string is a shell script; a list an argv) with ``stdin``
+        on its standard input, and wait for it. After ``timeout`` seconds (default 300) the
+        command is killed and ``GuestTimeout`` raised; with ``check``, a ``VMError`` for a
+        non-zero exit code."""
+        data = stdin.encode() if isinstance(stdin, str) else stdin
+        res = transfer.run_command(self.repo, self.id, _argv(cmd), input=data,
+                                   env=dict(env) if env else None, cwd=cwd,
+                                   timeout=300.0 if timeout is None else timeout)
         if check and res.returncode != 0:
             raise VMError(f"command failed in VM {self.id} (exit {res.returncode}): "
                           f"{res.stderr.decode(errors='replace').strip()[-500:]}")
@@ -175,56 +174,34 @@ class VM:
     def exec_stream(self, cmd: str | Sequence[str], timeout: float | None = None,
                     env: Mapping[str, str] | None = None,
                     cwd: str | None = None) -> Iterator[ExecStream]:
-        """Run ``cmd`` in the background in the guest and yield its output as it comes (the
-        agent answers whole commands, so the output is collected in a guest file and read back
-        every ``STREAM_POLL`` seconds); the last item carries the exit code."""
-        tag = f"/tmp/.vers-stream-{os.urandom(4).hex()}"
-        inner = _script(cmd, None, env, cwd)
-        start = (f"( ( {inner}\n) >{tag}.out 2>&1 </dev/null; echo $? >{tag}.rc.tmp; "
-                 f"mv {tag}.rc.tmp {tag}.rc ) >/dev/null 2>&1 &")
-        self.exec(start, timeout=30, check=True)
+        """Run ``cmd`` in the guest and yield its output as the guest writes it (stdout and
+        stderr interleaved); the last item carries the exit code. After ``timeout`` seconds the
+        command is killed and ``GuestTimeout`` raised."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        offset = 0
-        try:
+        with transfer.open_command(self.repo, self.id, _argv(cmd),
+                                   env=dict(env) if env else None, cwd=cwd) as ch:
             while True:
-                res = self.exec(f"echo $(cat {tag}.rc 2>/dev/null); tail -c +{offset + 1} {tag}.out",
-                                timeout=30)
-                rc_line, _, data = res.stdout.partition(b"\n")
-                if data:
-                    offset += len(data)
-                    yield ExecStream(data)
-                if rc_line.strip():
-                    rest = self.exec(f"tail -c +{offset + 1} {tag}.out", timeout=30).stdout
-                    if rest:
-                        yield ExecStream(rest)
-                    yield ExecStream(b"", int(rc_line))
-                    return
-                if deadline is not None and time.monotonic() > deadline:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                ev = ch.next_event(timeout=left)
+                if ev is None:
+                    ch.signal(signal.SIGKILL)
                     raise GuestTimeout(f"guest command did not finish within {timeout}s")
-                time.sleep(STREAM_POLL)
-        finally:
-            try:
-                self.exec(f"rm -f {tag}.out {tag}.rc", timeout=10)
-            except VMError:
-                pass
+                if ev.kind == "exit":
+                    yield ExecStream(b"", ev.code)
+                    return
+                yield ExecStream(ev.data)
 
-    def copy_in(self, src: str | os.PathLike[str], dest: str, timeout: float = 300.0) -> None:
+    def copy_in(self, src: str | os.PathLike[str], dest: str) -> None:
         """Copy a host file or directory into the guest directory ``dest`` (made if missing),
-        as a tar stream through the agent."""
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w") as tar:
-            tar.add(os.fspath(src), arcname=Path(src).name)
-        self.exec(f"mkdir -p {shlex.quote(dest)} && tar -x -f - -C {shlex.quote(dest)}",
-                  stdin=buf.getvalue(), timeout=timeout, check=True)
+        with modes and mtimes, as `vers cp` does: nothing partial is left behind."""
+        self.exec(["mkdir", "-p", dest], timeout=60, check=True)
+        transfer.copy(self.repo, os.fspath(src), f"{self.id}:{dest.rstrip('/') or '/'}/",
+                      recursive=True)
 
-    def copy_out(self, src: str, dest: str | os.PathLike[str], timeout: float = 300.0) -> None:
+    def copy_out(self, src: str, dest: str | os.PathLike[str]) -> None:
         """Copy a guest file or directory into the host directory ``dest`` (made if missing)."""
-        parent, name = os.path.split(src.rstrip("/") or "/")
-        res = self.exec(f"tar -c -f - -C {shlex.quote(parent or '/')} {shlex.quote(name)}",
-                        timeout=timeout, check=True)
         Path(dest).mkdir(parents=True, exist_ok=True)
-        with tarfile.open(fileobj=io.BytesIO(res.stdout), mode="r") as tar:
-            tar.extractall(dest, filter="data")
+        transfer.copy(self.repo, f"{self.id}:{src}", os.fspath(dest), recursive=True)
 
     # -- history and forks --------------------------------------------------------------------
     def commit(self, message: str = "", branch: str | None = None, merge: bool = False,
@@ -285,21 +262,9 @@ def _size(value: str | int) -> int:
     return value if isinstance(value, int) else verbs.parse_size(value)
 
 
-def _script(cmd: str | Sequence[str], stdin: bytes | str | None,
-            env: Mapping[str, str] | None, cwd: str | None) -> str:
-    """``cmd`` as one guest shell script: in ``cwd``, with ``env``, reading ``stdin`` (carried
-    inside the script as base64, since the agent takes no input stream)."""
-    body = cmd if isinstance(cmd, str) else " ".join(shlex.quote(a) for a in cmd)
-    pre: list[str] = []
-    if cwd is not None:
-        pre.append(f"cd {shlex.quote(cwd)} || exit 1")
-    for k, v in (env or {}).items():
-        pre.append(f"export {k}={shlex.quote(v)}")
-    if stdin is None:
-        return "\n".join([*pre, body]) if pre else body
-    data = stdin.encode() if isinstance(stdin, str) else stdin
-    encoded = base64.b64encode(data).decode()
-    return "\n".join([*pre, f"echo {encoded} | base64 -d | {{\n{body}\n}}"])
+def _argv(cmd: str | Sequence[str]) -> list[str]:
+    """A string is a shell script, a sequence an argv (as `vers exec` takes them)."""
+    return ["/bin/sh", "-c", cmd] if isinstance(cmd, str) else list(cmd)
 
 
 _locks: dict[tuple[int, str], threading.Lock] = {}

@@ -513,7 +513,7 @@ def _sink(loc: Location, name: str | None) -> Sink:
 # -- commands in a running VM (vers exec, vers connect) ---------------------------------------
 
 __all__ = ["STDIN_CHUNK", "Channel", "LegacyAgent", "copy", "legacy_exec", "open_command",
-           "running_vm"]
+           "run_command", "running_vm"]
 
 
 def running_vm(repo: Repo, key: str | None) -> VMRecord:
@@ -533,6 +533,16 @@ def open_command(repo: Repo, key: str | None, argv: list[str], *,
     rec = running_vm(repo, key)
     return agent.open_channel(rec.runtime.agent_sock, argv, env=env, cwd=cwd, stdin=stdin,
                               pty=pty, rows=rows, cols=cols)
+
+
+def run_command(repo: Repo, key: str | None, argv: list[str], *, input: bytes | None = None,
+                env: dict[str, str] | None = None, cwd: str | None = None,
+                timeout: float = 300.0) -> ExecResult:
+    """``argv`` run to completion with ``input`` on its stdin, like subprocess.run; killed and
+    GuestTimeout raised after ``timeout`` seconds."""
+    rec = running_vm(repo, key)
+    return agent.run(rec.runtime.agent_sock, argv, input=input, env=env, cwd=cwd,
+                     timeout=timeout)
 
 
 def legacy_exec(repo: Repo, key: str | None, command: list[str],
