@@ -187,8 +187,8 @@ class VM:
         offset = 0
         try:
             while True:
-                res = self.exec(f"echo $(cat {tag}.rc 2>/dev/null); tail -c +{offset + 1} {tag}.out",
-                                timeout=30)
+                res = self.exec(f"echo $(cat {tag}.rc 2>/dev/null); "
+                                f"tail -c +{offset + 1} {tag}.out", timeout=30)
                 rc_line, _, data = res.stdout.partition(b"\n")
                 if data:
                     offset += len(data)
