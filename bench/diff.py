@@ -69,10 +69,12 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     for s, t in results.items():
-        print(f"diff of two {s:g} GiB commits differing in 10 pages: {t * 1000:.1f} ms (goal <= 20 ms)")
+        print(f"diff of two {s:g} GiB commits differing in 10 pages: {t * 1000:.1f} ms "
+              "(goal <= 20 ms)")
     sizes = sorted(results)
     if len(sizes) > 1:
-        print(f"ratio {sizes[-1]:g} GiB / {sizes[0]:g} GiB = {results[sizes[-1]] / results[sizes[0]]:.2f} "
+        print(f"ratio {sizes[-1]:g} GiB / {sizes[0]:g} GiB = "
+              f"{results[sizes[-1]] / results[sizes[0]]:.2f} "
               f"(flat = ~1.0; image size ratio {sizes[-1] / sizes[0]:g})")
     os.sync()
 

@@ -118,7 +118,8 @@ def bench_commit(work: Path, repo: Repo, cid: str, size: int, daemon: BackingDae
         m = mmap.mmap(fd, size, mmap.MAP_SHARED)
         pages = random.Random(int(frac * 1000)).sample(range(npages), int(npages * frac))
         for p in pages:
-            m[p * PAGE : p * PAGE + 16] = os.urandom(16)  # the rest of the page comes from the store
+            # the rest of the page comes from the store
+            m[p * PAGE : p * PAGE + 16] = os.urandom(16)
         before = pack_bytes(repo)
         t0 = time.perf_counter()
         twin, dirty = f.capture()
@@ -217,8 +218,9 @@ def bench_flush(work: Path) -> None:
             state = work / f"flush-{wb}-{mode}"
             (state / "mnt").mkdir(parents=True)
             env = {**os.environ, "PYTHONPATH": root}
-            d = subprocess.Popen([sys.executable, "-c", FLUSH_DAEMON, str(state), str(state / "mnt"),
-                                  str(wb)], stdout=subprocess.PIPE, text=True, env=env)
+            d = subprocess.Popen([sys.executable, "-c", FLUSH_DAEMON, str(state),
+                                  str(state / "mnt"), str(wb)],
+                                 stdout=subprocess.PIPE, text=True, env=env)
             daemon = BackingDaemon(state)
             try:
                 assert d.stdout is not None and d.stdout.readline() == "ready\n"
@@ -244,7 +246,8 @@ def bench_flush(work: Path) -> None:
                 except subprocess.TimeoutExpired:
                     d.kill()
                     d.wait()
-            print(f"[flush] writeback_cache={'on' if wb else 'off'} {mode:10} {n:5} pages: daemon saw "
+            print(f"[flush] writeback_cache={'on' if wb else 'off'} {mode:10} {n:5} pages: "
+                  "daemon saw "
                   f"{before:5} before fsync, {after:5} after; fsync {t_flush * 1000:.0f} ms "
                   f"({t_flush * 1e6 / n:.1f} us/page)")
 
@@ -264,12 +267,12 @@ def bench_vm_restore(work: Path) -> None:
                 for _ in range(2):
                     t0 = time.perf_counter()
                     r = restore_commit(repo, cid, memory_backing=backing,
-                                                 memory_dir=str(state) if backing == "fuse" else None)
+                                       memory_dir=str(state) if backing == "fuse" else None)
                     best = min(best, time.perf_counter() - t0)
                     if backing == "fuse":
                         read = load_backing(r.memory).stats()["base_bytes_read"]  # type: ignore[attr-defined]
-                        print(f"[vm] {mem // MiB} MiB fuse restore read {read / MiB:.1f} MiB of RAM "
-                              "from the store before running")
+                        print(f"[vm] {mem // MiB} MiB fuse restore read {read / MiB:.1f} "
+                              "MiB of RAM from the store before running")
                     kill_vms(repo, [r.id])
                 results[(backing, mem)] = best
         finally:
@@ -287,7 +290,8 @@ def bench_vm_restore(work: Path) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size-mib", type=int, default=1024)
     ap.add_argument("--work", type=Path, default=None)
     ap.add_argument("--only", default="read,commit,restore,flush,vm")

@@ -58,13 +58,15 @@ def main() -> None:
     vrepo, rrepo = work / "vers-repo", work / "restic-repo"
     env = dict(os.environ, RESTIC_PASSWORD="bench", RESTIC_CACHE_DIR=str(work / "restic-cache"))
     subprocess.run(["vers", "init", str(vrepo)], check=True, capture_output=True)
-    subprocess.run(["restic", "init", "--repo", str(rrepo)], check=True, capture_output=True, env=env)
+    subprocess.run(["restic", "init", "--repo", str(rrepo)], check=True, capture_output=True,
+                   env=env)
 
     data = make_image(img, size, seed=1)
     t_vers = t_restic = 0.0
     growth_ratios: list[float] = []
     print(f"{args.count} images of {args.size_mib} MiB, 1% pages changed between images")
-    print(f"{'#':>3} {'vers s':>8} {'restic s':>9} {'vers MB/s':>10} {'restic MB/s':>12} {'growth/changed':>15}")
+    print(f"{'#':>3} {'vers s':>8} {'restic s':>9} {'vers MB/s':>10} {'restic MB/s':>12} "
+          f"{'growth/changed':>15}")
     for i in range(args.count):
         changed_bytes = 0
         if i:
@@ -72,8 +74,8 @@ def main() -> None:
             img.write_bytes(data)
         before = vers_store_bytes(vrepo)
         t0 = time.perf_counter()
-        subprocess.run(["vers", "-C", str(vrepo), "snapshot", "--memory", str(img), "-m", f"image {i}"],
-                       check=True, capture_output=True)
+        subprocess.run(["vers", "-C", str(vrepo), "snapshot", "--memory", str(img),
+                        "-m", f"image {i}"], check=True, capture_output=True)
         t1 = time.perf_counter()
         subprocess.run(["restic", "--repo", str(rrepo), "backup", "--quiet", str(img)],
                        check=True, capture_output=True, env=env)
@@ -85,8 +87,8 @@ def main() -> None:
         t_vers += t1 - t0
         t_restic += t2 - t1
         mb = size / 1e6
-        print(f"{i:>3} {t1 - t0:>8.2f} {t2 - t1:>9.2f} {mb / (t1 - t0):>10.0f} {mb / (t2 - t1):>12.0f} "
-              f"{ratio:>15.3f}")
+        print(f"{i:>3} {t1 - t0:>8.2f} {t2 - t1:>9.2f} {mb / (t1 - t0):>10.0f} "
+              f"{mb / (t2 - t1):>12.0f} {ratio:>15.3f}")
     v_size, r_size = vers_store_bytes(vrepo), du(rrepo)
     total = size * args.count / 1e6
     print()

@@ -53,7 +53,8 @@ def main() -> None:
     env = dict(os.environ, RESTIC_PASSWORD="bench", RESTIC_CACHE_DIR=str(work / "restic-cache"))
     subprocess.run(["vers", "init", str(vrepo)], check=True, capture_output=True)
     if has_restic:
-        subprocess.run(["restic", "init", "--repo", str(rrepo)], check=True, capture_output=True, env=env)
+        subprocess.run(["restic", "init", "--repo", str(rrepo)], check=True, capture_output=True,
+                       env=env)
 
     data = make_image(img, args.size_mib << 20, seed=1)
     hashed = 0
@@ -62,8 +63,8 @@ def main() -> None:
         if i:
             mutate_pages(data, 0.01, seed=100 + i)
             img.write_bytes(data)
-        subprocess.run(["vers", "-C", str(vrepo), "snapshot", "--memory", str(img), "-m", f"image {i}"],
-                       check=True, capture_output=True)
+        subprocess.run(["vers", "-C", str(vrepo), "snapshot", "--memory", str(img),
+                        "-m", f"image {i}"], check=True, capture_output=True)
         if has_restic:
             subprocess.run(["restic", "--repo", str(rrepo), "backup", "--quiet", str(img)],
                            check=True, capture_output=True, env=env)
@@ -90,7 +91,8 @@ def main() -> None:
     print(f"vers gc --keep-last 2:    {t_gc:8.2f} s   ("
           + "; ".join(ln for ln in out.splitlines() if ln.startswith(("prune", "packs"))) + ")")
     if has_restic:
-        t_forget, _ = timed(["restic", "--repo", str(rrepo), "forget", "--keep-last", "2", "--prune"], env)
+        t_forget, _ = timed(["restic", "--repo", str(rrepo), "forget", "--keep-last", "2",
+                             "--prune"], env)
         print(f"restic forget --prune:    {t_forget:8.2f} s")
         print(f"ratio restic / vers gc:   {t_forget / t_gc:8.2f}x  (> 1: vers is faster)")
     t_fsck2, _ = timed(["vers", "-C", str(vrepo), "fsck"])

@@ -107,7 +107,8 @@ def main() -> None:
             first = push(repo, "origin", quiet=True)
             t_push = time.perf_counter() - t0
             print(f"push of {args.size_mib} MiB image: {first.objects} objects, "
-                  f"{first.bytes / MB:.1f} MB in {t_push:.2f} s ({first.bytes / MB / t_push:.0f} MB/s)")
+                  f"{first.bytes / MB:.1f} MB in {t_push:.2f} s "
+                  f"({first.bytes / MB / t_push:.0f} MB/s)")
 
             before = bucket_bytes(url)
             repo.snapshot({"memory": work / "m2"}, message="1% changed")
@@ -127,9 +128,9 @@ def main() -> None:
             vers_rate = moved / MB / t_clone
             base_rate = base_bytes / MB / t_base
             image_rate = size / MB / t_clone
-            print(f"clone of the {args.size_mib} MiB history: {t_clone:.2f} s = {image_rate:.0f} MB/s "
-                  f"of machine image restored (goal >= 100 MB/s); {moved / MB:.0f} MB of bundles "
-                  f"= {vers_rate:.0f} MB/s over the wire")
+            print(f"clone of the {args.size_mib} MiB history: {t_clone:.2f} s = "
+                  f"{image_rate:.0f} MB/s of machine image restored (goal >= 100 MB/s); "
+                  f"{moved / MB:.0f} MB of bundles = {vers_rate:.0f} MB/s over the wire")
             print(f"plain boto3 copy (aws s3 sync style, 10 threads): {base_bytes / MB:.0f} MB in "
                   f"{t_base:.2f} s = {base_rate:.0f} MB/s")
             print(f"ratio vers clone / plain copy (same bytes): {vers_rate / base_rate:.2f}")

@@ -191,12 +191,14 @@ def main() -> int:
                                     net=net)
                     res["backing"] = backing
                     results.append(res)
-    hdr = (f"{'backing':<16} {'net':<4} {'RAM':>6} {'commit pause':>12} {'QEMU migrate':>12} {'ratio':>6}"
+    hdr = (f"{'backing':<16} {'net':<4} {'RAM':>6} {'commit pause':>12} {'QEMU migrate':>12}"
+           f" {'ratio':>6}"
            f" {'branch pause':>12} {'child ready':>11} {'bare start':>10} {'ratio':>6}"
            f" {'dirty KiB':>9} {'growth KiB':>10} {'ratio':>6}")
     print(hdr)
     for r in results:
-        print(f"{r['backing']:<16} {r['net']:<4} {r['size_mib']:>5}M {r['commit_pause_ms']:>10.1f}ms"
+        print(f"{r['backing']:<16} {r['net']:<4} {r['size_mib']:>5}M"
+              f" {r['commit_pause_ms']:>10.1f}ms"
               f" {r['qemu_full_migrate_pause_ms']:>10.1f}ms"
               f" {r['ratio_commit_pause_vs_qemu_migrate']:>6.3f}"
               f" {r['branch_pause_ms']:>10.1f}ms {r['branch_child_ready_ms']:>9.1f}ms"

@@ -169,7 +169,8 @@ def test_exit_code_mapping() -> None:
     assert verdict_for(0, t) == "good"
     assert verdict_for(125, t) == "skip"
     assert all(verdict_for(c, t) == "bad" for c in (1, 2, 124, 126, 127))
-    assert verdict_for(128, t) is None and verdict_for(-9, t) is None and verdict_for(255, t) is None
+    assert (verdict_for(128, t) is None and verdict_for(-9, t) is None
+            and verdict_for(255, t) is None)
 
 
 def test_run_aborts_on_128(hist: tuple[Repo, list[str]]) -> None:
@@ -243,8 +244,8 @@ def test_cli_round_trip(hist: tuple[Repo, list[str]]) -> None:
     env = {**os.environ, "VERS_DIR": str(repo.root)}
 
     def vers(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-c", "from vers.cli import main; main()", *args], env=env,
-                              capture_output=True, text=True, check=False)
+        return subprocess.run([sys.executable, "-c", "from vers.cli import main; main()", *args],
+                              env=env, capture_output=True, text=True, check=False)
 
     assert vers("bisect", "good").returncode == 2  # not bisecting
     r = vers("bisect", "start", "--term-new", "fixed", "--term-old", "broken", ids[-1], ids[0])

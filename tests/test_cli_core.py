@@ -1,4 +1,5 @@
-"""The store and history commands through the real `vers` entry point: output contracts and bad input."""
+"""The store and history commands through the real `vers` entry point: output contracts and bad
+input."""
 
 from __future__ import annotations
 
@@ -48,9 +49,12 @@ def test_snapshot_log_show_diff_export(work: Path) -> None:
 
     assert vers(work, "rev-parse", "HEAD").stdout.strip() == c2
     assert vers(work, "rev-parse", "HEAD~1").stdout.strip() == c1
-    assert vers(work, "log", "--oneline").stdout == f"{c2[:12]} (HEAD -> main) second\n{c1[:12]} first state\n"
+    assert vers(work, "log", "--oneline").stdout == (
+        f"{c2[:12]} (HEAD -> main) second\n{c1[:12]} first state\n"
+    )
     full = vers(work, "log").stdout
-    assert f"commit {c2}" in full and "Author: Test <t@example>" in full and "    first state" in full
+    assert (f"commit {c2}" in full and "Author: Test <t@example>" in full
+            and "    first state" in full)
     j = json.loads(vers(work, "log", "--format", "json", "-n", "1").stdout)
     assert [c["id"] for c in j] == [c2] and j[0]["parents"] == [c1]
     assert vers(work, "log", "--oneline", f"{c1}..{c2}").stdout.startswith(c2[:12])
@@ -129,7 +133,9 @@ def test_tags_branches_reflog(work: Path) -> None:
         (["reflog", "nosuch"], "no ref"),
     ],
 )
-def test_bad_input_is_refused_and_changes_nothing(work: Path, args: list[str], message: str) -> None:
+def test_bad_input_is_refused_and_changes_nothing(
+    work: Path, args: list[str], message: str
+) -> None:
     (work / "good.img").write_bytes(b"g" * PAGE_SIZE)
     (work / "odd.img").write_bytes(b"o" * 1000)
     (work / "dir").mkdir()

@@ -98,7 +98,9 @@ def test_missing_object_is_reported_with_the_ref_that_reaches_it(work: Path) -> 
     p = vers(work, "fsck")
     assert p.returncode == 1
     hits = [ln for ln in p.stdout.splitlines() if victim.hex() in ln]
-    assert hits and all(ln.startswith(f"missing {victim.hex()}: page not in the store") for ln in hits)
+    assert hits and all(
+        ln.startswith(f"missing {victim.hex()}: page not in the store") for ln in hits
+    )
     # Reached from several names; the walk reports it once, naming the first that reached it.
     assert len(hits) == 1 and ("refs/heads/main" in hits[0] or "refs/tags/keep" in hits[0])
     assert cid[:12] in hits[0]

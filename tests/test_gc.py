@@ -24,7 +24,9 @@ HOUR = 3600
 def state(work: Path) -> bytes:
     with Repo(work) as r:
         refs = json.dumps(r.refs.list_refs(""), sort_keys=True).encode()
-        logs = json.dumps({n: [e.__dict__ for e in r.refs.reflog(n)] for n in r.refs.reflog_names()})
+        logs = json.dumps(
+            {n: [e.__dict__ for e in r.refs.reflog(n)] for n in r.refs.reflog_names()}
+        )
         ids = b"".join(sorted(o for o, _ in r.store.iter_ids()))
     return refs + logs.encode() + ids
 
@@ -70,7 +72,9 @@ def test_dry_run_lists_decisions_and_changes_nothing(work: Path) -> None:
     assert state(work) == before
     lines = out.splitlines()
     decisions = {ln.split()[4]: ln for ln in lines if ln.startswith(("keep ", "remove "))}
-    assert sorted(m for m, ln in decisions.items() if ln.startswith("keep")) == ["c1", "c4", "c5", "c6", "c7"]
+    assert sorted(m for m, ln in decisions.items() if ln.startswith("keep")) == [
+        "c1", "c4", "c5", "c6", "c7"
+    ]
     assert "(branch head main, last commit, within 3h30m)" in decisions["c7"]
     assert decisions["c1"].endswith("(tag golden)")
     assert decisions["c0"].startswith("remove ")
@@ -168,5 +172,6 @@ def test_base_commit_of_a_vm_is_kept_and_checked(work: Path) -> None:
         page = repo.open_image(side, "memory").reader.page_id(2)
         repo.store.delete([page])
     p = vers(work, "fsck")
-    assert p.returncode == 1 and f"missing {page.hex()}" in p.stdout and f"vm {rec.id} (web)" in p.stdout
+    assert (p.returncode == 1 and f"missing {page.hex()}" in p.stdout
+            and f"vm {rec.id} (web)" in p.stdout)
     assert h.check_exports() == ["c0"]

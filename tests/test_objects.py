@@ -137,7 +137,8 @@ def test_patch_tree_equals_full_build(store) -> None:
         data[p * PAGE_SIZE : (p + 1) * PAGE_SIZE] = rnd.randbytes(PAGE_SIZE)
     data[dirty[0] * PAGE_SIZE : (dirty[0] + 1) * PAGE_SIZE] = bytes(PAGE_SIZE)
     with store.writer() as w:
-        patched = patch_tree(w, base, dirty, lambda p: bytes(data[p * PAGE_SIZE : (p + 1) * PAGE_SIZE]))
+        patched = patch_tree(w, base, dirty,
+                             lambda p: bytes(data[p * PAGE_SIZE : (p + 1) * PAGE_SIZE]))
     assert store.get_tree(patched) == build(MemoryObjectStore(), bytes(data))
 
 

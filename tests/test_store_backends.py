@@ -55,7 +55,8 @@ class History:
             parents = [head] if head else []
         base = None
         if parents:
-            base = self.store.get_tree(bytes.fromhex(self.store.get_commit(bytes.fromhex(parents[0])).images["memory"]))
+            parent = self.store.get_commit(bytes.fromhex(parents[0]))
+            base = self.store.get_tree(bytes.fromhex(parent.images["memory"]))
         with self.store.writer() as w:
             tree = build_tree(w, io.BytesIO(data), len(data), base)
             c = Commit(images={"memory": tree.hex()}, parents=parents, author="t", time=t,
@@ -222,7 +223,8 @@ class StoreBehaviour:
         real = h.store.get_tree(bytes.fromhex(c.images["memory"]))
         with h.store.writer() as w:
             bogus = store_tree(w, Tree(size=real.size * 256, root=real.root, depth=2))
-            raw = Commit(images={"memory": bogus.hex()}, author="t", time=T0, message="bogus").serialize()
+            raw = Commit(images={"memory": bogus.hex()}, author="t", time=T0,
+                         message="bogus").serialize()
             w.add(hash_bytes(raw), KIND_COMMIT, raw, compress=False)
         h.refs.set_ref("refs/heads/bogus", hash_bytes(raw).hex())
         full = fsck(h.store, h.refs, full=True)
@@ -296,7 +298,9 @@ class StoreBehaviour:
         expected = {143, 142, 141, 139, 137, 135, 2 * day - 1, day - 1}
         assert kept == expected
         reasons = {d.commit.message: d.reasons for d in plan.decisions if d.keep}
-        assert reasons["k143"] == ["branch head main", "last commit", "hourly commit", "daily commit"]
+        assert reasons["k143"] == [
+            "branch head main", "last commit", "hourly commit", "daily commit"
+        ]
         assert reasons["k47"] == ["daily commit"]
 
     def test_retention_within_and_rewrite(self, h: History) -> None:
@@ -373,10 +377,12 @@ class TestLmdbStore(StoreBehaviour):
                 w.add(hash_bytes(page), KIND_PAGE, page, compress=False)
         young = gc(h.store, h.refs, grace=3600)
         assert young.objects_removed == 0 and young.young_unreachable == 3
-        assert all(h.store.contains(hash_bytes(junk[i * PAGE_SIZE : (i + 1) * PAGE_SIZE])) for i in range(3))
+        assert all(h.store.contains(hash_bytes(junk[i * PAGE_SIZE : (i + 1) * PAGE_SIZE]))
+                   for i in range(3))
         old = gc(h.store, h.refs, grace=3600, now=time.time() + 7200, expire_reflog=float("inf"))
         assert old.objects_removed == 3
-        assert not any(h.store.contains(hash_bytes(junk[i * PAGE_SIZE : (i + 1) * PAGE_SIZE])) for i in range(3))
+        assert not any(h.store.contains(hash_bytes(junk[i * PAGE_SIZE : (i + 1) * PAGE_SIZE]))
+                       for i in range(3))
         assert h.assert_all_intact() == ["c1", "c0"]
 
     def test_max_unused_unindexes_first_and_repacks_later(self, h: History) -> None:
@@ -386,7 +392,8 @@ class TestLmdbStore(StoreBehaviour):
         packs_before = sum(size for _, _, size in h.store.iter_packs())
         first = gc(h.store, h.refs, grace=0, expire_reflog=float("inf"), policy=Policy(last=2),
                    max_unused=0.5)
-        assert first.objects_removed > 0 and first.packs_rewritten == 0 and first.dead_bytes_left > 0
+        assert (first.objects_removed > 0 and first.packs_rewritten == 0
+                and first.dead_bytes_left > 0)
         gone = old_pages - {o for o, k in h.store.iter_ids() if k == KIND_PAGE}
         assert len(gone) == 3  # c0's versions of the pages c1 changed
         assert not any(h.store.contains(o) for o in gone)

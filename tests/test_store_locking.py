@@ -25,7 +25,8 @@ def test_gc_waits_for_a_writer_holding_the_store(repo: Repo, tmp_path: Path) -> 
 def test_writer_waits_for_gc(repo: Repo, tmp_path: Path) -> None:
     (tmp_path / "m").write_bytes(b"n" * 8192)
     with repo.store.collecting():
-        snap = subprocess.Popen(["vers", "-C", str(repo.root), "snapshot", "--memory", str(tmp_path / "m")],
+        snap = subprocess.Popen(["vers", "-C", str(repo.root), "snapshot", "--memory",
+                                 str(tmp_path / "m")],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         time.sleep(2.0)
         assert snap.poll() is None, "a snapshot wrote while gc was collecting"

@@ -26,8 +26,8 @@ EXIT_BROKEN_PIPE = 141
 EXIT_CODES: dict[int, str] = {
     EXIT_OK: "success",
     EXIT_FALSE: "a check answered no: `diff --exit-code` found changes, `fsck` found problems",
-    EXIT_BAD_INPUT: "bad input: an unusable argument, option, file, size or name (and click's usage "
-                    "errors)",
+    EXIT_BAD_INPUT: "bad input: an unusable argument, option, file, size or name "
+                    "(and click's usage errors)",
     EXIT_NOT_FOUND: "not found: no repository, revision, object, ref or VM of that name",
     EXIT_DAMAGED: "the repository is damaged: a corrupt or missing store file or object",
     EXIT_BUSY: "busy or raced: a lock is held or a ref moved under a compare-and-swap; try again",

@@ -82,7 +82,8 @@ class Repo:
             make_private_dirs(vers_dir)
             LmdbObjectStore.create(vers_dir / "store").close()
             write_private(vers_dir / "config.json",
-                          json.dumps({"format": 1, "default_branch": DEFAULT_BRANCH}, indent=2) + "\n")
+                          json.dumps({"format": 1, "default_branch": DEFAULT_BRANCH},
+                                     indent=2) + "\n")
         except OSError as exc:
             raise BadInput(f"cannot create a repository at {root}: {exc.strerror}") from exc
         repo = cls(root)
@@ -121,7 +122,8 @@ class Repo:
         return self.get_commit(cid).parents
 
     def get_commit(self, rev: str) -> Commit:
-        """The commit ``rev`` names (a full ID is used as is, anything else goes through rev-parse)."""
+        """The commit ``rev`` names (a full ID is used as is, anything else goes through
+        rev-parse)."""
         if len(rev) == 64 and all(c in "0123456789abcdef" for c in rev):
             try:
                 return self.store.get_commit(bytes.fromhex(rev))
@@ -175,7 +177,8 @@ class Repo:
             if not IMAGE_NAME_RE.match(name):
                 raise BadInput(f"bad image name {name!r} (want [a-z][a-z0-9_-]*)")
         with self.store.writing():
-            return self._snapshot(images, message, config, parents, dirty, ref, author, time, progress)
+            return self._snapshot(images, message, config, parents, dirty, ref, author, time,
+                                  progress)
 
     def commit_state(
         self,
@@ -250,7 +253,8 @@ class Repo:
                     if base is not None and name in base.images:
                         base_tree = self.store.get_tree(bytes.fromhex(base.images[name]))
                     try:
-                        if dirty is not None and name in dirty and base_tree and base_tree.size == size:
+                        if (dirty is not None and name in dirty and base_tree
+                                and base_tree.size == size):
                             tree_id = patch_tree(w, base_tree, dirty[name], _page_reader(f, size))
                         else:
                             f.seek(0)
@@ -320,7 +324,9 @@ class Repo:
             raise
 
     # -- history ------------------------------------------------------------------------------
-    def log(self, rev: str = HEAD, exclude: Iterable[str] = (), first_parent: bool = False) -> Iterator[Commit]:
+    def log(
+        self, rev: str = HEAD, exclude: Iterable[str] = (), first_parent: bool = False
+    ) -> Iterator[Commit]:
         """Commits reachable from ``rev`` (or an ``A..B`` range), newest first."""
         if ".." in rev:
             a, b = rev.split("..", 1)
@@ -353,7 +359,8 @@ def _open_source(stack: ExitStack, name: str, src: ImageSource) -> tuple[BinaryI
         except PermissionError as exc:
             raise BadInput(f"{name} image {path}: permission denied") from exc
         except OSError as exc:
-            raise BadInput(f"{name} image {path} cannot be read as an image: {exc.strerror}") from exc
+            raise BadInput(f"{name} image {path} cannot be read as an image: "
+                           f"{exc.strerror}") from exc
     else:
         f = src
         try:

@@ -33,7 +33,8 @@ def _wait_then_kill(proc: subprocess.Popen[bytes], ready, timeout: float = 60.0)
         while time.monotonic() < deadline:
             if proc.poll() is not None:
                 err = proc.stderr.read().decode() if proc.stderr else ""
-                pytest.fail(f"process ended (rc {proc.returncode}) before it could be killed: {err}")
+                pytest.fail(f"process ended (rc {proc.returncode}) before it could be killed: "
+                            f"{err}")
             if ready():
                 os.kill(proc.pid, signal.SIGKILL)
                 proc.wait(10)

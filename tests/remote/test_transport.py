@@ -85,7 +85,10 @@ def test_remote_config_add_list_remove(tmp_path: Path) -> None:
     repo = Repo.init(tmp_path / "r")
     add_remote(repo, "origin", str(tmp_path / "remote"))
     add_remote(repo, "cloud", "s3://bucket/team/vm")
-    assert list_remotes(repo) == {"cloud": "s3://bucket/team/vm", "origin": str(tmp_path / "remote")}
+    assert list_remotes(repo) == {
+        "cloud": "s3://bucket/team/vm",
+        "origin": str(tmp_path / "remote"),
+    }
     with pytest.raises(BadInput, match="already exists"):
         add_remote(repo, "origin", "/elsewhere")
     for bad in ["", "-x", "a/b", "../x"]:

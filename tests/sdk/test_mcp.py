@@ -39,14 +39,16 @@ async def _session_flow(repo: vers.Repo) -> None:
         assert TOOLS <= names
         vm = _result(await session.call_tool("run", {"memory": "256M", "name": "mcp-vm"}))
         vid = vm["id"]
-        out = _result(await session.call_tool("exec", {"vm": vid, "command": "echo hi > /root/x; cat /root/x"}))
+        out = _result(await session.call_tool(
+            "exec", {"vm": vid, "command": "echo hi > /root/x; cat /root/x"}))
         assert (out["returncode"], out["stdout"]) == (0, "hi\n")
         kids = _result(await session.call_tool("branch", {"vm": vid, "count": 2, "refs": "try"}))
         assert [k["branch"] for k in kids] == ["try-0", "try-1"]
         c = _result(await session.call_tool("commit", {"vm": kids[1]["id"], "message": "kid 1"}))
         assert len(c["id"]) == 64 and repo.refs.resolve("refs/heads/try-1") == c["id"]
         restored = _result(await session.call_tool("restore", {"rev": "try-1"}))
-        out = _result(await session.call_tool("exec", {"vm": restored["id"], "command": "cat /root/x"}))
+        out = _result(await session.call_tool(
+            "exec", {"vm": restored["id"], "command": "cat /root/x"}))
         assert out["stdout"] == "hi\n"
         log = _result(await session.call_tool("log", {"rev": "try-1"}))
         assert log[0]["id"] == c["id"]

@@ -87,8 +87,8 @@ def test_output_survives_a_full_guest_file_system(vm: Any) -> None:
               "dd if=/dev/zero of=/root/fill bs=1M 2>/dev/null; true", timeout=120)
     try:
         assert gexec(vm, "df /tmp | tail -1").split()[3] == "0"
-        res = agent.guest_exec(vm.runtime.agent_sock, "echo ok; head -c 3000000 /dev/zero | tr '\\0' x;"
-                                              " exit 5")
+        res = agent.guest_exec(vm.runtime.agent_sock,
+                               "echo ok; head -c 3000000 /dev/zero | tr '\\0' x; exit 5")
         assert res.returncode == 5
         assert res.stdout == b"ok\n" + b"x" * 3_000_000
     finally:
@@ -105,8 +105,10 @@ def test_two_vers_processes_at_once(vmrepo: Repo, vm: Any) -> None:
 
 def test_several_channels_in_one_process(vm: Any) -> None:
     """One connection carries many commands; a slow reader on one does not stall another."""
-    with agent.open_channel(vm.runtime.agent_sock, ["sh", "-c", "head -c 8000000 /dev/zero"]) as big:
-        res = agent.run(vm.runtime.agent_sock, ["echo", "quick"], timeout=60)  # `big` is not read yet
+    with agent.open_channel(vm.runtime.agent_sock,
+                            ["sh", "-c", "head -c 8000000 /dev/zero"]) as big:
+        # `big` is not read yet
+        res = agent.run(vm.runtime.agent_sock, ["echo", "quick"], timeout=60)
         assert res.stdout == b"quick\n"
         got = 0
         while True:

@@ -24,7 +24,8 @@ def test_entropy_helper_credits_and_reseeds_the_running_kernel(tmp_path: Path) -
     with open("/dev/urandom", "wb") as out:
         assert subprocess.run([str(helper)], input=data, stdout=out, check=False).returncode == 0
     with open(os.devnull, "wb") as out:
-        assert subprocess.run([str(helper)], input=data, stdout=out, check=False).returncode == 25  # ENOTTY
+        rc = subprocess.run([str(helper)], input=data, stdout=out, check=False).returncode
+        assert rc == 25  # ENOTTY
 
 
 def test_fresh_script_steps_and_generation() -> None:

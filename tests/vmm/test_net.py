@@ -165,7 +165,8 @@ def test_guest_loopback_connection_survives_branch_and_restore(vmrepo: Repo,
     both with stdin held open (busybox nc quits at EOF on stdin): a line written after the branch
     or the restore reaches the server through the connection made before the commit."""
     gexec(web, "rm -f /tmp/fifo /tmp/got; mkfifo /tmp/fifo;"
-               " setsid sh -c 'sleep 100000 | nc -l -p 7000 > /tmp/got' </dev/null >/dev/null 2>&1 &"
+               " setsid sh -c 'sleep 100000 | nc -l -p 7000 > /tmp/got'"
+               " </dev/null >/dev/null 2>&1 &"
                " sleep 0.5; setsid sh -c 'sleep 100000 > /tmp/fifo' </dev/null >/dev/null 2>&1 &"
                " setsid sh -c 'nc 127.0.0.1 7000 < /tmp/fifo' </dev/null >/dev/null 2>&1 &"
                " echo before > /tmp/fifo")
@@ -199,7 +200,8 @@ def test_outside_connection_is_reset_by_a_restore_not_hung(vmrepo: Repo, web: VM
 
     with host_server(drain) as (port, conns):
         gexec(web, "rm -f /tmp/nc-done; setsid sh -c '(while :; do echo x; sleep 0.2; done)"
-                   f" | nc 10.0.2.2 {port}; echo rc=$? > /tmp/nc-done' </dev/null >/dev/null 2>&1 &")
+                   f" | nc 10.0.2.2 {port}; echo rc=$? > /tmp/nc-done'"
+                   " </dev/null >/dev/null 2>&1 &")
         deadline = time.monotonic() + 15
         while not conns and time.monotonic() < deadline:
             time.sleep(0.1)

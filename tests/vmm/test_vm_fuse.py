@@ -54,7 +54,8 @@ def test_standby_child_is_adopted_by_branch_and_kept_fresh(vmrepo: Repo) -> None
         gexec(rec, COUNTER)
         rec = reg.resolve("sb")
         first = reg.get(rec.standby_child or "")
-        assert first is not None and first.role == "standby" and pid_alive(first.runtime.pid, first.id)
+        assert (first is not None and first.role == "standby"
+                and pid_alive(first.runtime.pid, first.id))
         assert first.id not in {s.id for s in list_vms(vmrepo)}  # not in `vers ps`
         assert reg.find(first.id) is None  # nor a name commands accept
         assert status(vmrepo, "sb")["standby_child"] == first.id

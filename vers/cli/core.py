@@ -39,11 +39,13 @@ def init(directory: str) -> None:
 
 @cli.command()
 @click.option("--memory", "memory", type=click.Path(), help="Memory image file.")
-@click.option("--disk", "disks", multiple=True, type=click.Path(), help="Disk image (repeat for more).")
+@click.option("--disk", "disks", multiple=True, type=click.Path(),
+              help="Disk image (repeat for more).")
 @click.option("--devstate", type=click.Path(), help="Device state file.")
 @click.option("--image", "extra", multiple=True, metavar="NAME=FILE", help="Any other named image.")
 @click.option("-m", "--message", default="", help="Commit message.")
-@click.option("--config", "config_json", default=None, help="Machine configuration as a JSON object.")
+@click.option("--config", "config_json", default=None,
+              help="Machine configuration as a JSON object.")
 def snapshot(memory: str | None, disks: tuple[str, ...], devstate: str | None,
              extra: tuple[str, ...], message: str, config_json: str | None) -> None:
     """Commit image files as a new commit on the current branch; prints its ID."""
@@ -59,7 +61,8 @@ def snapshot(memory: str | None, disks: tuple[str, ...], devstate: str | None,
     images = snapshot_mod.image_map(memory, disks, devstate, _named_images(extra))
     cid = snapshot_mod.snapshot(repo, images, message, config)
     branch = repo.current_branch()
-    info(f"[{branch or 'detached HEAD'} {cid[:12]}] {message.splitlines()[0] if message else ''}".rstrip())
+    subject = message.splitlines()[0] if message else ""
+    info(f"[{branch or 'detached HEAD'} {cid[:12]}] {subject}".rstrip())
     click.echo(cid)
 
 
@@ -81,11 +84,14 @@ def rev_parse(revs: tuple[str, ...], short: bool) -> None:
 @click.option("-n", "--max-count", type=click.IntRange(min=0), default=None)
 @click.option("--first-parent", is_flag=True)
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
-def log(rev: str, oneline: bool, graph: bool, max_count: int | None, first_parent: bool, fmt: str) -> None:
+def log(
+    rev: str, oneline: bool, graph: bool, max_count: int | None, first_parent: bool, fmt: str
+) -> None:
     """Show history from REV (or an A..B range), newest first."""
     repo = open_repo()
     if rev == "HEAD" and repo.head_commit() is None:
-        raise BadInput(f"your current branch '{repo.current_branch()}' does not have any commits yet")
+        raise BadInput(f"your current branch '{repo.current_branch()}' does not have any "
+                       "commits yet")
     commits = log_mod.log_commits(repo, rev, max_count, first_parent)
     if fmt == "json":
         emit_json([log_mod.commit_json(c) for c in commits])
@@ -151,7 +157,8 @@ def export(rev: str, memory: str | None, disks: tuple[str, ...], devstate: str |
            extra: tuple[str, ...]) -> None:
     """Write a commit's images back to files (sparse where zero)."""
     repo = open_repo()
-    outputs = {k: str(v) for k, v in snapshot_mod.image_map(memory, disks, devstate, _named_images(extra)).items()}
+    images = snapshot_mod.image_map(memory, disks, devstate, _named_images(extra))
+    outputs = {k: str(v) for k, v in images.items()}
     for name in export_mod.export(repo, rev, outputs):
         info(f"exported {name} to {outputs[name]}")
 

@@ -40,14 +40,16 @@ def fsck_cmd(full: bool, salvage_dir: str | None) -> None:
 
 @cli.command("gc")
 @click.option("--grace", default="2h", show_default=True, metavar="DURATION",
-              help="Only objects stored longer ago than this may go (protects writers in progress).")
+              help="Only objects stored longer ago than this may go "
+                   "(protects writers in progress).")
 @click.option("--expire-reflog", default="90d", show_default=True, metavar="DURATION",
               help="Drop reflog entries older than this ('never' keeps them all).")
 @click.option("--max-unused", type=click.FloatRange(0, 100), default=10.0, show_default=True,
               metavar="PERCENT",
               help="Rewrite a pack once more than this much of it is dead bytes; below that, "
                    "unreachable objects only leave the index (0: reclaim all space now).")
-@click.option("-n", "--dry-run", is_flag=True, help="Show what would be kept and removed; change nothing.")
+@click.option("-n", "--dry-run", is_flag=True,
+              help="Show what would be kept and removed; change nothing.")
 @click.option("--keep-last", type=int, default=0, metavar="N", help="Keep the N newest commits.")
 @click.option("--keep-within", default=None, metavar="DURATION",
               help="Keep every commit newer than now - DURATION.")

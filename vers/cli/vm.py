@@ -264,7 +264,8 @@ def checkout(commit_rev: str, ports: tuple[str, ...], fmt: str) -> None:
     warning = refs_mod.leaving_warning(refs_mod.left_behind(repo, old))
     if warning:
         info(warning)
-    info(f"VM {rec.id} restored from {rec.base_commit[:12] if rec.base_commit else '?'}, now current")
+    info(f"VM {rec.id} restored from {rec.base_commit[:12] if rec.base_commit else '?'}, "
+         "now current")
     if fmt != "json":
         _say_ports(rec)
     _print_vms(repo, [rec], fmt, many=False)

@@ -340,7 +340,8 @@ class Ext4:
         return out
 
     def lookup(self, path: str) -> int | None:
-        """The inode number of ``path`` (from the root, ``/`` separated), None if it is not there."""
+        """The inode number of ``path`` (from the root, ``/`` separated), None if it is not
+        there."""
         ino = ROOT_INO
         for name in path.strip("/").split("/"):
             if not name:

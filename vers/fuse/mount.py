@@ -6,9 +6,10 @@ point here first checks the mount point's state, turns a dead mount into a clear
 ``mount`` lazily detaches a stale one (``fusermount3 -u -z``) before mounting again.
 
 Starting: a daemon is ``python -m MODULE ...`` in its own session (``vers.fuse.daemon`` for the
-inspection mount, ``vers.vmm.memory.daemon`` for VM memory; ``vers.fuse.serve`` is what both run). It reports
-``ready`` (or ``error: ...``) on a pipe once ``pyfuse3.init`` has mounted, so ``vers mount`` returns
-only when the files are visible, and a failure to mount is reported with the daemon's reason.
+inspection mount, ``vers.vmm.memory.daemon`` for VM memory; ``vers.fuse.serve`` is what both
+run). It reports ``ready`` (or ``error: ...``) on a pipe once ``pyfuse3.init`` has mounted, so
+``vers mount`` returns only when the files are visible, and a failure to mount is reported with
+the daemon's reason.
 """
 
 from __future__ import annotations
@@ -105,7 +106,8 @@ def detach(mountpoint: str | os.PathLike[str], lazy: bool = False) -> None:
     """Unmount; ``lazy`` also works when the daemon is dead or files are still open. Without it
     a mount with open files is ``Busy`` (fusermount3's message is kept: ``-q`` would hide it)."""
     args = [_fusermount(), "-u"] + (["-z"] if lazy else []) + [os.fspath(mountpoint)]
-    res = subprocess.run(args, check=False, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    res = subprocess.run(args, check=False, stdin=subprocess.DEVNULL, capture_output=True,
+                         text=True)
     if res.returncode != 0:
         msg = (res.stderr or res.stdout).strip() or f"exit {res.returncode}"
         if "busy" in msg.lower():

@@ -1,8 +1,8 @@
 """pyfuse3 adapter for the read-only inspection mount: translates, decides nothing.
 
 Everything about what exists and what it contains is in ``vers.fuse.vfs``. Here, only:
-``KeyError``/``ObjectNotFound``/bad revision -> ENOENT, ``CorruptObject`` or any other store error ->
-EIO (a read never returns bytes that failed their hash check), write attempts -> EROFS.
+``KeyError``/``ObjectNotFound``/bad revision -> ENOENT, ``CorruptObject`` or any other store
+error -> EIO (a read never returns bytes that failed their hash check), write attempts -> EROFS.
 
 Store reads are synchronous LMDB reads: fast, and each handler runs to completion without an
 ``await`` in the middle, so no read transaction is held while trio waits for the next request.
@@ -91,7 +91,9 @@ class InspectOperations(pyfuse3.Operations):
         text = os.fsdecode(name)
         return "/" + text if parent_path == "/" else f"{parent_path}/{text}"
 
-    async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
+    async def lookup(
+        self, parent_inode: int, name: bytes, ctx: Any = None
+    ) -> pyfuse3.EntryAttributes:
         path = self._child(parent_inode, name)
         attr = translate(lambda: self.view.getattr(path))
         self.view.remember(path)

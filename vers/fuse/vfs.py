@@ -11,18 +11,21 @@ The layout (all read-only)::
 
 This module is pure: it maps paths to attributes, directory listings and bytes, and raises
 ``KeyError`` (or a ``VersError``) for anything that does not exist. It never imports pyfuse3, so it
-is tested without mounting; ``vers.fuse.ops`` only translates it to the FUSE protocol (as borg splits
-``fuse.py`` from its archive model).
+is tested without mounting; ``vers.fuse.ops`` only translates it to the FUSE protocol (as borg
+splits ``fuse.py`` from its archive model).
 
 Why these choices:
 
 * Inode numbers are a hash of the path, so they are the same on every mount (tools like ``find``,
   ``tar`` and backup programs compare them) and no table has to be persisted.
-* ``commits/`` lists only the commits reachable from refs and HEAD (a walk of parents, cached per set
-  of ref tips), but *looking up* any full commit ID works, so a mount never has to enumerate the store.
-* Times are the commit's time, so two mounts of the same history give byte- and stat-identical trees.
-* Image reads go through ``repo.open_image(...)`` (batched per request by the core's ``store.get_pages``): only the
-  pages a read touches are fetched, and all-zero pages are answered without a store lookup.
+* ``commits/`` lists only the commits reachable from refs and HEAD (a walk of parents, cached per
+  set of ref tips), but *looking up* any full commit ID works, so a mount never has to enumerate
+  the store.
+* Times are the commit's time, so two mounts of the same history give byte- and stat-identical
+  trees.
+* Image reads go through ``repo.open_image(...)`` (batched per request by the core's
+  ``store.get_pages``): only the pages a read touches are fetched, and all-zero pages are answered
+  without a store lookup.
 """
 
 from __future__ import annotations
@@ -179,7 +182,8 @@ class RepoView:
         return [p for p in path.split("/") if p]
 
     def _ref_target(self, kind: str, name: str) -> str | None:
-        """The commit of ref ``name`` or None if ``name`` is a directory of refs (KeyError: neither)."""
+        """The commit of ref ``name`` or None if ``name`` is a directory of refs (KeyError:
+        neither)."""
         refs = self.refs(kind)
         if name in refs:
             return refs[name]

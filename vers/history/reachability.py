@@ -131,7 +131,9 @@ class Reachability:
                                     self.store.get_commit)
                 if commit is not None:
                     for name, tree_hex in sorted(commit.images.items()):
-                        self._walk_tree(tree_hex, f"{root.label} -> commit {root.commit[:12]} image {name}")
+                        self._walk_tree(
+                            tree_hex, f"{root.label} -> commit {root.commit[:12]} image {name}"
+                        )
             else:
                 self._walk_commits(root)
 
@@ -197,8 +199,9 @@ class Reachability:
         try:
             rec = self.store.get_record(oid)
             if rec.kind != KIND_NODE:
-                self.report(Problem("wrong-kind", oid.hex(),
-                                    f"expected a node, found a {KIND_NAMES.get(rec.kind, '?')}", where))
+                found = KIND_NAMES.get(rec.kind, "?")
+                self.report(Problem("wrong-kind", oid.hex(), f"expected a node, found a {found}",
+                                    where))
                 self._failed.add(oid)
                 return None
             if rec.encoding == ENC_DELTA:
@@ -207,7 +210,8 @@ class Reachability:
                 stored_level, entries = parse_node(oid, self.store.get_bytes(oid))
                 if stored_level != level:
                     self.report(Problem("corrupt", oid.hex(),
-                                        f"node has level {stored_level}, its tree needs {level}", where))
+                                        f"node has level {stored_level}, its tree needs {level}",
+                                        where))
                 return entries
             return self.store.get_node(oid)
         except ObjectNotFound as exc:
@@ -227,7 +231,8 @@ class Reachability:
             try:
                 rec = self.store.get_record(base)
             except ObjectNotFound:
-                self.report(Problem("missing", base.hex(), f"delta base of node {oid.hex()[:12]}", where))
+                self.report(Problem("missing", base.hex(), f"delta base of node {oid.hex()[:12]}",
+                                    where))
                 return
             if rec.encoding != ENC_DELTA:
                 return

@@ -137,7 +137,9 @@ class RetentionPlan:
         on_branches = {d.commit.id for d in self.decisions}
         for d in reversed(self.decisions):  # oldest first
             c = d.commit
-            if c.id in kept and any(p not in kept or p in out for p in c.parents if p in on_branches):
+            if c.id in kept and any(
+                p not in kept or p in out for p in c.parents if p in on_branches
+            ):
                 out.add(c.id)
         return out
 
@@ -156,7 +158,8 @@ def plan_retention(
     store: ObjectStore, refs: RefsContainer, policy: Policy, now: float | None = None
 ) -> RetentionPlan:
     if policy.empty:
-        raise BadInput("no retention policy given (use --keep-last/--keep-within/--keep-hourly/...)")
+        raise BadInput("no retention policy given "
+                       "(use --keep-last/--keep-within/--keep-hourly/...)")
     now = _time.time() if now is None else now
     get = _commit_getter(store)
     branches = {name: v for name, v in refs.list_refs("refs/heads/").items()
@@ -228,7 +231,9 @@ class RetentionResult:
     reflog_entries_removed: int = 0
 
 
-def apply_retention(store: ObjectStore, refs: RefsContainer, plan: RetentionPlan) -> RetentionResult:
+def apply_retention(
+    store: ObjectStore, refs: RefsContainer, plan: RetentionPlan
+) -> RetentionResult:
     """Write twins, move branches/tags/detached HEAD to them, and map reflogs (see module doc)."""
     kept = plan.kept
     # Oldest first: every commit comes after its parents (walk() never yields a parent first).
@@ -263,7 +268,8 @@ def apply_retention(store: ObjectStore, refs: RefsContainer, plan: RetentionPlan
     # The writer's exit flushed: twins are durable before any ref names them.
     twins = {a: b for a, b in new_id.items() if a != b}
     result = RetentionResult(twins, {}, [])
-    summary = f"gc: retention ({plan.policy.describe()}) kept {len(kept)} of {len(plan.decisions)} commits"
+    summary = (f"gc: retention ({plan.policy.describe()}) kept {len(kept)} of "
+               f"{len(plan.decisions)} commits")
     # Branches move from the tip the plan saw (one that moved since is a conflict, left alone);
     # tags and a detached HEAD move if they name a re-parented commit now.
     targets = {name: tip for name, tip in plan.branches.items() if tip in twins}

@@ -80,7 +80,8 @@ def run_tool(cmd: list[str], cwd: Path | None = None) -> str:
 
 
 def pick_kernel_package() -> str:
-    """The newest linux-image-6.1.0-N-cloud-amd64 the apt sources know ($VERS_GUEST_KERNEL_PKG wins)."""
+    """The newest linux-image-6.1.0-N-cloud-amd64 the apt sources know
+    ($VERS_GUEST_KERNEL_PKG wins)."""
     forced = os.environ.get("VERS_GUEST_KERNEL_PKG")
     if forced:
         return forced

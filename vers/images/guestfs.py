@@ -21,7 +21,7 @@ from vers.errors import VMError
 #: Every line the initramfs prints when it refuses a root disk starts with this.
 INITRAMFS_ERROR = "vers-initramfs: error:"
 
-INITRAMFS_INIT = r'''#!/bin/busybox sh
+INITRAMFS_INIT = (r'''#!/bin/busybox sh
 # vers initramfs /init: load the virtio modules the Debian cloud kernel builds as modules (in the
 # order measured to work, see docs/vmm.md), mount the ext4 root disk /dev/vda, add vers' init and
 # agent (and a static busybox for them) if the root lacks them, and switch to it. The writes land in
@@ -33,7 +33,8 @@ export PATH=/bin
 mount -t devtmpfs dev /dev
 mount -t proc proc /proc
 mount -t sysfs sys /sys
-for m in virtio_ring virtio virtio_mmio virtio_blk virtio_console failover net_failover virtio_net; do
+for m in virtio_ring virtio virtio_mmio virtio_blk virtio_console failover '''
+    r'''net_failover virtio_net; do
     [ -f /lib/modules/$m.ko ] && insmod /lib/modules/$m.ko
 done
 fail() {
@@ -70,7 +71,7 @@ fi
 umount /proc /sys
 mount --move /dev /newroot/dev
 exec switch_root /newroot /sbin/vers-init
-'''
+''')
 
 GUEST_INIT = r'''#!/bin/sh
 # vers guest init (PID 1): mount the usual file systems, bring up lo and eth0 (QEMU's user-mode

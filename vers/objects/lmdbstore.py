@@ -1,10 +1,10 @@
 """The on-disk object store: one LMDB environment holding packs, an index, refs and reflogs.
 
 Objects are not one LMDB value each: a 4096-byte page would take two 4 KiB overflow pages (2x
-space, see docs/storage-format.md). Records are appended to *packs* (LMDB values of up to ``PACK_BYTES``), and
-the ``index`` maps a 32-byte ID to (pack, offset, length, kind, encoding, delta depth). A write
-batch is one LMDB transaction: the packs and the index entries become visible together, so a crash
-leaves either all of a batch or none of it.
+space, see docs/storage-format.md). Records are appended to *packs* (LMDB values of up to
+``PACK_BYTES``), and the ``index`` maps a 32-byte ID to (pack, offset, length, kind, encoding,
+delta depth). A write batch is one LMDB transaction: the packs and the index entries become
+visible together, so a crash leaves either all of a batch or none of it.
 """
 
 from __future__ import annotations
@@ -150,7 +150,8 @@ class LmdbObjectStore(ObjectStore):
                 put_pack()
             buf += _RECORD_HEADER.pack(oid, rec.kind, rec.encoding, rec.depth, len(rec.payload))
             entries.append(
-                (oid, _INDEX.pack(pack_no, len(buf), len(rec.payload), rec.kind, rec.encoding, rec.depth))
+                (oid, _INDEX.pack(pack_no, len(buf), len(rec.payload), rec.kind, rec.encoding,
+                                  rec.depth))
             )
             buf += rec.payload
         put_pack()
@@ -196,7 +197,9 @@ class LmdbObjectStore(ObjectStore):
                         break  # a truncated record; its index entry (if any) is yielded below
                     off = end
                     loc = txn.get(rid, db=index_db)
-                    if loc is None or _INDEX.unpack(loc) != (pack_no, start, length, kind, enc, depth):
+                    if loc is None or (
+                        _INDEX.unpack(loc) != (pack_no, start, length, kind, enc, depth)
+                    ):
                         continue  # a dead duplicate: never read
                     oid = bytes(rid)
                     seen.add(oid)

@@ -234,7 +234,8 @@ class ObjectStore(ABC):
         rec = self.get_record(oid)
         data = self._decode(oid, rec)
         if hash_bytes(data) != oid:
-            raise CorruptObject(oid.hex(), f"{KIND_NAMES.get(rec.kind, '?')} content does not match its ID")
+            raise CorruptObject(oid.hex(),
+                                f"{KIND_NAMES.get(rec.kind, '?')} content does not match its ID")
         return data, rec.kind
 
     def decode_record(self, oid: bytes, rec: Record) -> bytes:
@@ -243,7 +244,8 @@ class ObjectStore(ABC):
         A delta record's base must already be in this store."""
         data = self._decode(oid, rec)
         if hash_bytes(data) != oid:
-            raise CorruptObject(oid.hex(), f"{KIND_NAMES.get(rec.kind, '?')} content does not match its ID")
+            raise CorruptObject(oid.hex(),
+                                f"{KIND_NAMES.get(rec.kind, '?')} content does not match its ID")
         return data
 
     def _decode(self, oid: bytes, rec: Record) -> bytes:
@@ -298,7 +300,8 @@ class ObjectStore(ABC):
     def get_commit(self, oid: bytes) -> Commit:
         data, kind = self._load(oid)
         if kind != KIND_COMMIT:
-            raise CorruptObject(oid.hex(), f"expected a commit, found a {KIND_NAMES.get(kind, '?')}")
+            raise CorruptObject(oid.hex(),
+                                f"expected a commit, found a {KIND_NAMES.get(kind, '?')}")
         return Commit.parse(oid, data)
 
     # -- writing ------------------------------------------------------------------------------
@@ -371,7 +374,8 @@ class ObjectWriter:
         if batch:
             self._compressing = batch
             self._compress_job = self._executor().submit(
-                lambda items: [(o, encode_record(KIND_PAGE, d)) for o, d in items], list(batch.items())
+                lambda items: [(o, encode_record(KIND_PAGE, d)) for o, d in items],
+                list(batch.items()),
             )
 
     def _drain_compress(self) -> None:
@@ -397,7 +401,8 @@ class ObjectWriter:
             if base_rec is not None and base_rec.depth < MAX_DELTA_DEPTH:
                 base_full = self._node_full(base_oid, base_rec)
                 if data[:NODE_HEADER_LEN] == base_full[:NODE_HEADER_LEN]:
-                    delta = encode_delta(base_oid, base_full[NODE_HEADER_LEN:], data[NODE_HEADER_LEN:])
+                    delta = encode_delta(base_oid, base_full[NODE_HEADER_LEN:],
+                                         data[NODE_HEADER_LEN:])
                     if len(delta) <= DELTA_MAX_FRACTION * len(data):
                         self._queue(oid, Record(KIND_NODE, ENC_DELTA, base_rec.depth + 1, delta))
                         return

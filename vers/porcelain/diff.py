@@ -35,7 +35,8 @@ def format_summary(d: CommitDiff, top: int = SUMMARY_RANGES) -> str:
         largest = sorted(img.ranges, key=lambda r: (-r.count, r.start))[:top]
         if len(img.ranges) > top:
             lines.append(f"  largest {top} of {len(img.ranges)} ranges (all: --ranges):")
-        lines += [_range_line(unit, r.start, r.count) for r in sorted(largest, key=lambda r: r.start)]
+        lines += [_range_line(unit, r.start, r.count)
+                  for r in sorted(largest, key=lambda r: r.start)]
     return "\n".join(lines)
 
 

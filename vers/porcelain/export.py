@@ -11,7 +11,8 @@ from vers.repo import Repo
 def export(repo: Repo, rev: str, outputs: Mapping[str, str]) -> list[str]:
     """Export each ``{image name: path}``; returns the names written."""
     if not outputs:
-        raise BadInput("nothing to export: give --memory OUT, --disk OUT, --devstate OUT or --image NAME=OUT")
+        raise BadInput("nothing to export: give --memory OUT, --disk OUT, --devstate OUT "
+                       "or --image NAME=OUT")
     commit = repo.get_commit(rev)
     for name in outputs:
         if name not in commit.images:

@@ -73,7 +73,8 @@ class GcReport:
         if self.plan is not None:
             out += self.plan.lines()
             out.append(f"retention: {would}keep {len(self.plan.kept)}, {would}remove "
-                       f"{len(self.plan.dropped)} of {len(self.plan.decisions)} commits on branches")
+                       f"{len(self.plan.dropped)} of {len(self.plan.decisions)} commits "
+                       "on branches")
         if self.retention is not None:
             for ref, (old, new) in sorted(self.retention.moved.items()):
                 out.append(f"rewrote {ref}: {old[:12]} -> {new[:12]}")
@@ -87,8 +88,8 @@ class GcReport:
                if self.young_unreachable else "")
         )
         if self.dead_bytes_left:
-            out.append(f"packs: {_size(self.dead_bytes_left)} of removed objects stay as dead bytes "
-                       "until their packs pass --max-unused")
+            out.append(f"packs: {_size(self.dead_bytes_left)} of removed objects stay as dead "
+                       "bytes until their packs pass --max-unused")
         if not self.dry_run and self.store_bytes_before:
             freed = self.store_bytes_before - self.store_bytes_after
             note = f" (freed {_size(freed)}, reused by later writes)" if freed > 0 else ""

@@ -26,7 +26,11 @@ def decorations(repo: Repo) -> dict[str, list[str]]:
     """Commit ID -> ["HEAD -> main", "tag: v1", "origin/main", ...] as git log shows them."""
     out: dict[str, list[str]] = {}
     head_raw = repo.refs.read_ref(HEAD)
-    head_branch = head_raw[len(SYMREF_PREFIX) :] if head_raw and head_raw.startswith(SYMREF_PREFIX) else None
+    head_branch = (
+        head_raw[len(SYMREF_PREFIX) :]
+        if head_raw and head_raw.startswith(SYMREF_PREFIX)
+        else None
+    )
     for name, value in repo.refs.list_refs("refs/").items():
         if value.startswith(SYMREF_PREFIX) or name.startswith("refs/bisect/"):
             continue

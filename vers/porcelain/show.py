@@ -41,7 +41,8 @@ def show_text(repo: Repo, rev: str) -> str:
         out.append(f"    {name:<10} {human_size(tree.size):>10}  tree {tree_hex[:12]}")
     if c.config:
         out.append("Config:")
-        out += ["    " + line for line in json.dumps(c.config, indent=2, sort_keys=True).splitlines()]
+        out += ["    " + line
+                for line in json.dumps(c.config, indent=2, sort_keys=True).splitlines()]
     return "\n".join(out)
 
 

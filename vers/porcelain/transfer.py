@@ -227,7 +227,8 @@ class VMSource(Source):
         rec = _running(self.loc)
         n = 0
         err: list[bytes] = []
-        with agent.open_channel(rec.runtime.agent_sock, ["/bin/sh", "-c", script], stdin=False) as ch:
+        with agent.open_channel(rec.runtime.agent_sock, ["/bin/sh", "-c", script],
+                                stdin=False) as ch:
             while True:
                 ev = ch.next_event()
                 assert ev is not None

@@ -1,7 +1,7 @@
 """The VM verbs: run, ps, status, pause, resume, kill, console, exec, commit, branch, run-commit,
-checkout, port. Plain functions taking a ``Repo``; ``vers/cli/vm.py`` only parses arguments and calls
-them. The work is the VM driver's (``vers.vmm``); what a verb means for history (HEAD, which
-source ``vers branch`` forks) is decided here.
+checkout, port. Plain functions taking a ``Repo``; ``vers/cli/vm.py`` only parses arguments and
+calls them. The work is the VM driver's (``vers.vmm``); what a verb means for history (HEAD,
+which source ``vers branch`` forks) is decided here.
 """
 
 from __future__ import annotations

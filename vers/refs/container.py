@@ -85,7 +85,8 @@ class ReflogEntry:
     @classmethod
     def from_json(cls, raw: bytes) -> ReflogEntry:
         d = json.loads(raw)
-        return cls(d.get("old"), d.get("new"), int(d["time"]), d.get("who", ""), d.get("message", ""))
+        return cls(d.get("old"), d.get("new"), int(d["time"]), d.get("who", ""),
+                   d.get("message", ""))
 
 
 class RefTxn(Protocol):
@@ -108,7 +109,9 @@ class RefsContainer(ABC):
         """Oldest first."""
 
     @abstractmethod
-    def rewrite_reflog(self, name: str, edit: Callable[[list[ReflogEntry]], list[ReflogEntry]]) -> int:
+    def rewrite_reflog(
+        self, name: str, edit: Callable[[list[ReflogEntry]], list[ReflogEntry]]
+    ) -> int:
         """Replace ``name``'s reflog (oldest first) by ``edit(entries)`` atomically, so an entry
         appended meanwhile is never lost; returns how many entries were removed."""
 
@@ -265,7 +268,9 @@ class DictRefsContainer(RefsContainer):
     def _reflog_entries(self, name: str) -> list[ReflogEntry]:
         return list(self._logs.get(name, []))
 
-    def rewrite_reflog(self, name: str, edit: Callable[[list[ReflogEntry]], list[ReflogEntry]]) -> int:
+    def rewrite_reflog(
+        self, name: str, edit: Callable[[list[ReflogEntry]], list[ReflogEntry]]
+    ) -> int:
         with self._lock:
             entries = list(self._logs.get(name, []))
             new = list(edit(list(entries)))
@@ -343,7 +348,9 @@ class LmdbRefsContainer(RefsContainer):
         with transaction(self.env, also=_ENTRY_DAMAGE) as txn:
             return [ReflogEntry.from_json(v) for _, v in self._iter_log(txn, name)]
 
-    def rewrite_reflog(self, name: str, edit: Callable[[list[ReflogEntry]], list[ReflogEntry]]) -> int:
+    def rewrite_reflog(
+        self, name: str, edit: Callable[[list[ReflogEntry]], list[ReflogEntry]]
+    ) -> int:
         prefix = name.encode() + b"\0"
         with transaction(self.env, write=True, also=_ENTRY_DAMAGE) as txn:
             old = list(self._iter_log(txn, name))

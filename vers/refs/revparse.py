@@ -1,4 +1,5 @@
-"""rev-parse: turn ``main~2``, ``HEAD^2``, ``main@{1}``, ``1a2b3c``, tags and full IDs into commit IDs."""
+"""rev-parse: turn ``main~2``, ``HEAD^2``, ``main@{1}``, ``1a2b3c``, tags and full IDs into
+commit IDs."""
 
 from __future__ import annotations
 
@@ -103,7 +104,8 @@ def _resolve_base(
     if full is not None:
         value = refs.resolve(full)
         if value is None:
-            raise BadRevision(f"{rev}: {full} points to a ref that does not exist (empty repository?)")
+            raise BadRevision(f"{rev}: {full} points to a ref that does not exist "
+                              "(empty repository?)")
         return value
     lowered = base.lower()
     if len(lowered) >= MIN_PREFIX and _HEX.match(lowered):

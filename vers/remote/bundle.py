@@ -109,7 +109,8 @@ class RemoteIndex:
                     cached.unlink()
             todo.append(name)
         with ThreadPoolExecutor(FETCH_WORKERS) as pool:
-            for name, data in zip(todo, pool.map(lambda n: transport.get(f"{BUNDLE_PREFIX}{n}.idx"), todo)):
+            fetched = pool.map(lambda n: transport.get(f"{BUNDLE_PREFIX}{n}.idx"), todo)
+            for name, data in zip(todo, fetched):
                 index.add(name, data)
                 if cache_dir is not None:
                     write_private(cache_dir / f"{name}.idx", data)
@@ -169,7 +170,9 @@ class BundleUploader:
     def _publish(self, max_inflight: int) -> None:
         """Write the indexes of finished bundles, oldest first, waiting while more than
         ``max_inflight`` bundles are still on their way."""
-        while self._inflight and (self._inflight[0][0].done() or len(self._inflight) > max_inflight):
+        while self._inflight and (
+            self._inflight[0][0].done() or len(self._inflight) > max_inflight
+        ):
             fut, entries, size = self._inflight.popleft()
             name = fut.result()
             self.transport.put(f"{BUNDLE_PREFIX}{name}.idx", encode_index(name, entries))
@@ -245,7 +248,8 @@ def fetch_records(transport: Transport, wanted: Iterable[tuple[bytes, Loc]],
             off = loc.offset - start
             hid, kind, enc, depth, n = RECORD_HEADER.unpack_from(data, off)
             if hid != oid or n != loc.length:
-                raise CorruptObject(oid.hex(), f"bundle {bundle} holds something else at its offset")
+                raise CorruptObject(oid.hex(),
+                                    f"bundle {bundle} holds something else at its offset")
             body = off + RECORD_HEADER.size
             rec = Record(kind, enc, depth, data[body:body + n])
             if check is not None:

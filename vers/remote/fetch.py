@@ -165,7 +165,9 @@ class Fetcher:
         pages: list[bytes] = []
         seen: set[bytes] = set()
         for level in range(max(frontier, default=0), 0, -1):
-            ids = local.missing([o for o in dict.fromkeys(frontier.get(level, [])) if o not in seen])
+            ids = local.missing(
+                [o for o in dict.fromkeys(frontier.get(level, [])) if o not in seen]
+            )
             seen.update(ids)
             self._fetch_into_overlay(ids)
             self._fetch_delta_bases(ids)

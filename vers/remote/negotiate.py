@@ -33,7 +33,8 @@ class SendPlan:
         return out + self.trees + self.commits
 
     def __len__(self) -> int:
-        return len(self.pages) + sum(map(len, self.nodes.values())) + len(self.trees) + len(self.commits)
+        return (len(self.pages) + sum(map(len, self.nodes.values())) + len(self.trees)
+                + len(self.commits))
 
 
 def commits_to_send(get_commit: Callable[[str], Commit], tips: list[str], has: Has) -> list[Commit]:

@@ -1,6 +1,6 @@
 """Refs on a remote: one small object per ref (``refs/heads/main`` holding ``<hex id>\\n``) and
-``HEAD`` holding ``ref: refs/heads/<branch>\\n``. They move only by the transport's compare-and-swap,
-and only after every object they need is stored."""
+``HEAD`` holding ``ref: refs/heads/<branch>\\n``. They move only by the transport's
+compare-and-swap, and only after every object they need is stored."""
 
 from __future__ import annotations
 

@@ -70,7 +70,8 @@ class Transport(ABC):
         data = self._get_range(key, start, length)
         self._count(down=len(data))
         if len(data) != length:
-            raise RemoteError(f"{self.url}: short read of {key} at {start}: {len(data)} of {length}")
+            raise RemoteError(f"{self.url}: short read of {key} at {start}: "
+                              f"{len(data)} of {length}")
         return data
 
     def put(self, key: str, data: bytes) -> None:
@@ -147,7 +148,8 @@ _S3_URL = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])(?:/(?
 
 
 def parse_url(url: str) -> tuple[str, str, str]:
-    """``("s3", bucket, prefix)`` or ``("path", absolute_path, "")``; refuses credentials in URLs."""
+    """``("s3", bucket, prefix)`` or ``("path", absolute_path, "")``; refuses credentials in
+    URLs."""
     if url.startswith("s3://"):
         if "@" in url.split("/", 3)[2]:
             raise BadInput("credentials do not belong in a remote URL; use the AWS environment "

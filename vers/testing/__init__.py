@@ -1,4 +1,5 @@
-"""Builders for tests and benchmarks (like dulwich's build_commit_graph): cheap images and histories."""
+"""Builders for tests and benchmarks (like dulwich's build_commit_graph): cheap images and
+histories."""
 
 from __future__ import annotations
 

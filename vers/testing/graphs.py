@@ -61,7 +61,8 @@ def skip_scenario(rnd: random.Random, n: int, pattern: str) -> tuple[int, set[in
 
 
 def random_dag(n: int, seed: int, merge_rate: float = 0.15, branch_rate: float = 0.2) -> Graph:
-    """A history with side branches and merges, one root, and every commit an ancestor of the tip."""
+    """A history with side branches and merges, one root, and every commit an ancestor of the
+    tip."""
     rnd = random.Random(seed)
     parents: list[list[int]] = [[]]
     heads = [0]
@@ -166,7 +167,9 @@ def write_predicate(path: Path) -> Path:
 
 
 # -- comparing with real git -----------------------------------------------------------------
-def _git_bisect(gitdir: Path, ids: list[str], bad: int, good: int, env: dict[str, str]) -> tuple[str, set[int]]:
+def _git_bisect(
+    gitdir: Path, ids: list[str], bad: int, good: int, env: dict[str, str]
+) -> tuple[str, set[int]]:
     subprocess.run(["git", "bisect", "start", ids[bad], ids[good]], cwd=gitdir, env=env,
                    check=True, capture_output=True)
     res = subprocess.run(["git", "bisect", "run", str(env["PREDICATE"])], cwd=gitdir, env=env,

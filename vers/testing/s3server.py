@@ -128,7 +128,8 @@ class SeaweedS3:
             except (BotoCoreError, ClientError) as exc:
                 last = exc
                 time.sleep(0.5)
-        raise RemoteError(f"S3 server not ready after {self.start_timeout}s ({last}): {self.log_tail()}")
+        raise RemoteError(f"S3 server not ready after {self.start_timeout}s ({last}): "
+                          f"{self.log_tail()}")
 
     def log_tail(self, n: int = 2000) -> str:
         try:

@@ -6,6 +6,6 @@ must keep the guest's pause short), ``control`` (list, status, pause, resume, ex
 them: ``machine`` (one QEMU process), ``state`` (VM records), ``devstate`` (device state and disk
 freezes over QMP), ``disk`` (qcow2 chains), ``memory`` (guest-RAM backings), ``qmp``, ``agent``,
 ``net`` (published ports), ``fresh`` (clock, entropy and generation marker after a fork/restore)
-(the guests it boots are built by ``vers.images``). The verbs take a ``vers.Repo``; ``vers.porcelain.vm`` is what the
-CLI calls.
+(the guests it boots are built by ``vers.images``). The verbs take a ``vers.Repo``;
+``vers.porcelain.vm`` is what the CLI calls.
 """

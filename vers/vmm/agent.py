@@ -136,7 +136,8 @@ class Channel:
         if ev.kind == "exit":
             self.exited, self.returncode = True, ev.code
         elif ev.kind == "error":
-            raise VMError(f"the guest agent refused the command: {ev.data.decode(errors='replace')}")
+            raise VMError("the guest agent refused the command: "
+                          f"{ev.data.decode(errors='replace')}")
         else:
             self._consumed += len(ev.data)
             if self._consumed >= WINDOW // 4:

@@ -188,7 +188,8 @@ class Machine:
         self.record.runtime = rt
 
     def args(self, mem_path: str, incoming: bool = False, qemu: str | None = None) -> list[str]:
-        """The whole QEMU command line. Device order is fixed: migration needs identical hardware."""
+        """The whole QEMU command line. Device order is fixed: migration needs identical
+        hardware."""
         rec, rt, spec = self.record, self.record.runtime, self.record.spec
         mib = spec.memory // MiB
         args = [qemu or qemu_binary(), "-name", f"vers-{rec.id}",
@@ -302,7 +303,8 @@ class Machine:
 
     # -- stopping -----------------------------------------------------------------------------
     def shutdown(self, timeout: float = 3.0) -> None:
-        """Soft (QMP ``quit``), then hard (SIGTERM, then SIGKILL); a stopped machine is left as is."""
+        """Soft (QMP ``quit``), then hard (SIGTERM, then SIGKILL); a stopped machine is left as
+        is."""
         if not self.is_running():  # also: never signal a pid that another process took over
             self.close()
             return

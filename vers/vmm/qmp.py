@@ -42,7 +42,8 @@ class QMPClient:
         try:
             return self._loop.run_until_complete(asyncio.wait_for(coro, self.timeout))
         except TimeoutError as exc:
-            raise VMError(f"QMP on {self.path} did not answer {what} within {self.timeout}s") from exc
+            raise VMError(f"QMP on {self.path} did not answer {what} within "
+                          f"{self.timeout}s") from exc
         except ExecuteError as exc:
             raise QMPError(f"QEMU refused {what}: {exc}") from exc
         except (_LibQMPError, OSError, EOFError) as exc:

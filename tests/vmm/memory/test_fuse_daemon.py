@@ -183,7 +183,8 @@ def test_branch_children_diverge(daemon: BackingDaemon) -> None:
             parent.flush()
             with open(child.path, "rb") as fc, open(parent.path, "rb") as fp:
                 c, p = fc.read(), fp.read()
-            assert c[10 * PAGE : 10 * PAGE + 6] == b"child!" and p[10 * PAGE : 10 * PAGE + 6] == b"shared"
+            assert (c[10 * PAGE : 10 * PAGE + 6] == b"child!"
+                    and p[10 * PAGE : 10 * PAGE + 6] == b"shared")
         finally:
             wc.close()
             child.remove()
@@ -264,7 +265,9 @@ def test_lazy_disk_written_by_debugfs_commits_only_written_blocks(
         disk.remove()
 
 
-def test_idle_daemon_exits_and_next_use_starts_one(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_idle_daemon_exits_and_next_use_starts_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import time
 
     monkeypatch.setenv("VERS_FUSE_IDLE_EXIT", "1")
@@ -283,7 +286,9 @@ def test_idle_daemon_exits_and_next_use_starts_one(tmp_path: Path, monkeypatch: 
     daemon.shutdown()
 
 
-def test_stuck_daemon_is_an_error_not_a_hang(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_stuck_daemon_is_an_error_not_a_hang(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import vers.vmm.memory.fuse as backing_mod
 
     monkeypatch.setattr(backing_mod, "HEALTH_TIMEOUT", 1.0)

@@ -10,8 +10,8 @@ State is git's, kept in the same places a git user would look:
   ``BISECT_EXPECTED_REV`` and ``BISECT_ANCESTORS_OK`` (as in git).
 
 The choice of the next commit is in ``algo`` (pure, git's algorithm); running a predicate over
-many steps is in ``run``, inside a VM in ``vm``. Functions here return values and report progress through a
-``say`` callback, so the CLI decides what goes to stdout and what to stderr.
+many steps is in ``run``, inside a VM in ``vm``. Functions here return values and report progress
+through a ``say`` callback, so the CLI decides what goes to stdout and what to stderr.
 """
 
 from __future__ import annotations

@@ -3,10 +3,11 @@ image. ``python -m vers.vmm.memory.daemon [--ready-fd N] STATE_DIR MOUNTPOINT``;
 use by ``vers.vmm.memory.fuse.BackingDaemon``.
 
 One daemon per state directory (one per user by default) serves a flat directory
-``<state>/mnt/<name>`` of ``OverlayImage`` files (``vers.vmm.memory.overlay``). QEMU maps a memory file with ``memory-backend-file,share=on``: the kernel
-asks this daemon for a page the first time the guest touches it (we read it from the commit) and
-writes dirty pages back to us (we keep them in the overlay and mark them dirty). Parent and child
-of a branch must share frozen layers, which is why one daemon serves all the VMs.
+``<state>/mnt/<name>`` of ``OverlayImage`` files (``vers.vmm.memory.overlay``). QEMU maps a memory
+file with ``memory-backend-file,share=on``: the kernel asks this daemon for a page the first time
+the guest touches it (we read it from the commit) and writes dirty pages back to us (we keep them
+in the overlay and mark them dirty). Parent and child of a branch must share frozen layers, which
+is why one daemon serves all the VMs.
 
 A control socket ``<state>/ctl.sock`` (one JSON object per line each way) creates, branches,
 queries and removes files. It is served by the same trio loop as FUSE, so control requests and FUSE
@@ -173,7 +174,9 @@ class BackingOperations(pyfuse3.Operations):
         e.st_atime_ns = e.st_mtime_ns = e.st_ctime_ns = f.mtime_ns
         return e
 
-    async def lookup(self, parent_inode: int, name: bytes, ctx: Any = None) -> pyfuse3.EntryAttributes:
+    async def lookup(
+        self, parent_inode: int, name: bytes, ctx: Any = None
+    ) -> pyfuse3.EntryAttributes:
         if parent_inode != pyfuse3.ROOT_INODE:
             raise pyfuse3.FUSEError(errno.ENOENT)
         f = self.by_name.get(os.fsdecode(name))
@@ -201,7 +204,8 @@ class BackingOperations(pyfuse3.Operations):
         names = sorted(self.by_name)
         for index in range(start_id, len(names)):
             f = self.by_name[names[index]]
-            if not pyfuse3.readdir_reply(token, names[index].encode(), self._attrs(f.inode), index + 1):
+            if not pyfuse3.readdir_reply(token, names[index].encode(), self._attrs(f.inode),
+                                         index + 1):
                 return
 
     async def releasedir(self, fh: int) -> None:

@@ -2,8 +2,8 @@
 
 This is the client side of the backing daemon (``vers.vmm.memory.daemon``). A backing file's
 initial content is a commit's image, read page by page from the store when the guest first touches
-a page; its writes are kept by the daemon, which also records which pages were written. QEMU maps it with
-``-object memory-backend-file,share=on,mem-path=<path>`` (or opens it as a raw disk).
+a page; its writes are kept by the daemon, which also records which pages were written. QEMU maps
+it with ``-object memory-backend-file,share=on,mem-path=<path>`` (or opens it as a raw disk).
 
 One daemon serves every backing file of a user on this machine (state in ``$VERS_FUSE_DIR``, by
 default ``/dev/shm/vers-fuse-<uid>``): parent and child of a branch must live in the same daemon to
@@ -138,13 +138,15 @@ class BackingDaemon:
                     if not chunk:
                         break
                     data += chunk
-        except (FileNotFoundError, ConnectionRefusedError, ConnectionResetError, BrokenPipeError) as exc:
+        except (FileNotFoundError, ConnectionRefusedError, ConnectionResetError,
+                BrokenPipeError) as exc:
             raise FuseError(
                 f"the FUSE backing daemon ({self.state_dir}) is not running ({exc.strerror}); "
                 f"its log: {self.log_path}"
             ) from exc
         except TimeoutError as exc:
-            raise FuseError(f"the FUSE backing daemon did not answer '{op}' in {timeout:.0f} s") from exc
+            raise FuseError(f"the FUSE backing daemon did not answer '{op}' in "
+                            f"{timeout:.0f} s") from exc
         except OSError as exc:
             raise FuseError(f"the FUSE backing daemon failed on '{op}': {exc}") from exc
         if not data:

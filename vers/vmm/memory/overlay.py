@@ -80,7 +80,9 @@ class Layer:
         return len(self.present) - self.present.count(0)
 
 
-def runs(bitmap: bytearray | bytes, start: int = 0, end: int | None = None) -> Iterator[tuple[int, int]]:
+def runs(
+    bitmap: bytearray | bytes, start: int = 0, end: int | None = None
+) -> Iterator[tuple[int, int]]:
     """(first, count) of each run of non-zero bytes in ``bitmap[start:end]``."""
     end = len(bitmap) if end is None else end
     i = start
@@ -147,7 +149,8 @@ class OverlayImage:
     def _fill(
         self, out: memoryview, origin: int, first: int, count: int, levels: list[Layer], level: int
     ) -> None:
-        """Fill pages [first, first+count) of ``out`` (whose page 0 is ``origin``) from ``level`` down."""
+        """Fill pages [first, first+count) of ``out`` (whose page 0 is ``origin``) from ``level``
+        down."""
         end = first + count
         if level == len(levels):
             if self.base is not None:
@@ -183,7 +186,8 @@ class OverlayImage:
         head = offset - first * PAGE_SIZE
         tail = (last + 1) * PAGE_SIZE - (offset + n)
         if head or tail:
-            # Partial pages: complete them from below first, so the top layer only holds whole pages.
+            # Partial pages: complete them from below first, so the top layer only holds whole
+            # pages.
             buf = self._read_pages(first, last - first + 1)
             buf[head : head + n] = data
             os.pwrite(self.top.fd, buf, first * PAGE_SIZE)
