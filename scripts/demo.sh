@@ -18,7 +18,7 @@ cleanup() { ids=$(vers ps -q 2>/dev/null || true); [ -z "$ids" ] || vers kill $i
 trap cleanup EXIT
 
 say "Build (or reuse) the default guest from Debian packages"
-python3 -m vers.images.guest
+vers image build default
 
 say "Boot it (256 MiB, $(python3 -c 'from vers.vmm.machine import detect_accel; print(detect_accel())'))"
 VM=$(vers run --name demo)
