@@ -47,3 +47,13 @@ def test_cli_prints_the_hint_in_one_line(repo: Repo) -> None:
     p = run_vers(repo.root, "show", "feature-lgoin")
     assert p.returncode == EXIT_NOT_FOUND
     assert p.stderr.count("\n") == 1 and "did you mean 'feature-login'" in p.stderr
+
+
+def test_run_refuses_bad_options_before_saying_it_boots(repo: Repo) -> None:
+    for args, words in [(("--memory", "100"), "--memory must be a whole number of MiB"),
+                        (("--memory", "1T"), "more than this host has"),
+                        (("-p", "not-a-port"), "not-a-port")]:
+        p = run_vers(repo.root, "run", *args)
+        assert p.returncode == 2, (args, p.stderr)
+        assert p.stderr.startswith("vers: error: ") and words in p.stderr, p.stderr
+        assert "booting" not in p.stderr and "building" not in p.stderr

@@ -80,8 +80,9 @@ def run(memory: str, vcpus: int, name: str | None, image: str | None, disk_size:
         opts.standby = standby
     if standby and opts.memory_backing != "fuse":
         info(f"--standby needs the fuse memory backing; ignored for {opts.memory_backing}")
-    info("booting VM..." if kernel and initrd and disks else
-         f"booting VM (building the {image or 'default'} guest first if it is not cached)...")
+    building = verbs.check_run(opts)
+    info(f"building the {building} guest first (from Debian packages; cached afterwards)..."
+         if building else "booting VM...")
     rec = verbs.run(repo, opts)
     info(f"VM {rec.id} running{f' as {name}' if name else ''} (accel {rec.spec.accel})")
     if fmt != "json":

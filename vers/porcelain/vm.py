@@ -14,7 +14,14 @@ from vers.errors import BadRevision, RefError, UnknownVM
 from vers.refs.container import check_short_name
 from vers.vmm import control
 from vers.vmm.agent import ExecResult
-from vers.vmm.boot import BOOT_TIMEOUT, RunOptions, restore_commit, run_vm
+from vers.vmm.boot import (
+    BOOT_TIMEOUT,
+    RunOptions,
+    check_options,
+    needs_image_build,
+    restore_commit,
+    run_vm,
+)
 from vers.vmm.branch import branch_vm, child_names
 from vers.vmm.commit import commit_vm
 from vers.vmm.control import VMStatus
@@ -29,7 +36,7 @@ if TYPE_CHECKING:
     from vers.repo import Repo
 
 __all__ = ["BOOT_TIMEOUT", "ExecResult", "Port", "RunOptions", "Timings", "VMRecord", "VMStatus",
-           "branch", "checkout", "commit", "commit_json", "console", "default_backing",
+           "branch", "check_run", "checkout", "commit", "commit_json", "console", "default_backing",
            "exec_in", "exec_json", "kill", "parse_size", "pause", "port_add", "port_rm", "ports",
            "ps", "record", "resume", "run", "run_commit", "status", "vm_json"]
 
@@ -37,6 +44,13 @@ __all__ = ["BOOT_TIMEOUT", "ExecResult", "Port", "RunOptions", "Timings", "VMRec
 def run(repo: Repo, opts: RunOptions) -> VMRecord:
     """Boot a VM (the default guest unless ``opts`` names kernel, initrd and disks)."""
     return run_vm(repo, opts)
+
+
+def check_run(opts: RunOptions) -> str | None:
+    """Refuse unusable run options up front; returns the image the run will build first (not
+    cached yet), if any."""
+    check_options(opts)
+    return needs_image_build(opts)
 
 
 def record(repo: Repo, vm: str | None) -> VMRecord:

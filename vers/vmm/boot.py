@@ -102,9 +102,9 @@ def run_vm(repo: Repo, opts: RunOptions) -> VMRecord:
     return rec
 
 
-def _machine_for(opts: RunOptions) -> tuple[MachineSpec, str, str, list[str]]:
-    """The checked options as a machine: spec, kernel, initrd, disk files (the default guest's
-    unless all three are given)."""
+def check_options(opts: RunOptions) -> str:
+    """Refuse options that cannot work before anything is built or started; returns the
+    accelerator to use."""
     if opts.memory < 16 * 1024 * 1024 or opts.memory % (1024 * 1024):
         raise BadInput("--memory must be a whole number of MiB, at least 16M")
     if opts.vcpus < 1:
@@ -120,6 +120,26 @@ def _machine_for(opts: RunOptions) -> tuple[MachineSpec, str, str, list[str]]:
         raise BadInput(f"--accel must be kvm or tcg, not {accel!r}")
     if opts.net not in NET_MODES:
         raise BadInput(f"--net must be one of {', '.join(NET_MODES)}, not {opts.net!r}")
+    parse_ports(opts.ports)
+    return accel
+
+
+def needs_image_build(opts: RunOptions) -> str | None:
+    """The image a run of ``opts`` would build first (it is not cached yet), if any."""
+    if opts.kernel and opts.initrd and opts.disks and opts.image is None:
+        return None
+    name = opts.image or images.DEFAULT
+    try:
+        images.get(name, build=False)
+    except BadInput:
+        return name
+    return None
+
+
+def _machine_for(opts: RunOptions) -> tuple[MachineSpec, str, str, list[str]]:
+    """The checked options as a machine: spec, kernel, initrd, disk files (the default guest's
+    unless all three are given)."""
+    accel = check_options(opts)
     if opts.kernel and opts.initrd and opts.disks and opts.image is None:
         kernel, initrd, disk_files = opts.kernel, opts.initrd, list(opts.disks)
     else:
