@@ -100,7 +100,7 @@ def test_branch_count_gives_independent_children(vmrepo: Repo, booted: Any) -> N
 
 def test_child_commit_is_incremental(vmrepo: Repo, booted: Any) -> None:
     child = registry(vmrepo).resolve("kid")
-    cid, tm = commit_vm(vmrepo, "kid", "from the child")
+    cid, tm = commit_vm(vmrepo, "kid", "from the child", branch="kid")  # main stays as it is
     assert tm.extra["memory_dirty_pages"] is not None
     assert vmrepo.get_commit(cid).parents[0] == child.base_commit
 
@@ -210,7 +210,7 @@ def test_vm_killed_during_commit_leaves_no_partial_commit(vmrepo: Repo, booted: 
     import signal
     import subprocess
 
-    base, _ = commit_vm(vmrepo, booted.id, "base of the kill test")
+    base, _ = commit_vm(vmrepo, booted.id, "base of the kill test", merge=True)
     for delay in (0.0, 0.4):
         vid = restore_commit(vmrepo, base).id
         rec = registry(vmrepo).resolve(vid)
