@@ -25,7 +25,7 @@ from vers.vmm.disk import DiskChain
 from vers.vmm.fresh import freshen
 from vers.vmm.machine import Machine, MiB, default_cmdline, detect_accel, pid_alive
 from vers.vmm.memory import MemoryBacking, backing_class, default_backing
-from vers.vmm.memory.fuse import disk_base
+from vers.vmm.memory.fuse import disk_base, disk_base_error
 from vers.vmm.net import NET_MODES, Port, check_ports, parse_ports, publish_all
 from vers.vmm.private import make_private, private_dir
 from vers.vmm.standby import refresh_spares
@@ -239,7 +239,15 @@ def restore_commit(repo: Repo, rev: str, name: str | None = None, make_current: 
         for dname in rec.spec.disks:
             base = _commit_disk_base(repo, cid, dname, reg.layers, backing_kind == "fuse")
             top = disk_mod.new_layer_path(reg.layers, rec.id)
-            disk_mod.create_overlay(top, base)
+            try:
+                disk_mod.create_overlay(top, base)
+            except VMError as exc:
+                error = disk_base_error(base)
+                if error is None:
+                    raise
+                raise VMError(f"restoring {cid[:12]} failed: disk {dname} could not be read "
+                              f"from the store ({error}); `vers fsck` names what is damaged"
+                              ) from exc
             rec.disks[dname] = DiskChain([str(base), str(top)], 1, base.stat().st_size)
         devstate = rec.dir / "restore.devstate"
         repo.export_image(cid, "devstate", devstate)

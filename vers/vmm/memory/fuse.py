@@ -456,6 +456,17 @@ def disk_base(repo: Repo, commit: str, image: str, where: Path | None = None) ->
     return daemon.mountpoint / name
 
 
+def disk_base_error(path: Path, where: Path | None = None) -> str | None:
+    """Why the daemon could not read a lazily-served disk base (its first failed read), if so."""
+    daemon = BackingDaemon(where)
+    if path.parent != daemon.mountpoint or not daemon.alive():
+        return None
+    try:
+        return BackingFile(daemon, path.name, 0).read_error()
+    except FuseError:
+        return None
+
+
 def release_disk_bases(repo_dir: str | os.PathLike[str], in_use: set[str],
                        where: Path | None = None) -> list[str]:
     """Remove this repository's lazily-served disk bases that no VM's disk chain names (so an idle
