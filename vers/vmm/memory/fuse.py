@@ -201,15 +201,17 @@ class BackingFile:
         None for zeros. Nothing is read from the store until someone reads a page."""
         if size <= 0 or size % PAGE_SIZE:
             raise FuseError(f"image size {size} is not a positive multiple of {PAGE_SIZE}")
-        for attempt in (1, 2):
+        for attempt in (1, 2, 3):
             daemon.ensure_running()
             try:
                 daemon.request("create", name=name, size=size, base=base)
                 break
             except FuseError as exc:
-                # An idle daemon may exit between our ping and our request: start one and retry.
-                if attempt == 2 or "not running" not in str(exc):
+                # An idle daemon may exit between our ping and our request, and one that was
+                # just told to stop may still hold the socket for a moment: start one and retry.
+                if attempt == 3 or "not running" not in str(exc):
                     raise
+                time.sleep(0.2 * attempt)
         return cls(daemon, name, size)
 
     def placeholder(self, name: str) -> BackingFile:
