@@ -25,14 +25,6 @@ from vers.testing import run_vers
 MEMORY = "1G"
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    if shutil.which("qemu-system-x86_64") is None:
-        skip = pytest.mark.skip(reason="qemu-system-x86_64 is not installed")
-        for item in items:
-            if "vm" in item.keywords:
-                item.add_marker(skip)
-
-
 def build_or_skip(name: str) -> GuestImages:
     if name != images.DEFAULT:
         if shutil.which("mmdebstrap") is None:

@@ -3,7 +3,6 @@ module; every VM left in the repository is killed at the end."""
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 
 import pytest
@@ -12,14 +11,6 @@ import vers
 from vers.porcelain import vm as verbs
 
 MEMORY = "256M"
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    if shutil.which("qemu-system-x86_64") is None:
-        skip = pytest.mark.skip(reason="qemu-system-x86_64 is not installed")
-        for item in items:
-            if "vm" in item.keywords:
-                item.add_marker(skip)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ processes it started in its teardown, whatever the tests did.
 from __future__ import annotations
 
 import contextlib
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -27,14 +26,6 @@ from vers.vmm.teardown import kill_vms
 #: sees the file truncated and not yet written
 COUNTER = ("setsid sh -c 'i=0; while :; do i=$((i+1)); echo $i > /tmp/counter.new;"
            " mv /tmp/counter.new /tmp/counter; sleep 0.05; done' </dev/null >/dev/null 2>&1 &")
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    if shutil.which("qemu-system-x86_64") is None:
-        skip = pytest.mark.skip(reason="qemu-system-x86_64 is not installed")
-        for item in items:
-            if "vm" in item.keywords:
-                item.add_marker(skip)
 
 
 def vers(cwd: Path, *args: str, check: bool = True, env: dict[str, str] | None = None,
