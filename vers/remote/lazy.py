@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Iterable, Mapping
@@ -30,14 +31,29 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vers.errors import CorruptObject, ObjectNotFound, RemoteError, VersError
+from vers.errors import (
+    AmbiguousRevision,
+    BadRevision,
+    CorruptObject,
+    ObjectNotFound,
+    RemoteError,
+    VersError,
+)
 from vers.objects.imagetree import ImageFile, TreeReader
-from vers.objects.model import FANOUT, ID_LEN, PAGE_SIZE, ZERO_ID, Commit
+from vers.objects.model import FANOUT, ID_LEN, KIND_COMMIT, PAGE_SIZE, ZERO_ID, Commit
 from vers.objects.store import ENC_DELTA, MAX_DELTA_DEPTH, ObjectStore, Record, encode_record
 from vers.remote.backends import open_transport
 from vers.remote.bundle import RECORD_HEADER, Loc, RemoteIndex, fetch_records
-from vers.remote.config import cache_dir, remote_url
-from vers.remote.transport import Transport
+from vers.remote.config import (
+    add_remote,
+    cache_dir,
+    list_remotes,
+    remote_name_for_url,
+    remote_url,
+    set_promisor,
+)
+from vers.remote.refs import read_remote_refs
+from vers.remote.transport import Transport, parse_url
 
 if TYPE_CHECKING:
     from vers.repo import Repo
@@ -54,6 +70,8 @@ READAHEAD_CHUNK_PAGES = 2048  # one background fetch: about one 8 MiB range GET
 PREFETCH_WORKERS = 4
 # The images a restore reads whole before the guest runs.
 BOOT_IMAGES = ("devstate", "kernel", "initrd")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_HEXPREFIX = re.compile(r"^[0-9a-f]{4,63}$")
 
 
 @dataclass
@@ -287,10 +305,9 @@ class ReadAhead:
     """A committed image read through a partial store (a ``PageSource`` for the overlay), fetching
     ahead in the background once reads are sequential."""
 
-    def __init__(self, image: ImageFile, lazy: LazyObjects) -> None:
+    def __init__(self, image: ImageFile) -> None:
         self.image = image
         self.size = image.size
-        self.lazy = lazy
         self._pages = -(-image.size // PAGE_SIZE)
         self._next = -1
         self._window = READAHEAD_MIN_PAGES
@@ -310,12 +327,15 @@ class ReadAhead:
         if not sequential:
             self._window, self._ahead = READAHEAD_MIN_PAGES, last + 1
             return
+        lazy = self.image.reader.store.absent  # the store's promisors may be re-attached
+        if not isinstance(lazy, LazyObjects):
+            return
         self._window = min(self._window * 2, READAHEAD_MAX_PAGES)
         target = min(last + 1 + self._window, self._pages)
         start = max(last + 1, self._ahead)
         while start < target:
             stop = min(start + READAHEAD_CHUNK_PAGES, target)
-            self.lazy.prefetch_pages(self.image.reader, start, stop - 1)
+            lazy.prefetch_pages(self.image.reader, start, stop - 1)
             start = stop
         self._ahead = max(self._ahead, target)
 
@@ -350,3 +370,56 @@ def absent_from(repo: Repo, oids: list[bytes], names: list[str] | None = None,
     there = [o for o in oids if any(o in ix for ix in indexes)]
     have = set(there)
     return there, [o for o in oids if o not in have]
+
+
+def promisor_for(repo: Repo, remote: str) -> str:
+    """The name of remote ``remote`` (a name, or a URL: added as a remote named after it if no
+    remote has that URL yet), now marked as a promisor of ``repo``."""
+    if remote in list_remotes(repo) or not ("/" in remote or "://" in remote):
+        name = remote
+    else:
+        name = remote_name_for_url(repo, remote) or _add_named_after(repo, remote)
+    set_promisor(repo, name)
+    return name
+
+
+def _add_named_after(repo: Repo, url: str) -> str:
+    scheme, where, prefix = parse_url(url)
+    stem = (prefix.rstrip("/").split("/")[-1] if scheme == "s3" and prefix else
+            where if scheme == "s3" else Path(where).name)
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip(".-_")[:48] or "remote"
+    taken = list_remotes(repo)
+    name = stem
+    for n in range(2, 1000):
+        if name not in taken:
+            break
+        name = f"{stem}-{n}"
+    add_remote(repo, name, url)
+    return name
+
+
+def resolve_on_remote(repo: Repo, lazy: LazyObjects, name: str, rev: str) -> str:
+    """A commit ID for ``rev`` as remote ``name`` knows it: a full ID, a unique prefix of a
+    commit in its indexes, or one of its branches or tags (``main``, ``NAME/main``,
+    ``refs/tags/v1``); else whatever ``rev`` names locally."""
+    if _HEX64.match(rev):
+        return rev
+    promisor = next(p for p in lazy.promisors if p.name == name)
+    refs = {k: r.value for k, r in read_remote_refs(promisor.transport).items()}
+    short = rev[len(name) + 1:] if rev.startswith(f"{name}/") else rev
+    for ref in (short, f"refs/heads/{short}", f"refs/tags/{short}"):
+        if ref in refs:
+            return refs[ref]
+    if _HEXPREFIX.match(rev):
+        index = promisor.index()
+        found = sorted(o.hex() for o, loc in index.locs.items()
+                       if loc.kind == KIND_COMMIT and o.hex().startswith(rev))
+        if len(found) > 1:
+            raise AmbiguousRevision(rev, found)
+        if found:
+            return found[0]
+    try:
+        return repo.rev_parse(rev)
+    except BadRevision as exc:
+        raise BadRevision(f"unknown revision {rev} (not a commit, branch or tag of remote "
+                          f"{name} either)") from exc
