@@ -227,7 +227,9 @@ class Repo:
             check_short_name(branch)
             ref = "refs/heads/" + branch
         tip = self.refs.resolve(ref)
-        if branch is not None and tip is None and base is not None:
+        if tip is None and base is not None:
+            # A new branch, or an unborn HEAD (a VM restored from a remote into a repository
+            # with no commits yet): it starts at the VM's commit.
             self.refs.set_ref(ref, base, old=None, message=f"branch: created at {base[:12]}")
             tip = base
         if base is None or tip is None or tip == base:

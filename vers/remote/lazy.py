@@ -40,7 +40,7 @@ from vers.errors import (
     VersError,
 )
 from vers.objects.imagetree import ImageFile, TreeReader
-from vers.objects.model import FANOUT, ID_LEN, KIND_COMMIT, PAGE_SIZE, ZERO_ID, Commit
+from vers.objects.model import ID_LEN, KIND_COMMIT, PAGE_SIZE, ZERO_ID, Commit
 from vers.objects.store import ENC_DELTA, MAX_DELTA_DEPTH, ObjectStore, Record, encode_record
 from vers.remote.backends import open_transport
 from vers.remote.bundle import RECORD_HEADER, Loc, RemoteIndex, fetch_records
@@ -321,8 +321,7 @@ class ReadAhead:
         return self.image.pread(offset, n)
 
     def _plan(self, first: int, last: int) -> None:
-        sequential = first == self._next or (self._next > 0 and 0 <= self._next - first
-                                             < FANOUT)
+        sequential = first == self._next
         self._next = last + 1
         if not sequential:
             self._window, self._ahead = READAHEAD_MIN_PAGES, last + 1
