@@ -66,7 +66,8 @@ RETRY_SECONDS = 30.0
 S3_TIMEOUT = 10.0
 READAHEAD_MIN_PAGES = 256  # 1 MiB
 READAHEAD_MAX_PAGES = 8192  # 32 MiB
-READAHEAD_CHUNK_PAGES = 2048  # one background fetch: about one 8 MiB range GET
+READAHEAD_CHUNK_PAGES = 2048
+SEQUENTIAL_SLACK_PAGES = 64  # 256 KiB  # one background fetch: about one 8 MiB range GET
 PREFETCH_WORKERS = 4
 # The images a restore reads whole before the guest runs.
 BOOT_IMAGES = ("devstate", "kernel", "initrd")
@@ -321,8 +322,10 @@ class ReadAhead:
         return self.image.pread(offset, n)
 
     def _plan(self, first: int, last: int) -> None:
-        sequential = first == self._next
-        self._next = last + 1
+        # QEMU's block layer has several reads in flight, so a sequential reader's requests
+        # arrive slightly out of order: "sequential" is near where the last one ended.
+        sequential = self._next > 0 and abs(first - self._next) <= SEQUENTIAL_SLACK_PAGES
+        self._next = max(self._next, last + 1) if sequential else last + 1
         if not sequential:
             self._window, self._ahead = READAHEAD_MIN_PAGES, last + 1
             return
