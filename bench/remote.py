@@ -7,7 +7,17 @@
    objects (aws-s3-sync style: list, then GET every object with 10 threads into files) as the
    baseline. Goal: >= 100 MB/s.
 
+3. Lazy restore (``--mode lazy``): a VM commit is pushed, then restored from S3 into a fresh
+   repository (``run-commit --from``) until the guest answers exec, against a restore of the
+   same commit from the local store (goal <= 2x) and a full clone + restore; the bytes fetched
+   (what the fresh store holds afterwards) against the commit's non-zero bytes (goal <= 10%);
+   then the guest reads a file of ``--read-mib`` from its disk sequentially (O_DIRECT, so every
+   block comes through the lazily served disk), against a plain boto3 copy of the bucket
+   (goal >= 50%). Defaults run in a few minutes; the issue's sizes are
+   ``--memory 2G --read-mib 256`` (with a guest image whose disk holds 256 MiB).
+
     python3 bench/remote.py [--size-mib 1024]
+    python3 bench/remote.py --mode lazy [--memory 512M --read-mib 128 --repeat 3]
 """
 
 from __future__ import annotations
@@ -24,13 +34,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from vers.objects.model import PAGE_SIZE
+from vers.objects.imagetree import TreeReader
+from vers.objects.model import PAGE_SIZE, ZERO_ID
+from vers.porcelain import vm as verbs
 from vers.porcelain.clone import clone
 from vers.porcelain.push import push
 from vers.porcelain.remote import add_remote
 from vers.remote.backends import open_transport
 from vers.repo import Repo
 from vers.testing.s3server import SeaweedS3
+from vers.vmm.agent import guest_exec
+from vers.vmm.boot import RunOptions, run_vm
 
 BUCKET = "vers-bench"
 MB = 1e6
@@ -83,10 +97,120 @@ def plain_copy(server: SeaweedS3, prefix: str, dest: Path) -> tuple[int, float]:
     return total, time.perf_counter() - t0
 
 
+def percentile(xs: list[float], q: float) -> float:
+    ys = sorted(xs)
+    return ys[min(len(ys) - 1, round(q * (len(ys) - 1)))]
+
+
+def nonzero_bytes(repo: Repo, cid: str) -> int:
+    commit = repo.get_commit(cid)
+    total = 0
+    for tree_hex in commit.images.values():
+        tree = repo.store.get_tree(bytes.fromhex(tree_hex))
+        if tree.num_pages:
+            ids = TreeReader(repo.store, tree).page_ids(0, tree.num_pages - 1)
+            total += sum(PAGE_SIZE for i in ids if i != ZERO_ID)
+    return total
+
+
+def restored_and_answering(repo: Repo, cid: str, remote: str | None) -> tuple[float, str]:
+    """Seconds from the restore call until the guest answers exec; the VM's ID."""
+    t0 = time.perf_counter()
+    rec = verbs.run_commit(repo, cid, remote=remote)
+    res = guest_exec(rec.runtime.agent_sock, "true", 120)
+    assert res.returncode == 0, res
+    return time.perf_counter() - t0, rec.id
+
+
+def lazy_bench(args: argparse.Namespace, work: Path, server: SeaweedS3) -> None:
+    url = f"s3://{BUCKET}/lazy"
+    src = Repo.init(work / "src")
+    rec = run_vm(src, RunOptions(memory=verbs.parse_size(args.memory),
+                                 disk_size=verbs.parse_size(args.disk_size)
+                                 if args.disk_size else None))
+    script = (f"dd if=/dev/urandom of=/root/blob bs=1M count={args.read_mib} 2>/dev/null && "
+              "sync && echo 3 > /proc/sys/vm/drop_caches")
+    assert guest_exec(rec.runtime.agent_sock, script, 600).returncode == 0
+    cid, _tm = verbs.commit(src, rec.id, "bench")
+    verbs.kill(src, [rec.id])
+    add_remote(src, "origin", url)
+    push(src, "origin", quiet=True)
+    nz = nonzero_bytes(src, cid)
+    print(f"commit {cid[:12]}: {args.memory} RAM, {args.disk_size or 'default'} disk, "
+          f"{nz / MB:.0f} MB of non-zero pages")
+
+    local = []
+    for _ in range(args.repeat):
+        secs, vm = restored_and_answering(src, cid, None)
+        local.append(secs)
+        verbs.kill(src, [vm])
+    lazy, fetched = [], []
+    for i in range(args.repeat):
+        fresh = Repo.init(work / f"fresh-{i}")
+        secs, vm = restored_and_answering(fresh, cid, url)
+        lazy.append(secs)
+        fetched.append(fresh.store.stats().bytes)
+        if i < args.repeat - 1:
+            verbs.kill(fresh, [vm])
+            fresh.close()
+    t0 = time.perf_counter()
+    full, _head = clone(url, str(work / "full"), quiet=True)
+    secs, full_vm = restored_and_answering(full, cid, None)
+    t_full = time.perf_counter() - t0
+    verbs.kill(full, [full_vm])
+    full.close()
+
+    # On demand, under a sequential read in the last lazily restored guest.
+    before = fresh.store.stats().bytes
+    t0 = time.perf_counter()
+    res = guest_exec(verbs.record(fresh, vm).runtime.agent_sock,
+                     "dd if=/root/blob of=/dev/null bs=1M iflag=direct", 900)
+    t_read = time.perf_counter() - t0
+    assert res.returncode == 0, res
+    got = fresh.store.stats().bytes - before
+    verbs.kill(fresh, [vm])
+    fresh.close()
+    raw_bytes, t_raw = plain_copy(server, "lazy/", work / "plain")
+
+    p50l, p99l = percentile(local, 0.5), percentile(local, 0.99)
+    p50z, p99z = percentile(lazy, 0.5), percentile(lazy, 0.99)
+    print(f"restore until exec answers, local store: p50 {p50l:.2f} s, p99 {p99l:.2f} s")
+    print(f"restore until exec answers, lazily from S3 into a fresh repository: p50 {p50z:.2f} s, "
+          f"p99 {p99z:.2f} s = {p50z / p50l:.2f}x local (goal <= 2x)")
+    print(f"full clone + restore until exec answers: {t_full:.2f} s = {t_full / p50l:.2f}x local")
+    f50 = percentile([float(b) for b in fetched], 0.5)
+    print(f"fetched by the lazy restore: p50 {f50 / MB:.1f} MB = {f50 / nz:.1%} of the commit's "
+          f"non-zero bytes (goal <= 10%)")
+    rate, raw = args.read_mib * (1 << 20) / MB / t_read, raw_bytes / MB / t_raw
+    print(f"guest reading {args.read_mib} MiB sequentially, fetched on demand: {rate:.0f} MB/s "
+          f"({got / MB:.0f} MB fetched meanwhile); plain boto3 GET of the bucket: {raw:.0f} MB/s; "
+          f"ratio {rate / raw:.2f} (goal >= 0.5)")
+    print(f"load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    src.close()
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--size-mib", type=int, default=1024)
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mode", choices=["push-clone", "lazy"], default="push-clone")
+    ap.add_argument("--size-mib", type=int, default=1024, help="push-clone: image size")
+    ap.add_argument("--memory", default="512M", help="lazy: guest RAM")
+    ap.add_argument("--disk-size", default=None,
+                    help="lazy: guest disk (its file system must hold --read-mib)")
+    ap.add_argument("--read-mib", type=int, default=128,
+                    help="lazy: size of the file the restored guest reads sequentially")
+    ap.add_argument("--repeat", type=int, default=3, help="lazy: restores of each kind")
     args = ap.parse_args()
+    if args.mode == "lazy":
+        work = Path(tempfile.mkdtemp(prefix="vers-bench-lazy-"))
+        try:
+            with SeaweedS3(work / "weed") as server:
+                os.environ.update(server.env())
+                server.client().create_bucket(Bucket=BUCKET)
+                lazy_bench(args, work, server)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return
     size = args.size_mib << 20
     work = Path(tempfile.mkdtemp(prefix="vers-bench-remote-"))
     try:

@@ -10,7 +10,7 @@ import os
 import stat
 import time as _time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO, Self, Union
 
@@ -102,6 +102,24 @@ class Repo:
 
     def close(self) -> None:
         self.store.close()
+
+    # -- a partial store ----------------------------------------------------------------------
+    def promisors(self) -> list[str]:
+        """The remotes this repository's absent objects may be fetched from (config
+        ``remotes.NAME.promisor``, set by ``clone --lazy``, ``fetch --lazy`` and ``run-commit
+        --from``): its store may then lack objects its commits reach, as in git's partial clone.
+        Who fetches them is attached from above (``vers.remote.lazy``) as ``store.absent``."""
+        remotes = self.config.get("remotes", {})
+        return [name for name, r in sorted(remotes.items()) if r.get("promisor")]
+
+    @contextmanager
+    def local_only(self) -> Iterator[None]:
+        """Read only what is stored here meanwhile (fsck and gc judge the local store)."""
+        absent, self.store.absent = self.store.absent, None
+        try:
+            yield
+        finally:
+            self.store.absent = absent
 
     def __enter__(self) -> Self:
         return self
@@ -209,7 +227,9 @@ class Repo:
             check_short_name(branch)
             ref = "refs/heads/" + branch
         tip = self.refs.resolve(ref)
-        if branch is not None and tip is None and base is not None:
+        if tip is None and base is not None:
+            # A new branch, or an unborn HEAD (a VM restored from a remote into a repository
+            # with no commits yet): it starts at the VM's commit.
             self.refs.set_ref(ref, base, old=None, message=f"branch: created at {base[:12]}")
             tip = base
         if base is None or tip is None or tip == base:

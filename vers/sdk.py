@@ -72,15 +72,17 @@ class Repo(CoreRepo):
         return VM(self, verbs.run(self, opts).id)
 
     def restore(self, rev: str, *, name: str | None = None, make_current: bool = False,
-                ports: Sequence[str] = ()) -> VM:
+                ports: Sequence[str] = (), remote: str | None = None) -> VM:
         """Boot a new VM from commit ``rev``: it continues from the committed instant, its
-        clock, entropy and generation marker made fresh (docs/vmm.md)."""
+        clock, entropy and generation marker made fresh (docs/vmm.md). ``remote`` (a remote's
+        name or URL): ``rev`` is read lazily from there, only what the guest reads
+        (docs/remote.md, "The lazy store")."""
         return VM(self, verbs.run_commit(self, rev, name=name, make_current=make_current,
-                                         ports=tuple(ports)).id)
+                                         ports=tuple(ports), remote=remote).id)
 
-    def checkout(self, rev: str) -> VM:
+    def checkout(self, rev: str, *, remote: str | None = None) -> VM:
         """``restore`` + make it the current VM + move HEAD to ``rev`` (like ``vers checkout``)."""
-        return VM(self, verbs.checkout(self, rev).id)
+        return VM(self, verbs.checkout(self, rev, remote=remote).id)
 
     def vms(self) -> list[VM]:
         """This repository's VMs (orphaned QEMU processes are left to ``vers ps``/``kill``)."""

@@ -16,7 +16,10 @@ from vers.cli._group import cli, info, open_repo
               type=click.Path(file_okay=False),
               help="Instead, copy every intact commit, and the refs naming one, into a new "
                    "repository DIR (docs/recovery.md).")
-def fsck_cmd(full: bool, salvage_dir: str | None) -> None:
+@click.option("--remote", "check_remote", is_flag=True,
+              help="In a lazy repository, also check that what is not stored here is on the "
+                   "promisor remote (reads its bundle indexes).")
+def fsck_cmd(full: bool, salvage_dir: str | None, check_remote: bool) -> None:
     """Re-hash every object and check that every ref and reflog entry reaches complete state.
 
     Each problem is printed on its own line (what, which object, reached from which ref and
@@ -32,7 +35,8 @@ def fsck_cmd(full: bool, salvage_dir: str | None) -> None:
         for line in result.lines():
             info(line)
         sys.exit(1 if result.lost_refs else 0)
-    report = fsck_repo(open_repo(), full=full, on_problem=lambda p: click.echo(str(p)))
+    report = fsck_repo(open_repo(), full=full, on_problem=lambda p: click.echo(str(p)),
+                       remote=check_remote)
     info(report.summary())
     if not report.ok:
         sys.exit(1)

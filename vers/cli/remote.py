@@ -78,14 +78,20 @@ def push(remote_name: str, refspecs: tuple[str, ...], force: bool, bundle_size: 
 
 @cli.command()
 @click.argument("remote_name", metavar="REMOTE")
+@click.option("--lazy", is_flag=True,
+              help="Refs and commits only: REMOTE becomes the promisor the rest is read from "
+                   "when needed (a lazy repository stays lazy on later fetches).")
+@click.option("--all-objects", is_flag=True,
+              help="Also fetch whatever the store lacks of everything its refs and VMs reach "
+                   "(completes a lazy repository).")
 @_quiet
-def fetch(remote_name: str, quiet: bool) -> None:
+def fetch(remote_name: str, lazy: bool, all_objects: bool, quiet: bool) -> None:
     """Fetch branches and tags of REMOTE into refs/remotes/REMOTE/* (and refs/tags/*)."""
     from vers.porcelain.fetch import fetch as run_fetch
     from vers.porcelain.fetch import fetch_lines
 
     with open_repo() as repo:
-        summary = run_fetch(repo, remote_name, quiet=quiet)
+        summary = run_fetch(repo, remote_name, quiet=quiet, lazy=lazy, all_objects=all_objects)
     if not quiet:
         for line in fetch_lines(summary):
             info(line)
@@ -108,12 +114,14 @@ def pull(remote_name: str, quiet: bool) -> None:
 @cli.command()
 @click.argument("url")
 @click.argument("directory", required=False)
+@click.option("--lazy", is_flag=True,
+              help="Refs and commits only; the rest is read from origin when needed.")
 @_quiet
-def clone(url: str, directory: str | None, quiet: bool) -> None:
+def clone(url: str, directory: str | None, lazy: bool, quiet: bool) -> None:
     """Copy the repository at URL into DIRECTORY; prints the HEAD commit ID."""
     from vers.porcelain.clone import clone as run_clone
 
-    repo, head = run_clone(url, directory, quiet=quiet)
+    repo, head = run_clone(url, directory, quiet=quiet, lazy=lazy)
     with repo:
         if head is None:
             info(f"cloned an empty repository into {repo.root}")

@@ -21,6 +21,15 @@ PUBLISH_HELP = ("Publish a guest port on the host: [HOSTIP:]HOSTPORT:GUESTPORT[/
                 "for a free host port; HOSTIP defaults to 127.0.0.1. Repeatable.")
 
 
+FROM_HELP = ("Read COMMIT from REMOTE (a remote's name, a path or an s3:// URL), lazily: its "
+             "commit, trees and boot files now, the guest's pages when it reads them. REMOTE "
+             "becomes this repository's promisor (docs/remote.md).")
+
+
+def _from_option() -> Any:
+    return click.option("--from", "remote", default=None, metavar="REMOTE", help=FROM_HELP)
+
+
 def _publish_option(help_text: str = PUBLISH_HELP) -> Any:
     return click.option("-p", "--publish", "ports", multiple=True, metavar="SPEC", help=help_text)
 
@@ -219,13 +228,14 @@ def _pages(n: int | None) -> str:
 @click.option("-v", "--verbose", is_flag=True, help="Print phase timings.")
 @_publish_option(PUBLISH_HELP + " Children of a live VM also publish its guest ports, each on a "
                  "host port of its own.")
+@_from_option()
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
               help="json: one object on stdout (docs/cli.md).")
 def branch(source: str | None, count: int, name: str | None, refs: str | None, verbose: bool,
-           ports: tuple[str, ...], fmt: str) -> None:
+           ports: tuple[str, ...], remote: str | None, fmt: str) -> None:
     """Fork a live VM (or restore a COMMIT) into children; prints their IDs."""
     repo = open_repo()
-    children, tm = verbs.branch(repo, source, count, name, ports, refs)
+    children, tm = verbs.branch(repo, source, count, name, ports, refs, remote=remote)
     if tm is not None:
         info(f"branched {len(children)} VM(s); parent paused {tm.pause:.0f} ms")
         if verbose:
@@ -240,12 +250,14 @@ def branch(source: str | None, count: int, name: str | None, refs: str | None, v
 @click.argument("commit_rev", metavar="COMMIT")
 @click.option("--name", default=None, help="Alias for the new VM.")
 @_publish_option()
+@_from_option()
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
               help="json: one object on stdout (docs/cli.md).")
-def run_commit(commit_rev: str, name: str | None, ports: tuple[str, ...], fmt: str) -> None:
+def run_commit(commit_rev: str, name: str | None, ports: tuple[str, ...], remote: str | None,
+               fmt: str) -> None:
     """Boot a new VM from COMMIT (memory, disks, device state); prints its ID."""
     repo = open_repo()
-    rec = verbs.run_commit(repo, commit_rev, name=name, ports=ports)
+    rec = verbs.run_commit(repo, commit_rev, name=name, ports=ports, remote=remote)
     info(f"VM {rec.id} restored from {rec.base_commit[:12] if rec.base_commit else '?'}")
     if fmt != "json":
         _say_ports(rec)
@@ -255,13 +267,14 @@ def run_commit(commit_rev: str, name: str | None, ports: tuple[str, ...], fmt: s
 @cli.command()
 @click.argument("commit_rev", metavar="COMMIT")
 @_publish_option()
+@_from_option()
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
               help="json: one object on stdout (docs/cli.md).")
-def checkout(commit_rev: str, ports: tuple[str, ...], fmt: str) -> None:
+def checkout(commit_rev: str, ports: tuple[str, ...], remote: str | None, fmt: str) -> None:
     """Restore COMMIT into a new VM, make it the current VM and move HEAD there."""
     repo = open_repo()
     old = refs_mod.detached_head(repo)
-    rec = verbs.checkout(repo, commit_rev, ports=ports)
+    rec = verbs.checkout(repo, commit_rev, ports=ports, remote=remote)
     warning = refs_mod.leaving_warning(refs_mod.left_behind(repo, old))
     if warning:
         info(warning)

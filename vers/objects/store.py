@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Self
+from typing import Protocol, Self
 
 import zstandard
 
@@ -93,6 +93,15 @@ class SweepReport:
     dead_bytes_left: int = 0  # removed from the index; their space is reclaimed in a later sweep
 
 
+class AbsentObjects(Protocol):
+    """Where a partial store finds the objects it does not hold (a promisor remote, attached from
+    above: the store knows nothing of remotes). ``fetch`` stores every one of ``oids`` in the store,
+    verified, before it returns, or raises: ``ObjectNotFound`` when the source lacks one, another
+    ``VersError`` when it cannot be reached or sent something that does not match its ID."""
+
+    def fetch(self, oids: list[bytes]) -> None: ...
+
+
 class _Codec(threading.local):
     """zstd contexts are not thread-safe; one pair per thread."""
 
@@ -120,6 +129,8 @@ class ObjectStore(ABC):
         self._node_cache: OrderedDict[bytes, bytes] = OrderedDict()
         self._node_cache_size = node_cache_size
         self._cache_lock = threading.Lock()
+        #: a partial store's source of absent objects; None reads only what is stored here
+        self.absent: AbsentObjects | None = None
 
     # -- backend primitives -------------------------------------------------------------------
     @abstractmethod
@@ -205,6 +216,9 @@ class ObjectStore(ABC):
 
     def get_record(self, oid: bytes) -> Record:
         rec = self._backend_get(oid)
+        if rec is None and self.absent is not None:
+            self.absent.fetch([oid])
+            rec = self._backend_get(oid)
         if rec is None:
             raise ObjectNotFound(oid.hex())
         return rec
@@ -220,6 +234,10 @@ class ObjectStore(ABC):
         FUSE, mounts) use this so a backend can serve a whole request in one transaction."""
         out = [ZERO_PAGE] * len(oids)
         wanted = [(i, o) for i, o in enumerate(oids) if o != ZERO_ID]
+        if self.absent is not None and wanted:
+            absent = self._backend_missing(list(dict.fromkeys(o for _, o in wanted)))
+            if absent:  # one batch for the whole request, not one fetch per page
+                self.absent.fetch(absent)
         records = self.get_records(o for _, o in wanted)
         for (i, _), (oid, rec) in zip(wanted, records):
             out[i] = self.decode_record(oid, rec)
@@ -520,6 +538,7 @@ __all__ = [
     "ENC_RAW",
     "ENC_ZSTD",
     "KIND_TREE",
+    "AbsentObjects",
     "MemoryObjectStore",
     "ObjectStore",
     "ObjectWriter",

@@ -19,9 +19,11 @@ def default_directory(url: str) -> str:
     return Path(where).name or "vers-clone"
 
 
-def clone(url: str, directory: str | None = None, quiet: bool = False) -> tuple[Repo, str | None]:
+def clone(url: str, directory: str | None = None, quiet: bool = False,
+          lazy: bool = False) -> tuple[Repo, str | None]:
     """Returns the new repository and its HEAD commit (None for an empty remote). On failure
-    the directory is removed if this call created it."""
+    the directory is removed if this call created it. ``lazy``: refs and commits only, the rest
+    read from origin when needed (see ``fetch``)."""
     target = Path(directory or default_directory(url)).absolute()
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise BadInput(f"destination {target} already exists and is not an empty directory")
@@ -29,7 +31,7 @@ def clone(url: str, directory: str | None = None, quiet: bool = False) -> tuple[
     repo = Repo.init(target)
     try:
         add_remote(repo, "origin", url)
-        summary = fetch(repo, "origin", quiet)
+        summary = fetch(repo, "origin", quiet, lazy=lazy)
         heads = {r[len("refs/heads/"):]: v for r, v in summary.remote_refs.items()
                  if r.startswith("refs/heads/")}
         head = summary.remote_head

@@ -7,9 +7,11 @@ from typing import TYPE_CHECKING
 
 from vers.errors import BadInput, RemoteError
 from vers.history import is_ancestor
+from vers.history.reachability import collect_roots
+from vers.porcelain.gc import vm_roots
 from vers.porcelain.remote import resolve_remote
 from vers.remote.bundle import RemoteIndex
-from vers.remote.config import cache_dir
+from vers.remote.config import cache_dir, set_promisor
 from vers.remote.fetch import FetchResult, fetch_objects
 from vers.remote.progress import human_bytes
 from vers.remote.refs import check_format, read_remote_head, read_remote_refs
@@ -27,17 +29,35 @@ class FetchSummary:
     remote_refs: dict[str, str] = field(default_factory=dict)
 
 
-def fetch(repo: Repo, remote: str, quiet: bool = False) -> FetchSummary:
+def fetch(repo: Repo, remote: str, quiet: bool = False, lazy: bool = False,
+          all_objects: bool = False) -> FetchSummary:
     """Fetch every branch and tag of ``remote``: branches land in refs/remotes/REMOTE/*, tags in
-    refs/tags/* when not already there. Refs move only after every object is here and verified."""
+    refs/tags/* when not already there. Refs move only after every object is here and verified.
+
+    ``lazy``: refs and commits only; the remote becomes this repository's promisor, which the
+    rest is read from when needed (docs/remote.md, "The lazy store"). ``all_objects``: also
+    fetch whatever the store lacks of everything its refs and VMs reach (completes a lazy one)."""
+    if lazy and all_objects:
+        raise BadInput("--lazy and --all-objects contradict each other")
     name, transport = resolve_remote(repo, remote)
     if name is None:
         raise BadInput("fetch needs a configured remote (vers remote add NAME URL)")
+    # A partial store stays partial: completing it is asked for (--all-objects).
+    lazy = lazy or (not all_objects and name in repo.promisors())
+    if lazy:
+        set_promisor(repo, name)  # before any object lands that relies on it
+    mode = "lazy" if lazy else "complete" if all_objects else "full"
     with repo.store.writing():  # gc must not sweep objects this fetch relies on
-        return _fetch_locked(repo, name, transport, quiet)
+        return _fetch_locked(repo, name, transport, quiet, mode)
 
 
-def _fetch_locked(repo: Repo, name: str, transport: Transport, quiet: bool) -> FetchSummary:
+def _local_tips(repo: Repo) -> list[str]:
+    """Every commit the repository names (refs, VMs): what --all-objects completes."""
+    return [r.commit for r in collect_roots(repo.refs, reflogs=False) + vm_roots(repo.vers_dir)]
+
+
+def _fetch_locked(repo: Repo, name: str, transport: Transport, quiet: bool,
+                  mode: str) -> FetchSummary:
     try:
         # Refs first: a remote ref moves only after its objects are indexed, so the index read
         # next covers every commit these refs name.
@@ -45,7 +65,10 @@ def _fetch_locked(repo: Repo, name: str, transport: Transport, quiet: bool) -> F
         remote_refs = {k: r.value for k, r in read_remote_refs(transport).items()}
         head = read_remote_head(transport)
         index = RemoteIndex.load(transport, cache_dir(repo, name))
-        result = fetch_objects(repo.store, transport, index, list(remote_refs.values()), quiet)
+        tips = list(remote_refs.values())
+        if mode == "complete":
+            tips += _local_tips(repo)
+        result = fetch_objects(repo.store, transport, index, tips, quiet, mode)
     finally:
         transport.close()
     summary = FetchSummary(result, remote_head=head, remote_refs=remote_refs)

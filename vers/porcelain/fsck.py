@@ -34,6 +34,7 @@ from vers.objects.model import (
 from vers.objects.store import ObjectStore, Record
 from vers.porcelain.gc import vm_roots
 from vers.refs.container import RefsContainer
+from vers.remote.lazy import absent_from
 from vers.repo import Repo
 
 
@@ -76,6 +77,10 @@ class FsckReport:
     reachable: int = 0
     roots: int = 0
     seconds: float = 0.0
+    #: a partial store: reachable objects not stored here, left to its promisor remote
+    absent: list[Problem] = field(default_factory=list)
+    #: of those, how many the promisor's indexes were asked about and have (``--remote``)
+    on_remote: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -88,10 +93,16 @@ class FsckReport:
     def summary(self) -> str:
         kinds = ", ".join(f"{n} {k}s" for k, n in sorted(self.by_kind.items()))
         verdict = "no problems" if self.ok else f"{len(self.problems)} problem(s)"
+        lazy = ""
+        if self.absent or self.on_remote is not None:
+            checked = ("" if self.on_remote is None else
+                       f", {self.on_remote} of them checked on the promisor remote")
+            lazy = (f"; lazy, {len(self.absent)} objects not local (with what they reach: "
+                    f"fetched when read){checked}")
         return (
             f"fsck: {verdict}; checked {self.objects} objects ({kinds or 'none'}) in "
             f"{self.seconds:.2f}s; {self.roots} refs/reflog entries; {self.reachable} reachable, "
-            f"{self.unreachable} unreachable (gc removes these)"
+            f"{self.unreachable} unreachable (gc removes these){lazy}"
         )
 
 
@@ -101,17 +112,22 @@ def fsck(
     full: bool = False,
     on_problem: Callable[[Problem], None] | None = None,
     extra_roots: Iterable[Root] = (),
+    partial: bool = False,
 ) -> FsckReport:
     """Check ``store`` and ``refs``; every problem goes to ``on_problem`` as soon as it is found.
 
     ``full`` also checks that every node's level matches its place in its tree (one more read of
     each reachable node). ``extra_roots`` are commits something other than a ref depends on (the
-    base commits of VMs, see ``vm_roots``).
+    base commits of VMs, see ``vm_roots``). ``partial``: the store has a promisor remote, so a
+    reachable object that is not stored here is not a problem but ``report.absent``.
     """
     t0 = time.monotonic()
     report = FsckReport()
 
     def note(p: Problem) -> None:
+        if partial and p.what == "missing":
+            report.absent.append(p)
+            return
         report.problems.append(p)
         if on_problem is not None:
             on_problem(p)
@@ -152,10 +168,30 @@ def fsck(
     return report
 
 
-
 def fsck_repo(
-    repo: Repo, full: bool = False, on_problem: Callable[[Problem], None] | None = None
+    repo: Repo, full: bool = False, on_problem: Callable[[Problem], None] | None = None,
+    remote: bool = False,
 ) -> FsckReport:
-    """``fsck`` of a repository: its store, its refs, and the base commits of its VMs."""
-    return fsck(repo.store, repo.refs, full=full, on_problem=on_problem,
-                extra_roots=vm_roots(repo.vers_dir))
+    """``fsck`` of a repository: its store, its refs, and the base commits of its VMs.
+
+    In a partial store (one with a promisor remote) what is absent here is counted, not
+    reported; ``remote`` asks the promisor's indexes whether they really have it, and what they
+    lack is then reported as missing. Only the local store is read either way."""
+    partial = bool(repo.promisors())
+    with repo.local_only():
+        report = fsck(repo.store, repo.refs, full=full, on_problem=on_problem,
+                      extra_roots=vm_roots(repo.vers_dir), partial=partial)
+    if partial and remote:
+        ids = list(dict.fromkeys(bytes.fromhex(p.oid) for p in report.absent))
+        there, gone = absent_from(repo, ids)
+        report.on_remote = len(there)
+        lost = {o.hex() for o in gone}
+        for p in report.absent:
+            if p.oid in lost:
+                lost.discard(p.oid)
+                p = Problem("missing", p.oid, f"{p.detail}, and not on the promisor remote "
+                            "either", p.via)
+                report.problems.append(p)
+                if on_problem is not None:
+                    on_problem(p)
+    return report

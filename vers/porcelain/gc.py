@@ -119,11 +119,14 @@ def gc(
     extra_roots: Callable[[], Iterable[Root]] | None = None,
     now: float | None = None,
     progress: Callable[[str], None] | None = None,
+    partial: bool = False,
 ) -> GcReport:
     """Run the steps in the module doc; with ``dry_run`` nothing is written.
 
     ``extra_roots`` is asked, at marking time and again before each sweep batch, for commits that
-    something other than a ref depends on (``vm_roots``: the base commits of VMs).
+    something other than a ref depends on (``vm_roots``: the base commits of VMs). ``partial``:
+    the store has a promisor remote, so an object that is not stored here is not a reason to
+    refuse (marking stops there; what it reaches is the promisor's to keep).
     """
     t0 = _time.monotonic()
     now = _time.time() if now is None else now
@@ -156,7 +159,7 @@ def gc(
         problems: list[Problem] = []
         walker = Reachability(store, problems.append)
         walker.walk(_roots(refs, report, cutoff, dry_run))
-        _refuse_if(problems)
+        _refuse_if(problems, partial)
         marked = walker.marked
         report.marked = len(marked)
 
@@ -168,7 +171,7 @@ def gc(
             again: list[Problem] = []
             walker.report = again.append
             walker.walk(_roots(refs, report, cutoff, dry_run))
-            _refuse_if(again)
+            _refuse_if(again, partial)
             return walker.marked
 
         swept = store.sweep(live, older_than=now - grace, max_unused=max_unused, dry_run=dry_run)
@@ -192,11 +195,13 @@ def gc_repo(
     max_unused: float = DEFAULT_MAX_UNUSED,
     progress: Callable[[str], None] | None = None,
 ) -> GcReport:
-    """``gc`` of a repository, keeping the base commits of its VMs (``vm_roots``)."""
-    return gc(repo.store, repo.refs, grace=grace, expire_reflog=expire_reflog,
-              policy=None if policy is None or policy.empty else policy, dry_run=dry_run,
-              max_unused=max_unused, extra_roots=lambda: vm_roots(repo.vers_dir),
-              progress=progress)
+    """``gc`` of a repository, keeping the base commits of its VMs (``vm_roots``); a partial
+    store is judged by what it holds (nothing is fetched to mark)."""
+    with repo.local_only():
+        return gc(repo.store, repo.refs, grace=grace, expire_reflog=expire_reflog,
+                  policy=None if policy is None or policy.empty else policy, dry_run=dry_run,
+                  max_unused=max_unused, extra_roots=lambda: vm_roots(repo.vers_dir),
+                  progress=progress, partial=bool(repo.promisors()))
 
 
 def _roots(refs: RefsContainer, report: GcReport, cutoff: float, dry_run: bool) -> list[Root]:
@@ -232,7 +237,9 @@ def vm_roots(vers_dir: str | os.PathLike[str]) -> list[Root]:
     return roots
 
 
-def _refuse_if(problems: list[Problem]) -> None:
+def _refuse_if(problems: list[Problem], partial: bool = False) -> None:
+    if partial:
+        problems = [p for p in problems if p.what != "missing"]
     if problems:
         shown = "\n  ".join(str(p) for p in problems[:5])
         more = f"\n  ... and {len(problems) - 5} more" if len(problems) > 5 else ""

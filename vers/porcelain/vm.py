@@ -7,11 +7,14 @@ which source ``vers branch`` forks) is decided here.
 from __future__ import annotations
 
 import base64
+import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from vers.errors import BadRevision, RefError, UnknownVM
+from vers.errors import BadInput, BadRevision, RefError, UnknownVM
 from vers.refs.container import check_short_name
+from vers.remote.lazy import open_lazy, promisor_for, resolve_on_remote
+from vers.remote.s3 import AWS_ENV_KEYS
 from vers.vmm import control
 from vers.vmm.agent import ExecResult
 from vers.vmm.boot import (
@@ -28,6 +31,7 @@ from vers.vmm.control import VMStatus
 from vers.vmm.devstate import Timings
 from vers.vmm.machine import parse_size
 from vers.vmm.memory import default_backing
+from vers.vmm.memory.fuse import BackingDaemon
 from vers.vmm.net import Port, child_ports, parse_ports
 from vers.vmm.state import VMRecord, registry
 from vers.vmm.teardown import kill_vms
@@ -37,8 +41,8 @@ if TYPE_CHECKING:
 
 __all__ = ["BOOT_TIMEOUT", "ExecResult", "Port", "RunOptions", "Timings", "VMRecord", "VMStatus",
            "branch", "check_run", "checkout", "commit", "commit_json", "console", "default_backing",
-           "exec_in", "exec_json", "kill", "parse_size", "pause", "port_add", "port_rm", "ports",
-           "ps", "record", "resume", "run", "run_commit", "status", "vm_json"]
+           "exec_in", "exec_json", "from_remote", "kill", "parse_size", "pause", "port_add",
+           "port_rm", "ports", "ps", "record", "resume", "run", "run_commit", "status", "vm_json"]
 
 
 def run(repo: Repo, opts: RunOptions) -> VMRecord:
@@ -124,7 +128,7 @@ def commit(repo: Repo, vm: str | None, message: str = "", stay_paused: bool = Fa
 
 
 def branch(repo: Repo, source: str | None, count: int = 1, name: str | None = None,
-           ports: tuple[str, ...] = (), refs: str | None = None,
+           ports: tuple[str, ...] = (), refs: str | None = None, remote: str | None = None,
            ) -> tuple[list[VMRecord], Timings | None]:
     """Fork SOURCE into ``count`` children: a live VM (the current one when None) is branched,
     a commit is restored ``count`` times. Each child publishes ``ports`` (a live VM's children
@@ -132,8 +136,13 @@ def branch(repo: Repo, source: str | None, count: int = 1, name: str | None = No
 
     With ``refs`` (a prefix), child i gets branch PREFIX-i, made at the commit the children
     start from (or at their first commit, for a VM never committed); each child's commits then
-    go to its own branch."""
+    go to its own branch. With ``remote``, SOURCE is a commit read lazily from that remote
+    (see ``from_remote``)."""
     ref_names = _child_refs(repo, refs, count)
+    if remote is not None:
+        if source is None:
+            raise BadInput("branch --from needs a COMMIT to restore")
+        source = from_remote(repo, remote, source)
     if source is None or registry(repo).find(source) is not None:
         children, tm = branch_vm(repo, source, count, name, ports)
     else:
@@ -175,22 +184,50 @@ def _give_refs(repo: Repo, children: list[VMRecord], names: list[str]) -> None:
 
 
 def run_commit(repo: Repo, rev: str, name: str | None = None, make_current: bool = False,
-               ports: tuple[str, ...] = ()) -> VMRecord:
+               ports: tuple[str, ...] = (), remote: str | None = None) -> VMRecord:
     """Boot a new VM from a commit (memory, disks, device state), publishing ``ports`` (a
-    commit records none)."""
+    commit records none). With ``remote`` (a remote's name or URL) the commit may be one only
+    that remote has: it is read lazily from there (``from_remote``)."""
+    if remote is not None:
+        rev = from_remote(repo, remote, rev)
     return restore_commit(repo, rev, name=name, make_current=make_current, ports=ports)
 
 
-def checkout(repo: Repo, rev: str, ports: tuple[str, ...] = ()) -> VMRecord:
+def checkout(repo: Repo, rev: str, ports: tuple[str, ...] = (),
+             remote: str | None = None) -> VMRecord:
     """Restore ``rev``, make the new VM current and move HEAD there, like git checkout: onto the
-    branch when ``rev`` names one, else detached at the commit."""
-    cid = repo.rev_parse(rev)
+    branch when ``rev`` names one, else detached at the commit. ``remote`` as for run_commit."""
+    cid = from_remote(repo, remote, rev) if remote is not None else repo.rev_parse(rev)
     rec = restore_commit(repo, cid, make_current=True, ports=ports)
-    if repo.refs.resolve("refs/heads/" + rev) is not None:
+    if remote is None and repo.refs.resolve("refs/heads/" + rev) is not None:
         repo.set_head_branch(rev, message=f"checkout: {rev}")
     else:
         repo.set_head_detached(cid, message=f"checkout: {rev}")
     return rec
+
+
+def from_remote(repo: Repo, remote: str, rev: str) -> str:
+    """Make ``remote`` a promisor of this repository (a URL no remote has yet is added under a
+    name of its own), attach it here and in the FUSE backing daemon, and bring in what any
+    restore of ``rev`` needs: its commit, trees and nodes, device state and boot files. The
+    guest's pages follow when it reads them. Returns the commit's ID."""
+    name = promisor_for(repo, remote)
+    lazy = open_lazy(repo)
+    assert lazy is not None  # ``name`` is a promisor now
+    cid = resolve_on_remote(repo, lazy, name, rev)
+    lazy.fetch(repo.store.missing([bytes.fromhex(cid)]))
+    try:
+        commit = repo.get_commit(cid)
+    except BadRevision as exc:
+        raise BadRevision(f"{rev} is not a commit on {name}") from exc
+    lazy.prefetch_commit(commit)
+    if default_backing() == "fuse":
+        daemon = BackingDaemon()
+        daemon.ensure_running()
+        daemon.request("promisor_settings", repo=str(repo.vers_dir),
+                       env={k: os.environ[k] for k in AWS_ENV_KEYS if k in os.environ},
+                       retry_seconds=lazy.retry_seconds)
+    return cid
 
 
 def ports(repo: Repo, vm: str | None) -> tuple[VMRecord, list[Port]]:

@@ -6,6 +6,7 @@ and never the other way round (restic keeps its factory in backend/all.go for th
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 from vers.remote.path import PathTransport
@@ -13,9 +14,11 @@ from vers.remote.s3 import S3Transport
 from vers.remote.transport import Transport, parse_url
 
 
-def open_transport(url: str) -> Transport:
-    """A transport for a path, ``file://`` or ``s3://bucket/prefix`` URL."""
+def open_transport(url: str, env: Mapping[str, str] | None = None,
+                   timeout: float | None = None) -> Transport:
+    """A transport for a path, ``file://`` or ``s3://bucket/prefix`` URL; ``env`` and ``timeout``
+    are for S3 (see ``S3Transport``)."""
     scheme, where, prefix = parse_url(url)
     if scheme == "s3":
-        return S3Transport(where, prefix)
+        return S3Transport(where, prefix, env=env, timeout=timeout)
     return PathTransport(Path(where))

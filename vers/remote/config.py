@@ -78,3 +78,26 @@ def remove_remote(repo: Repo, name: str) -> None:
 def cache_dir(repo: Repo, name: str) -> Path:
     """Where the remote's bundle indexes are cached (immutable, so never stale)."""
     return Path(repo.vers_dir) / "remotes" / name / "index"
+
+
+def set_promisor(repo: Repo, name: str, promisor: bool = True) -> None:
+    """Mark remote ``name`` as the source of this repository's absent objects (git's
+    ``remote.NAME.promisor``): set once a fetch leaves the store partial, never cleared by vers,
+    since objects fetched later may still rely on it."""
+    remote_url(repo, name)
+    cfg = _read(repo)
+    entry = cfg["remotes"][name]
+    if bool(entry.get("promisor")) == promisor:
+        repo.config = cfg
+        return
+    if promisor:
+        entry["promisor"] = True
+    else:
+        entry.pop("promisor", None)
+    _write(repo, cfg)
+
+
+def remote_name_for_url(repo: Repo, url: str) -> str | None:
+    """The configured remote whose URL is ``url`` (normalised), if any."""
+    url = normalise_url(url)
+    return next((n for n, u in list_remotes(repo).items() if u == url), None)

@@ -38,6 +38,7 @@ from vers.remote.transport import Transport
 # Pages are committed to the local store in batches of this size: a killed fetch keeps all but
 # the last batch, and the next fetch skips what is already here.
 FLUSH_BYTES = 8 << 20
+FETCH_MODES = ("full", "lazy", "complete")
 
 
 @dataclass
@@ -91,7 +92,10 @@ class _Overlay(ObjectStore):
 
 class Fetcher:
     def __init__(self, local: ObjectStore, transport: Transport, index: RemoteIndex,
-                 quiet: bool = True) -> None:
+                 quiet: bool = True, mode: str = "full") -> None:
+        if mode not in FETCH_MODES:
+            raise ValueError(f"unknown fetch mode {mode!r}")
+        self.mode = mode
         self.local = local
         self.transport = transport
         self.index = index
@@ -143,37 +147,49 @@ class Fetcher:
 
     def _run(self, tips: list[str]) -> None:
         local, ov = self.local, self.overlay
-        want = [t for t in dict.fromkeys(tips) if not local.contains(bytes.fromhex(t))]
+        # A partial store keeps objects whose closure is not all here, so completing it walks
+        # everything instead of pruning at what is stored.
+        complete = self.mode == "complete"
+        has = (lambda _oid: False) if complete else local.contains
+        want = [t for t in dict.fromkeys(tips) if not has(bytes.fromhex(t))]
         if not want:
             return
         # Commits are tiny and the index says which IDs are commits: fetch every one we lack
         # in one batch instead of one round trip per generation.
         commit_ids = [o for o, loc in self.index.locs.items() if loc.kind == KIND_COMMIT]
         self._fetch_into_overlay(local.missing(commit_ids))
-        commits = commits_to_send(lambda c: ov.get_commit(bytes.fromhex(c)), want, local.contains)
-        self.result.commits = len(commits)
+        commits = commits_to_send(lambda c: ov.get_commit(bytes.fromhex(c)), want, has)
+        new_commits = [c for c in commits if bytes.fromhex(c.id) in ov.records]
+        self.result.commits = len(new_commits)
+        if self.mode == "lazy":  # refs and commits only: the rest is read when needed
+            with local.writer(FLUSH_BYTES) as w:
+                for c in new_commits:
+                    oid = bytes.fromhex(c.id)
+                    w.add_record(oid, _plain(ov.records[oid]))
+            return
 
-        tree_ids = local.missing(list(dict.fromkeys(
-            bytes.fromhex(t) for c in commits for t in c.images.values())))
+        all_trees = list(dict.fromkeys(
+            bytes.fromhex(t) for c in commits for t in c.images.values()))
+        tree_ids = local.missing(all_trees)
         self._fetch_into_overlay(tree_ids)
         frontier: dict[int, list[bytes]] = {}
-        for tid in tree_ids:
+        for tid in all_trees if complete else tree_ids:
             tree = ov.get_tree(tid)
-            frontier.setdefault(tree.depth, []).append(tree.root)
+            if tree.root != ZERO_ID:
+                frontier.setdefault(tree.depth, []).append(tree.root)
 
         nodes_by_level: dict[int, list[bytes]] = {}
         pages: list[bytes] = []
         seen: set[bytes] = set()
         for level in range(max(frontier, default=0), 0, -1):
-            ids = local.missing(
-                [o for o in dict.fromkeys(frontier.get(level, [])) if o not in seen]
-            )
-            seen.update(ids)
+            level_ids = [o for o in dict.fromkeys(frontier.get(level, [])) if o not in seen]
+            ids = local.missing(level_ids)
+            seen.update(level_ids if complete else ids)
             self._fetch_into_overlay(ids)
             self._fetch_delta_bases(ids)
             nodes_by_level[level] = ids
             children: list[bytes] = []
-            for nid in ids:
+            for nid in level_ids if complete else ids:
                 entries = ov.get_node(nid)  # verified, and must really be a node
                 children += (entries[i:i + ID_LEN] for i in range(0, len(entries), ID_LEN))
             children = [c for c in dict.fromkeys(children) if c != ZERO_ID and c not in seen]
@@ -187,7 +203,7 @@ class Fetcher:
             self._write_nodes(w, nodes_by_level)
             for tid in tree_ids:
                 w.add_record(tid, _plain(ov.records[tid]))
-            for c in commits:
+            for c in new_commits:
                 oid = bytes.fromhex(c.id)
                 w.add_record(oid, _plain(ov.records[oid]))
 
@@ -256,6 +272,10 @@ def _bases_first(ids: list[bytes], records: dict[bytes, Record]) -> list[bytes]:
 
 
 def fetch_objects(local: ObjectStore, transport: Transport, index: RemoteIndex, tips: list[str],
-                  quiet: bool = True) -> FetchResult:
-    """Make every object reachable from ``tips`` present (and verified) in ``local``."""
-    return Fetcher(local, transport, index, quiet).run(tips)
+                  quiet: bool = True, mode: str = "full") -> FetchResult:
+    """Make every object reachable from ``tips`` present (and verified) in ``local``.
+
+    ``mode``: "full" prunes at objects already stored (a complete store has their closure);
+    "lazy" fetches the commits only (a partial store reads the rest from its promisor);
+    "complete" walks everything and fetches whatever is absent (it completes a partial store)."""
+    return Fetcher(local, transport, index, quiet, mode).run(tips)

@@ -19,6 +19,7 @@ import os
 import random
 import time
 import uuid
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,8 +31,19 @@ _CONFLICT_CODES = {"PreconditionFailed", "ConditionalRequestConflict", "412", "4
 _MISSING_CODES = {"NoSuchKey", "404", "NotFound"}
 
 
+# What a process that reads a remote for someone else (the FUSE backing daemon) needs of that
+# someone's AWS environment; boto3's own resolution covers the rest.
+AWS_ENV_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_DEFAULT_REGION", "AWS_REGION",
+                "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_EC2_METADATA_DISABLED")
+
+
 class S3Transport(Transport):
-    def __init__(self, bucket: str, prefix: str = "", conditional: bool | None = None) -> None:
+    def __init__(self, bucket: str, prefix: str = "", conditional: bool | None = None,
+                 env: Mapping[str, str] | None = None, timeout: float | None = None) -> None:
+        """``env``: AWS_* settings to use instead of this process's environment (a daemon
+        reading for a client passes the client's); ``timeout``: seconds to connect and per
+        read (botocore's default is 60), for readers that must fail in bounded time."""
         super().__init__()
         import boto3
         from botocore.config import Config
@@ -39,12 +51,24 @@ class S3Transport(Transport):
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.url = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
-        env = os.environ.get("VERS_S3_CONDITIONAL")
-        if conditional is None and env is not None:
-            conditional = env not in ("0", "no", "false")
+        forced = os.environ.get("VERS_S3_CONDITIONAL")
+        if conditional is None and forced is not None:
+            conditional = forced not in ("0", "no", "false")
         self._conditional = conditional
-        config = Config(max_pool_connections=32, retries={"max_attempts": 5, "mode": "standard"})
-        self.client: Any = boto3.session.Session().client("s3", config=config)
+        timeouts = {} if timeout is None else {"connect_timeout": timeout, "read_timeout": timeout}
+        config = Config(max_pool_connections=32, retries={"max_attempts": 5, "mode": "standard"},
+                        **timeouts)
+        if env is None:
+            self.client: Any = boto3.session.Session().client("s3", config=config)
+        else:
+            session = boto3.session.Session(
+                aws_access_key_id=env.get("AWS_ACCESS_KEY_ID"),
+                aws_secret_access_key=env.get("AWS_SECRET_ACCESS_KEY"),
+                aws_session_token=env.get("AWS_SESSION_TOKEN"),
+                region_name=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION"),
+                profile_name=env.get("AWS_PROFILE"))
+            endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
+            self.client = session.client("s3", config=config, endpoint_url=endpoint)
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key

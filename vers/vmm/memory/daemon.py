@@ -35,6 +35,7 @@ import trio
 from vers.fuse.serve import daemon_main, serve
 from vers.objects.imagetree import ImageFile
 from vers.objects.model import PAGE_SIZE
+from vers.remote.lazy import ReadAhead, open_lazy
 from vers.repo import Repo
 from vers.vmm.memory.overlay import OverlayImage, PageSource
 
@@ -102,6 +103,7 @@ class BackingOperations(pyfuse3.Operations):
         self.by_inode: dict[int, BackingFile] = {}
         self._next_inode = pyfuse3.ROOT_INODE + 1
         self._repos: dict[str, Repo] = {}
+        self._lazy_settings: dict[str, dict[str, Any]] = {}
         self.started_ns = time.time_ns()
         self.last_request = time.monotonic()
 
@@ -144,7 +146,27 @@ class BackingOperations(pyfuse3.Operations):
         repo = self._repos.get(path)
         if repo is None:
             repo = self._repos[path] = Repo(path)
+            self._attach_promisors(path, repo)
         return repo
+
+    def _attach_promisors(self, path: str, repo: Repo) -> None:
+        """A partial store's absent pages are fetched here, in the daemon, with the settings
+        (AWS environment, retry budget) of the client that restored from it."""
+        lazy = self._lazy_settings.get(path, {})
+        open_lazy(repo, env=lazy.get("env"), retry_seconds=lazy.get("retry_seconds"))
+
+    def set_promisor_settings(self, path: str, env: dict[str, str],
+                              retry_seconds: float | None) -> None:
+        """Sent by a client before it restores from a promisor remote: the repository may have
+        become partial since it was opened here, and reads need the client's credentials."""
+        self._lazy_settings[path] = {"env": env, "retry_seconds": retry_seconds}
+        repo = self._repos.get(path)
+        if repo is None:
+            self.repo(path)
+            return
+        # Files already served from this repository keep their store; only its promisors change.
+        repo.config = json.loads((repo.vers_dir / "config.json").read_text())
+        self._attach_promisors(path, repo)
 
     # --------------------------------------------------------------- FUSE operations
     def _file(self, inode: int) -> BackingFile:
@@ -283,8 +305,11 @@ class BackingOperations(pyfuse3.Operations):
         repo = self.repo(base["repo"])
         if base.get("tree"):
             tree = repo.store.get_tree(bytes.fromhex(base["tree"]))
-            return ImageFile(repo.store, tree, base.get("image", ""))
-        return repo.open_image(base["commit"], base.get("image", "memory"))
+            image = ImageFile(repo.store, tree, base.get("image", ""))
+        else:
+            image = repo.open_image(base["commit"], base.get("image", "memory"))
+        # A partial store's pages come from its promisor: read ahead of sequential reads.
+        return ReadAhead(image) if repo.promisors() else image
 
     def control(self, req: dict[str, Any]) -> dict[str, Any]:
         """One control request -> one reply. Plain function: tested without sockets."""
@@ -293,6 +318,10 @@ class BackingOperations(pyfuse3.Operations):
             return {"pid": os.getpid()}
         if op == "list":
             return {"files": sorted(self.by_name)}
+        if op == "promisor_settings":
+            self.set_promisor_settings(req["repo"], dict(req.get("env") or {}),
+                                       req.get("retry_seconds"))
+            return {}
         if op == "create":
             size = int(req["size"])
             base = self.open_base(req["base"]) if req.get("base") else None

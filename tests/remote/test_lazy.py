@@ -1,0 +1,147 @@
+"""The lazy store without a VM, against a directory and a real S3 server: a partial repository
+reads absent objects from its promisor, verified and kept; fsck, gc and fetch --all-objects
+understand it; a commit made on top of it pushes back."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from vers.errors import RemoteError
+from vers.objects.model import PAGE_SIZE
+from vers.porcelain.clone import clone
+from vers.porcelain.fetch import fetch
+from vers.porcelain.fsck import fsck_repo
+from vers.porcelain.gc import gc_repo
+from vers.porcelain.push import push
+from vers.porcelain.remote import add_remote
+from vers.remote.backends import open_transport
+from vers.remote.lazy import open_lazy
+from vers.repo import Repo
+
+from .conftest import change_pages, export_bytes, make_memory, vers
+from .test_push_fetch import _tamper_one_page
+
+NPAGES = 2048
+
+
+def _pushed(tmp: Path, url: str) -> tuple[Repo, str, bytearray]:
+    repo = Repo.init(tmp / "a")
+    image = make_memory(tmp / "m1", NPAGES, seed=1)
+    cid = repo.snapshot({"memory": tmp / "m1"}, message="one")
+    add_remote(repo, "origin", url)
+    push(repo, "origin", quiet=True)
+    return repo, cid, image
+
+
+def test_lazy_clone_reads_on_demand_and_keeps_what_it_read(tmp_path: Path,
+                                                          remote_url: str) -> None:
+    src, cid, image = _pushed(tmp_path, remote_url)
+    repo, head = clone(remote_url, str(tmp_path / "b"), quiet=True, lazy=True)
+    assert head == cid and repo.promisors() == ["origin"]
+    assert repo.store.stats().objects == 1  # the commit only
+    lazy = open_lazy(repo)
+    assert lazy is not None
+    part = repo.open_image(cid, "memory").pread(100 * PAGE_SIZE, 64 * PAGE_SIZE)
+    assert part == bytes(image[100 * PAGE_SIZE:164 * PAGE_SIZE])
+    assert lazy.stats.batches <= 6  # tree, 2 node levels, one range for 64 pages (+ retries 0)
+    assert export_bytes(repo, cid, tmp_path) == bytes(image)
+    fetched = lazy.stats.bytes
+    assert export_bytes(repo, cid, tmp_path) == bytes(image)
+    assert lazy.stats.bytes == fetched  # the second read is local
+    lazy.close()
+    repo.close()
+    src.close()
+
+
+def test_fsck_gc_and_all_objects_on_a_partial_store(tmp_path: Path, remote_url: str) -> None:
+    src, cid, image = _pushed(tmp_path, remote_url)
+    repo, _ = clone(remote_url, str(tmp_path / "b"), quiet=True, lazy=True)
+    report = fsck_repo(repo)
+    assert report.ok and report.absent, report.summary()
+    assert "lazy" in report.summary()
+    checked = fsck_repo(repo, remote=True)
+    assert checked.ok and checked.on_remote == len({p.oid for p in checked.absent})
+    gc = gc_repo(repo, grace=0)
+    assert gc.objects_removed == 0  # the commit stays; nothing refused
+    # The CLI says the same.
+    proc = vers("fsck", "--remote", cwd=repo.root)
+    assert "lazy" in proc.stderr
+    fetch(repo, "origin", quiet=True, all_objects=True)
+    complete = fsck_repo(repo)
+    assert complete.ok and not complete.absent
+    with repo.local_only():
+        assert export_bytes(repo, cid, tmp_path) == bytes(image)
+    repo.close()
+    src.close()
+
+
+def test_absent_and_not_on_the_remote_is_missing(tmp_path: Path) -> None:
+    url = str(tmp_path / "remote")
+    src, _cid, _ = _pushed(tmp_path, url)
+    repo, _ = clone(url, str(tmp_path / "b"), quiet=True, lazy=True)
+    t = open_transport(url)
+    for key in t.list("bundles/"):
+        if key.endswith(".idx"):
+            t.delete(key)  # the remote lost everything but refs
+    report = fsck_repo(repo, remote=True)
+    assert not report.ok and all(p.what == "missing" for p in report.problems)
+    repo.close()
+    src.close()
+
+
+def test_tampered_remote_object_is_rejected_and_not_kept(tmp_path: Path,
+                                                         remote_url: str) -> None:
+    src, cid, _ = _pushed(tmp_path, remote_url)
+    repo, _ = clone(remote_url, str(tmp_path / "b"), quiet=True, lazy=True)
+    bad = _tamper_one_page(remote_url)
+    open_lazy(repo, retry_seconds=0)
+    with pytest.raises(RemoteError, match=f"rejected object {bad}"):
+        export_bytes(repo, cid, tmp_path)
+    assert not repo.store.contains(bytes.fromhex(bad))
+    assert fsck_repo(repo, remote=True).ok
+    repo.close()
+    src.close()
+
+
+def test_unreachable_remote_fails_in_bounded_time_and_changes_nothing(tmp_path: Path) -> None:
+    url = str(tmp_path / "remote")
+    src, cid, image = _pushed(tmp_path, url)
+    repo, _ = clone(url, str(tmp_path / "b"), quiet=True, lazy=True)
+    lazy = open_lazy(repo, retry_seconds=1.5)
+    assert lazy is not None
+    lazy.promisors[0].index()  # indexes loaded (cached) while the remote was there
+    os.rename(url, url + ".away")
+    before = repo.store.stats()
+    t0 = time.monotonic()
+    with pytest.raises(RemoteError, match="promisor remote origin .* cannot be read"):
+        export_bytes(repo, cid, tmp_path)
+    assert time.monotonic() - t0 < 10
+    assert repo.store.stats() == before
+    os.rename(url + ".away", url)
+    assert export_bytes(repo, cid, tmp_path) == bytes(image)  # back: reads work again
+    lazy.close()
+    repo.close()
+    src.close()
+
+
+def test_commit_on_a_partial_store_pushes_back(tmp_path: Path, remote_url: str) -> None:
+    src, cid, image = _pushed(tmp_path, remote_url)
+    repo, _ = clone(remote_url, str(tmp_path / "b"), quiet=True, lazy=True)
+    open_lazy(repo)
+    changed = list(range(0, NPAGES, 97))
+    m2 = change_pages(image, tmp_path / "m2", changed, seed=5)
+    new = repo.snapshot({"memory": tmp_path / "m2"}, message="two", dirty={"memory": changed})
+    # only the changed pages and the nodes above them were needed, not the image
+    assert repo.store.stats().bytes < len(image) // 4
+    result = push(repo, "origin", quiet=True)
+    assert result.updated == [("refs/heads/main", cid, new)]
+    third, head = clone(remote_url, str(tmp_path / "c"), quiet=True)
+    assert head == new and export_bytes(third, new, tmp_path) == bytes(m2)
+    assert fsck_repo(third).ok
+    third.close()
+    repo.close()
+    src.close()

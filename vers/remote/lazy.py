@@ -1,0 +1,427 @@
+"""A partial store: objects that are not stored here are fetched from a promisor remote when they
+are first read, verified, and kept (git's partial clone, with a "promisor remote").
+
+``LazyObjects`` is what ``ObjectStore.absent`` calls. A read of absent objects is located in the
+remote's bundle indexes (loaded once per process, cached under ``.vers/remotes/NAME/index``) and
+read in batches: the store asks for a whole request's absent pages at once, and ``fetch_records``
+merges records that lie close together in a bundle into one range GET. Every record is re-hashed
+before it is stored, exactly as ``vers fetch`` does; a record that does not match its ID is
+rejected and never stored, so a tampered remote costs a failed read, never wrong bytes.
+
+Remote failures are retried with backoff for ``retry_seconds``; then the read fails with a
+``RemoteError`` naming the remote. Nothing is written for a failed batch, so the local store stays
+as it was. Concurrent reads of the same object (a prefetch and the guest) wait for one fetch.
+
+``ReadAhead`` wraps a committed image for the FUSE backing daemon: once reads run sequentially it
+fetches further ahead in the background, doubling its window up to ``READAHEAD_MAX_PAGES``.
+``prefetch_commit`` fetches what any restore needs before the guest runs: trees, every node, and
+the device state and boot files.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from vers.errors import (
+    AmbiguousRevision,
+    BadRevision,
+    CorruptObject,
+    ObjectNotFound,
+    RemoteError,
+    VersError,
+)
+from vers.objects.imagetree import ImageFile, TreeReader
+from vers.objects.model import ID_LEN, KIND_COMMIT, PAGE_SIZE, ZERO_ID, Commit
+from vers.objects.store import ENC_DELTA, MAX_DELTA_DEPTH, ObjectStore, Record, encode_record
+from vers.remote.backends import open_transport
+from vers.remote.bundle import RECORD_HEADER, Loc, RemoteIndex, fetch_records
+from vers.remote.config import (
+    add_remote,
+    cache_dir,
+    list_remotes,
+    remote_name_for_url,
+    remote_url,
+    set_promisor,
+)
+from vers.remote.refs import read_remote_refs
+from vers.remote.transport import Transport, parse_url
+
+if TYPE_CHECKING:
+    from vers.repo import Repo
+
+log = logging.getLogger("vers.remote.lazy")
+
+# A remote that cannot be read is retried this long before a read fails (the guest sees EIO).
+RETRY_SECONDS = 30.0
+# S3 connect and read timeout for lazy reads: a hung server must not hang a guest for minutes.
+S3_TIMEOUT = 10.0
+READAHEAD_MIN_PAGES = 256  # 1 MiB
+READAHEAD_MAX_PAGES = 8192  # 32 MiB
+READAHEAD_CHUNK_PAGES = 2048
+SEQUENTIAL_SLACK_PAGES = 64  # 256 KiB  # one background fetch: about one 8 MiB range GET
+PREFETCH_WORKERS = 4
+# The images a restore reads whole before the guest runs.
+BOOT_IMAGES = ("devstate", "kernel", "initrd")
+_HEX64 = re.compile(r"^[0-9a-f]{64}$")
+_HEXPREFIX = re.compile(r"^[0-9a-f]{4,63}$")
+
+
+@dataclass
+class LazyStats:
+    objects: int = 0
+    bytes: int = 0  # record bytes received (headers included), as fetch counts them
+    batches: int = 0
+    retries: int = 0
+    wait_seconds: float = 0.0  # how long readers waited for the remote
+
+
+class NotOnPromisor(ObjectNotFound):
+    """An object a partial store needs that its promisor remotes do not have either."""
+
+    def __init__(self, oid: str, names: list[str], count: int = 1) -> None:
+        super().__init__(oid)
+        more = f" (and {count - 1} more)" if count > 1 else ""
+        text = (f"object {oid}{more} is neither stored here nor on the promisor remote "
+                f"{', '.join(names)}")
+        self.args = (text,)
+
+
+class Promisor:
+    """One promisor remote: its transport and its index, loaded on first use."""
+
+    def __init__(self, name: str, transport: Transport, index_cache: Path | None) -> None:
+        self.name = name
+        self.transport = transport
+        self.index_cache = index_cache
+        self._index: RemoteIndex | None = None
+        self._lock = threading.Lock()
+
+    def index(self, reload: bool = False) -> RemoteIndex:
+        with self._lock:
+            if self._index is None or reload:
+                self._index = RemoteIndex.load(self.transport, self.index_cache)
+            return self._index
+
+
+class LazyObjects:
+    """Fetches absent objects into ``store`` from its promisors (``ObjectStore.absent``)."""
+
+    def __init__(self, store: ObjectStore, promisors: list[Promisor],
+                 retry_seconds: float = RETRY_SECONDS) -> None:
+        self.store = store
+        self.promisors = promisors
+        self.retry_seconds = retry_seconds
+        self.stats = LazyStats()
+        self.last_error: str | None = None
+        self._inflight: dict[bytes, threading.Event] = {}
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(PREFETCH_WORKERS, thread_name_prefix="vers-lazy")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+        for p in self.promisors:
+            p.transport.close()
+
+    # -- reading ------------------------------------------------------------------------------
+    def fetch(self, oids: list[bytes]) -> None:
+        """Store every one of ``oids`` here, verified (see ``AbsentObjects``)."""
+        t0 = time.monotonic()
+        mine: list[bytes] = []
+        theirs: set[threading.Event] = set()
+        with self._lock:
+            for oid in dict.fromkeys(oids):
+                if oid == ZERO_ID:
+                    continue
+                ev = self._inflight.get(oid)
+                if ev is None:
+                    self._inflight[oid] = threading.Event()
+                    mine.append(oid)
+                else:
+                    theirs.add(ev)
+        try:
+            if mine:
+                self._fetch_now(mine)
+        finally:
+            with self._lock:
+                for oid in mine:
+                    self._inflight.pop(oid).set()
+        for ev in theirs:
+            ev.wait()
+        if theirs:  # fetched by someone else meanwhile; if that failed, try ourselves
+            claimed = set(mine)
+            left = self.store.missing([o for o in oids if o not in claimed])
+            if left:
+                self._fetch_now(left)
+        with self._lock:
+            self.stats.wait_seconds += time.monotonic() - t0
+
+    def prefetch(self, oids: list[bytes]) -> Future[None]:
+        """``fetch`` in the background; a failure is only logged (the read that needs the
+        objects fetches them again and reports it)."""
+        return self._pool.submit(self._quietly, lambda: self.fetch(oids))
+
+    def prefetch_pages(self, reader: TreeReader, first: int, last: int) -> Future[None]:
+        return self._pool.submit(self._quietly,
+                                 lambda: self.fetch(self.store.missing(reader.page_ids(first,
+                                                                                       last))))
+
+    def _quietly(self, job: object) -> None:
+        try:
+            job()  # type: ignore[operator]
+        except VersError as exc:
+            log.info("prefetch failed: %s", exc)
+
+    def _locate(self, oids: list[bytes]) -> list[tuple[Promisor, list[tuple[bytes, Loc]]]]:
+        left = list(oids)
+        out = []
+        for reload in (False, True):  # a miss reads the indexes again: a push may have landed
+            for p in self.promisors:
+                if not left:
+                    break
+                index = p.index(reload)
+                found = [(o, index.locs[o]) for o in left if o in index.locs]
+                if found:
+                    out.append((p, found))
+                    have = {o for o, _ in found}
+                    left = [o for o in left if o not in have]
+            if not left:
+                return out
+        raise NotOnPromisor(left[0].hex(), [p.name for p in self.promisors], len(left))
+
+    def _fetch_now(self, oids: list[bytes]) -> None:
+        oids = self.store.missing(oids)  # another process may have stored some meanwhile
+        if not oids:
+            return
+        try:
+            for promisor, locs in self._locate(oids):
+                records = self._read(promisor, locs)
+                self._keep([(o, r) for o, r in records if r.encoding != ENC_DELTA])
+                self._keep_deltas({o: r for o, r in records if r.encoding == ENC_DELTA})
+        except VersError as exc:
+            self.last_error = str(exc)
+            raise
+
+    def _read(self, p: Promisor, locs: list[tuple[bytes, Loc]]) -> list[tuple[bytes, Record]]:
+        """All of ``locs`` from ``p``, the plain records re-hashed on the fetch workers."""
+        deadline = time.monotonic() + self.retry_seconds
+        delay, tries = 0.2, 0
+        while True:
+            tries += 1
+            try:
+                out: list[tuple[bytes, Record]] = []
+                for chunk in fetch_records(p.transport, locs, check=self._check):
+                    out += chunk
+                n = sum(len(r.payload) + RECORD_HEADER.size for _, r in out)
+                with self._lock:
+                    self.stats.objects += len(out)
+                    self.stats.bytes += n
+                    self.stats.batches += 1
+                return out
+            except CorruptObject as exc:
+                raise RemoteError(f"{p.transport.url}: rejected object {exc.oid} from the "
+                                  f"promisor remote {p.name}: {exc.reason}") from exc
+            except RemoteError as exc:
+                if time.monotonic() + delay > deadline:
+                    raise RemoteError(
+                        f"promisor remote {p.name} ({p.transport.url}) cannot be read (tried "
+                        f"{tries} times in {self.retry_seconds:.0f}s): {exc}") from exc
+                with self._lock:
+                    self.stats.retries += 1
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    def _check(self, oid: bytes, rec: Record) -> None:
+        if rec.encoding != ENC_DELTA:  # a delta is checked once its base is here
+            self.store.decode_record(oid, rec)
+
+    def _keep(self, records: list[tuple[bytes, Record]]) -> None:
+        if not records:
+            return
+        with self.store.writer(flush_bytes=1 << 40) as w:
+            for oid, rec in records:
+                w.add_record(oid, rec if rec.depth == 0 else
+                             Record(rec.kind, rec.encoding, 0, rec.payload))
+
+    def _keep_deltas(self, pending: dict[bytes, Record]) -> None:
+        """Node deltas, each verified once its base is here (fetched too if need be), kept as a
+        delta when the local chain stays short enough, else whole."""
+        bases = {r.payload[:ID_LEN] for r in pending.values()} - pending.keys()
+        if bases:
+            self._fetch_now(list(bases))
+        while pending:
+            ready = [(o, r) for o, r in pending.items() if r.payload[:ID_LEN] not in pending]
+            if not ready:
+                raise RemoteError(f"node deltas from the promisor remote form a cycle at "
+                                  f"{next(iter(pending)).hex()}")
+            out = []
+            for oid, rec in ready:
+                del pending[oid]
+                data = self.store.decode_record(oid, rec)
+                depth = self.store.get_record(rec.payload[:ID_LEN]).depth + 1
+                out.append((oid, Record(rec.kind, ENC_DELTA, depth, rec.payload)
+                            if depth <= MAX_DELTA_DEPTH else encode_record(rec.kind, data)))
+            self._keep(out)
+
+    # -- what a restore needs -----------------------------------------------------------------
+    def prefetch_commit(self, commit: Commit, boot: Iterable[str] = BOOT_IMAGES) -> None:
+        """Trees and every node of ``commit``'s images (one batch per tree level), then the
+        pages of the images a restore reads whole (``boot``)."""
+        store = self.store
+        tree_ids = {name: bytes.fromhex(t) for name, t in commit.images.items()}
+        self.fetch(store.missing(list(tree_ids.values())))
+        trees = {name: store.get_tree(oid) for name, oid in tree_ids.items()}
+        frontier: dict[int, list[bytes]] = {}
+        for tree in trees.values():
+            if tree.root != ZERO_ID:
+                frontier.setdefault(tree.depth, []).append(tree.root)
+        for level in range(max(frontier, default=0), 0, -1):
+            ids = list(dict.fromkeys(frontier.get(level, [])))
+            self.fetch(store.missing(ids))
+            if level == 1:
+                break
+            below = frontier.setdefault(level - 1, [])
+            for nid in ids:
+                entries = store.get_node(nid)
+                below += (c for c in (entries[i:i + ID_LEN] for i in range(0, len(entries),
+                                                                            ID_LEN))
+                          if c != ZERO_ID)
+        pages: list[bytes] = []
+        for name in boot:
+            boot_tree = trees.get(name)
+            if boot_tree is not None and boot_tree.num_pages:
+                pages += TreeReader(store, boot_tree).page_ids(0, boot_tree.num_pages - 1)
+        self.fetch(store.missing(list(dict.fromkeys(p for p in pages if p != ZERO_ID))))
+
+
+class ReadAhead:
+    """A committed image read through a partial store (a ``PageSource`` for the overlay), fetching
+    ahead in the background once reads are sequential."""
+
+    def __init__(self, image: ImageFile) -> None:
+        self.image = image
+        self.size = image.size
+        self._pages = -(-image.size // PAGE_SIZE)
+        self._next = -1
+        self._window = READAHEAD_MIN_PAGES
+        self._ahead = 0  # pages before this are already asked for
+
+    def pread(self, offset: int, n: int) -> bytes:
+        if n > 0 and offset < self.size:
+            first = offset // PAGE_SIZE
+            last = min((offset + n - 1) // PAGE_SIZE, self._pages - 1)
+            self._plan(first, last)
+        return self.image.pread(offset, n)
+
+    def _plan(self, first: int, last: int) -> None:
+        # QEMU's block layer has several reads in flight, so a sequential reader's requests
+        # arrive slightly out of order: "sequential" is near where the last one ended.
+        sequential = self._next > 0 and abs(first - self._next) <= SEQUENTIAL_SLACK_PAGES
+        self._next = max(self._next, last + 1) if sequential else last + 1
+        if not sequential:
+            self._window, self._ahead = READAHEAD_MIN_PAGES, last + 1
+            return
+        lazy = self.image.reader.store.absent  # the store's promisors may be re-attached
+        if not isinstance(lazy, LazyObjects):
+            return
+        self._window = min(self._window * 2, READAHEAD_MAX_PAGES)
+        target = min(last + 1 + self._window, self._pages)
+        start = max(last + 1, self._ahead)
+        while start < target:
+            stop = min(start + READAHEAD_CHUNK_PAGES, target)
+            lazy.prefetch_pages(self.image.reader, start, stop - 1)
+            start = stop
+        self._ahead = max(self._ahead, target)
+
+
+def open_lazy(repo: Repo, names: list[str] | None = None, env: Mapping[str, str] | None = None,
+              retry_seconds: float | None = None) -> LazyObjects | None:
+    """Attach the repository's promisors (or ``names``) as its store's source of absent objects;
+    None (nothing attached) for a complete repository. Nothing is read from the remote yet.
+
+    ``env``: the AWS settings to read S3 with, for a process reading on someone else's behalf."""
+    names = repo.promisors() if names is None else names
+    if not names:
+        return None
+    old = repo.store.absent
+    if isinstance(old, LazyObjects):
+        old.close()
+    if retry_seconds is None:
+        retry_seconds = float(os.environ.get("VERS_LAZY_RETRY_SECONDS", RETRY_SECONDS))
+    promisors = [Promisor(n, open_transport(remote_url(repo, n), env=env, timeout=S3_TIMEOUT),
+                          cache_dir(repo, n)) for n in names]
+    lazy = LazyObjects(repo.store, promisors, retry_seconds)
+    repo.store.absent = lazy
+    return lazy
+
+
+def absent_from(repo: Repo, oids: list[bytes], names: list[str] | None = None,
+                ) -> tuple[list[bytes], list[bytes]]:
+    """(on a promisor, on none) of ``oids``: fsck --remote asks the remotes' indexes."""
+    names = repo.promisors() if names is None else names
+    indexes = [RemoteIndex.load(open_transport(remote_url(repo, n)), cache_dir(repo, n))
+               for n in names]
+    there = [o for o in oids if any(o in ix for ix in indexes)]
+    have = set(there)
+    return there, [o for o in oids if o not in have]
+
+
+def promisor_for(repo: Repo, remote: str) -> str:
+    """The name of remote ``remote`` (a name, or a URL: added as a remote named after it if no
+    remote has that URL yet), now marked as a promisor of ``repo``."""
+    if remote in list_remotes(repo) or not ("/" in remote or "://" in remote):
+        name = remote
+    else:
+        name = remote_name_for_url(repo, remote) or _add_named_after(repo, remote)
+    set_promisor(repo, name)
+    return name
+
+
+def _add_named_after(repo: Repo, url: str) -> str:
+    scheme, where, prefix = parse_url(url)
+    stem = (prefix.rstrip("/").split("/")[-1] if scheme == "s3" and prefix else
+            where if scheme == "s3" else Path(where).name)
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", stem).strip(".-_")[:48] or "remote"
+    taken = list_remotes(repo)
+    name = stem
+    for n in range(2, 1000):
+        if name not in taken:
+            break
+        name = f"{stem}-{n}"
+    add_remote(repo, name, url)
+    return name
+
+
+def resolve_on_remote(repo: Repo, lazy: LazyObjects, name: str, rev: str) -> str:
+    """A commit ID for ``rev`` as remote ``name`` knows it: a full ID, a unique prefix of a
+    commit in its indexes, or one of its branches or tags (``main``, ``NAME/main``,
+    ``refs/tags/v1``); else whatever ``rev`` names locally."""
+    if _HEX64.match(rev):
+        return rev
+    promisor = next(p for p in lazy.promisors if p.name == name)
+    refs = {k: r.value for k, r in read_remote_refs(promisor.transport).items()}
+    short = rev[len(name) + 1:] if rev.startswith(f"{name}/") else rev
+    for ref in (short, f"refs/heads/{short}", f"refs/tags/{short}"):
+        if ref in refs:
+            return refs[ref]
+    if _HEXPREFIX.match(rev):
+        index = promisor.index()
+        found = sorted(o.hex() for o, loc in index.locs.items()
+                       if loc.kind == KIND_COMMIT and o.hex().startswith(rev))
+        if len(found) > 1:
+            raise AmbiguousRevision(rev, found)
+        if found:
+            return found[0]
+    try:
+        return repo.rev_parse(rev)
+    except BadRevision as exc:
+        raise BadRevision(f"unknown revision {rev} (not a commit, branch or tag of remote "
+                          f"{name} either)") from exc
