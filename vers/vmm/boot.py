@@ -149,6 +149,10 @@ def _machine_for(opts: RunOptions) -> tuple[MachineSpec, str, str, list[str]]:
     for p in [kernel, initrd, *disk_files]:
         if not Path(p).is_file():
             raise BadInput(f"no such file: {p}")
+    for p in opts.disks:  # the user's own: a guest image's disk is known to work
+        problem = disk_mod.unusable_disk(Path(p))
+        if problem is not None:
+            raise BadInput(f"--disk {p} cannot be used: {problem}")
     names = ["disk"] + [f"disk{i}" for i in range(1, len(disk_files))]
     spec = MachineSpec(memory=opts.memory, vcpus=opts.vcpus, accel=accel,
                        cmdline=opts.cmdline or default_cmdline(accel), disks=names,

@@ -57,6 +57,16 @@ def standby_fits(reg: VMRegistry, rec: VMRecord) -> VMRecord | None:
     return sb
 
 
+def drop_stale_standby(reg: VMRegistry, rec: VMRecord) -> None:
+    """Remove ``rec``'s standby child if it can no longer become its child (its disks sit on
+    chains ``rec`` left), so that the layers only it still names can go now."""
+    old = reg.standby_of(rec)
+    if old is not None and standby_fits(reg, rec) is None:
+        rec.standby_child = None
+        reg.save(rec)
+        remove(reg, old)
+
+
 def prepare_standby(reg: VMRegistry, rec: VMRecord) -> None:
     """Keep a standby child ready for ``rec``'s next branch, if it asked for one (``--standby``)
     and its memory backing can hand out a child file before the branch point. The child QEMU
