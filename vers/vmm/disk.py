@@ -135,7 +135,7 @@ def unusable_disk(path: Path) -> str | None:
     try:
         chain = json.loads(qemu_img("info", "-U", "--backing-chain", "--output=json", str(path)))
     except VMError as exc:
-        return str(exc).split("failed: ", 1)[-1].splitlines()[-1]
+        return str(exc).split("failed: ", 1)[-1].splitlines()[-1].removeprefix("qemu-img: ")
     for info in chain:
         if info.get("format") not in ("raw", "qcow2"):
             return (f"{info.get('filename', path)}: disk format {info.get('format')!r} is not "
