@@ -38,6 +38,10 @@ def test_restore_reads_the_disk_lazily_and_releases_its_base(vmrepo: Repo, boote
         assert gexec(rec, "cat /root/lazy-disk") == "lazy\n"
         # every block of the disk read through qcow2 -> the lazy base -> the store
         assert gexec(rec, "dd if=/dev/vda of=/dev/null bs=1M 2>/dev/null; echo $?") == "0\n"
+        # the committing VM's chain was merged onto the same base; its next commit moves it on
+        gexec(booted, "echo more > /root/lazy-more; sync")
+        commit_vm(vmrepo, booted.id, "moves on")
+        assert os.path.exists(base)  # the restored VM still reads it
     finally:
         kill_vms(vmrepo, [rec.id])
     assert not os.path.exists(base)
