@@ -72,8 +72,8 @@ def merge_chains(repo: Repo, reg: VMRegistry, rec: VMRecord) -> list[str]:
             q = m.qmp()
             if q.command("query-status")["status"] != "running":
                 return []  # e.g. left paused by `commit --pause`: its images are inactive
-            bases = {n: _commit_base(repo, reg, rec, n, lazy) for n in todo}
-            dropped = _rebase(q, reg, rec, bases)
+            bases = {n: b for n in todo if (b := _commit_base(repo, reg, rec, n, lazy))}
+            dropped = _rebase(q, reg, rec, bases) if bases else []
             if dropped:
                 reg.save(rec)
                 close_unused_nodes(q)
@@ -92,16 +92,19 @@ def _worth_merging(d: DiskChain, lazy: bool) -> bool:
     return lazy or len(d.chain) > EXPORT_AFTER_LAYERS
 
 
-def _commit_base(repo: Repo, reg: VMRegistry, rec: VMRecord, name: str, lazy: bool) -> Path:
+def _commit_base(repo: Repo, reg: VMRegistry, rec: VMRecord, name: str,
+                 lazy: bool) -> Path | None:
     """The base commit's disk as a read-only file: on the FUSE backing daemon (read lazily from
-    the store) when the VM's RAM is served by it anyway, else exported (sparse, once)."""
+    the store) when the VM's RAM is served by it anyway, else exported (sparse, once). None
+    when it cannot be served lazily (e.g. a size that is not a whole number of pages) and the
+    chain is not long enough yet to be worth an export."""
     assert rec.base_commit is not None
     if lazy:
         try:
             return disk_base(repo, rec.base_commit, name)
         except VMError:
             if len(rec.disks[name].chain) <= EXPORT_AFTER_LAYERS:
-                raise
+                return None
     path = reg.layers / f"{rec.id}-{rec.base_commit[:16]}-{name}{disk_mod.MERGED_BASE_SUFFIX}"
     if not path.exists():
         tmp = reg.layers / f".{path.name}.{secrets.token_hex(4)}"
