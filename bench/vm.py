@@ -156,6 +156,7 @@ def bench_one(size: int, backing: str, repeat: int, work: Path, standby: bool = 
         res["branch_pause_ms"] = statistics.median(bpause)
         res["branch_child_ready_ms"] = statistics.median(bready)
         res["branch_phases_ms"] = bphases[len(bphases) // 2]
+        rec = registry(repo).resolve(rec.id)  # its disk chain now (commits merge it)
         res["bare_qemu_start_ms"] = statistics.median(bare_start_ms(rec, work)
                                                       for _ in range(repeat))
     finally:
