@@ -8,13 +8,16 @@ run:
   ``migrate`` of the same VM to a file (stop -> migrate -> cont, max-bandwidth unthrottled);
 * branch: how long the parent is paused, and how long until the child runs, against a bare QEMU
   start to QMP-ready with the same command line;
-* store growth per incremental commit against the bytes the guest dirtied.
+* store growth per incremental commit against the bytes the guest dirtied;
+* with ``--swarm N``, a golden VM branched N times: branch pause and child-ready p50/p99, the
+  QEMU processes of the whole tree (one standby per tree, not one per child), and the idle
+  memory each extra child costs (QEMU RSS + page cache + the FUSE backing daemon's RSS).
 
 Prints medians and the ratios vers has goals for (commit <= 0.1x QEMU, branch pause <= 30 ms,
 child ready <= 1.5x bare start, store growth <= 1.1x dirty bytes; docs/vmm.md).
 
     python3 bench/vm.py [--sizes 256M,2G] [--backings shm,fuse,fuse+nostandby] [--net user,none]
-                        [--repeat 3]
+                        [--repeat 3] [--swarm 0]
 """
 
 from __future__ import annotations
@@ -42,9 +45,11 @@ from vers.vmm.boot import RunOptions, run_vm
 from vers.vmm.branch import branch_vm
 from vers.vmm.commit import commit_vm
 from vers.vmm.control import list_vms
-from vers.vmm.machine import Machine, parse_size
+from vers.vmm.disk import DiskChain
+from vers.vmm.machine import Machine, find_qemu_processes, parse_size
 from vers.vmm.memory import backing_class
-from vers.vmm.state import VMRecord
+from vers.vmm.memory.fuse import default_state_dir
+from vers.vmm.state import VMRecord, registry
 from vers.vmm.teardown import kill_vms
 
 
@@ -152,7 +157,11 @@ def bench_one(size: int, backing: str, repeat: int, work: Path, standby: bool = 
         res["branch_pause_ms"] = statistics.median(bpause)
         res["branch_child_ready_ms"] = statistics.median(bready)
         res["branch_phases_ms"] = bphases[len(bphases) // 2]
-        res["bare_qemu_start_ms"] = statistics.median(bare_start_ms(rec, work)
+        # the chain below the VM's top now (commits merge it): frozen, so QEMU shares it
+        now = registry(repo).resolve(rec.id)
+        frozen = dataclasses.replace(now, disks={n: DiskChain(d.chain[:-1], 0, d.size)
+                                                 for n, d in now.disks.items()})
+        res["bare_qemu_start_ms"] = statistics.median(bare_start_ms(frozen, work)
                                                       for _ in range(repeat))
     finally:
         kill_vms(repo, [s.id for s in list_vms(repo)])
@@ -166,6 +175,92 @@ def bench_one(size: int, backing: str, repeat: int, work: Path, standby: bool = 
     return res
 
 
+def _rss(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _daemon_pids() -> list[int]:
+    """The FUSE backing daemon serving this run's state directory."""
+    want = str(default_state_dir())
+    pids = []
+    for d in Path("/proc").iterdir():
+        try:
+            cmd = (d / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"vers.vmm.memory.daemon" in cmd and want.encode() in cmd:
+            pids.append(int(d.name))
+    return pids
+
+
+def _cached() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("Cached:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def memory_use(repo: Repo) -> dict[str, int]:
+    """Bytes now held by the repository's QEMU processes, the backing daemon and the page cache
+    (the whole machine's: other work moves it too, so read it as an estimate)."""
+    qemus = find_qemu_processes(registry(repo).root)
+    return {"qemu_rss": sum(_rss(p) for p in qemus.values()), "qemus": len(qemus),
+            "daemon_rss": sum(_rss(p) for p in _daemon_pids()), "page_cache": _cached()}
+
+
+def bench_swarm(size: int, backing: str, children: int, work: Path,
+                standby: bool = True) -> dict[str, Any]:
+    """A golden VM branched ``children`` times, 0.5 s apart, the children left running."""
+    repo = Repo.init(work / f"swarm-{backing}-{size >> 20}M-{standby}")
+    rec = run_vm(repo, RunOptions(memory=size, memory_backing=backing, standby=standby,
+                                  make_current=False))
+    res: dict[str, Any] = {"size_mib": size >> 20, "children": children}
+    try:
+        time.sleep(2)  # the golden VM's standby (if any) up and idle
+        before = memory_use(repo)
+        pauses, ready = [], []
+        for _ in range(children):
+            _, tm = branch_vm(repo, rec.id)
+            pauses.append(tm.pause)
+            ready.append(tm.extra["child_ready_ms"])
+            time.sleep(0.5)
+        time.sleep(2)
+        after = memory_use(repo)
+    finally:
+        kill_vms(repo, [s.id for s in list_vms(repo)])
+        repo.close()
+    res.update(pause=pauses, ready=ready, qemus=after["qemus"])
+    res["per_child"] = {k: (after[k] - before[k]) / children
+                        for k in ("qemu_rss", "daemon_rss", "page_cache")}
+    return res
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def print_swarm(rows: list[dict[str, Any]]) -> None:
+    print(f"{'swarm':<16} {'RAM':>6} {'kids':>4} {'pause p50':>9} {'p99':>8} {'ready p50':>9}"
+          f" {'p99':>8} {'QEMUs':>5} {'MiB/kid: QEMU':>13} {'cache':>6} {'daemon':>6}"
+          f" {'total':>6}")
+    for r in rows:
+        pc = {k: v / (1 << 20) for k, v in r["per_child"].items()}
+        print(f"{r['backing']:<16} {r['size_mib']:>5}M {r['children']:>4}"
+              f" {statistics.median(r['pause']):>7.1f}ms {_pct(r['pause'], 0.99):>6.1f}ms"
+              f" {statistics.median(r['ready']):>7.1f}ms {_pct(r['ready'], 0.99):>6.1f}ms"
+              f" {r['qemus']:>5} {pc['qemu_rss']:>13.1f} {pc['page_cache']:>6.1f}"
+              f" {pc['daemon_rss']:>6.1f} {sum(pc.values()):>6.1f}")
+    print("QEMUs: processes of the whole tree after the swarm (golden + children + standbys); "
+          "MiB/kid: idle memory each extra child added (page cache: machine-wide, an estimate)")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default="256M,2G")
@@ -174,8 +269,12 @@ def main() -> int:
     ap.add_argument("--net", default="user,none", help="comma list of --net modes")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--json", action="store_true", help="print raw results as JSON too")
+    ap.add_argument("--swarm", type=int, default=0, metavar="N",
+                    help="also branch a golden VM N times per backing (first size) and print "
+                         "branch times and idle memory per child")
     args = ap.parse_args()
     results = []
+    swarm: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="vers-bench-vm-") as tmp:
         for backing in args.backings.split(","):
             try:
@@ -191,6 +290,13 @@ def main() -> int:
                                     net=net)
                     res["backing"] = backing
                     results.append(res)
+            if args.swarm > 0:
+                print(f"... swarm of {args.swarm} on {backing}", file=sys.stderr)
+                row = bench_swarm(parse_size(args.sizes.split(",")[0]), backing.split("+")[0],
+                                  args.swarm, Path(tmp),
+                                  standby=not backing.endswith("+nostandby"))
+                row["backing"] = backing
+                swarm.append(row)
     hdr = (f"{'backing':<16} {'net':<4} {'RAM':>6} {'commit pause':>12} {'QEMU migrate':>12}"
            f" {'ratio':>6}"
            f" {'branch pause':>12} {'child ready':>11} {'bare start':>10} {'ratio':>6}"
@@ -207,8 +313,10 @@ def main() -> int:
               f" {r['ratio_store_growth_vs_dirty']:>6.3f}")
     print("goals: commit ratio <= 0.1, branch pause <= 30 ms, child-ready ratio <= 1.5 "
           "(same at every size), store growth ratio <= 1.1")
+    if swarm:
+        print_swarm(swarm)
     if args.json:
-        print(json.dumps(results, indent=2))
+        print(json.dumps(results + swarm, indent=2))
     return 0
 
 

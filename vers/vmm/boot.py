@@ -93,7 +93,7 @@ def run_vm(repo: Repo, opts: RunOptions) -> VMRecord:
         rec.memory = backing.state()
         reg.save(rec)
         _boot(reg, rec, backing, opts.boot_timeout, ports)
-        refresh_spares(reg, rec)
+        refresh_spares(reg, rec, claim_standby=True)
     except BaseException:
         remove(reg, rec)
         raise
@@ -121,6 +121,12 @@ def check_options(opts: RunOptions) -> str:
     if opts.net not in NET_MODES:
         raise BadInput(f"--net must be one of {', '.join(NET_MODES)}, not {opts.net!r}")
     parse_ports(opts.ports)
+    for p in opts.disks:  # the user's own: a guest image's disk is known to work
+        if not Path(p).is_file():
+            raise BadInput(f"no such file: {p}")
+        problem = disk_mod.unusable_disk(Path(p))
+        if problem is not None:
+            raise BadInput(f"--disk {p} cannot be used: {problem}")
     return accel
 
 
@@ -271,7 +277,7 @@ def restore_commit(repo: Repo, rev: str, name: str | None = None, make_current: 
         _raise_if_lost(backing, cid, None)  # e.g. a damaged page the device-state load read
         if not paused:
             freshen(rec.id, rec.runtime.agent_sock)
-        refresh_spares(reg, rec)
+        refresh_spares(reg, rec, claim_standby=True)
     except BaseException:
         remove(reg, rec)
         raise

@@ -205,12 +205,13 @@ def _start_children(reg: VMRegistry, job: _Branch, tm: Timings, t_begin: float,
 
 
 def _after(reg: VMRegistry, job: _Branch) -> None:
-    """Off the critical path, children running: references, spare overlays and standbys."""
+    """Off the critical path, children running: references, spare overlays, and the tree's
+    standby, which the parent (the VM of the tree that branched last) takes over."""
     for c, mem in zip(job.children, job.child_mem):
         job.backing.fork_reference(mem)
         c.memory = mem.state()
         refresh_spares(reg, c)
-    refresh_spares(reg, job.parent)
+    refresh_spares(reg, job.parent, claim_standby=True)
 
 
 def _finish(reg: VMRegistry, job: _Branch) -> None:

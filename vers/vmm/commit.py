@@ -33,6 +33,7 @@ from vers.vmm.devstate import (
 )
 from vers.vmm.machine import Machine
 from vers.vmm.memory import MemoryBacking, load_backing
+from vers.vmm.merge import merge_chains
 from vers.vmm.qmp import QMPClient
 from vers.vmm.recovery import PauseGuard, recover
 from vers.vmm.standby import refresh_spares
@@ -77,6 +78,7 @@ def commit_vm(repo: Repo, key: str | None, message: str = "", stay_paused: bool 
             cid = _store(repo, job, message, tm, branch or job.rec.branch, merge)
         finally:
             _finish(reg, job)
+        merge_chains(repo, reg, reg.resolve(rec.id))
         refresh_spares(reg, reg.resolve(rec.id))
     return cid, tm
 

@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
 #: the spare overlays a disk keeps ready: the next commit's top and the next branch child's
 SPARE_SLOTS = ("top", "child")
+#: how a commit's disk exported as the new base of a merged chain is named (vers.vmm.merge)
+MERGED_BASE_SUFFIX = ".base.raw"
 
 
 @dataclass
@@ -127,6 +129,20 @@ def image_format(path: Path) -> str:
     return str(fmt)
 
 
+def unusable_disk(path: Path) -> str | None:
+    """Why vers cannot run a VM on the user's disk ``path`` (its format, or a backing file of its
+    own that is missing or unsupported), in one line; None if it can."""
+    try:
+        chain = json.loads(qemu_img("info", "-U", "--backing-chain", "--output=json", str(path)))
+    except VMError as exc:
+        return str(exc).split("failed: ", 1)[-1].splitlines()[-1].removeprefix("qemu-img: ")
+    for info in chain:
+        if info.get("format") not in ("raw", "qcow2"):
+            return (f"{info.get('filename', path)}: disk format {info.get('format')!r} is not "
+                    "supported (use raw or qcow2)")
+    return None
+
+
 def create_overlay(path: Path, backing: Path) -> None:
     qemu_img("create", "-q", "-f", "qcow2", "-b", str(backing), "-F", image_format(backing),
              str(path))
@@ -163,36 +179,40 @@ def capture_disk(chain: list[str], new_layers: int, size: int, out: Path,
     """Write a sparse raw file holding the frozen chain's content where it changed.
 
     ``chain`` is base..top of frozen layers; the top ``new_layers`` of them were written since the
-    base commit. With ``full`` (no usable base commit) every allocated block is written and None
-    is returned, meaning "read all pages"; otherwise the changed page indices are returned.
+    base commit. With ``full`` (no usable base commit) the whole visible disk is written, read
+    through qemu-img (so a user's disk with a backing chain of its own, or compressed clusters,
+    comes out whole), and None is returned, meaning "read all pages"; otherwise only the changed
+    clusters are copied, straight from the layer files, and their page indices are returned.
     """
     top = Path(chain[-1])
-    extents = map_extents(top)
-    files = list(reversed(chain))  # depth -> file
+    private_file(out, size)
+    if full:
+        qemu_img("convert", "-U", "-f", image_format(top), "-O", "raw", "-n", "--target-is-zero",
+                 str(top), str(out))
+        return None
+    files = list(reversed(chain))  # depth -> file, for the layers vers made (depth < new_layers)
     dirty: list[int] = []
     fds: dict[int, int] = {}
-    private_file(out, size)
     try:
         with open(out, "r+b") as fo:
-            for ext in extents:
+            for ext in map_extents(top):
                 depth = int(ext.get("depth", 0))
-                changed = depth < new_layers and ext.get("present", True)
-                if not (full or changed):
+                if depth >= new_layers or not ext.get("present", True):
                     continue
                 start, length = int(ext["start"]), int(ext["length"])
-                if changed:
-                    first = start // PAGE_SIZE
-                    dirty.extend(range(first, (start + length + PAGE_SIZE - 1) // PAGE_SIZE))
+                first = start // PAGE_SIZE
+                dirty.extend(range(first, (start + length + PAGE_SIZE - 1) // PAGE_SIZE))
                 if ext.get("zero") or not ext.get("data"):
                     continue
-                src_off = int(ext.get("offset", start))
+                if "offset" not in ext:  # vers's own layers are never compressed or encrypted
+                    raise VMError(f"{files[depth]}: cluster at {start} has no plain offset")
                 if depth not in fds:
                     fds[depth] = os.open(files[depth], os.O_RDONLY)
-                _copy_range(fds[depth], fo.fileno(), src_off, start, length)
+                _copy_range(fds[depth], fo.fileno(), int(ext["offset"]), start, length)
     finally:
         for fd in fds.values():
             os.close(fd)
-    return None if full else sorted(set(dirty))
+    return sorted(set(dirty))
 
 
 def _copy_range(fin: int, fout: int, src: int, dst: int, length: int) -> None:
@@ -227,14 +247,16 @@ def gc_layers(layers: Path, in_use: set[str], live_vms: set[str]) -> list[Path]:
 
     A layer is named after the VM that made it; while that VM lives, its unrecorded layers may be
     in flight (a new top QEMU switched to a moment before the record is saved), so they stay.
-    Exported commit bases (.raw) are kept as a cache."""
+    Commit bases exported for restores (.raw) are kept as a cache; those a merge exported as a
+    VM's own new base (vers.vmm.merge) go with the last chain that names them."""
     removed: list[Path] = []
     if not layers.is_dir():
         return removed
     for p in layers.iterdir():
         if p.name.split("-", 1)[0] in live_vms:
             continue
-        if p.suffix == ".qcow2" and str(p) not in in_use:
+        ours = p.suffix == ".qcow2" or p.name.endswith(MERGED_BASE_SUFFIX)
+        if ours and str(p) not in in_use:
             p.unlink(missing_ok=True)
             removed.append(p)
     return removed

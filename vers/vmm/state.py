@@ -103,6 +103,12 @@ class VMRecord:
     standby: bool = False
     #: ID of that prepared child (a hidden record), if any
     standby_child: str | None = None
+    #: the VM tree this VM belongs to (the ID of the VM it was branched from first, through
+    #: every generation; "" for a VM started by run or restore: its own ID)
+    tree: str = ""
+    #: this VM keeps its tree's one standby child: the VM of the tree that branched last (or was
+    #: started last), the one most likely to branch again
+    holds_standby: bool = False
     #: "standby" for such a prepared, not yet adopted child: hidden from ps and from lookups
     role: str = ""
     #: the branch this VM's commits go to by default (``vers branch --refs``); None: HEAD
@@ -116,7 +122,7 @@ class VMRecord:
             "disks": {n: d.to_dict() for n, d in self.disks.items()}, "boot": self.boot,
             "base_commit": self.base_commit, "parent_vm": self.parent_vm,
             "standby": self.standby, "standby_child": self.standby_child, "role": self.role,
-            "branch": self.branch,
+            "tree": self.tree, "holds_standby": self.holds_standby, "branch": self.branch,
             "runtime": {"pid": self.runtime.pid, "qmp_sock": self.runtime.qmp_sock,
                         "agent_sock": self.runtime.agent_sock,
                         "serial_log": self.runtime.serial_log, "ports": self.runtime.ports},
@@ -136,6 +142,9 @@ class VMRecord:
             boot=dict(data.get("boot") or {}), base_commit=data.get("base_commit"),
             parent_vm=data.get("parent_vm"), standby=bool(data.get("standby", False)),
             standby_child=data.get("standby_child"), role=data.get("role", ""),
+            tree=data.get("tree", ""),
+            # a record from before trees kept the standby it had
+            holds_standby=bool(data.get("holds_standby", data.get("standby_child") is not None)),
             branch=data.get("branch"),
             runtime=Runtime(**{k: v for k, v in runtime.items()
                                if k in Runtime.__dataclass_fields__}))
@@ -143,6 +152,10 @@ class VMRecord:
     @property
     def dir(self) -> Path:
         return Path(self.vm_dir)
+
+    @property
+    def tree_id(self) -> str:
+        return self.tree or self.id
 
 
 def registry(repo: Repo) -> VMRegistry:
