@@ -205,12 +205,14 @@ class VM:
 
     # -- history and forks --------------------------------------------------------------------
     def commit(self, message: str = "", branch: str | None = None, merge: bool = False,
-               pause: bool = False) -> Commit:
+               pause: bool = False, sync: bool = True) -> Commit:
         """Commit memory, disks and device state onto ``branch`` (made at the VM's base commit
         if new), else the VM's own branch, else HEAD. A branch that moved on since the VM's
-        base is refused (``RefConflict``) unless ``merge``. ``pause`` leaves the VM paused."""
+        base is refused (``RefConflict``) unless ``merge``. ``pause`` leaves the VM paused.
+        ``sync=False`` skips flushing and freezing the guest's file systems (crash-consistent
+        disks instead of file-consistent ones)."""
         with self._lock:
-            cid, _tm = verbs.commit(self.repo, self.id, message, pause, branch, merge)
+            cid, _tm = verbs.commit(self.repo, self.id, message, pause, branch, merge, sync)
         return self.repo.get_commit(cid)
 
     def branch(self, count: int = 1, *, name: str | None = None,

@@ -187,14 +187,18 @@ def console(vm: str | None, follow: bool) -> None:
 @click.option("--merge", is_flag=True,
               help="If the branch moved on since the VM's base, join both lines in a merge "
                    "commit (without it such a commit is refused).")
+@click.option("--sync/--no-sync", default=True, show_default=True,
+              help="Flush and freeze the guest's file systems around the capture, so the "
+                   "committed disks hold what its files held (file-consistent); --no-sync: as "
+                   "a power cut would leave them (crash-consistent).")
 @click.option("-v", "--verbose", is_flag=True, help="Print phase timings.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
               help="json: one object on stdout (docs/cli.md).")
 def commit(vm: str | None, message: str, stay_paused: bool, onto: str | None, merge: bool,
-           verbose: bool, fmt: str) -> None:
+           sync: bool, verbose: bool, fmt: str) -> None:
     """Commit a running VM's memory, disks and device state; prints the commit ID."""
     repo = open_repo()
-    cid, tm = verbs.commit(repo, vm, message, stay_paused, onto, merge)
+    cid, tm = verbs.commit(repo, vm, message, stay_paused, onto, merge, sync)
     info(f"committed {cid[:12]} (guest paused {tm.pause:.0f} ms, "
          f"{_pages(tm.extra.get('memory_dirty_pages'))} memory pages changed)")
     if verbose:

@@ -117,10 +117,12 @@ def exec_in(repo: Repo, vm: str | None, argv: list[str], timeout: float = 300.0)
 
 
 def commit(repo: Repo, vm: str | None, message: str = "", stay_paused: bool = False,
-           branch: str | None = None, merge: bool = False) -> tuple[str, Timings]:
+           branch: str | None = None, merge: bool = False, sync: bool = True,
+           ) -> tuple[str, Timings]:
     """Commit a running VM onto ``branch`` (else the VM's own branch, else HEAD); see
-    ``Repo.commit_state`` for when ``merge`` is needed."""
-    return commit_vm(repo, vm, message, stay_paused, branch, merge)
+    ``Repo.commit_state`` for when ``merge`` is needed. ``sync``: file-consistent disks (the
+    guest agent flushes and freezes the guest's file systems); without, crash-consistent."""
+    return commit_vm(repo, vm, message, stay_paused, branch, merge, sync)
 
 
 def branch(repo: Repo, source: str | None, count: int = 1, name: str | None = None,
