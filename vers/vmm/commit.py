@@ -233,8 +233,9 @@ def _store(repo: Repo, job: _Commit, message: str, tm: Timings, branch: str | No
                                 dirty=dirty or None, source=f"vm {rec.id}", branch=branch,
                                 merge=merge)
     tm.mark("store", t0)
-    tm.extra = {"memory_dirty_pages": None if job.mem_dirty is None else len(job.mem_dirty),
-                "disk_dirty_pages": {k: len(v) for k, v in dirty.items() if k != "memory"}}
+    tm.extra.update({
+        "memory_dirty_pages": None if job.mem_dirty is None else len(job.mem_dirty),
+        "disk_dirty_pages": {k: len(v) for k, v in dirty.items() if k != "memory"}})
     return job.cid
 
 

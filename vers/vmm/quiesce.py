@@ -73,7 +73,7 @@ class GuestFileSystems:
         (the commit is then only crash-consistent)."""
         answer = self._request("thaw", 10.0)
         self.frozen = 0
-        return not answer.startswith("0 expired")
+        return answer.split()[1:2] == ["thawed"]
 
     def close(self) -> None:
         """End the session; frozen file systems thaw as the agent sees the host go."""

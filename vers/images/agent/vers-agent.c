@@ -282,7 +282,8 @@ static struct {
     int freeze_pending;     /* the freeze's answer is not sent yet */
     int thaw_pending;       /* the host asked for the thaw and awaits its answer */
     int count;              /* file systems the holder froze */
-} fz = {0, -1, -1, 0, 0, 0, 0, 0};
+    int expired;            /* the last freeze ended by its timeout, before the host's thaw */
+} fz = {0, -1, -1, 0, 0, 0, 0, 0, 0};
 
 static void fs_answer(uint32_t chan, const char *msg) {
     send_frame(F_FS_DONE, chan, msg, (uint32_t)strlen(msg));
@@ -418,6 +419,7 @@ static void fs_freeze(uint32_t chan, int timeout_ms) {
     fz.freeze_pending = 1;
     fz.thaw_pending = 0;
     fz.count = 0;
+    fz.expired = 0;
     return;
 fail:
     fs_answer(chan, "error cannot start the freeze");
@@ -446,7 +448,8 @@ static void fs_read_report(void) {
 
 static void fs_thaw(uint32_t chan) {
     if (!fz.holder) {
-        fs_answer(chan, "ok 0 not frozen");
+        fs_answer(chan, fz.expired ? "ok 0 expired" : "ok 0 not frozen");
+        fz.expired = 0;
         return;
     }
     if (fz.ctl >= 0) {
@@ -466,6 +469,8 @@ static void fs_holder_done(int status) {
         char msg[64];
         snprintf(msg, sizeof msg, expired ? "ok 0 expired" : "ok %d thawed", fz.count);
         fs_answer(fz.thaw_chan, msg);
+    } else {
+        fz.expired = expired;
     }
     close_fd(&fz.ctl);
     fz.holder = 0;
@@ -475,7 +480,7 @@ static void fs_holder_done(int status) {
 /* The host that asked is gone: thaw now, and answer nobody. */
 static void fs_release(void) {
     close_fd(&fz.ctl);
-    fz.freeze_pending = fz.thaw_pending = 0;
+    fz.freeze_pending = fz.thaw_pending = fz.expired = 0;
     for (int i = 0; i < MAX_SYNCS; i++)
         syncs[i].answer = 0;
 }
