@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from vers.errors import BadRevision, RefError, UnknownVM
+from vers.porcelain import record as recording
 from vers.refs.container import check_short_name
 from vers.vmm import control
 from vers.vmm.agent import ExecResult
@@ -38,7 +39,8 @@ if TYPE_CHECKING:
 __all__ = ["BOOT_TIMEOUT", "ExecResult", "Port", "RunOptions", "Timings", "VMRecord", "VMStatus",
            "branch", "check_run", "checkout", "commit", "commit_json", "console", "default_backing",
            "exec_in", "exec_json", "kill", "parse_size", "pause", "port_add", "port_rm", "ports",
-           "ps", "record", "resume", "run", "run_commit", "status", "vm_json"]
+           "ps", "record", "recording_summaries", "resume", "run", "run_commit", "status",
+           "vm_json"]
 
 
 def run(repo: Repo, opts: RunOptions) -> VMRecord:
@@ -91,8 +93,17 @@ def ps(repo: Repo) -> list[VMStatus]:
 
 
 def status(repo: Repo, vm: str | None) -> dict[str, Any]:
-    """One VM's state and where its files are."""
-    return control.status(repo, vm)
+    """One VM's state and where its files are, and its recording (``vers record``) if any."""
+    out = control.status(repo, vm)
+    rec = registry(repo).resolve(out["id"])
+    out["recording"] = recording.status_json(rec) if rec.runtime.recording else None
+    return out
+
+
+def recording_summaries(repo: Repo) -> dict[str, str]:
+    """VM ID -> one line about its recording, for the VMs ``vers record`` commits."""
+    return {r.id: line for r in recording.recordings(repo)
+            if (line := recording.summary(r)) is not None}
 
 
 def pause(repo: Repo, vm: str | None) -> VMRecord:
