@@ -39,7 +39,7 @@ from typing import Any
 from vers.errors import BadInput, Busy, VersError, VMError
 from vers.files import open_private
 from vers.history.retention import Policy, apply_retention, plan_retention
-from vers.objects.model import Commit
+from vers.objects.model import PAGE_SIZE, Commit
 from vers.porcelain.gc import gc, vm_roots
 from vers.refs.container import check_short_name
 from vers.repo import Repo
@@ -143,7 +143,8 @@ def start(repo: Repo, vm: str | None, every: float, policy: Policy, branch: str 
             "pid": None, "every": every, "policy": asdict(policy), "branch": branch,
             "sync": sync, "sweep_every": sweep_every, "prune_every": prune_every,
             "started": time.time(), "log": str(log),
-            "commits": 0, "failures": 0, "missed": 0, "pruned": 0, "last_commit": None,
+            "commits": 0, "failures": 0, "missed": 0, "pruned": 0, "dirty_bytes": 0,
+            "last_commit": None,
             "last_at": None, "last_pause_ms": None, "last_error": None, "last_error_at": None}
         reg.save(fresh)
     fd = open_private(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
@@ -306,8 +307,13 @@ class Recorder:
         if self._last_error is not None:
             self.log(f"committing works again: {cid[:12]}")
             self._last_error = None
-        self.update(add={"commits": 1}, last_commit=cid, last_at=time.time(),
-                    last_pause_ms=tm.pause)
+        rec = self.reg.get(self.vm_id)
+        mem_pages = tm.extra.get("memory_dirty_pages")
+        if mem_pages is None:  # the first commit of a VM stores all of its memory
+            mem_pages = (rec.spec.memory if rec else 0) // PAGE_SIZE
+        dirty = (mem_pages + sum(tm.extra.get("disk_dirty_pages", {}).values())) * PAGE_SIZE
+        self.update(add={"commits": 1, "dirty_bytes": dirty}, last_commit=cid,
+                    last_at=time.time(), last_pause_ms=tm.pause, last_dirty_bytes=dirty)
 
     def prune(self) -> None:
         """Retention on the recording's branch, under the VM's lock (the VM's base may move to
