@@ -32,8 +32,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from vers.errors import GuestTimeout, UnknownVM, VMError
+from vers.errors import BadInput, GuestTimeout, UnknownVM, VMError
+from vers.history.retention import Policy, parse_duration
 from vers.objects.model import Commit
+from vers.porcelain import record as recording
 from vers.porcelain import transfer
 from vers.porcelain import vm as verbs
 from vers.repo import Repo as CoreRepo
@@ -207,12 +209,14 @@ class VM:
 
     # -- history and forks --------------------------------------------------------------------
     def commit(self, message: str = "", branch: str | None = None, merge: bool = False,
-               pause: bool = False) -> Commit:
+               pause: bool = False, sync: bool = True) -> Commit:
         """Commit memory, disks and device state onto ``branch`` (made at the VM's base commit
         if new), else the VM's own branch, else HEAD. A branch that moved on since the VM's
-        base is refused (``RefConflict``) unless ``merge``. ``pause`` leaves the VM paused."""
+        base is refused (``RefConflict``) unless ``merge``. ``pause`` leaves the VM paused.
+        ``sync=False`` skips flushing and freezing the guest's file systems (crash-consistent
+        disks instead of file-consistent ones)."""
         with self._lock:
-            cid, _tm = verbs.commit(self.repo, self.id, message, pause, branch, merge)
+            cid, _tm = verbs.commit(self.repo, self.id, message, pause, branch, merge, sync)
         return self.repo.get_commit(cid)
 
     def branch(self, count: int = 1, *, name: str | None = None,
@@ -223,6 +227,28 @@ class VM:
         with self._lock:
             children, _tm = verbs.branch(self.repo, self.id, count, name, refs=refs)
         return VMGroup(VM(self.repo, c.id) for c in children)
+
+    def record(self, every: float | str, keep: Mapping[str, float | str] | None = None,
+               branch: str | None = None, sync: bool = True) -> dict[str, Any]:
+        """Commit the VM every ``every`` (seconds, or a duration like "1s", "5m") in a background
+        process, as `vers record` does, until ``stop_recording`` or the VM is killed. ``keep`` is
+        the retention policy applied to the recorded commits: ``last``, ``minutely``,
+        ``hourly``, ``daily``, ``weekly``, ``monthly``, ``yearly`` (counts) and ``within`` (a
+        duration). Returns the recording's status."""
+        rules = dict(keep or {})
+        within = rules.pop("within", None)
+        unknown = set(rules) - {"last", "minutely", "hourly", "daily", "weekly", "monthly",
+                                "yearly"}
+        if unknown:
+            raise BadInput(f"unknown retention rule(s): {', '.join(sorted(unknown))}")
+        policy = Policy(**{k: int(v) for k, v in rules.items()},
+                        within=None if within is None else _seconds(within))
+        rec = recording.start(self.repo, self.id, _seconds(every), policy, branch, sync)
+        return recording.status_json(rec)
+
+    def stop_recording(self) -> dict[str, Any]:
+        """Stop the VM's recording (the commit under way finishes); its last figures."""
+        return dict(recording.stop(self.repo, self.id).runtime.recording)
 
     def pause(self) -> None:
         verbs.pause(self.repo, self.id)
@@ -277,3 +303,7 @@ def _lock_for(repo: Repo, vid: str) -> threading.Lock:
     """One lock per VM per repository object, shared by every ``VM`` handle on it."""
     with _locks_guard:
         return _locks.setdefault((id(repo), vid), threading.Lock())
+
+
+def _seconds(value: float | str) -> float:
+    return parse_duration(value) if isinstance(value, str) else float(value)

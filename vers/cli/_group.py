@@ -36,7 +36,7 @@ COMMAND_MODULES: dict[str, str] = {
     "remote": "remote", "push": "remote", "fetch": "remote", "pull": "remote", "clone": "remote",
     "run": "vm", "ps": "vm", "status": "vm", "pause": "vm", "resume": "vm", "kill": "vm",
     "console": "vm", "commit": "vm", "branch": "vm", "run-commit": "vm", "checkout": "vm",
-    "port": "vm",
+    "port": "vm", "record": "vm",
     "exec": "transfer", "cp": "transfer", "connect": "transfer", "shell": "transfer",
     "mcp": "mcp",
 }

@@ -57,8 +57,9 @@ def fsck_cmd(full: bool, salvage_dir: str | None, check_remote: bool) -> None:
 @click.option("--keep-last", type=int, default=0, metavar="N", help="Keep the N newest commits.")
 @click.option("--keep-within", default=None, metavar="DURATION",
               help="Keep every commit newer than now - DURATION.")
-@click.option("--keep-hourly", type=int, default=0, metavar="N",
-              help="Keep the newest commit of each of the last N hours that have one.")
+@click.option("--keep-minutely", type=int, default=0, metavar="N",
+              help="Keep the newest commit of each of the last N minutes that have one.")
+@click.option("--keep-hourly", type=int, default=0, metavar="N", help="Same, per hour.")
 @click.option("--keep-daily", type=int, default=0, metavar="N", help="Same, per day (UTC).")
 @click.option("--keep-weekly", type=int, default=0, metavar="N", help="Same, per ISO week.")
 @click.option("--keep-monthly", type=int, default=0, metavar="N", help="Same, per month.")
@@ -70,6 +71,7 @@ def gc_cmd(
     dry_run: bool,
     keep_last: int,
     keep_within: str | None,
+    keep_minutely: int,
     keep_hourly: int,
     keep_daily: int,
     keep_weekly: int,
@@ -85,8 +87,8 @@ def gc_cmd(
     from vers.porcelain.gc import Policy, gc_repo, parse_duration
 
     policy = Policy(
-        last=keep_last, hourly=keep_hourly, daily=keep_daily, weekly=keep_weekly,
-        monthly=keep_monthly, yearly=keep_yearly,
+        last=keep_last, minutely=keep_minutely, hourly=keep_hourly, daily=keep_daily,
+        weekly=keep_weekly, monthly=keep_monthly, yearly=keep_yearly,
         within=parse_duration(keep_within) if keep_within is not None else None,
     )
     report = gc_repo(

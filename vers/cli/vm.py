@@ -114,9 +114,11 @@ def _print_vms(repo: Repo, recs: list[verbs.VMRecord], fmt: str, many: bool) -> 
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
 def ps(quiet: bool, fmt: str) -> None:
     """List this repository's VMs, including orphaned QEMU processes."""
-    rows = verbs.ps(open_repo())
+    repo = open_repo()
+    rows = verbs.ps(repo)
+    recording = verbs.recording_summaries(repo)
     if fmt == "json":
-        emit_json([r.__dict__ for r in rows])
+        emit_json([{**r.__dict__, "recording": recording.get(r.id)} for r in rows])
         return
     if quiet:
         for r in rows:
@@ -132,6 +134,8 @@ def ps(quiet: bool, fmt: str) -> None:
     for r in rows:
         if r.problem:
             info(f"VM {r.id}: {r.problem}")
+        if r.id in recording:
+            info(f"VM {r.id}: {recording[r.id]}")
 
 
 @cli.command()
@@ -196,14 +200,18 @@ def console(vm: str | None, follow: bool) -> None:
 @click.option("--merge", is_flag=True,
               help="If the branch moved on since the VM's base, join both lines in a merge "
                    "commit (without it such a commit is refused).")
+@click.option("--sync/--no-sync", default=True, show_default=True,
+              help="Flush and freeze the guest's file systems around the capture, so the "
+                   "committed disks hold what its files held (file-consistent); --no-sync: as "
+                   "a power cut would leave them (crash-consistent).")
 @click.option("-v", "--verbose", is_flag=True, help="Print phase timings.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
               help="json: one object on stdout (docs/cli.md).")
 def commit(vm: str | None, message: str, stay_paused: bool, onto: str | None, merge: bool,
-           verbose: bool, fmt: str) -> None:
+           sync: bool, verbose: bool, fmt: str) -> None:
     """Commit a running VM's memory, disks and device state; prints the commit ID."""
     repo = open_repo()
-    cid, tm = verbs.commit(repo, vm, message, stay_paused, onto, merge)
+    cid, tm = verbs.commit(repo, vm, message, stay_paused, onto, merge, sync)
     info(f"committed {cid[:12]} (guest paused {tm.pause:.0f} ms, "
          f"{_pages(tm.extra.get('memory_dirty_pages'))} memory pages changed)")
     if verbose:
@@ -313,3 +321,71 @@ def port(args: tuple[str, ...], fmt: str) -> None:
         return
     for p in ports:
         click.echo(f"{p.guest_port}/{p.proto} -> {p.host_ip}:{p.host_port}")
+
+
+@cli.command("record")
+@click.argument("vm", required=False)
+@click.option("--every", default=None, metavar="DURATION",
+              help="Commit the VM this often (1s, 30s, 5m, ...), in a background process that "
+                   "outlives this command.")
+@click.option("--stop", is_flag=True, help="Stop the VM's recording.")
+@click.option("--status", "show", is_flag=True,
+              help="Show the recordings (the VM's, or every one), with the last error.")
+@click.option("--branch", "onto", default=None,
+              help="Record onto this branch (default: the VM's own branch, else HEAD's).")
+@click.option("--sync/--no-sync", default=True, show_default=True,
+              help="File-consistent commits, as `vers commit` makes them.")
+@click.option("--keep-last", type=int, default=0, metavar="N",
+              help="Keep the N newest recorded commits.")
+@click.option("--keep-within", default=None, metavar="DURATION",
+              help="Keep every recorded commit newer than now - DURATION.")
+@click.option("--keep-minutely", type=int, default=0, metavar="N",
+              help="Keep the newest commit of each of the last N minutes.")
+@click.option("--keep-hourly", type=int, default=0, metavar="N", help="Same, per hour.")
+@click.option("--keep-daily", type=int, default=0, metavar="N", help="Same, per day (UTC).")
+@click.option("--keep-weekly", type=int, default=0, metavar="N", help="Same, per ISO week.")
+@click.option("--keep-monthly", type=int, default=0, metavar="N", help="Same, per month.")
+@click.option("--keep-yearly", type=int, default=0, metavar="N", help="Same, per year.")
+@click.option("--prune-every", default="1m", show_default=True, metavar="DURATION",
+              help="How often the recorder applies the retention policy.")
+@click.option("--sweep-every", default="10m", show_default=True, metavar="DURATION",
+              help="How often the recorder reclaims the space of pruned commits.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
+              help="json: one object on stdout (docs/cli.md).")
+def record_cmd(vm: str | None, every: str | None, stop: bool, show: bool, onto: str | None,
+               sync: bool, keep_last: int, keep_within: str | None, keep_minutely: int,
+               keep_hourly: int, keep_daily: int, keep_weekly: int, keep_monthly: int,
+               keep_yearly: int, prune_every: str, sweep_every: str, fmt: str) -> None:
+    """Commit a VM on a schedule, pruning by a retention policy (gc's --keep-* rules, applied
+    to the recorded commits only), until `vers record --stop` or the VM is killed."""
+    from vers.history.retention import Policy, parse_duration
+    from vers.porcelain import record as recording
+
+    if sum((every is not None, stop, show)) != 1:
+        raise BadInput("give one of --every DURATION, --stop or --status")
+    repo = open_repo()
+    if show:
+        recs = recording.recordings(repo, vm)
+        if fmt == "json":
+            emit_json([recording.status_json(r) for r in recs])
+            return
+        for r in recs:
+            click.echo(f"{r.id} {r.name or '-'}: {recording.summary(r) or 'not recording'}")
+        return
+    if stop:
+        done = recording.stop(repo, vm).runtime.recording
+        info(f"VM {done['vm']}: recording stopped after {done['commits']} commits "
+             f"({done['failures']} failed, {done['missed']} ticks missed, "
+             f"{done['pruned']} pruned)")
+        return
+    assert every is not None
+    policy = Policy(last=keep_last, minutely=keep_minutely, hourly=keep_hourly, daily=keep_daily,
+                    weekly=keep_weekly, monthly=keep_monthly, yearly=keep_yearly,
+                    within=parse_duration(keep_within) if keep_within is not None else None)
+    started = recording.start(repo, vm, parse_duration(every), policy, onto, sync,
+                                  parse_duration(sweep_every), parse_duration(prune_every))
+    cfg = started.runtime.recording
+    info(f"recording VM {started.id} every {recording.fmt_seconds(cfg['every'])} onto "
+         f"{cfg['branch']} ({policy.describe()}); log: {cfg['log']}")
+    if fmt == "json":
+        emit_json(recording.status_json(started))

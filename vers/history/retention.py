@@ -4,12 +4,16 @@ rewrite that makes forgotten commits unreachable.
 Which commits are kept (``plan_retention``):
 
 - The commits on branches (ancestors of every ``refs/heads/*``) are ranked newest first.
-- ``keep_last N`` keeps the N newest. ``keep_hourly/daily/weekly/monthly/yearly N`` keep the newest
-  commit of each of the last N hours/days/... *that have commits* (restic's buckets, in UTC).
+- ``keep_last N`` keeps the N newest. ``keep_minutely/hourly/daily/weekly/monthly/yearly N`` keep
+  the newest commit of each of the last N minutes/hours/days/... *that have commits* (restic's
+  buckets, in UTC): "the last hour by minute, the last day by hour, the last week by day" is
+  ``minutely 60, hourly 24, daily 7``.
 - ``keep_within D`` keeps every commit newer than ``now - D`` (restic measures from the newest
   snapshot instead; for a running machine "the last hour" means the wall clock).
 - A commit named by any ref (branch head, tag, detached HEAD, remote-tracking ref, ...) is always
   kept. Every kept commit carries the reasons, like restic's listing.
+- Scoped to one branch (``vers record``): only that branch's commits that ``prunable`` accepts are
+  candidates; whatever another ref reaches, and the ``keep`` commits, stay as they are.
 
 How (``apply_retention``): a commit's ID covers its parents, so dropping a commit from the middle of
 a chain means writing a *twin* of every kept commit above it: same images, config, author, time and
@@ -25,7 +29,7 @@ from __future__ import annotations
 import datetime
 import re
 import time as _time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from vers.errors import BadInput, RefConflict
@@ -59,9 +63,14 @@ def parse_duration(text: str) -> float:
     return float(total)
 
 
+#: the bucket rules, finest first
+RULES = ("minutely", "hourly", "daily", "weekly", "monthly", "yearly")
+
+
 @dataclass(frozen=True)
 class Policy:
     last: int = 0
+    minutely: int = 0
     hourly: int = 0
     daily: int = 0
     weekly: int = 0
@@ -70,18 +79,16 @@ class Policy:
     within: float | None = None  # seconds
 
     def __post_init__(self) -> None:
-        for name in ("last", "hourly", "daily", "weekly", "monthly", "yearly"):
+        for name in ("last", *RULES):
             if getattr(self, name) < 0:
                 raise BadInput(f"--keep-{name} must not be negative")
 
     @property
     def empty(self) -> bool:
-        return not (self.last or self.hourly or self.daily or self.weekly or self.monthly
-                    or self.yearly or self.within is not None)
+        return not (any(getattr(self, n) for n in ("last", *RULES)) or self.within is not None)
 
     def describe(self) -> str:
-        parts = [f"keep-{n} {getattr(self, n)}" for n in
-                 ("last", "hourly", "daily", "weekly", "monthly", "yearly") if getattr(self, n)]
+        parts = [f"keep-{n} {getattr(self, n)}" for n in ("last", *RULES) if getattr(self, n)]
         if self.within is not None:
             parts.append(f"keep-within {_fmt_duration(self.within)}")
         return ", ".join(parts) or "(none)"
@@ -89,6 +96,8 @@ class Policy:
 
 def _bucket(rule: str, t: int) -> tuple[int, ...]:
     tm = _time.gmtime(t)
+    if rule == "minutely":
+        return (tm.tm_year, tm.tm_mon, tm.tm_mday, tm.tm_hour, tm.tm_min)
     if rule == "hourly":
         return (tm.tm_year, tm.tm_mon, tm.tm_mday, tm.tm_hour)
     if rule == "daily":
@@ -155,8 +164,13 @@ class RetentionPlan:
 
 
 def plan_retention(
-    store: ObjectStore, refs: RefsContainer, policy: Policy, now: float | None = None
+    store: ObjectStore, refs: RefsContainer, policy: Policy, now: float | None = None,
+    *, branch: str | None = None, prunable: Callable[[Commit], bool] | None = None,
+    keep: Mapping[str, str] | None = None,
 ) -> RetentionPlan:
+    """What ``policy`` keeps of the commits on branches; with ``branch`` (a full ref name) only
+    of that branch's commits that no other ref reaches and ``prunable`` accepts (the others are
+    kept and count for no rule). ``keep`` maps commits to keep to the reason."""
     if policy.empty:
         raise BadInput("no retention policy given "
                        "(use --keep-last/--keep-within/--keep-hourly/...)")
@@ -168,18 +182,30 @@ def plan_retention(
     for name, value in refs.list_refs("").items():
         if not value.startswith(SYMREF_PREFIX):
             named.setdefault(value, []).append(name)
+    fixed: dict[str, str] = dict(keep or {})
+    if branch is not None:
+        others = [v for v, names in named.items() if any(n != branch for n in names)]
+        for c in walk(get, others):
+            fixed.setdefault(c.id, "reachable from another ref")
+        branches = {branch: branches[branch]} if branch in branches else {}
     decisions = [Decision(c, False) for c in walk(get, list(branches.values()))]
-    counts = {"last": policy.last, "hourly": policy.hourly, "daily": policy.daily,
-              "weekly": policy.weekly, "monthly": policy.monthly, "yearly": policy.yearly}
+    counts = {"last": policy.last, **{r: getattr(policy, r) for r in RULES}}
     last_bucket: dict[str, tuple[int, ...] | None] = {k: None for k in counts}
     for d in decisions:
         t = d.commit.time
         for name in named.get(d.commit.id, []):
             d.reasons.append(_ref_reason(name))
+        if d.commit.id in fixed:
+            d.reasons.append(fixed[d.commit.id])
+        if (branch is not None and d.reasons) or (prunable is not None
+                                                  and not prunable(d.commit)):
+            d.keep = True
+            d.reasons = d.reasons or ["not made by the recording"]
+            continue
         if counts["last"] > 0:
             d.reasons.append("last commit")
             counts["last"] -= 1
-        for rule in ("hourly", "daily", "weekly", "monthly", "yearly"):
+        for rule in RULES:
             b = _bucket(rule, t)
             if counts[rule] > 0 and b != last_bucket[rule]:
                 last_bucket[rule] = b

@@ -62,10 +62,12 @@ def build_server(repo: Repo) -> MCPServer:
 
     @server.tool()
     def commit(vm: str, message: str = "", branch: str | None = None,
-               merge: bool = False) -> dict[str, Any]:
+               merge: bool = False, sync: bool = True) -> dict[str, Any]:
         """Commit the VM's whole state onto BRANCH (made at the VM's base commit if new), else
-        the VM's own branch, else HEAD; returns the commit (id, parents, ...)."""
-        return _call(lambda: commit_json(repo.vm(vm).commit(message, branch, merge)))
+        the VM's own branch, else HEAD; returns the commit (id, parents, ...). sync=false:
+        crash-consistent disks (the guest's file systems are not flushed and frozen)."""
+        return _call(lambda: commit_json(repo.vm(vm).commit(message, branch, merge,
+                                                            sync=sync)))
 
     @server.tool()
     def branch(vm: str, count: int = 1, refs: str | None = None) -> list[dict[str, Any]]:

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from vers.errors import BadInput, BadRevision, RefError, UnknownVM
+from vers.porcelain import record as recording
 from vers.refs.container import check_short_name
 from vers.remote.lazy import open_lazy, promisor_for, resolve_on_remote
 from vers.remote.s3 import AWS_ENV_KEYS
@@ -42,7 +43,8 @@ if TYPE_CHECKING:
 __all__ = ["BOOT_TIMEOUT", "ExecResult", "Port", "RunOptions", "Timings", "VMRecord", "VMStatus",
            "branch", "check_run", "checkout", "commit", "commit_json", "console", "default_backing",
            "exec_in", "exec_json", "from_remote", "kill", "parse_size", "pause", "port_add",
-           "port_rm", "ports", "ps", "record", "resume", "run", "run_commit", "status", "vm_json"]
+           "port_rm", "ports", "ps", "record", "recording_summaries", "resume", "run",
+           "run_commit", "status", "vm_json"]
 
 
 def run(repo: Repo, opts: RunOptions) -> VMRecord:
@@ -95,8 +97,17 @@ def ps(repo: Repo) -> list[VMStatus]:
 
 
 def status(repo: Repo, vm: str | None) -> dict[str, Any]:
-    """One VM's state and where its files are."""
-    return control.status(repo, vm)
+    """One VM's state and where its files are, and its recording (``vers record``) if any."""
+    out = control.status(repo, vm)
+    rec = registry(repo).resolve(out["id"])
+    out["recording"] = recording.status_json(rec) if rec.runtime.recording else None
+    return out
+
+
+def recording_summaries(repo: Repo) -> dict[str, str]:
+    """VM ID -> one line about its recording, for the VMs ``vers record`` commits."""
+    return {r.id: line for r in recording.recordings(repo)
+            if (line := recording.summary(r)) is not None}
 
 
 def pause(repo: Repo, vm: str | None) -> VMRecord:
@@ -121,10 +132,12 @@ def exec_in(repo: Repo, vm: str | None, argv: list[str], timeout: float = 300.0)
 
 
 def commit(repo: Repo, vm: str | None, message: str = "", stay_paused: bool = False,
-           branch: str | None = None, merge: bool = False) -> tuple[str, Timings]:
+           branch: str | None = None, merge: bool = False, sync: bool = True,
+           ) -> tuple[str, Timings]:
     """Commit a running VM onto ``branch`` (else the VM's own branch, else HEAD); see
-    ``Repo.commit_state`` for when ``merge`` is needed."""
-    return commit_vm(repo, vm, message, stay_paused, branch, merge)
+    ``Repo.commit_state`` for when ``merge`` is needed. ``sync``: file-consistent disks (the
+    guest agent flushes and freezes the guest's file systems); without, crash-consistent."""
+    return commit_vm(repo, vm, message, stay_paused, branch, merge, sync)
 
 
 def branch(repo: Repo, source: str | None, count: int = 1, name: str | None = None,

@@ -15,6 +15,9 @@ HELLO.
 
 A guest restored from a commit made before this agent existed runs the old shell agent, which
 answers one-line requests; ``guest_exec`` recognises it and falls back to that protocol.
+
+Protocol 1.1 adds file-system requests (``GuestFileSystems``): sync, freeze and thaw, which
+``vers commit`` uses to make its disks file-consistent.
 """
 
 from __future__ import annotations
@@ -37,7 +40,9 @@ from typing import Self
 from vers.errors import GuestTimeout, VMError
 
 PROTOCOL_MAJOR = 1
-PROTOCOL_MINOR = 0
+PROTOCOL_MINOR = 1
+#: the first minor version whose agent syncs, freezes and thaws file systems
+FS_MINOR = 1
 MAGIC = b"VERS-AGENT-HELLO/"
 HEADER = struct.Struct("<BII")
 #: Credit each side of a channel starts with: output (or stdin) a peer may have in flight.
@@ -49,13 +54,18 @@ STDIN_CHUNK = 64 << 10
 PADDING = bytes((256 << 10) + HEADER.size)
 HELLO_RETRY = 1.0
 
-NOP, HELLO, OPEN, STDIN, STDOUT, STDERR, EXIT, SIGNAL, RESIZE, CREDIT, CLOSE, ERROR = range(12)
+(NOP, HELLO, OPEN, STDIN, STDOUT, STDERR, EXIT, SIGNAL, RESIZE, CREDIT, CLOSE, ERROR, FS,
+ FS_DONE) = range(14)
 
 _LEGACY_REPLY = re.compile(rb"[^\n]* END -?\d+\n")
 
 
 class LegacyAgent(VMError):
     """The guest runs the shell agent of an earlier vers (it answers lines, not frames)."""
+
+
+class AgentTooOld(VMError):
+    """The guest's agent predates a request (its HELLO names an older minor version)."""
 
 
 @dataclass
@@ -138,7 +148,7 @@ class Channel:
         elif ev.kind == "error":
             raise VMError("the guest agent refused the command: "
                           f"{ev.data.decode(errors='replace')}")
-        else:
+        elif ev.kind != "fs":
             self._consumed += len(ev.data)
             if self._consumed >= WINDOW // 4:
                 self.conn.send(CREDIT, self.id, struct.pack("<I", self._consumed))
@@ -205,6 +215,8 @@ class AgentConnection:
         self._next_id = 1
         self._dead: str | None = None
         self._rx = bytearray()
+        #: the agent's protocol minor version, from its HELLO
+        self.minor = 0
 
     @property
     def alive(self) -> bool:
@@ -219,7 +231,7 @@ class AgentConnection:
                 sock.connect(self.sock_path)
             except OSError as exc:
                 raise VMError(f"cannot reach the guest agent at {self.sock_path}: {exc}") from exc
-            self._rx = _handshake(sock, deadline)
+            self.minor, self._rx = _handshake(sock, deadline)
         except BaseException:
             sock.close()
             self._unlock()
@@ -234,12 +246,17 @@ class AgentConnection:
             self._lock_fd = None
 
     def open(self, spec: bytes) -> Channel:
+        ch = self.new_channel()
+        self.send(OPEN, ch.id, spec)
+        return ch
+
+    def new_channel(self) -> Channel:
+        """A channel number of this connection, registered for what the agent sends on it."""
         with self._send_lock:
             cid = self._next_id
             self._next_id += 1
         ch = Channel(self, cid)
         self._channels[cid] = ch
-        self.send(OPEN, cid, spec)
         return ch
 
     def send(self, kind: int, chan: int, payload: bytes = b"") -> None:
@@ -254,7 +271,7 @@ class AgentConnection:
 
     def forget(self, ch: Channel) -> None:
         self._channels.pop(ch.id, None)
-        _release(self)
+        release(self)
 
     def close(self) -> None:
         self._dead = self._dead or "the guest agent connection is closed"
@@ -313,6 +330,8 @@ class AgentConnection:
                     ch._grant(struct.unpack("<I", payload[:4])[0])
                 elif kind == ERROR:
                     ch._push(Event("error", payload))
+                elif kind == FS_DONE:
+                    ch._push(Event("fs", payload))
                 elif kind not in (NOP, HELLO):
                     raise VMError(f"the guest agent sent an unknown frame type {kind}")
         finally:
@@ -336,8 +355,8 @@ def _lock_agent(sock_path: str, deadline: float) -> int:
             time.sleep(0.005)
 
 
-def _handshake(sock: socket.socket, deadline: float) -> bytearray:
-    """Send HELLO until the agent answers; returns what followed its answer."""
+def _handshake(sock: socket.socket, deadline: float) -> tuple[int, bytearray]:
+    """Send HELLO until the agent answers; returns its minor version and what followed."""
     buf = bytearray()
     sent = 0
     next_send = 0.0
@@ -350,7 +369,8 @@ def _handshake(sock: socket.socket, deadline: float) -> bytearray:
                 raise VMError(f"the guest agent speaks protocol {version}, this vers speaks "
                               f"{PROTOCOL_MAJOR}.{PROTOCOL_MINOR}: rebuild the image "
                               "(vers image build) or use the vers that made it")
-            return buf[nl + 1:]
+            minor = version.split(".")[1] if "." in version else "0"
+            return (int(minor) if minor.isdigit() else 0), buf[nl + 1:]
         if _LEGACY_REPLY.search(buf):
             raise LegacyAgent("the guest runs the agent of an earlier vers")
         if len(buf) > 1 << 16:
@@ -383,7 +403,9 @@ _shared: dict[str, tuple[AgentConnection, int]] = {}
 _shared_lock = threading.Lock()
 
 
-def _acquire(sock_path: str, timeout: float) -> AgentConnection:
+def acquire(sock_path: str, timeout: float) -> AgentConnection:
+    """This process's connection to the agent at ``sock_path`` (made if needed); ``release`` it
+    once done."""
     with _shared_lock:
         found = _shared.get(sock_path)
         if found is not None and found[0].alive:
@@ -395,7 +417,7 @@ def _acquire(sock_path: str, timeout: float) -> AgentConnection:
         return conn
 
 
-def _release(conn: AgentConnection) -> None:
+def release(conn: AgentConnection) -> None:
     """One channel less; the last one closes the connection, so other processes get their turn."""
     with _shared_lock:
         found = _shared.get(conn.sock_path)
@@ -422,11 +444,11 @@ def open_channel(sock_path: str, argv: list[str], *, env: dict[str, str] | None 
     if any("\0" in f for f in fields):
         raise VMError("a command, environment variable or directory contains a NUL byte")
     spec = b"".join(f.encode("utf-8", "surrogateescape") + b"\0" for f in fields)
-    conn = _acquire(sock_path, timeout)
+    conn = acquire(sock_path, timeout)
     try:
         return conn.open(spec)
     except BaseException:
-        _release(conn)
+        release(conn)
         raise
 
 

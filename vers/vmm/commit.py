@@ -1,11 +1,18 @@
 """``vers commit`` of a live VM: memory, disks and device state, with the guest paused briefly.
 
     prepare   spare overlay as the next top, one-off set-up, flush RAM written so far
-    pause     [x-ignore-shared + getfd + blockdev-add] in one round trip, flush again, stop
+    sync      the guest agent writes the guest's dirty file data back (the guest runs on)
+    pause     [x-ignore-shared + getfd + blockdev-add] in one round trip;
+              the agent freezes the guest's file systems; flush RAM again, stop
     capture   [freeze disks + save device state] in one round trip
               || the memory backing captures RAM (a worker thread)
     resume    cont                                                         (end of the pause)
+    thaw      the agent thaws the guest's file systems
     store     copy out the changed disk clusters, Repo.commit_state(images, dirty=...)
+
+With ``sync`` (the default) the committed disks hold exactly what the guest's files held
+(``vers.vmm.quiesce``); a guest whose agent cannot take part is committed crash-consistent, with
+a warning.
 
 Everything slow, hashing and storing, happens after the guest runs again. The commit becomes
 visible only when the ref moves, after its objects are stored, so a VM killed mid-commit leaves no
@@ -15,6 +22,7 @@ the temporary files and saves what QEMU now uses into the VM record.
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,6 +43,7 @@ from vers.vmm.machine import Machine
 from vers.vmm.memory import MemoryBacking, load_backing
 from vers.vmm.merge import merge_chains
 from vers.vmm.qmp import QMPClient
+from vers.vmm.quiesce import GuestFileSystems, open_guest_fs, warn
 from vers.vmm.recovery import PauseGuard, recover
 from vers.vmm.standby import refresh_spares
 from vers.vmm.state import VMRecord, VMRegistry, registry
@@ -59,14 +68,19 @@ class _Commit:
     mem_dirty: list[int] | None = None
     disk_images: dict[str, Path] = field(default_factory=dict)
     cid: str | None = None
+    #: the agent session that syncs, freezes and thaws the guest's file systems, if any
+    fs: GuestFileSystems | None = None
 
 
 def commit_vm(repo: Repo, key: str | None, message: str = "", stay_paused: bool = False,
-              branch: str | None = None, merge: bool = False) -> tuple[str, Timings]:
+              branch: str | None = None, merge: bool = False, sync: bool = True,
+              ) -> tuple[str, Timings]:
     """Commit the VM's memory, disks and device state; returns (commit ID, timings).
 
     The commit goes onto ``branch``, else the branch the VM was given (``VMRecord.branch``),
-    else HEAD; ``merge`` as in ``Repo.commit_state``."""
+    else HEAD; ``merge`` as in ``Repo.commit_state``. With ``sync`` the guest's file systems
+    are flushed and frozen around the capture (file-consistent disks); without, the disks are
+    as a power cut would leave them (crash-consistent)."""
     reg = registry(repo)
     rec = reg.resolve(key)
     tm = Timings()
@@ -74,7 +88,10 @@ def commit_vm(repo: Repo, key: str | None, message: str = "", stay_paused: bool 
         job = _prepare(reg, recover(reg, reg.resolve(rec.id)))  # re-read under the lock
         try:
             with Machine.attach(job.rec, qmp_timeout=60.0) as m:
-                _pause_and_capture(reg, job, m.qmp(), stay_paused, tm)
+                q = m.qmp()
+                if sync and q.command("query-status")["status"] == "running":
+                    job.fs = _sync_guest(job.rec, tm)
+                _pause_and_capture(reg, job, q, stay_paused, tm)
             cid = _store(repo, job, message, tm, branch or job.rec.branch, merge)
         finally:
             _finish(reg, job)
@@ -90,12 +107,72 @@ def _prepare(reg: VMRegistry, rec: VMRecord) -> _Commit:
     return _Commit(rec, backing, rec.dir / "commit.devstate", prepare_freeze(reg, rec))
 
 
+def _sync_guest(rec: VMRecord, tm: Timings) -> GuestFileSystems | None:
+    """Flush the guest's file systems while it runs; the session, for the freeze and thaw."""
+    t0 = time.perf_counter()
+    fs = open_guest_fs(rec.runtime.agent_sock, rec.id)
+    if fs is None:
+        return None
+    try:
+        fs.sync()
+    except VMError as exc:
+        fs.close()
+        warn(rec.id, str(exc))
+        return None
+    tm.mark("sync", t0)
+    return fs
+
+
+def _freeze_guest(job: _Commit, tm: Timings) -> None:
+    fs = job.fs
+    if fs is None:
+        return
+    t0 = time.perf_counter()
+    try:
+        n = fs.freeze()
+    except VMError as exc:
+        fs.close()
+        job.fs = None
+        warn(job.rec.id, str(exc))
+        return
+    tm.mark("freeze", t0)
+    tm.extra["frozen_filesystems"] = n
+
+
+def _thaw_guest(job: _Commit, tm: Timings, resumed: bool) -> None:
+    """Thaw a running guest (a guest left paused thaws once it runs: the session's end tells its
+    agent). A freeze the agent gave up before the thaw made the commit crash-consistent."""
+    fs, job.fs = job.fs, None
+    if fs is None:
+        return
+    t0 = time.perf_counter()
+    try:
+        if resumed and not fs.thaw():
+            warn(job.rec.id, "the guest thawed itself before the capture finished")
+            tm.extra["frozen_filesystems"] = 0
+    except VMError as exc:
+        print(f"vers: VM {job.rec.id}: {exc}; its agent thaws by itself", file=sys.stderr)
+    finally:
+        fs.close()
+    tm.mark("thaw", t0)
+
+
 def _pause_and_capture(reg: VMRegistry, job: _Commit, q: QMPClient, stay_paused: bool,
                        tm: Timings) -> None:
-    """Stop; then, at the same time, the backing captures RAM while QEMU freezes the disks and
-    saves device state; resume (unless the VM was paused already or ``stay_paused``)."""
+    """Freeze the guest's file systems, stop; then, at the same time, the backing captures RAM
+    while QEMU freezes the disks and saves device state; resume (unless the VM was paused
+    already or ``stay_paused``) and thaw."""
     resume = q.command("query-status")["status"] == "running" and not stay_paused
     nodes = prepare_devstate(q, job.devstate, job.new_tops)
+    try:
+        _freeze_guest(job, tm)
+        _pause(reg, job, q, nodes, resume, tm)
+    finally:
+        _thaw_guest(job, tm, resume)
+
+
+def _pause(reg: VMRegistry, job: _Commit, q: QMPClient, nodes: dict[str, tuple[str, str]],
+           resume: bool, tm: Timings) -> None:
     guard = PauseGuard(job.rec) if resume else None  # resumes the guest should we die paused
     t0 = time.perf_counter()
     job.backing.pre_stop()
@@ -158,8 +235,9 @@ def _store(repo: Repo, job: _Commit, message: str, tm: Timings, branch: str | No
                                 dirty=dirty or None, source=f"vm {rec.id}", branch=branch,
                                 merge=merge)
     tm.mark("store", t0)
-    tm.extra = {"memory_dirty_pages": None if job.mem_dirty is None else len(job.mem_dirty),
-                "disk_dirty_pages": {k: len(v) for k, v in dirty.items() if k != "memory"}}
+    tm.extra.update({
+        "memory_dirty_pages": None if job.mem_dirty is None else len(job.mem_dirty),
+        "disk_dirty_pages": {k: len(v) for k, v in dirty.items() if k != "memory"}})
     return job.cid
 
 
@@ -168,6 +246,8 @@ def _finish(reg: VMRegistry, job: _Commit) -> None:
     gives its pages back, so the next commit still stores them), delete temporary files and the
     tops QEMU never switched to, and record the disks and memory QEMU uses now."""
     ok = job.cid is not None
+    if job.fs is not None:  # failed before the thaw: ending the session thaws the guest
+        job.fs.close()
     try:
         if ok:
             # The record names the new base commit before the backing forgets the capture's

@@ -78,6 +78,9 @@ class Runtime:
     serial_log: str = ""
     #: host-side resources held for the VM (e.g. published host ports), released at teardown
     ports: list[dict[str, Any]] = field(default_factory=list)
+    #: the `vers record` process committing this VM on a schedule, if any: its pid, schedule,
+    #: retention policy and progress (vers.porcelain.record)
+    recording: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -125,7 +128,8 @@ class VMRecord:
             "tree": self.tree, "holds_standby": self.holds_standby, "branch": self.branch,
             "runtime": {"pid": self.runtime.pid, "qmp_sock": self.runtime.qmp_sock,
                         "agent_sock": self.runtime.agent_sock,
-                        "serial_log": self.runtime.serial_log, "ports": self.runtime.ports},
+                        "serial_log": self.runtime.serial_log, "ports": self.runtime.ports,
+                        "recording": self.runtime.recording},
         }
         return json.dumps(data, indent=2, sort_keys=True) + "\n"
 

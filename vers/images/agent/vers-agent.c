@@ -16,10 +16,19 @@
  * into a new QEMU). The agent notices it by POLLHUP on the port, or by the host's next HELLO, and
  * then drops every channel (SIGTERM to its process group, SIGKILL two seconds later).
  *
+ * For `vers commit` the agent also flushes the guest's file systems (FS "sync") and freezes them
+ * (FS "freeze"; FIFREEZE on each writable block file system, in reverse mount order) around the
+ * moment the host captures the disks, then thaws them (FS "thaw"). A forked holder process keeps
+ * the freeze and thaws by itself when the host asks, when the host goes away or starts over, when
+ * the agent dies, or when the freeze has lasted longer than the host allowed: a guest never stays
+ * frozen.
+ *
  * Plain C99 + POSIX, linked statically: it runs in any x86_64 root whatever its libc.
  */
 #define _GNU_SOURCE
 #include <dirent.h>
+#include <limits.h>
+#include <mntent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -29,6 +38,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/sysmacros.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -37,12 +47,18 @@
 #include <unistd.h>
 
 #define PROTO_MAJOR 1
-#define PROTO_MINOR 0
+#define PROTO_MINOR 1
 
 enum {
     F_NOP = 0, F_HELLO = 1, F_OPEN = 2, F_STDIN = 3, F_STDOUT = 4, F_STDERR = 5, F_EXIT = 6,
-    F_SIGNAL = 7, F_RESIZE = 8, F_CREDIT = 9, F_CLOSE = 10, F_ERROR = 11, F_MAX = 11
+    F_SIGNAL = 7, F_RESIZE = 8, F_CREDIT = 9, F_CLOSE = 10, F_ERROR = 11, F_FS = 12,
+    F_FS_DONE = 13, F_MAX = 13
 };
+
+#ifndef FIFREEZE
+#define FIFREEZE _IOWR('X', 119, int)
+#define FITHAW _IOWR('X', 120, int)
+#endif
 
 #define HDR 9
 #define WINDOW (1u << 20)           /* credit a channel starts with, each way */
@@ -51,6 +67,8 @@ enum {
 #define OUT_HIGH (512u << 10)       /* stop reading commands while this much waits for the port */
 #define MAX_CHANNELS 64
 #define KILL_GRACE_MS 2000
+#define MAX_FREEZE_MS 60000     /* a host may not ask for a longer freeze than this */
+#define MAX_FS 64
 
 static const char MAGIC[] = "VERS-AGENT-HELLO/";
 
@@ -221,15 +239,303 @@ static void drop_all(void) {
             drop_channel(&chans[i]);
 }
 
-/* Drops every channel and what waits for the port; ``lost``: the host went away, so what it
- * sent last is stale too. */
+static int set_nonblock(int fd) {
+    int fl = fcntl(fd, F_GETFL);
+    return fl < 0 ? -1 : fcntl(fd, F_SETFL, fl | O_NONBLOCK);
+}
+
+static void fs_release(void);
+
+/* Drops every channel, any freeze, and what waits for the port; ``lost``: the host went away, so
+ * what it sent last is stale too. */
 static void reset_session(int lost) {
     drop_all();
+    fs_release();
     outbuf.off = outbuf.len = 0;
     if (lost) {
         inbuf.off = inbuf.len = 0;
         synced = 0;
     }
+}
+
+/* -- sync, freeze and thaw (for file-consistent commits) --------------------------------------
+ *
+ * Each runs in a forked child, so the agent keeps serving its channels while the kernel flushes:
+ * "sync" is a child calling sync(2); "freeze MS" forks a holder that freezes and then waits on a
+ * control pipe for at most MS milliseconds. The holder thaws when a byte arrives (the host's
+ * "thaw"), when the pipe closes (the host went away or started over, or the agent died), or when
+ * the time is up, whichever comes first; only SIGKILL could stop it first, and it asks the OOM
+ * killer to spare it. */
+
+#define MAX_SYNCS 8
+
+static struct {
+    pid_t pid;
+    uint32_t chan;
+    int answer;  /* 0 once the host that asked is gone */
+} syncs[MAX_SYNCS];
+
+static struct {
+    pid_t holder;           /* 0 when nothing is frozen */
+    int ctl, rep;           /* our ends: writing to / closing ctl thaws; rep carries the report */
+    uint32_t freeze_chan, thaw_chan;
+    int freeze_pending;     /* the freeze's answer is not sent yet */
+    int thaw_pending;       /* the host asked for the thaw and awaits its answer */
+    int count;              /* file systems the holder froze */
+    int expired;            /* the last freeze ended by its timeout, before the host's thaw */
+} fz = {0, -1, -1, 0, 0, 0, 0, 0, 0};
+
+static void fs_answer(uint32_t chan, const char *msg) {
+    send_frame(F_FS_DONE, chan, msg, (uint32_t)strlen(msg));
+}
+
+static void child_close_fds(int keep1, int keep2) {
+    for (int fd = 3; fd < 1024; fd++)
+        if (fd != keep1 && fd != keep2)
+            close(fd);
+    for (int sig = 1; sig < NSIG; sig++)
+        signal(sig, SIG_DFL);
+}
+
+static void thaw_fds(const int *fds, int n) {
+    for (int k = n - 1; k >= 0; k--) {  /* frozen last-mounted first: thawed in mount order */
+        ioctl(fds[k], FITHAW, 0);
+        close(fds[k]);
+    }
+}
+
+static void holder_main(int ctl, int rep, int timeout_ms) {
+    static char msg[4096];
+    int fds[MAX_FS], nf = 0, n = 0;
+    char *dirs[MAX_FS];
+    dev_t devs[MAX_FS];
+    signal(SIGTERM, SIG_IGN);
+    signal(SIGINT, SIG_IGN);
+    signal(SIGHUP, SIG_IGN);
+    signal(SIGPIPE, SIG_IGN);
+    int oom = open("/proc/self/oom_score_adj", O_WRONLY);
+    if (oom >= 0) {
+        ssize_t w = write(oom, "-1000", 5);
+        (void)w;
+        close(oom);
+    }
+    /* every writable, block-device-backed file system, once each (bind mounts share a device) */
+    FILE *f = setmntent("/proc/self/mounts", "r");
+    struct mntent *m;
+    while (f && n < MAX_FS && (m = getmntent(f))) {
+        struct stat st;
+        if (strncmp(m->mnt_fsname, "/dev/", 5) || hasmntopt(m, "ro"))
+            continue;
+        if (stat(m->mnt_dir, &st) < 0 || !major(st.st_dev))
+            continue;
+        int seen = 0;
+        for (int i = 0; i < n; i++)
+            seen |= devs[i] == st.st_dev;
+        if (seen)
+            continue;
+        devs[n] = st.st_dev;
+        dirs[n++] = strdup(m->mnt_dir);
+    }
+    if (f)
+        endmntent(f);
+    size_t len = (size_t)snprintf(msg, sizeof msg, "ok ");
+    char names[3000] = "";
+    for (int i = n - 1; i >= 0; i--) {  /* reverse mount order: a mount before what it holds */
+        int fd = open(dirs[i], O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (fd < 0 || ioctl(fd, FIFREEZE, 0) < 0) {
+            int e = errno;
+            if (fd >= 0)
+                close(fd);
+            if (e == EOPNOTSUPP || e == EBUSY)
+                continue;  /* cannot freeze, or another freezer holds it: not ours to thaw */
+            thaw_fds(fds, nf);
+            len = (size_t)snprintf(msg, sizeof msg, "error cannot freeze %s: %s", dirs[i],
+                                   strerror(e));
+            ssize_t w = write(rep, msg, len);
+            (void)w;
+            _exit(1);
+        }
+        fds[nf++] = fd;
+        if (strlen(names) + strlen(dirs[i]) + 2 < sizeof names) {
+            strcat(names, " ");
+            strcat(names, dirs[i]);
+        }
+    }
+    len += (size_t)snprintf(msg + len, sizeof msg - len, "%d%s", nf, names);
+    ssize_t w = write(rep, msg, len < sizeof msg ? len : sizeof msg - 1);
+    (void)w;
+    close(rep);
+    long long end = now_ms() + timeout_ms;
+    int expired = 0;
+    struct pollfd p = {.fd = ctl, .events = POLLIN};
+    for (;;) {
+        long long left = end - now_ms();
+        if (left <= 0) {
+            expired = 1;
+            break;
+        }
+        int r = poll(&p, 1, (int)left);
+        if (r > 0 || (r < 0 && errno != EINTR))
+            break;  /* the host's thaw, or the agent gone */
+    }
+    thaw_fds(fds, nf);
+    _exit(expired ? 2 : 0);
+}
+
+static void fs_freeze(uint32_t chan, int timeout_ms) {
+    if (fz.holder) {
+        fs_answer(chan, "error the file systems are frozen already");
+        return;
+    }
+    if (timeout_ms <= 0 || timeout_ms > MAX_FREEZE_MS)
+        timeout_ms = MAX_FREEZE_MS;
+    int ctl[2], rep[2];
+    if (pipe(ctl) < 0)
+        goto fail;
+    if (pipe(rep) < 0) {
+        close(ctl[0]);
+        close(ctl[1]);
+        goto fail;
+    }
+    pid_t pid = fork();
+    if (pid == 0) {
+        child_close_fds(ctl[0], rep[1]);
+        holder_main(ctl[0], rep[1], timeout_ms);
+    }
+    close(ctl[0]);
+    close(rep[1]);
+    if (pid < 0) {
+        close(ctl[1]);
+        close(rep[0]);
+        goto fail;
+    }
+    fcntl(ctl[1], F_SETFD, FD_CLOEXEC);
+    fcntl(rep[0], F_SETFD, FD_CLOEXEC);
+    set_nonblock(rep[0]);
+    fz.holder = pid;
+    fz.ctl = ctl[1];
+    fz.rep = rep[0];
+    fz.freeze_chan = chan;
+    fz.freeze_pending = 1;
+    fz.thaw_pending = 0;
+    fz.count = 0;
+    fz.expired = 0;
+    return;
+fail:
+    fs_answer(chan, "error cannot start the freeze");
+}
+
+/* The holder's report (or its end): answers the freeze. */
+static void fs_read_report(void) {
+    if (fz.rep < 0)
+        return;
+    char msg[4096];
+    ssize_t r = read(fz.rep, msg, sizeof msg - 1);
+    if (r < 0 && (errno == EAGAIN || errno == EINTR))
+        return;
+    close_fd(&fz.rep);
+    if (r > 0) {
+        msg[r] = 0;
+        if (!strncmp(msg, "ok ", 3))
+            fz.count = atoi(msg + 3);
+    } else {
+        snprintf(msg, sizeof msg, "error the freeze ended before it was reported");
+    }
+    if (fz.freeze_pending)
+        fs_answer(fz.freeze_chan, msg);
+    fz.freeze_pending = 0;
+}
+
+static void fs_thaw(uint32_t chan) {
+    if (!fz.holder) {
+        fs_answer(chan, fz.expired ? "ok 0 expired" : "ok 0 not frozen");
+        fz.expired = 0;
+        return;
+    }
+    if (fz.ctl >= 0) {
+        ssize_t w = write(fz.ctl, "t", 1);
+        (void)w;
+        close_fd(&fz.ctl);
+    }
+    fz.thaw_chan = chan;
+    fz.thaw_pending = 1;
+}
+
+/* The holder exited: it has thawed. */
+static void fs_holder_done(int status) {
+    fs_read_report();
+    int expired = WIFEXITED(status) && WEXITSTATUS(status) == 2;
+    if (fz.thaw_pending) {
+        char msg[64];
+        snprintf(msg, sizeof msg, expired ? "ok 0 expired" : "ok %d thawed", fz.count);
+        fs_answer(fz.thaw_chan, msg);
+    } else {
+        fz.expired = expired;
+    }
+    close_fd(&fz.ctl);
+    fz.holder = 0;
+    fz.thaw_pending = 0;
+}
+
+/* The host that asked is gone: thaw now, and answer nobody. */
+static void fs_release(void) {
+    close_fd(&fz.ctl);
+    fz.freeze_pending = fz.thaw_pending = fz.expired = 0;
+    for (int i = 0; i < MAX_SYNCS; i++)
+        syncs[i].answer = 0;
+}
+
+static void fs_sync(uint32_t chan) {
+    for (int i = 0; i < MAX_SYNCS; i++) {
+        if (syncs[i].pid)
+            continue;
+        pid_t pid = fork();
+        if (pid == 0) {
+            child_close_fds(-1, -1);
+            sync();
+            _exit(0);
+        }
+        if (pid < 0)
+            break;
+        syncs[i].pid = pid;
+        syncs[i].chan = chan;
+        syncs[i].answer = 1;
+        return;
+    }
+    fs_answer(chan, "error cannot start sync");
+}
+
+/* Payload: "sync", "freeze MS" or "thaw"; the answer is an FS_DONE frame on the same channel:
+ * "ok COUNT [DETAIL]" or "error MESSAGE". */
+static void fs_request(uint32_t chan, unsigned char *p, uint32_t len) {
+    char req[64];
+    size_t n = len < sizeof req - 1 ? len : sizeof req - 1;
+    memcpy(req, p, n);
+    req[n] = 0;
+    if (!strcmp(req, "sync"))
+        fs_sync(chan);
+    else if (!strncmp(req, "freeze ", 7))
+        fs_freeze(chan, atoi(req + 7));
+    else if (!strcmp(req, "thaw"))
+        fs_thaw(chan);
+    else
+        fs_answer(chan, "error unknown request");
+}
+
+/* Returns 1 if ``pid`` was one of ours (a sync or the freeze holder). */
+static int fs_reaped(pid_t pid, int status) {
+    if (fz.holder && pid == fz.holder) {
+        fs_holder_done(status);
+        return 1;
+    }
+    for (int i = 0; i < MAX_SYNCS; i++)
+        if (syncs[i].pid == pid) {
+            if (syncs[i].answer)
+                fs_answer(syncs[i].chan, "ok 0 synced");
+            memset(&syncs[i], 0, sizeof syncs[i]);
+            return 1;
+        }
+    return 0;
 }
 
 /* -- opening a channel ------------------------------------------------------------------- */
@@ -243,11 +549,6 @@ struct open_req {
     int pty, want_stdin;
     unsigned rows, cols;
 };
-
-static int set_nonblock(int fd) {
-    int fl = fcntl(fd, F_GETFL);
-    return fl < 0 ? -1 : fcntl(fd, F_SETFL, fl | O_NONBLOCK);
-}
 
 /* Payload: NUL-terminated "key=value" entries: argv= (repeated, in order), env=K=V (repeated),
  * cwd=, pty=0|1, rows=, cols=, stdin=0|1. */
@@ -417,12 +718,16 @@ static void hello(void) {
 }
 
 static void host_frame(int type, uint32_t id, unsigned char *p, uint32_t len) {
-    struct channel *c = type == F_OPEN || type == F_NOP ? NULL : find_channel(id);
+    struct channel *c = type == F_OPEN || type == F_NOP || type == F_FS ? NULL
+                                                                     : find_channel(id);
     switch (type) {
     case F_NOP:
         return;
     case F_OPEN:
         open_channel(id, p, len);
+        return;
+    case F_FS:
+        fs_request(id, p, len);
         return;
     default:
         break;
@@ -630,6 +935,8 @@ static void reap(void) {
     int st;
     pid_t pid;
     while ((pid = waitpid(-1, &st, WNOHANG)) > 0) {
+        if (fs_reaped(pid, st))
+            continue;
         for (int i = 0; i < MAX_CHANNELS; i++)
             if (chans[i].used && chans[i].pid == pid) {
                 chans[i].pid = 0;
@@ -695,8 +1002,8 @@ int main(void) {
     for (int i = 0; i < MAX_CHANNELS; i++)
         chans[i].in_fd = chans[i].out_fd = chans[i].err_fd = -1;
     port = open_port();
-    struct pollfd fds[2 + 2 * MAX_CHANNELS];
-    struct channel *owner[2 + 2 * MAX_CHANNELS];
+    struct pollfd fds[3 + 3 * MAX_CHANNELS];
+    struct channel *owner[3 + 3 * MAX_CHANNELS];
     for (;;) {
         reap();
         kill_stragglers();
@@ -709,6 +1016,13 @@ int main(void) {
         fds[nf].fd = port;
         fds[nf].events = POLLIN | (outbuf.len ? POLLOUT : 0);
         owner[nf++] = NULL;
+        int rep_at = -1;
+        if (fz.rep >= 0) {
+            rep_at = nf;
+            fds[nf].fd = fz.rep;
+            fds[nf].events = POLLIN;
+            owner[nf++] = NULL;
+        }
         for (int i = 0; i < MAX_CHANNELS; i++) {
             struct channel *c = &chans[i];
             if (!c->used)
@@ -767,9 +1081,11 @@ int main(void) {
             read_port();
         if (fds[1].revents & POLLOUT)
             write_port();
+        if (rep_at >= 0 && fds[rep_at].revents)
+            fs_read_report();
         for (int k = 2; k < nf; k++) {
             struct channel *c = owner[k];
-            if (!fds[k].revents || !c->used)
+            if (!c || !fds[k].revents || !c->used)
                 continue;
             if (fds[k].fd == c->in_fd && (fds[k].events & POLLOUT))
                 pump_stdin(c);
