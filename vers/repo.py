@@ -28,7 +28,14 @@ from vers.files import make_private_dirs, open_private, write_private
 from vers.history import walk
 from vers.objects.imagetree import ImageFile, build_tree, patch_tree, write_image
 from vers.objects.lmdbstore import LmdbObjectStore
-from vers.objects.model import IMAGE_NAME_RE, KIND_COMMIT, PAGE_SIZE, Commit, hash_bytes
+from vers.objects.model import (
+    IMAGE_NAME_RE,
+    KIND_COMMIT,
+    PAGE_SIZE,
+    Commit,
+    hash_bytes,
+    time_us_of,
+)
 from vers.objects.store import ObjectStore
 from vers.refs.container import (
     HEAD,
@@ -162,10 +169,13 @@ class Repo:
         dirty: Mapping[str, Iterable[int]] | None = None,
         ref: str | None = HEAD,
         author: str | None = None,
-        time: int | None = None,
+        time: float | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> str:
         """Store ``images`` as a new commit and advance ``ref`` (compare-and-swap); returns its ID.
+
+        ``time`` (seconds since the epoch, a float kept to the microsecond) dates the commit
+        instead of the clock, for imports and tests.
 
         With ``parents`` left out, the commit's parent is whatever ``ref`` points to when the ref
         moves: if another writer moved it meanwhile, the commit is re-parented onto theirs, so both
@@ -177,7 +187,8 @@ class Repo:
             if not IMAGE_NAME_RE.match(name):
                 raise BadInput(f"bad image name {name!r} (want [a-z][a-z0-9_-]*)")
         with self.store.writing():
-            return self._snapshot(images, message, config, parents, dirty, ref, author, time,
+            when = None if time is None else time_us_of(time)
+            return self._snapshot(images, message, config, parents, dirty, ref, author, when,
                                   progress)
 
     def commit_state(
@@ -236,7 +247,7 @@ class Repo:
         dirty: Mapping[str, Iterable[int]] | None,
         ref: str | None,
         author: str | None,
-        time: int | None,
+        when: int | None,
         progress: Callable[[int], None] | None,
     ) -> str:
         explicit = parents is not None
@@ -264,7 +275,7 @@ class Repo:
                                        f"failed: {exc.strerror or exc}") from exc
                     trees[name] = tree_id.hex()
         return self._write_commit(
-            trees, parents, explicit, ref, message, dict(config or {}), author, time
+            trees, parents, explicit, ref, message, dict(config or {}), author, when
         )
 
     def _write_commit(
@@ -280,8 +291,10 @@ class Repo:
     ) -> str:
         author = author or os.environ.get("VERS_AUTHOR") or default_identity()
         for _attempt in range(20):
+            # UTC microseconds and no time zone: the same state committed at the same instant
+            # has the same ID on every machine (docs/storage-format.md).
             commit = Commit(images=trees, parents=parents, author=author,
-                            time=int(_time.time()) if when is None else when,
+                            time_us=_time.time_ns() // 1000 if when is None else when,
                             message=message, config=config)
             data = commit.serialize()
             oid = hash_bytes(data)
