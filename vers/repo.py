@@ -45,7 +45,8 @@ from vers.refs.container import (
     check_short_name,
     default_identity,
 )
-from vers.refs.revparse import rev_parse
+from vers.refs.revparse import commit_at, rev_parse
+from vers.refs.timespec import parse_time
 from vers.statediff import CommitDiff, diff_commits
 
 VERS_DIRNAME = ".vers"
@@ -117,16 +118,22 @@ class Repo:
         self.close()
 
     # -- names and commits --------------------------------------------------------------------
-    def rev_parse(self, rev: str) -> str:
-        return rev_parse(self.refs, rev, self._commits_with_prefix, self._parents_of)
+    def rev_parse(self, rev: str, now: int | None = None) -> str:
+        """The commit ID ``rev`` names (docs/cli.md, "Revisions"); ``now`` (microseconds since
+        the epoch) is the present ``REF@{10 minutes ago}`` counts back from."""
+        return rev_parse(self.refs, rev, self._commits_with_prefix, self.get_commit, now)
+
+    def commit_at(self, rev: str, when: str | int, now: int | None = None) -> str:
+        """The newest commit at or before ``when`` on ``rev``'s first-parent history, as
+        ``REV@{WHEN}`` names it: ``when`` is a time as text (docs/cli.md, "Times") or
+        microseconds since the epoch."""
+        at = parse_time(when, now) if isinstance(when, str) else when
+        return commit_at(self.rev_parse(rev, now), at, self.get_commit, f"{rev} at {when!r}")
 
     def _commits_with_prefix(self, prefix: str) -> Iterator[str]:
         for oid, kind in self.store.iter_prefix(prefix):
             if kind == KIND_COMMIT:
                 yield oid.hex()
-
-    def _parents_of(self, cid: str) -> list[str]:
-        return self.get_commit(cid).parents
 
     def get_commit(self, rev: str) -> Commit:
         """The commit ``rev`` names (a full ID is used as is, anything else goes through
