@@ -26,6 +26,7 @@ from vers.errors import (
 )
 from vers.files import make_private_dirs, open_private, write_private
 from vers.history import walk
+from vers.history.timeindex import TimeIndex
 from vers.objects.imagetree import ImageFile, build_tree, patch_tree, write_image
 from vers.objects.lmdbstore import LmdbObjectStore
 from vers.objects.model import (
@@ -45,7 +46,7 @@ from vers.refs.container import (
     check_short_name,
     default_identity,
 )
-from vers.refs.revparse import commit_at, rev_parse
+from vers.refs.revparse import rev_parse
 from vers.refs.timespec import parse_time
 from vers.statediff import CommitDiff, diff_commits
 
@@ -74,6 +75,7 @@ class Repo:
         self.store = lstore
         try:
             self.refs: RefsContainer = LmdbRefsContainer(lstore.env)
+            self.times = TimeIndex(lstore.env, lstore.get_commit)
         except BaseException:
             lstore.close()
             raise
@@ -121,14 +123,15 @@ class Repo:
     def rev_parse(self, rev: str, now: int | None = None) -> str:
         """The commit ID ``rev`` names (docs/cli.md, "Revisions"); ``now`` (microseconds since
         the epoch) is the present ``REF@{10 minutes ago}`` counts back from."""
-        return rev_parse(self.refs, rev, self._commits_with_prefix, self.get_commit, now)
+        return rev_parse(self.refs, rev, self._commits_with_prefix, self.get_commit,
+                         self.times.commit_at, now)
 
     def commit_at(self, rev: str, when: str | int, now: int | None = None) -> str:
         """The newest commit at or before ``when`` on ``rev``'s first-parent history, as
         ``REV@{WHEN}`` names it: ``when`` is a time as text (docs/cli.md, "Times") or
         microseconds since the epoch."""
         at = parse_time(when, now) if isinstance(when, str) else when
-        return commit_at(self.rev_parse(rev, now), at, self.get_commit, f"{rev} at {when!r}")
+        return self.times.commit_at(self.rev_parse(rev, now), at, f"{rev} at {when!r}")
 
     def _commits_with_prefix(self, prefix: str) -> Iterator[str]:
         for oid, kind in self.store.iter_prefix(prefix):

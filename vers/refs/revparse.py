@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable
 from vers.errors import AmbiguousRevision, BadRevision
 from vers.objects.model import Commit
 from vers.refs.container import HEAD, RefsContainer
-from vers.refs.timespec import format_local, parse_time
+from vers.refs.timespec import parse_time
 
 MIN_PREFIX = 4
 _HEX = re.compile(r"^[0-9a-f]+$")
@@ -36,13 +36,16 @@ def rev_parse(
     rev: str,
     commits_with_prefix: Callable[[str], Iterable[str]],
     commit_of: Callable[[str], Commit],
+    commit_at: Callable[[str, int, str], str],
     now: int | None = None,
 ) -> str:
     """Resolve ``rev`` to a full hex commit ID.
 
     ``commits_with_prefix(p)`` lists commit IDs starting with hex prefix ``p``; ``commit_of(id)``
-    reads a commit (and raises if ``id`` is not one). ``now`` (microseconds since the epoch) is the
-    present that ``@{10 minutes ago}`` counts back from (default: the clock).
+    reads a commit (and raises if ``id`` is not one); ``commit_at(id, t, rev)`` is the newest
+    commit at or before time ``t`` on ``id``'s first-parent history (``REF@{TIME}``). ``now``
+    (microseconds since the epoch) is the present that ``@{10 minutes ago}`` counts back from
+    (default: the clock).
     """
     if not rev or rev != rev.strip():
         raise BadRevision(f"bad revision {rev!r}")
@@ -65,8 +68,7 @@ def rev_parse(
         commit = _resolve_base(refs, base, at_step, commits_with_prefix, rev)
     else:
         when = parse_time(at_step, now)
-        commit = commit_at(_resolve_base(refs, base, None, commits_with_prefix, rev), when,
-                           commit_of, rev)
+        commit = commit_at(_resolve_base(refs, base, None, commits_with_prefix, rev), when, rev)
     for step in steps:
         n = int(step[1:]) if len(step) > 1 else 1
         if step[0] == "~":
@@ -84,22 +86,6 @@ def rev_parse(
             commit = parents[n - 1]
     commit_of(commit)  # is it a commit at all?
     return commit
-
-
-def commit_at(start: str, when: int, commit_of: Callable[[str], Commit], what: str) -> str:
-    """The newest commit at or before ``when`` (microseconds since the epoch) on ``start``'s
-    first-parent history: walking back from ``start``, the first commit made no later than
-    ``when``. ``what`` names the request in the error when the history does not go back that far.
-    """
-    cid = start
-    while True:
-        c = commit_of(cid)
-        if c.time_us <= when:
-            return cid
-        if not c.parents:
-            raise BadRevision(f"{what}: nothing on its first-parent history is that old; the "
-                              f"oldest commit, {cid[:12]}, is from {format_local(c.time_us)}")
-        cid = c.parents[0]
 
 
 def _resolve_base(
