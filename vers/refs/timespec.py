@@ -182,7 +182,8 @@ def _at(day: date, at: clock) -> int:
 
 def _relative(s: str, now: int, text: str) -> int | None:
     """``10 minutes ago``, ``1h30m``, ``2.5.seconds.ago``: a sum of durations back from now."""
-    s = re.sub(r"(?<!\d)\.|\.(?!\d)", " ", s).replace("_", " ").replace(",", " ").strip()
+    # a dot is a separator (git's ``10.minutes.ago``) unless it starts a fraction (``2.5``, ``.5``)
+    s = re.sub(r"\.(?!\d)|(?<=[a-z])\.", " ", s).replace("_", " ").replace(",", " ").strip()
     s = s.removesuffix(" ago").removesuffix("ago").strip()
     pos, total = 0, 0
     while pos < len(s):
