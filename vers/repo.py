@@ -310,6 +310,7 @@ class Repo:
             oid = hash_bytes(data)
             with self.store.writer() as w:
                 w.add(oid, KIND_COMMIT, data, compress=False)
+            self.times.add(oid.hex(), commit)
             if ref is None:
                 return oid.hex()
             expected = parents[0] if parents else None

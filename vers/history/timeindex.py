@@ -14,10 +14,10 @@ line), so lengths grow as 1, 1, 3, 1, 1, 3, 7, ... and a search skips any run of
 all later than the time asked for, whatever order the times are in (a clock that went back).
 
 An entry depends only on its commit and that commit's ancestors, which never change: it cannot go
-stale, and there is nothing to rebuild: a missing entry is made again. Entries are made when a
-search first walks a commit (a search after N new commits reads those N commits once) and are
-written back in one transaction. An entry whose commit gc removed is left in place: it is still
-right if the commit comes back, and costs 88 bytes plus its 32-byte key.
+stale, and there is nothing to rebuild: a missing entry is made again. ``Repo`` adds the entry of
+each commit it writes whose parent has one; others (fetched or older history) get theirs when a
+search first walks them, written back in one transaction. An entry whose commit gc removed is
+left in place: it is still right if the commit comes back, and costs 88 bytes plus its key.
 """
 
 from __future__ import annotations
@@ -79,6 +79,15 @@ class TimeIndex:
             cid = e.jump if e.jump is not None and e.span_min > when else e.parent
             e = self._entry(known, cid)
         return cid.hex()
+
+    def add(self, cid: str, commit: Commit) -> None:
+        """Index a commit just written, if its first parent is indexed (a root always is), so
+        that searches over a history made here never read commits; otherwise the first search
+        that passes it does it."""
+        known: dict[bytes, Entry] = {}
+        if commit.parents and self._lookup(known, bytes.fromhex(commit.parents[0])) is None:
+            return
+        self._store({bytes.fromhex(cid): self._make(known, commit)})
 
     def entry(self, cid: str) -> Entry:
         """The entry of commit ``cid`` (made, with its missing ancestors', if need be)."""
