@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import random
 from pathlib import Path
@@ -25,7 +26,7 @@ from vers.objects import (
     patch_tree,
     write_image,
 )
-from vers.objects.model import KIND_PAGE, canonical_json, node_bytes
+from vers.objects.model import KIND_COMMIT, KIND_PAGE, canonical_json, hash_bytes, node_bytes
 from vers.objects.store import ENC_DELTA, ENC_RAW, ENC_ZSTD
 from vers.testing.corrupt import flip_byte
 
@@ -53,11 +54,39 @@ def read_all(store, tree: Tree) -> bytes:
 def test_ids_are_blake3_of_canonical_bytes() -> None:
     page = b"x" * PAGE_SIZE
     assert blake3.blake3(page).digest() == blake3.blake3(page).digest()
-    c = Commit(images={"memory": "00" * 32}, parents=[], author="a", time=5, message="m")
+    c = Commit(images={"memory": "00" * 32}, parents=[], author="a", time_us=5_000_001,
+               message="m")
     assert c.serialize() == canonical_json(
-        {"type": "commit", "version": 1, "images": {"memory": "00" * 32}, "parents": [],
-         "author": "a", "time": 5, "message": "m", "config": {}})
+        {"type": "commit", "version": 2, "images": {"memory": "00" * 32}, "parents": [],
+         "author": "a", "time_us": 5_000_001, "message": "m", "config": {}})
     assert c.serialize().startswith(b'{"author":"a","config":{}')
+
+
+def test_version_1_commits_read_and_keep_their_bytes(store) -> None:
+    """A commit as vers wrote it before sub-second times: parsed, dated, and re-serialised to the
+    same bytes, so its ID does not change."""
+    v1 = canonical_json({"type": "commit", "version": 1, "images": {"memory": "00" * 32},
+                         "parents": [], "author": "a", "time": 1_700_000_000, "message": "m",
+                         "config": {}})
+    oid = hash_bytes(v1)
+    with store.writer() as w:
+        w.add(oid, KIND_COMMIT, v1, compress=False)
+    c = store.get_commit(oid)
+    assert (c.version, c.time_us, c.time) == (1, 1_700_000_000_000_000, 1_700_000_000)
+    assert c.serialize() == v1 and hash_bytes(c.serialize()) == oid
+    with pytest.raises(BadInput, match="whole seconds"):
+        Commit(images={}, time_us=1, version=1).serialize()
+
+
+@pytest.mark.parametrize("body", [
+    {"version": 3, "time_us": 1}, {"version": 2, "time": 1}, {"version": 2, "time_us": 1.5},
+    {"version": 1, "time": "1"}, {"version": 2, "time_us": True},
+])
+def test_commit_versions_and_times_are_checked(body: dict[str, object]) -> None:
+    raw = json.dumps({"type": "commit", "images": {}, "parents": [], "author": "a",
+                      "message": "", "config": {}, **body}).encode()
+    with pytest.raises(CorruptObject, match="bad commit"):
+        Commit.parse(hash_bytes(raw), raw)
 
 
 def test_floats_refused_in_config() -> None:

@@ -59,8 +59,8 @@ class History:
             base = self.store.get_tree(bytes.fromhex(parent.images["memory"]))
         with self.store.writer() as w:
             tree = build_tree(w, io.BytesIO(data), len(data), base)
-            c = Commit(images={"memory": tree.hex()}, parents=parents, author="t", time=t,
-                       message=message)
+            c = Commit(images={"memory": tree.hex()}, parents=parents, author="t",
+                       time_us=t * 1_000_000, message=message)
             raw = c.serialize()
             cid = hash_bytes(raw)
             w.add(cid, KIND_COMMIT, raw, compress=False)
@@ -223,7 +223,7 @@ class StoreBehaviour:
         real = h.store.get_tree(bytes.fromhex(c.images["memory"]))
         with h.store.writer() as w:
             bogus = store_tree(w, Tree(size=real.size * 256, root=real.root, depth=2))
-            raw = Commit(images={"memory": bogus.hex()}, author="t", time=T0,
+            raw = Commit(images={"memory": bogus.hex()}, author="t", time_us=T0 * 1_000_000,
                          message="bogus").serialize()
             w.add(hash_bytes(raw), KIND_COMMIT, raw, compress=False)
         h.refs.set_ref("refs/heads/bogus", hash_bytes(raw).hex())

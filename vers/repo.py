@@ -26,9 +26,17 @@ from vers.errors import (
 )
 from vers.files import make_private_dirs, open_private, write_private
 from vers.history import walk
+from vers.history.timeindex import TimeIndex
 from vers.objects.imagetree import ImageFile, build_tree, patch_tree, write_image
 from vers.objects.lmdbstore import LmdbObjectStore
-from vers.objects.model import IMAGE_NAME_RE, KIND_COMMIT, PAGE_SIZE, Commit, hash_bytes
+from vers.objects.model import (
+    IMAGE_NAME_RE,
+    KIND_COMMIT,
+    PAGE_SIZE,
+    Commit,
+    hash_bytes,
+    time_us_of,
+)
 from vers.objects.store import ObjectStore
 from vers.refs.container import (
     HEAD,
@@ -39,6 +47,7 @@ from vers.refs.container import (
     default_identity,
 )
 from vers.refs.revparse import rev_parse
+from vers.refs.timespec import parse_time
 from vers.statediff import CommitDiff, diff_commits
 
 VERS_DIRNAME = ".vers"
@@ -66,6 +75,7 @@ class Repo:
         self.store = lstore
         try:
             self.refs: RefsContainer = LmdbRefsContainer(lstore.env)
+            self.times = TimeIndex(lstore.env, lstore.get_commit)
         except BaseException:
             lstore.close()
             raise
@@ -128,16 +138,23 @@ class Repo:
         self.close()
 
     # -- names and commits --------------------------------------------------------------------
-    def rev_parse(self, rev: str) -> str:
-        return rev_parse(self.refs, rev, self._commits_with_prefix, self._parents_of)
+    def rev_parse(self, rev: str, now: int | None = None) -> str:
+        """The commit ID ``rev`` names (docs/cli.md, "Revisions"); ``now`` (microseconds since
+        the epoch) is the present ``REF@{10 minutes ago}`` counts back from."""
+        return rev_parse(self.refs, rev, self._commits_with_prefix, self.get_commit,
+                         self.times.commit_at, now)
+
+    def commit_at(self, rev: str, when: str | int, now: int | None = None) -> str:
+        """The newest commit at or before ``when`` on ``rev``'s first-parent history, as
+        ``REV@{WHEN}`` names it: ``when`` is a time as text (docs/cli.md, "Times") or
+        microseconds since the epoch."""
+        at = parse_time(when, now) if isinstance(when, str) else when
+        return self.times.commit_at(self.rev_parse(rev, now), at, f"{rev} at {when!r}")
 
     def _commits_with_prefix(self, prefix: str) -> Iterator[str]:
         for oid, kind in self.store.iter_prefix(prefix):
             if kind == KIND_COMMIT:
                 yield oid.hex()
-
-    def _parents_of(self, cid: str) -> list[str]:
-        return self.get_commit(cid).parents
 
     def get_commit(self, rev: str) -> Commit:
         """The commit ``rev`` names (a full ID is used as is, anything else goes through
@@ -180,10 +197,13 @@ class Repo:
         dirty: Mapping[str, Iterable[int]] | None = None,
         ref: str | None = HEAD,
         author: str | None = None,
-        time: int | None = None,
+        time: float | None = None,
         progress: Callable[[int], None] | None = None,
     ) -> str:
         """Store ``images`` as a new commit and advance ``ref`` (compare-and-swap); returns its ID.
+
+        ``time`` (seconds since the epoch, a float kept to the microsecond) dates the commit
+        instead of the clock, for imports and tests.
 
         With ``parents`` left out, the commit's parent is whatever ``ref`` points to when the ref
         moves: if another writer moved it meanwhile, the commit is re-parented onto theirs, so both
@@ -195,7 +215,8 @@ class Repo:
             if not IMAGE_NAME_RE.match(name):
                 raise BadInput(f"bad image name {name!r} (want [a-z][a-z0-9_-]*)")
         with self.store.writing():
-            return self._snapshot(images, message, config, parents, dirty, ref, author, time,
+            when = None if time is None else time_us_of(time)
+            return self._snapshot(images, message, config, parents, dirty, ref, author, when,
                                   progress)
 
     def commit_state(
@@ -256,7 +277,7 @@ class Repo:
         dirty: Mapping[str, Iterable[int]] | None,
         ref: str | None,
         author: str | None,
-        time: int | None,
+        when: int | None,
         progress: Callable[[int], None] | None,
     ) -> str:
         explicit = parents is not None
@@ -284,7 +305,7 @@ class Repo:
                                        f"failed: {exc.strerror or exc}") from exc
                     trees[name] = tree_id.hex()
         return self._write_commit(
-            trees, parents, explicit, ref, message, dict(config or {}), author, time
+            trees, parents, explicit, ref, message, dict(config or {}), author, when
         )
 
     def _write_commit(
@@ -300,13 +321,16 @@ class Repo:
     ) -> str:
         author = author or os.environ.get("VERS_AUTHOR") or default_identity()
         for _attempt in range(20):
+            # UTC microseconds and no time zone: the same state committed at the same instant
+            # has the same ID on every machine (docs/storage-format.md).
             commit = Commit(images=trees, parents=parents, author=author,
-                            time=int(_time.time()) if when is None else when,
+                            time_us=_time.time_ns() // 1000 if when is None else when,
                             message=message, config=config)
             data = commit.serialize()
             oid = hash_bytes(data)
             with self.store.writer() as w:
                 w.add(oid, KIND_COMMIT, data, compress=False)
+            self.times.add(oid.hex(), commit)
             if ref is None:
                 return oid.hex()
             expected = parents[0] if parents else None

@@ -67,13 +67,18 @@ def snapshot(memory: str | None, disks: tuple[str, ...], devstate: str | None,
 
 
 @cli.command("rev-parse")
-@click.argument("revs", nargs=-1, required=True)
+@click.argument("revs", nargs=-1)
 @click.option("--short", is_flag=True, help="Print 12-character IDs.")
-def rev_parse(revs: tuple[str, ...], short: bool) -> None:
+@click.option("--at", "--before", "at", metavar="TIME", default=None,
+              help="The newest commit at or before TIME on each REV's first-parent history "
+                   "(default REV: HEAD), as REV@{TIME}.")
+def rev_parse(revs: tuple[str, ...], short: bool, at: str | None) -> None:
     """Print the full commit ID each REV names."""
+    if not revs and at is None:
+        raise BadInput("rev-parse wants a revision (or --at TIME)")
     repo = open_repo()
-    for rev in revs:
-        cid = repo.rev_parse(rev)
+    for rev in revs or ("HEAD",):
+        cid = repo.rev_parse(rev) if at is None else repo.commit_at(rev, at)
         click.echo(cid[:12] if short else cid)
 
 
@@ -83,16 +88,21 @@ def rev_parse(revs: tuple[str, ...], short: bool) -> None:
 @click.option("--graph", is_flag=True, help="Draw the commit graph.")
 @click.option("-n", "--max-count", type=click.IntRange(min=0), default=None)
 @click.option("--first-parent", is_flag=True)
+@click.option("--since", "--after", "since", metavar="TIME", default=None,
+              help="Only commits made at or after TIME (e.g. '30s', '10 minutes ago').")
+@click.option("--until", "--before", "until", metavar="TIME", default=None,
+              help="Only commits made at or before TIME.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
 def log(
-    rev: str, oneline: bool, graph: bool, max_count: int | None, first_parent: bool, fmt: str
+    rev: str, oneline: bool, graph: bool, max_count: int | None, first_parent: bool,
+    since: str | None, until: str | None, fmt: str
 ) -> None:
     """Show history from REV (or an A..B range), newest first."""
     repo = open_repo()
     if rev == "HEAD" and repo.head_commit() is None:
         raise BadInput(f"your current branch '{repo.current_branch()}' does not have any "
                        "commits yet")
-    commits = log_mod.log_commits(repo, rev, max_count, first_parent)
+    commits = log_mod.log_commits(repo, rev, max_count, first_parent, since, until)
     if fmt == "json":
         emit_json([log_mod.commit_json(c) for c in commits])
         return

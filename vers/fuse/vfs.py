@@ -310,7 +310,7 @@ class RepoView:
 
     # ----------------------------------------------------------------- helpers
     def _commit_time_ns(self, cid: str) -> int:
-        return int(self.commit(cid).time) * 1_000_000_000
+        return self.commit(cid).time_us * 1000
 
     def _meta(self, cid: str) -> bytes:
         c = self.commit(cid)
@@ -319,6 +319,7 @@ class RepoView:
             "parents": list(c.parents),
             "author": c.author,
             "time": c.time,
+            "time_us": c.time_us,
             "message": c.message,
             "config": c.config,
             "images": {

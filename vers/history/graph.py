@@ -35,7 +35,7 @@ def walk(
     first_parent: bool = False,
 ) -> Iterator[Commit]:
     """Commits reachable from ``include`` but not from ``exclude``, newest first, and never a
-    parent before any of its children (commits made in the same second stay in order)."""
+    parent before any of its children (commits made at the same instant stay in order)."""
     hidden = ancestors(get, exclude)
     commits: dict[str, Commit] = {}
     order: list[str] = []
@@ -54,7 +54,7 @@ def walk(
             if p in pending_children:
                 pending_children[p] += 1
     rank = {cid: i for i, cid in enumerate(order)}
-    heap = [(-commits[c].time, rank[c], c) for c in commits if pending_children[c] == 0]
+    heap = [(-commits[c].time_us, rank[c], c) for c in commits if pending_children[c] == 0]
     heapq.heapify(heap)
     while heap:
         _, _, cid = heapq.heappop(heap)
@@ -64,7 +64,7 @@ def walk(
             if p in pending_children:
                 pending_children[p] -= 1
                 if pending_children[p] == 0:
-                    heapq.heappush(heap, (-commits[p].time, rank[p], p))
+                    heapq.heappush(heap, (-commits[p].time_us, rank[p], p))
 
 
 def merge_bases(get: GetCommit, a: str, b: str) -> list[str]:

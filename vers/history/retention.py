@@ -30,7 +30,7 @@ import datetime
 import re
 import time as _time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from vers.errors import BadInput, RefConflict
 from vers.history.graph import walk
@@ -285,8 +285,9 @@ def apply_retention(
             if parents == c.parents:
                 new_id[c.id] = c.id
                 continue
-            twin = Commit(images=dict(c.images), parents=parents, author=c.author, time=c.time,
-                          message=c.message, config=dict(c.config))
+            # Same format version and time as the original: gc on two copies of one history
+            # makes the same twins.
+            twin = replace(c, parents=parents, id="")
             data = twin.serialize()
             oid = hash_bytes(data)
             w.add(oid, KIND_COMMIT, data, compress=False)

@@ -91,9 +91,12 @@ def build_server(repo: Repo) -> MCPServer:
         return _call(lambda: [dict(s.__dict__) for s in verbs.ps(repo)])
 
     @server.tool()
-    def log(rev: str = "HEAD", max_count: int = 20) -> list[dict[str, Any]]:
-        """History from REV, newest first."""
-        return _call(lambda: [commit_json(c) for c in log_commits(repo, rev, max_count)])
+    def log(rev: str = "HEAD", max_count: int = 20, since: str | None = None,
+            until: str | None = None) -> list[dict[str, Any]]:
+        """History from REV, newest first; SINCE/UNTIL keep the commits made at or after / at
+        or before a time ('10 minutes ago', '2026-12-01 10:32:05', as `vers log --since`)."""
+        return _call(lambda: [commit_json(c) for c in log_commits(repo, rev, max_count,
+                                                                   since=since, until=until)])
 
     @server.tool()
     def diff(a: str, b: str = "HEAD") -> dict[str, Any]:

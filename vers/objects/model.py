@@ -130,48 +130,82 @@ class Tree:
         return tree
 
 
+#: The commit format new commits are written in; version 1 commits are still read.
+COMMIT_VERSION = 2
+US_PER_S = 1_000_000
+
+
 @dataclass(frozen=True)
 class Commit:
-    """The machine at one instant: the trees of its images plus what is needed to restore it."""
+    """The machine at one instant: the trees of its images plus what is needed to restore it.
+
+    ``time_us`` is when the commit was made, in whole microseconds since the Unix epoch (UTC).
+    Version 2 stores exactly that (``"time_us"``); version 1 stored whole seconds (``"time"``),
+    read here as ``seconds * 1_000_000``. A commit keeps its version when it is re-serialised, so
+    a stored commit always gives back its own bytes and ID.
+    """
 
     images: dict[str, str]
     parents: list[str] = field(default_factory=list)
     author: str = ""
-    time: int = 0
+    time_us: int = 0
     message: str = ""
     config: dict[str, Any] = field(default_factory=dict)
+    version: int = COMMIT_VERSION
     id: str = ""
+
+    @property
+    def time(self) -> int:
+        """Whole seconds since the epoch (rounded down), as version 1 kept them."""
+        return self.time_us // US_PER_S
 
     def serialize(self) -> bytes:
         for name in self.images:
             if not IMAGE_NAME_RE.match(name):
                 raise BadInput(f"bad image name {name!r} (want [a-z][a-z0-9_-]*)")
-        return canonical_json(
-            {
-                "type": "commit",
-                "version": 1,
-                "images": dict(self.images),
-                "parents": list(self.parents),
-                "author": self.author,
-                "time": int(self.time),
-                "message": self.message,
-                "config": self.config,
-            }
-        )
+        if isinstance(self.time_us, bool) or not isinstance(self.time_us, int):
+            raise BadInput(f"commit time must be whole microseconds, not {self.time_us!r}")
+        body: dict[str, Any] = {
+            "type": "commit",
+            "version": self.version,
+            "images": dict(self.images),
+            "parents": list(self.parents),
+            "author": self.author,
+            "message": self.message,
+            "config": self.config,
+        }
+        if self.version == 1:
+            if self.time_us % US_PER_S:
+                raise BadInput("a version 1 commit holds whole seconds only")
+            body["time"] = self.time_us // US_PER_S
+        elif self.version == COMMIT_VERSION:
+            body["time_us"] = self.time_us
+        else:
+            raise BadInput(f"unknown commit format version {self.version!r}")
+        return canonical_json(body)
 
     @classmethod
     def parse(cls, oid: bytes, data: bytes) -> Commit:
         try:
             d = json.loads(data)
-            if d.get("type") != "commit" or d.get("version") != 1:
-                raise ValueError("type is not commit version 1")
+            if d.get("type") != "commit":
+                raise ValueError("type is not commit")
+            version = d.get("version")
+            if version == 1:
+                time_us = _json_int(d["time"]) * US_PER_S
+            elif version == COMMIT_VERSION:
+                time_us = _json_int(d["time_us"])
+            else:
+                raise ValueError(f"unknown commit format version {version!r} "
+                                 "(written by a newer vers?)")
             return cls(
                 images={str(k): str(v) for k, v in d["images"].items()},
                 parents=[str(p) for p in d["parents"]],
                 author=str(d["author"]),
-                time=int(d["time"]),
+                time_us=time_us,
                 message=str(d["message"]),
                 config=dict(d["config"]),
+                version=version,
                 id=oid.hex(),
             )
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -180,3 +214,19 @@ class Commit:
     @property
     def summary(self) -> str:
         return self.message.splitlines()[0] if self.message else ""
+
+
+def _json_int(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"time is not an integer: {value!r}")
+    return value
+
+
+def time_us_of(seconds: float) -> int:
+    """Microseconds since the epoch for a time in seconds (an int, or a float rounded to the
+    nearest microsecond)."""
+    if isinstance(seconds, int) and not isinstance(seconds, bool):
+        return seconds * US_PER_S
+    if isinstance(seconds, float):
+        return round(seconds * US_PER_S)
+    raise BadInput(f"a commit time is seconds since the epoch, not {seconds!r}")

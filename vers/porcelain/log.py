@@ -9,6 +9,7 @@ from typing import Any
 
 from vers.objects.model import Commit
 from vers.refs.container import HEAD, SYMREF_PREFIX
+from vers.refs.timespec import US, format_iso_utc, now_us, parse_time
 from vers.repo import Repo
 
 SHORT = 12
@@ -18,8 +19,12 @@ def short(cid: str) -> str:
     return cid[:SHORT]
 
 
-def format_time(ts: int) -> str:
-    return datetime.fromtimestamp(ts, UTC).astimezone().strftime("%a %b %d %H:%M:%S %Y %z")
+def format_time(time_us: int) -> str:
+    """git's date line in local time, with the microseconds when there are any, so that the time
+    shown can be typed back into ``REF@{...}`` and name this very commit."""
+    dt = datetime.fromtimestamp(time_us // US, UTC).astimezone()
+    frac = f".{time_us % US:06d}" if time_us % US else ""
+    return dt.strftime("%a %b %d %H:%M:%S") + frac + dt.strftime(" %Y %z")
 
 
 def decorations(repo: Repo) -> dict[str, list[str]]:
@@ -54,11 +59,16 @@ def decorations(repo: Repo) -> dict[str, list[str]]:
 
 
 def commit_json(c: Commit) -> dict[str, Any]:
+    """A commit for scripts: ``time`` in whole seconds (as before sub-second times), ``time_us``
+    exactly, and ``date`` the same instant in ISO 8601 UTC with six decimals."""
     return {
         "id": c.id,
         "parents": c.parents,
         "author": c.author,
         "time": c.time,
+        "time_us": c.time_us,
+        "date": format_iso_utc(c.time_us),
+        "version": c.version,
         "message": c.message,
         "images": c.images,
         "config": c.config,
@@ -66,8 +76,18 @@ def commit_json(c: Commit) -> dict[str, Any]:
 
 
 def log_commits(repo: Repo, rev: str = HEAD, max_count: int | None = None,
-                first_parent: bool = False) -> list[Commit]:
+                first_parent: bool = False, since: str | None = None,
+                until: str | None = None) -> list[Commit]:
+    """``vers log``'s commits: ``since``/``until`` are times as ``REF@{...}`` takes them
+    (docs/cli.md, "Times") and keep the commits made at or after / at or before them; the
+    ``max_count`` newest of those are returned."""
+    now = now_us()
+    low = None if since is None else parse_time(since, now)
+    high = None if until is None else parse_time(until, now)
     it: Iterable[Commit] = repo.log(rev, first_parent=first_parent)
+    if low is not None or high is not None:
+        it = (c for c in it if (low is None or c.time_us >= low)
+              and (high is None or c.time_us <= high))
     if max_count is not None:
         it = itertools.islice(it, max_count)
     return list(it)
@@ -78,7 +98,7 @@ def format_full(c: Commit, deco: list[str]) -> str:
     lines = [head]
     if len(c.parents) > 1:
         lines.append("Merge: " + " ".join(short(p) for p in c.parents))
-    lines += [f"Author: {c.author}", f"Date:   {format_time(c.time)}", ""]
+    lines += [f"Author: {c.author}", f"Date:   {format_time(c.time_us)}", ""]
     lines += ["    " + line for line in (c.message.splitlines() or [""])]
     return "\n".join(lines) + "\n"
 

@@ -1,5 +1,5 @@
-"""rev-parse: turn ``main~2``, ``HEAD^2``, ``main@{1}``, ``1a2b3c``, tags and full IDs into
-commit IDs."""
+"""rev-parse: turn ``main~2``, ``HEAD^2``, ``main@{1}``, ``main@{10 minutes ago}``, ``1a2b3c``,
+tags and full IDs into commit IDs."""
 
 from __future__ import annotations
 
@@ -8,11 +8,15 @@ import re
 from collections.abc import Callable, Iterable
 
 from vers.errors import AmbiguousRevision, BadRevision
+from vers.objects.model import Commit
 from vers.refs.container import HEAD, RefsContainer
+from vers.refs.timespec import parse_time
 
 MIN_PREFIX = 4
 _HEX = re.compile(r"^[0-9a-f]+$")
-_SUFFIX = re.compile(r"(~\d*|\^\d*|@\{-?\d+\})")
+_SUFFIX = re.compile(r"(~\d*|\^\d*|@\{[^{}]*\})")
+_REV = re.compile(r"^(.*?)((?:~\d*|\^\d*|@\{[^{}]*\})*)$")
+_REFLOG_INDEX = re.compile(r"^-?\d+$")
 SEARCH_PREFIXES = ("", "refs/", "refs/heads/", "refs/tags/", "refs/remotes/")
 
 
@@ -31,16 +35,21 @@ def rev_parse(
     refs: RefsContainer,
     rev: str,
     commits_with_prefix: Callable[[str], Iterable[str]],
-    parents_of: Callable[[str], list[str]],
+    commit_of: Callable[[str], Commit],
+    commit_at: Callable[[str, int, str], str],
+    now: int | None = None,
 ) -> str:
     """Resolve ``rev`` to a full hex commit ID.
 
-    ``commits_with_prefix(p)`` lists commit IDs starting with hex prefix ``p``; ``parents_of(id)``
-    gives a commit's parents (and raises if ``id`` is not a commit).
+    ``commits_with_prefix(p)`` lists commit IDs starting with hex prefix ``p``; ``commit_of(id)``
+    reads a commit (and raises if ``id`` is not one); ``commit_at(id, t, rev)`` is the newest
+    commit at or before time ``t`` on ``id``'s first-parent history (``REF@{TIME}``). ``now``
+    (microseconds since the epoch) is the present that ``@{10 minutes ago}`` counts back from
+    (default: the clock).
     """
     if not rev or rev != rev.strip():
         raise BadRevision(f"bad revision {rev!r}")
-    m = re.match(r"^(.*?)((?:~\d*|\^\d*|@\{-?\d+\})*)$", rev)
+    m = _REV.match(rev)
     assert m is not None
     base, suffixes = m.group(1), m.group(2)
     if not base:
@@ -49,44 +58,48 @@ def rev_parse(
         else:
             raise BadRevision(f"bad revision {rev!r}")
     steps = _SUFFIX.findall(suffixes)
-    reflog_step = steps[0] if steps and steps[0].startswith("@{") else None
-    if reflog_step:
+    at_step = steps[0][2:-1] if steps and steps[0].startswith("@{") else None
+    if at_step is not None:
         steps = steps[1:]
     if any(s.startswith("@{") for s in steps):
-        raise BadRevision(f"bad revision {rev!r}: @{{N}} must follow a ref name")
+        raise BadRevision(f"bad revision {rev!r}: @{{...}} must follow a ref name")
 
-    commit = _resolve_base(refs, base, reflog_step, commits_with_prefix, rev)
+    if at_step is None or _REFLOG_INDEX.match(at_step):
+        commit = _resolve_base(refs, base, at_step, commits_with_prefix, rev)
+    else:
+        when = parse_time(at_step, now)
+        commit = commit_at(_resolve_base(refs, base, None, commits_with_prefix, rev), when, rev)
     for step in steps:
         n = int(step[1:]) if len(step) > 1 else 1
         if step[0] == "~":
             for _ in range(n):
-                parents = parents_of(commit)
+                parents = commit_of(commit).parents
                 if not parents:
                     raise BadRevision(f"{rev}: {commit[:12]} has no parent")
                 commit = parents[0]
         else:
             if n == 0:
                 continue
-            parents = parents_of(commit)
+            parents = commit_of(commit).parents
             if len(parents) < n:
                 raise BadRevision(f"{rev}: {commit[:12]} has no parent {n}")
             commit = parents[n - 1]
-    parents_of(commit)  # is it a commit at all?
+    commit_of(commit)  # is it a commit at all?
     return commit
 
 
 def _resolve_base(
     refs: RefsContainer,
     base: str,
-    reflog_step: str | None,
+    reflog_index: str | None,
     commits_with_prefix: Callable[[str], Iterable[str]],
     rev: str,
 ) -> str:
     full = expand_ref(refs, base)
-    if reflog_step is not None:
+    if reflog_index is not None:
         if full is None:
             raise BadRevision(f"{rev}: no ref named {base!r}")
-        n = int(reflog_step[2:-1])
+        n = int(reflog_index)
         if n < 0:
             raise BadRevision(f"{rev}: negative reflog index")
         entries = refs.reflog(full)

@@ -89,12 +89,14 @@ def state_image(i: int) -> bytes:
     return f"state {i}\n".encode().ljust(PAGE_SIZE, b"\0")
 
 
-def build_vers(repo: Repo, graph: Graph, ref: str | None = "refs/heads/main") -> list[str]:
-    """Commit ``graph`` into ``repo``; returns the commit IDs by index. ``ref`` ends at the tip."""
+def build_vers(repo: Repo, graph: Graph, ref: str | None = "refs/heads/main",
+               start: float = BASE_TIME, step: float = 1.0) -> list[str]:
+    """Commit ``graph`` into ``repo``; returns the commit IDs by index. ``ref`` ends at the tip.
+    Commit *i* is dated ``start + i * step`` (seconds since the epoch)."""
     ids: list[str] = []
     for i, ps in enumerate(graph.parents):
         cid = repo.snapshot({"disk": io.BytesIO(state_image(i))}, message=f"state {i}",
-                            parents=[ids[p] for p in ps], ref=None, time=BASE_TIME + i,
+                            parents=[ids[p] for p in ps], ref=None, time=start + i * step,
                             author="bisect-test")
         ids.append(cid)
     if ref is not None:
