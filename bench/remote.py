@@ -104,7 +104,7 @@ def main() -> None:
                   f"{t_snap:.2f} s = {size / MB / t_snap:.0f} MB/s")
             add_remote(repo, "origin", url)
             t0 = time.perf_counter()
-            first = push(repo, "origin", quiet=True)
+            first = push(repo, "origin")
             t_push = time.perf_counter() - t0
             print(f"push of {args.size_mib} MiB image: {first.objects} objects, "
                   f"{first.bytes / MB:.1f} MB in {t_push:.2f} s "
@@ -112,7 +112,7 @@ def main() -> None:
 
             before = bucket_bytes(url)
             repo.snapshot({"memory": work / "m2"}, message="1% changed")
-            inc = push(repo, "origin", quiet=True)
+            inc = push(repo, "origin")
             growth = bucket_bytes(url) - before
             print(f"incremental push, {changed / MB:.2f} MB of pages changed: sent "
                   f"{inc.objects} objects, bucket grew {growth / MB:.2f} MB = "
@@ -120,7 +120,7 @@ def main() -> None:
             repo.close()
 
             t0 = time.perf_counter()
-            cloned, _head = clone(url, str(work / "clone"), quiet=True)
+            cloned, _head = clone(url, str(work / "clone"))
             t_clone = time.perf_counter() - t0
             moved = bucket_bytes(url)
             cloned.close()

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import click
 
-from vers.cli._group import cli, info, open_repo
+from vers.cli._group import cli, info, open_repo, progress, quiet_given
 from vers.porcelain import push as push_mod
 
-_quiet = click.option("-q", "--quiet", is_flag=True, help="No progress output on stderr.")
+_quiet = click.option("-q", "--quiet", is_flag=True,
+                      help="No progress meters and no summary on stderr (like `vers -q`).")
 
 
 @cli.group(invoke_without_command=True)
@@ -68,9 +69,10 @@ def push(remote_name: str, refspecs: tuple[str, ...], force: bool, bundle_size: 
     """Send commits to REMOTE and move its refs (default: the current branch)."""
     if bundle_size < 4096:
         raise click.BadParameter("must be at least 4096", param_hint="--bundle-size")
+    quiet = quiet or quiet_given()
     with open_repo() as repo:
-        result = push_mod.push(repo, remote_name, list(refspecs), force=force, quiet=quiet,
-                          bundle_bytes=bundle_size)
+        result = push_mod.push(repo, remote_name, list(refspecs), force=force,
+                               progress=progress(quiet), bundle_bytes=bundle_size)
     if not quiet:
         for line in push_mod.push_lines(result):
             info(line)
@@ -84,8 +86,9 @@ def fetch(remote_name: str, quiet: bool) -> None:
     from vers.porcelain.fetch import fetch as run_fetch
     from vers.porcelain.fetch import fetch_lines
 
+    quiet = quiet or quiet_given()
     with open_repo() as repo:
-        summary = run_fetch(repo, remote_name, quiet=quiet)
+        summary = run_fetch(repo, remote_name, progress(quiet))
     if not quiet:
         for line in fetch_lines(summary):
             info(line)
@@ -98,8 +101,9 @@ def pull(remote_name: str, quiet: bool) -> None:
     """Fetch REMOTE (default origin), then fast-forward the current branch; refuses otherwise."""
     from vers.porcelain.fetch import pull as run_pull
 
+    quiet = quiet or quiet_given()
     with open_repo() as repo:
-        old, new = run_pull(repo, remote_name, quiet=quiet)
+        old, new = run_pull(repo, remote_name, progress(quiet))
     if not quiet:
         info("already up to date" if old == new else
              f"fast-forward {old[:12] if old else '(new)'} -> {new[:12]}")
@@ -113,7 +117,8 @@ def clone(url: str, directory: str | None, quiet: bool) -> None:
     """Copy the repository at URL into DIRECTORY; prints the HEAD commit ID."""
     from vers.porcelain.clone import clone as run_clone
 
-    repo, head = run_clone(url, directory, quiet=quiet)
+    quiet = quiet or quiet_given()
+    repo, head = run_clone(url, directory, progress(quiet))
     with repo:
         if head is None:
             info(f"cloned an empty repository into {repo.root}")

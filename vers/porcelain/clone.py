@@ -7,6 +7,7 @@ from pathlib import Path
 
 from vers.errors import BadInput
 from vers.porcelain.fetch import fetch
+from vers.progress import NO_PROGRESS, Progress
 from vers.remote.config import add_remote
 from vers.remote.transport import parse_url
 from vers.repo import DEFAULT_BRANCH, Repo
@@ -19,7 +20,8 @@ def default_directory(url: str) -> str:
     return Path(where).name or "vers-clone"
 
 
-def clone(url: str, directory: str | None = None, quiet: bool = False) -> tuple[Repo, str | None]:
+def clone(url: str, directory: str | None = None, progress: Progress = NO_PROGRESS,
+          ) -> tuple[Repo, str | None]:
     """Returns the new repository and its HEAD commit (None for an empty remote). On failure
     the directory is removed if this call created it."""
     target = Path(directory or default_directory(url)).absolute()
@@ -29,7 +31,7 @@ def clone(url: str, directory: str | None = None, quiet: bool = False) -> tuple[
     repo = Repo.init(target)
     try:
         add_remote(repo, "origin", url)
-        summary = fetch(repo, "origin", quiet)
+        summary = fetch(repo, "origin", progress)
         heads = {r[len("refs/heads/"):]: v for r, v in summary.remote_refs.items()
                  if r.startswith("refs/heads/")}
         head = summary.remote_head

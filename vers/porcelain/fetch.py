@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING
 from vers.errors import BadInput, RemoteError
 from vers.history import is_ancestor
 from vers.porcelain.remote import resolve_remote
+from vers.progress import NO_PROGRESS, Progress, human_bytes
 from vers.remote.bundle import RemoteIndex
 from vers.remote.config import cache_dir
 from vers.remote.fetch import FetchResult, fetch_objects
-from vers.remote.progress import human_bytes
 from vers.remote.refs import check_format, read_remote_head, read_remote_refs
 
 if TYPE_CHECKING:
@@ -27,17 +27,18 @@ class FetchSummary:
     remote_refs: dict[str, str] = field(default_factory=dict)
 
 
-def fetch(repo: Repo, remote: str, quiet: bool = False) -> FetchSummary:
+def fetch(repo: Repo, remote: str, progress: Progress = NO_PROGRESS) -> FetchSummary:
     """Fetch every branch and tag of ``remote``: branches land in refs/remotes/REMOTE/*, tags in
     refs/tags/* when not already there. Refs move only after every object is here and verified."""
     name, transport = resolve_remote(repo, remote)
     if name is None:
         raise BadInput("fetch needs a configured remote (vers remote add NAME URL)")
     with repo.store.writing():  # gc must not sweep objects this fetch relies on
-        return _fetch_locked(repo, name, transport, quiet)
+        return _fetch_locked(repo, name, transport, progress)
 
 
-def _fetch_locked(repo: Repo, name: str, transport: Transport, quiet: bool) -> FetchSummary:
+def _fetch_locked(repo: Repo, name: str, transport: Transport, progress: Progress,
+                  ) -> FetchSummary:
     try:
         # Refs first: a remote ref moves only after its objects are indexed, so the index read
         # next covers every commit these refs name.
@@ -45,7 +46,8 @@ def _fetch_locked(repo: Repo, name: str, transport: Transport, quiet: bool) -> F
         remote_refs = {k: r.value for k, r in read_remote_refs(transport).items()}
         head = read_remote_head(transport)
         index = RemoteIndex.load(transport, cache_dir(repo, name))
-        result = fetch_objects(repo.store, transport, index, list(remote_refs.values()), quiet)
+        result = fetch_objects(repo.store, transport, index, list(remote_refs.values()),
+                              progress)
     finally:
         transport.close()
     summary = FetchSummary(result, remote_head=head, remote_refs=remote_refs)
@@ -74,12 +76,13 @@ def fetch_lines(summary: FetchSummary) -> list[str]:
     return lines
 
 
-def pull(repo: Repo, remote: str = "origin", quiet: bool = False) -> tuple[str | None, str]:
+def pull(repo: Repo, remote: str = "origin", progress: Progress = NO_PROGRESS,
+         ) -> tuple[str | None, str]:
     """Fetch, then fast-forward the current branch to its remote twin; returns (old, new)."""
     branch = repo.current_branch()
     if branch is None:
         raise BadInput("HEAD is detached: check out a branch to pull into")
-    fetch(repo, remote, quiet)
+    fetch(repo, remote, progress)
     theirs = repo.refs.resolve(f"refs/remotes/{remote}/{branch}")
     if theirs is None:
         raise RemoteError(f"remote {remote} has no branch {branch}")
