@@ -256,6 +256,8 @@ class Repo:
                         if (dirty is not None and name in dirty and base_tree
                                 and base_tree.size == size):
                             tree_id = patch_tree(w, base_tree, dirty[name], _page_reader(f, size))
+                            if progress:  # only the dirty pages were read: the image is done
+                                progress(size)
                         else:
                             f.seek(0)
                             tree_id = build_tree(w, f, size, base_tree, progress)
@@ -309,12 +311,15 @@ class Repo:
             raise BadInput(f"commit {commit.id[:12]} has no image {name!r} (it has: {have})")
         return ImageFile(self.store, self.store.get_tree(bytes.fromhex(commit.images[name])), name)
 
-    def export_image(self, rev: str, name: str, out: str | os.PathLike[str]) -> None:
+    def export_image(self, rev: str, name: str, out: str | os.PathLike[str],
+                     progress: Callable[[int], None] | None = None) -> None:
+        """Write image ``name`` of ``rev`` to ``out``; ``progress`` gets the bytes of each
+        stretch of the image written (or skipped over as zero)."""
         image = self.open_image(rev, name)
         tmp = Path(str(out) + ".vers-tmp")
         try:
             with os.fdopen(open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as f:
-                write_image(self.store, image.reader.tree, f)
+                write_image(self.store, image.reader.tree, f, progress)
             os.replace(tmp, out)
         except OSError as exc:
             tmp.unlink(missing_ok=True)

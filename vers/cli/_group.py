@@ -10,6 +10,7 @@ import importlib
 import json
 import os
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -114,6 +115,11 @@ def progress(quiet: bool = False) -> Progress:
     """This command's progress meters: on stderr if it is a terminal, unless ``-q`` (global, or
     the command's own ``quiet``) was given."""
     return Progress.for_terminal(quiet=quiet or quiet_given())
+
+
+def saying(meters: Progress) -> Callable[[str], None]:
+    """Where a command's step messages go: above its meters on a terminal, else ``info``."""
+    return meters.note if meters.enabled else info
 
 
 def info(msg: str) -> None:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from vers.cli._group import cli, emit_json, info, open_repo
+from vers.cli._group import cli, emit_json, info, open_repo, progress, saying
 from vers.errors import EXIT_BISECT_SKIPPED
 from vers.porcelain import bisect as bs
 from vers.porcelain.bisect.algo import Decision
@@ -119,7 +119,9 @@ def run_cmd(vm: bool, files_mode: str, cmd: tuple[str, ...]) -> None:
     from vers.porcelain.bisect.run import run
 
     repo = open_repo()
-    result = run(repo, list(cmd), mode="vm" if vm else files_mode, say=info)
+    meters = progress()
+    result = run(repo, list(cmd), mode="vm" if vm else files_mode, say=saying(meters),
+                 progress=meters)
     info(f"bisect run: {result.runs} predicate run(s)")
     d = result.decision
     if d is not None and d.kind == "found" and d.commit:

@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from vers.cli._group import cli, emit_json, info, open_repo
+from vers.cli._group import cli, emit_json, info, open_repo, progress
 from vers.errors import BadInput
 from vers.porcelain import diff as diff_mod
 from vers.porcelain import export as export_mod
@@ -59,7 +59,7 @@ def snapshot(memory: str | None, disks: tuple[str, ...], devstate: str | None,
             raise BadInput("--config must be a JSON object")
     repo = open_repo()
     images = snapshot_mod.image_map(memory, disks, devstate, _named_images(extra))
-    cid = snapshot_mod.snapshot(repo, images, message, config)
+    cid = snapshot_mod.snapshot(repo, images, message, config, progress())
     branch = repo.current_branch()
     subject = message.splitlines()[0] if message else ""
     info(f"[{branch or 'detached HEAD'} {cid[:12]}] {subject}".rstrip())
@@ -159,7 +159,7 @@ def export(rev: str, memory: str | None, disks: tuple[str, ...], devstate: str |
     repo = open_repo()
     images = snapshot_mod.image_map(memory, disks, devstate, _named_images(extra))
     outputs = {k: str(v) for k, v in images.items()}
-    for name in export_mod.export(repo, rev, outputs):
+    for name in export_mod.export(repo, rev, outputs, progress()):
         info(f"exported {name} to {outputs[name]}")
 
 
