@@ -147,3 +147,21 @@ def test_quick_jobs_and_disabled_progress_draw_nothing(tmp_path: Path) -> None:
         m.advance(5, 10)
         m.set_total(None)
         m.phase("y")
+
+
+@pytest.mark.vm
+def test_boot_wait_and_first_commit_show_meters(tmp_path: Path) -> None:
+    vers_ok(tmp_path, "init")
+    try:
+        code, out, shown = on_terminal(tmp_path, "run", "--memory", "512M", "--name", "p")
+        assert code == 0, shown
+        assert "booting: waiting for the guest agent" in meters(shown), shown
+        assert re.fullmatch(rb"[0-9a-f]+\n", out), out
+        code, out, shown = on_terminal(tmp_path, "commit", "-m", "first")
+        assert code == 0, shown
+        assert "commit" in meters(shown), shown  # the first commit reads all 512 MiB
+        assert re.fullmatch(rb"[0-9a-f]{64}\n", out), out
+        piped = run_vers(tmp_path, "commit", "-m", "second")
+        assert piped.returncode == 0 and not METER.search(piped.stderr), piped.stderr
+    finally:
+        run_vers(tmp_path, "kill", "p")

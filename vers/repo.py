@@ -191,6 +191,7 @@ class Repo:
         source: str = "",
         branch: str | None = None,
         merge: bool = False,
+        progress: Callable[[int], None] | None = None,
     ) -> str:
         """Commit the state of something whose images started from commit ``base`` (a live VM)
         and move a ref to it: branch ``branch`` when given (created at ``base`` if it does not
@@ -215,7 +216,7 @@ class Repo:
         if base is None or tip is None or tip == base:
             parents = [base] if base else ([tip] if tip else [])
             return self.snapshot(images, message=message, config=config, parents=parents,
-                                 dirty=dirty, ref=ref)
+                                 dirty=dirty, ref=ref, progress=progress)
         if not merge:
             where = f"branch {branch!r}" if branch else (
                 f"branch {self.current_branch()!r}" if self.current_branch() else "HEAD")
@@ -223,7 +224,7 @@ class Repo:
                 f"{where} has moved on since this VM's commit {base[:12]} (it is at {tip[:12]}): "
                 "commit onto a branch of its own (--branch NAME), or join both lines with --merge")
         cid = self.snapshot(images, message=message, config=config, parents=[base, tip],
-                            dirty=dirty, ref=None)
+                            dirty=dirty, ref=None, progress=progress)
         self.refs.set_ref(ref, cid, old=tip, message=f"commit ({source}): {message}")
         return cid
 

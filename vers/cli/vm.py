@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from vers.cli._group import cli, emit_json, info, open_repo
+from vers.cli._group import cli, emit_json, info, open_repo, progress
 from vers.errors import BadInput
 from vers.porcelain import refs as refs_mod
 from vers.porcelain import vm as verbs
@@ -83,7 +83,7 @@ def run(memory: str, vcpus: int, name: str | None, image: str | None, disk_size:
     building = verbs.check_run(opts)
     info(f"building the {building} guest first (from Debian packages; cached afterwards)..."
          if building else "booting VM...")
-    rec = verbs.run(repo, opts)
+    rec = verbs.run(repo, opts, progress())
     info(f"VM {rec.id} running{f' as {name}' if name else ''} (accel {rec.spec.accel})")
     if fmt != "json":
         _say_ports(rec)
@@ -194,7 +194,7 @@ def commit(vm: str | None, message: str, stay_paused: bool, onto: str | None, me
            verbose: bool, fmt: str) -> None:
     """Commit a running VM's memory, disks and device state; prints the commit ID."""
     repo = open_repo()
-    cid, tm = verbs.commit(repo, vm, message, stay_paused, onto, merge)
+    cid, tm = verbs.commit(repo, vm, message, stay_paused, onto, merge, progress())
     info(f"committed {cid[:12]} (guest paused {tm.pause:.0f} ms, "
          f"{_pages(tm.extra.get('memory_dirty_pages'))} memory pages changed)")
     if verbose:

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from vers.errors import BadRevision, RefError, UnknownVM
+from vers.progress import NO_PROGRESS, Progress
 from vers.refs.container import check_short_name
 from vers.vmm import control
 from vers.vmm.agent import ExecResult
@@ -41,9 +42,9 @@ __all__ = ["BOOT_TIMEOUT", "ExecResult", "Port", "RunOptions", "Timings", "VMRec
            "ps", "record", "resume", "run", "run_commit", "status", "vm_json"]
 
 
-def run(repo: Repo, opts: RunOptions) -> VMRecord:
+def run(repo: Repo, opts: RunOptions, progress: Progress = NO_PROGRESS) -> VMRecord:
     """Boot a VM (the default guest unless ``opts`` names kernel, initrd and disks)."""
-    return run_vm(repo, opts)
+    return run_vm(repo, opts, progress)
 
 
 def check_run(opts: RunOptions) -> str | None:
@@ -117,10 +118,11 @@ def exec_in(repo: Repo, vm: str | None, argv: list[str], timeout: float = 300.0)
 
 
 def commit(repo: Repo, vm: str | None, message: str = "", stay_paused: bool = False,
-           branch: str | None = None, merge: bool = False) -> tuple[str, Timings]:
+           branch: str | None = None, merge: bool = False,
+           progress: Progress = NO_PROGRESS) -> tuple[str, Timings]:
     """Commit a running VM onto ``branch`` (else the VM's own branch, else HEAD); see
     ``Repo.commit_state`` for when ``merge`` is needed."""
-    return commit_vm(repo, vm, message, stay_paused, branch, merge)
+    return commit_vm(repo, vm, message, stay_paused, branch, merge, progress)
 
 
 def branch(repo: Repo, source: str | None, count: int = 1, name: str | None = None,
