@@ -41,6 +41,7 @@ COMMAND_MODULES: dict[str, str] = {
     "port": "vm",
     "exec": "transfer", "cp": "transfer", "connect": "transfer", "shell": "transfer",
     "mcp": "mcp",
+    "completion": "completion",
 }
 
 

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from vers.cli import completion as comp
 from vers.cli._group import cli, emit_json, info, open_repo, progress, saying
 from vers.errors import EXIT_BISECT_SKIPPED
 from vers.porcelain import bisect as bs
@@ -62,7 +63,7 @@ _HELP = {
 
 def _term_command(word: str) -> click.Command:
     @click.command(word, help=_HELP.get(word, f"Mark commits as '{word}' (a custom term)."))
-    @click.argument("revs", nargs=-1)
+    @click.argument("revs", nargs=-1, shell_complete=comp.revisions)
     def cmd(revs: tuple[str, ...]) -> None:
         repo = open_repo()
         _finish(repo, bs.mark(repo, word, revs, say=info))
@@ -76,7 +77,7 @@ def bisect() -> None:
 
 
 @bisect.command("start", context_settings={"ignore_unknown_options": False})
-@click.argument("revs", nargs=-1)
+@click.argument("revs", nargs=-1, shell_complete=comp.revisions)
 @click.option("--term-old", "--term-good", "term_old", default="good", show_default=True,
               help="Word for the state before the change.")
 @click.option("--term-new", "--term-bad", "term_new", default="bad", show_default=True,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from vers.cli import completion as comp
 from vers.cli._group import cli, info, open_repo, progress, quiet_given
 from vers.porcelain import push as push_mod
 
@@ -45,7 +46,7 @@ def remote_add(name: str, url: str, create_bucket: bool) -> None:
 
 
 @remote.command("remove")
-@click.argument("name")
+@click.argument("name", shell_complete=comp.remotes)
 def remote_remove(name: str) -> None:
     """Forget remote NAME and its remote-tracking refs (the remote itself is untouched)."""
     from vers.porcelain.remote import remove_remote
@@ -58,8 +59,8 @@ remote.add_command(remote_remove, "rm")
 
 
 @cli.command()
-@click.argument("remote_name", metavar="REMOTE")
-@click.argument("refspecs", nargs=-1, metavar="[REF[:DST]]...")
+@click.argument("remote_name", metavar="REMOTE", shell_complete=comp.remotes)
+@click.argument("refspecs", nargs=-1, metavar="[REF[:DST]]...", shell_complete=comp.revisions)
 @click.option("-f", "--force", is_flag=True, help="Allow non-fast-forward updates.")
 @click.option("--bundle-size", type=int, default=push_mod.DEFAULT_BUNDLE_BYTES, show_default=True,
               help="Target bytes per uploaded bundle.")
@@ -79,7 +80,7 @@ def push(remote_name: str, refspecs: tuple[str, ...], force: bool, bundle_size: 
 
 
 @cli.command()
-@click.argument("remote_name", metavar="REMOTE")
+@click.argument("remote_name", metavar="REMOTE", shell_complete=comp.remotes)
 @_quiet
 def fetch(remote_name: str, quiet: bool) -> None:
     """Fetch branches and tags of REMOTE into refs/remotes/REMOTE/* (and refs/tags/*)."""
@@ -95,7 +96,7 @@ def fetch(remote_name: str, quiet: bool) -> None:
 
 
 @cli.command()
-@click.argument("remote_name", metavar="[REMOTE]", default="origin")
+@click.argument("remote_name", metavar="[REMOTE]", default="origin", shell_complete=comp.remotes)
 @_quiet
 def pull(remote_name: str, quiet: bool) -> None:
     """Fetch REMOTE (default origin), then fast-forward the current branch; refuses otherwise."""

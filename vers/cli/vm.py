@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from vers.cli import completion as comp
 from vers.cli._group import cli, emit_json, info, open_repo, progress
 from vers.errors import BadInput
 from vers.porcelain import refs as refs_mod
@@ -34,7 +35,7 @@ def _say_ports(rec: verbs.VMRecord) -> None:
 @click.option("--memory", default="256M", show_default=True, help="Guest RAM, e.g. 256M or 2G.")
 @click.option("--vcpus", default=1, show_default=True, type=int)
 @click.option("--name", default=None, help="Alias for the new VM.")
-@click.option("--image", default=None,
+@click.option("--image", default=None, shell_complete=comp.images,
               help="Guest image: default, debian, postgres or one you imported (vers images); "
                    "built first if needed.")
 @click.option("--disk-size", default=None, help="Grow the root disk to SIZE, e.g. 4G.")
@@ -126,7 +127,7 @@ def ps(quiet: bool, fmt: str) -> None:
 
 
 @cli.command()
-@click.argument("vm", required=False)
+@click.argument("vm", required=False, shell_complete=comp.vms)
 @click.option("--format", "fmt", type=click.Choice(["json"]), default="json",
               help="Always JSON (the option is accepted for symmetry).")
 def status(vm: str | None, fmt: str) -> None:
@@ -135,7 +136,7 @@ def status(vm: str | None, fmt: str) -> None:
 
 
 @cli.command()
-@click.argument("vm", required=False)
+@click.argument("vm", required=False, shell_complete=comp.vms)
 def pause(vm: str | None) -> None:
     """Stop the guest's CPUs."""
     rec = verbs.pause(open_repo(), vm)
@@ -143,7 +144,7 @@ def pause(vm: str | None) -> None:
 
 
 @cli.command()
-@click.argument("vm", required=False)
+@click.argument("vm", required=False, shell_complete=comp.vms)
 def resume(vm: str | None) -> None:
     """Let a paused guest run again."""
     rec = verbs.resume(open_repo(), vm)
@@ -151,7 +152,7 @@ def resume(vm: str | None) -> None:
 
 
 @cli.command()
-@click.argument("vms", nargs=-1, required=True)
+@click.argument("vms", nargs=-1, required=True, shell_complete=comp.vms)
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
               help="json: one object on stdout (docs/cli.md).")
 def kill(vms: tuple[str, ...], fmt: str) -> None:
@@ -164,7 +165,7 @@ def kill(vms: tuple[str, ...], fmt: str) -> None:
 
 
 @cli.command()
-@click.argument("vm", required=False)
+@click.argument("vm", required=False, shell_complete=comp.vms)
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new output until the VM exits.")
 def console(vm: str | None, follow: bool) -> None:
     """Print the VM's serial console log."""
@@ -178,10 +179,10 @@ def console(vm: str | None, follow: bool) -> None:
 
 
 @cli.command()
-@click.argument("vm", required=False)
+@click.argument("vm", required=False, shell_complete=comp.vms)
 @click.option("-m", "--message", default="", help="Commit message.")
 @click.option("--pause", "stay_paused", is_flag=True, help="Leave the VM paused afterwards.")
-@click.option("--branch", "onto", default=None,
+@click.option("--branch", "onto", default=None, shell_complete=comp.branches,
               help="Commit onto this branch (made at the VM's base commit if new) instead of "
                    "the VM's own branch or HEAD.")
 @click.option("--merge", is_flag=True,
@@ -210,7 +211,7 @@ def _pages(n: int | None) -> str:
 
 
 @cli.command()
-@click.argument("source", required=False)
+@click.argument("source", required=False, shell_complete=comp.vms_or_revisions)
 @click.option("--count", default=1, show_default=True, type=int, help="Number of children.")
 @click.option("--name", default=None, help="Alias for the child (NAME-i with --count).")
 @click.option("--refs", default=None, metavar="PREFIX",
@@ -237,7 +238,7 @@ def branch(source: str | None, count: int, name: str | None, refs: str | None, v
 
 
 @cli.command("run-commit")
-@click.argument("commit_rev", metavar="COMMIT")
+@click.argument("commit_rev", metavar="COMMIT", shell_complete=comp.revisions)
 @click.option("--name", default=None, help="Alias for the new VM.")
 @_publish_option()
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
@@ -253,7 +254,7 @@ def run_commit(commit_rev: str, name: str | None, ports: tuple[str, ...], fmt: s
 
 
 @cli.command()
-@click.argument("commit_rev", metavar="COMMIT")
+@click.argument("commit_rev", metavar="COMMIT", shell_complete=comp.revisions)
 @_publish_option()
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
               help="json: one object on stdout (docs/cli.md).")
