@@ -1,7 +1,9 @@
 """The names a user can type where a command wants a VM, a revision, a branch, a tag, a remote
 or an image: what shell completion offers. Each function lists candidates starting with what was
 typed so far, with a short description, and reads only what it needs (refs, the VM registry, the
-store's index for ID prefixes), because it runs on every press of TAB."""
+store's index for ID prefixes), because it runs on every press of TAB: the VM registry, the
+remotes' configuration and the image cache are imported by the function that reads them, so
+completing a branch never pays for loading them."""
 
 from __future__ import annotations
 
@@ -9,12 +11,9 @@ from dataclasses import dataclass
 from itertools import islice
 from typing import TYPE_CHECKING
 
-from vers.images import list_images
 from vers.objects.model import KIND_COMMIT
 from vers.refs.container import SYMREF_PREFIX
 from vers.refs.revparse import MIN_PREFIX
-from vers.remote.config import list_remotes
-from vers.vmm.state import VMRegistry
 
 if TYPE_CHECKING:
     from vers.repo import Repo
@@ -34,6 +33,8 @@ class Name:
 
 def vms(repo: Repo, typed: str) -> list[Name]:
     """VM names and IDs (the IDs of named VMs too: both work everywhere)."""
+    from vers.vmm.state import VMRegistry
+
     out = []
     for rec in VMRegistry(repo.vers_dir).visible():
         what = f"VM {rec.id}" + (f" at {rec.base_commit[:SHORT_ID]}" if rec.base_commit else "")
@@ -53,6 +54,8 @@ def tags(repo: Repo, typed: str) -> list[Name]:
 
 
 def remotes(repo: Repo, typed: str) -> list[Name]:
+    from vers.remote.config import list_remotes
+
     return [Name(n, url) for n, url in sorted(list_remotes(repo).items()) if n.startswith(typed)]
 
 
@@ -85,6 +88,8 @@ def revisions(repo: Repo, typed: str) -> list[Name]:
 
 def images(typed: str) -> list[Name]:
     """Guest images: built, buildable and imported."""
+    from vers.images import list_images
+
     return [Name(i.name, i.summary) for i in list_images() if i.name.startswith(typed)]
 
 
