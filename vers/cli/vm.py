@@ -49,7 +49,10 @@ def _say_ports(rec: verbs.VMRecord) -> None:
 @click.option("--memory-backing", default=None,
               help="Guest RAM backing: fuse (default where FUSE works) or shm; "
                    "or $VERS_MEMORY_BACKING.")
-@click.option("--memory-dir", default=None, help="Directory for the RAM file (default /dev/shm).")
+@click.option("--memory-dir", default=None,
+              help="shm backing: directory for the RAM file (default /dev/shm); fuse backing: "
+                   "the backing daemon's state directory (default $VERS_FUSE_DIR, else "
+                   "/dev/shm/vers-fuse-<uid>).")
 @click.option("--boot-timeout", default=verbs.BOOT_TIMEOUT, show_default=True, type=float)
 @click.option("--overcommit", is_flag=True,
               help="Allow more guest RAM than this host's RAM and swap together.")
