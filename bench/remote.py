@@ -134,7 +134,7 @@ def lazy_bench(args: argparse.Namespace, work: Path, server: SeaweedS3) -> None:
     cid, _tm = verbs.commit(src, rec.id, "bench")
     verbs.kill(src, [rec.id])
     add_remote(src, "origin", url)
-    push(src, "origin", quiet=True)
+    push(src, "origin")
     nz = nonzero_bytes(src, cid)
     print(f"commit {cid[:12]}: {args.memory} RAM, {args.disk_size or 'default'} disk, "
           f"{nz / MB:.0f} MB of non-zero pages")
@@ -154,7 +154,7 @@ def lazy_bench(args: argparse.Namespace, work: Path, server: SeaweedS3) -> None:
             verbs.kill(fresh, [vm])
             fresh.close()
     t0 = time.perf_counter()
-    full, _head = clone(url, str(work / "full"), quiet=True)
+    full, _head = clone(url, str(work / "full"))
     secs, full_vm = restored_and_answering(full, cid, None)
     t_full = time.perf_counter() - t0
     verbs.kill(full, [full_vm])
@@ -228,7 +228,7 @@ def main() -> None:
                   f"{t_snap:.2f} s = {size / MB / t_snap:.0f} MB/s")
             add_remote(repo, "origin", url)
             t0 = time.perf_counter()
-            first = push(repo, "origin", quiet=True)
+            first = push(repo, "origin")
             t_push = time.perf_counter() - t0
             print(f"push of {args.size_mib} MiB image: {first.objects} objects, "
                   f"{first.bytes / MB:.1f} MB in {t_push:.2f} s "
@@ -236,7 +236,7 @@ def main() -> None:
 
             before = bucket_bytes(url)
             repo.snapshot({"memory": work / "m2"}, message="1% changed")
-            inc = push(repo, "origin", quiet=True)
+            inc = push(repo, "origin")
             growth = bucket_bytes(url) - before
             print(f"incremental push, {changed / MB:.2f} MB of pages changed: sent "
                   f"{inc.objects} objects, bucket grew {growth / MB:.2f} MB = "
@@ -244,7 +244,7 @@ def main() -> None:
             repo.close()
 
             t0 = time.perf_counter()
-            cloned, _head = clone(url, str(work / "clone"), quiet=True)
+            cloned, _head = clone(url, str(work / "clone"))
             t_clone = time.perf_counter() - t0
             moved = bucket_bytes(url)
             cloned.close()

@@ -230,6 +230,7 @@ class Repo:
         source: str = "",
         branch: str | None = None,
         merge: bool = False,
+        progress: Callable[[int], None] | None = None,
     ) -> str:
         """Commit the state of something whose images started from commit ``base`` (a live VM)
         and move a ref to it: branch ``branch`` when given (created at ``base`` if it does not
@@ -256,7 +257,7 @@ class Repo:
         if base is None or tip is None or tip == base:
             parents = [base] if base else ([tip] if tip else [])
             return self.snapshot(images, message=message, config=config, parents=parents,
-                                 dirty=dirty, ref=ref)
+                                 dirty=dirty, ref=ref, progress=progress)
         if not merge:
             where = f"branch {branch!r}" if branch else (
                 f"branch {self.current_branch()!r}" if self.current_branch() else "HEAD")
@@ -264,7 +265,7 @@ class Repo:
                 f"{where} has moved on since this VM's commit {base[:12]} (it is at {tip[:12]}): "
                 "commit onto a branch of its own (--branch NAME), or join both lines with --merge")
         cid = self.snapshot(images, message=message, config=config, parents=[base, tip],
-                            dirty=dirty, ref=None)
+                            dirty=dirty, ref=None, progress=progress)
         self.refs.set_ref(ref, cid, old=tip, message=f"commit ({source}): {message}")
         return cid
 
@@ -297,6 +298,8 @@ class Repo:
                         if (dirty is not None and name in dirty and base_tree
                                 and base_tree.size == size):
                             tree_id = patch_tree(w, base_tree, dirty[name], _page_reader(f, size))
+                            if progress:  # only the dirty pages were read: the image is done
+                                progress(size)
                         else:
                             f.seek(0)
                             tree_id = build_tree(w, f, size, base_tree, progress)
@@ -353,12 +356,15 @@ class Repo:
             raise BadInput(f"commit {commit.id[:12]} has no image {name!r} (it has: {have})")
         return ImageFile(self.store, self.store.get_tree(bytes.fromhex(commit.images[name])), name)
 
-    def export_image(self, rev: str, name: str, out: str | os.PathLike[str]) -> None:
+    def export_image(self, rev: str, name: str, out: str | os.PathLike[str],
+                     progress: Callable[[int], None] | None = None) -> None:
+        """Write image ``name`` of ``rev`` to ``out``; ``progress`` gets the bytes of each
+        stretch of the image written (or skipped over as zero)."""
         image = self.open_image(rev, name)
         tmp = Path(str(out) + ".vers-tmp")
         try:
             with os.fdopen(open_private(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "wb") as f:
-                write_image(self.store, image.reader.tree, f)
+                write_image(self.store, image.reader.tree, f, progress)
             os.replace(tmp, out)
         except OSError as exc:
             tmp.unlink(missing_ok=True)

@@ -75,13 +75,13 @@ def test_kill_during_push(tmp_path: Path, remote_url: str) -> None:
     landed = RemoteIndex.load(transport)
     total = len(plan_send(repo.store, [head], lambda o: False))
     assert 0 < len(landed.locs) < total
-    result = push(repo, "origin", quiet=True)
+    result = push(repo, "origin")
     assert result.objects == total - len(landed.locs), "only what had not landed is sent again"
     assert result.updated == [("refs/heads/main", None, head)]
 
     b = Repo.init(tmp_path / "b")
     add_remote(b, "origin", remote_url)
-    fetch(b, "origin", quiet=True)
+    fetch(b, "origin")
     assert export_bytes(b, "origin/main", tmp_path) == (tmp_path / "m1").read_bytes()
     b.close()
     repo.close()
@@ -89,7 +89,7 @@ def test_kill_during_push(tmp_path: Path, remote_url: str) -> None:
 
 def test_kill_during_fetch(tmp_path: Path, remote_url: str) -> None:
     repo, head = _source(tmp_path, remote_url)
-    full = push(repo, "origin", quiet=True)
+    full = push(repo, "origin")
     b = Repo.init(tmp_path / "b")
     add_remote(b, "origin", remote_url)
     store = b.store
@@ -107,7 +107,7 @@ def test_kill_during_fetch(tmp_path: Path, remote_url: str) -> None:
     have = sum(1 for _ in b.store.iter_ids())
     assert 0 < have < full.objects
 
-    again = fetch(b, "origin", quiet=True)
+    again = fetch(b, "origin")
     metadata = full.objects - NPAGES  # nodes, tree, commit: re-read to rediscover the pages
     assert again.result.objects <= full.objects - have + metadata
     assert again.result.bytes < full.bytes

@@ -33,14 +33,14 @@ def _pushed(tmp: Path, url: str) -> tuple[Repo, str, bytearray]:
     image = make_memory(tmp / "m1", NPAGES, seed=1)
     cid = repo.snapshot({"memory": tmp / "m1"}, message="one")
     add_remote(repo, "origin", url)
-    push(repo, "origin", quiet=True)
+    push(repo, "origin")
     return repo, cid, image
 
 
 def test_lazy_clone_reads_on_demand_and_keeps_what_it_read(tmp_path: Path,
                                                           remote_url: str) -> None:
     src, cid, image = _pushed(tmp_path, remote_url)
-    repo, head = clone(remote_url, str(tmp_path / "b"), quiet=True, lazy=True)
+    repo, head = clone(remote_url, str(tmp_path / "b"), lazy=True)
     assert head == cid and repo.promisors() == ["origin"]
     assert repo.store.stats().objects == 1  # the commit only
     lazy = open_lazy(repo)
@@ -59,7 +59,7 @@ def test_lazy_clone_reads_on_demand_and_keeps_what_it_read(tmp_path: Path,
 
 def test_fsck_gc_and_all_objects_on_a_partial_store(tmp_path: Path, remote_url: str) -> None:
     src, cid, image = _pushed(tmp_path, remote_url)
-    repo, _ = clone(remote_url, str(tmp_path / "b"), quiet=True, lazy=True)
+    repo, _ = clone(remote_url, str(tmp_path / "b"), lazy=True)
     report = fsck_repo(repo)
     assert report.ok and report.absent, report.summary()
     assert "lazy" in report.summary()
@@ -70,7 +70,7 @@ def test_fsck_gc_and_all_objects_on_a_partial_store(tmp_path: Path, remote_url: 
     # The CLI says the same.
     proc = vers("fsck", "--remote", cwd=repo.root)
     assert "lazy" in proc.stderr
-    fetch(repo, "origin", quiet=True, all_objects=True)
+    fetch(repo, "origin", all_objects=True)
     complete = fsck_repo(repo)
     assert complete.ok and not complete.absent
     with repo.local_only():
@@ -82,7 +82,7 @@ def test_fsck_gc_and_all_objects_on_a_partial_store(tmp_path: Path, remote_url: 
 def test_absent_and_not_on_the_remote_is_missing(tmp_path: Path) -> None:
     url = str(tmp_path / "remote")
     src, _cid, _ = _pushed(tmp_path, url)
-    repo, _ = clone(url, str(tmp_path / "b"), quiet=True, lazy=True)
+    repo, _ = clone(url, str(tmp_path / "b"), lazy=True)
     t = open_transport(url)
     for key in t.list("bundles/"):
         if key.endswith(".idx"):
@@ -96,7 +96,7 @@ def test_absent_and_not_on_the_remote_is_missing(tmp_path: Path) -> None:
 def test_tampered_remote_object_is_rejected_and_not_kept(tmp_path: Path,
                                                          remote_url: str) -> None:
     src, cid, _ = _pushed(tmp_path, remote_url)
-    repo, _ = clone(remote_url, str(tmp_path / "b"), quiet=True, lazy=True)
+    repo, _ = clone(remote_url, str(tmp_path / "b"), lazy=True)
     bad = _tamper_one_page(remote_url)
     open_lazy(repo, retry_seconds=0)
     with pytest.raises(RemoteError, match=f"rejected object {bad}"):
@@ -110,7 +110,7 @@ def test_tampered_remote_object_is_rejected_and_not_kept(tmp_path: Path,
 def test_unreachable_remote_fails_in_bounded_time_and_changes_nothing(tmp_path: Path) -> None:
     url = str(tmp_path / "remote")
     src, cid, image = _pushed(tmp_path, url)
-    repo, _ = clone(url, str(tmp_path / "b"), quiet=True, lazy=True)
+    repo, _ = clone(url, str(tmp_path / "b"), lazy=True)
     lazy = open_lazy(repo, retry_seconds=1.5)
     assert lazy is not None
     lazy.promisors[0].index()  # indexes loaded (cached) while the remote was there
@@ -130,16 +130,16 @@ def test_unreachable_remote_fails_in_bounded_time_and_changes_nothing(tmp_path: 
 
 def test_commit_on_a_partial_store_pushes_back(tmp_path: Path, remote_url: str) -> None:
     src, cid, image = _pushed(tmp_path, remote_url)
-    repo, _ = clone(remote_url, str(tmp_path / "b"), quiet=True, lazy=True)
+    repo, _ = clone(remote_url, str(tmp_path / "b"), lazy=True)
     open_lazy(repo)
     changed = list(range(0, NPAGES, 97))
     m2 = change_pages(image, tmp_path / "m2", changed, seed=5)
     new = repo.snapshot({"memory": tmp_path / "m2"}, message="two", dirty={"memory": changed})
     # only the changed pages and the nodes above them were needed, not the image
     assert repo.store.stats().bytes < len(image) // 4
-    result = push(repo, "origin", quiet=True)
+    result = push(repo, "origin")
     assert result.updated == [("refs/heads/main", cid, new)]
-    third, head = clone(remote_url, str(tmp_path / "c"), quiet=True)
+    third, head = clone(remote_url, str(tmp_path / "c"))
     assert head == new and export_bytes(third, new, tmp_path) == bytes(m2)
     assert fsck_repo(third).ok
     third.close()

@@ -59,7 +59,7 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Repo, str
 def _pushed(repo: Repo, url: str, name: str) -> None:
     if name not in json.loads((repo.vers_dir / "config.json").read_text()).get("remotes", {}):
         add_remote(repo, name, url)
-    push(repo, name, ["main"], quiet=True, force=True)
+    push(repo, name, ["main"], force=True)
 
 
 def _exec(cwd: Path, vm: str, script: str) -> str:

@@ -39,11 +39,11 @@ def _bucket_bytes(remote_url: str) -> int:
 
 def test_push_clone_fetch_round_trip(tmp_path: Path, remote_url: str) -> None:
     repo, commits, images = _repo_with_history(tmp_path, remote_url)
-    result = push(repo, "origin", quiet=True)
+    result = push(repo, "origin")
     assert result.updated == [("refs/heads/main", None, commits[1])]
     assert repo.refs.resolve("refs/remotes/origin/main") == commits[1]
 
-    cloned, head = clone(remote_url, str(tmp_path / "b"), quiet=True)
+    cloned, head = clone(remote_url, str(tmp_path / "b"))
     assert head == commits[1] == cloned.rev_parse("HEAD")
     assert cloned.current_branch() == "main"
     for cid, image in zip(commits, images):
@@ -52,9 +52,9 @@ def test_push_clone_fetch_round_trip(tmp_path: Path, remote_url: str) -> None:
     assert_consistent(cloned)
 
     # A second push of the same thing sends nothing; a fetch into the clone receives nothing.
-    again = push(repo, "origin", quiet=True)
+    again = push(repo, "origin")
     assert again.objects == 0 and again.up_to_date == ["refs/heads/main"]
-    assert fetch(cloned, "origin", quiet=True).result.objects == 0
+    assert fetch(cloned, "origin").result.objects == 0
     cloned.close()
     repo.close()
 
@@ -64,7 +64,7 @@ def test_cli_clone_prints_head_and_matches(tmp_path: Path, remote_url: str) -> N
     vers("push", "origin", cwd=repo.root)
     out = vers("clone", remote_url, str(tmp_path / "c"))
     assert out.stdout.strip() == commits[1]
-    assert "done." in out.stderr, "progress is shown by default"
+    assert "cloned into" in out.stderr and "%|" not in out.stderr, "no meter on a pipe"
     assert vers("rev-parse", "HEAD", cwd=tmp_path / "c").stdout.strip() == commits[1]
     quiet = vers("clone", "-q", remote_url, str(tmp_path / "d"))
     assert quiet.stderr == ""
@@ -77,13 +77,13 @@ def test_second_push_sends_only_changed_pages(tmp_path: Path, remote_url: str) -
     m1 = make_memory(tmp_path / "m1", npages, seed=1, random_fraction=1.0)
     repo.snapshot({"memory": tmp_path / "m1"}, message="base")
     add_remote(repo, "origin", remote_url)
-    push(repo, "origin", quiet=True)
+    push(repo, "origin")
     before = _bucket_bytes(remote_url)
 
     changed = list(range(5, npages, 100))  # ~1% of pages
     change_pages(m1, tmp_path / "m2", changed, seed=9)
     repo.snapshot({"memory": tmp_path / "m2"}, message="1% changed")
-    result = push(repo, "origin", quiet=True)
+    result = push(repo, "origin")
     changed_bytes = len(changed) * PAGE_SIZE
     growth = _bucket_bytes(remote_url) - before
     # pages + 16 leaf nodes (deltas) + root + tree + commit; nothing of the unchanged 99%
@@ -95,30 +95,30 @@ def test_second_push_sends_only_changed_pages(tmp_path: Path, remote_url: str) -
 
 def test_non_fast_forward_rejected_and_nothing_changes(tmp_path: Path, remote_url: str) -> None:
     repo, commits, _ = _repo_with_history(tmp_path, remote_url)
-    push(repo, "origin", quiet=True)
-    other, _ = clone(remote_url, str(tmp_path / "b"), quiet=True)
+    push(repo, "origin")
+    other, _ = clone(remote_url, str(tmp_path / "b"))
     # Our side moves on and pushes; the clone commits on the old tip: histories diverge.
     (tmp_path / "m3").write_bytes(os.urandom(64 * PAGE_SIZE))
     ours = repo.snapshot({"memory": tmp_path / "m3"}, message="ours")
-    push(repo, "origin", quiet=True)
+    push(repo, "origin")
     (tmp_path / "m4").write_bytes(os.urandom(64 * PAGE_SIZE))
     theirs = other.snapshot({"memory": tmp_path / "m4"}, message="theirs")
     listing = open_transport(remote_url).list("")
     with pytest.raises(PushRejected, match="non-fast-forward"):
-        push(other, "origin", quiet=True)
+        push(other, "origin")
     assert open_transport(remote_url).list("") == listing, "a rejected push uploads nothing"
     proc = vers("push", "origin", cwd=other.root, check=False)
     assert proc.returncode != 0 and "non-fast-forward" in proc.stderr and "--force" in proc.stderr
 
     # pull refuses to merge diverged histories, and changes nothing
     with pytest.raises(RemoteError, match="not a fast-forward"):
-        pull(other, "origin", quiet=True)
+        pull(other, "origin")
     assert other.rev_parse("main") == theirs
 
-    forced = push(other, "origin", force=True, quiet=True)
+    forced = push(other, "origin", force=True)
     assert forced.updated == [("refs/heads/main", ours, theirs)]
     # Now our side is behind: pull fast-forwards? No -- ours diverged too; fetch shows theirs.
-    fetch(repo, "origin", quiet=True)
+    fetch(repo, "origin")
     assert repo.refs.resolve("refs/remotes/origin/main") == theirs
     assert commits[1] in [c.id for c in repo.log(theirs)]
     other.close()
@@ -127,16 +127,16 @@ def test_non_fast_forward_rejected_and_nothing_changes(tmp_path: Path, remote_ur
 
 def test_pull_fast_forwards(tmp_path: Path, remote_url: str) -> None:
     repo, commits, _ = _repo_with_history(tmp_path, remote_url)
-    push(repo, "origin", quiet=True)
-    other, _ = clone(remote_url, str(tmp_path / "b"), quiet=True)
+    push(repo, "origin")
+    other, _ = clone(remote_url, str(tmp_path / "b"))
     (tmp_path / "m3").write_bytes(os.urandom(64 * PAGE_SIZE))
     new = repo.snapshot({"memory": tmp_path / "m3"}, message="three")
-    push(repo, "origin", quiet=True)
-    old, got = pull(other, "origin", quiet=True)
+    push(repo, "origin")
+    old, got = pull(other, "origin")
     assert (old, got) == (commits[1], new)
     assert other.rev_parse("HEAD") == new
     assert export_bytes(other, "HEAD", tmp_path) == (tmp_path / "m3").read_bytes()
-    assert pull(other, "origin", quiet=True) == (new, new)
+    assert pull(other, "origin") == (new, new)
     other.close()
     repo.close()
 
@@ -159,14 +159,14 @@ def _tamper_one_page(remote_url: str) -> str:
 
 def test_tampered_object_is_rejected_by_name(tmp_path: Path, remote_url: str) -> None:
     repo, _commits, _ = _repo_with_history(tmp_path, remote_url)
-    push(repo, "origin", quiet=True)
+    push(repo, "origin")
     bad = _tamper_one_page(remote_url)
 
     # fetch into an existing repository: error names the object, no ref moves
     b = Repo.init(tmp_path / "b")
     add_remote(b, "origin", remote_url)
     with pytest.raises(RemoteError, match=bad):
-        fetch(b, "origin", quiet=True)
+        fetch(b, "origin")
     assert b.refs.list_refs() == {}
     assert_consistent(b)
     b.close()
@@ -196,15 +196,15 @@ def test_push_tags_and_branches(tmp_path: Path, remote_url: str) -> None:
     repo, commits, _ = _repo_with_history(tmp_path, remote_url)
     repo.refs.set_ref("refs/tags/v1", commits[0])
     repo.refs.set_ref("refs/heads/old", commits[0])
-    push(repo, "origin", ["main", "v1", "old:refs/heads/legacy"], quiet=True)
-    b, _ = clone(remote_url, str(tmp_path / "b"), quiet=True)
+    push(repo, "origin", ["main", "v1", "old:refs/heads/legacy"])
+    b, _ = clone(remote_url, str(tmp_path / "b"))
     assert b.refs.resolve("refs/tags/v1") == commits[0]
     assert b.refs.resolve("refs/remotes/origin/legacy") == commits[0]
     assert b.rev_parse("HEAD") == commits[1]
     # Moving a tag that exists on the remote is refused without --force.
     repo.refs.set_ref("refs/tags/v1", commits[1])
     with pytest.raises(PushRejected, match="tag already exists"):
-        push(repo, "origin", ["v1"], quiet=True)
+        push(repo, "origin", ["v1"])
     b.close()
     repo.close()
 
@@ -223,8 +223,8 @@ def test_racing_pushes_one_wins_no_update_lost(tmp_path: Path, remote_url: str) 
     import threading
 
     repo, _commits, _ = _repo_with_history(tmp_path, remote_url)
-    push(repo, "origin", quiet=True)
-    clones = [clone(remote_url, str(tmp_path / f"c{i}"), quiet=True)[0] for i in range(2)]
+    push(repo, "origin")
+    clones = [clone(remote_url, str(tmp_path / f"c{i}"))[0] for i in range(2)]
     tips = []
     for i, c in enumerate(clones):
         (tmp_path / f"x{i}").write_bytes(os.urandom(256 * PAGE_SIZE))
@@ -235,7 +235,7 @@ def test_racing_pushes_one_wins_no_update_lost(tmp_path: Path, remote_url: str) 
     def race(i: int) -> None:
         barrier.wait()
         try:
-            outcome[i] = push(clones[i], "origin", quiet=True)
+            outcome[i] = push(clones[i], "origin")
         except PushRejected as exc:
             outcome[i] = exc
 
@@ -260,13 +260,13 @@ def test_s3_without_conditional_writes_uses_locks(tmp_path: Path, s3_env: object
     monkeypatch.setenv("VERS_S3_CONDITIONAL", "0")
     url = f"s3://vers-tests/lock-{os.getpid()}-{tmp_path.name}"
     repo, commits, images = _repo_with_history(tmp_path, url)
-    push(repo, "origin", ["main"], quiet=True)
-    cloned, head = clone(url, str(tmp_path / "b"), quiet=True)
+    push(repo, "origin", ["main"])
+    cloned, head = clone(url, str(tmp_path / "b"))
     assert head == commits[1]
     assert export_bytes(cloned, head, tmp_path) == bytes(images[1])
     cloned.refs.set_ref("refs/heads/main", commits[0])
     with pytest.raises(PushRejected, match="non-fast-forward"):
-        push(cloned, "origin", ["main"], quiet=True)
+        push(cloned, "origin", ["main"])
     assert open_transport(url).list("locks/") == {}, "locks are released"
     cloned.close()
     repo.close()

@@ -10,12 +10,14 @@ import importlib
 import json
 import os
 import sys
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import click
 
 from vers import __version__
 from vers.errors import EXIT_BROKEN_PIPE, EXIT_INTERRUPTED, VersError
+from vers.progress import Progress
 
 if TYPE_CHECKING:
     from vers.repo import Repo
@@ -39,6 +41,7 @@ COMMAND_MODULES: dict[str, str] = {
     "port": "vm", "record": "vm",
     "exec": "transfer", "cp": "transfer", "connect": "transfer", "shell": "transfer",
     "mcp": "mcp",
+    "completion": "completion",
 }
 
 
@@ -78,10 +81,12 @@ class VersGroup(click.Group):
     default=None,
     help="Repository directory (default: $VERS_DIR or search upwards from the cwd).",
 )
+@click.option("-q", "--quiet", is_flag=True,
+              help="No progress meters (shown on stderr only when it is a terminal).")
 @click.pass_context
-def cli(ctx: click.Context, repo_path: str | None) -> None:
+def cli(ctx: click.Context, repo_path: str | None, quiet: bool) -> None:
     """vers: git for whole-machine state."""
-    ctx.obj = {"repo_path": repo_path or os.environ.get("VERS_DIR")}
+    ctx.obj = {"repo_path": repo_path or os.environ.get("VERS_DIR"), "quiet": quiet}
 
 
 def open_repo(ctx: click.Context | None = None) -> Repo:
@@ -99,6 +104,23 @@ def open_repo(ctx: click.Context | None = None) -> Repo:
         root.obj = obj
         root.call_on_close(repo.close)
     return repo
+
+
+def quiet_given(ctx: click.Context | None = None) -> bool:
+    """Whether the global ``-q`` was given."""
+    root = (ctx or click.get_current_context()).find_root()
+    return bool((root.obj or {}).get("quiet"))
+
+
+def progress(quiet: bool = False) -> Progress:
+    """This command's progress meters: on stderr if it is a terminal, unless ``-q`` (global, or
+    the command's own ``quiet``) was given."""
+    return Progress.for_terminal(quiet=quiet or quiet_given())
+
+
+def saying(meters: Progress) -> Callable[[str], None]:
+    """Where a command's step messages go: above its meters on a terminal, else ``info``."""
+    return meters.note if meters.enabled else info
 
 
 def info(msg: str) -> None:

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 
 import click
 
-from vers.cli._group import cli, emit_json, info, open_repo
+from vers.cli import completion as comp
+from vers.cli._group import cli, emit_json, info, open_repo, progress, saying
 from vers.errors import EXIT_BISECT_SKIPPED
 from vers.porcelain import bisect as bs
 from vers.porcelain.bisect.algo import Decision
@@ -62,7 +63,7 @@ _HELP = {
 
 def _term_command(word: str) -> click.Command:
     @click.command(word, help=_HELP.get(word, f"Mark commits as '{word}' (a custom term)."))
-    @click.argument("revs", nargs=-1)
+    @click.argument("revs", nargs=-1, shell_complete=comp.revisions)
     def cmd(revs: tuple[str, ...]) -> None:
         repo = open_repo()
         _finish(repo, bs.mark(repo, word, revs, say=info))
@@ -76,7 +77,7 @@ def bisect() -> None:
 
 
 @bisect.command("start", context_settings={"ignore_unknown_options": False})
-@click.argument("revs", nargs=-1)
+@click.argument("revs", nargs=-1, shell_complete=comp.revisions)
 @click.option("--term-old", "--term-good", "term_old", default="good", show_default=True,
               help="Word for the state before the change.")
 @click.option("--term-new", "--term-bad", "term_new", default="bad", show_default=True,
@@ -119,7 +120,9 @@ def run_cmd(vm: bool, files_mode: str, cmd: tuple[str, ...]) -> None:
     from vers.porcelain.bisect.run import run
 
     repo = open_repo()
-    result = run(repo, list(cmd), mode="vm" if vm else files_mode, say=info)
+    meters = progress()
+    result = run(repo, list(cmd), mode="vm" if vm else files_mode, say=saying(meters),
+                 progress=meters)
     info(f"bisect run: {result.runs} predicate run(s)")
     d = result.decision
     if d is not None and d.kind == "found" and d.commit:

@@ -8,7 +8,8 @@ import sys
 
 import click
 
-from vers.cli._group import cli, emit_json, info, open_repo
+from vers.cli import completion as comp
+from vers.cli._group import cli, emit_json, info, open_repo, progress
 from vers.errors import BadInput
 from vers.porcelain import diff as diff_mod
 from vers.porcelain import export as export_mod
@@ -59,7 +60,7 @@ def snapshot(memory: str | None, disks: tuple[str, ...], devstate: str | None,
             raise BadInput("--config must be a JSON object")
     repo = open_repo()
     images = snapshot_mod.image_map(memory, disks, devstate, _named_images(extra))
-    cid = snapshot_mod.snapshot(repo, images, message, config)
+    cid = snapshot_mod.snapshot(repo, images, message, config, progress())
     branch = repo.current_branch()
     subject = message.splitlines()[0] if message else ""
     info(f"[{branch or 'detached HEAD'} {cid[:12]}] {subject}".rstrip())
@@ -67,7 +68,7 @@ def snapshot(memory: str | None, disks: tuple[str, ...], devstate: str | None,
 
 
 @cli.command("rev-parse")
-@click.argument("revs", nargs=-1)
+@click.argument("revs", nargs=-1, shell_complete=comp.revisions)
 @click.option("--short", is_flag=True, help="Print 12-character IDs.")
 @click.option("--at", "--before", "at", metavar="TIME", default=None,
               help="The newest commit at or before TIME on each REV's first-parent history "
@@ -83,7 +84,7 @@ def rev_parse(revs: tuple[str, ...], short: bool, at: str | None) -> None:
 
 
 @cli.command()
-@click.argument("rev", default="HEAD")
+@click.argument("rev", default="HEAD", shell_complete=comp.revisions)
 @click.option("--oneline", is_flag=True, help="Short ID and message, one line per commit.")
 @click.option("--graph", is_flag=True, help="Draw the commit graph.")
 @click.option("-n", "--max-count", type=click.IntRange(min=0), default=None)
@@ -111,7 +112,7 @@ def log(
 
 
 @cli.command()
-@click.argument("rev", default="HEAD")
+@click.argument("rev", default="HEAD", shell_complete=comp.revisions)
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
 def show(rev: str, fmt: str) -> None:
     """Show one commit: metadata, images and machine configuration."""
@@ -123,8 +124,8 @@ def show(rev: str, fmt: str) -> None:
 
 
 @cli.command()
-@click.argument("a")
-@click.argument("b", required=False)
+@click.argument("a", shell_complete=comp.revisions)
+@click.argument("b", required=False, shell_complete=comp.revisions)
 @click.option("--stat", is_flag=True, help="One summary line per image.")
 @click.option("--ranges", "all_ranges", is_flag=True,
               help="Every changed range (default: a summary with the largest ones).")
@@ -157,7 +158,7 @@ def diff(a: str, b: str | None, stat: bool, all_ranges: bool, exit_code: bool, f
 
 
 @cli.command()
-@click.argument("rev")
+@click.argument("rev", shell_complete=comp.revisions)
 @click.option("--memory", type=click.Path(dir_okay=False), help="Write the memory image here.")
 @click.option("--disk", "disks", multiple=True, type=click.Path(dir_okay=False),
               help="Write disk, disk1, ... here (repeat).")
@@ -169,13 +170,13 @@ def export(rev: str, memory: str | None, disks: tuple[str, ...], devstate: str |
     repo = open_repo()
     images = snapshot_mod.image_map(memory, disks, devstate, _named_images(extra))
     outputs = {k: str(v) for k, v in images.items()}
-    for name in export_mod.export(repo, rev, outputs):
+    for name in export_mod.export(repo, rev, outputs, progress()):
         info(f"exported {name} to {outputs[name]}")
 
 
 @cli.command()
-@click.argument("name", required=False)
-@click.argument("rev", default="HEAD")
+@click.argument("name", required=False, shell_complete=comp.tags)
+@click.argument("rev", default="HEAD", shell_complete=comp.revisions)
 @click.option("-d", "--delete", is_flag=True, help="Delete the tag.")
 @click.option("-f", "--force", is_flag=True, help="Move an existing tag.")
 def tag(name: str | None, rev: str, delete: bool, force: bool) -> None:
@@ -206,7 +207,7 @@ def branch_list(verbose: bool) -> None:
 
 @cli.command("branch-create")
 @click.argument("name")
-@click.argument("rev", default="HEAD")
+@click.argument("rev", default="HEAD", shell_complete=comp.revisions)
 @click.option("-f", "--force", is_flag=True, help="Move the branch if it exists.")
 def branch_create(name: str, rev: str, force: bool) -> None:
     """Create branch NAME at REV (a ref only; `vers branch` forks a live VM)."""
@@ -214,7 +215,7 @@ def branch_create(name: str, rev: str, force: bool) -> None:
 
 
 @cli.command("branch-delete")
-@click.argument("name")
+@click.argument("name", shell_complete=comp.branches)
 def branch_delete(name: str) -> None:
     """Delete branch NAME."""
     cid = refs_mod.delete_branch(open_repo(), name)
@@ -222,7 +223,7 @@ def branch_delete(name: str) -> None:
 
 
 @cli.command()
-@click.argument("name")
+@click.argument("name", shell_complete=comp.branches)
 def switch(name: str) -> None:
     """Make branch NAME current (moves HEAD only; `vers checkout` restores a machine)."""
     repo = open_repo()
@@ -242,7 +243,7 @@ def show_ref() -> None:
 
 
 @cli.command()
-@click.argument("ref", default="HEAD")
+@click.argument("ref", default="HEAD", shell_complete=comp.revisions)
 def reflog(ref: str) -> None:
     """Where REF has pointed, newest first."""
     for line in refs_mod.reflog(open_repo(), ref):

@@ -7,7 +7,7 @@ import dataclasses
 import click
 
 from vers import images
-from vers.cli._group import cli, emit_json, info
+from vers.cli._group import cli, emit_json, info, progress
 
 
 def _size(n: int | None) -> str:
@@ -41,7 +41,7 @@ def image() -> None:
 def image_build(name: str) -> None:
     """Build image NAME now (default, debian, postgres); prints its root disk's path."""
     info(f"building image {name} (reused if it is cached)...")
-    click.echo(images.build(name).disk)
+    click.echo(images.build(name, progress()).disk)
 
 
 @image.command("import")

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from vers.cli._group import cli, info, open_repo
+from vers.cli._group import cli, info, open_repo, progress, saying
 
 
 @cli.command("fsck")
@@ -36,7 +36,7 @@ def fsck_cmd(full: bool, salvage_dir: str | None, check_remote: bool) -> None:
             info(line)
         sys.exit(1 if result.lost_refs else 0)
     report = fsck_repo(open_repo(), full=full, on_problem=lambda p: click.echo(str(p)),
-                       remote=check_remote)
+                       remote=check_remote, progress=progress())
     info(report.summary())
     if not report.ok:
         sys.exit(1)
@@ -91,6 +91,8 @@ def gc_cmd(
         weekly=keep_weekly, monthly=keep_monthly, yearly=keep_yearly,
         within=parse_duration(keep_within) if keep_within is not None else None,
     )
+    meters = progress()
+    say = saying(meters)
     report = gc_repo(
         open_repo(),
         grace=parse_duration(grace),
@@ -98,7 +100,8 @@ def gc_cmd(
         policy=policy,
         dry_run=dry_run,
         max_unused=max_unused / 100,
-        progress=lambda msg: info(f"gc: {msg}"),
+        say=lambda msg: say(f"gc: {msg}"),
+        progress=meters,
     )
     for line in report.lines():
         click.echo(line)

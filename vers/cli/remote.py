@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import click
 
-from vers.cli._group import cli, info, open_repo
+from vers.cli import completion as comp
+from vers.cli._group import cli, info, open_repo, progress, quiet_given
 from vers.porcelain import push as push_mod
 
-_quiet = click.option("-q", "--quiet", is_flag=True, help="No progress output on stderr.")
+_quiet = click.option("-q", "--quiet", is_flag=True,
+                      help="No progress meters and no summary on stderr (like `vers -q`).")
 
 
 @cli.group(invoke_without_command=True)
@@ -44,7 +46,7 @@ def remote_add(name: str, url: str, create_bucket: bool) -> None:
 
 
 @remote.command("remove")
-@click.argument("name")
+@click.argument("name", shell_complete=comp.remotes)
 def remote_remove(name: str) -> None:
     """Forget remote NAME and its remote-tracking refs (the remote itself is untouched)."""
     from vers.porcelain.remote import remove_remote
@@ -57,8 +59,8 @@ remote.add_command(remote_remove, "rm")
 
 
 @cli.command()
-@click.argument("remote_name", metavar="REMOTE")
-@click.argument("refspecs", nargs=-1, metavar="[REF[:DST]]...")
+@click.argument("remote_name", metavar="REMOTE", shell_complete=comp.remotes)
+@click.argument("refspecs", nargs=-1, metavar="[REF[:DST]]...", shell_complete=comp.revisions)
 @click.option("-f", "--force", is_flag=True, help="Allow non-fast-forward updates.")
 @click.option("--bundle-size", type=int, default=push_mod.DEFAULT_BUNDLE_BYTES, show_default=True,
               help="Target bytes per uploaded bundle.")
@@ -68,16 +70,17 @@ def push(remote_name: str, refspecs: tuple[str, ...], force: bool, bundle_size: 
     """Send commits to REMOTE and move its refs (default: the current branch)."""
     if bundle_size < 4096:
         raise click.BadParameter("must be at least 4096", param_hint="--bundle-size")
+    quiet = quiet or quiet_given()
     with open_repo() as repo:
-        result = push_mod.push(repo, remote_name, list(refspecs), force=force, quiet=quiet,
-                          bundle_bytes=bundle_size)
+        result = push_mod.push(repo, remote_name, list(refspecs), force=force,
+                               progress=progress(quiet), bundle_bytes=bundle_size)
     if not quiet:
         for line in push_mod.push_lines(result):
             info(line)
 
 
 @cli.command()
-@click.argument("remote_name", metavar="REMOTE")
+@click.argument("remote_name", metavar="REMOTE", shell_complete=comp.remotes)
 @click.option("--lazy", is_flag=True,
               help="Refs and commits only: REMOTE becomes the promisor the rest is read from "
                    "when needed (a lazy repository stays lazy on later fetches).")
@@ -90,22 +93,25 @@ def fetch(remote_name: str, lazy: bool, all_objects: bool, quiet: bool) -> None:
     from vers.porcelain.fetch import fetch as run_fetch
     from vers.porcelain.fetch import fetch_lines
 
+    quiet = quiet or quiet_given()
     with open_repo() as repo:
-        summary = run_fetch(repo, remote_name, quiet=quiet, lazy=lazy, all_objects=all_objects)
+        summary = run_fetch(repo, remote_name, progress(quiet), lazy=lazy,
+                            all_objects=all_objects)
     if not quiet:
         for line in fetch_lines(summary):
             info(line)
 
 
 @cli.command()
-@click.argument("remote_name", metavar="[REMOTE]", default="origin")
+@click.argument("remote_name", metavar="[REMOTE]", default="origin", shell_complete=comp.remotes)
 @_quiet
 def pull(remote_name: str, quiet: bool) -> None:
     """Fetch REMOTE (default origin), then fast-forward the current branch; refuses otherwise."""
     from vers.porcelain.fetch import pull as run_pull
 
+    quiet = quiet or quiet_given()
     with open_repo() as repo:
-        old, new = run_pull(repo, remote_name, quiet=quiet)
+        old, new = run_pull(repo, remote_name, progress(quiet))
     if not quiet:
         info("already up to date" if old == new else
              f"fast-forward {old[:12] if old else '(new)'} -> {new[:12]}")
@@ -121,7 +127,8 @@ def clone(url: str, directory: str | None, lazy: bool, quiet: bool) -> None:
     """Copy the repository at URL into DIRECTORY; prints the HEAD commit ID."""
     from vers.porcelain.clone import clone as run_clone
 
-    repo, head = run_clone(url, directory, quiet=quiet, lazy=lazy)
+    quiet = quiet or quiet_given()
+    repo, head = run_clone(url, directory, progress(quiet), lazy=lazy)
     with repo:
         if head is None:
             info(f"cloned an empty repository into {repo.root}")

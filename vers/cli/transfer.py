@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import click
 
+from vers.cli import completion as comp
 from vers.cli._group import cli, emit_json, info, open_repo
 from vers.errors import BadInput, GuestTimeout, VMError
 from vers.porcelain import transfer
@@ -223,14 +224,14 @@ def _connect(vm: str | None) -> None:
 
 
 @cli.command()
-@click.argument("vm", required=False)
+@click.argument("vm", required=False, shell_complete=comp.vms)
 def connect(vm: str | None) -> None:
     """An interactive shell in the VM (the current one by default), on a real terminal."""
     _connect(vm)
 
 
 @cli.command()
-@click.argument("vm", required=False)
+@click.argument("vm", required=False, shell_complete=comp.vms)
 def shell(vm: str | None) -> None:
     """Same as `vers connect`."""
     _connect(vm)

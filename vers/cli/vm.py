@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from vers.cli._group import cli, emit_json, info, open_repo
+from vers.cli import completion as comp
+from vers.cli._group import cli, emit_json, info, open_repo, progress
 from vers.errors import BadInput
 from vers.porcelain import refs as refs_mod
 from vers.porcelain import vm as verbs
@@ -43,7 +44,7 @@ def _say_ports(rec: verbs.VMRecord) -> None:
 @click.option("--memory", default="256M", show_default=True, help="Guest RAM, e.g. 256M or 2G.")
 @click.option("--vcpus", default=1, show_default=True, type=int)
 @click.option("--name", default=None, help="Alias for the new VM.")
-@click.option("--image", default=None,
+@click.option("--image", default=None, shell_complete=comp.images,
               help="Guest image: default, debian, postgres or one you imported (vers images); "
                    "built first if needed.")
 @click.option("--disk-size", default=None, help="Grow the root disk to SIZE, e.g. 4G.")
@@ -57,7 +58,10 @@ def _say_ports(rec: verbs.VMRecord) -> None:
 @click.option("--memory-backing", default=None,
               help="Guest RAM backing: fuse (default where FUSE works) or shm; "
                    "or $VERS_MEMORY_BACKING.")
-@click.option("--memory-dir", default=None, help="Directory for the RAM file (default /dev/shm).")
+@click.option("--memory-dir", default=None,
+              help="shm backing: directory for the RAM file (default /dev/shm); fuse backing: "
+                   "the backing daemon's state directory (default $VERS_FUSE_DIR, else "
+                   "/dev/shm/vers-fuse-<uid>).")
 @click.option("--boot-timeout", default=verbs.BOOT_TIMEOUT, show_default=True, type=float)
 @click.option("--overcommit", is_flag=True,
               help="Allow more guest RAM than this host's RAM and swap together.")
@@ -92,7 +96,7 @@ def run(memory: str, vcpus: int, name: str | None, image: str | None, disk_size:
     building = verbs.check_run(opts)
     info(f"building the {building} guest first (from Debian packages; cached afterwards)..."
          if building else "booting VM...")
-    rec = verbs.run(repo, opts)
+    rec = verbs.run(repo, opts, progress())
     info(f"VM {rec.id} running{f' as {name}' if name else ''} (accel {rec.spec.accel})")
     if fmt != "json":
         _say_ports(rec)
@@ -139,7 +143,7 @@ def ps(quiet: bool, fmt: str) -> None:
 
 
 @cli.command()
-@click.argument("vm", required=False)
+@click.argument("vm", required=False, shell_complete=comp.vms)
 @click.option("--format", "fmt", type=click.Choice(["json"]), default="json",
               help="Always JSON (the option is accepted for symmetry).")
 def status(vm: str | None, fmt: str) -> None:
@@ -148,7 +152,7 @@ def status(vm: str | None, fmt: str) -> None:
 
 
 @cli.command()
-@click.argument("vm", required=False)
+@click.argument("vm", required=False, shell_complete=comp.vms)
 def pause(vm: str | None) -> None:
     """Stop the guest's CPUs."""
     rec = verbs.pause(open_repo(), vm)
@@ -156,7 +160,7 @@ def pause(vm: str | None) -> None:
 
 
 @cli.command()
-@click.argument("vm", required=False)
+@click.argument("vm", required=False, shell_complete=comp.vms)
 def resume(vm: str | None) -> None:
     """Let a paused guest run again."""
     rec = verbs.resume(open_repo(), vm)
@@ -164,7 +168,7 @@ def resume(vm: str | None) -> None:
 
 
 @cli.command()
-@click.argument("vms", nargs=-1, required=True)
+@click.argument("vms", nargs=-1, required=True, shell_complete=comp.vms)
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
               help="json: one object on stdout (docs/cli.md).")
 def kill(vms: tuple[str, ...], fmt: str) -> None:
@@ -177,7 +181,7 @@ def kill(vms: tuple[str, ...], fmt: str) -> None:
 
 
 @cli.command()
-@click.argument("vm", required=False)
+@click.argument("vm", required=False, shell_complete=comp.vms)
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new output until the VM exits.")
 def console(vm: str | None, follow: bool) -> None:
     """Print the VM's serial console log."""
@@ -191,10 +195,10 @@ def console(vm: str | None, follow: bool) -> None:
 
 
 @cli.command()
-@click.argument("vm", required=False)
+@click.argument("vm", required=False, shell_complete=comp.vms)
 @click.option("-m", "--message", default="", help="Commit message.")
 @click.option("--pause", "stay_paused", is_flag=True, help="Leave the VM paused afterwards.")
-@click.option("--branch", "onto", default=None,
+@click.option("--branch", "onto", default=None, shell_complete=comp.branches,
               help="Commit onto this branch (made at the VM's base commit if new) instead of "
                    "the VM's own branch or HEAD.")
 @click.option("--merge", is_flag=True,
@@ -211,7 +215,7 @@ def commit(vm: str | None, message: str, stay_paused: bool, onto: str | None, me
            sync: bool, verbose: bool, fmt: str) -> None:
     """Commit a running VM's memory, disks and device state; prints the commit ID."""
     repo = open_repo()
-    cid, tm = verbs.commit(repo, vm, message, stay_paused, onto, merge, sync)
+    cid, tm = verbs.commit(repo, vm, message, stay_paused, onto, merge, sync, progress())
     info(f"committed {cid[:12]} (guest paused {tm.pause:.0f} ms, "
          f"{_pages(tm.extra.get('memory_dirty_pages'))} memory pages changed)")
     if verbose:
@@ -227,7 +231,7 @@ def _pages(n: int | None) -> str:
 
 
 @cli.command()
-@click.argument("source", required=False)
+@click.argument("source", required=False, shell_complete=comp.vms_or_revisions)
 @click.option("--count", default=1, show_default=True, type=int, help="Number of children.")
 @click.option("--name", default=None, help="Alias for the child (NAME-i with --count).")
 @click.option("--refs", default=None, metavar="PREFIX",
@@ -255,7 +259,7 @@ def branch(source: str | None, count: int, name: str | None, refs: str | None, v
 
 
 @cli.command("run-commit")
-@click.argument("commit_rev", metavar="COMMIT")
+@click.argument("commit_rev", metavar="COMMIT", shell_complete=comp.revisions)
 @click.option("--name", default=None, help="Alias for the new VM.")
 @_publish_option()
 @_from_option()
@@ -273,7 +277,7 @@ def run_commit(commit_rev: str, name: str | None, ports: tuple[str, ...], remote
 
 
 @cli.command()
-@click.argument("commit_rev", metavar="COMMIT")
+@click.argument("commit_rev", metavar="COMMIT", shell_complete=comp.revisions)
 @_publish_option()
 @_from_option()
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",

@@ -92,6 +92,10 @@ def collect_roots(
     return roots
 
 
+def _nothing(_n: int) -> None:
+    pass
+
+
 class Reachability:
     """Marks everything a set of roots needs, reporting what is missing or unreadable.
 
@@ -107,8 +111,11 @@ class Reachability:
         stored: dict[bytes, int] | None = None,
         bad: dict[bytes, str] | None = None,
         check_levels: bool = False,
+        progress: Callable[[int], None] | None = None,
     ) -> None:
+        """``progress`` is told of each commit, tree and node read (pages are never read)."""
         self.store = store
+        self.progress = progress or _nothing
         self.report = report
         self.stored = stored
         self.bad = bad or {}
@@ -149,6 +156,7 @@ class Reachability:
             if commit is None:
                 continue
             self.commits.add(oid)
+            self.progress(1)
             here = f"{root.label} -> commit {cid[:12]}"
             for name, tree_hex in sorted(commit.images.items()):
                 self._walk_tree(tree_hex, f"{here} image {name}")
@@ -168,6 +176,7 @@ class Reachability:
         if tree is None:
             return
         self.trees.add(oid)
+        self.progress(1)
         if tree.root == ZERO_ID:
             return
         # Iterative walk by level: (node ID, level, first page it covers).
@@ -180,6 +189,7 @@ class Reachability:
             if entries is None:
                 continue
             self.nodes.add(node)
+            self.progress(1)
             span = FANOUT ** (level - 1)
             for j in range(FANOUT):
                 child = entries[j * ID_LEN : (j + 1) * ID_LEN]

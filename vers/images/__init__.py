@@ -20,6 +20,7 @@ from vers.errors import BadInput
 from vers.images import builder, rootfs
 from vers.images.guest import BASE_CMDLINE, GuestImages, build_guest, find_cached
 from vers.images.recipes import RECIPES
+from vers.progress import NO_PROGRESS, Progress
 
 DEFAULT = "default"
 RESERVED = {DEFAULT, *RECIPES}
@@ -60,8 +61,9 @@ def _newest_import(name: str) -> builder.BuiltImage | None:
     return None
 
 
-def get(name: str, build: bool = True) -> GuestImages:
-    """The files to boot image ``name``; a recipe image is built first unless ``build`` is off."""
+def get(name: str, build: bool = True, progress: Progress = NO_PROGRESS) -> GuestImages:
+    """The files to boot image ``name``; a recipe image is built first unless ``build`` is off
+    (``progress`` shows the build's steps)."""
     if name == DEFAULT:
         guest = build_guest() if build else find_cached()
         if guest is None:
@@ -69,7 +71,7 @@ def get(name: str, build: bool = True) -> GuestImages:
         return guest
     recipe = RECIPES.get(name)
     if recipe is not None:
-        found = (builder.build_recipe(recipe) if build
+        found = (builder.build_recipe(recipe, progress=progress) if build
                  else builder.find_recipe_image(recipe))
         if found is None:
             raise BadInput(f"image {name!r} is not built: vers image build {name}")
@@ -82,12 +84,12 @@ def get(name: str, build: bool = True) -> GuestImages:
     return _with_default_kernel(imported.disk, build)
 
 
-def build(name: str) -> GuestImages:
+def build(name: str, progress: Progress = NO_PROGRESS) -> GuestImages:
     """Build image ``name`` now (a no-op when it is cached)."""
     if name != DEFAULT and name not in RECIPES:
         raise BadInput(f"vers builds {', '.join(sorted(RESERVED))}; {name!r} is none of them "
                        "(import your own with `vers image import`)")
-    return get(name, build=True)
+    return get(name, build=True, progress=progress)
 
 
 def import_rootfs(src: str, name: str) -> GuestImages:

@@ -28,6 +28,7 @@ from vers.images import guestfs
 from vers.images.guest import run_tool, static_busybox, vers_cache, write_exec
 from vers.images.recipes import DPKG_OPTIONS, SUITE, Recipe
 from vers.images.tree import resolve_in_root
+from vers.progress import NO_PROGRESS, Meter, Progress
 
 MiB = 1024 * 1024
 META = "image.json"
@@ -135,7 +136,14 @@ def mmdebstrap_args(recipe: Recipe, root: Path) -> list[str]:
     return args + [SUITE, str(root), *apt_sources()]
 
 
-def _mmdebstrap(recipe: Recipe, root: Path) -> None:
+#: mmdebstrap's steps, as its "I: ..." lines begin them, and vers's last step: a build's meter
+MMDEBSTRAP_STEPS = ("running apt-get update", "downloading packages", "extracting archives",
+                    "installing essential packages", "installing remaining packages",
+                    "running --customize-hook", "cleaning package lists")
+BUILD_STEPS = (*MMDEBSTRAP_STEPS, "making the root disk")
+
+
+def _mmdebstrap(recipe: Recipe, root: Path, meter: Meter) -> None:
     if shutil.which("mmdebstrap") is None:
         raise VMError(f"building the {recipe.name} image needs mmdebstrap: apt-get install "
                       "mmdebstrap")
@@ -143,28 +151,52 @@ def _mmdebstrap(recipe: Recipe, root: Path) -> None:
         raise VMError(f"building the {recipe.name} image needs root (mmdebstrap --mode=root keeps "
                       "the files' owners, which the image needs)")
     env = dict(os.environ, LC_ALL="C.UTF-8", DEBIAN_FRONTEND="noninteractive")
-    res = subprocess.run(mmdebstrap_args(recipe, root), capture_output=True, text=True, env=env,
-                         check=False)
-    if res.returncode != 0:
-        log = (res.stdout + res.stderr).strip()
+    lines: list[str] = []
+    seen: set[str] = set()
+    with subprocess.Popen(mmdebstrap_args(recipe, root), stdin=subprocess.DEVNULL,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          env=env) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            _mmdebstrap_step(line, meter, seen)
+    if proc.returncode != 0:
+        log = "".join(lines).strip()
         if _UNREACHABLE.search(log):
             raise MirrorUnreachable(f"cannot reach the Debian package mirror to build the "
                                     f"{recipe.name} image:\n{log[-1500:]}")
         raise VMError(f"mmdebstrap failed building the {recipe.name} image:\n{log[-2000:]}")
 
 
-def build_recipe(recipe: Recipe, cache: Path | None = None) -> BuiltImage:
-    """The cached image of ``recipe``, built first if missing (~1-2 minutes, mostly apt)."""
+def _mmdebstrap_step(line: str, meter: Meter, seen: set[str]) -> None:
+    """Move ``meter`` on when an mmdebstrap line begins one of its steps (once per step)."""
+    if not line.startswith("I: "):
+        return
+    text = line[3:]
+    for step in MMDEBSTRAP_STEPS:
+        if text.startswith(step) and step not in seen:
+            seen.add(step)
+            meter.phase(step)
+            meter.advance()
+            return
+
+
+def build_recipe(recipe: Recipe, cache: Path | None = None,
+                 progress: Progress = NO_PROGRESS) -> BuiltImage:
+    """The cached image of ``recipe``, built first if missing (~1-2 minutes, mostly apt);
+    ``progress`` shows the build's steps."""
     found = find_recipe_image(recipe, cache)
     if found is not None:
         return found
     cache = cache or images_root()
     cache.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(dir=cache, prefix=".build-") as tmp:
+    with tempfile.TemporaryDirectory(dir=cache, prefix=".build-") as tmp, \
+            progress.meter(f"building image {recipe.name}", total=len(BUILD_STEPS) - (
+                not recipe.hooks), unit="steps") as meter:
         work = Path(tmp)
         root = work / "root"
-        _mmdebstrap(recipe, root)
+        _mmdebstrap(recipe, root, meter)
         add_vers_files(root, with_busybox=False)
         for f in recipe.files:
             dest = root / f.path.lstrip("/")
@@ -176,7 +208,9 @@ def build_recipe(recipe: Recipe, cache: Path | None = None) -> BuiltImage:
             f"{recipe.name} image {recipe.key()}, built by vers.images\n")
         stage = work / "out"
         stage.mkdir()
+        meter.phase(BUILD_STEPS[-1])
         make_disk(root, stage / "disk.raw", recipe.free_space)
+        meter.advance()
         meta = {"name": recipe.name, "kind": "recipe", "key": recipe.key(), "suite": SUITE,
                 "packages": list(recipe.packages), "built_at": time.time(),
                 "build_seconds": round(time.monotonic() - started, 1)}

@@ -324,8 +324,10 @@ class ImageFile(io.RawIOBase):
         return self.reader.pread(offset, length)
 
 
-def write_image(store: ObjectStore, tree: Tree, out: BinaryIO) -> None:
-    """Write an image to a file, seeking over zero pages so the result is sparse."""
+def write_image(store: ObjectStore, tree: Tree, out: BinaryIO,
+                progress: Callable[[int], None] | None = None) -> None:
+    """Write an image to a file, seeking over zero pages so the result is sparse; ``progress``
+    gets the bytes of each batch of pages done."""
     reader = TreeReader(store, tree)
     size = tree.size
     step = 16 * FANOUT  # 16 MiB of pages per batch
@@ -342,6 +344,8 @@ def write_image(store: ObjectStore, tree: Tree, out: BinaryIO) -> None:
                 out.seek(off)
                 out.write(b"".join(pages[run_start:k])[: size - off])
                 run_start = None
+        if progress:
+            progress(min((last + 1) * PAGE_SIZE, size) - first * PAGE_SIZE)
     out.truncate(size)
     end = out.seek(0, os.SEEK_END)
     if end < size:  # in-memory files do not grow on truncate

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from vers.errors import BadInput
 from vers.porcelain.fetch import fetch
+from vers.progress import NO_PROGRESS, Progress
 from vers.remote.config import add_remote
 from vers.remote.transport import parse_url
 from vers.repo import DEFAULT_BRANCH, Repo
@@ -19,7 +20,7 @@ def default_directory(url: str) -> str:
     return Path(where).name or "vers-clone"
 
 
-def clone(url: str, directory: str | None = None, quiet: bool = False,
+def clone(url: str, directory: str | None = None, progress: Progress = NO_PROGRESS,
           lazy: bool = False) -> tuple[Repo, str | None]:
     """Returns the new repository and its HEAD commit (None for an empty remote). On failure
     the directory is removed if this call created it. ``lazy``: refs and commits only, the rest
@@ -31,7 +32,7 @@ def clone(url: str, directory: str | None = None, quiet: bool = False,
     repo = Repo.init(target)
     try:
         add_remote(repo, "origin", url)
-        summary = fetch(repo, "origin", quiet, lazy=lazy)
+        summary = fetch(repo, "origin", progress, lazy=lazy)
         heads = {r[len("refs/heads/"):]: v for r, v in summary.remote_refs.items()
                  if r.startswith("refs/heads/")}
         head = summary.remote_head

@@ -10,10 +10,10 @@ from vers.history import is_ancestor
 from vers.history.reachability import collect_roots
 from vers.porcelain.gc import vm_roots
 from vers.porcelain.remote import resolve_remote
+from vers.progress import NO_PROGRESS, Progress, human_bytes
 from vers.remote.bundle import RemoteIndex
 from vers.remote.config import cache_dir, set_promisor
 from vers.remote.fetch import FetchResult, fetch_objects
-from vers.remote.progress import human_bytes
 from vers.remote.refs import check_format, read_remote_head, read_remote_refs
 
 if TYPE_CHECKING:
@@ -29,7 +29,7 @@ class FetchSummary:
     remote_refs: dict[str, str] = field(default_factory=dict)
 
 
-def fetch(repo: Repo, remote: str, quiet: bool = False, lazy: bool = False,
+def fetch(repo: Repo, remote: str, progress: Progress = NO_PROGRESS, lazy: bool = False,
           all_objects: bool = False) -> FetchSummary:
     """Fetch every branch and tag of ``remote``: branches land in refs/remotes/REMOTE/*, tags in
     refs/tags/* when not already there. Refs move only after every object is here and verified.
@@ -48,7 +48,7 @@ def fetch(repo: Repo, remote: str, quiet: bool = False, lazy: bool = False,
         set_promisor(repo, name)  # before any object lands that relies on it
     mode = "lazy" if lazy else "complete" if all_objects else "full"
     with repo.store.writing():  # gc must not sweep objects this fetch relies on
-        return _fetch_locked(repo, name, transport, quiet, mode)
+        return _fetch_locked(repo, name, transport, progress, mode)
 
 
 def _local_tips(repo: Repo) -> list[str]:
@@ -56,7 +56,7 @@ def _local_tips(repo: Repo) -> list[str]:
     return [r.commit for r in collect_roots(repo.refs, reflogs=False) + vm_roots(repo.vers_dir)]
 
 
-def _fetch_locked(repo: Repo, name: str, transport: Transport, quiet: bool,
+def _fetch_locked(repo: Repo, name: str, transport: Transport, progress: Progress,
                   mode: str) -> FetchSummary:
     try:
         # Refs first: a remote ref moves only after its objects are indexed, so the index read
@@ -68,7 +68,7 @@ def _fetch_locked(repo: Repo, name: str, transport: Transport, quiet: bool,
         tips = list(remote_refs.values())
         if mode == "complete":
             tips += _local_tips(repo)
-        result = fetch_objects(repo.store, transport, index, tips, quiet, mode)
+        result = fetch_objects(repo.store, transport, index, tips, progress, mode)
     finally:
         transport.close()
     summary = FetchSummary(result, remote_head=head, remote_refs=remote_refs)
@@ -97,12 +97,13 @@ def fetch_lines(summary: FetchSummary) -> list[str]:
     return lines
 
 
-def pull(repo: Repo, remote: str = "origin", quiet: bool = False) -> tuple[str | None, str]:
+def pull(repo: Repo, remote: str = "origin", progress: Progress = NO_PROGRESS,
+         ) -> tuple[str | None, str]:
     """Fetch, then fast-forward the current branch to its remote twin; returns (old, new)."""
     branch = repo.current_branch()
     if branch is None:
         raise BadInput("HEAD is detached: check out a branch to pull into")
-    fetch(repo, remote, quiet)
+    fetch(repo, remote, progress)
     theirs = repo.refs.resolve(f"refs/remotes/{remote}/{branch}")
     if theirs is None:
         raise RemoteError(f"remote {remote} has no branch {branch}")

@@ -33,6 +33,7 @@ from vers.objects.model import (
 )
 from vers.objects.store import ObjectStore, Record
 from vers.porcelain.gc import vm_roots
+from vers.progress import NO_PROGRESS, Progress
 from vers.refs.container import RefsContainer
 from vers.remote.lazy import absent_from
 from vers.repo import Repo
@@ -113,6 +114,7 @@ def fsck(
     on_problem: Callable[[Problem], None] | None = None,
     extra_roots: Iterable[Root] = (),
     partial: bool = False,
+    progress: Progress = NO_PROGRESS,
 ) -> FsckReport:
     """Check ``store`` and ``refs``; every problem goes to ``on_problem`` as soon as it is found.
 
@@ -142,20 +144,25 @@ def fsck(
 
     stored: dict[bytes, int] = {}
     bad: dict[bytes, str] = {}
-    for obj in store.scan():
-        stored[obj.oid] = obj.kind
-        if obj.record is None:
-            note(Problem("bad-index", obj.oid.hex(), obj.problem))
-            bad[obj.oid] = obj.problem
-        else:
-            _verify_into(store, obj.oid, obj.record, bad)
+    with progress.meter("fsck: checking objects", total=store.stats().objects,
+                        unit="objects") as meter:
+        for obj in store.scan():
+            stored[obj.oid] = obj.kind
+            if obj.record is None:
+                note(Problem("bad-index", obj.oid.hex(), obj.problem))
+                bad[obj.oid] = obj.problem
+            else:
+                _verify_into(store, obj.oid, obj.record, bad)
+            meter.advance()
     for kind in stored.values():
         kind_name = KIND_NAMES.get(kind, f"kind-{kind}")
         report.by_kind[kind_name] = report.by_kind.get(kind_name, 0) + 1
     report.objects = len(stored)
 
-    walker = Reachability(store, note, stored=stored, bad=bad, check_levels=full)
-    walker.walk(roots)
+    with progress.meter("fsck: walking history", unit="objects") as meter:
+        walker = Reachability(store, note, stored=stored, bad=bad, check_levels=full,
+                              progress=meter.advance)
+        walker.walk(roots)
     marked = walker.marked
     report.reachable = len(marked & stored.keys())
     # Bad objects nothing reaches are still problems: the store holds bytes it cannot vouch for.
@@ -171,6 +178,7 @@ def fsck(
 def fsck_repo(
     repo: Repo, full: bool = False, on_problem: Callable[[Problem], None] | None = None,
     remote: bool = False,
+    progress: Progress = NO_PROGRESS,
 ) -> FsckReport:
     """``fsck`` of a repository: its store, its refs, and the base commits of its VMs.
 
@@ -180,7 +188,7 @@ def fsck_repo(
     partial = bool(repo.promisors())
     with repo.local_only():
         report = fsck(repo.store, repo.refs, full=full, on_problem=on_problem,
-                      extra_roots=vm_roots(repo.vers_dir), partial=partial)
+                      extra_roots=vm_roots(repo.vers_dir), partial=partial, progress=progress)
     if partial and remote:
         ids = list(dict.fromkeys(bytes.fromhex(p.oid) for p in report.absent))
         there, gone = absent_from(repo, ids)

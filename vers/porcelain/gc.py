@@ -38,6 +38,7 @@ from vers.history.retention import (
     plan_retention,
 )
 from vers.objects.store import ObjectStore
+from vers.progress import NO_PROGRESS, Progress
 from vers.refs.container import RefsContainer
 from vers.repo import Repo
 from vers.vmm.state import VMRegistry
@@ -118,7 +119,8 @@ def gc(
     max_unused: float = DEFAULT_MAX_UNUSED,
     extra_roots: Callable[[], Iterable[Root]] | None = None,
     now: float | None = None,
-    progress: Callable[[str], None] | None = None,
+    say: Callable[[str], None] | None = None,
+    progress: Progress = NO_PROGRESS,
     partial: bool = False,
 ) -> GcReport:
     """Run the steps in the module doc; with ``dry_run`` nothing is written.
@@ -130,7 +132,7 @@ def gc(
     """
     t0 = _time.monotonic()
     now = _time.time() if now is None else now
-    say = progress or (lambda _msg: None)
+    say = say or (lambda _msg: None)
     report = GcReport(dry_run=dry_run)
     if extra_roots is not None:
         report.extra_roots = extra_roots
@@ -157,8 +159,10 @@ def gc(
     with store.collecting():
         say("marking reachable objects")
         problems: list[Problem] = []
-        walker = Reachability(store, problems.append)
-        walker.walk(_roots(refs, report, cutoff, dry_run))
+        with progress.meter("gc: marking", unit="objects") as meter:
+            walker = Reachability(store, problems.append, progress=meter.advance)
+            walker.walk(_roots(refs, report, cutoff, dry_run))
+            walker.progress = lambda _n: None  # the re-marks of the sweep are not this meter's
         _refuse_if(problems, partial)
         marked = walker.marked
         report.marked = len(marked)
@@ -174,7 +178,9 @@ def gc(
             _refuse_if(again, partial)
             return walker.marked
 
-        swept = store.sweep(live, older_than=now - grace, max_unused=max_unused, dry_run=dry_run)
+        with progress.waiting("gc: sweeping"):
+            swept = store.sweep(live, older_than=now - grace, max_unused=max_unused,
+                                dry_run=dry_run)
     report.objects_removed = swept.objects_removed
     report.bytes_removed = swept.bytes_removed
     report.packs_rewritten = swept.packs_rewritten
@@ -193,15 +199,17 @@ def gc_repo(
     policy: Policy | None = None,
     dry_run: bool = False,
     max_unused: float = DEFAULT_MAX_UNUSED,
-    progress: Callable[[str], None] | None = None,
+    say: Callable[[str], None] | None = None,
+    progress: Progress = NO_PROGRESS,
 ) -> GcReport:
     """``gc`` of a repository, keeping the base commits of its VMs (``vm_roots``); a partial
-    store is judged by what it holds (nothing is fetched to mark)."""
+    store is judged by what it holds (nothing is fetched to mark). ``say`` is told of each step
+    as it begins, ``progress`` draws meters of the long ones."""
     with repo.local_only():
         return gc(repo.store, repo.refs, grace=grace, expire_reflog=expire_reflog,
                   policy=None if policy is None or policy.empty else policy, dry_run=dry_run,
                   max_unused=max_unused, extra_roots=lambda: vm_roots(repo.vers_dir),
-                  progress=progress, partial=bool(repo.promisors()))
+                  say=say, progress=progress, partial=bool(repo.promisors()))
 
 
 def _roots(refs: RefsContainer, report: GcReport, cutoff: float, dry_run: bool) -> list[Root]:

@@ -6,11 +6,11 @@ from typing import TYPE_CHECKING
 
 from vers.errors import BadInput
 from vers.porcelain.remote import resolve_remote
+from vers.progress import NO_PROGRESS, Progress, human_bytes
 from vers.refs.container import HEAD
 from vers.refs.revparse import expand_ref
 from vers.remote.bundle import DEFAULT_BUNDLE_BYTES
 from vers.remote.config import cache_dir
-from vers.remote.progress import human_bytes
 from vers.remote.push import PushResult
 from vers.remote.push import push as push_objects_and_refs
 
@@ -43,7 +43,8 @@ def _resolve_spec(repo: Repo, spec: str) -> tuple[str, str]:
 
 
 def push(repo: Repo, remote: str, refspecs: list[str] | None = None, *, force: bool = False,
-         quiet: bool = False, bundle_bytes: int = DEFAULT_BUNDLE_BYTES) -> PushResult:
+         progress: Progress = NO_PROGRESS, bundle_bytes: int = DEFAULT_BUNDLE_BYTES,
+         ) -> PushResult:
     if not refspecs:
         branch = repo.current_branch()
         if branch is None:
@@ -57,7 +58,7 @@ def push(repo: Repo, remote: str, refspecs: list[str] | None = None, *, force: b
         (heads[0] if heads else None)
     try:
         result = push_objects_and_refs(
-            repo, transport, updates, force=force, quiet=quiet, bundle_bytes=bundle_bytes,
+            repo, transport, updates, force=force, progress=progress, bundle_bytes=bundle_bytes,
             cache_dir=cache_dir(repo, name) if name else None, head_branch=head_branch)
     finally:
         transport.close()

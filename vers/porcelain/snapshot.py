@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
 from vers.errors import BadInput
+from vers.progress import NO_PROGRESS, Progress
 from vers.repo import ImageSource, Repo
 
 
@@ -35,7 +37,22 @@ def snapshot(
     images: Mapping[str, ImageSource],
     message: str = "",
     config: Mapping[str, Any] | None = None,
+    progress: Progress = NO_PROGRESS,
 ) -> str:
     if "memory" not in images:
         raise BadInput("a snapshot needs a memory image (--memory FILE)")
-    return repo.snapshot(images, message=message, config=config)
+    with progress.meter("snapshot", total=_total_size(images)) as meter:
+        return repo.snapshot(images, message=message, config=config, progress=meter.advance)
+
+
+def _total_size(images: Mapping[str, ImageSource]) -> int | None:
+    """The bytes a snapshot reads, when every image is a named file (else unknown)."""
+    total = 0
+    for src in images.values():
+        if not isinstance(src, (str, os.PathLike)):
+            return None
+        try:
+            total += os.stat(src).st_size
+        except OSError:
+            return None  # the snapshot itself says what is wrong with it
+    return total

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from vers.errors import BadInput, BadRevision, RefError, UnknownVM
 from vers.porcelain import record as recording
+from vers.progress import NO_PROGRESS, Progress
 from vers.refs.container import check_short_name
 from vers.remote.lazy import open_lazy, promisor_for, resolve_on_remote
 from vers.remote.s3 import AWS_ENV_KEYS
@@ -47,9 +48,9 @@ __all__ = ["BOOT_TIMEOUT", "ExecResult", "Port", "RunOptions", "Timings", "VMRec
            "run_commit", "status", "vm_json"]
 
 
-def run(repo: Repo, opts: RunOptions) -> VMRecord:
+def run(repo: Repo, opts: RunOptions, progress: Progress = NO_PROGRESS) -> VMRecord:
     """Boot a VM (the default guest unless ``opts`` names kernel, initrd and disks)."""
-    return run_vm(repo, opts)
+    return run_vm(repo, opts, progress)
 
 
 def check_run(opts: RunOptions) -> str | None:
@@ -133,11 +134,11 @@ def exec_in(repo: Repo, vm: str | None, argv: list[str], timeout: float = 300.0)
 
 def commit(repo: Repo, vm: str | None, message: str = "", stay_paused: bool = False,
            branch: str | None = None, merge: bool = False, sync: bool = True,
-           ) -> tuple[str, Timings]:
+           progress: Progress = NO_PROGRESS) -> tuple[str, Timings]:
     """Commit a running VM onto ``branch`` (else the VM's own branch, else HEAD); see
     ``Repo.commit_state`` for when ``merge`` is needed. ``sync``: file-consistent disks (the
     guest agent flushes and freezes the guest's file systems); without, crash-consistent."""
-    return commit_vm(repo, vm, message, stay_paused, branch, merge, sync)
+    return commit_vm(repo, vm, message, stay_paused, branch, merge, sync, progress)
 
 
 def branch(repo: Repo, source: str | None, count: int = 1, name: str | None = None,

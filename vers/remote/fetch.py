@@ -30,9 +30,9 @@ from vers.objects.store import (
     SweepReport,
     encode_record,
 )
+from vers.progress import NO_PROGRESS, Progress
 from vers.remote.bundle import RECORD_HEADER, Loc, RemoteIndex, fetch_records
 from vers.remote.negotiate import commits_to_send
-from vers.remote.progress import Progress
 from vers.remote.transport import Transport
 
 # Pages are committed to the local store in batches of this size: a killed fetch keeps all but
@@ -92,7 +92,7 @@ class _Overlay(ObjectStore):
 
 class Fetcher:
     def __init__(self, local: ObjectStore, transport: Transport, index: RemoteIndex,
-                 quiet: bool = True, mode: str = "full") -> None:
+                 progress: Progress = NO_PROGRESS, mode: str = "full") -> None:
         if mode not in FETCH_MODES:
             raise ValueError(f"unknown fetch mode {mode!r}")
         self.mode = mode
@@ -100,7 +100,7 @@ class Fetcher:
         self.transport = transport
         self.index = index
         self.overlay = _Overlay(local)
-        self.progress = Progress("fetch", quiet=quiet)
+        self.meter = progress.meter("fetch", unit="objects", count_bytes=True)
         self.result = FetchResult()
 
     def _locs(self, oids: Iterable[bytes]) -> list[tuple[bytes, Loc]]:
@@ -117,7 +117,7 @@ class Fetcher:
                ) -> Iterator[tuple[bytes, Record]]:
         for chunk in fetch_records(self.transport, self._locs(oids), check=check):
             n = sum(len(r.payload) + RECORD_HEADER.size for _, r in chunk)
-            self.progress.add(len(chunk), n)
+            self.meter.advance(len(chunk), n)
             self.result.objects += len(chunk)
             self.result.bytes += n
             yield from chunk
@@ -131,18 +131,13 @@ class Fetcher:
                            f"{exc.reason}; no local ref was changed")
 
     def run(self, tips: list[str]) -> FetchResult:
-        try:
-            self._run(tips)
-        except CorruptObject as exc:
-            self.progress.abort()
-            raise self._rejected(exc) from exc
-        except ObjectNotFound as exc:
-            self.progress.abort()
-            raise RemoteError(f"{self.transport.url}: incomplete remote: {exc}") from exc
-        except BaseException:
-            self.progress.abort()
-            raise
-        self.progress.close()
+        with self.meter:
+            try:
+                self._run(tips)
+            except CorruptObject as exc:
+                raise self._rejected(exc) from exc
+            except ObjectNotFound as exc:
+                raise RemoteError(f"{self.transport.url}: incomplete remote: {exc}") from exc
         return self.result
 
     def _run(self, tips: list[str]) -> None:
@@ -272,10 +267,10 @@ def _bases_first(ids: list[bytes], records: dict[bytes, Record]) -> list[bytes]:
 
 
 def fetch_objects(local: ObjectStore, transport: Transport, index: RemoteIndex, tips: list[str],
-                  quiet: bool = True, mode: str = "full") -> FetchResult:
+                  progress: Progress = NO_PROGRESS, mode: str = "full") -> FetchResult:
     """Make every object reachable from ``tips`` present (and verified) in ``local``.
 
     ``mode``: "full" prunes at objects already stored (a complete store has their closure);
     "lazy" fetches the commits only (a partial store reads the rest from its promisor);
     "complete" walks everything and fetches whatever is absent (it completes a partial store)."""
-    return Fetcher(local, transport, index, quiet, mode).run(tips)
+    return Fetcher(local, transport, index, progress, mode).run(tips)

@@ -10,9 +10,9 @@ from vers.errors import RemoteError
 from vers.history import is_ancestor
 from vers.objects.model import ID_LEN
 from vers.objects.store import ENC_DELTA, encode_record
+from vers.progress import NO_PROGRESS, Progress
 from vers.remote.bundle import DEFAULT_BUNDLE_BYTES, BundleUploader, RemoteIndex
 from vers.remote.negotiate import plan_send
-from vers.remote.progress import Progress
 from vers.remote.refs import (
     RemoteRef,
     cas_remote_ref,
@@ -64,7 +64,7 @@ def check_updates(repo: Repo, remote_refs: dict[str, RemoteRef], updates: list[t
 
 
 def push(repo: Repo, transport: Transport, updates: list[tuple[str, str]], *, force: bool = False,
-         quiet: bool = True, bundle_bytes: int = DEFAULT_BUNDLE_BYTES,
+         progress: Progress = NO_PROGRESS, bundle_bytes: int = DEFAULT_BUNDLE_BYTES,
          cache_dir: Path | None = None, head_branch: str | None = None) -> PushResult:
     """Make each remote ref ``dst`` point at local commit ``new`` for ``(new, dst)`` in
     ``updates``. Objects first, bottom-up in bundles; refs last, each by compare-and-swap."""
@@ -78,8 +78,8 @@ def push(repo: Repo, transport: Transport, updates: list[tuple[str, str]], *, fo
     ensure_format(transport)
     index = RemoteIndex.load(transport, cache_dir)
     plan = plan_send(repo.store, [new for new, _dst, _old in todo], index.__contains__)
-    progress = Progress("push", quiet=quiet, total_objects=len(plan))
-    uploader = BundleUploader(transport, bundle_bytes, on_upload=lambda n, b: progress.add(n, b))
+    meter = progress.meter("push", total=len(plan), unit="objects", count_bytes=True)
+    uploader = BundleUploader(transport, bundle_bytes, on_upload=meter.advance)
     sent: set[bytes] = set()
     try:
         for oid, rec in repo.store.get_records(plan.ordered()):
@@ -93,9 +93,9 @@ def push(repo: Repo, transport: Transport, updates: list[tuple[str, str]], *, fo
         stats = uploader.finish()
     except BaseException:
         uploader.abort()
-        progress.abort()
         raise
-    progress.close()
+    finally:
+        meter.close()
     result.objects, result.bytes, result.bundles = stats.objects, stats.bytes, stats.bundles
     lost = []
     for new, dst, old in todo:

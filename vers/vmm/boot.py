@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from vers import images
 from vers.errors import BadInput, BadRevision, VMError
 from vers.images.rootfs import sized_overlay
+from vers.progress import NO_PROGRESS, Progress
 from vers.vmm import agent as agent_mod
 from vers.vmm import disk as disk_mod
 from vers.vmm.devstate import load_devstate
@@ -70,9 +71,10 @@ class RunOptions:
     standby: bool = field(default_factory=lambda: os.environ.get("VERS_STANDBY", "1") != "0")
 
 
-def run_vm(repo: Repo, opts: RunOptions) -> VMRecord:
-    """Boot a root VM (default guest unless kernel/initrd/disks are given)."""
-    spec, kernel, initrd, disk_files = _machine_for(opts)
+def run_vm(repo: Repo, opts: RunOptions, progress: Progress = NO_PROGRESS) -> VMRecord:
+    """Boot a root VM (default guest unless kernel/initrd/disks are given); ``progress`` shows
+    an image build and the wait for the guest."""
+    spec, kernel, initrd, disk_files = _machine_for(opts, progress)
     ports = parse_ports(opts.ports)
     check_ports(spec.net, ports)
     reg = registry(repo)
@@ -92,7 +94,7 @@ def run_vm(repo: Repo, opts: RunOptions) -> VMRecord:
             rec.id, opts.memory, None, Path(opts.memory_dir) if opts.memory_dir else None)
         rec.memory = backing.state()
         reg.save(rec)
-        _boot(reg, rec, backing, opts.boot_timeout, ports)
+        _boot(reg, rec, backing, opts.boot_timeout, ports, progress)
         refresh_spares(reg, rec, claim_standby=True)
     except BaseException:
         remove(reg, rec)
@@ -142,14 +144,15 @@ def needs_image_build(opts: RunOptions) -> str | None:
     return None
 
 
-def _machine_for(opts: RunOptions) -> tuple[MachineSpec, str, str, list[str]]:
+def _machine_for(opts: RunOptions, progress: Progress = NO_PROGRESS,
+                 ) -> tuple[MachineSpec, str, str, list[str]]:
     """The checked options as a machine: spec, kernel, initrd, disk files (the default guest's
     unless all three are given)."""
     accel = check_options(opts)
     if opts.kernel and opts.initrd and opts.disks and opts.image is None:
         kernel, initrd, disk_files = opts.kernel, opts.initrd, list(opts.disks)
     else:
-        guest = images.get(opts.image or images.DEFAULT, build=True)
+        guest = images.get(opts.image or images.DEFAULT, build=True, progress=progress)
         kernel, initrd = opts.kernel or str(guest.kernel), opts.initrd or str(guest.initrd)
         disk_files = list(opts.disks) or [str(guest.disk)]
     for p in [kernel, initrd, *disk_files]:
@@ -190,7 +193,7 @@ def host_memory() -> int:
 
 
 def _boot(reg: VMRegistry, rec: VMRecord, backing: MemoryBacking, boot_timeout: float,
-          ports: list[Port]) -> None:
+          ports: list[Port], progress: Progress = NO_PROGRESS) -> None:
     """Start QEMU for a fresh boot, publish its ports, wait for the guest agent and write the
     generation marker (docs/vmm.md)."""
     m = Machine(rec)
@@ -203,8 +206,9 @@ def _boot(reg: VMRegistry, rec: VMRecord, backing: MemoryBacking, boot_timeout: 
     finally:
         m.close()
     try:
-        agent_mod.wait_agent(rec.runtime.agent_sock, boot_timeout,
-                             alive=lambda: pid_alive(rec.runtime.pid))
+        with progress.waiting("booting: waiting for the guest agent"):
+            agent_mod.wait_agent(rec.runtime.agent_sock, boot_timeout,
+                                 alive=lambda: pid_alive(rec.runtime.pid))
         freshen(rec.id, rec.runtime.agent_sock, first=True)
     except VMError as exc:
         m.shutdown()

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from vers.errors import VMError
+from vers.progress import NO_PROGRESS, Meter, Progress
 from vers.vmm import disk as disk_mod
 from vers.vmm.devstate import (
     Beside,
@@ -74,8 +75,9 @@ class _Commit:
 
 def commit_vm(repo: Repo, key: str | None, message: str = "", stay_paused: bool = False,
               branch: str | None = None, merge: bool = False, sync: bool = True,
-              ) -> tuple[str, Timings]:
+              progress: Progress = NO_PROGRESS) -> tuple[str, Timings]:
     """Commit the VM's memory, disks and device state; returns (commit ID, timings).
+    ``progress`` shows the store phase, which reads every page on a VM's first commit.
 
     The commit goes onto ``branch``, else the branch the VM was given (``VMRecord.branch``),
     else HEAD; ``merge`` as in ``Repo.commit_state``. With ``sync`` the guest's file systems
@@ -92,7 +94,8 @@ def commit_vm(repo: Repo, key: str | None, message: str = "", stay_paused: bool 
                 if sync and q.command("query-status")["status"] == "running":
                     job.fs = _sync_guest(job.rec, tm)
                 _pause_and_capture(reg, job, q, stay_paused, tm)
-            cid = _store(repo, job, message, tm, branch or job.rec.branch, merge)
+            with progress.meter("commit") as meter:
+                cid = _store(repo, job, message, tm, branch or job.rec.branch, merge, meter)
         finally:
             _finish(reg, job)
         merge_chains(repo, reg, reg.resolve(rec.id))
@@ -209,13 +212,14 @@ def _capture(reg: VMRegistry, job: _Commit, q: QMPClient, nodes: dict[str, tuple
 
 
 def _store(repo: Repo, job: _Commit, message: str, tm: Timings, branch: str | None,
-           merge: bool) -> str:
+           merge: bool, meter: Meter) -> str:
     """The guest runs again: copy out the changed disk clusters and store the commit."""
     t0 = time.perf_counter()
     rec = job.rec
     images: dict[str, str] = {"memory": str(job.mem_image), "devstate": str(job.devstate),
                               "kernel": rec.boot["kernel"], "initrd": rec.boot["initrd"]}
     dirty: dict[str, list[int]] = {}
+    meter.phase("copying disks")
     if job.mem_dirty is not None:
         dirty["memory"] = job.mem_dirty
     for name, chain in job.frozen.items():
@@ -228,12 +232,14 @@ def _store(repo: Repo, job: _Commit, message: str, tm: Timings, branch: str | No
         if pages is not None:
             dirty[name] = pages
     t0 = tm.mark("capture_disks", t0)
+    meter.set_total(sum(Path(p).stat().st_size for p in images.values()))
+    meter.phase("storing")
     config: dict[str, Any] = {
         "vm": {**rec.spec.to_dict(), "kernel": rec.boot["kernel"], "initrd": rec.boot["initrd"]},
         "vmm": {"devstate": "qemu-migration x-ignore-shared", "vm_id": rec.id}}
     job.cid = repo.commit_state(images, base=rec.base_commit, message=message, config=config,
                                 dirty=dirty or None, source=f"vm {rec.id}", branch=branch,
-                                merge=merge)
+                                merge=merge, progress=meter.advance)
     tm.mark("store", t0)
     tm.extra.update({
         "memory_dirty_pages": None if job.mem_dirty is None else len(job.mem_dirty),

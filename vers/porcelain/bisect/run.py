@@ -39,6 +39,7 @@ from vers.porcelain import bisect as bs
 from vers.porcelain.bisect.algo import Decision
 from vers.porcelain.bisect.vm import VMExecutor
 from vers.porcelain.mount import mount, umount
+from vers.progress import NO_PROGRESS, Progress
 from vers.repo import Repo
 
 _SHELL_CHARS = re.compile(r"[\s|&;<>()$`\\\"'*?\[\]#~=%]")
@@ -183,8 +184,10 @@ def run(
     mode: str = "mount",
     say: bs.Say = bs._quiet,
     executor: Callable[[list[str], str, str | None], int] | None = None,
+    progress: Progress = NO_PROGRESS,
 ) -> RunResult:
-    """Test candidates with ``cmd`` until the first bad commit is known (or only skips remain)."""
+    """Test candidates with ``cmd`` until the first bad commit is known (or only skips remain);
+    ``progress`` counts the predicate runs against the steps the search expects."""
     if mode not in MODES:
         raise BisectError(f"unknown predicate mode {mode!r} (want one of {', '.join(MODES)})")
     bs._require(repo)
@@ -204,7 +207,8 @@ def run(
     result = RunResult(None, mode=files_mode if mode != "vm" else "vm")
     commits = bs.CommitCache(repo)
     t_total = time.perf_counter()
-    with FilesView(repo, files_mode, say) as view:
+    with FilesView(repo, files_mode, say) as view, \
+            progress.meter("bisect run", unit="steps") as meter:
         result.setup_s = time.perf_counter() - t_total
         result.mode = view.mode if mode != "vm" else "vm"
         decision: Decision | None = None
@@ -215,6 +219,8 @@ def run(
                 result.decision = decision
                 return result
             cid = decision.commit
+        if decision is not None:
+            meter.set_total(decision.steps + 1)
         first = True
         while cid is not None:
             say(f"running {' '.join(cmd)}")
@@ -232,6 +238,9 @@ def run(
                                   "is < 0 or >= 128")
             result.verdicts.append((cid, word, code))
             decision = bs.mark(repo, word, [cid], say=say, get=commits)
+            if decision is not None:
+                meter.set_total(result.runs + decision.steps + (decision.kind == "test"))
+            meter.advance()
             if decision is None or decision.kind in ("found", "only_skipped"):
                 break
             cid = decision.commit
