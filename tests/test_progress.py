@@ -49,7 +49,8 @@ def on_terminal(cwd: Path, *args: str, env: dict[str, str] | None = None,
     try:
         p = subprocess.run(["vers", *args], cwd=cwd,
                            env={**vers_env(None), **(env or {})},
-                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave, timeout=300, check=False)
+                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave,
+                           timeout=300, check=False)
     finally:
         os.close(slave)
         reader.join(timeout=30)
