@@ -8,6 +8,7 @@ inside the pause, freezing the disks and saving device state are one more round 
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import time
@@ -65,6 +66,20 @@ class Beside(Generic[T]):
             self._pool.shutdown()
 
 
+def _image_file(name: str) -> str:
+    """The file of a QEMU image name: a node whose backing was changed at run time (a merged
+    disk chain) is reported as ``json:{..., "file": {"filename": PATH}}``."""
+    if name.startswith("json:"):
+        try:
+            spec = json.loads(name[len("json:"):])
+        except ValueError:
+            return name
+        file = spec.get("file") if isinstance(spec, dict) else None
+        if isinstance(file, dict) and isinstance(file.get("filename"), str):
+            return file["filename"]
+    return name
+
+
 def adopt_qemu_chains(qmp: QMPClient, rec: VMRecord) -> list[str]:
     """Make each disk chain of ``rec`` what QEMU actually uses. A commit or branch that died
     between freezing a disk (QEMU switched to the new top) and saving the record leaves the
@@ -81,7 +96,7 @@ def adopt_qemu_chains(qmp: QMPClient, rec: VMRecord) -> list[str]:
             continue
         qemu_chain: list[str] = []
         while image is not None:
-            qemu_chain.insert(0, image["filename"])
+            qemu_chain.insert(0, _image_file(image["filename"]))
             image = image.get("backing-image")
         in_use |= set(qemu_chain)
         if qemu_chain[-1] == d.top:
