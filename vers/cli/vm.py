@@ -389,7 +389,7 @@ def record_cmd(vm: str | None, every: str | None, stop: bool, show: bool, onto: 
     started = recording.start(repo, vm, parse_duration(every), policy, onto, sync,
                                   parse_duration(sweep_every), parse_duration(prune_every))
     cfg = started.runtime.recording
-    info(f"recording VM {started.id} every {recording.fmt_seconds(cfg['every'])} onto "
+    info(f"recording VM {started.id} every {recording.fmt_duration(cfg['every'])} onto "
          f"{cfg['branch']} ({policy.describe()}); log: {cfg['log']}")
     if fmt == "json":
         emit_json(recording.status_json(started))

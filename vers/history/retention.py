@@ -90,7 +90,7 @@ class Policy:
     def describe(self) -> str:
         parts = [f"keep-{n} {getattr(self, n)}" for n in ("last", *RULES) if getattr(self, n)]
         if self.within is not None:
-            parts.append(f"keep-within {_fmt_duration(self.within)}")
+            parts.append(f"keep-within {fmt_duration(self.within)}")
         return ", ".join(parts) or "(none)"
 
 
@@ -212,7 +212,7 @@ def plan_retention(
                 counts[rule] -= 1
                 d.reasons.append(f"{rule} commit")
         if policy.within is not None and t >= now - policy.within:
-            d.reasons.append(f"within {_fmt_duration(policy.within)}")
+            d.reasons.append(f"within {fmt_duration(policy.within)}")
         d.keep = bool(d.reasons)
     return RetentionPlan(policy, decisions, branches, named)
 
@@ -225,10 +225,12 @@ def _ref_reason(name: str) -> str:
     return f"named by {name}"
 
 
-def _fmt_duration(seconds: float) -> str:
-    """The inverse of ``parse_duration``: 12600 -> "3h30m"."""
+def fmt_duration(seconds: float) -> str:
+    """The inverse of ``parse_duration``: 12600 -> "3h30m", 2.5 -> "2.5s"."""
     if seconds == float("inf"):
         return "forever"
+    if seconds < 60 and seconds != int(seconds):
+        return f"{seconds:g}s"
     rest, parts = int(seconds), []
     for unit, n in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
         if rest >= n:

@@ -38,7 +38,7 @@ from typing import Any
 
 from vers.errors import BadInput, Busy, VersError, VMError
 from vers.files import open_private
-from vers.history.retention import Policy, apply_retention, plan_retention
+from vers.history.retention import Policy, apply_retention, fmt_duration, plan_retention
 from vers.objects.model import PAGE_SIZE, Commit
 from vers.porcelain.gc import gc, vm_roots
 from vers.refs.container import check_short_name
@@ -60,17 +60,6 @@ START_TIMEOUT = 60.0
 STOP_TIMEOUT = 180.0
 #: the recorder checks this often, while it waits, whether it was stopped or the VM is gone
 POLL = 0.25
-
-
-def fmt_seconds(seconds: float) -> str:
-    if seconds < 60 and seconds != int(seconds):
-        return f"{seconds:g}s"
-    rest, parts = int(seconds), []
-    for unit, n in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        if rest >= n:
-            parts.append(f"{rest // n}{unit}")
-            rest %= n
-    return "".join(parts) or "0s"
 
 
 def recorder_alive(rec: VMRecord) -> bool:
@@ -96,7 +85,7 @@ def summary(rec: VMRecord) -> str | None:
     if not recorder_alive(rec):
         return (f"recording stopped unexpectedly (recorder {r.get('pid') or '?'} is gone; "
                 f"see {r.get('log')}); `vers record --stop` clears this")
-    line = f"recording every {fmt_seconds(r['every'])} onto {r['branch']}, {r['commits']} commits"
+    line = f"recording every {fmt_duration(r['every'])} onto {r['branch']}, {r['commits']} commits"
     if r.get("last_at"):
         line += f", last at {time.strftime('%H:%M:%S', time.localtime(r['last_at']))}"
     if r.get("missed"):
@@ -225,7 +214,7 @@ class Recorder:
         self.sync = bool(cfg["sync"])
         self.sweep_every = float(cfg["sweep_every"])
         self.prune_every = float(cfg.get("prune_every", DEFAULT_PRUNE_EVERY))
-        self.message = f"{MESSAGE_PREFIX}VM {rec.name or rec.id} every {fmt_seconds(self.every)}"
+        self.message = f"{MESSAGE_PREFIX}VM {rec.name or rec.id} every {fmt_duration(self.every)}"
         self._last_error: str | None = None
 
     def log(self, text: str) -> None:
@@ -262,7 +251,7 @@ class Recorder:
     def run(self) -> None:
         if not self.update(pid=os.getpid()):
             return
-        self.log(f"recording VM {self.vm_id} every {fmt_seconds(self.every)} onto {self.branch}"
+        self.log(f"recording VM {self.vm_id} every {fmt_duration(self.every)} onto {self.branch}"
                  f" ({self.policy.describe()}, pid {os.getpid()})")
         start = time.monotonic()
         last_prune = last_sweep = start
