@@ -75,7 +75,9 @@ def test_snapshot_shows_a_meter_on_a_terminal_only(repo_with_image: Path, tmp_pa
     a, b, c = (tmp_path / n for n in "abc")
     for d in (a, b, c):
         shutil.copytree(repo_with_image, d)
-    code, out, shown = on_terminal(a, "snapshot", "--memory", "mem", "-m", "big")
+    # the meter must be drawn however fast this machine is: no delay before it
+    code, out, shown = on_terminal(a, "snapshot", "--memory", "mem", "-m", "big",
+                                   env={"VERS_PROGRESS_AFTER": "0"})
     assert code == 0, shown
     assert "snapshot" in meters(shown), shown
     assert "128M/128M" in shown, "the meter reaches the image's size"
@@ -117,10 +119,11 @@ def test_export_fsck_gc_and_clone_meters(repo_with_image: Path, tmp_path: Path) 
     assert (tmp_path / "out").read_bytes() == (repo / "mem").read_bytes()
 
     vers_ok(repo, "remote", "add", "origin", str(tmp_path / "remote"))
-    code, _out, shown = on_terminal(repo, "push", "origin")
+    now = {"VERS_PROGRESS_AFTER": "0"}  # a fast machine pushes 66 MiB in less than the delay
+    code, _out, shown = on_terminal(repo, "push", "origin", env=now)
     assert code == 0 and "push" in meters(shown), shown
     assert "sent " in shown, "the summary follows the meter"
-    code, out, shown = on_terminal(tmp_path, "clone", str(tmp_path / "remote"), "c1")
+    code, out, shown = on_terminal(tmp_path, "clone", str(tmp_path / "remote"), "c1", env=now)
     assert code == 0 and "fetch" in meters(shown), shown
     piped = run_vers(tmp_path, "clone", str(tmp_path / "remote"), "c2")
     assert piped.returncode == 0 and not METER.search(piped.stderr)
@@ -161,7 +164,8 @@ def test_boot_wait_and_first_commit_show_meters(tmp_path: Path) -> None:
         assert code == 0, shown
         assert "booting: waiting for the guest agent" in meters(shown), shown
         assert re.fullmatch(rb"[0-9a-f]+\n", out), out
-        code, out, shown = on_terminal(tmp_path, "commit", "-m", "first")
+        code, out, shown = on_terminal(tmp_path, "commit", "-m", "first",
+                                       env={"VERS_PROGRESS_AFTER": "0"})
         assert code == 0, shown
         assert "commit" in meters(shown), shown  # the first commit reads all 512 MiB
         assert re.fullmatch(rb"[0-9a-f]{64}\n", out), out
