@@ -46,6 +46,8 @@ def _snapshot(work: Path, seed: int) -> str:
     (("gc", "--grace", "soon"), errors.EXIT_BAD_INPUT, "bad duration"),
     (("show", "nosuchref"), errors.EXIT_NOT_FOUND, "nosuchref"),
     (("log", "deadbeefdeadbeef"), errors.EXIT_NOT_FOUND, "deadbeef"),
+    (("kill",), errors.EXIT_BAD_INPUT, "or --all"),
+    (("kill", "--all", "somevm"), errors.EXIT_BAD_INPUT, "no VM names"),
 ])
 def test_error_classes_exit_with_their_code(work: Path, args: tuple[str, ...], code: int,
                                             words: str) -> None:

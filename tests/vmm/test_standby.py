@@ -3,11 +3,16 @@ one idle QEMU ready, not one per child, and any VM of the tree can still branch.
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import pytest
 
 from vers.repo import Repo
+from vers.testing import run_vers
 from vers.vmm.boot import RunOptions, run_vm
 from vers.vmm.branch import branch_vm
+from vers.vmm.control import list_vms
 from vers.vmm.machine import find_qemu_processes, pid_alive
 from vers.vmm.state import VMRecord, registry
 from vers.vmm.teardown import kill_vms
@@ -73,3 +78,22 @@ def test_golden_vm_and_four_children_keep_one_standby(vmrepo: Repo) -> None:
     assert gexec(last, "echo ok").strip() == "ok" and holder(vmrepo) == "kid0"
     kill_vms(vmrepo, [r.id for r in registry(vmrepo).visible()])
     assert qemus(vmrepo) == {} and registry(vmrepo).all() == []
+
+
+def test_kill_all_stops_a_whole_swarm_and_its_standby(tmp_path: Path) -> None:
+    """`vers kill --all`: every VM of the repository (a parent, its children and the tree's
+    standby QEMU) is gone."""
+    repo = Repo.init(tmp_path / "swarm")
+    try:
+        golden = run_vm(repo, RunOptions(name="golden", standby=True, make_current=False))
+        children, _ = branch_vm(repo, "golden", count=2)
+        assert len(qemus(repo)) == 4  # golden, 2 children and the tree's standby
+        p = run_vers(repo.root, "kill", "--all")
+        assert p.returncode == 0, p.stderr
+        killed = set(re.findall(r"^killed (\S+)$", p.stderr, re.MULTILINE))
+        assert {golden.id, *(c.id for c in children)} <= killed, p.stderr
+        assert qemus(repo) == {} and list_vms(repo) == []
+        assert run_vers(repo.root, "kill", "--all").returncode == 0  # nothing left to kill
+    finally:
+        kill_vms(repo, [s.id for s in list_vms(repo)])
+        repo.close()

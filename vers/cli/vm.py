@@ -168,12 +168,13 @@ def resume(vm: str | None) -> None:
 
 
 @cli.command()
-@click.argument("vms", nargs=-1, required=True, shell_complete=comp.vms)
+@click.argument("vms", nargs=-1, shell_complete=comp.vms)
+@click.option("--all", "every", is_flag=True, help="Every VM of the repository (as ps lists them).")
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text",
               help="json: one object on stdout (docs/cli.md).")
-def kill(vms: tuple[str, ...], fmt: str) -> None:
+def kill(vms: tuple[str, ...], every: bool, fmt: str) -> None:
     """Stop VMs (or orphaned QEMU processes) and delete their state."""
-    killed = verbs.kill(open_repo(), list(vms))
+    killed = verbs.kill(open_repo(), list(vms), every)
     for vid in killed:
         info(f"killed {vid}")
     if fmt == "json":

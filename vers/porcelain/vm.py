@@ -119,8 +119,15 @@ def resume(repo: Repo, vm: str | None) -> VMRecord:
     return control.resume_vm(repo, vm)
 
 
-def kill(repo: Repo, vms: list[str]) -> list[str]:
-    """Stop VMs (or orphans) and delete their state; returns the IDs killed."""
+def kill(repo: Repo, vms: list[str], every: bool = False) -> list[str]:
+    """Stop VMs (or orphans) and delete their state; returns the IDs killed. ``every``: all the
+    repository's VMs (as ``ps`` lists them), and no names may be given with it."""
+    if every:
+        if vms:
+            raise BadInput("kill --all takes no VM names")
+        return kill_vms(repo, [s.id for s in control.list_vms(repo)])
+    if not vms:
+        raise BadInput("name the VMs to kill, or --all")
     return kill_vms(repo, vms)
 
 
