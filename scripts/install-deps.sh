@@ -16,3 +16,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 python3 -m pip install -q --disable-pip-version-check -e ".[test]"
+# An editable install leaves vers uncompiled, and where $PYTHONDONTWRITEBYTECODE is set Python
+# then compiles every module it imports at every start: byte-compile once (stale files are
+# recompiled by mtime, and Python still reads them with that variable set).
+python3 -m compileall -q vers >/dev/null

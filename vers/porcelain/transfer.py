@@ -434,7 +434,7 @@ go=
 trap 'go=1' USR1
 tar -x -f - -C "$tmp" || exit 1
 echo extracted
-while [ -z "$go" ]; do sleep 1; done
+while [ -z "$go" ]; do sleep 1 </dev/null >/dev/null 2>&1 & s=$!; wait $s; kill $s 2>/dev/null; done
 move() {
     if [ -d "$1" ] && [ ! -h "$1" ] && [ -d "$2" ] && [ ! -h "$2" ]; then
         cp -a "$1/." "$2/" || exit 1
