@@ -26,6 +26,7 @@ from vers.objects import (
     patch_tree,
     write_image,
 )
+from vers.objects.imagetree import RUN_PAGES
 from vers.objects.model import KIND_COMMIT, KIND_PAGE, canonical_json, hash_bytes, node_bytes
 from vers.objects.store import ENC_DELTA, ENC_RAW, ENC_ZSTD
 from vers.testing.corrupt import flip_byte
@@ -169,6 +170,31 @@ def test_patch_tree_equals_full_build(store) -> None:
         patched = patch_tree(w, base, dirty,
                              lambda p: bytes(data[p * PAGE_SIZE : (p + 1) * PAGE_SIZE]))
     assert store.get_tree(patched) == build(MemoryObjectStore(), bytes(data))
+
+
+def test_patch_tree_reading_runs_equals_full_build(store) -> None:
+    """Runs of consecutive dirty pages (longer than one read, and one ending in the image's short
+    last page) read with ``read_run`` give the same tree as a full build."""
+    rnd = random.Random(5)
+    data = bytearray(rnd.randbytes(3 * FANOUT * PAGE_SIZE + 3 * 512))
+    base = build(store, bytes(data))
+    last = len(data) // PAGE_SIZE
+    dirty = [3, 4, 5, *range(100, 100 + RUN_PAGES + 7), 700, *range(last - 3, last + 1)]
+    for p in dirty:
+        data[p * PAGE_SIZE : (p + 1) * PAGE_SIZE] = rnd.randbytes(PAGE_SIZE)[
+            : len(data[p * PAGE_SIZE : (p + 1) * PAGE_SIZE])]
+    runs: list[tuple[int, int]] = []
+
+    def read_run(first: int, count: int) -> bytes:
+        runs.append((first, count))
+        return bytes(data[first * PAGE_SIZE : (first + count) * PAGE_SIZE])
+
+    with store.writer() as w:
+        patched = patch_tree(w, base, dirty,
+                             lambda p: bytes(data[p * PAGE_SIZE : (p + 1) * PAGE_SIZE]), read_run)
+    assert store.get_tree(patched) == build(MemoryObjectStore(), bytes(data))
+    assert (100, RUN_PAGES) in runs and (100 + RUN_PAGES, 7) in runs and (3, 3) in runs
+    assert (last - 3, 4) in runs
 
 
 def test_patch_rejects_pages_outside_image(store) -> None:

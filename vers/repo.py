@@ -297,7 +297,8 @@ class Repo:
                     try:
                         if (dirty is not None and name in dirty and base_tree
                                 and base_tree.size == size):
-                            tree_id = patch_tree(w, base_tree, dirty[name], _page_reader(f, size))
+                            tree_id = patch_tree(w, base_tree, dirty[name],
+                                                 *_page_readers(f, size))
                             if progress:  # only the dirty pages were read: the image is done
                                 progress(size)
                         else:
@@ -433,17 +434,25 @@ def _check_size(name: str, size: int) -> None:
         raise BadInput(f"{name} image size {size} is not a positive multiple of 512 bytes")
 
 
-def _page_reader(f: BinaryIO, size: int) -> Callable[[int], bytes]:
+def _page_readers(f: BinaryIO, size: int
+                  ) -> tuple[Callable[[int], bytes], Callable[[int, int], bytes]]:
+    """Readers of one page and of a run of pages of ``f`` (the last page may be short)."""
     try:
         fd: int | None = f.fileno()
     except (OSError, AttributeError, ValueError):
         fd = None
 
-    def read(page: int) -> bytes:
-        n = min(PAGE_SIZE, size - page * PAGE_SIZE)
-        if fd is not None:
-            return os.pread(fd, n, page * PAGE_SIZE)
-        f.seek(page * PAGE_SIZE)
-        return f.read(n)
+    def read_run(page: int, count: int) -> bytes:
+        n = min(count * PAGE_SIZE, size - page * PAGE_SIZE)
+        if fd is None:
+            f.seek(page * PAGE_SIZE)
+            return f.read(n)
+        data = os.pread(fd, n, page * PAGE_SIZE)
+        while len(data) < n:  # a FUSE file may return a long read in parts
+            more = os.pread(fd, n - len(data), page * PAGE_SIZE + len(data))
+            if not more:
+                break
+            data += more
+        return data
 
-    return read
+    return (lambda page: read_run(page, 1)), read_run

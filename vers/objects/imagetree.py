@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -202,25 +202,55 @@ def store_tree(writer: ObjectWriter, tree: Tree) -> bytes:
     return oid
 
 
+#: the most consecutive dirty pages ``patch_tree`` reads in one ``read_run`` call (1 MiB)
+RUN_PAGES = 256
+
+
+def _runs(pages: list[int]) -> Iterator[tuple[int, int]]:
+    """(first page, count) of each run of consecutive pages, at most RUN_PAGES long."""
+    i = 0
+    while i < len(pages):
+        j = i + 1
+        while j < len(pages) and pages[j] == pages[j - 1] + 1 and j - i < RUN_PAGES:
+            j += 1
+        yield pages[i], j - i
+        i = j
+
+
 def patch_tree(
     writer: ObjectWriter,
     base: Tree,
     pages: Iterable[int],
     read_page: Callable[[int], bytes],
+    read_run: Callable[[int, int], bytes] | None = None,
 ) -> bytes:
     """A tree equal to ``base`` except at ``pages``, whose content ``read_page`` supplies.
 
     Only the listed pages are read and only the nodes above them are rewritten, so the cost follows
-    the number of dirty pages, not the image size.
+    the number of dirty pages, not the image size. ``read_run(first, count)``, if given, reads
+    consecutive pages in one call (one system call per run instead of per page: on a FUSE file
+    each read is a round trip to its daemon).
     """
     store = writer.store
     reader = TreeReader(store, base)
     sink = _NodeSink(writer, reader)
     changed: dict[int, bytes] = {}
-    for p in sorted(set(pages)):
+    wanted = sorted(set(pages))
+    for p in (wanted[0], wanted[-1]) if wanted else ():
         if not 0 <= p < base.num_pages:
             raise BadInput(f"dirty page {p} outside the image ({base.num_pages} pages)")
-        data = read_page(p)
+
+    def contents() -> Iterator[tuple[int, bytes]]:
+        for first, count in _runs(wanted):
+            if read_run is None or count == 1:
+                for p in range(first, first + count):
+                    yield p, read_page(p)
+                continue
+            buf = memoryview(read_run(first, count))
+            for k in range(count):
+                yield first + k, bytes(buf[k * PAGE_SIZE:(k + 1) * PAGE_SIZE])
+
+    for p, data in contents():
         expect = min(PAGE_SIZE, base.size - p * PAGE_SIZE)
         if len(data) != expect:
             raise BadInput(f"page {p}: read {len(data)} bytes, expected {expect}")
