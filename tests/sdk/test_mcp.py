@@ -17,7 +17,8 @@ from mcp.client.session import ClientSession
 
 pytestmark = pytest.mark.vm
 
-TOOLS = {"run", "exec", "cp", "commit", "branch", "restore", "kill", "ps", "log", "diff"}
+TOOLS = {"run", "exec", "cp", "commit", "branch", "restore", "record", "stop_recording", "kill",
+         "ps", "log", "diff"}
 
 
 def _result(res: Any) -> Any:
@@ -52,6 +53,19 @@ async def _session_flow(repo: vers.Repo) -> None:
         assert out["stdout"] == "hi\n"
         log = _result(await session.call_tool("log", {"rev": "try-1"}))
         assert log[0]["id"] == c["id"]
+        rec = _result(await session.call_tool(
+            "record", {"vm": restored["id"], "every": "1s", "keep_last": 2,
+                       "branch": "rec"}))
+        assert rec["recording"] and rec["branch"] == "rec"
+        for _ in range(120):  # two recorded commits (the branch is made by the first)
+            log = await session.call_tool("log", {"rev": "rec"})
+            if not log.is_error and len(_result(log)) >= 3:
+                break
+            await anyio.sleep(1)
+        done = _result(await session.call_tool("stop_recording", {"vm": restored["id"]}))
+        assert done["commits"] >= 2, done
+        again = await session.call_tool("stop_recording", {"vm": restored["id"]})
+        assert again.is_error and "BadInput" in again.content[0].text
         bad = await session.call_tool("exec", {"vm": "no-such-vm", "command": "true"})
         assert bad.is_error and "UnknownVM" in bad.content[0].text
         ids = [vid, restored["id"], *(k["id"] for k in kids)]

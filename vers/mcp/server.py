@@ -1,7 +1,7 @@
-"""An MCP server over one repository: run, exec, cp, commit, branch, restore, kill, ps, log and
-diff as tools (docs/sdk.md). Every tool answers JSON (the shapes of ``--format json``,
-docs/cli.md); a vers error becomes a tool error whose text starts with its exit code's name, so
-an agent can tell bad input from a failed VM from a timeout.
+"""An MCP server over one repository: run, exec, cp, commit, branch, restore, record,
+stop_recording, kill, ps, log and diff as tools (docs/sdk.md). Every tool answers JSON (the shapes
+of ``--format json``, docs/cli.md); a vers error becomes a tool error whose text starts with its
+exit code's name, so an agent can tell bad input from a failed VM from a timeout.
 
 Tools call the SDK (``vers.sdk``), the same functions the command line calls. VMs outlive the
 server: they are the repository's, and ``ps``/``kill`` see them whoever started them.
@@ -79,6 +79,23 @@ def build_server(repo: Repo) -> MCPServer:
     def restore(rev: str, name: str | None = None) -> dict[str, Any]:
         """Boot a new VM from a commit (an id, a branch, HEAD~1 ...)."""
         return _call(lambda: repo.restore(rev, name=name).info())
+
+    @server.tool()
+    def record(vm: str, every: str = "10s", keep_last: int = 0,
+               keep_within: str | None = None, branch: str | None = None) -> dict[str, Any]:
+        """Commit the VM every EVERY ("1s", "30s", "5m") in the background until stop_recording
+        or kill, keeping the KEEP_LAST newest recorded commits and/or every one newer than
+        KEEP_WITHIN ("1h"); find them later with log's since/until or restore "main@{10 minutes
+        ago}". Returns the recording's status."""
+        keep: dict[str, float | str] = {"last": keep_last} if keep_last else {}
+        if keep_within:
+            keep["within"] = keep_within
+        return _call(lambda: repo.vm(vm).record(every, keep, branch=branch))
+
+    @server.tool()
+    def stop_recording(vm: str) -> dict[str, Any]:
+        """Stop the VM's recording; returns its figures (commits, failures, missed ticks)."""
+        return _call(lambda: repo.vm(vm).stop_recording())
 
     @server.tool()
     def kill(vms: list[str]) -> dict[str, Any]:
