@@ -34,8 +34,11 @@ KERNEL_PACKAGE_RE = re.compile(r"^linux-image-6\.1\.0-(\d+)-cloud-amd64$")
 #: virtio_net needs net_failover, which needs failover.
 MODULES = ("virtio_ring", "virtio", "virtio_mmio", "virtio_blk", "virtio_console",
            "failover", "net_failover", "virtio_net")
-#: Under TCG the kernel's TSC/PIT calibration can hang on a loaded host; these make boots reliable.
-TCG_CMDLINE = "tsc_early_khz=2000000 lpj=4000000"
+#: Under TCG the kernel's TSC/PIT calibration can hang on a loaded host; the first two make boots
+#: reliable. ``tsc=reliable``: without it the clocksource watchdog, comparing the TSC with
+#: jiffies that lose ticks whenever the host is busy, drops the TSC a few seconds into the boot
+#: and the guest's clock then falls behind by ~5% (docs/vmm.md).
+TCG_CMDLINE = "tsc_early_khz=2000000 lpj=4000000 tsc=reliable"
 BASE_CMDLINE = "console=ttyS0 panic=-1 quiet"
 DISK_SIZE = 256 * 1024 * 1024
 
