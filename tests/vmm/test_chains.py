@@ -138,6 +138,38 @@ def test_branch_child_reads_its_disk_while_the_parent_merges(vmrepo: Repo) -> No
     kill_vms(vmrepo, [r.id, kid.id])
 
 
+def test_branches_without_commits_keep_the_parent_chain_short(vmrepo: Repo) -> None:
+    """Each branch freezes the parent's top for the children; a golden VM branched again and
+    again streams those layers into its top, so its chain stays short, while every child still
+    reads from disk (page cache dropped) what the parent had written when it was made, and a
+    commit after the streams holds every write."""
+    rec = run_vm(vmrepo, RunOptions(name="often"))
+    write_pattern(rec, 1)
+    commit_vm(vmrepo, "often")
+    kids = []
+    digests: list[str] = []
+    for i in range(2, 8):
+        gexec(rec, f"dd if=/dev/urandom of=/root/blob{i} bs=64k count=8 2>/dev/null; sync")
+        digests.append(gexec(rec, f"md5sum /root/blob{i}").split()[0])
+        write_pattern(rec, i)
+        (kid,), _ = branch_vm(vmrepo, "often")
+        kids.append((i, kid))
+        assert len(chain_of(vmrepo, "often")) <= CHAIN_BOUND + 1, chain_of(vmrepo, "often")
+    rec = registry(vmrepo).resolve("often")
+    for who, upto in [(rec, 7), *((k, i) for i, k in kids[::2])]:
+        gexec(who, "echo 3 > /proc/sys/vm/drop_caches")
+        check_pattern(who, upto)
+        sums = gexec(who, "md5sum /root/blob*").split()[::2]
+        assert sums == digests[:upto - 1], (who.id, upto)
+    write_pattern(rec, 8)
+    cid, _ = commit_vm(vmrepo, "often")
+    r = restore_commit(vmrepo, cid)
+    gexec(r, "echo 3 > /proc/sys/vm/drop_caches")
+    check_pattern(r, 8)
+    assert gexec(r, "md5sum /root/blob*").split()[::2] == digests
+    kill_vms(vmrepo, [r.id, rec.id, *(k.id for _, k in kids)])
+
+
 def _commit_and_kill(repo: Repo, key: str, victim: str) -> str | None:
     """Run `vers commit` and, the moment the VM record names the new commit (the merge runs
     next), SIGKILL ``victim``: "qemu" or "vers". Returns the new commit if one was stored."""

@@ -210,6 +210,21 @@ def test_capture_disk_reads_changed_clusters_from_a_real_qcow2_chain(tmp_path: P
     assert disk_mod.capture_disk([str(base), str(l1), str(l2)], 2, size, out, full=True) is None
     assert out.read_bytes() == bytes(expected)
 
+    # a stream took l1 out of the top's chain (its data copied up) after the record was written:
+    # the record still names [base, l1, l2], the top's header names base; the capture follows the
+    # header, so the depths of qemu-img map are read from the right files
+    disk_mod.qemu_img("rebase", "-f", "qcow2", "-b", str(base), "-F", "raw", str(l2))
+    dirty3 = disk_mod.capture_disk([str(base), str(l1), str(l2)], 2, size, out, full=False)
+    assert dirty3 is not None and {0, 65536 // PAGE, 3145728 // PAGE} <= set(dirty3)
+    cap = out.read_bytes()
+    for p in dirty3:
+        assert cap[p * PAGE:(p + 1) * PAGE] == expected[p * PAGE:(p + 1) * PAGE]
+    # a record whose base commit layers are not where the header chain ends is refused
+    other = tmp_path / "other.raw"
+    other.write_bytes(bytes(size))
+    with pytest.raises(VMError, match="does not end in the layers"):
+        disk_mod.capture_disk([str(other), str(l1), str(l2)], 1, size, out, full=False)
+
 
 def test_registry_aliases_prefixes_and_current(tmp_path: Path) -> None:
     reg = VMRegistry(tmp_path)

@@ -38,6 +38,7 @@ from vers.vmm.devstate import (
 from vers.vmm.fresh import freshen_all
 from vers.vmm.machine import Machine, pid_alive
 from vers.vmm.memory import MemoryBacking, load_backing
+from vers.vmm.merge import stream_frozen_layers
 from vers.vmm.net import Port, check_ports, child_ports, parse_ports
 from vers.vmm.qmp import QMPClient
 from vers.vmm.recovery import PauseGuard, recover
@@ -211,6 +212,7 @@ def _after(reg: VMRegistry, job: _Branch) -> None:
         job.backing.fork_reference(mem)
         c.memory = mem.state()
         refresh_spares(reg, c)
+    stream_frozen_layers(reg, job.parent)
     refresh_spares(reg, job.parent, claim_standby=True)
 
 

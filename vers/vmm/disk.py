@@ -190,7 +190,7 @@ def capture_disk(chain: list[str], new_layers: int, size: int, out: Path,
         qemu_img("convert", "-U", "-f", image_format(top), "-O", "raw", "-n", "--target-is-zero",
                  str(top), str(out))
         return None
-    files = list(reversed(chain))  # depth -> file, for the layers vers made (depth < new_layers)
+    files, new_layers = _new_layers(chain, new_layers)
     dirty: list[int] = []
     fds: dict[int, int] = {}
     try:
@@ -213,6 +213,24 @@ def capture_disk(chain: list[str], new_layers: int, size: int, out: Path,
         for fd in fds.values():
             os.close(fd)
     return sorted(set(dirty))
+
+
+def _new_layers(chain: list[str], new_layers: int) -> tuple[list[str], int]:
+    """The files of the top's chain by depth (0 = top) as its qcow2 headers name them, and how
+    many of them, from the top, are not layers the base commit holds. The headers, not the
+    record, say what ``qemu-img map``'s depths mean: a background stream may have taken frozen
+    layers out of the chain after the record was written (vers.vmm.merge)."""
+    infos = json.loads(qemu_img("info", "-U", "--backing-chain", "--output=json", chain[-1]))
+    files = [str(i["filename"]) for i in infos]
+    committed = set(chain[:len(chain) - new_layers])
+    n = 0
+    while n < len(files) and files[n] not in committed:
+        n += 1
+    held = chain[:len(chain) - new_layers][::-1]  # the base commit's layers, top first
+    if files[n:n + len(held)] != held:
+        raise VMError(f"{chain[-1]}: its backing chain {files} does not end in the layers the "
+                      "base commit holds")
+    return files, n
 
 
 def _copy_range(fin: int, fout: int, src: int, dst: int, length: int) -> None:

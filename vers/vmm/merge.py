@@ -28,6 +28,9 @@ layers, which hold the same content as the new base: the next commit captures on
 above ``committed``, which both chains share, and its merge drops the old layers then. A QEMU
 killed at any point leaves files that open as before (the header names either backing, and both
 exist); the commits themselves are in the store.
+
+After a branch there is no new commit to re-base onto: ``stream_frozen_layers`` then copies the
+frozen layers above the base commit's into the top with QEMU's ``block-stream`` job instead.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from __future__ import annotations
 import os
 import secrets
 import sys
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -216,3 +220,86 @@ def remove_unused(reg: VMRegistry, dropped: list[str]) -> list[str]:
                 except FuseError:
                     pass  # a daemon that cannot remove it holds it until it exits
     return removed
+
+
+# -- after a branch -----------------------------------------------------------------------------
+
+#: frozen layers above the base commit's a VM keeps before a branch streams them into its top
+STREAM_AFTER = 2
+#: how long a stream may take (it copies only what the guest wrote since its last commit)
+STREAM_TIMEOUT = 120.0
+
+
+def stream_frozen_layers(reg: VMRegistry, rec: VMRecord) -> list[str]:
+    """Under the VM's lock, right after a branch of ``rec``: bound its chains again.
+
+    Each branch freezes the parent's top for the children to read and gives the parent a new top,
+    so a VM branched again and again without a commit between would grow its chain by a layer
+    per branch. Once a disk has ``STREAM_AFTER`` frozen layers above the ones its base commit
+    holds, QEMU's ``block-stream`` job copies their clusters into the top (the guest keeps
+    running; nothing below them is touched) and drops them from this VM's chain; the children go
+    on reading them. What the next commit captures stays exact: the streamed clusters are
+    changes since the base commit, which it stores anyway, and its capture follows the top's
+    header (vers.vmm.disk.capture_disk), so a record written before a stream finished still
+    reads right. Returns the layers dropped from ``rec``'s chains (the children still name
+    them). Never fails the branch: a stream that fails or times out is cancelled, leaving the
+    chain as it was."""
+    todo = {n: d for n, d in rec.disks.items()
+            if len(d.chain) - 1 - max(d.committed, 1) >= STREAM_AFTER}
+    if not todo:
+        return []
+    try:
+        with Machine.attach(rec, qmp_timeout=60.0) as m:
+            q = m.qmp()
+            if q.command("query-status")["status"] != "running":
+                return []
+            dropped = _stream(q, rec, todo)
+            if dropped:
+                reg.save(rec)
+                close_unused_nodes(q)
+                drop_stale_standby(reg, rec)  # it reads the old chain; made again after this
+    except VMError as exc:
+        print(f"vers: VM {rec.id}: disk layers not streamed this time: {exc}", file=sys.stderr)
+        return []
+    return dropped
+
+
+def _stream(q: QMPClient, rec: VMRecord, todo: dict[str, DiskChain]) -> list[str]:
+    nodes = {n["file"]: n["node-name"] for n in q.command("query-named-block-nodes", flat=True)
+             if n.get("drv") != "file" and n.get("node-name")}
+    tops = {b["device"]: b["inserted"] for b in q.command("query-block")
+            if b.get("device") in todo and b.get("inserted")}
+    dropped: list[str] = []
+    for name, d in todo.items():
+        top, keep = tops.get(name), max(d.committed, 1)
+        base = nodes.get(d.chain[keep - 1])
+        if top is None or top["file"] != d.top or base is None:
+            continue  # QEMU's view is not the record's (e.g. a json: name after a merge)
+        job = f"vers-stream-{secrets.token_hex(4)}"
+        q.command("block-stream", **{"job-id": job, "device": top["node-name"],
+                                     "base-node": base, "auto-dismiss": False})
+        error = _wait_job(q, job, STREAM_TIMEOUT)
+        if error is not None:
+            print(f"vers: VM {rec.id}: disk {name} not streamed: {error}", file=sys.stderr)
+            continue
+        dropped += d.chain[keep:-1]
+        d.chain = d.chain[:keep] + [d.top]
+    return dropped
+
+
+def _wait_job(q: QMPClient, job: str, timeout: float) -> str | None:
+    """Wait for block job ``job`` to conclude and dismiss it; its error, or None. Past
+    ``timeout`` it is cancelled (a cancelled stream leaves the chain as it was)."""
+    deadline = time.monotonic() + timeout
+    cancelled = False
+    while True:
+        info = next((j for j in q.command("query-jobs") if j["id"] == job), None)
+        if info is None:
+            return "the job vanished"
+        if info["status"] == "concluded":
+            q.command("job-dismiss", id=job)
+            return "cancelled: took too long" if cancelled else info.get("error")
+        if not cancelled and time.monotonic() > deadline:
+            q.command("block-job-cancel", device=job, force=True)
+            cancelled = True
+        time.sleep(0.01)
