@@ -64,6 +64,10 @@ def test_copy_in_and_out_keeps_content_modes_and_mtimes(vmrepo: Repo, vm: Any,
         subprocess.run(["md5sum"], check=False, input=(src / "a.bin").read_bytes(),
                        capture_output=True).stdout.decode().split()[0]
     assert (out / "renamed.sh").read_text() == "#!/bin/sh\necho hi\n"
+    # a single file goes in as its bytes alone, keeping its mode and mtime too
+    vers(vmrepo.root, "cp", str(src / "a.bin"), "cpvm:/root/")
+    assert gexec(vm, "stat -c '%a %Y %s' /root/a.bin") == "640 1600000000 200000\n"
+    assert gexec(vm, "ls -a /root | grep -c vers-tmp || true") == "0\n"
 
 
 def test_clear_errors(vmrepo: Repo, vm: Any, tmp_path: Path) -> None:
@@ -110,11 +114,11 @@ def test_no_space_left_leaves_nothing_behind(vmrepo: Repo, vm: Any, tmp_path: Pa
 
 def test_interrupted_copies_leave_no_partial_target(vmrepo: Repo, vm: Any,
                                                     tmp_path: Path) -> None:
-    """The guest kills the extracting tar half-way: no target; the VM is killed while a file
-    streams out: a clear error and no target on the host."""
+    """The guest kills the extracting cat (a file) or tar (a tree) half-way: no target; the VM
+    is killed while a file streams out: a clear error and no target on the host."""
     big = tmp_path / "big"
     big.write_bytes(os.urandom(64 << 20))
-    gexec(vm, "(sleep 2; killall tar) </dev/null >/dev/null 2>&1 &")
+    gexec(vm, "(sleep 2; killall cat tar) </dev/null >/dev/null 2>&1 &")
     with pytest.raises(VMError):
         transfer.copy(vmrepo, str(big), "cpvm:/root/big")
     assert gexec(vm, "ls -A /root | grep -e big -e vers-tmp || true") == ""

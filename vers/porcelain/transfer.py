@@ -110,7 +110,7 @@ def copy(repo: Repo, src: str, dst: str, recursive: bool = False,
         stats.bytes = source.stream_to(out)
         out.flush()
     else:
-        sink = _sink(d, source.name)
+        sink = _sink(d, source)
         if s.kind == "stdio":
             stats.bytes = _receive(sink, stdin or io.BufferedReader(io.FileIO(0, closefd=False)))
             sink.commit()
@@ -201,13 +201,26 @@ class LocalSource(Source):
             raise BadInput(f"{path} is a directory (use -r)")
         self.path = p
         self.name = p.resolve().name if p.name in ("", ".", "..") else p.name
+        #: a regular file goes into a VM as its bytes alone, not as a tar stream (``VMSink``)
+        self.plain = p.is_file() and not p.is_symlink()
 
     def stream_to(self, out: BinaryIO) -> int:
+        if self.plain:
+            with open(self.path, "rb") as f:
+                return _copy_stream(f, out)
         counted = _Counting(out)
         with tarfile.open(fileobj=counted, mode="w|", format=tarfile.PAX_FORMAT,
                           bufsize=COPY_CHUNK) as tar:
             tar.add(str(self.path), arcname=self.name, filter=_as_root)
         return counted.n
+
+
+def _copy_stream(inp: BinaryIO, out: BinaryIO) -> int:
+    n = 0
+    while chunk := inp.read(COPY_CHUNK):
+        out.write(chunk)
+        n += len(chunk)
+    return n
 
 
 class VMSource(Source):
@@ -421,7 +434,9 @@ class _CountingReader(io.RawIOBase):
 
 
 #: Extract into a temporary directory next to the target, then rename (or merge) into place.
-#: $1: target path, $2: name of the stream's top entry ("" for a tar stream of any entries).
+#: $1: target path, $2: name of the stream's top entry ("" for a tar stream of any entries);
+#: with $3 and $4 the stream is one regular file's bytes (busybox tar extracts at ~2/3 of the
+#: speed `cat` writes a file, under TCG), given its mode and mtime.
 _EXTRACT = r'''d=$1; name=$2
 if [ -z "$name" ]; then [ -d "$d" ] || exit 68; dir=$d
 elif [ -d "$d" ] && [ ! -h "$d" ]; then dir=$d; d=$d/$name
@@ -432,7 +447,11 @@ trap 'rm -rf "$tmp"' EXIT
 trap 'exit 1' HUP INT TERM
 go=
 trap 'go=1' USR1
-tar -x -f - -C "$tmp" || exit 1
+if [ -n "$3" ]; then  # the file's bytes alone; $3: its mode (octal), $4: its mtime
+    cat > "$tmp/$name" && chmod "$3" "$tmp/$name" && touch -d "@$4" "$tmp/$name" || exit 1
+else
+    tar -x -f - -C "$tmp" || exit 1
+fi
 echo extracted
 while [ -z "$go" ]; do sleep 1 </dev/null >/dev/null 2>&1 & s=$!; wait $s; kill $s 2>/dev/null; done
 move() {
@@ -457,12 +476,17 @@ class VMSink(Sink):
     the host sends only once the source succeeded, so a stream cut short (source failed, vers
     killed) is never moved into place."""
 
-    def __init__(self, loc: Location, name: str | None) -> None:
+    def __init__(self, loc: Location, name: str | None, plain: Path | None = None) -> None:
+        """``plain``: the stream is that regular file's bytes, not a tar stream."""
         self.loc = loc
         self.name = name
         rec = _running(loc)
+        meta: list[str] = []
+        if plain is not None:
+            st = plain.stat()
+            meta = [f"{st.st_mode & 0o7777:o}", str(int(st.st_mtime))]
         self.ch = agent.open_channel(rec.runtime.agent_sock, ["/bin/sh", "-c", _EXTRACT, "vers-cp",
-                                                      loc.path, name or ""])
+                                                      loc.path, name or "", *meta])
 
     def receive(self, inp: BinaryIO) -> int:
         n = 0
@@ -505,10 +529,12 @@ class VMSink(Sink):
         self.ch.close()
 
 
-def _sink(loc: Location, name: str | None) -> Sink:
+def _sink(loc: Location, source: Source | None) -> Sink:
+    name = source.name if source is not None else None
     if loc.kind == "local":
         return LocalSink(loc.path, name)
-    return VMSink(loc, name)
+    plain = source.path if isinstance(source, LocalSource) and source.plain else None
+    return VMSink(loc, name, plain)
 
 
 # -- commands in a running VM (vers exec, vers connect) ---------------------------------------
