@@ -1,7 +1,9 @@
 """``vers cp``: files in and out of running VMs and out of commits, as tar streams.
 
 Every copy is a *source* that writes a tar stream and a *sink* that reads one, joined by a pipe
-(or by stdin/stdout for ``-``, like ``docker cp``):
+(or by stdin/stdout for ``-``, like ``docker cp``). A single regular file copied into a VM is
+streamed as its bytes alone, with its mode and mtime passed beside them, since the guest writes
+a file with ``cat`` faster than busybox tar extracts one:
 
     local path        tar of the file or tree, owned by root as docker cp does
     VM:PATH           ``tar -c`` in the guest, streamed out through the agent
