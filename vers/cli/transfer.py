@@ -18,7 +18,6 @@ from vers.cli import completion as comp
 from vers.cli._group import cli, emit_json, info, open_repo
 from vers.errors import BadInput, GuestTimeout, VMError
 from vers.porcelain import transfer
-from vers.porcelain import vm as verbs
 from vers.porcelain.transfer import Channel
 
 if TYPE_CHECKING:
@@ -136,7 +135,7 @@ def exec_(args: tuple[str, ...], workdir: str | None, env: tuple[str, ...],
     if fmt == "json":
         if workdir or env:
             raise BadInput("--format json takes no -w or -e")
-        emit_json(verbs.exec_json(verbs.exec_in(open_repo(), vm, command, timeout)))
+        emit_json(transfer.exec_json(transfer.exec_script(open_repo(), vm, command, timeout)))
         return
     sys.exit(exec_command(open_repo(), vm, command, workdir=workdir, env=_parse_env(env),
                           timeout=timeout))

@@ -18,6 +18,7 @@ lost) removes the temporary directory instead.
 
 from __future__ import annotations
 
+import base64
 import io
 import os
 import shlex
@@ -30,7 +31,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from vers.errors import BadInput, BadRevision, VMError
 from vers.ext4.reader import ROOT_INO, Ext4, Inode, Pread
@@ -541,8 +542,8 @@ def _sink(loc: Location, source: Source | None) -> Sink:
 
 # -- commands in a running VM (vers exec, vers connect) ---------------------------------------
 
-__all__ = ["STDIN_CHUNK", "Channel", "LegacyAgent", "copy", "legacy_exec", "open_command",
-           "run_command", "running_vm"]
+__all__ = ["STDIN_CHUNK", "Channel", "LegacyAgent", "copy", "exec_json", "exec_script",
+           "legacy_exec", "open_command", "run_command", "running_vm"]
 
 
 def running_vm(repo: Repo, key: str | None) -> VMRecord:
@@ -562,6 +563,25 @@ def open_command(repo: Repo, key: str | None, argv: list[str], *,
     rec = running_vm(repo, key)
     return agent.open_channel(rec.runtime.agent_sock, argv, env=env, cwd=cwd, stdin=stdin,
                               pty=pty, rows=rows, cols=cols)
+
+
+def exec_script(repo: Repo, key: str | None, command: list[str],
+                timeout: float = 300.0) -> ExecResult:
+    """``vers exec``'s command (one argument: a shell script; several: an argv) run to
+    completion, through the shell agent of an earlier vers too."""
+    if not command:
+        raise BadInput("nothing to run: give a command after --")
+    rec = running_vm(repo, key)
+    return agent.guest_exec(rec.runtime.agent_sock, agent.command_script(command), timeout)
+
+
+def exec_json(res: ExecResult) -> dict[str, Any]:
+    """An exec result as JSON: output as text (invalid UTF-8 replaced) and as base64."""
+    return {"returncode": res.returncode,
+            "stdout": res.stdout.decode(errors="replace"),
+            "stderr": res.stderr.decode(errors="replace"),
+            "stdout_b64": base64.b64encode(res.stdout).decode(),
+            "stderr_b64": base64.b64encode(res.stderr).decode()}
 
 
 def run_command(repo: Repo, key: str | None, argv: list[str], *, input: bytes | None = None,

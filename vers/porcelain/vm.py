@@ -6,13 +6,13 @@ which source ``vers branch`` forks) is decided here.
 
 from __future__ import annotations
 
-import base64
 import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from vers.errors import BadInput, BadRevision, RefError, UnknownVM
 from vers.porcelain import record as recording
+from vers.porcelain.transfer import exec_json
 from vers.progress import NO_PROGRESS, Progress
 from vers.refs.container import check_short_name
 from vers.remote.lazy import open_lazy, promisor_for, resolve_on_remote
@@ -72,15 +72,6 @@ def vm_json(repo: Repo, rec: VMRecord) -> dict[str, Any]:
             "memory": rec.spec.memory, "accel": rec.spec.accel,
             "ports": [dict(p) for p in rec.runtime.ports],
             "current": registry(repo).current() == rec.id}
-
-
-def exec_json(res: ExecResult) -> dict[str, Any]:
-    """An exec result as JSON: output as text (invalid UTF-8 replaced) and as base64."""
-    return {"returncode": res.returncode,
-            "stdout": res.stdout.decode(errors="replace"),
-            "stderr": res.stderr.decode(errors="replace"),
-            "stdout_b64": base64.b64encode(res.stdout).decode(),
-            "stderr_b64": base64.b64encode(res.stderr).decode()}
 
 
 def commit_json(cid: str, tm: Timings, repo: Repo) -> dict[str, Any]:
