@@ -4,8 +4,10 @@ connection lost when the VM is killed."""
 
 from __future__ import annotations
 
+import base64
 import fcntl
 import hashlib
+import json
 import os
 import select
 import struct
@@ -211,3 +213,17 @@ def test_an_idle_guest_costs_no_cpu_once_the_host_has_gone(vm: Any) -> None:
     time.sleep(4)
     used = _cpu_seconds(pid) - before
     assert used < 1.0, f"an idle VM's QEMU used {used:.2f} s of CPU in 4 s"
+
+
+def test_exec_format_json(vmrepo: Repo, vm: Any) -> None:
+    """`vers exec --format json`: one object once the command ended, exit 0 whatever its code;
+    output as text and, byte-exact, as base64."""
+    p = vers(vmrepo.root, "exec", "agentvm", "--format", "json", "--",
+             "echo hi; printf '\\377' >&2; exit 3")
+    out = json.loads(p.stdout)
+    assert p.returncode == 0
+    assert (out["returncode"], out["stdout"]) == (3, "hi\n")
+    assert base64.b64decode(out["stderr_b64"]) == b"\xff" and out["stderr"] == "\ufffd"
+    bad = vers(vmrepo.root, "exec", "agentvm", "--format", "json", "-w", "/tmp", "--", "true",
+               check=False)
+    assert bad.returncode == 2 and "no -w or -e" in bad.stderr
