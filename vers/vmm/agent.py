@@ -40,9 +40,11 @@ from typing import Self
 from vers.errors import GuestTimeout, VMError
 
 PROTOCOL_MAJOR = 1
-PROTOCOL_MINOR = 1
+PROTOCOL_MINOR = 2
 #: the first minor version whose agent syncs, freezes and thaws file systems
 FS_MINOR = 1
+#: the first minor version whose agent sets the wall clock to the microsecond (FS "clock")
+CLOCK_MINOR = 2
 MAGIC = b"VERS-AGENT-HELLO/"
 HEADER = struct.Struct("<BII")
 #: Credit each side of a channel starts with: output (or stdin) a peer may have in flight.

@@ -26,7 +26,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from vers.errors import VMError
-from vers.vmm.agent import guest_exec
+from vers.vmm import agent as agent_mod
+from vers.vmm.agent import CLOCK_MINOR, FS, Channel, LegacyAgent, guest_exec
 
 #: where the marker and the helper live in the guest (a tmpfs, so part of the machine's RAM)
 RUN_DIR = "/run/vers"
@@ -78,11 +79,13 @@ def _octal(data: bytes) -> str:
     return "".join(f"\\{b:03o}" for b in data)
 
 
-def fresh_script(vm_id: str, first: bool) -> str:
-    """The guest-side script; ``first``: a fresh boot (generation 0), else the count goes up."""
+def fresh_script(vm_id: str, first: bool, set_date: bool = True) -> str:
+    """The guest-side script; ``first``: a fresh boot (generation 0), else the count goes up.
+    ``set_date``: the script steps the clock itself, to the whole second (``date -s``), for an
+    agent that cannot set it to the microsecond."""
     gen = "n=0" if first else f"n=0; read -r _ n < {GENERATION} 2>/dev/null; n=$((${{n:-0}} + 1))"
     return "\n".join([
-        f"date -s @{round(time.time())} >/dev/null || exit 10",
+        f"date -s @{round(time.time())} >/dev/null || exit 10" if set_date else ":",
         f"[ -d {RUN_DIR} ] || mkdir -p {RUN_DIR}",
         (f"[ -x {_HELPER} ] || {{ printf '{_octal(entropy_helper())}' > {_HELPER} &&"
          f" chmod 755 {_HELPER}; }} || exit 11"),
@@ -94,14 +97,42 @@ def fresh_script(vm_id: str, first: bool) -> str:
 
 
 def freshen(vm_id: str, agent_sock: str, first: bool = False, timeout: float = 30.0) -> None:
-    """Run the script in the guest; a VMError saying which step failed if it did not finish."""
-    res = guest_exec(agent_sock, fresh_script(vm_id, first), timeout)
+    """Step the clock and run the script in the guest; a VMError saying which step failed if it
+    did not finish. An agent of protocol 1.2 sets the clock to the microsecond (FS "clock", sent
+    just before the script on the same connection: no extra round trip); earlier ones get
+    ``date -s``, to the second."""
+    try:
+        conn = agent_mod.acquire(agent_sock, timeout)
+    except LegacyAgent:
+        res = guest_exec(agent_sock, fresh_script(vm_id, first), timeout)
+    else:
+        try:
+            clock = conn.new_channel() if conn.minor >= CLOCK_MINOR else None
+            if clock is not None:
+                conn.send(FS, clock.id, f"clock {time.time():.6f}".encode())
+            res = guest_exec(agent_sock, fresh_script(vm_id, first, clock is None), timeout)
+            if clock is not None:
+                _clock_answer(vm_id, clock, timeout)
+        finally:
+            agent_mod.release(conn)
     if res.returncode:
         step = {10: "setting the clock", 11: "writing the entropy helper",
                 12: "adding host entropy and reseeding", 13: "writing the generation marker"}
         what = step.get(res.returncode, f"exit {res.returncode}")
         raise VMError(f"making VM {vm_id} distinct failed ({what}): "
                       f"{res.stderr.decode(errors='replace').strip()}")
+
+
+def _clock_answer(vm_id: str, ch: Channel, timeout: float) -> None:
+    try:
+        ev = ch.next_event(timeout)
+    finally:
+        ch.exited = True  # nothing runs on it: no CLOSE to send
+        ch.close()
+    answer = "" if ev is None else ev.data.decode(errors="replace")
+    if not answer.startswith("ok "):
+        raise VMError(f"making VM {vm_id} distinct failed (setting the clock): "
+                      f"{answer.removeprefix('error ') or 'no answer'}")
 
 
 def freshen_all(vms: list[tuple[str, str]]) -> None:

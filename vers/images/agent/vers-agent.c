@@ -47,7 +47,7 @@
 #include <unistd.h>
 
 #define PROTO_MAJOR 1
-#define PROTO_MINOR 1
+#define PROTO_MINOR 2
 
 enum {
     F_NOP = 0, F_HELLO = 1, F_OPEN = 2, F_STDIN = 3, F_STDOUT = 4, F_STDERR = 5, F_EXIT = 6,
@@ -508,8 +508,35 @@ static void fs_sync(uint32_t chan) {
     fs_answer(chan, "error cannot start sync");
 }
 
-/* Payload: "sync", "freeze MS" or "thaw"; the answer is an FS_DONE frame on the same channel:
- * "ok COUNT [DETAIL]" or "error MESSAGE". */
+/* "clock SEC.USEC": step the wall clock to the host's time, sent the moment before (protocol
+ * 1.2; `date -s` takes whole seconds only). */
+static void set_clock(uint32_t chan, const char *arg) {
+    char *end;
+    long long sec = strtoll(arg, &end, 10);
+    long usec = 0;
+    if (*end == '.') {
+        char digits[7] = "000000";
+        const char *p = end + 1;
+        for (int i = 0; i < 6 && p[i] >= '0' && p[i] <= '9'; i++)
+            digits[i] = p[i];
+        usec = strtol(digits, NULL, 10);
+    }
+    struct timespec ts = {.tv_sec = (time_t)sec, .tv_nsec = usec * 1000};
+    if (end == arg || sec <= 0) {
+        fs_answer(chan, "error bad time");
+        return;
+    }
+    if (clock_settime(CLOCK_REALTIME, &ts) < 0) {
+        char msg[128];
+        snprintf(msg, sizeof msg, "error clock_settime: %s", strerror(errno));
+        fs_answer(chan, msg);
+        return;
+    }
+    fs_answer(chan, "ok 0 set");
+}
+
+/* Payload: "sync", "freeze MS", "thaw" or "clock SEC.USEC"; the answer is an FS_DONE frame on
+ * the same channel: "ok COUNT [DETAIL]" or "error MESSAGE". */
 static void fs_request(uint32_t chan, unsigned char *p, uint32_t len) {
     char req[64];
     size_t n = len < sizeof req - 1 ? len : sizeof req - 1;
@@ -521,6 +548,8 @@ static void fs_request(uint32_t chan, unsigned char *p, uint32_t len) {
         fs_freeze(chan, atoi(req + 7));
     else if (!strcmp(req, "thaw"))
         fs_thaw(chan);
+    else if (!strncmp(req, "clock ", 6))
+        set_clock(chan, req + 6);
     else
         fs_answer(chan, "error unknown request");
 }
