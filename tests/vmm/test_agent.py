@@ -194,3 +194,20 @@ def test_killing_the_vm_ends_a_running_exec_with_an_error(vmrepo: Repo, tmp_path
         verbs.kill(vmrepo, [rec.id])
         with pytest.raises(VMError, match="connection"):
             ch.next_event(timeout=30)
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_an_idle_guest_costs_no_cpu_once_the_host_has_gone(vm: Any) -> None:
+    """With no host connected the port polls readable (reads return 0): the agent must sleep
+    then, not spin, or every idle VM keeps a host core busy."""
+    assert gexec(vm, "echo hi").strip() == "hi"  # a host came and went
+    time.sleep(1)
+    pid = vm.runtime.pid
+    before = _cpu_seconds(pid)
+    time.sleep(4)
+    used = _cpu_seconds(pid) - before
+    assert used < 1.0, f"an idle VM's QEMU used {used:.2f} s of CPU in 4 s"

@@ -856,6 +856,13 @@ static void read_port(void) {
     }
 }
 
+/* Empties the port of what a host that is gone left unread. */
+static void discard_port(void) {
+    char junk[4096];
+    for (int i = 0; i < 1024 && read(port, junk, sizeof junk) > 0; i++)
+        ;
+}
+
 static void write_port(void) {
     while (outbuf.len) {
         ssize_t w = write(port, outbuf.p + outbuf.off, outbuf.len);
@@ -1062,13 +1069,16 @@ int main(void) {
             return 1;
         if (r <= 0)
             continue;
-        if ((fds[1].revents & POLLHUP) && !(fds[1].revents & POLLIN)) {
+        if (fds[1].revents & POLLHUP) {
             /* nobody on the host side: drop everything, then sleep until SIGIO says the host
              * side changed (or a second passes). The wake pipe is drained only after that
-             * sleep, so a SIGIO that came in since the poll above cuts it short. */
+             * sleep, so a SIGIO that came in since the poll above cuts it short. With no host
+             * the port also polls readable (a read returns what the last host left unread,
+             * then 0): that is discarded, never a reason to loop. */
             reset_session(1);
+            discard_port();
             struct pollfd p = {.fd = port, .events = POLLIN};
-            if (poll(&p, 1, 0) == 1 && (p.revents & POLLHUP) && !(p.revents & POLLIN)) {
+            if (poll(&p, 1, 0) == 1 && (p.revents & POLLHUP)) {
                 struct pollfd w = {.fd = wake_pipe[0], .events = POLLIN};
                 poll(&w, 1, 1000);
             }
