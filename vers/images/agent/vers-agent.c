@@ -61,6 +61,8 @@ enum {
 #endif
 
 #define HDR 9
+/* how long a session that just said HELLO outlives a port that still says "no host" */
+#define CONNECT_GRACE_MS 500
 #define WINDOW (1u << 20)           /* credit a channel starts with, each way */
 #define MAX_IN_FRAME (256u << 10)   /* the host never sends a bigger payload */
 #define OUT_CHUNK (64u << 10)       /* stdout/stderr frames carry at most this */
@@ -97,6 +99,7 @@ struct dying {
 
 static int port = -1;
 static int synced;           /* a HELLO was seen on the current host connection */
+static long long hello_at;   /* when (now_ms) the last HELLO came */
 static struct buf inbuf, outbuf;
 static struct channel chans[MAX_CHANNELS];
 static struct dying dying[MAX_CHANNELS * 2];
@@ -712,6 +715,7 @@ out:
 static void hello(void) {
     reset_session(0);
     synced = 1;
+    hello_at = now_ms();
     char msg[64];
     int n = snprintf(msg, sizeof msg, "%s%d.%d\n", MAGIC, PROTO_MAJOR, PROTO_MINOR);
     send_frame(F_HELLO, 0, msg, (uint32_t)n);
@@ -841,26 +845,24 @@ static int open_port(void) {
     }
 }
 
-static void read_port(void) {
+/* Reads and parses what the host sent. Returns 1 if anything was read, 0 if no host is
+ * connected (and nothing is left unread), -1 if nothing is there yet. */
+static int read_port(void) {
+    int got = 0;
     for (int i = 0; i < 16; i++) {
         buf_reserve(&inbuf, 256 << 10);
         ssize_t r = read(port, inbuf.p + inbuf.off + inbuf.len, 256 << 10);
         if (r > 0) {
             inbuf.len += (size_t)r;
             parse_input();
+            got = 1;
             continue;
         }
-        if (r == 0)  /* no host connected */
-            reset_session(1);
-        return;
+        if (r == 0 && !got)  /* no host connected */
+            return 0;
+        return got ? 1 : -1;
     }
-}
-
-/* Empties the port of what a host that is gone left unread. */
-static void discard_port(void) {
-    char junk[4096];
-    for (int i = 0; i < 1024 && read(port, junk, sizeof junk) > 0; i++)
-        ;
+    return 1;
 }
 
 static void write_port(void) {
@@ -1070,13 +1072,23 @@ int main(void) {
         if (r <= 0)
             continue;
         if (fds[1].revents & POLLHUP) {
-            /* nobody on the host side: drop everything, then sleep until SIGIO says the host
-             * side changed (or a second passes). The wake pipe is drained only after that
-             * sleep, so a SIGIO that came in since the poll above cuts it short. With no host
-             * the port also polls readable (a read returns what the last host left unread,
-             * then 0): that is discarded, never a reason to loop. */
+            /* The port says no host is connected. A new host's first bytes come on the data
+             * queue and its "connected" on the control queue, so the guest may read the bytes
+             * (and answer a HELLO) before it knows the host is there, and cannot write the
+             * answer until it does. So what is readable is read first; a session whose HELLO
+             * came less than CONNECT_GRACE_MS ago is kept while the port catches up; otherwise
+             * everything is dropped and the agent sleeps until SIGIO says the host side changed
+             * (or a second passes). The wake pipe is drained only after that sleep, so a SIGIO
+             * that came in since the poll above cuts it short. */
+            if (read_port() > 0)
+                continue;
+            if (synced && now_ms() - hello_at < CONNECT_GRACE_MS) {
+                struct pollfd w = {.fd = wake_pipe[0], .events = POLLIN};
+                poll(&w, 1, 10);
+                drain_wake_pipe();
+                continue;
+            }
             reset_session(1);
-            discard_port();
             struct pollfd p = {.fd = port, .events = POLLIN};
             if (poll(&p, 1, 0) == 1 && (p.revents & POLLHUP)) {
                 struct pollfd w = {.fd = wake_pipe[0], .events = POLLIN};
