@@ -10,6 +10,7 @@ run on the same VM:
 * the floors: QEMU's own ``stop`` + ``cont`` QMP round trip (the least any pause can be), a bare
   QEMU start to QMP-ready with the same command line (the least a child without a standby can
   take), and QEMU's own full ``migrate`` of the VM to a file (stop -> migrate -> cont);
+* restore of the last commit (in-process ``restore_commit``) until its guest answers exec;
 * store growth per incremental commit against the bytes the guest dirtied.
 
 Each figure is printed as p50 and p99 over ``--repeat`` runs (p99 interpolated: of 50 runs,
@@ -18,7 +19,7 @@ child start goes, as p50 and p99 of each phase (``vers commit -v`` / ``branch -v
 Density (``vers branch --count N``, memory and CPU per idle child) is bench/swarm.py.
 
 Goals (docs/vmm.md): commit and branch pause p50 <= 5 ms and p99 <= 10 ms, child running p50 <=
-30 ms and p99 <= 60 ms, store growth <= 1.1x dirty bytes.
+30 ms and p99 <= 60 ms, restore p50 <= 60 ms at 2 GiB, store growth <= 1.1x dirty bytes.
 
     python3 bench/vm.py [--sizes 256M,2G] [--backings shm,fuse,fuse+nostandby] [--net user,none]
                         [--repeat 5] [--migrate-repeat 3] [--phases] [--json]
@@ -46,7 +47,7 @@ from typing import Any
 from vers.objects.model import PAGE_SIZE as PAGE
 from vers.repo import Repo
 from vers.vmm.agent import guest_exec
-from vers.vmm.boot import RunOptions, run_vm
+from vers.vmm.boot import RunOptions, restore_commit, run_vm
 from vers.vmm.branch import branch_vm
 from vers.vmm.commit import commit_vm
 from vers.vmm.control import list_vms
@@ -156,7 +157,7 @@ def bench_commits(repo: Repo, rec: VMRecord, size: int, repeat: int) -> dict[str
         dirty_one_percent(rec, size)
         before = store_bytes(repo)
         t0 = time.perf_counter()
-        _, tm = commit_vm(repo, rec.id, f"incremental {i}")
+        res["last_commit"], tm = commit_vm(repo, rec.id, f"incremental {i}")
         totals.append((time.perf_counter() - t0) * 1000)
         pauses.append(tm.pause)
         phases.append({**tm.phases, "pause": tm.pause})
@@ -187,6 +188,18 @@ def bench_branches(repo: Repo, rec: VMRecord, repeat: int) -> dict[str, Any]:
             "branch_phases_ms": phase_table(phases)}
 
 
+def bench_restores(repo: Repo, cid: str, repeat: int) -> dict[str, Any]:
+    """In-process restore of a commit until its guest answers exec (restore_commit returns
+    once the guest ran the fresh-clone script through its agent)."""
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        vm = restore_commit(repo, cid)
+        times.append((time.perf_counter() - t0) * 1000)
+        kill_vms(repo, [vm.id])
+    return {"restore_ms": p50_p99(times)}
+
+
 def bench_floors(rec: VMRecord, repo: Repo, work: Path, repeat: int,
                  migrate_repeat: int) -> dict[str, Any]:
     res: dict[str, Any] = {"qemu_stop_cont_ms": p50_p99([qemu_stop_cont_ms(rec)
@@ -214,6 +227,7 @@ def bench_one(size: int, backing: str, repeat: int, work: Path, standby: bool = 
         res.update(bench_commits(repo, rec, size, repeat))
         res.update(bench_floors(rec, repo, work, repeat, migrate_repeat))
         res.update(bench_branches(repo, rec, repeat))
+        res.update(bench_restores(repo, res["last_commit"], repeat))
     finally:
         kill_vms(repo, [s.id for s in list_vms(repo)])
         repo.close()
@@ -228,26 +242,29 @@ def _ms(v: dict[str, float]) -> str:
 
 def print_rows(results: list[dict[str, Any]]) -> None:
     print(f"{'':<16} {'':<4} {'':>6} {'commit pause':>14} {'branch pause':>14}"
-          f" {'stop+cont':>14} {'child ready':>14} {'bare start':>14} {'QEMU migrate':>14}"
-          f" {'growth':>6}")
-    print(f"{'backing':<16} {'net':<4} {'RAM':>6}" + f" {'p50':>7} {'p99':>6}" * 6
+          f" {'stop+cont':>14} {'child ready':>14} {'restore':>14} {'bare start':>14}"
+          f" {'QEMU migrate':>14} {'growth':>6}")
+    print(f"{'backing':<16} {'net':<4} {'RAM':>6}" + f" {'p50':>7} {'p99':>6}" * 7
           + f" {'ratio':>6}")
     for r in results:
         print(f"{r['backing']:<16} {r['net']:<4} {r['size_mib']:>5}M"
               f" {_ms(r['commit_pause_ms'])} {_ms(r['branch_pause_ms'])}"
               f" {_ms(r['qemu_stop_cont_ms'])} {_ms(r['branch_child_ready_ms'])}"
-              f" {_ms(r['bare_qemu_start_ms'])} {_ms(r['qemu_full_migrate_pause_ms'])}"
+              f" {_ms(r['restore_ms'])} {_ms(r['bare_qemu_start_ms'])}"
+              f" {_ms(r['qemu_full_migrate_pause_ms'])}"
               f" {r['ratio_store_growth_vs_dirty']:>6.3f}")
     print("ms; floors beside them: stop+cont (QEMU's own pause round trip, the floor of both "
-          "pauses), bare start (QEMU start to QMP-ready), QEMU migrate (a full snapshot)")
+          "pauses), bare start (QEMU start to QMP-ready), QEMU migrate (a full snapshot); "
+          "child ready and restore: until the guest answers exec")
     print("goals: commit and branch pause p50 <= 5, p99 <= 10; child ready p50 <= 30, "
-          "p99 <= 60; store growth ratio <= 1.1")
+          "p99 <= 60; restore p50 <= 60 (2 GiB); store growth ratio <= 1.1")
     for r in results:
         print(f"pause / floor  {r['backing']} {r['net']} {r['size_mib']}M:"
               f" commit {_ratio(r['commit_pause_ms'], r['qemu_stop_cont_ms'])},"
               f" branch {_ratio(r['branch_pause_ms'], r['qemu_stop_cont_ms'])},"
               f" child ready / bare start"
-              f" {_ratio(r['branch_child_ready_ms'], r['bare_qemu_start_ms'])}")
+              f" {_ratio(r['branch_child_ready_ms'], r['bare_qemu_start_ms'])},"
+              f" restore / bare start {_ratio(r['restore_ms'], r['bare_qemu_start_ms'])}")
 
 
 def _ratio(a: dict[str, float], b: dict[str, float]) -> str:
