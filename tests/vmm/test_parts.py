@@ -165,7 +165,7 @@ def test_shm_backing_capture_reports_changes_since_last_commit(tmp_path: Path) -
     with open(b.path, "r+b") as f:
         f.seek(7 * PAGE)
         f.write(b"late write")
-    assert b.fork_end(child) == 1
+    assert b.fork_end([child]) == 1
     assert child.path.read_bytes() == b.path.read_bytes()
     b.fork_reference(child)
     assert child.capture()[1] == [7]  # changed since the base commit both share

@@ -177,6 +177,11 @@ class Machine:
     def is_running(self) -> bool:
         return pid_alive(self.pid, self.record.id)
 
+    @property
+    def connected(self) -> bool:
+        """A QMP connection is open (``connect`` or ``qmp`` made one)."""
+        return self._qmp is not None
+
     # -- launching ----------------------------------------------------------------------------
     def prepare(self) -> None:
         """Choose the socket and log paths of a new process (removing stale sockets)."""
