@@ -34,8 +34,11 @@ KERNEL_PACKAGE_RE = re.compile(r"^linux-image-6\.1\.0-(\d+)-cloud-amd64$")
 #: virtio_net needs net_failover, which needs failover.
 MODULES = ("virtio_ring", "virtio", "virtio_mmio", "virtio_blk", "virtio_console",
            "failover", "net_failover", "virtio_net")
-#: Under TCG the kernel's TSC/PIT calibration can hang on a loaded host; these make boots reliable.
-TCG_CMDLINE = "tsc_early_khz=2000000 lpj=4000000"
+#: Under TCG the kernel's TSC/PIT calibration can hang on a loaded host; the first two make boots
+#: reliable. ``tsc=reliable`` keeps the TSC as the clocksource: the watchdog otherwise compares it
+#: with jiffies (TCG loses timer ticks), marks it unstable ~3 s after boot and falls back to
+#: refined-jiffies, on which the kernel cannot stop its 250 Hz tick when idle (docs/vmm.md).
+TCG_CMDLINE = "tsc_early_khz=2000000 lpj=4000000 tsc=reliable"
 BASE_CMDLINE = "console=ttyS0 panic=-1 quiet"
 DISK_SIZE = 256 * 1024 * 1024
 
