@@ -218,6 +218,10 @@ def _fork(reg: VMRegistry, job: _Branch, q: QMPClient, nodes: dict[str, tuple[st
 
 def _start_children(reg: VMRegistry, job: _Branch, tm: Timings, t_begin: float,
                     t_cont: float) -> None:
+    def connect(m: Machine) -> None:
+        if not m.connected:  # the standby connected during the parent's flush
+            m.connect()
+
     def load(m: Machine) -> None:
         finish_restore(m, job.devstate, ports=job.ports,
                        offered=job.offered and m is job.machines[0])
@@ -227,7 +231,7 @@ def _start_children(reg: VMRegistry, job: _Branch, tm: Timings, t_begin: float,
     # up or on the device-state load's page faults.
     with ThreadPoolExecutor(min(len(job.machines), CHILDREN_AT_ONCE)) as pool:
         t0 = time.perf_counter()
-        list(pool.map(lambda m: m.connected or m.connect(), job.machines))
+        list(pool.map(connect, job.machines))
         t0 = tm.mark("connect_children", t0)
         list(pool.map(load, job.machines))
     t_run = tm.mark("load_children", t0)
@@ -249,8 +253,9 @@ def _after(reg: VMRegistry, job: _Branch) -> None:
 
 
 def _finish(reg: VMRegistry, job: _Branch) -> None:
-    """The one cleanup: hang up the children's QMP and drop the device-state file; after a
-    failure also remove every child and the prepared tops QEMU never switched to."""
+    """The one cleanup: tell the pause guard the parent runs, hang up the children's QMP and
+    drop the device-state file; after a failure also remove every child and the prepared tops
+    QEMU never switched to."""
     if job.guard is not None:
         job.guard.disarm()
     for m in job.machines:
