@@ -1,23 +1,29 @@
-"""VM driver benchmark: commit and branch pause times against QEMU's own paths.
+"""VM driver benchmark: commit and branch pauses and child start, p50 and p99, against floors.
 
 For each guest size (256 MiB and 2 GiB by default), memory backing (shm, and fuse when the FUSE
 backing is available) and network (``user``, the default, and ``none``; rows side by side), in one
-run:
+run on the same VM:
 
-* commit pause with ~1% of guest pages dirtied since the parent commit, against QEMU's own full
-  ``migrate`` of the same VM to a file (stop -> migrate -> cont, max-bandwidth unthrottled);
-* branch: how long the parent is paused, and how long until the child runs, against a bare QEMU
-  start to QMP-ready with the same command line;
-* store growth per incremental commit against the bytes the guest dirtied;
-* with ``--swarm N``, a golden VM branched N times: branch pause and child-ready p50/p99, the
-  QEMU processes of the whole tree (one standby per tree, not one per child), and the idle
-  memory each extra child costs (QEMU RSS + page cache + the FUSE backing daemon's RSS).
+* commit pause with ~1% of guest pages dirtied since the parent commit;
+* branch: how long the parent is paused, and how long from the start of the branch until the
+  child runs (answers exec);
+* the floors: QEMU's own ``stop`` + ``cont`` QMP round trip (the least any pause can be), a bare
+  QEMU start to QMP-ready with the same command line (the least a child without a standby can
+  take), and QEMU's own full ``migrate`` of the VM to a file (stop -> migrate -> cont);
+* restore of the last commit (in-process ``restore_commit``) until its guest answers exec;
+* store growth per incremental commit against the bytes the guest dirtied.
 
-Prints medians and the ratios vers has goals for (commit <= 0.1x QEMU, branch pause <= 30 ms,
-child ready <= 1.5x bare start, store growth <= 1.1x dirty bytes; docs/vmm.md).
+Each figure is printed as p50 and p99 over ``--repeat`` runs (p99 interpolated: of 50 runs,
+half way between the two largest); ``--phases`` adds where each millisecond of the pauses and of
+child start goes, as p50 and p99 of each phase (``vers commit -v`` / ``branch -v`` print them).
+Density (``vers branch --count N``, memory and CPU per idle child) is bench/swarm.py.
+
+Goals (docs/vmm.md): commit and branch pause p50 <= 5 ms and p99 <= 10 ms, child running p50 <=
+30 ms and p99 <= 60 ms, restore p50 <= 60 ms at 2 GiB, store growth <= 1.1x dirty bytes.
 
     python3 bench/vm.py [--sizes 256M,2G] [--backings shm,fuse,fuse+nostandby] [--net user,none]
-                        [--repeat 3] [--swarm 0]
+                        [--repeat 5] [--migrate-repeat 3] [--phases] [--json]
+    python3 bench/vm.py --sizes 256M,2G --backings fuse --net user --repeat 50 --phases
 """
 
 from __future__ import annotations
@@ -41,16 +47,27 @@ from typing import Any
 from vers.objects.model import PAGE_SIZE as PAGE
 from vers.repo import Repo
 from vers.vmm.agent import guest_exec
-from vers.vmm.boot import RunOptions, run_vm
+from vers.vmm.boot import RunOptions, restore_commit, run_vm
 from vers.vmm.branch import branch_vm
 from vers.vmm.commit import commit_vm
 from vers.vmm.control import list_vms
 from vers.vmm.disk import DiskChain
-from vers.vmm.machine import Machine, find_qemu_processes, parse_size
+from vers.vmm.machine import Machine, parse_size
 from vers.vmm.memory import backing_class
-from vers.vmm.memory.fuse import default_state_dir
 from vers.vmm.state import VMRecord, registry
 from vers.vmm.teardown import kill_vms
+
+
+def pct(values: list[float], q: float) -> float:
+    """The q-quantile, interpolated between the nearest runs (numpy's default)."""
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[round(q * 100) - 1]
+
+
+def p50_p99(values: list[float]) -> dict[str, float]:
+    return {"p50": round(statistics.median(values), 2), "p99": round(pct(values, 0.99), 2),
+            "n": len(values)}
 
 
 def store_bytes(repo: Repo) -> int:
@@ -63,6 +80,17 @@ def gexec(rec: VMRecord, script: str) -> str:
     if res.returncode:
         raise RuntimeError(f"guest: {script}: {res.stderr!r}")
     return res.stdout.decode()
+
+
+def qemu_stop_cont_ms(rec: VMRecord) -> float:
+    """The floor of every pause: QEMU's own ``stop`` then ``cont``, each one QMP round trip."""
+    with Machine.attach(rec) as m:
+        q = m.qmp()
+        q.command("query-status")  # connected and negotiated before the clock starts
+        t0 = time.perf_counter()
+        q.command("stop")
+        q.command("cont")
+        return (time.perf_counter() - t0) * 1000
 
 
 def qemu_full_migrate_pause(rec: VMRecord, out: Path) -> tuple[float, int]:
@@ -112,8 +140,83 @@ def dirty_one_percent(rec: VMRecord, size: int) -> None:
     gexec(rec, f"dd if=/dev/urandom of=/tmp/dirty bs=4096 count={pages} conv=notrunc 2>/dev/null")
 
 
-def bench_one(size: int, backing: str, repeat: int, work: Path, standby: bool = False,
-              net: str = "user") -> dict[str, Any]:
+def phase_table(runs: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """p50/p99 of each phase over the runs that had it."""
+    names = dict.fromkeys(n for r in runs for n in r)
+    return {n: p50_p99([r[n] for r in runs if n in r]) for n in names}
+
+
+def bench_commits(repo: Repo, rec: VMRecord, size: int, repeat: int) -> dict[str, Any]:
+    res: dict[str, Any] = {}
+    t0 = time.perf_counter()
+    _, tm_first = commit_vm(repo, rec.id, "first (full)")
+    res["first_commit_total_ms"] = round((time.perf_counter() - t0) * 1000)
+    res["first_commit_pause_ms"] = tm_first.pause
+    pauses, growth, dirty_bytes, totals, phases = [], [], [], [], []
+    for i in range(repeat):
+        dirty_one_percent(rec, size)
+        before = store_bytes(repo)
+        t0 = time.perf_counter()
+        res["last_commit"], tm = commit_vm(repo, rec.id, f"incremental {i}")
+        totals.append((time.perf_counter() - t0) * 1000)
+        pauses.append(tm.pause)
+        phases.append({**tm.phases, "pause": tm.pause})
+        growth.append(store_bytes(repo) - before)
+        dirty_bytes.append((tm.extra["memory_dirty_pages"] or 0) * PAGE)
+    res["commit_pause_ms"] = p50_p99(pauses)
+    res["commit_total_ms"] = p50_p99(totals)
+    res["commit_phases_ms"] = phase_table(phases)
+    res["memory_dirty_bytes"] = statistics.median(dirty_bytes)
+    res["store_growth_bytes"] = statistics.median(growth)
+    return res
+
+
+def bench_branches(repo: Repo, rec: VMRecord, repeat: int) -> dict[str, Any]:
+    pauses, ready, phases = [], [], []
+    for _ in range(repeat):
+        children, tm = branch_vm(repo, rec.id)
+        ready.append(tm.extra["child_ready_ms"])
+        pauses.append(tm.pause)
+        phases.append({**tm.phases, "pause": tm.pause,
+                       **{k: tm.extra[k] for k in ("fresh_ms", "child_ready_after_resume_ms",
+                                                   "child_ready_ms") if k in tm.extra}})
+        kill_vms(repo, [c.id for c in children])
+        # Branches spaced the way a person or a script that works on each child would space
+        # them: 0.5 s lets the parent's next standby child finish starting up.
+        time.sleep(0.5)
+    return {"branch_pause_ms": p50_p99(pauses), "branch_child_ready_ms": p50_p99(ready),
+            "branch_phases_ms": phase_table(phases)}
+
+
+def bench_restores(repo: Repo, cid: str, repeat: int) -> dict[str, Any]:
+    """In-process restore of a commit until its guest answers exec (restore_commit returns
+    once the guest ran the fresh-clone script through its agent)."""
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        vm = restore_commit(repo, cid)
+        times.append((time.perf_counter() - t0) * 1000)
+        kill_vms(repo, [vm.id])
+    return {"restore_ms": p50_p99(times)}
+
+
+def bench_floors(rec: VMRecord, repo: Repo, work: Path, repeat: int,
+                 migrate_repeat: int) -> dict[str, Any]:
+    res: dict[str, Any] = {"qemu_stop_cont_ms": p50_p99([qemu_stop_cont_ms(rec)
+                                                         for _ in range(repeat)])}
+    mig = [qemu_full_migrate_pause(rec, work / "full.migrate") for _ in range(migrate_repeat)]
+    res["qemu_full_migrate_pause_ms"] = p50_p99([m[0] for m in mig])
+    res["qemu_full_migrate_bytes"] = mig[0][1]
+    # the chain below the VM's top now (commits merge it): frozen, so QEMU shares it
+    now = registry(repo).resolve(rec.id)
+    frozen = dataclasses.replace(now, disks={n: DiskChain(d.chain[:-1], 0, d.size)
+                                             for n, d in now.disks.items()})
+    res["bare_qemu_start_ms"] = p50_p99([bare_start_ms(frozen, work) for _ in range(repeat)])
+    return res
+
+
+def bench_one(size: int, backing: str, repeat: int, work: Path, standby: bool = True,
+              net: str = "user", migrate_repeat: int = 3) -> dict[str, Any]:
     repo = Repo.init(work / f"repo-{backing}-{size >> 20}M-{standby}-{net}")
     res: dict[str, Any] = {"size_mib": size >> 20, "backing": backing, "net": net}
     rec = run_vm(repo, RunOptions(memory=size, memory_backing=backing, standby=standby,
@@ -121,144 +224,61 @@ def bench_one(size: int, backing: str, repeat: int, work: Path, standby: bool = 
     try:
         gexec(rec, "setsid sh -c 'i=0; while :; do i=$((i+1)); echo $i > /tmp/counter;"
                    " sleep 0.1; done' </dev/null >/dev/null 2>&1 &")
-        t0 = time.perf_counter()
-        _, tm_first = commit_vm(repo, rec.id, "first (full)")
-        res["first_commit_total_ms"] = round((time.perf_counter() - t0) * 1000)
-        res["first_commit_pause_ms"] = tm_first.pause
-        pauses, growth, dirty_bytes, totals, phases = [], [], [], [], []
-        for i in range(repeat):
-            dirty_one_percent(rec, size)
-            before = store_bytes(repo)
-            t0 = time.perf_counter()
-            _, tm = commit_vm(repo, rec.id, f"incremental {i}")
-            totals.append((time.perf_counter() - t0) * 1000)
-            pauses.append(tm.pause)
-            phases.append(tm.phases)
-            growth.append(store_bytes(repo) - before)
-            dirty_bytes.append((tm.extra["memory_dirty_pages"] or 0) * PAGE)
-        res["commit_pause_ms"] = statistics.median(pauses)
-        res["commit_total_ms"] = round(statistics.median(totals))
-        res["commit_phases_ms"] = phases[len(phases) // 2]
-        res["memory_dirty_bytes"] = statistics.median(dirty_bytes)
-        res["store_growth_bytes"] = statistics.median(growth)
-        mig = [qemu_full_migrate_pause(rec, work / "full.migrate") for _ in range(repeat)]
-        res["qemu_full_migrate_pause_ms"] = statistics.median(m[0] for m in mig)
-        res["qemu_full_migrate_bytes"] = mig[0][1]
-        bpause, bready, bphases = [], [], []
-        for _ in range(repeat):
-            children, tm = branch_vm(repo, rec.id)
-            bready.append(tm.extra["child_ready_ms"])
-            bpause.append(tm.pause)
-            bphases.append(tm.phases)
-            kill_vms(repo, [c.id for c in children])
-            # Branches spaced the way a person or a script that works on each child would space
-            # them: 0.5 s lets a --standby parent's next standby child finish starting up.
-            time.sleep(0.5)
-        res["branch_pause_ms"] = statistics.median(bpause)
-        res["branch_child_ready_ms"] = statistics.median(bready)
-        res["branch_phases_ms"] = bphases[len(bphases) // 2]
-        # the chain below the VM's top now (commits merge it): frozen, so QEMU shares it
-        now = registry(repo).resolve(rec.id)
-        frozen = dataclasses.replace(now, disks={n: DiskChain(d.chain[:-1], 0, d.size)
-                                                 for n, d in now.disks.items()})
-        res["bare_qemu_start_ms"] = statistics.median(bare_start_ms(frozen, work)
-                                                      for _ in range(repeat))
+        res.update(bench_commits(repo, rec, size, repeat))
+        res.update(bench_floors(rec, repo, work, repeat, migrate_repeat))
+        res.update(bench_branches(repo, rec, repeat))
+        res.update(bench_restores(repo, res["last_commit"], repeat))
     finally:
         kill_vms(repo, [s.id for s in list_vms(repo)])
         repo.close()
-    res["ratio_commit_pause_vs_qemu_migrate"] = round(
-        res["commit_pause_ms"] / res["qemu_full_migrate_pause_ms"], 3)
-    res["ratio_child_ready_vs_bare_start"] = round(
-        res["branch_child_ready_ms"] / res["bare_qemu_start_ms"], 2)
     res["ratio_store_growth_vs_dirty"] = round(
         res["store_growth_bytes"] / max(1, res["memory_dirty_bytes"]), 3)
     return res
 
 
-def _rss(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+def _ms(v: dict[str, float]) -> str:
+    return f"{v['p50']:>7.1f} {v['p99']:>6.1f}"
 
 
-def _daemon_pids() -> list[int]:
-    """The FUSE backing daemon serving this run's state directory."""
-    want = str(default_state_dir())
-    pids = []
-    for d in Path("/proc").iterdir():
-        try:
-            cmd = (d / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"vers.vmm.memory.daemon" in cmd and want.encode() in cmd:
-            pids.append(int(d.name))
-    return pids
+def print_rows(results: list[dict[str, Any]]) -> None:
+    print(f"{'':<16} {'':<4} {'':>6} {'commit pause':>14} {'branch pause':>14}"
+          f" {'stop+cont':>14} {'child ready':>14} {'restore':>14} {'bare start':>14}"
+          f" {'QEMU migrate':>14} {'growth':>6}")
+    print(f"{'backing':<16} {'net':<4} {'RAM':>6}" + f" {'p50':>7} {'p99':>6}" * 7
+          + f" {'ratio':>6}")
+    for r in results:
+        print(f"{r['backing']:<16} {r['net']:<4} {r['size_mib']:>5}M"
+              f" {_ms(r['commit_pause_ms'])} {_ms(r['branch_pause_ms'])}"
+              f" {_ms(r['qemu_stop_cont_ms'])} {_ms(r['branch_child_ready_ms'])}"
+              f" {_ms(r['restore_ms'])} {_ms(r['bare_qemu_start_ms'])}"
+              f" {_ms(r['qemu_full_migrate_pause_ms'])}"
+              f" {r['ratio_store_growth_vs_dirty']:>6.3f}")
+    print("ms; floors beside them: stop+cont (QEMU's own pause round trip, the floor of both "
+          "pauses), bare start (QEMU start to QMP-ready), QEMU migrate (a full snapshot); "
+          "child ready and restore: until the guest answers exec")
+    print("goals: commit and branch pause p50 <= 5, p99 <= 10; child ready p50 <= 30, "
+          "p99 <= 60; restore p50 <= 60 (2 GiB); store growth ratio <= 1.1")
+    for r in results:
+        print(f"pause / floor  {r['backing']} {r['net']} {r['size_mib']}M:"
+              f" commit {_ratio(r['commit_pause_ms'], r['qemu_stop_cont_ms'])},"
+              f" branch {_ratio(r['branch_pause_ms'], r['qemu_stop_cont_ms'])},"
+              f" child ready / bare start"
+              f" {_ratio(r['branch_child_ready_ms'], r['bare_qemu_start_ms'])},"
+              f" restore / bare start {_ratio(r['restore_ms'], r['bare_qemu_start_ms'])}")
 
 
-def _cached() -> int:
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("Cached:"):
-            return int(line.split()[1]) * 1024
-    return 0
+def _ratio(a: dict[str, float], b: dict[str, float]) -> str:
+    return f"p50 {a['p50'] / b['p50']:.1f}x p99 {a['p99'] / b['p99']:.1f}x"
 
 
-def memory_use(repo: Repo) -> dict[str, int]:
-    """Bytes now held by the repository's QEMU processes, the backing daemon and the page cache
-    (the whole machine's: other work moves it too, so read it as an estimate)."""
-    qemus = find_qemu_processes(registry(repo).root)
-    return {"qemu_rss": sum(_rss(p) for p in qemus.values()), "qemus": len(qemus),
-            "daemon_rss": sum(_rss(p) for p in _daemon_pids()), "page_cache": _cached()}
-
-
-def bench_swarm(size: int, backing: str, children: int, work: Path,
-                standby: bool = True) -> dict[str, Any]:
-    """A golden VM branched ``children`` times, 0.5 s apart, the children left running."""
-    repo = Repo.init(work / f"swarm-{backing}-{size >> 20}M-{standby}")
-    rec = run_vm(repo, RunOptions(memory=size, memory_backing=backing, standby=standby,
-                                  make_current=False))
-    res: dict[str, Any] = {"size_mib": size >> 20, "children": children}
-    try:
-        time.sleep(2)  # the golden VM's standby (if any) up and idle
-        before = memory_use(repo)
-        pauses, ready = [], []
-        for _ in range(children):
-            _, tm = branch_vm(repo, rec.id)
-            pauses.append(tm.pause)
-            ready.append(tm.extra["child_ready_ms"])
-            time.sleep(0.5)
-        time.sleep(2)
-        after = memory_use(repo)
-    finally:
-        kill_vms(repo, [s.id for s in list_vms(repo)])
-        repo.close()
-    res.update(pause=pauses, ready=ready, qemus=after["qemus"])
-    res["per_child"] = {k: (after[k] - before[k]) / children
-                        for k in ("qemu_rss", "daemon_rss", "page_cache")}
-    return res
-
-
-def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
-
-
-def print_swarm(rows: list[dict[str, Any]]) -> None:
-    print(f"{'swarm':<16} {'RAM':>6} {'kids':>4} {'pause p50':>9} {'p99':>8} {'ready p50':>9}"
-          f" {'p99':>8} {'QEMUs':>5} {'MiB/kid: QEMU':>13} {'cache':>6} {'daemon':>6}"
-          f" {'total':>6}")
-    for r in rows:
-        pc = {k: v / (1 << 20) for k, v in r["per_child"].items()}
-        print(f"{r['backing']:<16} {r['size_mib']:>5}M {r['children']:>4}"
-              f" {statistics.median(r['pause']):>7.1f}ms {_pct(r['pause'], 0.99):>6.1f}ms"
-              f" {statistics.median(r['ready']):>7.1f}ms {_pct(r['ready'], 0.99):>6.1f}ms"
-              f" {r['qemus']:>5} {pc['qemu_rss']:>13.1f} {pc['page_cache']:>6.1f}"
-              f" {pc['daemon_rss']:>6.1f} {sum(pc.values()):>6.1f}")
-    print("QEMUs: processes of the whole tree after the swarm (golden + children + standbys); "
-          "MiB/kid: idle memory each extra child added (page cache: machine-wide, an estimate)")
+def print_phases(results: list[dict[str, Any]]) -> None:
+    for r in results:
+        for what in ("commit", "branch"):
+            table = r[f"{what}_phases_ms"]
+            print(f"{what} phases, {r['backing']} {r['net']} {r['size_mib']}M"
+                  f" (ms, p50 / p99 of {max(v['n'] for v in table.values())}):")
+            for name, v in table.items():
+                print(f"  {name:<32} {v['p50']:>8.2f} {v['p99']:>8.2f}")
 
 
 def main() -> int:
@@ -267,14 +287,17 @@ def main() -> int:
     ap.add_argument("--backings", default="shm,fuse",
                     help="comma list; fuse+nostandby = VMs run with --no-standby")
     ap.add_argument("--net", default="user,none", help="comma list of --net modes")
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=5,
+                    help="commits, branches and floor measurements per row (50 for a real p99)")
+    ap.add_argument("--migrate-repeat", type=int, default=3,
+                    help="QEMU full migrates per row (each writes all of RAM)")
+    ap.add_argument("--phases", action="store_true",
+                    help="print p50/p99 of each phase of the commit and the branch")
     ap.add_argument("--json", action="store_true", help="print raw results as JSON too")
-    ap.add_argument("--swarm", type=int, default=0, metavar="N",
-                    help="also branch a golden VM N times per backing (first size) and print "
-                         "branch times and idle memory per child")
     args = ap.parse_args()
+    if args.repeat < 1 or args.migrate_repeat < 1:
+        ap.error("--repeat and --migrate-repeat must be at least 1")
     results = []
-    swarm: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="vers-bench-vm-") as tmp:
         for backing in args.backings.split(","):
             try:
@@ -287,36 +310,14 @@ def main() -> int:
                     print(f"... {backing} {s} net {net}", file=sys.stderr)
                     res = bench_one(parse_size(s), backing.split("+")[0], args.repeat,
                                     Path(tmp), standby=not backing.endswith("+nostandby"),
-                                    net=net)
+                                    net=net, migrate_repeat=args.migrate_repeat)
                     res["backing"] = backing
                     results.append(res)
-            if args.swarm > 0:
-                print(f"... swarm of {args.swarm} on {backing}", file=sys.stderr)
-                row = bench_swarm(parse_size(args.sizes.split(",")[0]), backing.split("+")[0],
-                                  args.swarm, Path(tmp),
-                                  standby=not backing.endswith("+nostandby"))
-                row["backing"] = backing
-                swarm.append(row)
-    hdr = (f"{'backing':<16} {'net':<4} {'RAM':>6} {'commit pause':>12} {'QEMU migrate':>12}"
-           f" {'ratio':>6}"
-           f" {'branch pause':>12} {'child ready':>11} {'bare start':>10} {'ratio':>6}"
-           f" {'dirty KiB':>9} {'growth KiB':>10} {'ratio':>6}")
-    print(hdr)
-    for r in results:
-        print(f"{r['backing']:<16} {r['net']:<4} {r['size_mib']:>5}M"
-              f" {r['commit_pause_ms']:>10.1f}ms"
-              f" {r['qemu_full_migrate_pause_ms']:>10.1f}ms"
-              f" {r['ratio_commit_pause_vs_qemu_migrate']:>6.3f}"
-              f" {r['branch_pause_ms']:>10.1f}ms {r['branch_child_ready_ms']:>9.1f}ms"
-              f" {r['bare_qemu_start_ms']:>8.1f}ms {r['ratio_child_ready_vs_bare_start']:>6.2f}"
-              f" {r['memory_dirty_bytes'] / 1024:>9.0f} {r['store_growth_bytes'] / 1024:>10.0f}"
-              f" {r['ratio_store_growth_vs_dirty']:>6.3f}")
-    print("goals: commit ratio <= 0.1, branch pause <= 30 ms, child-ready ratio <= 1.5 "
-          "(same at every size), store growth ratio <= 1.1")
-    if swarm:
-        print_swarm(swarm)
+    print_rows(results)
+    if args.phases:
+        print_phases(results)
     if args.json:
-        print(json.dumps(results + swarm, indent=2))
+        print(json.dumps(results, indent=2))
     return 0
 
 

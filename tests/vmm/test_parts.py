@@ -41,6 +41,7 @@ def test_build_args_microvm_shared_memory_and_incoming() -> None:
     assert "id=disk,file=/d.qcow2,format=qcow2" in joined and "-serial file:/s.log" in joined
     assert args[args.index("-append") + 1].split()[:1] == ["console=ttyS0"]
     assert "tsc_early_khz=2000000" in joined and "lpj=4000000" in joined
+    assert "tsc=reliable" in joined and "-cpu qemu64,+arat" in joined  # idle guests stop the tick
     assert args[-3:] == ["-S", "-incoming", "defer"]
     kvm = Machine(_record(MachineSpec(memory=256 << 20, accel="kvm"))).args("m", qemu="q")
     assert "-cpu" in kvm and "-incoming" not in kvm
@@ -165,7 +166,7 @@ def test_shm_backing_capture_reports_changes_since_last_commit(tmp_path: Path) -
     with open(b.path, "r+b") as f:
         f.seek(7 * PAGE)
         f.write(b"late write")
-    assert b.fork_end(child) == 1
+    assert b.fork_end([child]) == 1
     assert child.path.read_bytes() == b.path.read_bytes()
     b.fork_reference(child)
     assert child.capture()[1] == [7]  # changed since the base commit both share

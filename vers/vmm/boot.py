@@ -299,15 +299,16 @@ def _raise_if_lost(backing: MemoryBacking, cid: str, cause: VMError | None) -> N
 
 
 def finish_restore(m: Machine, devstate: Path, paused: bool = False,
-                   ports: list[Port] | None = None) -> None:
-    """Load the device state into a QEMU started with ``incoming`` and connected, publish
-    ``ports`` (into ``m.record.runtime.ports``, for the caller to save) and let it run
-    (``paused``: leave it stopped); hangs up QMP either way. QEMU is shut down if any step
-    fails. The caller then makes the guest fresh (vers.vmm.fresh) before reporting it running."""
+                   ports: list[Port] | None = None, offered: bool = False) -> None:
+    """Load the device state into a QEMU started with ``incoming`` and connected (``offered``:
+    the file was handed over already, ``offer_devstate``), publish ``ports`` (into
+    ``m.record.runtime.ports``, for the caller to save) and let it run (``paused``: leave it
+    stopped); hangs up QMP either way. QEMU is shut down if any step fails. The caller then
+    makes the guest fresh (vers.vmm.fresh) before reporting it running."""
     rec = m.record
     try:
         q = m.qmp()
-        load_devstate(q, devstate)
+        load_devstate(q, devstate, offered=offered)
         rec.runtime.ports = [p.to_dict() for p in publish_all(q, ports or [])]
         if not paused:
             q.cont()

@@ -4,11 +4,13 @@
               child RAM (fork_begin: shm pre-copy, FUSE empty placeholder), child QEMUs started
               with -incoming defer (not waited for) when the backing allows it; a standby child
               (vers.vmm.standby) is adopted as the first child, its QEMU started long ago
-    pause     [x-ignore-shared + getfd + blockdev-add] in one round trip, flush RAM, stop
+    pause     [x-ignore-shared + getfd + blockdev-add] in one round trip, flush RAM
+              || the standby child connects and is handed the device-state file; stop
     fork      [freeze the parent's disk top + save device state] in one round trip
-              || fork_end: each child's RAM made exact (a worker thread)
+              || fork_end: every child's RAM made exact at once (a worker thread)
     resume    cont                                                  (end of the parent's pause)
-    children  each connects, loads the device state and runs; then spares and standbys
+    children  connect, load the device state and run, several side by side; then they are
+              made fresh together (vers.vmm.fresh); then spares and standbys
 
 The parent's frozen disk layers are shared read-only with the children, each of which gets its
 own overlay; no disk data is copied. One cleanup (``_finish``) removes every child and unused
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,9 +31,11 @@ from vers.vmm.boot import finish_restore
 from vers.vmm.devstate import (
     Beside,
     Timings,
+    collector_off,
     drop_unused_nodes,
     drop_unused_tops,
     freeze_disks,
+    offer_devstate,
     prepare_devstate,
     prepare_freeze,
     save_devstate,
@@ -48,6 +53,9 @@ from vers.vmm.teardown import remove
 
 if TYPE_CHECKING:
     from vers.repo import Repo
+
+#: children of one branch that connect and load their device state at the same time
+CHILDREN_AT_ONCE = 8
 
 
 def child_names(name: str | None, count: int) -> list[str | None]:
@@ -73,6 +81,9 @@ class _Branch:
     machines: list[Machine] = field(default_factory=list)
     #: what each child publishes (the same for all; each picks its own free host ports)
     ports: list[Port] = field(default_factory=list)
+    guard: PauseGuard | None = None
+    #: the first child (a standby) holds the device-state file already (``offer_devstate``)
+    offered: bool = False
     ok: bool = False
 
 
@@ -98,8 +109,11 @@ def branch_vm(repo: Repo, key: str | None, count: int = 1, name: str | None = No
         t_begin = time.perf_counter()
         try:
             _prepare(reg, job, names, tm)
+            t0 = time.perf_counter()
             with Machine.attach(parent, qmp_timeout=60.0) as m:
-                t_cont = _pause_and_fork(reg, job, m.qmp(), tm)
+                q = m.qmp()
+                tm.mark("connect_parent", t0)
+                t_cont = _pause_and_fork(reg, job, q, tm)
             _start_children(reg, job, tm, t_begin, t_cont)
             _after(reg, job)
             job.ok = True
@@ -145,36 +159,49 @@ def _spawn_children(reg: VMRegistry, job: _Branch) -> None:
 
 def _pause_and_fork(reg: VMRegistry, job: _Branch, q: QMPClient, tm: Timings) -> float:
     """Pause the parent only to freeze its disk top, make the children's RAM exact and save the
-    device state; returns when it resumed."""
+    device state; returns when it resumed. The guard that resumes the parent should we die
+    with it paused is disarmed by the cleanup: waiting for it to exit here would delay the
+    children."""
+    t0 = time.perf_counter()
     was_running = q.command("query-status")["status"] == "running"
     nodes = prepare_devstate(q, job.devstate, job.new_tops)
-    guard = PauseGuard(job.parent) if was_running else None  # should we die with it paused
-    t0 = time.perf_counter()
+    t0 = tm.mark("prepare_devstate", t0)
+    job.guard = PauseGuard(job.parent) if was_running else None
+    t0 = tm.mark("pause_guard", t0)
+    # The standby child, long started, gets the device-state file now, while the parent
+    # flushes RAM: after the pause it only has to load it.
+    offer = Beside(lambda: _offer_devstate(job), tm, "offer_standby") if job.standby else None
     job.backing.pre_stop()
+    if offer is not None:
+        offer.result()
     t_stop = tm.mark("pre_stop", t0)
-    try:
-        t0 = _fork(reg, job, q, nodes, tm, t_stop)
-    except BaseException:
-        drop_unused_nodes(q, job.parent, job.new_tops, nodes)
-        raise
-    finally:
+    with collector_off():
         try:
+            t0 = _fork(reg, job, q, nodes, tm, t_stop)
+        except BaseException:
+            drop_unused_nodes(q, job.parent, job.new_tops, nodes)
+            raise
+        finally:
             if was_running:
                 q.cont()
-        finally:
-            if guard is not None:
-                guard.disarm()
-    t_cont = time.perf_counter()
+            t_cont = time.perf_counter()
     tm.phases["cont"] = round((t_cont - t0) * 1000, 2)
     tm.pause = round((t_cont - t_stop) * 1000, 2)
     return t_cont
+
+
+def _offer_devstate(job: _Branch) -> None:
+    m = job.machines[0]  # the standby is the first child
+    m.connect()
+    offer_devstate(m.qmp(), job.devstate)
+    job.offered = True
 
 
 def _fork(reg: VMRegistry, job: _Branch, q: QMPClient, nodes: dict[str, tuple[str, str]],
           tm: Timings, t0: float) -> float:
     q.command("stop")
     t0 = tm.mark("stop", t0)
-    memory = Beside(lambda: [job.backing.fork_end(m) for m in job.child_mem], tm, "fix_memory")
+    memory = Beside(lambda: job.backing.fork_end(job.child_mem), tm, "fix_memory")
     try:
         freeze_disks(q, job.parent, job.new_tops, nodes, save_devstate=job.early)
         t0 = tm.mark("freeze_disks+devstate" if job.early else "freeze_disks", t0)
@@ -192,12 +219,23 @@ def _fork(reg: VMRegistry, job: _Branch, q: QMPClient, nodes: dict[str, tuple[st
 
 def _start_children(reg: VMRegistry, job: _Branch, tm: Timings, t_begin: float,
                     t_cont: float) -> None:
-    for m in job.machines:
-        m.connect()
-    for m in job.machines:
-        finish_restore(m, job.devstate, ports=job.ports)
+    def connect(m: Machine) -> None:
+        if not m.connected:  # the standby connected during the parent's flush
+            m.connect()
+
+    def load(m: Machine) -> None:
+        finish_restore(m, job.devstate, ports=job.ports,
+                       offered=job.offered and m is job.machines[0])
         reg.save(m.record)
-    t_run = time.perf_counter()
+
+    # Several children connect and load side by side: each mostly waits, on its QEMU starting
+    # up or on the device-state load's page faults.
+    with ThreadPoolExecutor(min(len(job.machines), CHILDREN_AT_ONCE)) as pool:
+        t0 = time.perf_counter()
+        list(pool.map(connect, job.machines))
+        t0 = tm.mark("connect_children", t0)
+        list(pool.map(load, job.machines))
+    t_run = tm.mark("load_children", t0)
     freshen_all([(c.id, c.runtime.agent_sock) for c in job.children])
     t_ready = time.perf_counter()
     tm.extra["fresh_ms"] = round((t_ready - t_run) * 1000, 2)
@@ -217,8 +255,11 @@ def _after(reg: VMRegistry, job: _Branch) -> None:
 
 
 def _finish(reg: VMRegistry, job: _Branch) -> None:
-    """The one cleanup: hang up the children's QMP and drop the device-state file; after a
-    failure also remove every child and the prepared tops QEMU never switched to."""
+    """The one cleanup: tell the pause guard the parent runs, hang up the children's QMP and
+    drop the device-state file; after a failure also remove every child and the prepared tops
+    QEMU never switched to."""
+    if job.guard is not None:
+        job.guard.disarm()
     for m in job.machines:
         m.close()
     job.devstate.unlink(missing_ok=True)

@@ -34,6 +34,7 @@ from vers.vmm import disk as disk_mod
 from vers.vmm.devstate import (
     Beside,
     Timings,
+    collector_off,
     drop_unused_nodes,
     drop_unused_tops,
     freeze_disks,
@@ -176,39 +177,44 @@ def _pause_and_capture(reg: VMRegistry, job: _Commit, q: QMPClient, stay_paused:
 
 def _pause(reg: VMRegistry, job: _Commit, q: QMPClient, nodes: dict[str, tuple[str, str]],
            resume: bool, tm: Timings) -> None:
-    guard = PauseGuard(job.rec) if resume else None  # resumes the guest should we die paused
     t0 = time.perf_counter()
+    guard = PauseGuard(job.rec) if resume else None  # resumes the guest should we die paused
+    t0 = tm.mark("pause_guard", t0)
     job.backing.pre_stop()
     t_stop = tm.mark("pre_stop", t0)
     try:
-        _capture(reg, job, q, nodes, tm, t_stop)
-    except BaseException:
-        drop_unused_nodes(q, job.rec, job.new_tops, nodes)
-        raise
+        with collector_off():
+            try:
+                _capture(reg, job, q, nodes, tm, t_stop)
+            except BaseException:
+                drop_unused_nodes(q, job.rec, job.new_tops, nodes)
+                raise
+            finally:
+                if resume:
+                    t0 = time.perf_counter()
+                    q.cont()
+                    tm.mark("cont", t0)
+                # what the guest noticed: from the stop until QEMU answered cont
+                tm.pause = round((time.perf_counter() - t_stop) * 1000, 2)
     finally:
-        t0 = time.perf_counter()
-        try:
-            if resume:
-                q.cont()
-                tm.mark("cont", t0)
-        finally:
-            if guard is not None:
-                guard.disarm()
-    tm.pause = round((time.perf_counter() - t_stop) * 1000, 2)
+        if guard is not None:
+            guard.disarm()
 
 
 def _capture(reg: VMRegistry, job: _Commit, q: QMPClient, nodes: dict[str, tuple[str, str]],
              tm: Timings, t0: float) -> None:
+    """Stop; freeze the disks and save device state while the backing captures RAM."""
     q.command("stop")
     t0 = tm.mark("stop", t0)
     memory = Beside(job.backing.capture, tm, "capture_memory")
     try:
         job.frozen = freeze_disks(q, job.rec, job.new_tops, nodes, save_devstate=True)
-        tm.mark("freeze_disks+devstate", t0)
+        t0 = tm.mark("freeze_disks+devstate", t0)
     finally:
         reg.save(job.rec)  # whatever QEMU switched to is its disk now, whatever happens next
         job.mem_image, job.mem_dirty = memory.result()
         job.captured = True
+    tm.mark("join", t0)  # the record saved, and waiting for the capture if it is slower
 
 
 def _store(repo: Repo, job: _Commit, message: str, tm: Timings, branch: str | None,

@@ -8,12 +8,14 @@ inside the pause, freezing the disks and saving device state are one more round 
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -41,6 +43,20 @@ class Timings:
         now = time.perf_counter()
         self.phases[name] = round((now - t0) * 1000, 2)
         return now
+
+
+@contextmanager
+def collector_off() -> Iterator[None]:
+    """Python's cyclic garbage collector off for a guest's pause. It runs whenever allocations
+    cross its threshold, and a full collection of a process that has imported the driver
+    walks every object it holds: a pause that happens to trigger one is that much longer."""
+    was_on = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_on:
+            gc.enable()
 
 
 class Beside(Generic[T]):
@@ -185,16 +201,26 @@ def save_devstate(qmp: QMPClient) -> None:
     qmp.wait_migration(max_delay=0.0005)  # a few ms of device state: poll closely
 
 
-def load_devstate(qmp: QMPClient, devstate: Path, timeout: float = 60.0) -> None:
-    """QEMU's snapshot-load path: -incoming defer, x-ignore-shared, migrate-incoming from a file."""
+def offer_devstate(qmp: QMPClient, devstate: Path) -> None:
+    """Hand a QEMU started with ``-incoming defer`` the device-state file and set
+    x-ignore-shared, in one round trip. It reads nothing before ``load_devstate``, so this may
+    happen while the file is still being written (a branch offers it to a standby child before
+    the parent's pause)."""
     fd = os.open(devstate, os.O_RDONLY)
     try:
         qmp.pass_fd(fd)
     finally:
         os.close(fd)  # QEMU holds its own copy now
-    qmp.batch(IGNORE_SHARED,
-              ("getfd", {"fdname": "devstate"}),
-              ("migrate-incoming", {"uri": "fd:devstate"}))
+    qmp.batch(IGNORE_SHARED, ("getfd", {"fdname": "devstate"}))
+
+
+def load_devstate(qmp: QMPClient, devstate: Path, timeout: float = 60.0,
+                  offered: bool = False) -> None:
+    """QEMU's snapshot-load path: -incoming defer, x-ignore-shared, migrate-incoming from a file
+    (``offered``: ``offer_devstate`` already handed it over)."""
+    if not offered:
+        offer_devstate(qmp, devstate)
+    qmp.command("migrate-incoming", uri="fd:devstate")
     deadline = time.monotonic() + timeout
     while True:
         status = qmp.command("query-status")["status"]

@@ -51,7 +51,7 @@ def test_restore_commit_fork_cycle(history: History, where: Path) -> None:
         assert repo.diff(history.second, cid) is not None
 
         child = mem.fork_begin("vm2")
-        assert mem.fork_end(child) == 0  # no page copied
+        assert mem.fork_end([child]) == 0  # no page copied
         wc = Writer(child.path, size)
         try:
             assert wc.read(5, 13) == "after-capture"
@@ -91,7 +91,7 @@ def test_child_maps_its_file_before_fork_end(history: History, where: Path) -> N
     wc = Writer(child.path, size)  # mapped early, nothing read yet
     try:
         w.write(3, "before-branch")
-        assert mem.fork_end(child) == 0
+        assert mem.fork_end([child]) == 0
         w.write(4, "parent-after")
         assert wc.read(3, 13) == "before-branch"
         assert wc.read(4, 12) != "parent-after"
@@ -115,10 +115,39 @@ def test_fork_refuses_a_placeholder_that_was_read(where: Path) -> None:
         w.write(1, "parent-data")
         assert wc.read(1, 4) == "\0" * 4  # touched before the branch point
         with pytest.raises(VMError, match="untouched placeholder"):
-            mem.fork_end(child)
+            mem.fork_end([child])
         assert w.read(1, 11) == "parent-data"
     finally:
         wc.close()
         w.close()
         child.destroy()
+        mem.destroy()
+
+
+def test_one_fork_end_fills_every_placeholder_or_none(where: Path) -> None:
+    """A branch of several children fills all their placeholders in one step inside the pause;
+    one placeholder that was read refuses the whole step, and the others stay untouched
+    placeholders (a retry, or their removal, is still possible)."""
+    mem = FuseMemoryBacking.create("p3", 16 * PAGE, None, where)
+    w = Writer(mem.path, 16 * PAGE)
+    kids = [mem.fork_begin(f"c3-{i}") for i in range(3)]
+    writers = [Writer(k.path, 16 * PAGE) for k in kids]
+    try:
+        w.write(2, "at-the-branch")
+        assert writers[2].read(9, 4) == "\0" * 4  # this one was touched
+        with pytest.raises(VMError, match="untouched placeholder"):
+            mem.fork_end(kids)
+        assert mem.fork_end(kids[:2]) == 0  # the untouched two are still placeholders
+        w.write(2, "parent-later!")
+        for wk in writers[:2]:
+            assert wk.read(2, 13) == "at-the-branch"
+        writers[0].write(2, "first-child!!")
+        assert writers[1].read(2, 13) == "at-the-branch"
+        assert w.read(2, 13) == "parent-later!"
+    finally:
+        for wk in writers:
+            wk.close()
+        w.close()
+        for k in kids:
+            k.destroy()
         mem.destroy()

@@ -77,8 +77,9 @@ class MemoryBacking(ABC):
         """Called while the guest still runs: the child's RAM, possibly pre-copied (racy)."""
 
     @abstractmethod
-    def fork_end(self, child: MemoryBacking) -> int:
-        """Called with the guest stopped: make the child's RAM equal ours; returns pages fixed."""
+    def fork_end(self, children: list[MemoryBacking]) -> int:
+        """Called with the guest stopped: make every child's RAM equal ours (all of a branch's
+        children at once, so what is done once per fork is done once); returns pages fixed."""
 
     def fork_reference(self, child: MemoryBacking) -> None:
         """After the parent resumed: let the child's first commit be incremental (optional)."""

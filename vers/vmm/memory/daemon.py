@@ -333,7 +333,7 @@ class BackingOperations(pyfuse3.Operations):
         f = self.get(req["name"])
         if op == "branch":
             if req.get("into_placeholder"):
-                self._fill_placeholder(req["child"], f)
+                self._fill_placeholders(req.get("children") or [req["child"]], f)
             else:
                 self.add(req["child"], f.image.branch(), f.tracked)
             return {}
@@ -387,15 +387,19 @@ class BackingOperations(pyfuse3.Operations):
         f.capture = None
         return given_back
 
-    def _fill_placeholder(self, name: str, parent: BackingFile) -> None:
-        """Give an untouched placeholder ``parent``'s content as of now (copy-on-write). Safe only
-        because nothing was ever read from or written to it: the kernel caches no page of it."""
-        c = self.get(name)
-        if not c.placeholder or c.touched or c.image.size != parent.image.size:
-            raise ValueError(f"{name} is not an untouched placeholder of {parent.image.size} bytes")
-        old, c.image = c.image, parent.image.branch()
-        old.close()
-        c.tracked, c.placeholder = parent.tracked, False
+    def _fill_placeholders(self, names: list[str], parent: BackingFile) -> None:
+        """Give untouched placeholders ``parent``'s content as of now (copy-on-write), all or
+        none. Safe only because nothing was ever read from or written to them: the kernel
+        caches no page of them."""
+        files = [self.get(name) for name in names]
+        for c in files:
+            if not c.placeholder or c.touched or c.image.size != parent.image.size:
+                raise ValueError(f"{c.name} is not an untouched placeholder of "
+                                 f"{parent.image.size} bytes")
+        for c in files:
+            old, c.image = c.image, parent.image.branch()
+            old.close()
+            c.tracked, c.placeholder = parent.tracked, False
 
     def close_all(self) -> None:
         for f in list(self.by_inode.values()):

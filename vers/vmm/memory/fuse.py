@@ -216,7 +216,7 @@ class BackingFile:
 
     def placeholder(self, name: str) -> BackingFile:
         """An empty file of our size in our (running) daemon, to be filled later by
-        ``branch(name, into_placeholder=True)``; it may be opened and mapped meanwhile, but not
+        ``branch_into``; it may be opened and mapped meanwhile, but not
         read or written."""
         self.daemon.request("create", name=name, size=self.size, base=None, placeholder=True)
         return BackingFile(self.daemon, name, self.size)
@@ -228,13 +228,15 @@ class BackingFile:
     def flush(self) -> None:
         """Make the daemon see every page written so far (fsync on a second descriptor)."""
         # The socket first (it has a timeout): a stuck daemon would block the fsync for good.
+        # A flush within HEALTH_FRESH of a checked one (the second flush of a commit or branch,
+        # inside the guest's pause) trusts that check; a daemon that died since fails the open.
         if time.monotonic() - _last_ping.get(self.daemon.state_dir, -HEALTH_FRESH) >= HEALTH_FRESH:
             self.daemon.request("ping", timeout=HEALTH_TIMEOUT)
             lost = self.daemon.lost()
             if lost is not None:
                 raise FuseError(lost)
+            mnt.check_alive(self.daemon.mountpoint, "FUSE backing daemon")
             _last_ping[self.daemon.state_dir] = time.monotonic()
-        mnt.check_alive(self.daemon.mountpoint, "FUSE backing daemon")
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         except OSError as exc:
@@ -285,12 +287,18 @@ class BackingFile:
         """The commit of the last capture landed (``ok``) or not (its dirty pages come back)."""
         self._request("capture_done", ok=ok)
 
-    def branch(self, child_name: str, into_placeholder: bool = False) -> BackingFile:
-        """A child with the same content right now; later writes on either side stay private.
-        ``into_placeholder``: the child is an existing, untouched placeholder file."""
+    def branch(self, child_name: str) -> BackingFile:
+        """A child with the same content right now; later writes on either side stay private."""
         self.flush()
-        self._request("branch", child=child_name, into_placeholder=into_placeholder)
+        self._request("branch", child=child_name)
         return BackingFile(self.daemon, child_name, self.size)
+
+    def branch_into(self, placeholders: list[str]) -> None:
+        """Give existing, untouched placeholder files our content as of now: one flush and one
+        request for all of them (a branch of N children does not flush N times in its pause).
+        All are checked before any is filled: a refusal leaves every one as it was."""
+        self.flush()
+        self._request("branch", children=placeholders, into_placeholder=True)
 
     def stats(self) -> dict[str, int]:
         return {k: int(v) for k, v in self._request("stats").items()}
@@ -390,14 +398,20 @@ class FuseMemoryBacking(MemoryBacking):
         return FuseMemoryBacking({"path": str(f.path), "size": self.size, "name": f.name,
                                   "state_dir": self._state["state_dir"]})
 
-    def fork_end(self, child: MemoryBacking) -> int:
-        """Guest stopped: freeze our content under both files (copy-on-write). Copies 0 pages."""
-        if not isinstance(child, FuseMemoryBacking):
-            raise VMError("a FUSE memory backing can only fork into another FUSE memory backing")
+    def fork_end(self, children: list[MemoryBacking]) -> int:
+        """Guest stopped: freeze our content under every child's file (copy-on-write). Copies 0
+        pages."""
+        names = []
+        for child in children:
+            if not isinstance(child, FuseMemoryBacking):
+                raise VMError("a FUSE memory backing can only fork into another FUSE memory "
+                              "backing")
+            names.append(child._state["name"])
         try:
-            self.file.branch(child._state["name"], into_placeholder=True)
+            self.file.branch_into(names)
         except FuseError as exc:
-            raise VMError(f"cannot fork guest RAM into {child.path}: {exc}") from exc
+            raise VMError(f"cannot fork guest RAM into "
+                          f"{', '.join(str(c.path) for c in children)}: {exc}") from exc
         return 0
 
     def stats(self) -> dict[str, int]:

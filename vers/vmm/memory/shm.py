@@ -190,10 +190,13 @@ class ShmMemoryBacking(MemoryBacking):
         return ShmMemoryBacking({"path": str(path), "ref": str(base / f"vers-{vm_id}.ref"),
                                  "size": self.size, "ref_valid": False})
 
-    def fork_end(self, child: MemoryBacking) -> int:
-        stale = changed_pages(self.path, child.path, self.size)
-        copy_pages(self.path, child.path, stale)
-        return len(stale)
+    def fork_end(self, children: list[MemoryBacking]) -> int:
+        fixed = 0
+        for child in children:
+            stale = changed_pages(self.path, child.path, self.size)
+            copy_pages(self.path, child.path, stale)
+            fixed += len(stale)
+        return fixed
 
     def fork_reference(self, child: MemoryBacking) -> None:
         """After the parent resumed: give the child our reference so its first commit is

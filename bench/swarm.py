@@ -1,0 +1,216 @@
+"""Density benchmark: ``vers branch --count N`` of a guest that touched all of its RAM, and what
+each idle child costs the host.
+
+One run: a golden VM (256 MiB by default, the FUSE backing with its standby child) writes all of
+its free RAM once (tmpfs files, then removed), then
+
+* single branches, one child each (killed again): p50/p99 of the time until the child runs, the
+  baseline;
+* one ``branch_vm(count=N)``: the time until all N children run, against that baseline (goal:
+  <= 3x);
+* after the children have idled for a while: the extra host memory each one costs (QEMU's
+  private RSS + the pages of its guest-RAM file it holds in the page cache + the FUSE backing
+  daemon's RSS; goal <= 16 MiB; the machine-wide page-cache growth is printed as a
+  cross-check) and the CPU each idle child uses, and from both how many idle children this host
+  holds;
+* the CPU an idle guest uses on its own (the golden VM, with nothing running in it).
+
+    python3 bench/swarm.py [--children 32] [--size 256M] [--single 5] [--idle 10]
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+# Python puts this script's folder first on sys.path, where bench/bisect.py would shadow the
+# standard library's bisect (which statistics and random import): the repository goes there.
+sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+import time
+from typing import Any
+
+from vers.repo import Repo
+from vers.vmm.agent import guest_exec
+from vers.vmm.boot import RunOptions, run_vm
+from vers.vmm.branch import branch_vm
+from vers.vmm.control import list_vms
+from vers.vmm.machine import find_qemu_processes, parse_size
+from vers.vmm.memory.fuse import default_state_dir
+from vers.vmm.state import VMRecord, registry
+from vers.vmm.teardown import kill_vms
+
+MiB = 1 << 20
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+#: fills the guest's free RAM once (half on each tmpfs: each may take half of RAM), then frees it
+TOUCH_ALL = ("free=$(awk '/MemAvailable/ {print int($2 / 1024 * 0.9 / 2)}' /proc/meminfo);"
+             " dd if=/dev/zero of=/tmp/fill bs=1M count=$free 2>/dev/null;"
+             " dd if=/dev/zero of=/dev/shm/fill bs=1M count=$free 2>/dev/null;"
+             " rm -f /tmp/fill /dev/shm/fill; echo $((free * 2))")
+
+
+def p50_p99(values: list[float]) -> dict[str, float]:
+    p99 = values[0] if len(values) == 1 else statistics.quantiles(
+        values, n=100, method="inclusive")[98]
+    return {"p50": round(statistics.median(values), 1), "p99": round(p99, 1)}
+
+
+def _status_kib(pid: int, field: str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def _cpu_ticks(pid: int) -> int:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def _meminfo(field: str) -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _daemon_pids() -> list[int]:
+    """The FUSE backing daemon serving this run's state directory."""
+    want = str(default_state_dir()).encode()
+    pids = []
+    for d in Path("/proc").iterdir():
+        try:
+            cmd = (d / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"vers.vmm.memory.daemon" in cmd and want in cmd:
+            pids.append(int(d.name))
+    return pids
+
+
+def memory_use(repo: Repo) -> dict[str, int]:
+    """Bytes held now: private (anonymous) RSS of the repository's QEMUs, the pages of their
+    guest-RAM files they have mapped (each VM's RAM file is its own, so these are the page
+    cache its guest holds), the backing daemon's RSS, and the machine's page cache (other
+    work moves it too: a cross-check only)."""
+    qemus = find_qemu_processes(registry(repo).root)
+    return {"qemu_anon": sum(_status_kib(p, "RssAnon") for p in qemus.values()) * 1024,
+            "qemu_file": sum(_status_kib(p, "RssFile") for p in qemus.values()) * 1024,
+            "daemon_rss": sum(_status_kib(p, "VmRSS") for p in _daemon_pids()) * 1024,
+            "page_cache": _meminfo("Cached"), "qemus": len(qemus)}
+
+
+def idle_cpu(pids: list[int], seconds: float) -> float:
+    """CPU each of ``pids`` used over ``seconds``, as a fraction of one core (mean)."""
+    before = {p: _cpu_ticks(p) for p in pids}
+    time.sleep(seconds)
+    used = sum(_cpu_ticks(p) - before[p] for p in pids) / CLK_TCK
+    return used / seconds / max(1, len(pids))
+
+
+def gexec(rec: VMRecord, script: str) -> str:
+    res = guest_exec(rec.runtime.agent_sock, script, 600)
+    if res.returncode:
+        raise RuntimeError(f"guest: {script}: {res.stderr!r}")
+    return res.stdout.decode()
+
+
+def bench_swarm(size: int, children: int, single: int, idle: float, work: Path,
+                backing: str) -> dict[str, Any]:
+    repo = Repo.init(work / "swarm")
+    rec = run_vm(repo, RunOptions(memory=size, memory_backing=backing, make_current=False))
+    res: dict[str, Any] = {"size_mib": size >> 20, "children": children, "backing": backing}
+    try:
+        res["touched_mib"] = int(gexec(rec, TOUCH_ALL))
+        time.sleep(2)  # the golden VM's standby up and idle
+        res["idle_guest_cpu"] = idle_cpu([rec.runtime.pid or 0], idle)
+        ready = []
+        for _ in range(single):
+            kids, tm = branch_vm(repo, rec.id)
+            ready.append(tm.extra["child_ready_ms"])
+            kill_vms(repo, [c.id for c in kids])
+            time.sleep(0.5)  # the next standby up
+        res["single_ready_ms"] = p50_p99(ready)
+        time.sleep(2)
+        before = memory_use(repo)
+        t0 = time.perf_counter()
+        kids, tm = branch_vm(repo, rec.id, count=children)
+        res["count_total_ms"] = round((time.perf_counter() - t0) * 1000, 1)
+        res["count_ready_ms"] = tm.extra["child_ready_ms"]
+        res["count_pause_ms"] = tm.pause
+        res["count_phases_ms"] = {**tm.phases, **{k: v for k, v in tm.extra.items()
+                                                  if k.endswith("_ms")}}
+        time.sleep(idle)
+        res["idle_child_cpu"] = idle_cpu([c.runtime.pid or 0 for c in kids], idle)
+        after = memory_use(repo)
+        res["qemus"] = after["qemus"]
+    finally:
+        kill_vms(repo, [s.id for s in list_vms(repo)])
+        repo.close()
+    res["per_child_mib"] = {k: round((after[k] - before[k]) / children / MiB, 2)
+                            for k in ("qemu_anon", "qemu_file", "daemon_rss", "page_cache")}
+    pc = res["per_child_mib"]
+    pc["total"] = round(pc["qemu_anon"] + pc["qemu_file"] + pc["daemon_rss"], 2)
+    return res
+
+
+def print_result(r: dict[str, Any]) -> None:
+    pc = r["per_child_mib"]
+    single = r["single_ready_ms"]
+    print(f"guest {r['size_mib']} MiB ({r['backing']}), touched {r['touched_mib']} MiB of it")
+    print(f"single branch, child running after: p50 {single['p50']:.1f} ms, p99 "
+          f"{single['p99']:.1f} ms")
+    print(f"branch --count {r['children']}: all running after {r['count_ready_ms']:.1f} ms "
+          f"(call returned after {r['count_total_ms']:.1f} ms), parent paused "
+          f"{r['count_pause_ms']:.1f} ms; {r['count_ready_ms'] / single['p50']:.1f}x a single "
+          "branch (goal <= 3x)")
+    print(f"per idle child: QEMU private {pc['qemu_anon']:.1f} MiB + its guest RAM in the page "
+          f"cache {pc['qemu_file']:.1f} + daemon {pc['daemon_rss']:.1f} = {pc['total']:.1f} MiB "
+          f"(goal <= 16; the machine's page cache grew {pc['page_cache']:.1f} MiB per child)")
+    print("branch --count phases (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in
+                                                     r["count_phases_ms"].items()))
+    cpu = r["idle_child_cpu"]
+    total = _meminfo("MemTotal")
+    by_mem = int(total / (max(pc["total"], 0.1) * MiB))
+    by_cpu = int(os.cpu_count() or 1) / cpu if cpu > 0 else float("inf")
+    print(f"idle CPU: the golden guest {r['idle_guest_cpu'] * 100:.1f}% of a core, each idle "
+          f"child {cpu * 100:.1f}%")
+    print(f"this host ({total / (1 << 30):.0f} GiB, {os.cpu_count()} cores) holds ~{by_mem} idle "
+          f"children by memory, ~{by_cpu:.0f} before their idle CPU fills the cores "
+          f"(goal >= 500); QEMUs of the tree now: {r['qemus']}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--children", type=int, default=32, help="children of the one branch")
+    ap.add_argument("--size", default="256M", help="guest RAM")
+    ap.add_argument("--single", type=int, default=5, help="single branches for the baseline")
+    ap.add_argument("--idle", type=float, default=10.0,
+                    help="seconds the children idle before memory and CPU are read")
+    ap.add_argument("--backing", default="fuse", help="memory backing (standby needs fuse)")
+    ap.add_argument("--json", action="store_true", help="print the raw result as JSON too")
+    args = ap.parse_args()
+    if args.children < 1 or args.single < 1:
+        ap.error("--children and --single must be at least 1")
+    with tempfile.TemporaryDirectory(prefix="vers-bench-swarm-") as tmp:
+        res = bench_swarm(parse_size(args.size), args.children, args.single, args.idle,
+                          Path(tmp), args.backing)
+    print_result(res)
+    if args.json:
+        print(json.dumps(res, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
