@@ -68,8 +68,8 @@ RETRY_SECONDS = 30.0
 S3_TIMEOUT = 10.0
 READAHEAD_MIN_PAGES = 256  # 1 MiB
 READAHEAD_MAX_PAGES = 8192  # 32 MiB
-READAHEAD_CHUNK_PAGES = 2048
-SEQUENTIAL_SLACK_PAGES = 64  # 256 KiB  # one background fetch: about one 8 MiB range GET
+READAHEAD_CHUNK_PAGES = 2048  # one background fetch: about one 8 MiB range GET
+SEQUENTIAL_SLACK_PAGES = 64  # 256 KiB
 PREFETCH_WORKERS = 4
 # The pages a lazily served image hands out in its first seconds are recorded (``TouchRecord``)
 # and prefetched, in batches of this many pages, when the same image is restored again.
@@ -452,8 +452,10 @@ class ReadAhead:
         if not isinstance(lazy, LazyObjects):
             return
         self._window = min(self._window * 2, READAHEAD_MAX_PAGES)
-        target = min(last + 1 + self._window, self._pages)
+        if self._ahead - (last + 1) >= self._window // 2:
+            return  # still half a window asked for ahead of the reader: ask again in big steps
         start = max(last + 1, self._ahead)
+        target = min(start + self._window, self._pages)
         while start < target:
             stop = min(start + READAHEAD_CHUNK_PAGES, target)
             lazy.prefetch_pages(self.image.reader, start, stop - 1)
