@@ -45,6 +45,7 @@ from vers.repo import Repo
 from vers.testing.s3server import SeaweedS3
 from vers.vmm.agent import guest_exec
 from vers.vmm.boot import RunOptions, run_vm
+from vers.vmm.memory import FuseMemoryBacking, load_backing
 
 BUCKET = "vers-bench"
 MB = 1e6
@@ -122,6 +123,13 @@ def restored_and_answering(repo: Repo, cid: str, remote: str | None) -> tuple[fl
     return time.perf_counter() - t0, rec.id
 
 
+def ram_read(repo: Repo, vm: str) -> int:
+    """Bytes of guest RAM the restored VM's memory file has read from its commit so far (what
+    the kernel asked for: the pages the guest touched and the read-around of each fault)."""
+    backing = load_backing(verbs.record(repo, vm).memory)
+    return backing.stats()["base_bytes_read"] if isinstance(backing, FuseMemoryBacking) else 0
+
+
 def lazy_bench(args: argparse.Namespace, work: Path, server: SeaweedS3) -> None:
     url = f"s3://{BUCKET}/lazy"
     src = Repo.init(work / "src")
@@ -139,17 +147,19 @@ def lazy_bench(args: argparse.Namespace, work: Path, server: SeaweedS3) -> None:
     print(f"commit {cid[:12]}: {args.memory} RAM, {args.disk_size or 'default'} disk, "
           f"{nz / MB:.0f} MB of non-zero pages")
 
-    local = []
+    local, local_ram = [], []
     for _ in range(args.repeat):
         secs, vm = restored_and_answering(src, cid, None)
         local.append(secs)
+        local_ram.append(ram_read(src, vm))
         verbs.kill(src, [vm])
-    lazy, fetched = [], []
+    lazy, fetched, lazy_ram = [], [], []
     for i in range(args.repeat):
         fresh = Repo.init(work / f"fresh-{i}")
         secs, vm = restored_and_answering(fresh, cid, url)
         lazy.append(secs)
         fetched.append(fresh.store.stats().bytes)
+        lazy_ram.append(ram_read(fresh, vm))
         if i < args.repeat - 1:
             verbs.kill(fresh, [vm])
             fresh.close()
@@ -181,6 +191,10 @@ def lazy_bench(args: argparse.Namespace, work: Path, server: SeaweedS3) -> None:
     f50 = percentile([float(b) for b in fetched], 0.5)
     print(f"fetched by the lazy restore: p50 {f50 / MB:.1f} MB = {f50 / nz:.1%} of the commit's "
           f"non-zero bytes (goal <= 10%)")
+    r_local = percentile([float(b) for b in local_ram], 0.5)
+    r_lazy = percentile([float(b) for b in lazy_ram], 0.5)
+    print(f"guest RAM read from the commit by the time exec answers: p50 {r_local / MB:.1f} MB "
+          f"restoring locally, {r_lazy / MB:.1f} MB lazily")
     rate, raw = args.read_mib * (1 << 20) / MB / t_read, raw_bytes / MB / t_raw
     print(f"guest reading {args.read_mib} MiB sequentially, fetched on demand: {rate:.0f} MB/s "
           f"({got / MB:.0f} MB fetched meanwhile); plain boto3 GET of the bucket: {raw:.0f} MB/s; "

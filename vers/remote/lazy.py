@@ -20,12 +20,13 @@ the device state and boot files.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +40,7 @@ from vers.errors import (
     RemoteError,
     VersError,
 )
+from vers.files import make_private_dirs, write_private
 from vers.objects.imagetree import ImageFile, TreeReader
 from vers.objects.model import ID_LEN, KIND_COMMIT, PAGE_SIZE, ZERO_ID, Commit
 from vers.objects.store import ENC_DELTA, MAX_DELTA_DEPTH, ObjectStore, Record, encode_record
@@ -66,9 +68,14 @@ RETRY_SECONDS = 30.0
 S3_TIMEOUT = 10.0
 READAHEAD_MIN_PAGES = 256  # 1 MiB
 READAHEAD_MAX_PAGES = 8192  # 32 MiB
-READAHEAD_CHUNK_PAGES = 2048
-SEQUENTIAL_SLACK_PAGES = 64  # 256 KiB  # one background fetch: about one 8 MiB range GET
+READAHEAD_CHUNK_PAGES = 2048  # one background fetch: about one 8 MiB range GET
+SEQUENTIAL_SLACK_PAGES = 64  # 256 KiB
 PREFETCH_WORKERS = 4
+# The pages a lazily served image hands out in its first seconds are recorded (``TouchRecord``)
+# and prefetched, in batches of this many pages, when the same image is restored again.
+RECORD_SECONDS = 20.0
+RECORD_BATCH_PAGES = 2048
+RECORD_VERSION = 1
 # The images a restore reads whole before the guest runs.
 BOOT_IMAGES = ("devstate", "kernel", "initrd")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -174,9 +181,34 @@ class LazyObjects:
                                  lambda: self.fetch(self.store.missing(reader.page_ids(first,
                                                                                        last))))
 
-    def _quietly(self, job: object) -> None:
+    def prefetch_runs(self, reader: TreeReader, runs: list[tuple[int, int]]) -> None:
+        """The pages of ``runs`` ((first, count)) in the background, in batches of up to
+        ``RECORD_BATCH_PAGES`` pages, each batch one ``fetch`` (so one range GET per stretch of
+        records close together in a bundle, not one per page)."""
+        batch: list[tuple[int, int]] = []
+        size = 0
+        for first, count in runs:
+            while count:
+                take = min(count, RECORD_BATCH_PAGES - size)
+                batch.append((first, take))
+                size += take
+                first, count = first + take, count - take
+                if size == RECORD_BATCH_PAGES:
+                    self._pool.submit(self._quietly, self._fetch_runs_job(reader, batch))
+                    batch, size = [], 0
+        if batch:
+            self._pool.submit(self._quietly, self._fetch_runs_job(reader, batch))
+
+    def _fetch_runs_job(self, reader: TreeReader,
+                        runs: list[tuple[int, int]]) -> Callable[[], None]:
+        def job() -> None:
+            ids = [o for a, n in runs for o in reader.page_ids(a, a + n - 1)]
+            self.fetch(self.store.missing(list(dict.fromkeys(ids))))
+        return job
+
+    def _quietly(self, job: Callable[[], None]) -> None:
         try:
-            job()  # type: ignore[operator]
+            job()
         except VersError as exc:
             log.info("prefetch failed: %s", exc)
 
@@ -302,24 +334,111 @@ class LazyObjects:
         self.fetch(store.missing(list(dict.fromkeys(p for p in pages if p != ZERO_ID))))
 
 
+class TouchRecord:
+    """Which pages of one committed image a restore read in its first ``RECORD_SECONDS``: a small
+    file per image tree under ``.vers/cache/touched/`` (JSON runs of pages, 0600), written by
+    the backing daemon and read by the next lazy restore of that image, which prefetches them.
+
+    It is a hint: a missing, unreadable or foreign file only means no prefetch."""
+
+    def __init__(self, vers_dir: Path, tree_id: str) -> None:
+        self.path = Path(vers_dir) / "cache" / "touched" / tree_id
+        self.tree_id = tree_id
+
+    def load(self, npages: int) -> list[tuple[int, int]]:
+        try:
+            doc = json.loads(self.path.read_text())
+            if doc.get("version") != RECORD_VERSION or doc.get("tree") != self.tree_id:
+                return []
+            return [(int(a), int(n)) for a, n in doc["runs"]
+                    if 0 <= int(a) < npages and 0 < int(n) <= npages - int(a)]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            if not isinstance(exc, FileNotFoundError):
+                log.info("ignoring the touched-page record %s: %s", self.path, exc)
+            return []
+
+    def save(self, touched: list[tuple[int, int]]) -> None:
+        make_private_dirs(self.path.parent)
+        write_private(self.path, json.dumps({"version": RECORD_VERSION, "tree": self.tree_id,
+                                             "runs": touched}))
+
+
 class ReadAhead:
     """A committed image read through a partial store (a ``PageSource`` for the overlay), fetching
-    ahead in the background once reads are sequential."""
+    ahead in the background once reads are sequential.
 
-    def __init__(self, image: ImageFile) -> None:
+    ``make_local`` is what the backing daemon calls, on a worker thread, before it reads a range:
+    a fetch blocks that request only, while the daemon's loop goes on serving the others (reads of
+    local pages, writes, other fetches). ``pread`` then finds the pages stored here."""
+
+    def __init__(self, image: ImageFile, record: TouchRecord | None = None) -> None:
         self.image = image
         self.size = image.size
         self._pages = -(-image.size // PAGE_SIZE)
         self._next = -1
         self._window = READAHEAD_MIN_PAGES
         self._ahead = 0  # pages before this are already asked for
+        self._lock = threading.Lock()  # make_local runs on several threads at once
+        self._record = record
+        self._touched = bytearray(self._pages) if record is not None else None
+        seconds = float(os.environ.get("VERS_LAZY_RECORD_SECONDS", RECORD_SECONDS))
+        self._record_until = time.monotonic() + seconds
+        if record is not None:
+            lazy = image.reader.store.absent
+            if isinstance(lazy, LazyObjects):
+                lazy.prefetch_runs(image.reader, record.load(self._pages))
+            timer = threading.Timer(seconds, self.save_record)
+            timer.daemon = True
+            timer.start()
+
+    def save_record(self) -> None:
+        """Write down the pages read so far (once: later reads are no longer "the start")."""
+        with self._lock:
+            touched, self._touched = self._touched, None
+        if self._record is None or touched is None or not touched.count(1):
+            return
+        try:
+            self._record.save(_runs_of(touched))
+        except OSError as exc:
+            log.info("cannot write the touched-page record %s: %s", self._record.path, exc)
 
     def pread(self, offset: int, n: int) -> bytes:
-        if n > 0 and offset < self.size:
-            first = offset // PAGE_SIZE
-            last = min((offset + n - 1) // PAGE_SIZE, self._pages - 1)
-            self._plan(first, last)
         return self.image.pread(offset, n)
+
+    def remote_stats(self) -> dict[str, int]:
+        """What the store's promisors have delivered so far (to every image of the store)."""
+        lazy = self.image.reader.store.absent
+        if not isinstance(lazy, LazyObjects):
+            return {}
+        st = lazy.stats
+        return {"remote_objects": st.objects, "remote_bytes": st.bytes,
+                "remote_batches": st.batches, "remote_wait_ms": int(st.wait_seconds * 1000)}
+
+    def absent_pages(self, runs: list[tuple[int, int]]) -> int:
+        """How many distinct pages of ``runs`` are not stored here."""
+        reader = self.image.reader
+        ids = [o for a, n in runs for o in reader.page_ids(a, min(a + n, self._pages) - 1)]
+        return len(reader.store.missing(list(dict.fromkeys(ids))))
+
+    def make_local(self, runs: list[tuple[int, int]]) -> None:
+        """Store here the absent pages of ``runs`` ((first page, count), the pages a read needs
+        from this image), fetched in one batch, and plan the read-ahead. Blocks for the fetch."""
+        runs = [(a, min(n, self._pages - a)) for a, n in runs if 0 <= a < self._pages and n > 0]
+        if not runs:
+            return
+        with self._lock:
+            self._plan(runs[0][0], runs[-1][0] + runs[-1][1] - 1)
+            if self._touched is not None and time.monotonic() < self._record_until:
+                for a, n in runs:
+                    self._touched[a:a + n] = b"\x01" * n
+        lazy = self.image.reader.store.absent  # the store's promisors may be re-attached
+        if not isinstance(lazy, LazyObjects):
+            return
+        reader, store = self.image.reader, self.image.reader.store
+        ids = [o for a, n in runs for o in reader.page_ids(a, a + n - 1) if o != ZERO_ID]
+        absent = store.missing(list(dict.fromkeys(ids)))
+        if absent:
+            lazy.fetch(absent)
 
     def _plan(self, first: int, last: int) -> None:
         # QEMU's block layer has several reads in flight, so a sequential reader's requests
@@ -329,17 +448,30 @@ class ReadAhead:
         if not sequential:
             self._window, self._ahead = READAHEAD_MIN_PAGES, last + 1
             return
-        lazy = self.image.reader.store.absent  # the store's promisors may be re-attached
+        lazy = self.image.reader.store.absent
         if not isinstance(lazy, LazyObjects):
             return
         self._window = min(self._window * 2, READAHEAD_MAX_PAGES)
-        target = min(last + 1 + self._window, self._pages)
+        if self._ahead - (last + 1) >= self._window // 2:
+            return  # still half a window asked for ahead of the reader: ask again in big steps
         start = max(last + 1, self._ahead)
+        target = min(start + self._window, self._pages)
         while start < target:
             stop = min(start + READAHEAD_CHUNK_PAGES, target)
             lazy.prefetch_pages(self.image.reader, start, stop - 1)
             start = stop
         self._ahead = max(self._ahead, target)
+
+
+def _runs_of(bitmap: bytearray) -> list[tuple[int, int]]:
+    """(first, count) of each run of set bytes in a one-byte-per-page bitmap."""
+    out, i = [], bitmap.find(1)
+    while i >= 0:
+        j = bitmap.find(0, i)
+        j = len(bitmap) if j < 0 else j
+        out.append((i, j - i))
+        i = bitmap.find(1, j)
+    return out
 
 
 def open_lazy(repo: Repo, names: list[str] | None = None, env: Mapping[str, str] | None = None,

@@ -11,7 +11,10 @@ is why one daemon serves all the VMs.
 
 A control socket ``<state>/ctl.sock`` (one JSON object per line each way) creates, branches,
 queries and removes files. It is served by the same trio loop as FUSE, so control requests and FUSE
-requests never run concurrently and need no locks.
+operations on the overlays never run concurrently and need no locks. The one thing done elsewhere
+is waiting for the pages of a partial store to come from its remote: a read hands that to a worker
+thread (``ReadAhead.make_local``) and reads the overlay once they are stored here, so a fetch
+never holds up reads of local pages, writes, control requests or other fetches.
 """
 
 from __future__ import annotations
@@ -34,14 +37,23 @@ import trio
 
 from vers.fuse.serve import daemon_main, serve
 from vers.objects.imagetree import ImageFile
-from vers.objects.model import PAGE_SIZE
-from vers.remote.lazy import ReadAhead, open_lazy
+from vers.objects.model import PAGE_SIZE, hash_bytes
+from vers.remote.lazy import ReadAhead, TouchRecord, open_lazy
 from vers.repo import Repo
-from vers.vmm.memory.overlay import OverlayImage, PageSource
+from vers.vmm.memory.fuse import DAEMON_PROTOCOL
+from vers.vmm.memory.overlay import OverlayImage, PageSource, runs
 
 log = logging.getLogger("vers.vmm.memory.daemon")
 
 IDLE_EXIT_SECONDS = 120.0
+# Guest RAM of a partial store: a page fault on memory QEMU marks MADV_HUGEPAGE makes the kernel
+# read 2-4 MiB around the faulting page. A read-around that needs more than this many pages from
+# the remote is refused (EIO): the kernel then reads just the faulting page, which is served with
+# its FAULT_AROUND_PAGES-aligned neighbours. A refused read-around costs the guest nothing but a
+# round trip; its pages are read when touched. docs/remote.md has the measurements.
+READ_AROUND_ABSENT_PAGES = 16
+FAULT_AROUND_PAGES = 16
+REFUSED_SECONDS = 10.0
 _NAME_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
 
@@ -68,6 +80,21 @@ class BackingFile:
         #: the first read that failed (a damaged object in the store): QEMU dies of the EIO, and
         #: this is what `vers ps`/`status` and the restore report
         self.read_error: str | None = None
+        #: guest RAM, read through page faults only: read-around of absent pages is refused
+        #: (see ``BackingOperations.read``); ``refused``: (offset, size) -> when
+        self.mapped = False
+        self.refused: dict[tuple[int, int], float] = {}
+
+
+def base_runs(image: OverlayImage, first: int, last: int) -> list[tuple[int, int]]:
+    """(first, count) runs of pages ``first..last`` that no layer of ``image`` holds: what a read
+    of them takes from its base."""
+    held = bytearray(last - first + 1)
+    for layer in (image.top, *image.frozen):
+        part = layer.present[first:last + 1]
+        if part.count(0) != len(part):
+            held = bytearray(a | b for a, b in zip(held, part, strict=True))
+    return [(first + a, n) for a, n in runs(bytes(1 - h for h in held))]
 
 
 def remove_orphan_layers(layer_dir: Path) -> int:
@@ -247,12 +274,44 @@ class BackingOperations(pyfuse3.Operations):
         f = self._file(fh)
         f.touched = True
         try:
+            base = f.image.base
+            if isinstance(base, ReadAhead) and size > 0 and off < f.image.size:
+                # Pages of a partial store may have to come from the remote: wait for them on a
+                # worker thread, so this loop serves other requests meanwhile. The read itself
+                # runs here, like every other operation on the overlay (no locks needed).
+                first = off // PAGE_SIZE
+                last = (min(off + size, f.image.size) - 1) // PAGE_SIZE
+                need = base_runs(f.image, first, last)
+                if need and f.mapped and last > first and self._may_refuse(f, off, size):
+                    absent = await trio.to_thread.run_sync(base.absent_pages, need)
+                    if absent > READ_AROUND_ABSENT_PAGES:
+                        f.refused[(off, size)] = time.monotonic()
+                        raise pyfuse3.FUSEError(errno.EIO)  # not a read error of the file
+                if need:
+                    if f.mapped and last == first:  # a fault's own page: bring its neighbours too
+                        a = first - first % FAULT_AROUND_PAGES
+                        need = base_runs(f.image, a, min(a + FAULT_AROUND_PAGES,
+                                                         f.image.npages) - 1)
+                    await trio.to_thread.run_sync(base.make_local, need)
             return f.image.read_view(off, size)  # type: ignore[return-value]  # any buffer will do
+        except pyfuse3.FUSEError:
+            raise
         except Exception as exc:  # noqa: BLE001 - a store error must surface as EIO, never as wrong bytes
             log.error("read %s at %d: %s", f.name, off, exc)
             if f.read_error is None:
                 f.read_error = f"reading page {off // PAGE_SIZE} failed: {exc}"
             raise pyfuse3.FUSEError(errno.EIO) from None
+
+    @staticmethod
+    def _may_refuse(f: BackingFile, off: int, size: int) -> bool:
+        """Whether a read-around of ``f`` may be refused: not if the same request was refused
+        moments ago (a kernel that reads whole large folios retries with the same request, and
+        a second refusal would be a fault that fails)."""
+        now = time.monotonic()
+        when = f.refused.pop((off, size), None)
+        if len(f.refused) > 4096:
+            f.refused = {k: t for k, t in f.refused.items() if now - t < REFUSED_SECONDS}
+        return when is None or now - when >= REFUSED_SECONDS
 
     async def write(self, fh: int, off: int, buf: bytes) -> int:
         f = self._file(fh)
@@ -308,14 +367,18 @@ class BackingOperations(pyfuse3.Operations):
             image = ImageFile(repo.store, tree, base.get("image", ""))
         else:
             image = repo.open_image(base["commit"], base.get("image", "memory"))
-        # A partial store's pages come from its promisor: read ahead of sequential reads.
-        return ReadAhead(image) if repo.promisors() else image
+        # A partial store's pages come from its promisor: read ahead of sequential reads, and
+        # prefetch (then record) what a restore of this image reads first.
+        if not repo.promisors():
+            return image
+        tree_id = base.get("tree") or hash_bytes(image.reader.tree.serialize()).hex()
+        return ReadAhead(image, TouchRecord(repo.vers_dir, tree_id))
 
     def control(self, req: dict[str, Any]) -> dict[str, Any]:
         """One control request -> one reply. Plain function: tested without sockets."""
         op = req.get("op")
         if op == "ping":
-            return {"pid": os.getpid()}
+            return {"pid": os.getpid(), "protocol": DAEMON_PROTOCOL}
         if op == "list":
             return {"files": sorted(self.by_name)}
         if op == "promisor_settings":
@@ -329,13 +392,14 @@ class BackingOperations(pyfuse3.Operations):
                 raise ValueError(f"base image is {base.size} bytes, not {size}")
             f = self.add(req["name"], OverlayImage(self.layer_dir, size, base), base is not None)
             f.placeholder = bool(req.get("placeholder")) and base is None
+            f.mapped = bool(req.get("mapped"))
             return {"inode": f.inode}
         f = self.get(req["name"])
         if op == "branch":
             if req.get("into_placeholder"):
                 self._fill_placeholders(req.get("children") or [req["child"]], f)
             else:
-                self.add(req["child"], f.image.branch(), f.tracked)
+                self.add(req["child"], f.image.branch(), f.tracked).mapped = f.mapped
             return {}
         if op == "dirty":
             return {"runs": f.image.dirty_runs() if f.tracked else None}
@@ -362,7 +426,10 @@ class BackingOperations(pyfuse3.Operations):
         if op == "read_error":
             return {"error": f.read_error}
         if op == "stats":
-            return {**f.image.stats(), "tracked": int(f.tracked)}
+            out = {**f.image.stats(), "tracked": int(f.tracked)}
+            if isinstance(f.image.base, ReadAhead):
+                out.update(f.image.base.remote_stats())
+            return out
         if op == "remove":
             if f.capture is not None and f.capture in self.by_name:
                 self.remove(f.capture)

@@ -24,6 +24,7 @@ import errno
 import fcntl
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import socket
@@ -43,12 +44,17 @@ if TYPE_CHECKING:
     from vers.repo import Repo
 
 DAEMON_MODULE = "vers.vmm.memory.daemon"
+#: what the daemon answers to "ping" as "protocol"; raised whenever the daemon's requests or the
+#: way it serves files change, so a daemon left running by an older vers is not used for new files
+#: (a daemon too old to say is protocol 1)
+DAEMON_PROTOCOL = 2
 CONTROL_TIMEOUT = 60.0
 HEALTH_TIMEOUT = 10.0  # a ping before touching the mount: a stuck daemon fails here, not in fsync
 #: a flush right after another one in this process skips the ping (it costs ~0.5-1 ms, and the
 #: second flush of a commit runs inside the guest's pause)
 HEALTH_FRESH = 1.0
 _last_ping: dict[Path, float] = {}
+log = logging.getLogger("vers.vmm.memory.fuse")
 
 
 def default_state_dir() -> Path:
@@ -78,14 +84,17 @@ class BackingDaemon:
         with open(self.state_dir / "lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)  # two VMs starting at once start one daemon
             try:
-                self.request("ping", timeout=HEALTH_TIMEOUT)
+                pong = self.request("ping", timeout=HEALTH_TIMEOUT)
             except FuseError as exc:
                 if "not running" not in str(exc):
                     raise  # alive but not answering: leave it and its mount alone
             else:
-                if self.lost() is None:
+                if int(pong.get("protocol", 1)) != DAEMON_PROTOCOL:
+                    self._replace_old(pong)
+                elif self.lost() is None:
                     return
-                self._restart_if_idle()
+                else:
+                    self._restart_if_idle()
             mnt.clean_stale(self.mountpoint)  # a dead daemon's mount (ENOTCONN) only
             if mnt.is_mounted(self.mountpoint):
                 raise FuseError(f"a FUSE file system is mounted at {self.mountpoint} but no "
@@ -106,6 +115,25 @@ class BackingDaemon:
         pid = self.request("ping")["pid"]
         self.request("shutdown", timeout=5.0)
         mnt.terminate_pid(pid)
+
+    def _replace_old(self, pong: dict[str, Any]) -> None:
+        """The daemon was started by another version of vers: stop it if it serves no file (a
+        new one is started), else say what to do. Its files stay usable by the VMs that have
+        them: only new files need a daemon of this version."""
+        files = self.request("list")["files"]
+        theirs = int(pong.get("protocol", 1))
+        if files:
+            vms = sorted({name.split(".")[0] for name in files})
+            raise FuseError(
+                f"the FUSE backing daemon (pid {pong['pid']}, {self.state_dir}) was started by "
+                f"another version of vers (protocol {theirs}, this one speaks "
+                f"{DAEMON_PROTOCOL}) and still serves {len(files)} files of "
+                f"{len(vms)} VMs ({', '.join(vms)}): commit and `vers kill` them with the vers "
+                f"that started them, then retry (the old daemon exits once it is idle)")
+        log.info("replacing the idle FUSE backing daemon %s of protocol %d", pong["pid"], theirs)
+        self.request("shutdown", timeout=5.0)
+        mnt.wait_unmounted(self.mountpoint, timeout=10.0)
+        mnt.terminate_pid(int(pong["pid"]))  # gone before a new one binds the socket it unlinks
 
     def lost(self) -> str | None:
         """Why the daemon's files cannot be used, if so: it answers, but its mount is not there
@@ -196,15 +224,18 @@ class BackingFile:
         name: str,
         size: int,
         base: dict[str, Any] | None = None,
+        mapped: bool = False,
     ) -> BackingFile:
         """A new file: ``base`` = {"repo": path, "commit": id, "image": name} (or "tree": id), or
-        None for zeros. Nothing is read from the store until someone reads a page."""
+        None for zeros. Nothing is read from the store until someone reads a page. ``mapped``:
+        the file is guest RAM, read only through page faults of a mapping (the daemon then
+        trims the kernel's read-around of pages it would have to fetch)."""
         if size <= 0 or size % PAGE_SIZE:
             raise FuseError(f"image size {size} is not a positive multiple of {PAGE_SIZE}")
         for attempt in (1, 2, 3):
             daemon.ensure_running()
             try:
-                daemon.request("create", name=name, size=size, base=base)
+                daemon.request("create", name=name, size=size, base=base, mapped=mapped)
                 break
             except FuseError as exc:
                 # An idle daemon may exit between our ping and our request, and one that was
@@ -218,7 +249,8 @@ class BackingFile:
         """An empty file of our size in our (running) daemon, to be filled later by
         ``branch_into``; it may be opened and mapped meanwhile, but not
         read or written."""
-        self.daemon.request("create", name=name, size=self.size, base=None, placeholder=True)
+        self.daemon.request("create", name=name, size=self.size, base=None, placeholder=True,
+                            mapped=True)
         return BackingFile(self.daemon, name, self.size)
 
     @property
@@ -366,7 +398,7 @@ class FuseMemoryBacking(MemoryBacking):
             if base is None:
                 raise VMError("FUSE memory backing needs a committed image as its source")
         try:
-            f = BackingFile.create(daemon, f"{vm_id}.memory", size, base)
+            f = BackingFile.create(daemon, f"{vm_id}.memory", size, base, mapped=True)
         except FuseError as exc:
             raise VMError(f"cannot create FUSE memory backing: {exc}") from exc
         return cls({"path": str(f.path), "size": size, "name": f.name,

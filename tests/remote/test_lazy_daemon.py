@@ -1,0 +1,155 @@
+"""The FUSE backing daemon serving a partial store, without a VM: a fetch from the remote holds up
+no other read, the pages a restore reads first are recorded (0600) and prefetched by the next
+restore that has the record, and a mapping advised MADV_HUGEPAGE (as QEMU maps guest RAM) does
+not fetch megabytes around each touched page."""
+
+from __future__ import annotations
+
+import mmap
+import os
+import shutil
+import stat
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fuse.conftest import needs_fuse
+from vers.fuse.mount import is_mounted
+from vers.objects.model import PAGE_SIZE
+from vers.porcelain.clone import clone
+from vers.remote.lazy import open_lazy
+from vers.repo import Repo
+from vers.vmm.memory.fuse import BackingDaemon, BackingFile
+
+from .test_lazy import _pushed
+
+pytestmark = [pytest.mark.fuse, needs_fuse]
+
+NPAGES = 2048
+
+
+@pytest.fixture
+def daemon(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[BackingDaemon]:
+    monkeypatch.setenv("VERS_LAZY_RECORD_SECONDS", "1")  # inherited by the daemon
+    d = BackingDaemon(tmp_path / "fuse-state")
+    try:
+        yield d
+    finally:
+        d.shutdown()
+        assert not is_mounted(d.mountpoint)
+
+
+def lazy_file(daemon: BackingDaemon, repo: Repo, cid: str, name: str,
+              retry_seconds: float = 30.0, mapped: bool = False) -> BackingFile:
+    daemon.ensure_running()
+    daemon.request("promisor_settings", repo=str(repo.vers_dir), env={},
+                   retry_seconds=retry_seconds)
+    return BackingFile.create(daemon, name, NPAGES * PAGE_SIZE,
+                              {"repo": str(repo.vers_dir), "commit": cid, "image": "memory"},
+                              mapped=mapped)
+
+
+def pread(path: Path, page: int, count: int = 1) -> bytes:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        return os.pread(fd, count * PAGE_SIZE, page * PAGE_SIZE)
+    finally:
+        os.close(fd)
+
+
+def test_a_waiting_fetch_holds_up_no_read_of_local_pages(tmp_path: Path,
+                                                         daemon: BackingDaemon) -> None:
+    url = str(tmp_path / "remote")
+    src, cid, image = _pushed(tmp_path, url)
+    repo, _ = clone(url, str(tmp_path / "b"), lazy=True)
+    lazy = open_lazy(repo)
+    assert lazy is not None
+    repo.open_image(cid, "memory").pread(0, 512 * PAGE_SIZE)  # pages 0-511 local
+    lazy.close()
+    f = lazy_file(daemon, repo, cid, "vm1.memory", retry_seconds=6)
+    assert pread(f.path, 1000) == bytes(image[1000 * PAGE_SIZE:1001 * PAGE_SIZE])  # indexes in
+    os.rename(url, url + ".away")  # from now on every fetch waits out its retries
+    failed: list[BaseException] = []
+
+    def absent_read() -> None:
+        try:
+            pread(f.path, 1500)
+        except OSError as exc:
+            failed.append(exc)
+
+    waiting = threading.Thread(target=absent_read)
+    t0 = time.monotonic()
+    waiting.start()
+    time.sleep(0.5)  # the absent read is in the daemon, retrying
+    assert waiting.is_alive()
+    for page in (100, 300, 450):
+        assert pread(f.path, page, 4) == bytes(image[page * PAGE_SIZE:(page + 4) * PAGE_SIZE])
+    assert time.monotonic() - t0 < 3  # served while the fetch waited, not after it
+    waiting.join(30)
+    assert failed and time.monotonic() - t0 >= 5  # the fetch gave up after its retries: EIO
+    assert "cannot be read" in (f.read_error() or "")
+    os.rename(url + ".away", url)
+    assert pread(f.path, 1500) == bytes(image[1500 * PAGE_SIZE:1501 * PAGE_SIZE])
+    f.remove()
+    repo.close()
+    src.close()
+
+
+def test_pages_read_first_are_recorded_and_prefetched_next_time(tmp_path: Path,
+                                                                daemon: BackingDaemon) -> None:
+    url = str(tmp_path / "remote")
+    src, cid, image = _pushed(tmp_path, url)
+    repo, _ = clone(url, str(tmp_path / "b"), lazy=True)
+    f = lazy_file(daemon, repo, cid, "vm1.memory")
+    assert pread(f.path, 300, 64) == bytes(image[300 * PAGE_SIZE:364 * PAGE_SIZE])
+    records = repo.vers_dir / "cache" / "touched"
+    deadline = time.monotonic() + 10
+    while not (records.is_dir() and any(records.iterdir())) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    (record,) = records.iterdir()
+    assert stat.S_IMODE(record.stat().st_mode) == 0o600
+    f.remove()
+    # A second fresh repository that has the record (as the first one would for its next
+    # restore) fetches those pages before anything reads them.
+    other, _ = clone(url, str(tmp_path / "c"), lazy=True)
+    (other.vers_dir / "cache" / "touched").mkdir(parents=True)
+    shutil.copy(record, other.vers_dir / "cache" / "touched" / record.name)
+    before = other.store.stats().bytes
+    g = lazy_file(daemon, other, cid, "vm2.memory")
+    deadline = time.monotonic() + 10
+    while other.store.stats().bytes - before < 64 * PAGE_SIZE // 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    with other.local_only():  # every recorded page is here now: no remote needed to read them
+        assert other.open_image(cid, "memory").pread(300 * PAGE_SIZE, 64 * PAGE_SIZE) == \
+            bytes(image[300 * PAGE_SIZE:364 * PAGE_SIZE])
+    g.remove()
+    other.close()
+    repo.close()
+    src.close()
+
+
+def test_a_touch_of_hugepage_advised_ram_fetches_little_around_it(tmp_path: Path,
+                                                                  daemon: BackingDaemon) -> None:
+    url = str(tmp_path / "remote")
+    src, cid, image = _pushed(tmp_path, url)
+    repo, _ = clone(url, str(tmp_path / "b"), lazy=True)
+    f = lazy_file(daemon, repo, cid, "vm1.memory", mapped=True)  # as guest RAM is made
+    before = repo.store.stats().bytes
+    fd = os.open(f.path, os.O_RDWR)
+    m = mmap.mmap(fd, NPAGES * PAGE_SIZE, mmap.MAP_SHARED)
+    try:
+        m.madvise(mmap.MADV_HUGEPAGE)  # what QEMU does to guest RAM
+        for page in (700, 1300):
+            assert m[page * PAGE_SIZE:(page + 1) * PAGE_SIZE] == \
+                bytes(image[page * PAGE_SIZE:(page + 1) * PAGE_SIZE])
+    finally:
+        m.close()
+        os.close(fd)
+    fetched = repo.store.stats().bytes - before
+    assert fetched < 2 * 64 * PAGE_SIZE  # not the 2-4 MiB the kernel's huge read-around asks for
+    f.remove()
+    repo.close()
+    src.close()
