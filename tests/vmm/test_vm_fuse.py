@@ -4,6 +4,7 @@ memory file) instead of /dev/shm: the driver must not care which backing it talk
 from __future__ import annotations
 
 import os
+import time
 from typing import Any
 
 import pytest
@@ -44,6 +45,11 @@ def test_restore_reads_the_disk_lazily_and_releases_its_base(vmrepo: Repo, boote
         assert os.path.exists(base)  # the restored VM still reads it
     finally:
         kill_vms(vmrepo, [rec.id])
+    # the daemon drops the file at once; the kernel forgets its name when it processes the
+    # (asynchronous) invalidation
+    deadline = time.monotonic() + 10
+    while os.path.exists(base) and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert not os.path.exists(base)
 
 

@@ -525,12 +525,16 @@ def release_disk_bases(repo_dir: str | os.PathLike[str], in_use: set[str],
     prefix = _disk_base_name({"repo": os.fspath(repo_dir), "tree": ""})
     removed = []
     try:
-        for name in daemon.request("list")["files"]:
-            if name.startswith(prefix) and str(daemon.mountpoint / name) not in in_use:
-                daemon.request("remove", name=name)
-                removed.append(name)
+        names = daemon.request("list")["files"]
     except FuseError:
-        pass  # best effort: a dead daemon holds nothing
+        return []  # best effort: a dead daemon holds nothing
+    for name in names:
+        if name.startswith(prefix) and str(daemon.mountpoint / name) not in in_use:
+            try:
+                daemon.request("remove", name=name)
+            except FuseError:
+                continue  # one that cannot go now does not keep the others
+            removed.append(name)
     return removed
 
 
