@@ -23,6 +23,7 @@ from vers.vmm.disk import DiskChain
 from vers.vmm.machine import Machine, default_cmdline, parse_size
 from vers.vmm.memory.shm import ShmMemoryBacking, changed_pages, copy_pages
 from vers.vmm.state import MachineSpec, Runtime, VMRecord, VMRegistry
+from vers.vmm.tsc import host_tsc_khz
 
 
 def _record(spec: MachineSpec, vm_dir: str = "/vm") -> VMRecord:
@@ -40,7 +41,8 @@ def test_build_args_microvm_shared_memory_and_incoming() -> None:
     assert "-smp 2" in joined and "-accel tcg" in joined and "-cpu host" not in joined
     assert "id=disk,file=/d.qcow2,format=qcow2" in joined and "-serial file:/s.log" in joined
     assert args[args.index("-append") + 1].split()[:1] == ["console=ttyS0"]
-    assert "tsc_early_khz=2000000" in joined and "lpj=4000000" in joined
+    khz = host_tsc_khz()
+    assert f"tsc_early_khz={khz}" in joined and f"lpj={khz * 4}" in joined
     assert "tsc=reliable" in joined and "-cpu qemu64,+arat" in joined  # idle guests stop the tick
     assert args[-3:] == ["-S", "-incoming", "defer"]
     kvm = Machine(_record(MachineSpec(memory=256 << 20, accel="kvm"))).args("m", qemu="q")

@@ -34,12 +34,16 @@ KERNEL_PACKAGE_RE = re.compile(r"^linux-image-6\.1\.0-(\d+)-cloud-amd64$")
 #: virtio_net needs net_failover, which needs failover.
 MODULES = ("virtio_ring", "virtio", "virtio_mmio", "virtio_blk", "virtio_console",
            "failover", "net_failover", "virtio_net")
-#: Under TCG the kernel's TSC/PIT calibration can hang on a loaded host; the first two make boots
-#: reliable. ``tsc=reliable`` keeps the TSC as the clocksource: the watchdog otherwise compares it
-#: with jiffies (TCG loses timer ticks), marks it unstable ~3 s after boot and falls back to
-#: refined-jiffies, on which the guest's clock falls behind by ~5% and the kernel cannot stop its
-#: 250 Hz tick when idle (docs/vmm.md).
-TCG_CMDLINE = "tsc_early_khz=2000000 lpj=4000000 tsc=reliable"
+#: Under TCG the kernel's TSC/PIT calibration can hang on a loaded host, so the guest is told the
+#: TSC rate (``tsc_early_khz``: the host's, see vers/vmm/tsc.py) and the delay-loop calibration
+#: (``lpj``: TSC ticks per jiffy, at the Debian kernel's 250 Hz). ``tsc=reliable`` keeps the TSC as
+#: the clocksource: the watchdog otherwise compares it with jiffies (TCG loses timer ticks), marks
+#: it unstable ~3 s after boot and falls back to refined-jiffies, on which the guest's clock falls
+#: behind by ~5% and the kernel cannot stop its 250 Hz tick when idle (docs/vmm.md).
+def tcg_cmdline(tsc_khz: int) -> str:
+    return f"tsc_early_khz={tsc_khz} lpj={tsc_khz * 1000 // 250} tsc=reliable"
+
+
 BASE_CMDLINE = "console=ttyS0 panic=-1 quiet"
 DISK_SIZE = 256 * 1024 * 1024
 

@@ -27,7 +27,7 @@ from types import TracebackType
 from typing import Self
 
 from vers.errors import VMError
-from vers.images.guest import BASE_CMDLINE, TCG_CMDLINE
+from vers.images.guest import BASE_CMDLINE, tcg_cmdline
 from vers.images.guestfs import initramfs_error
 from vers.vmm.private import private_dir, private_file
 from vers.vmm.qmp import QMPClient
@@ -61,7 +61,11 @@ def detect_accel() -> str:
 
 
 def default_cmdline(accel: str) -> str:
-    return f"{BASE_CMDLINE} {TCG_CMDLINE}" if accel == "tcg" else BASE_CMDLINE
+    if accel != "tcg":
+        return BASE_CMDLINE
+    from vers.vmm.tsc import host_tsc_khz
+
+    return f"{BASE_CMDLINE} {tcg_cmdline(host_tsc_khz())}"
 
 
 def qemu_binary() -> str:
