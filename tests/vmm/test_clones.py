@@ -79,3 +79,35 @@ def test_generation_marker_counts_forks_and_restores(vmrepo: Repo, guest: VMReco
     cid, _ = commit_vm(vmrepo, child.id, "child")
     again = restore_commit(vmrepo, cid)
     assert generation(again) == (again.id, 2)
+
+
+def test_an_agent_of_protocol_1_2_is_made_distinct_by_the_script(vmrepo: Repo, tmp_path) -> None:
+    """A guest committed with an earlier agent (protocol 1.2: no FS "fresh") still gets its
+    clock, entropy and generation marker, through the guest script."""
+    import subprocess
+
+    from vers.images.guestfs import AGENT_SOURCE_PATH
+    from vers.vmm.agent import FRESH_MINOR, acquire, release
+
+    src = re.sub(r"#define PROTO_MINOR \d+", "#define PROTO_MINOR 2",
+                 AGENT_SOURCE_PATH.read_text())
+    (tmp_path / "old.c").write_text(src)
+    subprocess.run(["gcc", "-static", "-O2", "-std=c99", "-o", str(tmp_path / "old-agent"),
+                    str(tmp_path / "old.c")], check=True)
+    old = run_vm(vmrepo, RunOptions(name="old-agent"))
+    vers(vmrepo.root, "cp", str(tmp_path / "old-agent"), f"{old.id}:/root/old-agent")
+    gexec(old, "chmod +x /root/old-agent; pid=$(pidof vers-agent); "
+               "setsid sh -c \"sleep 1; kill $pid; exec /root/old-agent\" "
+               "</dev/null >/dev/null 2>&1 &")
+    time.sleep(3)
+    conn = acquire(old.runtime.agent_sock, 30)
+    try:
+        assert conn.minor == 2 < FRESH_MINOR
+    finally:
+        release(conn)
+    children, _ = branch_vm(vmrepo, old.id, count=2)
+    read = "head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n'"
+    assert len({gexec(c, read) for c in children}) == 2
+    for c in children:
+        assert generation(c) == (c.id, 1)
+        assert abs(clock_offset(c)) < 0.5

@@ -40,11 +40,14 @@ from typing import Self
 from vers.errors import GuestTimeout, VMError
 
 PROTOCOL_MAJOR = 1
-PROTOCOL_MINOR = 2
+PROTOCOL_MINOR = 4
 #: the first minor version whose agent syncs, freezes and thaws file systems
 FS_MINOR = 1
 #: the first minor version whose agent sets the wall clock to the microsecond (FS "clock")
 CLOCK_MINOR = 2
+#: the first minor version whose agent makes a clone distinct by itself (FS "fresh": clock,
+#: entropy and generation marker in one request, no guest process)
+FRESH_MINOR = 4
 MAGIC = b"VERS-AGENT-HELLO/"
 HEADER = struct.Struct("<BII")
 #: Credit each side of a channel starts with: output (or stdin) a peer may have in flight.

@@ -1,5 +1,6 @@
 """Making every clone a machine of its own: after each branch child and each restore, before the
-VM is reported running, one guest-agent round trip
+VM is reported running, one guest-agent round trip (an FS "fresh" request to an agent of protocol
+1.4, which does the three steps itself; a shell script for older agents)
 
 1. steps the guest's wall clock to the host's (a restored guest would otherwise be as old as its
    commit);
@@ -12,7 +13,7 @@ VM is reported running, one guest-agent round trip
 
 Writing to ``/dev/urandom`` only mixes bytes into the input pool, credits nothing and does not
 reseed; that needs the ``RNDADDENTROPY`` and ``RNDRESEEDCRNG`` ioctls, which no busybox applet
-issues. ``entropy_helper`` is those two system calls as a ~200-byte static x86_64 program, written
+issues. For agents older than 1.4, ``entropy_helper`` is those two system calls as a ~200-byte static x86_64 program, written
 into the guest's ``/run/vers`` on first use, so every image gets it without a compiler or a
 package. (QEMU's ``vmgenid`` device would do this inside the
 kernel, but the Debian cloud kernel is built without CONFIG_VMGENID: see docs/vmm.md.)
@@ -27,7 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from vers.errors import VMError
 from vers.vmm import agent as agent_mod
-from vers.vmm.agent import CLOCK_MINOR, FS, Channel, LegacyAgent, guest_exec
+from vers.vmm.agent import CLOCK_MINOR, FRESH_MINOR, FS, Channel, LegacyAgent, guest_exec
 
 #: where the marker and the helper live in the guest (a tmpfs, so part of the machine's RAM)
 RUN_DIR = "/run/vers"
@@ -96,34 +97,53 @@ def fresh_script(vm_id: str, first: bool, set_date: bool = True) -> str:
     ]) + "\n"
 
 
+#: what each step of the guest script exits with when it fails
+_STEPS = {10: "setting the clock", 11: "writing the entropy helper",
+          12: "adding host entropy and reseeding", 13: "writing the generation marker"}
+
+
+def fresh_request(vm_id: str, first: bool) -> bytes:
+    """The FS "fresh" request of a protocol 1.4 agent: the host's time, FIRST, the VM ID and the
+    host entropy in hex; the agent does the three steps itself, starting no guest process."""
+    return (f"fresh {time.time():.6f} {int(first)} {vm_id} "
+            f"{os.urandom(ENTROPY_BYTES).hex()}").encode()
+
+
 def freshen(vm_id: str, agent_sock: str, first: bool = False, timeout: float = 30.0) -> None:
-    """Step the clock and run the script in the guest; a VMError saying which step failed if it
-    did not finish. An agent of protocol 1.2 sets the clock to the microsecond (FS "clock", sent
-    just before the script on the same connection: no extra round trip); earlier ones get
-    ``date -s``, to the second."""
+    """Make the guest distinct (clock, entropy, generation marker); a VMError saying which step
+    failed if it did not finish. A protocol 1.4 agent does it in one FS request, with no guest
+    process (fork and exec of a shell and its applets is what a freshly loaded TCG guest is slowest
+    at). A 1.2 or 1.3 agent sets the clock to the microsecond (FS "clock", sent just before the
+    script on the same connection: no extra round trip) and runs the script; earlier ones run the
+    script alone, which sets the clock with ``date -s``, to the second."""
     try:
         conn = agent_mod.acquire(agent_sock, timeout)
     except LegacyAgent:
         res = guest_exec(agent_sock, fresh_script(vm_id, first), timeout)
     else:
         try:
+            if conn.minor >= FRESH_MINOR:
+                ch = conn.new_channel()
+                conn.send(FS, ch.id, fresh_request(vm_id, first))
+                _fs_answer(vm_id, ch, timeout, "")
+                return
             clock = conn.new_channel() if conn.minor >= CLOCK_MINOR else None
             if clock is not None:
                 conn.send(FS, clock.id, f"clock {time.time():.6f}".encode())
             res = guest_exec(agent_sock, fresh_script(vm_id, first, clock is None), timeout)
             if clock is not None:
-                _clock_answer(vm_id, clock, timeout)
+                _fs_answer(vm_id, clock, timeout, "setting the clock")
         finally:
             agent_mod.release(conn)
     if res.returncode:
-        step = {10: "setting the clock", 11: "writing the entropy helper",
-                12: "adding host entropy and reseeding", 13: "writing the generation marker"}
-        what = step.get(res.returncode, f"exit {res.returncode}")
+        what = _STEPS.get(res.returncode, f"exit {res.returncode}")
         raise VMError(f"making VM {vm_id} distinct failed ({what}): "
                       f"{res.stderr.decode(errors='replace').strip()}")
 
 
-def _clock_answer(vm_id: str, ch: Channel, timeout: float) -> None:
+def _fs_answer(vm_id: str, ch: Channel, timeout: float, step: str) -> None:
+    """Wait for the FS answer on ``ch``; a VMError naming ``step`` (or the step the agent names
+    in its "error STEP: ..." answer) unless it is "ok ..."."""
     try:
         ev = ch.next_event(timeout)
     finally:
@@ -131,8 +151,11 @@ def _clock_answer(vm_id: str, ch: Channel, timeout: float) -> None:
         ch.close()
     answer = "" if ev is None else ev.data.decode(errors="replace")
     if not answer.startswith("ok "):
-        raise VMError(f"making VM {vm_id} distinct failed (setting the clock): "
-                      f"{answer.removeprefix('error ') or 'no answer'}")
+        detail = answer.removeprefix("error ") or "no answer"
+        if not step:
+            step, _, detail = detail.partition(": ") if ": " in detail else ("", "", detail)
+        raise VMError(f"making VM {vm_id} distinct failed"
+                      f"{f' ({step})' if step else ''}: {detail}")
 
 
 def freshen_all(vms: list[tuple[str, str]]) -> None:

@@ -47,7 +47,7 @@
 #include <unistd.h>
 
 #define PROTO_MAJOR 1
-#define PROTO_MINOR 2
+#define PROTO_MINOR 4
 
 enum {
     F_NOP = 0, F_HELLO = 1, F_OPEN = 2, F_STDIN = 3, F_STDOUT = 4, F_STDERR = 5, F_EXIT = 6,
@@ -508,21 +508,35 @@ static void fs_sync(uint32_t chan) {
     fs_answer(chan, "error cannot start sync");
 }
 
-/* "clock SEC.USEC": step the wall clock to the host's time, sent the moment before (protocol
- * 1.2; `date -s` takes whole seconds only). */
-static void set_clock(uint32_t chan, const char *arg) {
+/* Parse "SEC[.USEC]" (microseconds: up to six digits); 0 on success. */
+static int parse_time(const char *arg, struct timespec *ts, const char **rest) {
     char *end;
     long long sec = strtoll(arg, &end, 10);
     long usec = 0;
+    if (end == arg || sec <= 0)
+        return -1;
     if (*end == '.') {
         char digits[7] = "000000";
         const char *p = end + 1;
-        for (int i = 0; i < 6 && p[i] >= '0' && p[i] <= '9'; i++)
+        int i = 0;
+        for (; i < 6 && p[i] >= '0' && p[i] <= '9'; i++)
             digits[i] = p[i];
         usec = strtol(digits, NULL, 10);
+        for (end = (char *)p + i; *end >= '0' && *end <= '9'; end++)
+            ;
     }
-    struct timespec ts = {.tv_sec = (time_t)sec, .tv_nsec = usec * 1000};
-    if (end == arg || sec <= 0) {
+    ts->tv_sec = (time_t)sec;
+    ts->tv_nsec = usec * 1000;
+    if (rest)
+        *rest = end;
+    return 0;
+}
+
+/* "clock SEC.USEC": step the wall clock to the host's time, sent the moment before (protocol
+ * 1.2; `date -s` takes whole seconds only). */
+static void set_clock(uint32_t chan, const char *arg) {
+    struct timespec ts;
+    if (parse_time(arg, &ts, NULL) < 0) {
         fs_answer(chan, "error bad time");
         return;
     }
@@ -535,10 +549,127 @@ static void set_clock(uint32_t chan, const char *arg) {
     fs_answer(chan, "ok 0 set");
 }
 
-/* Payload: "sync", "freeze MS", "thaw" or "clock SEC.USEC"; the answer is an FS_DONE frame on
+#define RUN_DIR "/run/vers"
+#define GENERATION RUN_DIR "/generation"
+#define RNDADDENTROPY_REQ 0x40085203UL /* _IOW('R', 0x03, int[2]), linux/random.h */
+#define RNDRESEEDCRNG_REQ 0x5207UL     /* _IO('R', 0x07) */
+#define FRESH_ENTROPY 64
+
+static int hexval(char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+static void fresh_fail(uint32_t chan, const char *step, const char *what) {
+    char msg[256];
+    snprintf(msg, sizeof msg, "error %s: %s: %s", step, what, strerror(errno));
+    fs_answer(chan, msg);
+}
+
+/* "fresh SEC.USEC FIRST VMID HEX" (protocol 1.4): make a clone a machine of its own in one
+ * request, with no process started in the guest: step the wall clock, credit the host's entropy
+ * (HEX: 64 bytes) to the kernel's pool and reseed its generator (RNDADDENTROPY, RNDRESEEDCRNG),
+ * and write the generation marker "VMID N" (N = 0 when FIRST is 1, else the marker's count plus
+ * one), renamed into place. The answer: "ok N" or "error STEP: ...". */
+static void fresh_request(uint32_t chan, const char *arg) {
+    struct timespec ts;
+    const char *p;
+    if (parse_time(arg, &ts, &p) < 0 || *p != ' ') {
+        fs_answer(chan, "error bad request");
+        return;
+    }
+    int first = p[1] == '1';
+    if ((p[1] != '0' && p[1] != '1') || p[2] != ' ') {
+        fs_answer(chan, "error bad request");
+        return;
+    }
+    p += 3;
+    char vm_id[65];
+    size_t n = 0;
+    while (p[n] && p[n] != ' ' && n < sizeof vm_id - 1) {
+        char c = p[n];
+        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+              c == '-' || c == '_')) {
+            fs_answer(chan, "error bad request");
+            return;
+        }
+        vm_id[n] = c;
+        n++;
+    }
+    vm_id[n] = 0;
+    if (!n || p[n] != ' ') {
+        fs_answer(chan, "error bad request");
+        return;
+    }
+    p += n + 1;
+    struct { int entropy_count; int buf_size; unsigned char buf[FRESH_ENTROPY]; } pool;
+    for (int i = 0; i < FRESH_ENTROPY; i++) {
+        int hi = hexval(p[2 * i]), lo = hi < 0 ? -1 : hexval(p[2 * i + 1]);
+        if (lo < 0) {
+            fs_answer(chan, "error bad request");
+            return;
+        }
+        pool.buf[i] = (unsigned char)(hi << 4 | lo);
+    }
+    pool.entropy_count = FRESH_ENTROPY * 8;
+    pool.buf_size = FRESH_ENTROPY;
+
+    if (clock_settime(CLOCK_REALTIME, &ts) < 0)
+        { fresh_fail(chan, "setting the clock", "clock_settime"); return; }
+    int fd = open("/dev/urandom", O_WRONLY | O_CLOEXEC);
+    if (fd < 0)
+        { fresh_fail(chan, "adding host entropy and reseeding", "/dev/urandom"); return; }
+    if (ioctl(fd, RNDADDENTROPY_REQ, &pool) < 0 || ioctl(fd, RNDRESEEDCRNG_REQ) < 0) {
+        int e = errno;
+        close(fd);
+        errno = e;
+        fresh_fail(chan, "adding host entropy and reseeding", "ioctl");
+        return;
+    }
+    close(fd);
+    memset(&pool, 0, sizeof pool);
+
+    long gen = 0;
+    if (!first) {
+        char line[160] = "";
+        fd = open(GENERATION, O_RDONLY | O_CLOEXEC);
+        if (fd >= 0) {
+            ssize_t got = read(fd, line, sizeof line - 1);
+            close(fd);
+            line[got > 0 ? got : 0] = 0;
+            char *sp = strchr(line, ' ');
+            if (sp)
+                gen = strtol(sp + 1, NULL, 10);
+        }
+        gen++;
+    }
+    if (mkdir(RUN_DIR, 0755) < 0 && errno != EEXIST)
+        { fresh_fail(chan, "writing the generation marker", RUN_DIR); return; }
+    char text[96];
+    int len = snprintf(text, sizeof text, "%s %ld\n", vm_id, gen);
+    fd = open(GENERATION ".new", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0)
+        { fresh_fail(chan, "writing the generation marker", GENERATION ".new"); return; }
+    errno = 0;
+    if (write(fd, text, (size_t)len) != len || close(fd) < 0 ||
+        rename(GENERATION ".new", GENERATION) < 0) {
+        int e = errno ? errno : EIO;
+        unlink(GENERATION ".new");
+        errno = e;
+        fresh_fail(chan, "writing the generation marker", GENERATION);
+        return;
+    }
+    char msg[32];
+    snprintf(msg, sizeof msg, "ok %ld", gen);
+    fs_answer(chan, msg);
+}
+
+/* Payload: "sync", "freeze MS", "thaw", "clock SEC.USEC" or "fresh ..."; the answer is an FS_DONE frame on
  * the same channel: "ok COUNT [DETAIL]" or "error MESSAGE". */
 static void fs_request(uint32_t chan, unsigned char *p, uint32_t len) {
-    char req[64];
+    char req[320];
     size_t n = len < sizeof req - 1 ? len : sizeof req - 1;
     memcpy(req, p, n);
     req[n] = 0;
@@ -550,6 +681,8 @@ static void fs_request(uint32_t chan, unsigned char *p, uint32_t len) {
         fs_thaw(chan);
     else if (!strncmp(req, "clock ", 6))
         set_clock(chan, req + 6);
+    else if (!strncmp(req, "fresh ", 6))
+        fresh_request(chan, req + 6);
     else
         fs_answer(chan, "error unknown request");
 }
