@@ -39,6 +39,7 @@ import os
 import secrets
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -71,21 +72,36 @@ def merge_chains(repo: Repo, reg: VMRegistry, rec: VMRecord) -> list[str]:
     todo = {n: d for n, d in rec.disks.items() if _worth_merging(d, lazy)}
     if rec.base_commit is None or not todo:
         return []
+
+    def rebase(q: QMPClient) -> list[str]:
+        bases = {n: b for n in todo if (b := _commit_base(repo, reg, rec, n, lazy))}
+        return _rebase(q, reg, rec, bases) if bases else []
+
+    dropped = _reshape_running(reg, rec, "merged", rebase)
+    return remove_unused(reg, dropped) if dropped else []
+
+
+def _reshape_running(reg: VMRegistry, rec: VMRecord, what: str,
+                     step: Callable[[QMPClient], list[str]]) -> list[str]:
+    """Run ``step`` (which changes ``rec``'s chains in QEMU and in ``rec``, and returns the layers
+    they dropped) on the VM's QMP if the VM is running; then save the record, close the block
+    nodes nobody reads any more and drop the standby child that reads the old chain (it is made
+    again afterwards). A VMError is one warning line on stderr and no change: the chain as it was
+    is still right, and the next commit or branch tries again."""
     try:
         with Machine.attach(rec, qmp_timeout=60.0) as m:
             q = m.qmp()
             if q.command("query-status")["status"] != "running":
                 return []  # e.g. left paused by `commit --pause`: its images are inactive
-            bases = {n: b for n in todo if (b := _commit_base(repo, reg, rec, n, lazy))}
-            dropped = _rebase(q, reg, rec, bases) if bases else []
+            dropped = step(q)
             if dropped:
                 reg.save(rec)
                 close_unused_nodes(q)
-                drop_stale_standby(reg, rec)  # it reads the old chain; remade after the commit
+                drop_stale_standby(reg, rec)
     except VMError as exc:
-        print(f"vers: VM {rec.id}: disk layers not merged this time: {exc}", file=sys.stderr)
+        print(f"vers: VM {rec.id}: disk layers not {what} this time: {exc}", file=sys.stderr)
         return []
-    return remove_unused(reg, dropped)
+    return dropped
 
 
 def _worth_merging(d: DiskChain, lazy: bool) -> bool:
@@ -248,20 +264,7 @@ def stream_frozen_layers(reg: VMRegistry, rec: VMRecord) -> list[str]:
             if len(d.chain) - 1 - max(d.committed, 1) >= STREAM_AFTER}
     if not todo:
         return []
-    try:
-        with Machine.attach(rec, qmp_timeout=60.0) as m:
-            q = m.qmp()
-            if q.command("query-status")["status"] != "running":
-                return []
-            dropped = _stream(q, rec, todo)
-            if dropped:
-                reg.save(rec)
-                close_unused_nodes(q)
-                drop_stale_standby(reg, rec)  # it reads the old chain; made again after this
-    except VMError as exc:
-        print(f"vers: VM {rec.id}: disk layers not streamed this time: {exc}", file=sys.stderr)
-        return []
-    return dropped
+    return _reshape_running(reg, rec, "streamed", lambda q: _stream(q, rec, todo))
 
 
 def _stream(q: QMPClient, rec: VMRecord, todo: dict[str, DiskChain]) -> list[str]:
