@@ -39,7 +39,9 @@ from vers.porcelain import record as recording
 from vers.porcelain import transfer
 from vers.porcelain import vm as verbs
 from vers.repo import Repo as CoreRepo
+from vers.vmm import agent
 from vers.vmm.agent import ExecResult
+from vers.vmm.machine import pid_alive
 
 __all__ = ["VM", "Commit", "ExecResult", "ExecStream", "Repo", "VMGroup"]
 
@@ -112,6 +114,7 @@ class VM:
         self.repo = repo
         self.id = vid
         self._lock = _lock_for(repo, vid)
+        self._agent: tuple[int | None, str] | None = None  # (QEMU's PID, agent socket) last looked up
 
     def __repr__(self) -> str:
         return f"<VM {self.id}{f' {self.name!r}' if self.name else ''}>"
@@ -167,9 +170,9 @@ class VM:
         command is killed and ``GuestTimeout`` raised; with ``check``, a ``VMError`` for a
         non-zero exit code."""
         data = stdin.encode() if isinstance(stdin, str) else stdin
-        res = transfer.run_command(self.repo, self.id, _argv(cmd), input=data,
-                                   env=dict(env) if env else None, cwd=cwd,
-                                   timeout=300.0 if timeout is None else timeout)
+        res = agent.run(self._agent_sock(), _argv(cmd), input=data,
+                        env=dict(env) if env else None, cwd=cwd,
+                        timeout=300.0 if timeout is None else timeout)
         if check and res.returncode != 0:
             raise VMError(f"command failed in VM {self.id} (exit {res.returncode}): "
                           f"{res.stderr.decode(errors='replace').strip()[-500:]}")
@@ -182,8 +185,8 @@ class VM:
         stderr interleaved); the last item carries the exit code. After ``timeout`` seconds the
         command is killed and ``GuestTimeout`` raised."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        with transfer.open_command(self.repo, self.id, _argv(cmd),
-                                   env=dict(env) if env else None, cwd=cwd) as ch:
+        with agent.open_channel(self._agent_sock(), _argv(cmd), stdin=False,
+                                env=dict(env) if env else None, cwd=cwd) as ch:
             while True:
                 left = None if deadline is None else max(0.0, deadline - time.monotonic())
                 ev = ch.next_event(timeout=left)
@@ -194,6 +197,16 @@ class VM:
                     yield ExecStream(b"", ev.code)
                     return
                 yield ExecStream(ev.data)
+
+    def _agent_sock(self) -> str:
+        """The guest agent's socket. The VM record is read once: while the same QEMU process
+        runs (its PID, checked to be this VM's on every call), the socket is the same."""
+        cached = self._agent
+        if cached is not None and pid_alive(cached[0], self.id):
+            return cached[1]
+        rec = transfer.running_vm(self.repo, self.id)
+        self._agent = (rec.runtime.pid, rec.runtime.agent_sock)
+        return rec.runtime.agent_sock
 
     def copy_in(self, src: str | os.PathLike[str], dest: str) -> None:
         """Copy a host file or directory into the guest directory ``dest`` (made if missing),
