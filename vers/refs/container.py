@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import getpass
 import json
+import os
 import re
-import socket
 import struct
 import threading
 import time
@@ -68,7 +68,7 @@ def default_identity() -> str:
         user = getpass.getuser()
     except Exception:  # noqa: BLE001 - no passwd entry in some containers
         user = "unknown"
-    return f"{user}@{socket.gethostname()}"
+    return f"{user}@{os.uname().nodename}"  # what socket.gethostname() returns
 
 
 @dataclass(frozen=True)
