@@ -78,6 +78,9 @@ enum {
 #define PORT_IOV 64
 /* the least of a put's frame written before the frame is whole */
 #define PUT_PART (64u << 10)
+/* what a put holds in memory while the file systems are frozen (a write would block the agent,
+ * and with it the thaw) */
+#define PUT_FROZEN_MAX (64u << 20)
 
 static const char MAGIC[] = "VERS-AGENT-HELLO/";
 
@@ -256,6 +259,7 @@ static int set_nonblock(int fd) {
 
 static void fs_release(void);
 static void drop_puts(void);
+static void puts_thawed(void);
 
 /* Drops every channel, any freeze, and what waits for the port; ``lost``: the host went away, so
  * what it sent last is stale too. */
@@ -487,6 +491,7 @@ static void fs_holder_done(int status) {
     close_fd(&fz.ctl);
     fz.holder = 0;
     fz.thaw_pending = 0;
+    puts_thawed();
 }
 
 /* The host that asked is gone: thaw now, and answer nobody. */
@@ -552,7 +557,9 @@ static void set_clock(uint32_t chan, const char *arg) {
  * writes them straight from its port buffer into a temporary file next to the target (created
  * O_EXCL, mode 0600 until it is complete), then sets the mode and mtime, fsyncs if asked, and
  * renames it into place. Any failure (no space, a short stream, the host gone, CLOSE) removes the
- * temporary file: nothing partial ever appears under the target name. */
+ * temporary file: nothing partial ever appears under the target name. While a freeze is held (or
+ * about to be) the bytes wait in memory instead: a write to a frozen file system would block the
+ * agent, which then could not read the host's thaw. */
 
 static struct put {
     int used;
@@ -563,6 +570,9 @@ static struct put {
     mode_t mode;
     struct timespec mtime;
     int sync;
+    int created;        /* u->tmp exists (until renamed) */
+    int ended;          /* the host's empty STDIN frame came; finish once nothing waits */
+    struct buf held;    /* bytes that came while frozen */
 } uploads[MAX_PUTS];
 
 static struct put *find_put(uint32_t chan) {
@@ -575,10 +585,11 @@ static struct put *find_put(uint32_t chan) {
 static void put_free(struct put *u, int remove_tmp) {
     if (u->fd >= 0)
         close(u->fd);
-    if (remove_tmp && u->tmp)
+    if (remove_tmp && u->tmp && u->created)
         unlink(u->tmp);
     free(u->tmp);
     free(u->target);
+    buf_free(&u->held);
     memset(u, 0, sizeof *u);
     u->fd = -1;
 }
@@ -603,6 +614,7 @@ static const char *errno_name(int e) {
     case EIO: return "EIO";
     case ENAMETOOLONG: return "ENAMETOOLONG";
     case EPROTO: return "EPROTO";
+    case EBUSY: return "EBUSY";
     default: return "EOTHER";
     }
 }
@@ -618,6 +630,21 @@ static void put_error(uint32_t chan, int e, const char *what, const char *path) 
 static void put_fail(struct put *u, int e, const char *what) {
     put_error(u->chan, e, what, u->target);
     put_free(u, 1);
+}
+
+/* Creates the temporary file (u->tmp is its template); 0, or -1 once the put failed. */
+static int put_open(struct put *u) {
+    u->fd = mkostemp(u->tmp, O_CLOEXEC);  /* O_CREAT | O_EXCL, mode 0600 */
+    u->created = u->fd >= 0;
+    if (u->fd < 0) {
+        int e = errno;
+        char *slash = strrchr(u->tmp, '/');
+        *slash = 0;
+        put_error(u->chan, e, "cannot create a file in", slash == u->tmp ? "/" : u->tmp);
+        put_free(u, 0);
+        return -1;
+    }
+    return 0;
 }
 
 /* Payload after "put\0": NUL-terminated "key=value" entries: path= (the target, absolute),
@@ -713,15 +740,10 @@ static void put_start(uint32_t chan, unsigned char *p, uint32_t len) {
         put_error(chan, ENAMETOOLONG, "", dir);
         return;
     }
-    int fd = mkostemp(tmp, O_CLOEXEC);  /* O_CREAT | O_EXCL, mode 0600 */
-    if (fd < 0) {
-        put_error(chan, errno, "cannot create a file in", dir);
-        return;
-    }
     memset(u, 0, sizeof *u);
     u->used = 1;
     u->chan = chan;
-    u->fd = fd;
+    u->fd = -1;
     u->tmp = strdup(tmp);
     u->target = strdup(target);
     u->size = size;
@@ -730,30 +752,75 @@ static void put_start(uint32_t chan, unsigned char *p, uint32_t len) {
     u->sync = sync;
     if (!u->tmp || !u->target) {
         fs_answer(chan, "error EOTHER out of memory");
-        put_free(u, 1);
-    }
-}
-
-static void put_data(struct put *u, const unsigned char *p, uint32_t len) {
-    if (u->got + len > u->size) {
-        put_fail(u, EPROTO, "more bytes than announced for");
+        put_free(u, 0);
         return;
     }
+    if (!fz.holder)  /* else once the freeze is over */
+        put_open(u);
+}
+
+/* Writes all of p; 0, or -1 once the put failed (answered and freed). */
+static int put_write(struct put *u, const unsigned char *p, size_t len) {
     while (len) {
         ssize_t w = write(u->fd, p, len);
         if (w < 0 && errno == EINTR)
             continue;
         if (w <= 0) {
             put_fail(u, w < 0 ? errno : ENOSPC, "cannot write");
-            return;
+            return -1;
         }
         p += w;
-        len -= (uint32_t)w;
-        u->got += (unsigned long long)w;
+        len -= (size_t)w;
+    }
+    return 0;
+}
+
+static void put_finish(struct put *u);
+
+static void put_data(struct put *u, const unsigned char *p, uint32_t len) {
+    if (u->got + len > u->size) {
+        put_fail(u, EPROTO, "more bytes than announced for");
+        return;
+    }
+    u->got += len;
+    if (fz.holder || u->held.len) {
+        if (u->held.len + len > PUT_FROZEN_MAX) {
+            put_fail(u, EBUSY, "the file systems stayed frozen while writing");
+            return;
+        }
+        buf_append(&u->held, p, len);
+        return;
+    }
+    put_write(u, p, len);
+}
+
+static void put_end(struct put *u) {
+    u->ended = 1;
+    if (!fz.holder && !u->held.len)
+        put_finish(u);
+}
+
+/* The freeze is over: what waited is written, and puts that ended are finished. */
+static void puts_thawed(void) {
+    for (int i = 0; i < MAX_PUTS; i++) {
+        struct put *u = &uploads[i];
+        if (!u->used || (u->fd < 0 && put_open(u) < 0))
+            continue;
+        if (u->held.len) {
+            if (put_write(u, u->held.p + u->held.off, u->held.len) < 0)
+                continue;
+            buf_free(&u->held);
+        }
+        if (u->ended)
+            put_finish(u);
     }
 }
 
 static void put_finish(struct put *u) {
+    if (fz.holder) {  /* a freeze came since: finish once it is over */
+        u->ended = 1;
+        return;
+    }
     if (u->got != u->size) {
         put_fail(u, EPROTO, "the stream ended short of the announced size for");
         return;
@@ -1040,7 +1107,7 @@ static void host_frame(int type, uint32_t id, unsigned char *p, uint32_t len) {
         if (u && type == F_STDIN && len)
             put_data(u, p, len);
         else if (u && type == F_STDIN)
-            put_finish(u);
+            put_end(u);
         else if (u)
             put_free(u, 1);  /* CLOSE: the host gave up on it */
         return;  /* a channel that already ended: the host learns that from its EXIT */
