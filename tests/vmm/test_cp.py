@@ -5,6 +5,7 @@ through cat."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import re
@@ -27,6 +28,7 @@ from vers.repo import Repo
 from vers.testing import vers_env
 from vers.vmm import agent
 from vers.vmm.boot import RunOptions
+from vers.vmm.quiesce import GuestFileSystems
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow]
 
@@ -191,6 +193,7 @@ class _Stalling(io.RawIOBase):
         self.left, self.stall_at, self.fail = size, stall_at, fail
         self.sent = 0
         self.stalled, self.go = threading.Event(), threading.Event()
+        self.md5 = hashlib.md5()
 
     def readable(self) -> bool:
         return True
@@ -202,19 +205,22 @@ class _Stalling(io.RawIOBase):
             if self.fail:
                 raise OSError("the source broke")
         n = min(len(b), self.left, 1 << 20)
-        b[:n] = os.urandom(n)
+        data = os.urandom(n)
+        b[:n] = data
+        self.md5.update(data)
         self.left -= n
         self.sent += n
         return n
 
 
 def _put_in_background(repo: Repo, path: str, reader: _Stalling,
-                       errors: list[BaseException]) -> threading.Thread:
+                       errors: list[BaseException],
+                       target: str = "cpvm:/root/halfway/big") -> threading.Thread:
     src = Path(path)
 
     def go() -> None:
         try:
-            loc = transfer.parse_location(repo, "cpvm:/root/halfway/big")
+            loc = transfer.parse_location(repo, target)
             sink = transfer.VMSink(loc, "big", src)
             assert sink.put is not None, "the agent did not take the file itself"
             transfer._receive(sink, io.BufferedReader(reader))
@@ -263,6 +269,35 @@ def test_an_interrupted_put_leaves_nothing(vmrepo: Repo, vm: Any, tmp_path: Path
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert gexec(vm, "ls -A /root/halfway") == ""
+
+
+def test_a_put_during_a_freeze_waits_for_the_thaw(vmrepo: Repo, vm: Any, tmp_path: Path) -> None:
+    """A commit's freeze in the middle of a put (the same process, as an SDK user may do): the
+    agent holds the bytes in memory instead of blocking on the frozen disk, so it still answers
+    the thaw, and the file lands whole after it."""
+    gexec(vm, "rm -rf /root/frz; mkdir /root/frz")
+    meta = tmp_path / "meta"
+    with open(meta, "wb") as f:
+        f.truncate(32 << 20)
+    reader, errors = _Stalling(32 << 20, 4 << 20, fail=False), []
+    t = _put_in_background(vmrepo, str(meta), reader, errors, "cpvm:/root/frz/big")
+    assert reader.stalled.wait(120), errors
+    fs = GuestFileSystems(vm.runtime.agent_sock)
+    try:
+        fs.sync()
+        assert fs.freeze() >= 1
+        reader.go.set()
+        deadline = time.monotonic() + 60
+        while reader.left and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.0)  # the rest of the file reaches the agent while the disk is frozen
+        assert fs.thaw(), "the thaw was not answered before the freeze expired"
+    finally:
+        fs.close()
+    t.join(120)
+    assert not errors, errors
+    out = gexec(vm, "md5sum < /root/frz/big; ls -A /root/frz")
+    assert out == f"{reader.md5.hexdigest()}  -\nbig\n", out
 
 
 def test_an_agent_of_protocol_1_2_takes_files_through_cat(vmrepo: Repo,
