@@ -2,7 +2,10 @@
 
 * ``vers cp`` of a file into and out of a running VM (default 256 MiB), in MB/s, against the
   floor: the same number of raw bytes through the same agent channel with the guest only
-  discarding them (``cat >/dev/null``) or producing them (``dd if=/dev/zero``);
+  discarding them (``cat >/dev/null``) or producing them (``dd if=/dev/zero``). Into the VM
+  there is a second floor, the port's own: the bytes in the frames a put sends, on a channel the
+  agent has not opened, so that it reads and drops them (no pipe, no process), timed to the
+  answer of a command sent after them;
 * ``vers cp COMMIT:PATH`` of a 64 MiB file from a commit of the 256 MiB default disk: bytes read
   from the store against the file's size;
 * ``vers exec VM -- true`` round trip against ``vers --help``, and in-process through
@@ -78,8 +81,8 @@ def main() -> int:
                     help="skip the COMMIT:PATH and round-trip measurements")
     args = ap.parse_args()
     size = parse_size(args.size)
-    t: dict[str, list[float]] = {k: [] for k in
-                                 ("floor_in", "cp_in", "cat_in", "floor_out", "cp_out")}
+    t: dict[str, list[float]] = {k: [] for k in ("floor_in", "port_in", "cp_in", "cat_in",
+                                                 "floor_out", "cp_out")}
     with tempfile.TemporaryDirectory(prefix="vers-bench-transfer-") as tmp:
         repo = Repo.init(Path(tmp) / "repo")
         rec = verbs.run(repo, RunOptions(
@@ -99,6 +102,7 @@ def main() -> int:
             for _ in range(args.repeat):
                 t["floor_in"].append(timed(lambda: agent.run(
                     sock, ["sh", "-c", "cat >/dev/null"], input=bytes(size), timeout=900)))
+                t["port_in"].append(port_floor(sock, size))
                 t["cp_in"].append(transfer.copy(repo, str(src), "bench:/tmp/file").seconds)
                 agent.run(sock, ["rm", "-f", "/tmp/file"])
                 if direct:
@@ -139,7 +143,9 @@ def main() -> int:
           f"{' '.join(f'{x:.2f}' for x in os.getloadavg())} (goals: >= 0.5x the floor and "
           ">= 50 MB/s both ways)")
     print(line("floor in (cat >/dev/null)", size, t["floor_in"]))
+    print(line("floor in (the port: agent drops)", size, t["port_in"]))
     print(line(f"copy of {mib} MiB into the VM", size, t["cp_in"], t["floor_in"]))
+    print(line("  against the port's floor", size, t["cp_in"], t["port_in"]))
     if t["cat_in"]:
         print(line("  the same through cat (old agents)", size, t["cat_in"], t["floor_in"]))
     print(line("floor out (dd if=/dev/zero)", size, t["floor_out"]))
@@ -151,6 +157,23 @@ def main() -> int:
               f"{help_s * 1000:.0f} ms   ratio {exec_s / help_s:.2f}x")
         print(f"in-process agent.run(['true']): {api_s * 1000:.1f} ms (goal <= 20 ms)")
     return 0
+
+
+def port_floor(sock: str, size: int) -> float:
+    """``size`` bytes in put-sized STDIN frames on a channel the agent never opened (it reads
+    and drops them), until the answer of a command sent after them: the port is one stream, so
+    the answer comes once the guest has read every byte before it."""
+    conn = agent.acquire(sock, 30)
+    ch = conn.new_channel()
+    try:
+        piece = memoryview(bytes(agent.PUT_CHUNK))
+        t0 = time.perf_counter()
+        for _ in range(size // agent.PUT_CHUNK):
+            conn.send_data(agent.STDIN, ch.id, piece)
+        agent.run(sock, ["true"])
+        return time.perf_counter() - t0
+    finally:
+        ch.close()
 
 
 def copy_in_through_cat(repo: Repo, src: Path, dst: str) -> float:
