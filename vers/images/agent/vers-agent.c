@@ -1172,13 +1172,16 @@ static void parse_input(void) {
             continue;
         }
         if (n < HDR + (size_t)len) {
-            /* A put's data is written as it comes, not once its frame is whole: the rest of
-             * the frame is what the header, rewritten in place of bytes already written, says
-             * is left, and the port buffer never holds more than a piece of it. */
-            struct put *u;
+            /* A put's data is written as it comes, not once its frame is whole (and data for
+             * a channel that is gone dropped): the rest of the frame is what the header,
+             * rewritten in place of bytes already taken, says is left, and the port buffer
+             * never holds more than a piece of it. */
+            struct put *u = NULL;
             size_t part = n - HDR;
-            if (type == F_STDIN && part >= PUT_PART && (u = find_put(id))) {
-                put_data(u, p + HDR, (uint32_t)part);
+            if (type == F_STDIN && part >= PUT_PART &&
+                ((u = find_put(id)) || !find_channel(id))) {
+                if (u)
+                    put_data(u, p + HDR, (uint32_t)part);
                 buf_consume(&inbuf, part);
                 unsigned char *h = inbuf.p + inbuf.off;
                 h[0] = (unsigned char)type;
