@@ -497,14 +497,23 @@ class VMSink(Sink):
         rec = _running(loc)
         sock = rec.runtime.agent_sock
         meta: list[str] = []
-        if plain is not None:
-            st = plain.stat()
-            meta = [f"{st.st_mode & 0o7777:o}", str(int(st.st_mtime))]
-            if direct is not False:
-                self.put = _start_put(sock, loc, name, st)
-        if self.put is None:
-            self.ch = agent.open_channel(sock, ["/bin/sh", "-c", _EXTRACT, "vers-cp", loc.path,
-                                                name or "", *meta])
+        conn: agent.AgentConnection | None = agent.acquire(sock, 30.0)
+        try:
+            if plain is not None:
+                st = plain.stat()
+                meta = [f"{st.st_mode & 0o7777:o}", str(int(st.st_mtime))]
+                assert conn is not None
+                if direct is not False and conn.minor >= agent.PUT_MINOR:
+                    self.put = agent.FilePut(conn, loc.path, name=name or "",
+                                             mode=st.st_mode, mtime_ns=st.st_mtime_ns,
+                                             size=st.st_size)
+                    conn = None  # the put holds the connection until it ends
+            if self.put is None:  # the same connection: no second HELLO
+                self.ch = agent.open_channel(sock, ["/bin/sh", "-c", _EXTRACT, "vers-cp",
+                                                    loc.path, name or "", *meta])
+        finally:
+            if conn is not None:
+                agent.release(conn)
 
     def receive(self, inp: BinaryIO) -> int:
         n = 0
@@ -561,21 +570,6 @@ class VMSink(Sink):
             except VMError:
                 pass
         self.ch.close()
-
-
-def _start_put(sock: str, loc: Location, name: str | None,
-               st: os.stat_result) -> agent.FilePut | None:
-    """The agent's own put of a file, or None for an agent older than protocol 1.3."""
-    conn = agent.acquire(sock, 30.0)
-    if conn.minor < agent.PUT_MINOR:
-        agent.release(conn)
-        return None
-    try:
-        return agent.FilePut(conn, loc.path, name=name or "", mode=st.st_mode,
-                             mtime_ns=st.st_mtime_ns, size=st.st_size)
-    except BaseException:
-        agent.release(conn)
-        raise
 
 
 def _put_failed(loc: Location, exc: PutError) -> Exception:
