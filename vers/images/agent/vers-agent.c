@@ -16,6 +16,10 @@
  * into a new QEMU). The agent notices it by POLLHUP on the port, or by the host's next HELLO, and
  * then drops every channel (SIGTERM to its process group, SIGKILL two seconds later).
  *
+ * For `vers cp` of a regular file into the guest the agent writes the file itself (FS "put"): the
+ * bytes go from its port buffer straight into a temporary file next to the target, renamed into
+ * place once complete, with no command, pipe or credit window in between.
+ *
  * For `vers commit` the agent also flushes the guest's file systems (FS "sync") and freezes them
  * (FS "freeze"; FIFREEZE on each writable block file system, in reverse mount order) around the
  * moment the host captures the disks, then thaws them (FS "thaw"). A forked holder process keeps
