@@ -114,7 +114,8 @@ class VM:
         self.repo = repo
         self.id = vid
         self._lock = _lock_for(repo, vid)
-        self._agent: tuple[int | None, str] | None = None  # (QEMU's PID, agent socket) last looked up
+        #: (QEMU's PID, agent socket) as last looked up
+        self._agent: tuple[int | None, str] | None = None
 
     def __repr__(self) -> str:
         return f"<VM {self.id}{f' {self.name!r}' if self.name else ''}>"

@@ -17,7 +17,9 @@ A guest restored from a commit made before this agent existed runs the old shell
 answers one-line requests; ``guest_exec`` recognises it and falls back to that protocol.
 
 Protocol 1.1 adds file-system requests (``GuestFileSystems``): sync, freeze and thaw, which
-``vers commit`` uses to make its disks file-consistent.
+``vers commit`` uses to make its disks file-consistent; 1.2 the clock; 1.3 ``put`` (``FilePut``):
+the agent writes a regular file sent to it straight into a temporary file next to the target and
+renames it into place, which is how ``vers cp`` copies a file in.
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ PROTOCOL_MINOR = 4
 FS_MINOR = 1
 #: the first minor version whose agent sets the wall clock to the microsecond (FS "clock")
 CLOCK_MINOR = 2
+#: the first minor version whose agent writes a file itself (FS "put")
+PUT_MINOR = 3
 #: the first minor version whose agent makes a clone distinct by itself (FS "fresh": clock,
 #: entropy and generation marker in one request, no guest process)
 FRESH_MINOR = 4
@@ -54,6 +58,8 @@ HEADER = struct.Struct("<BII")
 WINDOW = 1 << 20
 #: STDIN frames carry at most this (the agent accepts up to 256 KiB).
 STDIN_CHUNK = 64 << 10
+#: A put's data frames carry this much: the most the agent accepts.
+PUT_CHUNK = 256 << 10
 #: Resync padding: longer than any frame the agent accepts, so a frame cut short by a process
 #: that died mid-write completes and what follows parses as NOP frames.
 PADDING = bytes((256 << 10) + HEADER.size)
@@ -71,6 +77,15 @@ class LegacyAgent(VMError):
 
 class AgentTooOld(VMError):
     """The guest's agent predates a request (its HELLO names an older minor version)."""
+
+
+class PutError(VMError):
+    """The agent could not put a file: ``errname`` is the errno's name (``ENOENT``, ``ENOSPC``,
+    ...; ``EOTHER`` for the rest), the message says what failed and where."""
+
+    def __init__(self, errname: str, message: str) -> None:
+        super().__init__(message)
+        self.errname = errname
 
 
 @dataclass
@@ -274,6 +289,18 @@ class AgentConnection:
         except OSError as exc:
             raise VMError(f"the guest agent connection broke: {exc}") from exc
 
+    def send_data(self, kind: int, chan: int, data: memoryview) -> None:
+        """``send`` without joining header and payload into a new bytes object first."""
+        sock = self._sock
+        if self._dead is not None or sock is None:
+            raise VMError(self._dead or "the guest agent connection is closed")
+        try:
+            with self._send_lock:
+                sock.sendall(HEADER.pack(kind, chan, len(data)))
+                sock.sendall(data)
+        except OSError as exc:
+            raise VMError(f"the guest agent connection broke: {exc}") from exc
+
     def forget(self, ch: Channel) -> None:
         self._channels.pop(ch.id, None)
         release(self)
@@ -342,6 +369,103 @@ class AgentConnection:
         finally:
             view.release()
         return off
+
+
+class FilePut:
+    """One regular file written into the guest by the agent itself (protocol 1.3 FS ``put``).
+
+    The request names the target, mode, mtime and size; ``write`` sends the bytes, ``finish``
+    ends the stream and waits until the agent has set the mode and mtime (and fsynced, if asked)
+    and renamed its temporary file into place. ``abort`` (or a connection that breaks, or a
+    stream shorter or longer than ``size``) makes the agent remove the temporary file: the
+    target is either the whole new file or what it was before. A ``path`` that is a directory
+    receives the file as ``name`` inside it. Failures raise PutError."""
+
+    def __init__(self, conn: AgentConnection, path: str, *, name: str, mode: int,
+                 mtime_ns: int, size: int, fsync: bool = False) -> None:
+        if conn.minor < PUT_MINOR:
+            raise AgentTooOld(f"the guest agent speaks protocol 1.{conn.minor}; writing a file "
+                              f"needs 1.{PUT_MINOR}")
+        fields = [f"path={path}", f"name={name}", f"mode={mode & 0o7777:o}",
+                  f"mtime={mtime_ns // 10**9}.{mtime_ns % 10**9:09d}", f"size={size}",
+                  f"fsync={int(fsync)}"]
+        if any("\0" in f for f in fields):
+            raise VMError("a path contains a NUL byte")
+        self.conn = conn
+        self.ch = conn.new_channel()
+        self.size, self.sent = size, 0
+        self._answer: bytes | None = None
+        self._done = False
+        try:
+            conn.send(FS, self.ch.id, b"put\0" + b"".join(
+                f.encode("utf-8", "surrogateescape") + b"\0" for f in fields))
+        except BaseException:
+            self.ch.close()
+            raise
+
+    def _check(self, timeout: float | None) -> bytes | None:
+        if self._answer is None:
+            ev = self.ch.next_event(timeout=timeout)
+            if ev is not None:
+                self._answer = ev.data
+        return self._answer
+
+    def _raise_answer(self, answer: bytes) -> None:
+        text = answer.decode("utf-8", "replace")
+        if text.startswith("ok"):
+            raise VMError("the guest agent took the file before it was complete")
+        _, _, rest = text.partition(" ")
+        errname, _, message = rest.partition(" ")
+        raise PutError(errname, message or text)
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Send the next bytes; raises PutError as soon as the agent has given up (no space,
+        no such directory, ...)."""
+        answer = self._check(0)
+        if answer is not None:
+            self._raise_answer(answer)
+        view = memoryview(data)
+        for off in range(0, len(view), PUT_CHUNK):
+            piece = view[off:off + PUT_CHUNK]
+            self.conn.send_data(STDIN, self.ch.id, piece)
+            self.sent += len(piece)
+
+    def finish(self) -> int:
+        """End the stream and wait for the file to be in place; returns its size."""
+        try:
+            if self._answer is None:
+                self.conn.send(STDIN, self.ch.id, b"")
+            answer = self._check(None)
+            assert answer is not None
+            text = answer.decode("utf-8", "replace")
+            if not text.startswith("ok "):
+                self._raise_answer(answer)
+            return int(text.split()[1])
+        finally:
+            self._release()
+
+    def abort(self) -> None:
+        """Give up: the agent removes its temporary file (CLOSE)."""
+        if self._done:
+            return
+        if self._answer is None:
+            try:
+                self.conn.send(CLOSE, self.ch.id)
+            except VMError:
+                pass
+        self._release()
+
+    def _release(self) -> None:
+        if not self._done:
+            self._done = True
+            self.ch._closed = True  # the agent forgets a put once it answered, or on CLOSE
+            self.conn.forget(self.ch)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.abort()
 
 
 def _lock_agent(sock_path: str, deadline: float) -> int:

@@ -16,6 +16,10 @@
  * into a new QEMU). The agent notices it by POLLHUP on the port, or by the host's next HELLO, and
  * then drops every channel (SIGTERM to its process group, SIGKILL two seconds later).
  *
+ * For `vers cp` of a regular file into the guest the agent writes the file itself (FS "put"): the
+ * bytes go from its port buffer straight into a temporary file next to the target, renamed into
+ * place once complete, with no command, pipe or credit window in between.
+ *
  * For `vers commit` the agent also flushes the guest's file systems (FS "sync") and freezes them
  * (FS "freeze"; FIFREEZE on each writable block file system, in reverse mount order) around the
  * moment the host captures the disks, then thaws them (FS "thaw"). A forked holder process keeps
@@ -42,6 +46,7 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
+#include <sys/uio.h>
 #include <sys/wait.h>
 #include <termios.h>
 #include <time.h>
@@ -72,6 +77,15 @@ enum {
 #define KILL_GRACE_MS 2000
 #define MAX_FREEZE_MS 60000     /* a host may not ask for a longer freeze than this */
 #define MAX_FS 64
+#define MAX_PUTS 8
+/* a read of the port returns at most one 4 KiB virtio buffer; a readv of this many 4 KiB pieces
+ * takes up to that many full buffers in one system call */
+#define PORT_IOV 64
+/* the least of a put's frame written before the frame is whole */
+#define PUT_PART (64u << 10)
+/* what a put holds in memory while the file systems are frozen (a write would block the agent,
+ * and with it the thaw) */
+#define PUT_FROZEN_MAX (64u << 20)
 
 static const char MAGIC[] = "VERS-AGENT-HELLO/";
 
@@ -249,11 +263,14 @@ static int set_nonblock(int fd) {
 }
 
 static void fs_release(void);
+static void drop_puts(void);
+static void puts_thawed(void);
 
 /* Drops every channel, any freeze, and what waits for the port; ``lost``: the host went away, so
  * what it sent last is stale too. */
 static void reset_session(int lost) {
     drop_all();
+    drop_puts();
     fs_release();
     outbuf.off = outbuf.len = 0;
     if (lost) {
@@ -500,6 +517,7 @@ static void fs_holder_done(int status) {
     close_fd(&fz.ctl);
     fz.holder = 0;
     fz.thaw_pending = 0;
+    puts_thawed();
 }
 
 /* The host that asked is gone: thaw now, and answer nobody. */
@@ -688,9 +706,333 @@ static void fresh_request(uint32_t chan, const char *arg) {
     fs_answer(chan, msg);
 }
 
-/* Payload: "sync", "freeze MS", "thaw", "clock SEC.USEC" or "fresh ..."; the answer is an FS_DONE frame on
- * the same channel: "ok COUNT [DETAIL]" or "error MESSAGE". */
+
+/* -- files written by the agent itself (protocol 1.3) ------------------------------------------
+ *
+ * FS "put" takes one regular file: the request names the target, its mode, mtime and size; the
+ * file's bytes follow as STDIN frames on the same channel, then an empty STDIN frame. The agent
+ * writes them straight from its port buffer into a temporary file next to the target (created
+ * O_EXCL, mode 0600 until it is complete), then sets the mode and mtime, fsyncs if asked, and
+ * renames it into place. Any failure (no space, a short stream, the host gone, CLOSE) removes the
+ * temporary file: nothing partial ever appears under the target name. While a freeze is held (or
+ * about to be) the bytes wait in memory instead: a write to a frozen file system would block the
+ * agent, which then could not read the host's thaw. */
+
+static struct put {
+    int used;
+    uint32_t chan;
+    int fd;
+    char *tmp, *target;
+    unsigned long long size, got;
+    mode_t mode;
+    struct timespec mtime;
+    int sync;
+    int created;        /* u->tmp exists (until renamed) */
+    int ended;          /* the host's empty STDIN frame came; finish once nothing waits */
+    struct buf held;    /* bytes that came while frozen */
+} uploads[MAX_PUTS];
+
+static struct put *find_put(uint32_t chan) {
+    for (int i = 0; i < MAX_PUTS; i++)
+        if (uploads[i].used && uploads[i].chan == chan)
+            return &uploads[i];
+    return NULL;
+}
+
+static void put_free(struct put *u, int remove_tmp) {
+    if (u->fd >= 0)
+        close(u->fd);
+    if (remove_tmp && u->tmp && u->created)
+        unlink(u->tmp);
+    free(u->tmp);
+    free(u->target);
+    buf_free(&u->held);
+    memset(u, 0, sizeof *u);
+    u->fd = -1;
+}
+
+static void drop_puts(void) {
+    for (int i = 0; i < MAX_PUTS; i++)
+        if (uploads[i].used)
+            put_free(&uploads[i], 1);
+}
+
+/* The symbolic name the host maps to an error of its own (see vers/vmm/agent.py). */
+static const char *errno_name(int e) {
+    switch (e) {
+    case ENOENT: return "ENOENT";
+    case ENOTDIR: return "ENOTDIR";
+    case EISDIR: return "EISDIR";
+    case ENOSPC: return "ENOSPC";
+    case EDQUOT: return "EDQUOT";
+    case EACCES: return "EACCES";
+    case EPERM: return "EPERM";
+    case EROFS: return "EROFS";
+    case EIO: return "EIO";
+    case ENAMETOOLONG: return "ENAMETOOLONG";
+    case EPROTO: return "EPROTO";
+    case EBUSY: return "EBUSY";
+    default: return "EOTHER";
+    }
+}
+
+/* Answers "error ENAME WHAT: strerror" on ``chan`` for ``e``. */
+static void put_error(uint32_t chan, int e, const char *what, const char *path) {
+    char msg[PATH_MAX + 256];
+    snprintf(msg, sizeof msg, "error %s %s%s%s: %s", errno_name(e), what, *what ? " " : "",
+             path, strerror(e));
+    fs_answer(chan, msg);
+}
+
+static void put_fail(struct put *u, int e, const char *what) {
+    put_error(u->chan, e, what, u->target);
+    put_free(u, 1);
+}
+
+/* Creates the temporary file (u->tmp is its template); 0, or -1 once the put failed. */
+static int put_open(struct put *u) {
+    u->fd = mkostemp(u->tmp, O_CLOEXEC);  /* O_CREAT | O_EXCL, mode 0600 */
+    u->created = u->fd >= 0;
+    if (u->fd < 0) {
+        int e = errno;
+        char *slash = strrchr(u->tmp, '/');
+        *slash = 0;
+        put_error(u->chan, e, "cannot create a file in", slash == u->tmp ? "/" : u->tmp);
+        put_free(u, 0);
+        return -1;
+    }
+    return 0;
+}
+
+/* Payload after "put\0": NUL-terminated "key=value" entries: path= (the target, absolute),
+ * name= (the file's name, used when path is a directory), mode= (octal), mtime=SEC.NSEC, size=,
+ * fsync=0|1. */
+static void put_start(uint32_t chan, unsigned char *p, uint32_t len) {
+    const char *path = NULL, *name = "";
+    mode_t mode = 0644;
+    struct timespec mtime = {0, UTIME_NOW};
+    unsigned long long size = 0;
+    int sync = 0;
+    if (find_put(chan)) {
+        fs_answer(chan, "error EOTHER a put on this channel is under way");
+        return;
+    }
+    if (!len || p[len - 1] != 0) {
+        fs_answer(chan, "error EOTHER malformed put request");
+        return;
+    }
+    for (uint32_t i = 0; i < len;) {
+        char *kv = (char *)p + i;
+        i += (uint32_t)strlen(kv) + 1;
+        if (!strncmp(kv, "path=", 5))
+            path = kv + 5;
+        else if (!strncmp(kv, "name=", 5))
+            name = kv + 5;
+        else if (!strncmp(kv, "mode=", 5))
+            mode = (mode_t)strtoul(kv + 5, NULL, 8) & 07777;
+        else if (!strncmp(kv, "mtime=", 6)) {
+            char *end;
+            mtime.tv_sec = (time_t)strtoll(kv + 6, &end, 10);
+            mtime.tv_nsec = *end == '.' ? strtol(end + 1, NULL, 10) : 0;
+            if (mtime.tv_nsec < 0 || mtime.tv_nsec > 999999999)
+                mtime.tv_nsec = 0;
+        } else if (!strncmp(kv, "size=", 5))
+            size = strtoull(kv + 5, NULL, 10);
+        else if (!strncmp(kv, "fsync=", 6))
+            sync = atoi(kv + 6);
+    }
+    if (!path || path[0] != '/') {
+        fs_answer(chan, "error EOTHER put needs an absolute path");
+        return;
+    }
+    struct put *u = NULL;
+    for (int i = 0; i < MAX_PUTS && !u; i++)
+        if (!uploads[i].used)
+            u = &uploads[i];
+    if (!u) {
+        fs_answer(chan, "error EOTHER too many files being put at once");
+        return;
+    }
+    /* a directory (not a symlink to one) receives the file under its name */
+    char target[PATH_MAX], dir[PATH_MAX];
+    struct stat st;
+    if (lstat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
+        if (!*name || strchr(name, '/')) {
+            put_error(chan, EISDIR, "", path);
+            return;
+        }
+        if ((size_t)snprintf(target, sizeof target, "%s%s%s", path,
+                             path[strlen(path) - 1] == '/' ? "" : "/", name) >= sizeof target) {
+            put_error(chan, ENAMETOOLONG, "", path);
+            return;
+        }
+        snprintf(dir, sizeof dir, "%s", path);
+    } else {
+        if ((size_t)snprintf(target, sizeof target, "%s", path) >= sizeof target) {
+            put_error(chan, ENAMETOOLONG, "", path);
+            return;
+        }
+        snprintf(dir, sizeof dir, "%s", path);
+        char *slash = strrchr(dir, '/');
+        if (slash == dir)
+            dir[1] = 0;
+        else
+            *slash = 0;
+        if (stat(dir, &st) < 0) {
+            put_error(chan, errno, "", dir);
+            return;
+        }
+        if (!S_ISDIR(st.st_mode)) {
+            put_error(chan, ENOTDIR, "", dir);
+            return;
+        }
+    }
+    if (lstat(target, &st) == 0 && S_ISDIR(st.st_mode)) {
+        put_error(chan, EISDIR, "", target);
+        return;
+    }
+    char tmp[PATH_MAX];
+    if ((size_t)snprintf(tmp, sizeof tmp, "%s%s.vers-tmp-XXXXXX", dir,
+                         dir[strlen(dir) - 1] == '/' ? "" : "/") >= sizeof tmp) {
+        put_error(chan, ENAMETOOLONG, "", dir);
+        return;
+    }
+    memset(u, 0, sizeof *u);
+    u->used = 1;
+    u->chan = chan;
+    u->fd = -1;
+    u->tmp = strdup(tmp);
+    u->target = strdup(target);
+    u->size = size;
+    u->mode = mode;
+    u->mtime = mtime;
+    u->sync = sync;
+    if (!u->tmp || !u->target) {
+        fs_answer(chan, "error EOTHER out of memory");
+        put_free(u, 0);
+        return;
+    }
+    if (!fz.holder)  /* else once the freeze is over */
+        put_open(u);
+}
+
+/* Writes all of p; 0, or -1 once the put failed (answered and freed). */
+static int put_write(struct put *u, const unsigned char *p, size_t len) {
+    while (len) {
+        ssize_t w = write(u->fd, p, len);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0) {
+            put_fail(u, w < 0 ? errno : ENOSPC, "cannot write");
+            return -1;
+        }
+        p += w;
+        len -= (size_t)w;
+    }
+    return 0;
+}
+
+static void put_finish(struct put *u);
+
+static void put_data(struct put *u, const unsigned char *p, uint32_t len) {
+    if (u->got + len > u->size) {
+        put_fail(u, EPROTO, "more bytes than announced for");
+        return;
+    }
+    u->got += len;
+    if (fz.holder || u->held.len) {
+        if (u->held.len + len > PUT_FROZEN_MAX) {
+            put_fail(u, EBUSY, "the file systems stayed frozen while writing");
+            return;
+        }
+        buf_append(&u->held, p, len);
+        return;
+    }
+    put_write(u, p, len);
+}
+
+static void put_end(struct put *u) {
+    u->ended = 1;
+    if (!fz.holder && !u->held.len)
+        put_finish(u);
+}
+
+/* The freeze is over: what waited is written, and puts that ended are finished. */
+static void puts_thawed(void) {
+    for (int i = 0; i < MAX_PUTS; i++) {
+        struct put *u = &uploads[i];
+        if (!u->used || (u->fd < 0 && put_open(u) < 0))
+            continue;
+        if (u->held.len) {
+            if (put_write(u, u->held.p + u->held.off, u->held.len) < 0)
+                continue;
+            buf_free(&u->held);
+        }
+        if (u->ended)
+            put_finish(u);
+    }
+}
+
+static void put_finish(struct put *u) {
+    if (fz.holder) {  /* a freeze came since: finish once it is over */
+        u->ended = 1;
+        return;
+    }
+    if (u->got != u->size) {
+        put_fail(u, EPROTO, "the stream ended short of the announced size for");
+        return;
+    }
+    struct timespec times[2] = {u->mtime, u->mtime};
+    if (fchmod(u->fd, u->mode) < 0) {
+        put_fail(u, errno, "cannot set the mode of");
+        return;
+    }
+    if (futimens(u->fd, times) < 0) {
+        put_fail(u, errno, "cannot set the mtime of");
+        return;
+    }
+    if (u->sync && fsync(u->fd) < 0) {
+        put_fail(u, errno, "cannot fsync");
+        return;
+    }
+    int fd = u->fd;
+    u->fd = -1;
+    if (close(fd) < 0) {
+        put_fail(u, errno, "cannot write");
+        return;
+    }
+    if (rename(u->tmp, u->target) < 0) {
+        put_fail(u, errno, "cannot rename into place");
+        return;
+    }
+    if (u->sync) {  /* the rename itself, durable */
+        char dir[PATH_MAX];
+        snprintf(dir, sizeof dir, "%s", u->target);
+        char *slash = strrchr(dir, '/');
+        if (slash == dir)
+            dir[1] = 0;
+        else if (slash)
+            *slash = 0;
+        int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (dfd >= 0) {
+            fsync(dfd);
+            close(dfd);
+        }
+    }
+    char msg[64];
+    snprintf(msg, sizeof msg, "ok %llu put", u->got);
+    fs_answer(u->chan, msg);
+    put_free(u, 0);
+}
+
+/* Payload: "sync", "freeze MS", "thaw", "clock SEC.USEC", "fresh ..." or "put\0" and its
+ * entries; the answer is an FS_DONE frame on the same channel: "ok COUNT [DETAIL]" or
+ * "error MESSAGE". */
 static void fs_request(uint32_t chan, unsigned char *p, uint32_t len) {
+    if (len >= 4 && !memcmp(p, "put", 4)) {
+        put_start(chan, p + 4, len - 4);
+        return;
+    }
     char req[320];
     size_t n = len < sizeof req - 1 ? len : sizeof req - 1;
     memcpy(req, p, n);
@@ -962,8 +1304,16 @@ static void host_frame(int type, uint32_t id, unsigned char *p, uint32_t len) {
     default:
         break;
     }
-    if (!c)
+    if (!c) {
+        struct put *u = type == F_STDIN || type == F_CLOSE ? find_put(id) : NULL;
+        if (u && type == F_STDIN && len)
+            put_data(u, p, len);
+        else if (u && type == F_STDIN)
+            put_end(u);
+        else if (u)
+            put_free(u, 1);  /* CLOSE: the host gave up on it */
         return;  /* a channel that already ended: the host learns that from its EXIT */
+    }
     switch (type) {
     case F_STDIN:
         if (!len)
@@ -1023,8 +1373,25 @@ static void parse_input(void) {
             buf_consume(&inbuf, 1);
             continue;
         }
-        if (n < HDR + (size_t)len)
+        if (n < HDR + (size_t)len) {
+            /* A put's data is written as it comes, not once its frame is whole (and data for
+             * a channel that is gone dropped): the rest of the frame is what the header,
+             * rewritten in place of bytes already taken, says is left, and the port buffer
+             * never holds more than a piece of it. */
+            struct put *u = NULL;
+            size_t part = n - HDR;
+            if (type == F_STDIN && part >= PUT_PART &&
+                ((u = find_put(id)) || !find_channel(id))) {
+                if (u)
+                    put_data(u, p + HDR, (uint32_t)part);
+                buf_consume(&inbuf, part);
+                unsigned char *h = inbuf.p + inbuf.off;
+                h[0] = (unsigned char)type;
+                put_u32(h + 1, id);
+                put_u32(h + 5, len - (uint32_t)part);
+            }
             return;
+        }
         if (type == F_HELLO) {
             buf_consume(&inbuf, HDR + len);
             hello();
@@ -1072,12 +1439,23 @@ static int open_port(void) {
 }
 
 /* Reads and parses what the host sent. Returns 1 if anything was read, 0 if no host is
- * connected (and nothing is left unread), -1 if nothing is there yet. */
+ * connected (and nothing is left unread), -1 if nothing is there yet.
+ *
+ * A read of the port returns one virtio buffer (4 KiB) at most, but a readv of many 4 KiB pieces
+ * goes on from buffer to buffer while each one fills its piece, so one system call takes up to
+ * PORT_IOV buffers: under TCG system calls cost the guest more than the copies do. */
 static int read_port(void) {
     int got = 0;
     for (int i = 0; i < 16; i++) {
-        buf_reserve(&inbuf, 256 << 10);
-        ssize_t r = read(port, inbuf.p + inbuf.off + inbuf.len, 256 << 10);
+        size_t want = (size_t)PORT_IOV * 4096;
+        buf_reserve(&inbuf, want);
+        unsigned char *dst = inbuf.p + inbuf.off + inbuf.len;
+        struct iovec iov[PORT_IOV];
+        for (int k = 0; k < PORT_IOV; k++) {
+            iov[k].iov_base = dst + (size_t)k * 4096;
+            iov[k].iov_len = 4096;
+        }
+        ssize_t r = readv(port, iov, PORT_IOV);
         if (r > 0) {
             inbuf.len += (size_t)r;
             parse_input();
