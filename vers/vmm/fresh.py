@@ -16,8 +16,8 @@ reseed; that needs the ``RNDADDENTROPY`` and ``RNDRESEEDCRNG`` ioctls, which no 
 issues. A 1.4 agent issues them itself; for older agents, ``entropy_helper`` is those two system
 calls as a ~200-byte static x86_64 program, written into the guest's ``/run/vers`` on first use,
 so every image gets it without a compiler or a package. (QEMU's ``vmgenid`` device would do this
-inside the
-kernel, but the Debian cloud kernel is built without CONFIG_VMGENID: see docs/vmm.md.)
+inside the kernel, but the Debian cloud kernel is built without CONFIG_VMGENID: see
+docs/vmm.md.)
 """
 
 from __future__ import annotations
