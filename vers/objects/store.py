@@ -391,10 +391,7 @@ class ObjectWriter:
         self._drain_compress()
         if batch:
             self._compressing = batch
-            self._compress_job = self._executor().submit(
-                lambda items: [(o, encode_record(KIND_PAGE, d)) for o, d in items],
-                list(batch.items()),
-            )
+            self._compress_job = self._executor().submit(encode_pages, list(batch.items()))
 
     def _drain_compress(self) -> None:
         if self._compress_job is not None:
@@ -481,6 +478,22 @@ def encode_record(kind: int, data: bytes) -> Record:
     if len(packed) + MIN_COMPRESSION_SAVING <= len(data):
         return Record(kind, ENC_ZSTD, 0, packed)
     return Record(kind, ENC_RAW, 0, data)
+
+
+def encode_pages(pages: list[tuple[bytes, bytes]]) -> list[tuple[bytes, Record]]:
+    """``encode_record`` of many pages in one zstd call, which runs without the interpreter
+    lock: one call per 4 KiB page takes and drops the lock for each page, and the thread
+    hashing pages meanwhile waits for it each time."""
+    if len(pages) < 16:
+        return [(oid, encode_record(KIND_PAGE, data)) for oid, data in pages]
+    frames = _codec.cctx.multi_compress_to_buffer([data for _, data in pages], threads=1)
+    out: list[tuple[bytes, Record]] = []
+    for (oid, data), frame in zip(pages, frames, strict=True):  # type: ignore[call-overload]
+        if len(frame) + MIN_COMPRESSION_SAVING <= len(data):
+            out.append((oid, Record(KIND_PAGE, ENC_ZSTD, 0, frame.tobytes())))
+        else:
+            out.append((oid, Record(KIND_PAGE, ENC_RAW, 0, data)))
+    return out
 
 
 class MemoryObjectStore(ObjectStore):
