@@ -21,7 +21,6 @@ from __future__ import annotations
 import mmap
 import os
 import struct
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -75,6 +74,8 @@ class _Helper:
     """The second process and its view of the shared slots."""
 
     def __init__(self, fd: int) -> None:
+        import subprocess  # not at the top: every command imports this module, few ingest
+
         self.proc = subprocess.Popen(
             [sys.executable, "-P", os.path.abspath(__file__), str(fd)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
@@ -111,6 +112,8 @@ class _Helper:
                     pipe.close()
                 except OSError:
                     pass
+        import subprocess
+
         try:
             self.proc.wait(timeout=5)
         except subprocess.TimeoutExpired:  # pragma: no cover - a wedged helper
@@ -147,6 +150,7 @@ class ChunkHasher:
             self._buf = self._map
         #: the helper's share of each chunk, in 1/16ths, adjusted to who waits for whom
         self.share = 8
+        self._chunks = 0
         self.helper_pages = 0
         self.wait_s = 0.0
 
@@ -206,10 +210,14 @@ class ChunkHasher:
 
     def _hash(self, view: memoryview, base: int, length: int) -> list[bytes]:
         helper = self._helper
-        if helper is None or length < 2 * GROUP:
+        self._chunks += 1
+        share = self.share
+        if share == 0 and self._chunks % 8 == 0:
+            share = 2  # now and then, see whether the helper got a core back
+        if helper is None or length < 2 * GROUP or share == 0:
             return page_ids(view)
         groups = length // GROUP
-        split = max(1, min(groups - 1, groups * (16 - self.share) // 16)) * GROUP
+        split = max(1, min(groups - 1, groups * (16 - share) // 16)) * GROUP
         if not helper.ask(base + split, length - split):
             self._lost_helper()
             return page_ids(view)
@@ -222,11 +230,12 @@ class ChunkHasher:
             self._lost_helper()
             return mine + page_ids(view[split:])
         self.helper_pages += len(theirs)
-        # Waited more than a trifle: the helper has too much; else give it a little more.
+        # Waited more than a trifle: the helper has too much (on a busy machine it may get no
+        # core at all, and then hashing alone is faster); else give it a little more.
         if waited > 0.0005:
-            self.share = max(4, self.share - 1)
+            self.share = max(0, share - 1)
         else:
-            self.share = min(14, self.share + 1)
+            self.share = min(14, share + 1)
         return mine + theirs
 
     def _lost_helper(self) -> None:
