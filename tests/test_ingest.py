@@ -64,6 +64,7 @@ def test_chunks_give_every_page_id_once(helper: bool) -> None:
     offsets = []
     with ChunkHasher(size, helper=helper) as h:
         assert h.parallel == helper
+        assert h.wait_for_helper() == helper
         for offset, view, ids in h.chunks(io.BytesIO(data)):
             offsets.append(offset)
             assert bytes(view) == data[offset : offset + len(view)]
@@ -80,7 +81,7 @@ def test_a_helper_that_dies_changes_nothing() -> None:
     got: list[bytes] = []
     with ChunkHasher(size, helper=True) as h:
         helper = h._helper
-        assert helper is not None
+        assert helper is not None and h.wait_for_helper()
         for i, (_offset, _view, ids) in enumerate(h.chunks(io.BytesIO(data))):
             got += ids
             if i == 0:

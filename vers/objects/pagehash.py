@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import select
 import struct
 import sys
 import time
@@ -81,6 +82,24 @@ class _Helper:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
             pass_fds=(fd,), bufsize=0, close_fds=True,
         )
+
+        self.ready = False
+
+    def poll_ready(self) -> bool | None:
+        """Whether the helper has started (it says so with one byte), without waiting: until
+        then this process hashes whole chunks itself. None: it died before it was ready."""
+        if not self.ready:
+            assert self.proc.stdout is not None
+            readable, _, _ = select.select([self.proc.stdout], [], [], 0)
+            if readable:
+                try:
+                    said = self.proc.stdout.read(1)
+                except OSError:
+                    said = b""
+                if said != b"R":
+                    return None
+                self.ready = True
+        return self.ready
 
     def ask(self, offset: int, length: int) -> bool:
         assert self.proc.stdin is not None
@@ -174,6 +193,20 @@ class ChunkHasher:
             os.close(self._fd)
             self._fd = -1
 
+    def wait_for_helper(self, timeout: float = 30.0) -> bool:
+        """Wait until the helper has started (benchmarks and tests: an ingest never waits);
+        False if there is none or it died."""
+        deadline = time.monotonic() + timeout
+        while self._helper is not None and time.monotonic() < deadline:
+            ready = self._helper.poll_ready()
+            if ready is None:
+                self._lost_helper()
+            elif ready:
+                return True
+            else:
+                time.sleep(0.005)
+        return False
+
     @property
     def parallel(self) -> bool:
         return self._helper is not None
@@ -216,6 +249,11 @@ class ChunkHasher:
             share = 2  # now and then, see whether the helper got a core back
         if helper is None or length < 2 * GROUP or share == 0:
             return page_ids(view)
+        ready = helper.poll_ready()
+        if ready is None:
+            self._lost_helper()
+        if not ready:
+            return page_ids(view)
         groups = length // GROUP
         split = max(1, min(groups - 1, groups * (16 - share) // 16)) * GROUP
         if not helper.ask(base + split, length - split):
@@ -249,6 +287,7 @@ def _helper_main(fd: int) -> None:  # pragma: no cover - runs in the helper proc
     mm = mmap.mmap(fd, size, prot=mmap.PROT_READ)
     view = memoryview(mm)
     rd, wr = sys.stdin.fileno(), sys.stdout.fileno()
+    os.write(wr, b"R")  # ready
     while True:
         req = b""
         while len(req) < _REQ.size:
