@@ -7,6 +7,8 @@ import io
 import os
 import random
 import signal
+import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,9 @@ from vers.objects.lmdbstore import LmdbObjectStore
 from vers.objects.model import KIND_PAGE, PAGE_SIZE, ZERO_ID, Tree, hash_bytes
 from vers.objects.pagehash import CHUNK, GROUP, ChunkHasher, page_ids
 from vers.objects.store import ENC_RAW, ENC_ZSTD, encode_pages, encode_record
+from vers.porcelain.fsck import fsck
+from vers.repo import Repo
+from vers.testing import make_image, vers_env, vers_ok
 
 
 def mixed_image(size: int, seed: int = 0) -> bytes:
@@ -144,3 +149,62 @@ def test_encode_pages_decides_as_encode_record() -> None:
         encs.add(rec.encoding)
         assert store.decode_record(oid, rec) == page
     assert encs == {ENC_RAW, ENC_ZSTD}
+
+
+def _children(pid: int) -> list[int]:
+    kids: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            kids += [int(k) for k in (task / "children").read_text().split()]
+        except OSError:
+            pass
+    return kids
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie waiting to be reaped."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.slow
+def test_a_killed_ingest_takes_its_helper_along_and_loses_nothing(tmp_path: Path) -> None:
+    vers_ok(tmp_path, "init")
+    data = make_image(tmp_path / "mem", 256 << 20, seed=1)
+    p = subprocess.Popen(["vers", "snapshot", "--memory", "mem", "-m", "killed"], cwd=tmp_path,
+                         env=vers_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         stdin=subprocess.DEVNULL)
+    helper = None
+    deadline = time.monotonic() + 120
+    while helper is None and p.poll() is None and time.monotonic() < deadline:
+        for kid in _children(p.pid):
+            try:
+                if b"pagehash.py" in Path(f"/proc/{kid}/cmdline").read_bytes():
+                    helper = kid
+            except OSError:
+                pass
+        time.sleep(0.005)
+    assert helper is not None, "the ingest finished or hung without starting its helper"
+    data_file = tmp_path / ".vers" / "store" / "data.mdb"
+    while (data_file.stat().st_size < 40 << 20 and p.poll() is None
+           and time.monotonic() < deadline):
+        time.sleep(0.005)  # until a first batch is written: the helper is at work by then
+    assert p.poll() is None, "the ingest finished before it was killed"
+    p.kill()
+    p.communicate(timeout=60)
+    deadline = time.monotonic() + 30
+    while _running(helper) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _running(helper), "the helper outlived the killed ingest"
+    with Repo(tmp_path) as repo:
+        assert repo.head_commit() is None
+        report = fsck(repo.store, repo.refs)
+        assert report.ok, "\n".join(str(x) for x in report.problems)
+    # The next ingest of the same image works and reads back exactly.
+    cid = vers_ok(tmp_path, "snapshot", "--memory", "mem", "-m", "again").strip()
+    with Repo(tmp_path) as repo:
+        tree = repo.store.get_tree(bytes.fromhex(repo.get_commit(cid).images["memory"]))
+        assert ImageFile(repo.store, tree).read() == bytes(data)
