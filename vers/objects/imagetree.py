@@ -29,9 +29,8 @@ from vers.objects.model import (
     hash_bytes,
     node_bytes,
 )
+from vers.objects.pagehash import ChunkHasher
 from vers.objects.store import ObjectStore, ObjectWriter
-
-READ_BLOCK = 256 * PAGE_SIZE
 
 
 class TreeReader:
@@ -120,10 +119,13 @@ def build_tree(
     size: int,
     base: Tree | None = None,
     progress: Callable[[int], None] | None = None,
+    helper: bool | None = None,
 ) -> bytes:
     """Hash and store every page of ``source`` (``size`` bytes); returns the tree's ID.
 
     Pages equal to the base tree's page at the same index are neither looked up nor stored.
+    The image is read in 8 MiB chunks; a large one is hashed on two cores (``pagehash``;
+    ``helper`` forces that on or off).
     """
     store = writer.store
     depth = Tree.depth_for(size)
@@ -132,10 +134,7 @@ def build_tree(
     # levels[L] collects the child IDs of the node being filled at level L+1.
     levels: list[bytearray] = [bytearray() for _ in range(depth)]
     counts = [0] * depth  # index of the node being filled at each level
-    buf = bytearray(READ_BLOCK)
-    view = memoryview(buf)
-    page = 0
-    done = 0
+    root_holder: list[bytes] = []
 
     def push(level: int, oid: bytes) -> None:
         levels[level] += oid
@@ -152,42 +151,32 @@ def build_tree(
         else:
             root_holder.append(oid)
 
-    root_holder: list[bytes] = []
-    base_leaf_index = -1
-    base_leaf = ZERO_ENTRIES
-    while done < size:
-        want = min(READ_BLOCK, size - done)
-        got = source.readinto(view[:want])  # type: ignore[attr-defined]
-        if not got:
-            raise BadInput(f"image ended after {done} bytes, expected {size}")
-        block = view[:got]
-        ids: list[bytes] = []
-        new: list[tuple[bytes, memoryview]] = []
-        for off in range(0, got, PAGE_SIZE):
-            pg = block[off : off + PAGE_SIZE]
-            if ZERO_PAGE.startswith(pg):  # all zero; much faster than memoryview ==
-                ids.append(ZERO_ID)
-                continue
-            oid = hash_bytes(pg)
-            ids.append(oid)
-            if base_reader is not None:
-                p = page + off // PAGE_SIZE
-                if p // FANOUT != base_leaf_index:
-                    base_leaf_index = p // FANOUT
-                    base_leaf = base_reader.node_at(1, base_leaf_index)
-                j = (p % FANOUT) * ID_LEN
-                if base_leaf[j : j + ID_LEN] == oid:
-                    continue
-            new.append((oid, pg))
-        if new:
-            missing = set(writer.missing([oid for oid, _ in new]))
-            writer.add_pages([(oid, bytes(pg)) for oid, pg in new if oid in missing])
-        for oid in ids:
-            push(0, oid)
-        page += len(ids)
-        done += got
-        if progress:
-            progress(got)
+    with ChunkHasher(size, helper) as hasher:
+        try:
+            for offset, view, ids in hasher.chunks(source):
+                first = offset // PAGE_SIZE
+                new: dict[bytes, int] = {}  # ID -> its page's index in this chunk
+                for a in range(0, len(ids), FANOUT):
+                    leaf = ids[a : a + FANOUT]
+                    entries = b"".join(leaf)
+                    base_leaf = (base_reader.node_at(1, (first + a) // FANOUT)
+                                 if base_reader is not None else ZERO_ENTRIES)
+                    if entries != base_leaf[: len(entries)]:
+                        for j, oid in enumerate(leaf):
+                            if oid != ZERO_ID and oid != base_leaf[j * ID_LEN : (j + 1) * ID_LEN]:
+                                new.setdefault(oid, a + j)
+                    levels[0] += entries
+                    if len(levels[0]) == NODE_ENTRIES_LEN:
+                        flush_level(0)
+                if new:
+                    missing = writer.missing(list(new))
+                    writer.add_pages([(oid, bytes(view[new[oid] * PAGE_SIZE:
+                                                      (new[oid] + 1) * PAGE_SIZE]))
+                                      for oid in missing])
+                if progress:
+                    progress(len(view))
+        except EOFError as exc:
+            raise BadInput(f"image ended after {exc.args[0]} bytes, expected {size}") from None
     # Close the partial nodes from the bottom up; an empty image still gets a (zero) root.
     for level in range(depth):
         if levels[level] or counts[level] == 0:

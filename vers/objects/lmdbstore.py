@@ -135,25 +135,29 @@ class LmdbObjectStore(ObjectStore):
         cur = txn.cursor(db=packs_db)
         pack_no = _PACK_KEY.unpack(cur.key())[0] + 1 if cur.last() else 1
         entries: list[tuple[bytes, bytes]] = []
-        buf = bytearray()
+        # A pack is joined from its parts once (growing one buffer record by record copies it
+        # again and again: that took longer than LMDB's own writing).
+        parts: list[bytes] = []
+        size = 0
         now = time.time()
+        header, index = _RECORD_HEADER, _INDEX
 
         def put_pack() -> None:
-            nonlocal buf, pack_no
-            txn.put(_PACK_KEY.pack(pack_no), buf, db=packs_db)  # no copy: put takes any buffer
-            txn.put(_PACK_KEY.pack(pack_no), _PACK_META.pack(now, len(buf)), db=meta_db)
-            buf = bytearray()
+            nonlocal parts, size, pack_no
+            txn.put(_PACK_KEY.pack(pack_no), b"".join(parts), db=packs_db, append=True)
+            txn.put(_PACK_KEY.pack(pack_no), _PACK_META.pack(now, size), db=meta_db)
+            parts, size = [], 0
             pack_no += 1
 
         for oid, rec in fresh:
-            if buf and len(buf) + len(rec.payload) > PACK_BYTES:
+            n = len(rec.payload)
+            if parts and size + n > PACK_BYTES:
                 put_pack()
-            buf += _RECORD_HEADER.pack(oid, rec.kind, rec.encoding, rec.depth, len(rec.payload))
-            entries.append(
-                (oid, _INDEX.pack(pack_no, len(buf), len(rec.payload), rec.kind, rec.encoding,
-                                  rec.depth))
-            )
-            buf += rec.payload
+            parts.append(header.pack(oid, rec.kind, rec.encoding, rec.depth, n))
+            size += header.size
+            entries.append((oid, index.pack(pack_no, size, n, rec.kind, rec.encoding, rec.depth)))
+            parts.append(rec.payload)
+            size += n
         put_pack()
         entries.sort()
         txn.cursor(db=index_db).putmulti(entries)

@@ -42,6 +42,7 @@ from vers.objects.model import (
     Commit,
     Tree,
     hash_bytes,
+    node_bytes,
     parse_node,
 )
 
@@ -126,7 +127,7 @@ class ObjectStore(ABC):
     """Content-addressed objects. Subclasses provide the ``_backend_*`` primitives."""
 
     def __init__(self, node_cache_size: int = 4096) -> None:
-        self._node_cache: OrderedDict[bytes, bytes] = OrderedDict()
+        self._node_cache: OrderedDict[bytes, tuple[int, bytes]] = OrderedDict()
         self._node_cache_size = node_cache_size
         self._cache_lock = threading.Lock()
         #: a partial store's source of absent objects; None reads only what is stored here
@@ -294,20 +295,29 @@ class ObjectStore(ABC):
         """The child-ID entries of a node (FANOUT * 32 bytes); cached, since trees are re-walked."""
         if oid == ZERO_ID:
             return ZERO_ENTRIES
+        return self._get_node(oid)[1]
+
+    def get_node_bytes(self, oid: bytes) -> bytes:
+        """A stored node's canonical bytes, from the same cache as ``get_node`` (a delta-encoded
+        node costs its whole chain to decode, so a writer deltas against a cached base)."""
+        level, entries = self._get_node(oid)
+        return node_bytes(level, entries)
+
+    def _get_node(self, oid: bytes) -> tuple[int, bytes]:
         with self._cache_lock:
-            entries = self._node_cache.get(oid)
-            if entries is not None:
+            hit = self._node_cache.get(oid)
+            if hit is not None:
                 self._node_cache.move_to_end(oid)
-                return entries
+                return hit
         data, kind = self._load(oid)
         if kind != KIND_NODE:
             raise CorruptObject(oid.hex(), f"expected a node, found a {KIND_NAMES.get(kind, '?')}")
-        _level, entries = parse_node(oid, data)
+        node = parse_node(oid, data)
         with self._cache_lock:
-            self._node_cache[oid] = entries
+            self._node_cache[oid] = node
             if len(self._node_cache) > self._node_cache_size:
                 self._node_cache.popitem(last=False)
-        return entries
+        return node
 
     def get_tree(self, oid: bytes) -> Tree:
         data, kind = self._load(oid)
@@ -391,10 +401,7 @@ class ObjectWriter:
         self._drain_compress()
         if batch:
             self._compressing = batch
-            self._compress_job = self._executor().submit(
-                lambda items: [(o, encode_record(KIND_PAGE, d)) for o, d in items],
-                list(batch.items()),
-            )
+            self._compress_job = self._executor().submit(encode_pages, list(batch.items()))
 
     def _drain_compress(self) -> None:
         if self._compress_job is not None:
@@ -429,7 +436,7 @@ class ObjectWriter:
     def _node_full(self, oid: bytes, rec: Record) -> bytes:
         if oid in self._pending or oid in self._inflight:
             return self.store._decode(oid, rec)
-        return self.store.get_bytes(oid)
+        return self.store.get_node_bytes(oid)
 
     def _queue(self, oid: bytes, rec: Record) -> None:
         self._pending[oid] = rec
@@ -481,6 +488,22 @@ def encode_record(kind: int, data: bytes) -> Record:
     if len(packed) + MIN_COMPRESSION_SAVING <= len(data):
         return Record(kind, ENC_ZSTD, 0, packed)
     return Record(kind, ENC_RAW, 0, data)
+
+
+def encode_pages(pages: list[tuple[bytes, bytes]]) -> list[tuple[bytes, Record]]:
+    """``encode_record`` of many pages in one zstd call, which runs without the interpreter
+    lock: one call per 4 KiB page takes and drops the lock for each page, and the thread
+    hashing pages meanwhile waits for it each time."""
+    if len(pages) < 16:
+        return [(oid, encode_record(KIND_PAGE, data)) for oid, data in pages]
+    frames = _codec.cctx.multi_compress_to_buffer([data for _, data in pages], threads=1)
+    out: list[tuple[bytes, Record]] = []
+    for (oid, data), frame in zip(pages, frames, strict=True):  # type: ignore[call-overload]
+        if len(frame) + MIN_COMPRESSION_SAVING <= len(data):
+            out.append((oid, Record(KIND_PAGE, ENC_ZSTD, 0, frame.tobytes())))
+        else:
+            out.append((oid, Record(KIND_PAGE, ENC_RAW, 0, data)))
+    return out
 
 
 class MemoryObjectStore(ObjectStore):
