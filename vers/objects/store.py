@@ -19,12 +19,14 @@ import threading
 from abc import ABC, abstractmethod
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import Protocol, Self
+from typing import TYPE_CHECKING, Protocol, Self
 
 import zstandard
+
+if TYPE_CHECKING:  # concurrent.futures (and logging with it) only once a writer needs threads
+    from concurrent.futures import Future, ThreadPoolExecutor
 
 from vers.errors import CorruptObject, ObjectNotFound
 from vers.objects.model import (
@@ -446,6 +448,8 @@ class ObjectWriter:
 
     def _executor(self) -> ThreadPoolExecutor:
         if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
             self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="vers-writer")
         return self._pool
 
