@@ -128,6 +128,39 @@ def test_unreachable_remote_fails_in_bounded_time_and_changes_nothing(tmp_path: 
     src.close()
 
 
+def test_path_remote_gone_before_its_index_is_read_is_unreachable(tmp_path: Path) -> None:
+    """A vanished directory lists as empty: that must read as "cannot be read", not as objects
+    missing from it."""
+    url = str(tmp_path / "remote")
+    src, cid, image = _pushed(tmp_path, url)
+    repo, _ = clone(url, str(tmp_path / "b"), lazy=True)
+    lazy = open_lazy(repo, retry_seconds=1)
+    assert lazy is not None
+    os.rename(url, url + ".away")  # before any index was loaded in this process
+    before = repo.store.stats()
+    with pytest.raises(RemoteError, match="promisor remote origin .* cannot be read .*"
+                                          "no such directory"):
+        export_bytes(repo, cid, tmp_path)
+    assert repo.store.stats() == before
+    os.rename(url + ".away", url)
+    assert export_bytes(repo, cid, tmp_path) == bytes(image)
+    lazy.close()
+    repo.close()
+
+    # The CLI: the unreachable line and exit code, not "not found" (3).
+    fresh = tmp_path / "fresh"
+    vers("init", str(fresh))
+    os.rename(url, url + ".away")
+    proc = vers("run-commit", "--from", url, cid, cwd=fresh, check=False,
+                env={"VERS_LAZY_RETRY_SECONDS": "1"})
+    assert proc.returncode == 7, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot be read" in lines[0] and "no such directory" in lines[0], \
+        proc.stderr
+    assert "Traceback" not in proc.stderr
+    src.close()
+
+
 def test_commit_on_a_partial_store_pushes_back(tmp_path: Path, remote_url: str) -> None:
     src, cid, image = _pushed(tmp_path, remote_url)
     repo, _ = clone(remote_url, str(tmp_path / "b"), lazy=True)

@@ -20,6 +20,7 @@ the device state and boot files.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -30,7 +31,7 @@ from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from vers.errors import (
     AmbiguousRevision,
@@ -61,6 +62,7 @@ if TYPE_CHECKING:
     from vers.repo import Repo
 
 log = logging.getLogger("vers.remote.lazy")
+T = TypeVar("T")
 
 # A remote that cannot be read is retried this long before a read fails (the guest sees EIO).
 RETRY_SECONDS = 30.0
@@ -87,6 +89,7 @@ class LazyStats:
     objects: int = 0
     bytes: int = 0  # record bytes received (headers included), as fetch counts them
     batches: int = 0
+    ranges: int = 0  # range GETs
     retries: int = 0
     wait_seconds: float = 0.0  # how long readers waited for the remote
 
@@ -219,7 +222,7 @@ class LazyObjects:
             for p in self.promisors:
                 if not left:
                     break
-                index = p.index(reload)
+                index = self._retrying(p, functools.partial(p.index, reload))
                 found = [(o, index.locs[o]) for o in left if o in index.locs]
                 if found:
                     out.append((p, found))
@@ -244,23 +247,36 @@ class LazyObjects:
 
     def _read(self, p: Promisor, locs: list[tuple[bytes, Loc]]) -> list[tuple[bytes, Record]]:
         """All of ``locs`` from ``p``, the plain records re-hashed on the fetch workers."""
+
+        def once() -> list[tuple[bytes, Record]]:
+            out: list[tuple[bytes, Record]] = []
+            ranges = 0
+            for chunk in fetch_records(p.transport, locs, check=self._check):
+                out += chunk
+                ranges += 1
+            n = sum(len(r.payload) + RECORD_HEADER.size for _, r in out)
+            with self._lock:
+                self.stats.objects += len(out)
+                self.stats.bytes += n
+                self.stats.batches += 1
+                self.stats.ranges += ranges
+            return out
+
+        try:
+            return self._retrying(p, once)
+        except CorruptObject as exc:
+            raise RemoteError(f"{p.transport.url}: rejected object {exc.oid} from the "
+                              f"promisor remote {p.name}: {exc.reason}") from exc
+
+    def _retrying(self, p: Promisor, job: Callable[[], T]) -> T:
+        """``job()``, retried with backoff for ``retry_seconds`` while ``p`` cannot be read;
+        then the one "cannot be read" error a user sees."""
         deadline = time.monotonic() + self.retry_seconds
         delay, tries = 0.2, 0
         while True:
             tries += 1
             try:
-                out: list[tuple[bytes, Record]] = []
-                for chunk in fetch_records(p.transport, locs, check=self._check):
-                    out += chunk
-                n = sum(len(r.payload) + RECORD_HEADER.size for _, r in out)
-                with self._lock:
-                    self.stats.objects += len(out)
-                    self.stats.bytes += n
-                    self.stats.batches += 1
-                return out
-            except CorruptObject as exc:
-                raise RemoteError(f"{p.transport.url}: rejected object {exc.oid} from the "
-                                  f"promisor remote {p.name}: {exc.reason}") from exc
+                return job()
             except RemoteError as exc:
                 if time.monotonic() + delay > deadline:
                     raise RemoteError(
@@ -363,6 +379,38 @@ class TouchRecord:
                                              "runs": touched}))
 
 
+@dataclass
+class ReadStats:
+    """What the reads of one lazily served image asked for and how long they waited."""
+
+    reads: int = 0  # reads that needed pages from the base
+    pages: int = 0
+    max_pages: int = 0  # the largest read
+    sequential: int = 0
+    waited: int = 0  # reads that found pages absent and waited for the remote
+    absent_pages: int = 0  # pages such reads fetched (or waited for) themselves
+    wait_seconds: float = 0.0
+    max_wait_seconds: float = 0.0
+
+    def add(self, pages: int, absent: int, seconds: float, sequential: bool) -> None:
+        self.reads += 1
+        self.pages += pages
+        self.max_pages = max(self.max_pages, pages)
+        self.sequential += sequential
+        if absent:
+            self.waited += 1
+            self.absent_pages += absent
+            self.wait_seconds += seconds
+            self.max_wait_seconds = max(self.max_wait_seconds, seconds)
+
+    def as_dict(self) -> dict[str, int]:
+        return {"base_reads": self.reads, "base_read_pages": self.pages,
+                "base_read_max_pages": self.max_pages, "base_reads_sequential": self.sequential,
+                "base_reads_waited": self.waited, "base_reads_absent_pages": self.absent_pages,
+                "base_reads_wait_ms": int(self.wait_seconds * 1000),
+                "base_reads_max_wait_ms": int(self.max_wait_seconds * 1000)}
+
+
 class ReadAhead:
     """A committed image read through a partial store (a ``PageSource`` for the overlay), fetching
     ahead in the background once reads are sequential.
@@ -380,6 +428,8 @@ class ReadAhead:
         self._ahead = 0  # pages before this are already asked for
         self._lock = threading.Lock()  # make_local runs on several threads at once
         self._record = record
+        self.reads = ReadStats()
+        self._trace = bool(os.environ.get("VERS_LAZY_TRACE"))
         self._touched = bytearray(self._pages) if record is not None else None
         seconds = float(os.environ.get("VERS_LAZY_RECORD_SECONDS", RECORD_SECONDS))
         self._record_until = time.monotonic() + seconds
@@ -412,7 +462,8 @@ class ReadAhead:
             return {}
         st = lazy.stats
         return {"remote_objects": st.objects, "remote_bytes": st.bytes,
-                "remote_batches": st.batches, "remote_wait_ms": int(st.wait_seconds * 1000)}
+                "remote_batches": st.batches, "remote_ranges": st.ranges,
+                "remote_wait_ms": int(st.wait_seconds * 1000), **self.reads.as_dict()}
 
     def absent_pages(self, runs: list[tuple[int, int]]) -> int:
         """How many distinct pages of ``runs`` are not stored here."""
@@ -426,8 +477,10 @@ class ReadAhead:
         runs = [(a, min(n, self._pages - a)) for a, n in runs if 0 <= a < self._pages and n > 0]
         if not runs:
             return
+        t0 = time.monotonic()
+        npages = sum(n for _, n in runs)
         with self._lock:
-            self._plan(runs[0][0], runs[-1][0] + runs[-1][1] - 1)
+            sequential = self._plan(runs[0][0], runs[-1][0] + runs[-1][1] - 1)
             if self._touched is not None and time.monotonic() < self._record_until:
                 for a, n in runs:
                     self._touched[a:a + n] = b"\x01" * n
@@ -439,21 +492,28 @@ class ReadAhead:
         absent = store.missing(list(dict.fromkeys(ids)))
         if absent:
             lazy.fetch(absent)
+        waited = time.monotonic() - t0
+        with self._lock:
+            self.reads.add(npages, len(absent), waited, sequential)
+        if self._trace:
+            log.info("read %s pages %d+%d: %d absent, %.1f ms%s", self.image.name or "image",
+                     runs[0][0], npages, len(absent), waited * 1000,
+                     " (sequential)" if sequential else "")
 
-    def _plan(self, first: int, last: int) -> None:
+    def _plan(self, first: int, last: int) -> bool:
         # QEMU's block layer has several reads in flight, so a sequential reader's requests
         # arrive slightly out of order: "sequential" is near where the last one ended.
         sequential = self._next > 0 and abs(first - self._next) <= SEQUENTIAL_SLACK_PAGES
         self._next = max(self._next, last + 1) if sequential else last + 1
         if not sequential:
             self._window, self._ahead = READAHEAD_MIN_PAGES, last + 1
-            return
+            return False
         lazy = self.image.reader.store.absent
         if not isinstance(lazy, LazyObjects):
-            return
+            return True
         self._window = min(self._window * 2, READAHEAD_MAX_PAGES)
         if self._ahead - (last + 1) >= self._window // 2:
-            return  # still half a window asked for ahead of the reader: ask again in big steps
+            return True  # still half a window asked for ahead of the reader: ask again in big steps
         start = max(last + 1, self._ahead)
         target = min(start + self._window, self._pages)
         while start < target:
@@ -461,6 +521,7 @@ class ReadAhead:
             lazy.prefetch_pages(self.image.reader, start, stop - 1)
             start = stop
         self._ahead = max(self._ahead, target)
+        return True
 
 
 def _runs_of(bitmap: bytearray) -> list[tuple[int, int]]:
