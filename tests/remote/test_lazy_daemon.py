@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.fuse.conftest import needs_fuse
-from vers.fuse.mount import is_mounted
+from tests.vmm.memory.daemons import backing_daemon
 from vers.objects.model import PAGE_SIZE
 from vers.porcelain.clone import clone
 from vers.remote.lazy import open_lazy
@@ -34,12 +34,8 @@ NPAGES = 2048
 @pytest.fixture
 def daemon(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[BackingDaemon]:
     monkeypatch.setenv("VERS_LAZY_RECORD_SECONDS", "1")  # inherited by the daemon
-    d = BackingDaemon(tmp_path / "fuse-state")
-    try:
+    with backing_daemon(tmp_path / "fuse-state") as d:
         yield d
-    finally:
-        d.shutdown()
-        assert not is_mounted(d.mountpoint)
 
 
 def lazy_file(daemon: BackingDaemon, repo: Repo, cid: str, name: str,

@@ -27,6 +27,7 @@ import os
 import re
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -43,7 +44,15 @@ from vers.errors import (
 )
 from vers.files import make_private_dirs, write_private
 from vers.objects.imagetree import ImageFile, TreeReader
-from vers.objects.model import ID_LEN, KIND_COMMIT, PAGE_SIZE, ZERO_ID, Commit
+from vers.objects.model import (
+    ID_LEN,
+    KIND_COMMIT,
+    KIND_PAGE,
+    PAGE_SIZE,
+    ZERO_ID,
+    ZERO_PAGE,
+    Commit,
+)
 from vers.objects.store import ENC_DELTA, MAX_DELTA_DEPTH, ObjectStore, Record, encode_record
 from vers.remote.backends import open_transport
 from vers.remote.bundle import RECORD_HEADER, Loc, RemoteIndex, fetch_records
@@ -71,8 +80,13 @@ S3_TIMEOUT = 10.0
 READAHEAD_MIN_PAGES = 256  # 1 MiB
 READAHEAD_MAX_PAGES = 8192  # 32 MiB
 READAHEAD_CHUNK_PAGES = 2048  # one background fetch: about one 8 MiB range GET
-SEQUENTIAL_SLACK_PAGES = 64  # 256 KiB
+# QEMU's block layer and the kernel's readahead (4 MiB on the backing daemon's mount, in 1 MiB
+# requests) keep several reads in flight: they arrive out of order by up to this much.
+SEQUENTIAL_SLACK_PAGES = 1024  # 4 MiB
 PREFETCH_WORKERS = 4
+# Verified pages kept in memory: a read is served as soon as its pages are fetched and re-hashed,
+# while they are written to the local store in the background.
+MEMORY_BYTES = 64 << 20
 # The pages a lazily served image hands out in its first seconds are recorded (``TouchRecord``)
 # and prefetched, in batches of this many pages, when the same image is restored again.
 RECORD_SECONDS = 20.0
@@ -135,21 +149,119 @@ class LazyObjects:
         self._inflight: dict[bytes, threading.Event] = {}
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(PREFETCH_WORKERS, thread_name_prefix="vers-lazy")
+        # Pages verified by a fetch under way (moved to ``_recent`` when it ends), verified pages
+        # in memory (oldest first), and those of them not yet in the store, with the write that
+        # stores them. An unstored page is never dropped from memory.
+        self._verified: dict[bytes, bytes] = {}
+        self._recent: OrderedDict[bytes, bytes] = OrderedDict()
+        self._unstored: dict[bytes, Future[None]] = {}
+        self._to_store: list[tuple[bytes, Record]] = []
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="vers-lazy-store")
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+        self._writer.shutdown(wait=True)  # what was served from memory is stored before we go
         for p in self.promisors:
             p.transport.close()
 
+    # -- pages in memory ----------------------------------------------------------------------
+    def absent(self, oids: list[bytes]) -> list[bytes]:
+        """Those of ``oids`` neither stored here nor held in memory, verified."""
+        missing = self.store.missing(oids)
+        if not missing:
+            return missing
+        with self._lock:
+            return [o for o in missing if o not in self._recent]
+
+    def pages(self, oids: list[bytes]) -> list[bytes]:
+        """The pages ``oids``, verified: from memory when just fetched, else from the store
+        (``get_pages``, which re-hashes them and fetches what is absent, waiting until stored)."""
+        out = [ZERO_PAGE] * len(oids)
+        rest: list[tuple[int, bytes]] = []
+        with self._lock:
+            for i, o in enumerate(oids):
+                if o != ZERO_ID:
+                    data = self._recent.get(o)
+                    if data is None:
+                        rest.append((i, o))
+                    else:
+                        out[i] = data
+        if rest:
+            for (i, _), data in zip(rest, self.store.get_pages([o for _, o in rest]),
+                                    strict=True):
+                out[i] = data
+        return out
+
+    def _store_later(self, pages: list[tuple[bytes, Record]]) -> list[tuple[bytes, Record]]:
+        """Queue verified page records for the store (the background writer takes everything
+        queued in one transaction) and keep their bytes in memory until they are stored.
+        Returns those it could not keep in memory, for the caller to store."""
+        later, now = [], []
+        with self._lock:
+            for oid, rec in pages:
+                data = self._verified.pop(oid, None)
+                if data is None:
+                    now.append((oid, rec))
+                else:
+                    self._recent[oid] = data
+                    later.append((oid, rec))
+            if not later:
+                return now
+            self._to_store += later
+            fut = self._writer.submit(self._store_queued)
+            for oid, _rec in later:
+                self._unstored[oid] = fut
+        return now
+
+    def _store_queued(self) -> None:
+        with self._lock:
+            batch, self._to_store = self._to_store, []
+        try:
+            self._keep(batch)
+        except BaseException as exc:
+            log.error("cannot store %d fetched pages: %s", len(batch), exc)
+            with self._lock:  # not stored: a later read fetches them again
+                for oid, _rec in batch:
+                    self._unstored.pop(oid, None)
+                    self._recent.pop(oid, None)
+            raise
+        with self._lock:
+            for oid, _rec in batch:
+                self._unstored.pop(oid, None)
+            self._trim()
+
+    def _trim(self) -> None:
+        """Forget the oldest stored pages past ``MEMORY_BYTES`` (caller holds the lock)."""
+        excess = len(self._recent) * PAGE_SIZE - MEMORY_BYTES
+        if excess <= 0:
+            return
+        for oid in list(self._recent):
+            if excess <= 0:
+                break
+            if oid not in self._unstored:
+                del self._recent[oid]
+                excess -= PAGE_SIZE
+
+    def _wait_stored(self, oids: list[bytes]) -> None:
+        with self._lock:
+            futs = {f for f in (self._unstored.get(o) for o in oids) if f is not None}
+        for fut in futs:
+            try:
+                fut.result()
+            except BaseException as exc:
+                raise RemoteError(f"fetched objects could not be stored here: {exc}") from exc
+
     # -- reading ------------------------------------------------------------------------------
-    def fetch(self, oids: list[bytes]) -> None:
-        """Store every one of ``oids`` here, verified (see ``AbsentObjects``)."""
+    def fetch(self, oids: list[bytes], durable: bool = True) -> None:
+        """Store every one of ``oids`` here, verified (see ``AbsentObjects``). ``durable=False``
+        returns as soon as each is stored or its verified bytes are in memory (``pages``), the
+        store write still under way."""
         t0 = time.monotonic()
         mine: list[bytes] = []
         theirs: set[threading.Event] = set()
         with self._lock:
             for oid in dict.fromkeys(oids):
-                if oid == ZERO_ID:
+                if oid == ZERO_ID or oid in self._recent:
                     continue
                 ev = self._inflight.get(oid)
                 if ev is None:
@@ -168,9 +280,11 @@ class LazyObjects:
             ev.wait()
         if theirs:  # fetched by someone else meanwhile; if that failed, try ourselves
             claimed = set(mine)
-            left = self.store.missing([o for o in oids if o not in claimed])
+            left = self.absent([o for o in oids if o not in claimed])
             if left:
                 self._fetch_now(left)
+        if durable:
+            self._wait_stored(oids)
         with self._lock:
             self.stats.wait_seconds += time.monotonic() - t0
 
@@ -181,8 +295,8 @@ class LazyObjects:
 
     def prefetch_pages(self, reader: TreeReader, first: int, last: int) -> Future[None]:
         return self._pool.submit(self._quietly,
-                                 lambda: self.fetch(self.store.missing(reader.page_ids(first,
-                                                                                       last))))
+                                 lambda: self.fetch(self.absent(reader.page_ids(first, last)),
+                                                    durable=False))
 
     def prefetch_runs(self, reader: TreeReader, runs: list[tuple[int, int]]) -> None:
         """The pages of ``runs`` ((first, count)) in the background, in batches of up to
@@ -206,7 +320,7 @@ class LazyObjects:
                         runs: list[tuple[int, int]]) -> Callable[[], None]:
         def job() -> None:
             ids = [o for a, n in runs for o in reader.page_ids(a, a + n - 1)]
-            self.fetch(self.store.missing(list(dict.fromkeys(ids))))
+            self.fetch(self.absent(list(dict.fromkeys(ids))), durable=False)
         return job
 
     def _quietly(self, job: Callable[[], None]) -> None:
@@ -233,17 +347,28 @@ class LazyObjects:
         raise NotOnPromisor(left[0].hex(), [p.name for p in self.promisors], len(left))
 
     def _fetch_now(self, oids: list[bytes]) -> None:
-        oids = self.store.missing(oids)  # another process may have stored some meanwhile
+        oids = self.absent(oids)  # another process may have stored some meanwhile
         if not oids:
             return
         try:
             for promisor, locs in self._locate(oids):
                 records = self._read(promisor, locs)
-                self._keep([(o, r) for o, r in records if r.encoding != ENC_DELTA])
+                pages = [(o, r) for o, r in records
+                         if r.kind == KIND_PAGE and r.encoding != ENC_DELTA]
+                with self._lock:
+                    backlog = len(self._unstored) * PAGE_SIZE > MEMORY_BYTES // 2
+                # the writer is behind: store these ourselves
+                self._keep(pages if backlog else self._store_later(pages))
+                self._keep([(o, r) for o, r in records
+                            if r.encoding != ENC_DELTA and r.kind != KIND_PAGE])
                 self._keep_deltas({o: r for o, r in records if r.encoding == ENC_DELTA})
         except VersError as exc:
             self.last_error = str(exc)
             raise
+        finally:
+            with self._lock:
+                for oid in oids:
+                    self._verified.pop(oid, None)
 
     def _read(self, p: Promisor, locs: list[tuple[bytes, Loc]]) -> list[tuple[bytes, Record]]:
         """All of ``locs`` from ``p``, the plain records re-hashed on the fetch workers."""
@@ -289,7 +414,10 @@ class LazyObjects:
 
     def _check(self, oid: bytes, rec: Record) -> None:
         if rec.encoding != ENC_DELTA:  # a delta is checked once its base is here
-            self.store.decode_record(oid, rec)
+            data = self.store.decode_record(oid, rec)
+            if rec.kind == KIND_PAGE:
+                with self._lock:
+                    self._verified[oid] = data
 
     def _keep(self, records: list[tuple[bytes, Record]]) -> None:
         if not records:
@@ -419,8 +547,12 @@ class ReadAhead:
     a fetch blocks that request only, while the daemon's loop goes on serving the others (reads of
     local pages, writes, other fetches). ``pread`` then finds the pages stored here."""
 
-    def __init__(self, image: ImageFile, record: TouchRecord | None = None) -> None:
+    def __init__(self, image: ImageFile, record: TouchRecord | None = None,
+                 read_ahead: bool = True) -> None:
         self.image = image
+        #: guest RAM is read in fault-sized blocks, and its faults near each other are not a
+        #: sequential reader: fetching megabytes ahead of them costs bytes that are never read
+        self.read_ahead = read_ahead
         self.size = image.size
         self._pages = -(-image.size // PAGE_SIZE)
         self._next = -1
@@ -453,7 +585,16 @@ class ReadAhead:
             log.info("cannot write the touched-page record %s: %s", self._record.path, exc)
 
     def pread(self, offset: int, n: int) -> bytes:
-        return self.image.pread(offset, n)
+        lazy = self.image.reader.store.absent
+        if not isinstance(lazy, LazyObjects):
+            return self.image.pread(offset, n)
+        if offset >= self.size or n <= 0:
+            return b""
+        n = min(n, self.size - offset)
+        first, last = offset // PAGE_SIZE, (offset + n - 1) // PAGE_SIZE
+        data = b"".join(lazy.pages(self.image.reader.page_ids(first, last)))
+        skip = offset - first * PAGE_SIZE
+        return data[skip:skip + n]
 
     def remote_stats(self) -> dict[str, int]:
         """What the store's promisors have delivered so far (to every image of the store)."""
@@ -469,7 +610,10 @@ class ReadAhead:
         """How many distinct pages of ``runs`` are not stored here."""
         reader = self.image.reader
         ids = [o for a, n in runs for o in reader.page_ids(a, min(a + n, self._pages) - 1)]
-        return len(reader.store.missing(list(dict.fromkeys(ids))))
+        ids = list(dict.fromkeys(ids))
+        lazy = reader.store.absent
+        return len(lazy.absent(ids) if isinstance(lazy, LazyObjects) else
+                   reader.store.missing(ids))
 
     def make_local(self, runs: list[tuple[int, int]]) -> None:
         """Store here the absent pages of ``runs`` ((first page, count), the pages a read needs
@@ -487,11 +631,11 @@ class ReadAhead:
         lazy = self.image.reader.store.absent  # the store's promisors may be re-attached
         if not isinstance(lazy, LazyObjects):
             return
-        reader, store = self.image.reader, self.image.reader.store
+        reader = self.image.reader
         ids = [o for a, n in runs for o in reader.page_ids(a, a + n - 1) if o != ZERO_ID]
-        absent = store.missing(list(dict.fromkeys(ids)))
-        if absent:
-            lazy.fetch(absent)
+        absent = lazy.absent(list(dict.fromkeys(ids)))
+        if absent:  # served from memory once verified; stored meanwhile
+            lazy.fetch(absent, durable=False)
         waited = time.monotonic() - t0
         with self._lock:
             self.reads.add(npages, len(absent), waited, sequential)
@@ -501,9 +645,13 @@ class ReadAhead:
                      " (sequential)" if sequential else "")
 
     def _plan(self, first: int, last: int) -> bool:
-        # QEMU's block layer has several reads in flight, so a sequential reader's requests
-        # arrive slightly out of order: "sequential" is near where the last one ended.
-        sequential = self._next > 0 and abs(first - self._next) <= SEQUENTIAL_SLACK_PAGES
+        if not self.read_ahead:
+            return False
+        # Several reads are in flight, so a sequential reader's requests arrive out of order:
+        # "sequential" is near where the last one ended, or inside what is already asked for.
+        sequential = self._next > 0 and (
+            abs(first - self._next) <= SEQUENTIAL_SLACK_PAGES
+            or self._next - SEQUENTIAL_SLACK_PAGES <= first < self._ahead)
         self._next = max(self._next, last + 1) if sequential else last + 1
         if not sequential:
             self._window, self._ahead = READAHEAD_MIN_PAGES, last + 1
@@ -511,7 +659,9 @@ class ReadAhead:
         lazy = self.image.reader.store.absent
         if not isinstance(lazy, LazyObjects):
             return True
-        self._window = min(self._window * 2, READAHEAD_MAX_PAGES)
+        # Double the window, and keep it at least a few reads long (large reads: 4 MiB of
+        # readahead in 1 MiB requests).
+        self._window = min(max(self._window * 2, 4 * (last - first + 1)), READAHEAD_MAX_PAGES)
         if self._ahead - (last + 1) >= self._window // 2:
             return True  # still half a window asked for ahead of the reader: ask again in big steps
         start = max(last + 1, self._ahead)
