@@ -19,7 +19,7 @@ from vers.porcelain.gc import gc_repo
 from vers.porcelain.push import push
 from vers.porcelain.remote import add_remote
 from vers.remote.backends import open_transport
-from vers.remote.lazy import open_lazy
+from vers.remote.lazy import ReadAhead, open_lazy
 from vers.repo import Repo
 
 from .conftest import change_pages, export_bytes, make_memory, vers
@@ -103,6 +103,39 @@ def test_tampered_remote_object_is_rejected_and_not_kept(tmp_path: Path,
         export_bytes(repo, cid, tmp_path)
     assert not repo.store.contains(bytes.fromhex(bad))
     assert fsck_repo(repo, remote=True).ok
+    repo.close()
+    src.close()
+
+
+def test_pages_served_from_memory_are_stored_and_tampered_ones_never_served(
+        tmp_path: Path, remote_url: str) -> None:
+    """The backing daemon's path: a read is served from the verified bytes in memory while the
+    store write runs behind; by the time the lazy store is closed, everything served is stored."""
+    src, cid, image = _pushed(tmp_path, remote_url)
+    repo, _ = clone(remote_url, str(tmp_path / "b"), lazy=True)
+    lazy = open_lazy(repo)
+    assert lazy is not None
+    ra = ReadAhead(repo.open_image(cid, "memory"))
+    ra.make_local([(100, 64)])
+    part = bytes(image[100 * PAGE_SIZE:164 * PAGE_SIZE])
+    assert ra.pread(100 * PAGE_SIZE, 64 * PAGE_SIZE) == part
+    lazy.close()
+    with repo.local_only():
+        assert repo.open_image(cid, "memory").pread(100 * PAGE_SIZE, 64 * PAGE_SIZE) == part
+    assert fsck_repo(repo).ok
+
+    bad = _tamper_one_page(remote_url)
+    assert not repo.store.contains(bytes.fromhex(bad))  # not among the pages read above
+    lazy = open_lazy(repo, retry_seconds=0)
+    assert lazy is not None
+    ra = ReadAhead(repo.open_image(cid, "memory"))
+    with pytest.raises(RemoteError, match=f"rejected object {bad}"):
+        ra.make_local([(0, NPAGES)])
+    with pytest.raises(RemoteError, match=f"rejected object {bad}"):
+        lazy.pages([bytes.fromhex(bad)])
+    lazy.close()
+    assert not repo.store.contains(bytes.fromhex(bad))
+    assert fsck_repo(repo).ok
     repo.close()
     src.close()
 

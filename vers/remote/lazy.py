@@ -52,6 +52,7 @@ from vers.objects.model import (
     ZERO_ID,
     ZERO_PAGE,
     Commit,
+    Tree,
 )
 from vers.objects.store import ENC_DELTA, MAX_DELTA_DEPTH, ObjectStore, Record, encode_record
 from vers.remote.backends import open_transport
@@ -132,7 +133,10 @@ class Promisor:
     def index(self, reload: bool = False) -> RemoteIndex:
         with self._lock:
             if self._index is None or reload:
+                t0 = time.monotonic()
                 self._index = RemoteIndex.load(self.transport, self.index_cache)
+                log.debug("indexes of %s: %d objects in %d bundles, read in %.2f s", self.name,
+                          len(self._index.locs), len(self._index.bundles), time.monotonic() - t0)
             return self._index
 
 
@@ -157,9 +161,12 @@ class LazyObjects:
         self._unstored: dict[bytes, Future[None]] = {}
         self._to_store: list[tuple[bytes, Record]] = []
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="vers-lazy-store")
+        self._closed = False
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+        with self._lock:  # a fetch still under way (in another thread) stores its own pages
+            self._closed = True
         self._writer.shutdown(wait=True)  # what was served from memory is stored before we go
         for p in self.promisors:
             p.transport.close()
@@ -198,6 +205,8 @@ class LazyObjects:
         Returns those it could not keep in memory, for the caller to store."""
         later, now = [], []
         with self._lock:
+            if self._closed:
+                return pages
             for oid, rec in pages:
                 data = self._verified.pop(oid, None)
                 if data is None:
@@ -449,14 +458,38 @@ class LazyObjects:
 
     # -- what a restore needs -----------------------------------------------------------------
     def prefetch_commit(self, commit: Commit, boot: Iterable[str] = BOOT_IMAGES) -> None:
-        """Trees and every node of ``commit``'s images (one batch per tree level), then the
-        pages of the images a restore reads whole (``boot``)."""
+        """Trees and every node of ``commit``'s images (one batch per tree level), and the pages
+        of the images a restore reads whole (``boot``). The boot images' nodes and pages are
+        fetched beside the other images' nodes, so the two chains of round trips overlap."""
         store = self.store
+        t0 = time.monotonic()
         tree_ids = {name: bytes.fromhex(t) for name, t in commit.images.items()}
         self.fetch(store.missing(list(tree_ids.values())))
         trees = {name: store.get_tree(oid) for name, oid in tree_ids.items()}
+        t1 = time.monotonic()
+        whole = [t for name, t in trees.items() if name in boot]
+        job = self._pool.submit(self._fetch_whole, whole)
+        try:
+            self._fetch_nodes([t for name, t in trees.items() if name not in boot])
+            t2 = time.monotonic()
+        finally:
+            job.result()
+        log.debug("restore prefetch: trees %.2f s, nodes %.2f s, boot images %.2f s (%d objects, "
+                  "%d range GETs in all)", t1 - t0, t2 - t1, time.monotonic() - t1,
+                  self.stats.objects, self.stats.ranges)
+
+    def _fetch_whole(self, trees: list[Tree]) -> None:
+        self._fetch_nodes(trees)
+        pages: list[bytes] = []
+        for tree in trees:
+            if tree.num_pages:
+                pages += TreeReader(self.store, tree).page_ids(0, tree.num_pages - 1)
+        self.fetch(self.store.missing(list(dict.fromkeys(p for p in pages if p != ZERO_ID))))
+
+    def _fetch_nodes(self, trees: list[Tree]) -> None:
+        store = self.store
         frontier: dict[int, list[bytes]] = {}
-        for tree in trees.values():
+        for tree in trees:
             if tree.root != ZERO_ID:
                 frontier.setdefault(tree.depth, []).append(tree.root)
         for level in range(max(frontier, default=0), 0, -1):
@@ -470,12 +503,6 @@ class LazyObjects:
                 below += (c for c in (entries[i:i + ID_LEN] for i in range(0, len(entries),
                                                                             ID_LEN))
                           if c != ZERO_ID)
-        pages: list[bytes] = []
-        for name in boot:
-            boot_tree = trees.get(name)
-            if boot_tree is not None and boot_tree.num_pages:
-                pages += TreeReader(store, boot_tree).page_ids(0, boot_tree.num_pages - 1)
-        self.fetch(store.missing(list(dict.fromkeys(p for p in pages if p != ZERO_ID))))
 
 
 class TouchRecord:

@@ -52,7 +52,7 @@ IDLE_EXIT_SECONDS = 120.0
 # its FAULT_AROUND_PAGES-aligned neighbours. A refused read-around costs the guest nothing but a
 # round trip; its pages are read when touched. docs/remote.md has the measurements.
 READ_AROUND_ABSENT_PAGES = 16
-FAULT_AROUND_PAGES = 16
+FAULT_AROUND_PAGES = 64
 REFUSED_SECONDS = 10.0
 # The mount's readahead: QEMU reads a disk base with pread through the page cache, and the kernel
 # cuts a sequential reader's requests into FUSE reads of this size (128 KiB by default: a lazily
