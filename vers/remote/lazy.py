@@ -675,10 +675,15 @@ class ReadAhead:
         if not self.read_ahead:
             return False
         # Several reads are in flight, so a sequential reader's requests arrive out of order:
-        # "sequential" is near where the last one ended, or inside what is already asked for.
+        # "sequential" is near where the last one ended, or inside what is already asked for,
+        # or a jump forward by less than the window (a file in several extents: the reader
+        # skips what lies between, and so does the read-ahead).
+        gap = first - self._next
         sequential = self._next > 0 and (
-            abs(first - self._next) <= SEQUENTIAL_SLACK_PAGES
+            -SEQUENTIAL_SLACK_PAGES <= gap <= max(SEQUENTIAL_SLACK_PAGES, self._window)
             or self._next - SEQUENTIAL_SLACK_PAGES <= first < self._ahead)
+        if sequential and gap > SEQUENTIAL_SLACK_PAGES:
+            self._ahead = max(self._ahead, first)
         self._next = max(self._next, last + 1) if sequential else last + 1
         if not sequential:
             self._window, self._ahead = READAHEAD_MIN_PAGES, last + 1
