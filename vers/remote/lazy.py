@@ -8,6 +8,11 @@ merges records that lie close together in a bundle into one range GET. Every rec
 before it is stored, exactly as ``vers fetch`` does; a record that does not match its ID is
 rejected and never stored, so a tampered remote costs a failed read, never wrong bytes.
 
+For the backing daemon (``fetch(..., durable=False)`` and ``pages``), verified pages are served
+from memory as soon as they are re-hashed while one writer thread stores them; a page leaves
+memory only once its transaction has committed, and a durable fetch (and ``close``) waits for the
+writes, so nothing is taken as stored before it is.
+
 Remote failures are retried with backoff for ``retry_seconds``; then the read fails with a
 ``RemoteError`` naming the remote. Nothing is written for a failed batch, so the local store stays
 as it was. Concurrent reads of the same object (a prefetch and the guest) wait for one fetch.
@@ -171,6 +176,12 @@ class LazyObjects:
         for p in self.promisors:
             p.transport.close()
 
+    def warm(self) -> None:
+        """Read the promisors' indexes in the background now, so the first read that needs the
+        remote does not wait for them (a failure is only logged: that read tries again)."""
+        for p in self.promisors:
+            self._pool.submit(self._quietly, p.index)
+
     # -- pages in memory ----------------------------------------------------------------------
     def absent(self, oids: list[bytes]) -> list[bytes]:
         """Those of ``oids`` neither stored here nor held in memory, verified."""
@@ -332,7 +343,7 @@ class LazyObjects:
             self.fetch(self.absent(list(dict.fromkeys(ids))), durable=False)
         return job
 
-    def _quietly(self, job: Callable[[], None]) -> None:
+    def _quietly(self, job: Callable[[], object]) -> None:
         try:
             job()
         except VersError as exc:

@@ -184,7 +184,9 @@ class BackingOperations(pyfuse3.Operations):
         """A partial store's absent pages are fetched here, in the daemon, with the settings
         (AWS environment, retry budget) of the client that restored from it."""
         lazy = self._lazy_settings.get(path, {})
-        open_lazy(repo, env=lazy.get("env"), retry_seconds=lazy.get("retry_seconds"))
+        attached = open_lazy(repo, env=lazy.get("env"), retry_seconds=lazy.get("retry_seconds"))
+        if attached is not None and path in self._lazy_settings:
+            attached.warm()  # a restore from the remote is on its way: its first fault needs them
 
     def set_promisor_settings(self, path: str, env: dict[str, str],
                               retry_seconds: float | None) -> None:
