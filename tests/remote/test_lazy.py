@@ -19,7 +19,7 @@ from vers.porcelain.gc import gc_repo
 from vers.porcelain.push import push
 from vers.porcelain.remote import add_remote
 from vers.remote.backends import open_transport
-from vers.remote.lazy import open_lazy
+from vers.remote.lazy import ReadAhead, open_lazy
 from vers.repo import Repo
 
 from .conftest import change_pages, export_bytes, make_memory, vers
@@ -107,6 +107,39 @@ def test_tampered_remote_object_is_rejected_and_not_kept(tmp_path: Path,
     src.close()
 
 
+def test_pages_served_from_memory_are_stored_and_tampered_ones_never_served(
+        tmp_path: Path, remote_url: str) -> None:
+    """The backing daemon's path: a read is served from the verified bytes in memory while the
+    store write runs behind; by the time the lazy store is closed, everything served is stored."""
+    src, cid, image = _pushed(tmp_path, remote_url)
+    repo, _ = clone(remote_url, str(tmp_path / "b"), lazy=True)
+    lazy = open_lazy(repo)
+    assert lazy is not None
+    ra = ReadAhead(repo.open_image(cid, "memory"))
+    ra.make_local([(100, 64)])
+    part = bytes(image[100 * PAGE_SIZE:164 * PAGE_SIZE])
+    assert ra.pread(100 * PAGE_SIZE, 64 * PAGE_SIZE) == part
+    lazy.close()
+    with repo.local_only():
+        assert repo.open_image(cid, "memory").pread(100 * PAGE_SIZE, 64 * PAGE_SIZE) == part
+    assert fsck_repo(repo).ok
+
+    bad = _tamper_one_page(remote_url)
+    assert not repo.store.contains(bytes.fromhex(bad))  # not among the pages read above
+    lazy = open_lazy(repo, retry_seconds=0)
+    assert lazy is not None
+    ra = ReadAhead(repo.open_image(cid, "memory"))
+    with pytest.raises(RemoteError, match=f"rejected object {bad}"):
+        ra.make_local([(0, NPAGES)])
+    with pytest.raises(RemoteError, match=f"rejected object {bad}"):
+        lazy.pages([bytes.fromhex(bad)])
+    lazy.close()
+    assert not repo.store.contains(bytes.fromhex(bad))
+    assert fsck_repo(repo).ok
+    repo.close()
+    src.close()
+
+
 def test_unreachable_remote_fails_in_bounded_time_and_changes_nothing(tmp_path: Path) -> None:
     url = str(tmp_path / "remote")
     src, cid, image = _pushed(tmp_path, url)
@@ -125,6 +158,39 @@ def test_unreachable_remote_fails_in_bounded_time_and_changes_nothing(tmp_path: 
     assert export_bytes(repo, cid, tmp_path) == bytes(image)  # back: reads work again
     lazy.close()
     repo.close()
+    src.close()
+
+
+def test_path_remote_gone_before_its_index_is_read_is_unreachable(tmp_path: Path) -> None:
+    """A vanished directory lists as empty: that must read as "cannot be read", not as objects
+    missing from it."""
+    url = str(tmp_path / "remote")
+    src, cid, image = _pushed(tmp_path, url)
+    repo, _ = clone(url, str(tmp_path / "b"), lazy=True)
+    lazy = open_lazy(repo, retry_seconds=1)
+    assert lazy is not None
+    os.rename(url, url + ".away")  # before any index was loaded in this process
+    before = repo.store.stats()
+    with pytest.raises(RemoteError, match="promisor remote origin .* cannot be read .*"
+                                          "no such directory"):
+        export_bytes(repo, cid, tmp_path)
+    assert repo.store.stats() == before
+    os.rename(url + ".away", url)
+    assert export_bytes(repo, cid, tmp_path) == bytes(image)
+    lazy.close()
+    repo.close()
+
+    # The CLI: the unreachable line and exit code, not "not found" (3).
+    fresh = tmp_path / "fresh"
+    vers("init", str(fresh))
+    os.rename(url, url + ".away")
+    proc = vers("run-commit", "--from", url, cid, cwd=fresh, check=False,
+                env={"VERS_LAZY_RETRY_SECONDS": "1"})
+    assert proc.returncode == 7, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "cannot be read" in lines[0] and "no such directory" in lines[0], \
+        proc.stderr
+    assert "Traceback" not in proc.stderr
     src.close()
 
 

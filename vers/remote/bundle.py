@@ -96,6 +96,7 @@ class RemoteIndex:
         # Only names a vers writer can have made: a hostile listing must not steer cache paths.
         names = sorted(k[len(BUNDLE_PREFIX):-4] for k in transport.list(BUNDLE_PREFIX)
                        if _INDEX_KEY.match(k))
+        transport.check_reachable()  # after the listing: an empty one may mean "gone"
         if cache_dir is not None:
             make_private_dirs(cache_dir)
         todo = []

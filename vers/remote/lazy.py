@@ -8,6 +8,11 @@ merges records that lie close together in a bundle into one range GET. Every rec
 before it is stored, exactly as ``vers fetch`` does; a record that does not match its ID is
 rejected and never stored, so a tampered remote costs a failed read, never wrong bytes.
 
+For the backing daemon (``fetch(..., durable=False)`` and ``pages``), verified pages are served
+from memory as soon as they are re-hashed while one writer thread stores them; a page leaves
+memory only once its transaction has committed, and a durable fetch (and ``close``) waits for the
+writes, so nothing is taken as stored before it is.
+
 Remote failures are retried with backoff for ``retry_seconds``; then the read fails with a
 ``RemoteError`` naming the remote. Nothing is written for a failed batch, so the local store stays
 as it was. Concurrent reads of the same object (a prefetch and the guest) wait for one fetch.
@@ -20,17 +25,19 @@ the device state and boot files.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import re
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from vers.errors import (
     AmbiguousRevision,
@@ -42,7 +49,16 @@ from vers.errors import (
 )
 from vers.files import make_private_dirs, write_private
 from vers.objects.imagetree import ImageFile, TreeReader
-from vers.objects.model import ID_LEN, KIND_COMMIT, PAGE_SIZE, ZERO_ID, Commit
+from vers.objects.model import (
+    ID_LEN,
+    KIND_COMMIT,
+    KIND_PAGE,
+    PAGE_SIZE,
+    ZERO_ID,
+    ZERO_PAGE,
+    Commit,
+    Tree,
+)
 from vers.objects.store import ENC_DELTA, MAX_DELTA_DEPTH, ObjectStore, Record, encode_record
 from vers.remote.backends import open_transport
 from vers.remote.bundle import RECORD_HEADER, Loc, RemoteIndex, fetch_records
@@ -61,6 +77,7 @@ if TYPE_CHECKING:
     from vers.repo import Repo
 
 log = logging.getLogger("vers.remote.lazy")
+T = TypeVar("T")
 
 # A remote that cannot be read is retried this long before a read fails (the guest sees EIO).
 RETRY_SECONDS = 30.0
@@ -69,8 +86,13 @@ S3_TIMEOUT = 10.0
 READAHEAD_MIN_PAGES = 256  # 1 MiB
 READAHEAD_MAX_PAGES = 8192  # 32 MiB
 READAHEAD_CHUNK_PAGES = 2048  # one background fetch: about one 8 MiB range GET
-SEQUENTIAL_SLACK_PAGES = 64  # 256 KiB
+# QEMU's block layer and the kernel's readahead (4 MiB on the backing daemon's mount, in 1 MiB
+# requests) keep several reads in flight: they arrive out of order by up to this much.
+SEQUENTIAL_SLACK_PAGES = 1024  # 4 MiB
 PREFETCH_WORKERS = 4
+# Verified pages kept in memory: a read is served as soon as its pages are fetched and re-hashed,
+# while they are written to the local store in the background.
+MEMORY_BYTES = 64 << 20
 # The pages a lazily served image hands out in its first seconds are recorded (``TouchRecord``)
 # and prefetched, in batches of this many pages, when the same image is restored again.
 RECORD_SECONDS = 20.0
@@ -87,6 +109,7 @@ class LazyStats:
     objects: int = 0
     bytes: int = 0  # record bytes received (headers included), as fetch counts them
     batches: int = 0
+    ranges: int = 0  # range GETs
     retries: int = 0
     wait_seconds: float = 0.0  # how long readers waited for the remote
 
@@ -115,7 +138,10 @@ class Promisor:
     def index(self, reload: bool = False) -> RemoteIndex:
         with self._lock:
             if self._index is None or reload:
+                t0 = time.monotonic()
                 self._index = RemoteIndex.load(self.transport, self.index_cache)
+                log.debug("indexes of %s: %d objects in %d bundles, read in %.2f s", self.name,
+                          len(self._index.locs), len(self._index.bundles), time.monotonic() - t0)
             return self._index
 
 
@@ -132,21 +158,130 @@ class LazyObjects:
         self._inflight: dict[bytes, threading.Event] = {}
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(PREFETCH_WORKERS, thread_name_prefix="vers-lazy")
+        # Pages verified by a fetch under way (moved to ``_recent`` when it ends), verified pages
+        # in memory (oldest first), and those of them not yet in the store, with the write that
+        # stores them. An unstored page is never dropped from memory.
+        self._verified: dict[bytes, bytes] = {}
+        self._recent: OrderedDict[bytes, bytes] = OrderedDict()
+        self._unstored: dict[bytes, Future[None]] = {}
+        self._to_store: list[tuple[bytes, Record]] = []
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="vers-lazy-store")
+        self._closed = False
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
+        with self._lock:  # a fetch still under way (in another thread) stores its own pages
+            self._closed = True
+        self._writer.shutdown(wait=True)  # what was served from memory is stored before we go
         for p in self.promisors:
             p.transport.close()
 
+    def warm(self) -> None:
+        """Read the promisors' indexes in the background now, so the first read that needs the
+        remote does not wait for them (a failure is only logged: that read tries again)."""
+        for p in self.promisors:
+            self._pool.submit(self._quietly, p.index)
+
+    # -- pages in memory ----------------------------------------------------------------------
+    def absent(self, oids: list[bytes]) -> list[bytes]:
+        """Those of ``oids`` neither stored here nor held in memory, verified."""
+        missing = self.store.missing(oids)
+        if not missing:
+            return missing
+        with self._lock:
+            return [o for o in missing if o not in self._recent]
+
+    def pages(self, oids: list[bytes]) -> list[bytes]:
+        """The pages ``oids``, verified: from memory when just fetched, else from the store
+        (``get_pages``, which re-hashes them and fetches what is absent, waiting until stored)."""
+        out = [ZERO_PAGE] * len(oids)
+        rest: list[tuple[int, bytes]] = []
+        with self._lock:
+            for i, o in enumerate(oids):
+                if o != ZERO_ID:
+                    data = self._recent.get(o)
+                    if data is None:
+                        rest.append((i, o))
+                    else:
+                        out[i] = data
+        if rest:
+            for (i, _), data in zip(rest, self.store.get_pages([o for _, o in rest]),
+                                    strict=True):
+                out[i] = data
+        return out
+
+    def _store_later(self, pages: list[tuple[bytes, Record]]) -> list[tuple[bytes, Record]]:
+        """Queue verified page records for the store (the background writer takes everything
+        queued in one transaction) and keep their bytes in memory until they are stored.
+        Returns those it could not keep in memory, for the caller to store."""
+        later, now = [], []
+        with self._lock:
+            if self._closed:
+                return pages
+            for oid, rec in pages:
+                data = self._verified.pop(oid, None)
+                if data is None:
+                    now.append((oid, rec))
+                else:
+                    self._recent[oid] = data
+                    later.append((oid, rec))
+            if not later:
+                return now
+            self._to_store += later
+            fut = self._writer.submit(self._store_queued)
+            for oid, _rec in later:
+                self._unstored[oid] = fut
+        return now
+
+    def _store_queued(self) -> None:
+        with self._lock:
+            batch, self._to_store = self._to_store, []
+        try:
+            self._keep(batch)
+        except BaseException as exc:
+            log.error("cannot store %d fetched pages: %s", len(batch), exc)
+            with self._lock:  # not stored: a later read fetches them again
+                for oid, _rec in batch:
+                    self._unstored.pop(oid, None)
+                    self._recent.pop(oid, None)
+            raise
+        with self._lock:
+            for oid, _rec in batch:
+                self._unstored.pop(oid, None)
+            self._trim()
+
+    def _trim(self) -> None:
+        """Forget the oldest stored pages past ``MEMORY_BYTES`` (caller holds the lock)."""
+        excess = len(self._recent) * PAGE_SIZE - MEMORY_BYTES
+        if excess <= 0:
+            return
+        for oid in list(self._recent):
+            if excess <= 0:
+                break
+            if oid not in self._unstored:
+                del self._recent[oid]
+                excess -= PAGE_SIZE
+
+    def _wait_stored(self, oids: list[bytes]) -> None:
+        with self._lock:
+            futs = {f for f in (self._unstored.get(o) for o in oids) if f is not None}
+        for fut in futs:
+            try:
+                fut.result()
+            except BaseException as exc:
+                raise RemoteError(f"fetched objects could not be stored here: {exc}") from exc
+
     # -- reading ------------------------------------------------------------------------------
-    def fetch(self, oids: list[bytes]) -> None:
-        """Store every one of ``oids`` here, verified (see ``AbsentObjects``)."""
+    def fetch(self, oids: list[bytes], durable: bool = True) -> None:
+        """Store every one of ``oids`` here, verified (see ``AbsentObjects``). ``durable=False``
+        returns as soon as each is stored or its verified bytes are in memory (``pages``), the
+        store write still under way."""
         t0 = time.monotonic()
         mine: list[bytes] = []
         theirs: set[threading.Event] = set()
         with self._lock:
             for oid in dict.fromkeys(oids):
-                if oid == ZERO_ID:
+                if oid == ZERO_ID or oid in self._recent:
                     continue
                 ev = self._inflight.get(oid)
                 if ev is None:
@@ -165,9 +300,11 @@ class LazyObjects:
             ev.wait()
         if theirs:  # fetched by someone else meanwhile; if that failed, try ourselves
             claimed = set(mine)
-            left = self.store.missing([o for o in oids if o not in claimed])
+            left = self.absent([o for o in oids if o not in claimed])
             if left:
                 self._fetch_now(left)
+        if durable:
+            self._wait_stored(oids)
         with self._lock:
             self.stats.wait_seconds += time.monotonic() - t0
 
@@ -178,8 +315,8 @@ class LazyObjects:
 
     def prefetch_pages(self, reader: TreeReader, first: int, last: int) -> Future[None]:
         return self._pool.submit(self._quietly,
-                                 lambda: self.fetch(self.store.missing(reader.page_ids(first,
-                                                                                       last))))
+                                 lambda: self.fetch(self.absent(reader.page_ids(first, last)),
+                                                    durable=False))
 
     def prefetch_runs(self, reader: TreeReader, runs: list[tuple[int, int]]) -> None:
         """The pages of ``runs`` ((first, count)) in the background, in batches of up to
@@ -203,10 +340,10 @@ class LazyObjects:
                         runs: list[tuple[int, int]]) -> Callable[[], None]:
         def job() -> None:
             ids = [o for a, n in runs for o in reader.page_ids(a, a + n - 1)]
-            self.fetch(self.store.missing(list(dict.fromkeys(ids))))
+            self.fetch(self.absent(list(dict.fromkeys(ids))), durable=False)
         return job
 
-    def _quietly(self, job: Callable[[], None]) -> None:
+    def _quietly(self, job: Callable[[], object]) -> None:
         try:
             job()
         except VersError as exc:
@@ -219,7 +356,7 @@ class LazyObjects:
             for p in self.promisors:
                 if not left:
                     break
-                index = p.index(reload)
+                index = self._retrying(p, functools.partial(p.index, reload))
                 found = [(o, index.locs[o]) for o in left if o in index.locs]
                 if found:
                     out.append((p, found))
@@ -230,37 +367,61 @@ class LazyObjects:
         raise NotOnPromisor(left[0].hex(), [p.name for p in self.promisors], len(left))
 
     def _fetch_now(self, oids: list[bytes]) -> None:
-        oids = self.store.missing(oids)  # another process may have stored some meanwhile
+        oids = self.absent(oids)  # another process may have stored some meanwhile
         if not oids:
             return
         try:
             for promisor, locs in self._locate(oids):
                 records = self._read(promisor, locs)
-                self._keep([(o, r) for o, r in records if r.encoding != ENC_DELTA])
+                pages = [(o, r) for o, r in records
+                         if r.kind == KIND_PAGE and r.encoding != ENC_DELTA]
+                with self._lock:
+                    backlog = len(self._unstored) * PAGE_SIZE > MEMORY_BYTES // 2
+                # the writer is behind: store these ourselves
+                self._keep(pages if backlog else self._store_later(pages))
+                self._keep([(o, r) for o, r in records
+                            if r.encoding != ENC_DELTA and r.kind != KIND_PAGE])
                 self._keep_deltas({o: r for o, r in records if r.encoding == ENC_DELTA})
         except VersError as exc:
             self.last_error = str(exc)
             raise
+        finally:
+            with self._lock:
+                for oid in oids:
+                    self._verified.pop(oid, None)
 
     def _read(self, p: Promisor, locs: list[tuple[bytes, Loc]]) -> list[tuple[bytes, Record]]:
         """All of ``locs`` from ``p``, the plain records re-hashed on the fetch workers."""
+
+        def once() -> list[tuple[bytes, Record]]:
+            out: list[tuple[bytes, Record]] = []
+            ranges = 0
+            for chunk in fetch_records(p.transport, locs, check=self._check):
+                out += chunk
+                ranges += 1
+            n = sum(len(r.payload) + RECORD_HEADER.size for _, r in out)
+            with self._lock:
+                self.stats.objects += len(out)
+                self.stats.bytes += n
+                self.stats.batches += 1
+                self.stats.ranges += ranges
+            return out
+
+        try:
+            return self._retrying(p, once)
+        except CorruptObject as exc:
+            raise RemoteError(f"{p.transport.url}: rejected object {exc.oid} from the "
+                              f"promisor remote {p.name}: {exc.reason}") from exc
+
+    def _retrying(self, p: Promisor, job: Callable[[], T]) -> T:
+        """``job()``, retried with backoff for ``retry_seconds`` while ``p`` cannot be read;
+        then the one "cannot be read" error a user sees."""
         deadline = time.monotonic() + self.retry_seconds
         delay, tries = 0.2, 0
         while True:
             tries += 1
             try:
-                out: list[tuple[bytes, Record]] = []
-                for chunk in fetch_records(p.transport, locs, check=self._check):
-                    out += chunk
-                n = sum(len(r.payload) + RECORD_HEADER.size for _, r in out)
-                with self._lock:
-                    self.stats.objects += len(out)
-                    self.stats.bytes += n
-                    self.stats.batches += 1
-                return out
-            except CorruptObject as exc:
-                raise RemoteError(f"{p.transport.url}: rejected object {exc.oid} from the "
-                                  f"promisor remote {p.name}: {exc.reason}") from exc
+                return job()
             except RemoteError as exc:
                 if time.monotonic() + delay > deadline:
                     raise RemoteError(
@@ -273,7 +434,10 @@ class LazyObjects:
 
     def _check(self, oid: bytes, rec: Record) -> None:
         if rec.encoding != ENC_DELTA:  # a delta is checked once its base is here
-            self.store.decode_record(oid, rec)
+            data = self.store.decode_record(oid, rec)
+            if rec.kind == KIND_PAGE:
+                with self._lock:
+                    self._verified[oid] = data
 
     def _keep(self, records: list[tuple[bytes, Record]]) -> None:
         if not records:
@@ -305,14 +469,38 @@ class LazyObjects:
 
     # -- what a restore needs -----------------------------------------------------------------
     def prefetch_commit(self, commit: Commit, boot: Iterable[str] = BOOT_IMAGES) -> None:
-        """Trees and every node of ``commit``'s images (one batch per tree level), then the
-        pages of the images a restore reads whole (``boot``)."""
+        """Trees and every node of ``commit``'s images (one batch per tree level), and the pages
+        of the images a restore reads whole (``boot``). The boot images' nodes and pages are
+        fetched beside the other images' nodes, so the two chains of round trips overlap."""
         store = self.store
+        t0 = time.monotonic()
         tree_ids = {name: bytes.fromhex(t) for name, t in commit.images.items()}
         self.fetch(store.missing(list(tree_ids.values())))
         trees = {name: store.get_tree(oid) for name, oid in tree_ids.items()}
+        t1 = time.monotonic()
+        whole = [t for name, t in trees.items() if name in boot]
+        job = self._pool.submit(self._fetch_whole, whole)
+        try:
+            self._fetch_nodes([t for name, t in trees.items() if name not in boot])
+            t2 = time.monotonic()
+        finally:
+            job.result()
+        log.debug("restore prefetch: trees %.2f s, nodes %.2f s, boot images %.2f s (%d objects, "
+                  "%d range GETs in all)", t1 - t0, t2 - t1, time.monotonic() - t1,
+                  self.stats.objects, self.stats.ranges)
+
+    def _fetch_whole(self, trees: list[Tree]) -> None:
+        self._fetch_nodes(trees)
+        pages: list[bytes] = []
+        for tree in trees:
+            if tree.num_pages:
+                pages += TreeReader(self.store, tree).page_ids(0, tree.num_pages - 1)
+        self.fetch(self.store.missing(list(dict.fromkeys(p for p in pages if p != ZERO_ID))))
+
+    def _fetch_nodes(self, trees: list[Tree]) -> None:
+        store = self.store
         frontier: dict[int, list[bytes]] = {}
-        for tree in trees.values():
+        for tree in trees:
             if tree.root != ZERO_ID:
                 frontier.setdefault(tree.depth, []).append(tree.root)
         for level in range(max(frontier, default=0), 0, -1):
@@ -326,12 +514,6 @@ class LazyObjects:
                 below += (c for c in (entries[i:i + ID_LEN] for i in range(0, len(entries),
                                                                             ID_LEN))
                           if c != ZERO_ID)
-        pages: list[bytes] = []
-        for name in boot:
-            boot_tree = trees.get(name)
-            if boot_tree is not None and boot_tree.num_pages:
-                pages += TreeReader(store, boot_tree).page_ids(0, boot_tree.num_pages - 1)
-        self.fetch(store.missing(list(dict.fromkeys(p for p in pages if p != ZERO_ID))))
 
 
 class TouchRecord:
@@ -363,6 +545,38 @@ class TouchRecord:
                                              "runs": touched}))
 
 
+@dataclass
+class ReadStats:
+    """What the reads of one lazily served image asked for and how long they waited."""
+
+    reads: int = 0  # reads that needed pages from the base
+    pages: int = 0
+    max_pages: int = 0  # the largest read
+    sequential: int = 0
+    waited: int = 0  # reads that found pages absent and waited for the remote
+    absent_pages: int = 0  # pages such reads fetched (or waited for) themselves
+    wait_seconds: float = 0.0
+    max_wait_seconds: float = 0.0
+
+    def add(self, pages: int, absent: int, seconds: float, sequential: bool) -> None:
+        self.reads += 1
+        self.pages += pages
+        self.max_pages = max(self.max_pages, pages)
+        self.sequential += sequential
+        if absent:
+            self.waited += 1
+            self.absent_pages += absent
+            self.wait_seconds += seconds
+            self.max_wait_seconds = max(self.max_wait_seconds, seconds)
+
+    def as_dict(self) -> dict[str, int]:
+        return {"base_reads": self.reads, "base_read_pages": self.pages,
+                "base_read_max_pages": self.max_pages, "base_reads_sequential": self.sequential,
+                "base_reads_waited": self.waited, "base_reads_absent_pages": self.absent_pages,
+                "base_reads_wait_ms": int(self.wait_seconds * 1000),
+                "base_reads_max_wait_ms": int(self.max_wait_seconds * 1000)}
+
+
 class ReadAhead:
     """A committed image read through a partial store (a ``PageSource`` for the overlay), fetching
     ahead in the background once reads are sequential.
@@ -371,8 +585,12 @@ class ReadAhead:
     a fetch blocks that request only, while the daemon's loop goes on serving the others (reads of
     local pages, writes, other fetches). ``pread`` then finds the pages stored here."""
 
-    def __init__(self, image: ImageFile, record: TouchRecord | None = None) -> None:
+    def __init__(self, image: ImageFile, record: TouchRecord | None = None,
+                 read_ahead: bool = True) -> None:
         self.image = image
+        #: guest RAM is read in fault-sized blocks, and its faults near each other are not a
+        #: sequential reader: fetching megabytes ahead of them costs bytes that are never read
+        self.read_ahead = read_ahead
         self.size = image.size
         self._pages = -(-image.size // PAGE_SIZE)
         self._next = -1
@@ -380,6 +598,8 @@ class ReadAhead:
         self._ahead = 0  # pages before this are already asked for
         self._lock = threading.Lock()  # make_local runs on several threads at once
         self._record = record
+        self.reads = ReadStats()
+        self._trace = bool(os.environ.get("VERS_LAZY_TRACE"))
         self._touched = bytearray(self._pages) if record is not None else None
         seconds = float(os.environ.get("VERS_LAZY_RECORD_SECONDS", RECORD_SECONDS))
         self._record_until = time.monotonic() + seconds
@@ -403,7 +623,16 @@ class ReadAhead:
             log.info("cannot write the touched-page record %s: %s", self._record.path, exc)
 
     def pread(self, offset: int, n: int) -> bytes:
-        return self.image.pread(offset, n)
+        lazy = self.image.reader.store.absent
+        if not isinstance(lazy, LazyObjects):
+            return self.image.pread(offset, n)
+        if offset >= self.size or n <= 0:
+            return b""
+        n = min(n, self.size - offset)
+        first, last = offset // PAGE_SIZE, (offset + n - 1) // PAGE_SIZE
+        data = b"".join(lazy.pages(self.image.reader.page_ids(first, last)))
+        skip = offset - first * PAGE_SIZE
+        return data[skip:skip + n]
 
     def remote_stats(self) -> dict[str, int]:
         """What the store's promisors have delivered so far (to every image of the store)."""
@@ -412,13 +641,17 @@ class ReadAhead:
             return {}
         st = lazy.stats
         return {"remote_objects": st.objects, "remote_bytes": st.bytes,
-                "remote_batches": st.batches, "remote_wait_ms": int(st.wait_seconds * 1000)}
+                "remote_batches": st.batches, "remote_ranges": st.ranges,
+                "remote_wait_ms": int(st.wait_seconds * 1000), **self.reads.as_dict()}
 
     def absent_pages(self, runs: list[tuple[int, int]]) -> int:
         """How many distinct pages of ``runs`` are not stored here."""
         reader = self.image.reader
         ids = [o for a, n in runs for o in reader.page_ids(a, min(a + n, self._pages) - 1)]
-        return len(reader.store.missing(list(dict.fromkeys(ids))))
+        ids = list(dict.fromkeys(ids))
+        lazy = reader.store.absent
+        return len(lazy.absent(ids) if isinstance(lazy, LazyObjects) else
+                   reader.store.missing(ids))
 
     def make_local(self, runs: list[tuple[int, int]]) -> None:
         """Store here the absent pages of ``runs`` ((first page, count), the pages a read needs
@@ -426,34 +659,54 @@ class ReadAhead:
         runs = [(a, min(n, self._pages - a)) for a, n in runs if 0 <= a < self._pages and n > 0]
         if not runs:
             return
+        t0 = time.monotonic()
+        npages = sum(n for _, n in runs)
         with self._lock:
-            self._plan(runs[0][0], runs[-1][0] + runs[-1][1] - 1)
+            sequential = self._plan(runs[0][0], runs[-1][0] + runs[-1][1] - 1)
             if self._touched is not None and time.monotonic() < self._record_until:
                 for a, n in runs:
                     self._touched[a:a + n] = b"\x01" * n
         lazy = self.image.reader.store.absent  # the store's promisors may be re-attached
         if not isinstance(lazy, LazyObjects):
             return
-        reader, store = self.image.reader, self.image.reader.store
+        reader = self.image.reader
         ids = [o for a, n in runs for o in reader.page_ids(a, a + n - 1) if o != ZERO_ID]
-        absent = store.missing(list(dict.fromkeys(ids)))
-        if absent:
-            lazy.fetch(absent)
+        absent = lazy.absent(list(dict.fromkeys(ids)))
+        if absent:  # served from memory once verified; stored meanwhile
+            lazy.fetch(absent, durable=False)
+        waited = time.monotonic() - t0
+        with self._lock:
+            self.reads.add(npages, len(absent), waited, sequential)
+        if self._trace:
+            log.info("read %s pages %d+%d: %d absent, %.1f ms%s", self.image.name or "image",
+                     runs[0][0], npages, len(absent), waited * 1000,
+                     " (sequential)" if sequential else "")
 
-    def _plan(self, first: int, last: int) -> None:
-        # QEMU's block layer has several reads in flight, so a sequential reader's requests
-        # arrive slightly out of order: "sequential" is near where the last one ended.
-        sequential = self._next > 0 and abs(first - self._next) <= SEQUENTIAL_SLACK_PAGES
+    def _plan(self, first: int, last: int) -> bool:
+        if not self.read_ahead:
+            return False
+        # Several reads are in flight, so a sequential reader's requests arrive out of order:
+        # "sequential" is near where the last one ended, or inside what is already asked for,
+        # or a jump forward by less than the window (a file in several extents: the reader
+        # skips what lies between, and so does the read-ahead).
+        gap = first - self._next
+        sequential = self._next > 0 and (
+            -SEQUENTIAL_SLACK_PAGES <= gap <= max(SEQUENTIAL_SLACK_PAGES, self._window)
+            or self._next - SEQUENTIAL_SLACK_PAGES <= first < self._ahead)
+        if sequential and gap > SEQUENTIAL_SLACK_PAGES:
+            self._ahead = max(self._ahead, first)
         self._next = max(self._next, last + 1) if sequential else last + 1
         if not sequential:
             self._window, self._ahead = READAHEAD_MIN_PAGES, last + 1
-            return
+            return False
         lazy = self.image.reader.store.absent
         if not isinstance(lazy, LazyObjects):
-            return
-        self._window = min(self._window * 2, READAHEAD_MAX_PAGES)
+            return True
+        # Double the window, and keep it at least a few reads long (large reads: 4 MiB of
+        # readahead in 1 MiB requests).
+        self._window = min(max(self._window * 2, 4 * (last - first + 1)), READAHEAD_MAX_PAGES)
         if self._ahead - (last + 1) >= self._window // 2:
-            return  # still half a window asked for ahead of the reader: ask again in big steps
+            return True  # still half a window asked for ahead of the reader: ask again in big steps
         start = max(last + 1, self._ahead)
         target = min(start + self._window, self._pages)
         while start < target:
@@ -461,6 +714,7 @@ class ReadAhead:
             lazy.prefetch_pages(self.image.reader, start, stop - 1)
             start = stop
         self._ahead = max(self._ahead, target)
+        return True
 
 
 def _runs_of(bitmap: bytearray) -> list[tuple[int, int]]:

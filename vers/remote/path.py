@@ -30,6 +30,10 @@ class PathTransport(Transport):
         if root.exists() and not root.is_dir():
             raise RemoteError(f"{self.url}: not a directory, so it cannot be a remote")
 
+    def check_reachable(self) -> None:
+        if not self.root.is_dir():
+            raise RemoteError(f"{self.url}: no such directory (removed, moved or not mounted?)")
+
     def _failed(self, what: str, key: str, exc: OSError) -> RemoteError:
         return RemoteError(f"{self.url}: cannot {what} {key}: {exc.strerror or exc}")
 

@@ -88,6 +88,11 @@ class Transport(ABC):
         self._delete(key)
         self._count()
 
+    def check_reachable(self) -> None:
+        """Raise ``RemoteError`` if the remote itself is not there (a listing of a vanished
+        remote would otherwise read as an empty one). Backends whose requests fail when the
+        remote is gone need nothing here."""
+
     def read_versioned(self, key: str) -> tuple[bytes, str] | None:
         """The value and an opaque version tag for ``put_if``; None if the key does not exist."""
         got = self._read_versioned(key)

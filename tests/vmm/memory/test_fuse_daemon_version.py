@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -28,15 +26,6 @@ def start_old_daemon(d: BackingDaemon) -> int:
     return mnt.spawn_daemon(__name__, [os.fspath(d.state_dir), os.fspath(d.mountpoint)],
                             d.log_path)
 
-
-@pytest.fixture
-def daemon(tmp_path: Path) -> Iterator[BackingDaemon]:
-    d = BackingDaemon(tmp_path / "fuse-state")
-    try:
-        yield d
-    finally:
-        d.shutdown()
-        assert not mnt.is_mounted(d.mountpoint)
 
 
 def test_idle_daemon_of_another_version_is_replaced(daemon: BackingDaemon) -> None:
