@@ -4,7 +4,7 @@
               child RAM (fork_begin: shm pre-copy, FUSE empty placeholder), child QEMUs started
               with -incoming defer (not waited for) when the backing allows it; a standby child
               (vers.vmm.standby) is adopted as the first child, its QEMU started long ago
-    pause     [x-ignore-shared + getfd + blockdev-add] in one round trip, flush RAM
+    pause     [x-ignore-shared + blockdev-add + getfd] in one round trip, flush RAM
               || the standby child connects and is handed the device-state file; stop
     fork      [freeze the parent's disk top + save device state] in one round trip
               || fork_end: every child's RAM made exact at once (a worker thread)

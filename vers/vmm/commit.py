@@ -2,7 +2,7 @@
 
     prepare   spare overlay as the next top, one-off set-up, flush RAM written so far
     sync      the guest agent writes the guest's dirty file data back (the guest runs on)
-    pause     [x-ignore-shared + getfd + blockdev-add] in one round trip;
+    pause     [x-ignore-shared + blockdev-add + getfd] in one round trip;
               the agent freezes the guest's file systems; flush RAM again, stop
     capture   [freeze disks + save device state] in one round trip
               || the memory backing captures RAM (a worker thread)

@@ -150,19 +150,20 @@ def prepare_devstate(qmp: QMPClient, out: Path,
         os.close(fd)
     new_tops = new_tops or {}
     added = {name: f"{NODE_PREFIX}{secrets.token_hex(6)}" for name in new_tops}
+    # getfd goes last: see QMPClient.batch
     results = qmp.batch(
         IGNORE_SHARED,
-        ("getfd", {"fdname": "devstate"}),
         ("query-block", {}),
         *(("blockdev-add", {"driver": "qcow2", "node-name": node, "backing": None,
                             "file": {"driver": "file", "filename": str(new_tops[name])}})
           for name, node in added.items()),
+        ("getfd", {"fdname": "devstate"}),
         return_errors=True)
     errors = [r for r in results if isinstance(r, Exception)]
     if errors:
-        _drop_nodes(qmp, [n for n, r in zip(added.values(), results[3:]) if r == {}])
+        _drop_nodes(qmp, [n for n, r in zip(added.values(), results[2:-1]) if r == {}])
         raise errors[0]
-    tops = {b["device"]: b["inserted"]["node-name"] for b in results[2] if b.get("inserted")}
+    tops = {b["device"]: b["inserted"]["node-name"] for b in results[1] if b.get("inserted")}
     return {name: (tops[name], node) for name, node in added.items()}
 
 
