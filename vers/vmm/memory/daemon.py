@@ -495,6 +495,19 @@ def _listen(sock_path: Path) -> socket.socket:
     return sock
 
 
+def _unlink_own_socket(sock_path: Path, bound: tuple[int, int]) -> None:
+    """Remove the control socket if it is still the one this daemon bound (``bound``: its
+    device and inode then): a daemon that was told to stop may finish after its successor bound
+    the same path, and must not take the successor's socket with it (its clients would then find
+    no daemon)."""
+    try:
+        st = sock_path.stat()
+        if (st.st_dev, st.st_ino) == bound:
+            sock_path.unlink()
+    except FileNotFoundError:
+        pass
+
+
 async def _serve_control(ops: BackingOperations, listener: socket.socket) -> None:
     sock = trio.socket.from_stdlib_socket(listener)
     async with trio.open_nursery() as nursery:
@@ -560,6 +573,8 @@ def run_backing_daemon(
     ops = BackingOperations(state)
     sock_path = state / "ctl.sock"
     listener = _listen(sock_path)
+    st = sock_path.stat()
+    bound = (st.st_dev, st.st_ino)
     try:
         serve(
             ops,
@@ -572,10 +587,7 @@ def run_backing_daemon(
         )
     finally:
         ops.close_all()
-        try:
-            sock_path.unlink()
-        except FileNotFoundError:
-            pass
+        _unlink_own_socket(sock_path, bound)
 
 
 def _arguments(parser: argparse.ArgumentParser) -> None:
