@@ -89,12 +89,19 @@ class BackingDaemon:
                 if "not running" not in str(exc):
                     raise  # alive but not answering: leave it and its mount alone
             else:
-                if int(pong.get("protocol", 1)) != DAEMON_PROTOCOL:
-                    self._replace_old(pong)
-                elif self.lost() is None:
-                    return
-                else:
-                    self._restart_if_idle()
+                try:
+                    if int(pong.get("protocol", 1)) != DAEMON_PROTOCOL:
+                        self._replace_old(pong)
+                    elif self.lost() is None:
+                        return
+                    else:
+                        self._restart_if_idle()
+                except FuseError as exc:
+                    if "not running" not in str(exc):
+                        raise
+                    # It went away since the ping (a daemon whose mount was detached ends when
+                    # the last mapping of its files does): make sure it is gone, start another.
+                    mnt.terminate_pid(int(pong["pid"]))
             mnt.clean_stale(self.mountpoint)  # a dead daemon's mount (ENOTCONN) only
             if mnt.is_mounted(self.mountpoint):
                 raise FuseError(f"a FUSE file system is mounted at {self.mountpoint} but no "
