@@ -153,8 +153,8 @@ def _fs_answer(vm_id: str, ch: Channel, timeout: float, step: str) -> None:
     answer = "" if ev is None else ev.data.decode(errors="replace")
     if not answer.startswith("ok "):
         detail = answer.removeprefix("error ") or "no answer"
-        if not step:
-            step, _, detail = detail.partition(": ") if ": " in detail else ("", "", detail)
+        if not step and ": " in detail:
+            step, detail = detail.split(": ", 1)
         raise VMError(f"making VM {vm_id} distinct failed"
                       f"{f' ({step})' if step else ''}: {detail}")
 
