@@ -18,7 +18,6 @@ from vers.errors import BadInput
 from vers.objects.model import (
     FANOUT,
     ID_LEN,
-    KIND_PAGE,
     KIND_TREE,
     NODE_ENTRIES_LEN,
     PAGE_SIZE,
@@ -239,6 +238,14 @@ def patch_tree(
             for k in range(count):
                 yield first + k, bytes(buf[k * PAGE_SIZE:(k + 1) * PAGE_SIZE])
 
+    new: dict[bytes, bytes] = {}  # pages to store, looked up and compressed a batch at a time
+
+    def store_new() -> None:
+        if new:
+            missing = writer.missing(list(new))
+            writer.add_pages([(oid, new[oid]) for oid in missing])
+            new.clear()
+
     for p, data in contents():
         expect = min(PAGE_SIZE, base.size - p * PAGE_SIZE)
         if len(data) != expect:
@@ -247,9 +254,11 @@ def patch_tree(
             oid = ZERO_ID
         else:
             oid = hash_bytes(data)
-            if not writer.has(oid):
-                writer.add(oid, KIND_PAGE, data)
+            new.setdefault(oid, data)
+            if len(new) >= RUN_PAGES:
+                store_new()
         changed[p] = oid
+    store_new()
     level_changes = changed
     for level in range(1, base.depth + 1):
         by_node: dict[int, dict[int, bytes]] = {}
