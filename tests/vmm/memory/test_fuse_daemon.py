@@ -131,6 +131,44 @@ def test_capture_freezes_content_while_writer_continues(daemon: BackingDaemon) -
         f.remove()
 
 
+def test_capture_names_the_plain_file_that_holds_its_dirty_pages(daemon: BackingDaemon) -> None:
+    """After one commit interval the dirty pages all sit in the newest frozen layer, a plain file
+    at the pages' own offsets: a commit reads them there, and gets what the twin shows. A branch
+    in the interval spreads them over two layers: then there is no such file."""
+    size = 64 * PAGE
+    f = BackingFile.create(daemon, "vm4.memory", size)
+    w = Writer(f.path, size)
+    try:
+        w.write(1, "first")
+        f.capture()
+        f.capture_done(ok=True)  # the first commit: every page read through FUSE
+        w.write(3, "three")
+        w.write(40, "forty")
+        twin, dirty = f.capture()
+        assert dirty == [3, 40] and twin.pages_file is not None
+        assert twin.pages_file.stat().st_mode & 0o777 == 0o600
+        with open(twin.path, "rb") as t, open(twin.pages_file, "rb") as direct:
+            for page in dirty:
+                t.seek(page * PAGE)
+                direct.seek(page * PAGE)
+                assert direct.read(PAGE) == t.read(PAGE)
+        w.write(3, "three, after the capture")  # the guest runs on: the file must not change
+        with open(twin.pages_file, "rb") as direct:
+            direct.seek(3 * PAGE)
+            assert direct.read(5) == b"three"
+        f.capture_done(ok=True)
+        w.write(5, "before a branch")
+        child = f.branch("vm4.child")
+        w.write(6, "after it")
+        twin, dirty = f.capture()
+        assert dirty == [3, 5, 6] and twin.pages_file is None
+        f.capture_done(ok=True)
+        child.remove()
+    finally:
+        w.close()
+        f.remove()
+
+
 def test_capture_left_by_a_dead_commit_is_given_back(daemon: BackingDaemon) -> None:
     """A commit killed between capture and capture_done leaves its twin pending: the next capture
     takes the twin's pages back, so its dirty set still holds every page since the last commit."""

@@ -66,7 +66,8 @@ class MemoryBacking(ABC):
     def capture(self) -> tuple[Path, list[int] | None]:
         """Called with the guest stopped: make an image of RAM as of now that stays stable after
         the guest resumes, and return it with the pages changed since the base commit (None when
-        unknown, e.g. on the first commit: the store then reads every page)."""
+        unknown, e.g. on the first commit: the store then reads every page). When the pages are
+        given, only they are read, so the file need hold the right bytes only there."""
 
     @abstractmethod
     def commit_done(self, ok: bool) -> None:

@@ -423,8 +423,9 @@ class BackingOperations(pyfuse3.Operations):
             twin = self.add(req["capture"], f.image.capture(), f.tracked)
             twin.direct_io = True
             f.capture = twin.name
+            pages = twin.image.dirty_layer_path() if f.tracked else None
             return {"runs": twin.image.dirty_runs() if f.tracked else None,
-                    "given_back": given_back}
+                    "given_back": given_back, "pages_file": pages and str(pages)}
         if op == "capture_done":
             if f.capture is None:
                 raise ValueError(f"{f.name} has no pending capture")

@@ -223,6 +223,9 @@ class BackingFile:
         self.daemon = daemon
         self.name = name
         self.size = size
+        #: of a capture twin: a plain file holding its dirty pages at their own offsets (the
+        #: daemon's frozen layer), when one file holds them all; read them there, not via FUSE
+        self.pages_file: Path | None = None
 
     @classmethod
     def create(
@@ -319,8 +322,12 @@ class BackingFile:
         first, so this capture holds every page changed since the last commit that landed."""
         self.flush()
         twin = capture_name or f"{self.name}.capture"
-        runs = self._request("capture", capture=twin, give_back_pending=True)["runs"]
-        return BackingFile(self.daemon, twin, self.size), None if runs is None else expand(runs)
+        ans = self._request("capture", capture=twin, give_back_pending=True)
+        captured = BackingFile(self.daemon, twin, self.size)
+        if ans.get("pages_file"):
+            captured.pages_file = Path(ans["pages_file"])
+        runs = ans["runs"]
+        return captured, None if runs is None else expand(runs)
 
     def capture_done(self, ok: bool) -> None:
         """The commit of the last capture landed (``ok``) or not (its dirty pages come back)."""
@@ -421,6 +428,8 @@ class FuseMemoryBacking(MemoryBacking):
     def capture(self) -> tuple[Path, list[int] | None]:
         twin, dirty = self.file.capture()
         self._state["capture"] = twin.name
+        if dirty is not None and twin.pages_file is not None:
+            return twin.pages_file, dirty  # only the dirty pages are read: they are all there
         return twin.path, dirty
 
     def commit_done(self, ok: bool) -> None:

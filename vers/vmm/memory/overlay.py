@@ -244,6 +244,20 @@ class OverlayImage:
         self.mark_clean()
         return twin
 
+    def dirty_layer_path(self) -> Path | None:
+        """The file of the newest frozen layer if it holds every dirty page, else None.
+
+        After one commit interval with no branch in it (the usual case) a capture twin's dirty
+        pages are exactly what its newest frozen layer holds, at their own offsets: a commit can
+        read them from that file directly instead of through FUSE. The layer stays while the
+        twin holds it, and it is frozen, so nothing writes to it any more."""
+        if not self.frozen or not any(self.dirty):
+            return None
+        layer = self.frozen[-1]
+        if int.from_bytes(self.dirty, "little") & ~int.from_bytes(layer.present, "little"):
+            return None
+        return layer.path
+
     def restore_dirty(self, other: bytearray) -> None:
         """OR another dirty bitmap back in (a failed commit must not lose its pages)."""
         merged = int.from_bytes(self.dirty, "little") | int.from_bytes(other, "little")
