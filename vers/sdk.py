@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -95,6 +96,11 @@ class Repo(CoreRepo):
     def vm(self, key: str | None = None) -> VM:
         """The VM with this alias, ID or unique ID prefix (the current VM when None)."""
         return VM(self, verbs.record(self, key).id)
+
+    def close(self) -> None:
+        """Wait for what the VMs' last commits left running in the background, then close."""
+        _settled(self)
+        super().close()
 
 
 @dataclass(frozen=True)
@@ -230,7 +236,10 @@ class VM:
         ``sync=False`` skips flushing and freezing the guest's file systems (crash-consistent
         disks instead of file-consistent ones)."""
         with self._lock:
-            cid, _tm = verbs.commit(self.repo, self.id, message, pause, branch, merge, sync)
+            _settled(self.repo, self.id)
+            cid, _tm, settle = verbs.commit_unsettled(self.repo, self.id, message, pause,
+                                                      branch, merge, sync)
+            _settle_in_background(self.repo, self.id, settle)
         return self.repo.get_commit(cid)
 
     def branch(self, count: int = 1, *, name: str | None = None,
@@ -239,6 +248,7 @@ class VM:
         ``refs`` (a prefix) child i commits onto branch PREFIX-i. The result is a list and a
         context manager that kills the children when the block ends."""
         with self._lock:
+            _settled(self.repo, self.id)
             children, _tm = verbs.branch(self.repo, self.id, count, name, refs=refs)
         return VMGroup(VM(self.repo, c.id) for c in children)
 
@@ -249,6 +259,7 @@ class VM:
         the retention policy applied to the recorded commits: ``last``, ``minutely``,
         ``hourly``, ``daily``, ``weekly``, ``monthly``, ``yearly`` (counts) and ``within`` (a
         duration). Returns the recording's status."""
+        _settled(self.repo, self.id)
         rules = dict(keep or {})
         within = rules.pop("within", None)
         unknown = set(rules) - {"last", "minutely", "hourly", "daily", "weekly", "monthly",
@@ -265,13 +276,16 @@ class VM:
         return dict(recording.stop(self.repo, self.id).runtime.recording)
 
     def pause(self) -> None:
+        _settled(self.repo, self.id)
         verbs.pause(self.repo, self.id)
 
     def resume(self) -> None:
+        _settled(self.repo, self.id)
         verbs.resume(self.repo, self.id)
 
     def kill(self) -> None:
         """Stop the VM and delete its state; nothing happens if it is gone already."""
+        _settled(self.repo, self.id)
         try:
             verbs.kill(self.repo, [self.id])
         except UnknownVM:
@@ -317,6 +331,39 @@ def _lock_for(repo: Repo, vid: str) -> threading.Lock:
     """One lock per VM per repository object, shared by every ``VM`` handle on it."""
     with _locks_guard:
         return _locks.setdefault((id(repo), vid), threading.Lock())
+
+
+#: the step each VM's last commit left to run in the background, while the script goes on
+_settling: dict[tuple[int, str], threading.Thread] = {}
+
+
+def _settle_in_background(repo: Repo, vid: str, settle: Callable[[], None]) -> None:
+    """Run what a commit leaves to do (``vers.vmm.commit.commit_vm_unsettled``: re-basing the
+    disks, the next commit's overlays, the standby child) on a thread: ``VM.commit`` returns
+    once the commit is stored. Everything that changes the VM waits for it first (``_settled``),
+    as does ``Repo.close`` and the end of the program (the thread is not a daemon)."""
+    def run() -> None:
+        try:
+            settle()
+        except VMError as exc:  # the commit is stored; the next one prepares what this missed
+            print(f"vers: VM {vid}: after its commit: {exc}", file=sys.stderr)
+
+    t = threading.Thread(target=run, name=f"vers-settle-{vid}")
+    with _locks_guard:
+        _settling[(id(repo), vid)] = t
+    t.start()
+
+
+def _settled(repo: Repo, vid: str | None = None) -> None:
+    """Wait for the settle step of the VM's last commit (every VM's of ``repo`` when None)."""
+    with _locks_guard:
+        threads = [t for (r, v), t in _settling.items()
+                   if r == id(repo) and vid in (None, v)]
+    for t in threads:
+        t.join()
+    with _locks_guard:
+        for key in [k for k, t in _settling.items() if t in threads]:
+            del _settling[key]
 
 
 def _seconds(value: float | str) -> float:

@@ -7,7 +7,7 @@ which source ``vers branch`` forks) is decided here.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from vers.errors import BadInput, BadRevision, RefError, UnknownVM
@@ -28,7 +28,7 @@ from vers.vmm.boot import (
     run_vm,
 )
 from vers.vmm.branch import branch_vm, child_names
-from vers.vmm.commit import commit_vm
+from vers.vmm.commit import commit_vm, commit_vm_unsettled
 from vers.vmm.control import VMStatus
 from vers.vmm.devstate import Timings
 from vers.vmm.machine import parse_size
@@ -137,6 +137,14 @@ def commit(repo: Repo, vm: str | None, message: str = "", stay_paused: bool = Fa
     ``Repo.commit_state`` for when ``merge`` is needed. ``sync``: file-consistent disks (the
     guest agent flushes and freezes the guest's file systems); without, crash-consistent."""
     return commit_vm(repo, vm, message, stay_paused, branch, merge, sync, progress)
+
+
+def commit_unsettled(repo: Repo, vm: str | None, message: str = "", stay_paused: bool = False,
+                     branch: str | None = None, merge: bool = False, sync: bool = True,
+                     ) -> tuple[str, Timings, Callable[[], None]]:
+    """``commit``, returning once the commit is stored, with the step it leaves to run
+    (``vers.vmm.commit.commit_vm_unsettled``)."""
+    return commit_vm_unsettled(repo, vm, message, stay_paused, branch, merge, sync)
 
 
 def branch(repo: Repo, source: str | None, count: int = 1, name: str | None = None,

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import sys
 import time
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -84,10 +86,30 @@ def commit_vm(repo: Repo, key: str | None, message: str = "", stay_paused: bool 
     else HEAD; ``merge`` as in ``Repo.commit_state``. With ``sync`` the guest's file systems
     are flushed and frozen around the capture (file-consistent disks); without, the disks are
     as a power cut would leave them (crash-consistent)."""
+    cid, tm, settle = commit_vm_unsettled(repo, key, message, stay_paused, branch, merge, sync,
+                                          progress)
+    settle()
+    return cid, tm
+
+
+def commit_vm_unsettled(repo: Repo, key: str | None, message: str = "",
+                        stay_paused: bool = False, branch: str | None = None,
+                        merge: bool = False, sync: bool = True,
+                        progress: Progress = NO_PROGRESS
+                        ) -> tuple[str, Timings, Callable[[], None]]:
+    """``commit_vm``, returning as soon as the commit is stored (its ref moved), with what is
+    left to do as a callable: re-base the VM's disks onto the new commit and prepare the
+    overlays and standby child of its next commit and branch (``settle``). The caller must call
+    it, on any thread (a script may run the guest meanwhile); the VM's lock stays held until it
+    returns, so another command on this VM waits for it. Skipping it would leave the VM right
+    but its lock held; a process killed before it leaves the VM as a commit killed after its
+    store does (docs/vmm.md)."""
     reg = registry(repo)
     rec = reg.resolve(key)
     tm = Timings()
-    with reg.lock(rec):
+    lock = ExitStack()
+    lock.enter_context(reg.lock(rec))
+    try:
         job = _prepare(reg, recover(reg, reg.resolve(rec.id)))  # re-read under the lock
         try:
             with Machine.attach(job.rec, qmp_timeout=60.0) as m:
@@ -99,9 +121,16 @@ def commit_vm(repo: Repo, key: str | None, message: str = "", stay_paused: bool 
                 cid = _store(repo, job, message, tm, branch or job.rec.branch, merge, meter)
         finally:
             _finish(reg, job)
-        merge_chains(repo, reg, reg.resolve(rec.id))
-        refresh_spares(reg, reg.resolve(rec.id))
-    return cid, tm
+    except BaseException:
+        lock.close()
+        raise
+
+    def settle() -> None:
+        with lock:
+            merge_chains(repo, reg, reg.resolve(rec.id))
+            refresh_spares(reg, reg.resolve(rec.id))
+
+    return cid, tm, settle
 
 
 def _prepare(reg: VMRegistry, rec: VMRecord) -> _Commit:
@@ -225,15 +254,19 @@ def _store(repo: Repo, job: _Commit, message: str, tm: Timings, branch: str | No
     images: dict[str, str] = {"memory": str(job.mem_image), "devstate": str(job.devstate),
                               "kernel": rec.boot["kernel"], "initrd": rec.boot["initrd"]}
     dirty: dict[str, list[int]] = {}
+    if rec.base_commit is not None:
+        # The boot files are the ones QEMU loaded at start-up, which the base commit holds
+        # already (a file changed on disk since is not what this VM runs): nothing to re-read.
+        dirty["kernel"] = dirty["initrd"] = []
     meter.phase("copying disks")
     if job.mem_dirty is not None:
         dirty["memory"] = job.mem_dirty
     for name, chain in job.frozen.items():
-        committed = rec.disks[name].committed
-        full = rec.base_commit is None or committed == 0
+        d = rec.disks[name]
+        full = rec.base_commit is None or d.committed == 0
         out = job.disk_images[name] = rec.dir / f"commit-{name}.raw"
-        size = disk_mod.image_size(Path(chain[-1]))
-        pages = disk_mod.capture_disk(chain, len(chain) - committed, size, out, full)
+        size = d.size or disk_mod.image_size(Path(chain[-1]))
+        pages = disk_mod.capture_disk(chain, len(chain) - d.committed, size, out, full)
         images[name] = str(out)
         if pages is not None:
             dirty[name] = pages
