@@ -10,6 +10,7 @@ import pytest
 
 import vers
 from vers.errors import GuestTimeout, RefConflict, UnknownVM
+from vers.porcelain import vm as verbs
 
 pytestmark = pytest.mark.vm
 
@@ -110,4 +111,30 @@ def test_restore_continues_from_the_commit(repo: vers.Repo, golden: vers.VM) -> 
         assert vm.status()["state"] == "paused"
         vm.resume()
         assert vm.info()["base_commit"] == cid
+    assert not vm.alive
+
+
+def test_commits_in_a_row_settle_in_the_background_and_keep_the_chain_short(
+        tmp_path: Path) -> None:
+    """``VM.commit`` returns once the commit is stored and re-bases the disk onto it on a
+    thread: commits, a branch and a kill straight after each other still see a settled VM, the
+    disk chain stays at most four layers long, and every commit holds what the guest had."""
+    with vers.Repo.init(tmp_path / "repo") as repo, \
+            repo.run(memory="256M", memory_backing="fuse") as vm:
+        ids = []
+        for i in range(4):
+            vm.exec(f"echo {i} > /root/n && dd if=/dev/urandom of=/tmp/d bs=4096 count=300 "
+                    "2>/dev/null", check=True)
+            ids.append(vm.commit(f"step {i}").id)
+        with vm.branch(1) as kids:
+            assert kids[0].exec("cat /root/n").stdout == b"3\n"
+        vm.commit("after the branch")
+        vm.pause()  # waits for the commit's settle step
+        rec = verbs.record(repo, vm.id)
+        vm.resume()
+        assert all(len(d.chain) <= 4 for d in rec.disks.values()), rec.disks
+        assert [c.message for c in repo.log()][:5] == [
+            "after the branch", "step 3", "step 2", "step 1", "step 0"]
+        with repo.restore(ids[1]) as r:
+            assert r.exec("cat /root/n").stdout == b"1\n"
     assert not vm.alive
