@@ -308,32 +308,30 @@ class Repo:
                         raise BadInput(f"{name} image {_source_name(images[name])}: reading "
                                        f"failed: {exc.strerror or exc}") from exc
                     trees[name] = tree_id.hex()
-        return self._write_commit(
-            trees, parents, explicit, ref, message, dict(config or {}), author, when
-        )
+                # the commit object goes into the same batch: one durable write, not two
+                author = author or os.environ.get("VERS_AUTHOR") or default_identity()
+                first = _new_commit(trees, parents, author, when, message, dict(config or {}))
+                w.add(first[1], KIND_COMMIT, first[2], compress=False)
+        return self._write_commit(first, trees, parents, explicit, ref, message,
+                                  dict(config or {}), author, when)
 
     def _write_commit(
         self,
+        written: tuple[Commit, bytes, bytes],
         trees: dict[str, str],
         parents: list[str],
         explicit: bool,
         ref: str | None,
         message: str,
         config: dict[str, Any],
-        author: str | None,
+        author: str,
         when: int | None,
     ) -> str:
-        author = author or os.environ.get("VERS_AUTHOR") or default_identity()
+        """Index the stored commit ``written`` and move ``ref`` to it; if another writer moved
+        the ref meanwhile (and ``parents`` were not given), store the commit again on top of
+        theirs and retry."""
+        commit, oid, _data = written
         for _attempt in range(20):
-            # UTC microseconds and no time zone: the same state committed at the same instant
-            # has the same ID on every machine (docs/storage-format.md).
-            commit = Commit(images=trees, parents=parents, author=author,
-                            time_us=_time.time_ns() // 1000 if when is None else when,
-                            message=message, config=config)
-            data = commit.serialize()
-            oid = hash_bytes(data)
-            with self.store.writer() as w:
-                w.add(oid, KIND_COMMIT, data, compress=False)
             self.times.add(oid.hex(), commit)
             if ref is None:
                 return oid.hex()
@@ -347,6 +345,9 @@ class Repo:
                     raise
                 now = self.refs.resolve(ref)
                 parents = [now] if now else []
+            commit, oid, data = _new_commit(trees, parents, author, when, message, config)
+            with self.store.writer() as w:
+                w.add(oid, KIND_COMMIT, data, compress=False)
         raise RefConflict(f"could not move {ref}: it kept changing under us")
 
     # -- reading images -----------------------------------------------------------------------
@@ -421,6 +422,18 @@ def _open_source(stack: ExitStack, name: str, src: ImageSource) -> tuple[BinaryI
     _check_size(name, size)
     f.seek(0)
     return f, size
+
+
+def _new_commit(trees: dict[str, str], parents: list[str], author: str, when: int | None,
+                message: str, config: dict[str, Any]) -> tuple[Commit, bytes, bytes]:
+    """A commit object (not stored yet): (commit, ID, canonical bytes)."""
+    # UTC microseconds and no time zone: the same state committed at the same instant has the
+    # same ID on every machine (docs/storage-format.md).
+    commit = Commit(images=trees, parents=parents, author=author,
+                    time_us=_time.time_ns() // 1000 if when is None else when,
+                    message=message, config=config)
+    data = commit.serialize()
+    return commit, hash_bytes(data), data
 
 
 def _source_name(src: ImageSource) -> str:
