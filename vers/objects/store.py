@@ -17,7 +17,7 @@ from __future__ import annotations
 import struct
 import threading
 from abc import ABC, abstractmethod
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -321,6 +321,16 @@ class ObjectStore(ABC):
                 self._node_cache.popitem(last=False)
         return node
 
+    def _remember_nodes(self, nodes: Iterable[tuple[bytes, bytes]]) -> None:
+        """Put nodes just stored (ID, canonical bytes) into the node cache."""
+        parsed = [(oid, parse_node(oid, data)) for oid, data in nodes]
+        with self._cache_lock:
+            for oid, node in parsed:
+                self._node_cache[oid] = node
+                self._node_cache.move_to_end(oid)
+            while len(self._node_cache) > self._node_cache_size:
+                self._node_cache.popitem(last=False)
+
     def get_tree(self, oid: bytes) -> Tree:
         data, kind = self._load(oid)
         if kind != KIND_TREE:
@@ -361,6 +371,10 @@ class ObjectWriter:
         self._pool: ThreadPoolExecutor | None = None
         self.bytes_written = 0
         self.objects_written = 0
+        #: the newest nodes added, for the store's node cache once they are durable: the next
+        #: commit of the same image patches exactly these (a delta-encoded node costs its whole
+        #: chain to decode from the store)
+        self._new_nodes: deque[tuple[bytes, bytes]] = deque(maxlen=store._node_cache_size)
 
     def __enter__(self) -> Self:
         return self
@@ -422,6 +436,7 @@ class ObjectWriter:
         """Add a node, as a delta against ``base_oid`` (a node of the same level) when that pays."""
         if self._known(oid):
             return
+        self._new_nodes.append((oid, data))
         if base_oid is not None and base_oid != ZERO_ID:
             base_rec = (self._pending.get(base_oid) or self._inflight.get(base_oid)
                         or self.store._backend_get(base_oid))
@@ -479,6 +494,8 @@ class ObjectWriter:
         self._start_flush()
         self._wait_flush()
         self._shutdown()
+        self.store._remember_nodes(self._new_nodes)
+        self._new_nodes.clear()
 
     def _shutdown(self) -> None:
         if self._pool is not None:
