@@ -282,7 +282,7 @@ def _store(repo: Repo, job: _Commit, message: str, tm: Timings, branch: str | No
     tm.mark("store", t0)
     tm.extra.update({
         "memory_dirty_pages": None if job.mem_dirty is None else len(job.mem_dirty),
-        "disk_dirty_pages": {k: len(v) for k, v in dirty.items() if k != "memory"}})
+        "disk_dirty_pages": {k: len(dirty[k]) for k in job.frozen if k in dirty}})
     return job.cid
 
 
