@@ -249,7 +249,9 @@ class VM:
         context manager that kills the children when the block ends."""
         with self._lock:
             _settled(self.repo, self.id)
-            children, _tm = verbs.branch(self.repo, self.id, count, name, refs=refs)
+            children, _tm, settle = verbs.branch_unsettled(self.repo, self.id, count, name,
+                                                           refs=refs)
+            _settle_in_background(self.repo, self.id, settle)
         return VMGroup(VM(self.repo, c.id) for c in children)
 
     def record(self, every: float | str, keep: Mapping[str, float | str] | None = None,
@@ -338,15 +340,17 @@ _settling: dict[tuple[int, str], threading.Thread] = {}
 
 
 def _settle_in_background(repo: Repo, vid: str, settle: Callable[[], None]) -> None:
-    """Run what a commit leaves to do (``vers.vmm.commit.commit_vm_unsettled``: re-basing the
-    disks, the next commit's overlays, the standby child) on a thread: ``VM.commit`` returns
-    once the commit is stored. Everything that changes the VM waits for it first (``_settled``),
-    as does ``Repo.close`` and the end of the program (the thread is not a daemon)."""
+    """Run what a commit or branch of VM ``vid`` leaves to do (``vers.vmm.commit.
+    commit_vm_unsettled``, ``vers.vmm.branch.branch_vm_unsettled``: re-basing or streaming the
+    disks, the next overlays, the standby child) on a thread: ``VM.commit`` returns once the
+    commit is stored, ``VM.branch`` once the children run. Everything that changes the VM
+    waits for it first (``_settled``), as do ``Repo.close`` and the end of the program (the
+    thread is not a daemon)."""
     def run() -> None:
         try:
             settle()
         except VMError as exc:  # the commit is stored; the next one prepares what this missed
-            print(f"vers: VM {vid}: after its commit: {exc}", file=sys.stderr)
+            print(f"vers: VM {vid}: after its commit or branch: {exc}", file=sys.stderr)
 
     t = threading.Thread(target=run, name=f"vers-settle-{vid}")
     with _locks_guard:

@@ -27,7 +27,7 @@ from vers.vmm.boot import (
     restore_commit,
     run_vm,
 )
-from vers.vmm.branch import branch_vm, child_names
+from vers.vmm.branch import branch_vm_unsettled, child_names
 from vers.vmm.commit import commit_vm, commit_vm_unsettled
 from vers.vmm.control import VMStatus
 from vers.vmm.devstate import Timings
@@ -158,13 +158,25 @@ def branch(repo: Repo, source: str | None, count: int = 1, name: str | None = No
     start from (or at their first commit, for a VM never committed); each child's commits then
     go to its own branch. With ``remote``, SOURCE is a commit read lazily from that remote
     (see ``from_remote``)."""
+    children, tm, settle = branch_unsettled(repo, source, count, name, ports, refs, remote)
+    settle()
+    return children, tm
+
+
+def branch_unsettled(repo: Repo, source: str | None, count: int = 1, name: str | None = None,
+                     ports: tuple[str, ...] = (), refs: str | None = None,
+                     remote: str | None = None,
+                     ) -> tuple[list[VMRecord], Timings | None, Callable[[], None]]:
+    """``branch``, returning once the children run, with the step a live VM's branch leaves
+    to run (``vers.vmm.branch.branch_vm_unsettled``; nothing for a restored commit)."""
     ref_names = _child_refs(repo, refs, count)
     if remote is not None:
         if source is None:
             raise BadInput("branch --from needs a COMMIT to restore")
         source = from_remote(repo, remote, source)
+    settle: Callable[[], None] = _nothing
     if source is None or registry(repo).find(source) is not None:
-        children, tm = branch_vm(repo, source, count, name, ports)
+        children, tm, settle = branch_vm_unsettled(repo, source, count, name, ports)
     else:
         try:
             repo.rev_parse(source)
@@ -175,8 +187,16 @@ def branch(repo: Repo, source: str | None, count: int = 1, name: str | None = No
                     for n in child_names(name, count)]
         tm = None
     if ref_names:
-        _give_refs(repo, children, ref_names)
-    return children, tm
+        try:
+            _give_refs(repo, children, ref_names)
+        except BaseException:
+            settle()
+            raise
+    return children, tm, settle
+
+
+def _nothing() -> None:
+    pass
 
 
 def _child_refs(repo: Repo, prefix: str | None, count: int) -> list[str]:

@@ -10,7 +10,8 @@
               || fork_end: every child's RAM made exact at once (a worker thread)
     resume    cont                                                  (end of the parent's pause)
     children  connect, load the device state and run, several side by side; then they are
-              made fresh together (vers.vmm.fresh); then spares and standbys
+              made fresh together (vers.vmm.fresh)
+    settle    spare overlays, the parent's frozen layers streamed, the tree's standby child
 
 The parent's frozen disk layers are shared read-only with the children, each of which gets its
 own overlay; no disk data is copied. One cleanup (``_finish``) removes every child and unused
@@ -21,7 +22,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -93,13 +96,29 @@ def branch_vm(repo: Repo, key: str | None, count: int = 1, name: str | None = No
     publishes ``ports`` and, on host ports of its own, the guest ports its parent publishes; it
     runs once it is fresh (clock, entropy, generation: vers.vmm.fresh), all after the parent
     resumed."""
+    children, tm, settle = branch_vm_unsettled(repo, key, count, name, ports)
+    settle()
+    return children, tm
+
+
+def branch_vm_unsettled(repo: Repo, key: str | None, count: int = 1, name: str | None = None,
+                        ports: tuple[str, ...] = ()
+                        ) -> tuple[list[VMRecord], Timings, Callable[[], None]]:
+    """``branch_vm``, returning as soon as the children run, with what is left to do as a
+    callable (``settle``): the children's spare overlays, streaming the parent's frozen layers
+    and the tree's standby child. The caller must call it, on any thread; the parent's lock
+    stays held until it returns (each child's is taken for its part), so another command on the
+    parent waits for it. A process killed before it leaves children and parent that work, only
+    without what it would have prepared."""
     names = child_names(name, count)
     asked = parse_ports(ports)
     reg = registry(repo)
     parent = reg.resolve(key)
     check_ports(parent.spec.net, asked)
     tm = Timings()
-    with reg.lock(parent):
+    lock = ExitStack()
+    lock.enter_context(reg.lock(parent))
+    try:
         parent = recover(reg, reg.resolve(parent.id))  # re-read under the lock
         backing = load_backing(parent.memory)
         job = _Branch(parent, backing, parent.dir / f"branch-{os.getpid()}.devstate",
@@ -115,13 +134,21 @@ def branch_vm(repo: Repo, key: str | None, count: int = 1, name: str | None = No
                 tm.mark("connect_parent", t0)
                 t_cont = _pause_and_fork(reg, job, q, tm)
             _start_children(reg, job, tm, t_begin, t_cont)
-            _after(reg, job)
+            _references(reg, job)
             job.ok = True
         finally:
             _finish(reg, job)
-    if not pid_alive(parent.runtime.pid, parent.id):
-        raise VMError(f"parent VM {parent.id} died during the branch")
-    return job.children, tm
+        if not pid_alive(parent.runtime.pid, parent.id):
+            raise VMError(f"parent VM {parent.id} died during the branch")
+    except BaseException:
+        lock.close()
+        raise
+
+    def settle() -> None:
+        with lock:
+            _after(reg, job)
+
+    return job.children, tm, settle
 
 
 def _prepare(reg: VMRegistry, job: _Branch, names: list[str | None], tm: Timings) -> None:
@@ -243,13 +270,28 @@ def _start_children(reg: VMRegistry, job: _Branch, tm: Timings, t_begin: float,
     tm.extra["child_ready_ms"] = round((t_ready - t_begin) * 1000, 2)
 
 
-def _after(reg: VMRegistry, job: _Branch) -> None:
-    """Off the critical path, children running: references, spare overlays, and the tree's
-    standby, which the parent (the VM of the tree that branched last) takes over."""
+def _references(reg: VMRegistry, job: _Branch) -> None:
+    """Children running: each gets the parent's reference of its base commit (so its first
+    commit is incremental too), before anything else may commit it."""
     for c, mem in zip(job.children, job.child_mem):
         job.backing.fork_reference(mem)
         c.memory = mem.state()
-        refresh_spares(reg, c)
+        reg.save(c)
+
+
+def _after(reg: VMRegistry, job: _Branch) -> None:
+    """Off the critical path, children running: spare overlays, and the tree's standby, which
+    the parent (the VM of the tree that branched last) takes over. Each child's part runs under
+    its own lock on its record as it is now: the child may have been committed or killed since
+    it started."""
+    for c in job.children:
+        try:
+            with reg.lock(c):
+                now = reg.get(c.id)
+                if now is not None:
+                    refresh_spares(reg, now)
+        except FileNotFoundError:  # killed meanwhile: its directory is gone
+            continue
     stream_frozen_layers(reg, job.parent)
     refresh_spares(reg, job.parent, claim_standby=True)
 
