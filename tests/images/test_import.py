@@ -80,6 +80,18 @@ def test_host_checks_refuse_what_cannot_boot(tmp_path: Path) -> None:
     check_disk(ext4_of(tmp_path / "ok", tmp_path / "ok.img"))
 
 
+def test_import_of_what_is_no_tar_archive_is_one_line(tmp_path: Path) -> None:
+    repo = Repo.init(tmp_path / "repo")
+    bad = tmp_path / "bad.tar"
+    bad.write_text("not a tar archive\n")
+    p = run_vers(repo.root, "image", "import", str(bad), "mine", timeout=60)
+    assert p.returncode == BadInput.exit_code
+    assert p.stderr.count("\n") == 1 and "neither a directory nor a tar archive" in p.stderr, \
+        p.stderr
+    assert "Traceback" not in p.stderr
+    repo.close()
+
+
 @pytest.mark.vm
 def test_imported_tarball_boots_and_the_source_is_untouched(
         imgrepo: Repo, default_image: GuestImages, tmp_path: Path) -> None:

@@ -79,8 +79,10 @@ def _unpack(src: str, root: Path) -> str:
     res = subprocess.run(["tar", "-x", "-p", "--numeric-owner", "-f", src, "-C", str(root)],
                          capture_output=True, text=True, check=False)
     if res.returncode != 0:
+        why = next((line.removeprefix("tar: ") for line in res.stderr.splitlines()
+                    if line.strip()), f"tar exited with {res.returncode}")
         raise BadInput(f"{src} is neither a directory nor a tar archive tar can read: "
-                       f"{res.stderr.strip()[-500:]}")
+                       f"{why[:300]}")
     return "stdin" if src == "-" else src
 
 
