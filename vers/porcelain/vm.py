@@ -232,13 +232,14 @@ def from_remote(repo: Repo, remote: str, rev: str) -> str:
         commit = repo.get_commit(cid)
     except BadRevision as exc:
         raise BadRevision(f"{rev} is not a commit on {name}") from exc
-    lazy.prefetch_commit(commit)
-    if default_backing() == "fuse":
+    fuse = default_backing() == "fuse"
+    if fuse:  # the daemon fetches what the guest reads (nodes, recorded pages) meanwhile
         daemon = BackingDaemon()
         daemon.ensure_running()
         daemon.request("promisor_settings", repo=str(repo.vers_dir),
                        env={k: os.environ[k] for k in AWS_ENV_KEYS if k in os.environ},
-                       retry_seconds=lazy.retry_seconds)
+                       retry_seconds=lazy.retry_seconds, commit=cid)
+    lazy.prefetch_commit(commit, nodes=not fuse)
     return cid
 
 

@@ -98,6 +98,10 @@ MEMORY_BYTES = 64 << 20
 RECORD_SECONDS = 20.0
 RECORD_BATCH_PAGES = 2048
 RECORD_VERSION = 1
+RECORD_PREFIX = "touched/"  # on a remote: touched/<tree ID>
+RECORD_MAX_FRACTION = 4
+RECORD_MIN_PAGES = 4096
+RECORD_MAX_BYTES = 4 << 20
 # The images a restore reads whole before the guest runs.
 BOOT_IMAGES = ("devstate", "kernel", "initrd")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -167,6 +171,9 @@ class LazyObjects:
         self._to_store: list[tuple[bytes, Record]] = []
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="vers-lazy-store")
         self._closed = False
+        self._prefetched: set[str] = set()  # trees whose recorded pages were asked for
+        #: seconds each step of ``prefetch_commit`` took (for benchmarks)
+        self.phases: dict[str, float] = {}
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -343,6 +350,56 @@ class LazyObjects:
             self.fetch(self.absent(list(dict.fromkeys(ids))), durable=False)
         return job
 
+    def prefetch_recorded(self, reader: TreeReader, record: TouchRecord) -> Future[None] | None:
+        """In the background: read ``record`` (here, else on the remote), then fetch the image's
+        nodes (one batch per level) and the recorded pages (``prefetch_runs``). Nothing if this
+        image's record was prefetched already (``prefetch_restore``)."""
+        with self._lock:
+            if record.tree_id in self._prefetched:
+                return None
+            self._prefetched.add(record.tree_id)
+
+        def job() -> None:
+            runs = record.load(reader.tree.num_pages)
+            if runs:
+                self._fetch_nodes([reader.tree])
+                self.prefetch_runs(reader, runs)
+        return self._pool.submit(self._quietly, job)
+
+    def prefetch_restore(self, commit_id: str, vers_dir: Path,
+                         boot: Iterable[str] = BOOT_IMAGES) -> Future[None]:
+        """What a restore of ``commit_id`` will read once the guest runs, in the background
+        (the backing daemon calls this when a restore from the remote announces itself, before
+        QEMU starts): the trees and nodes of every image but ``boot`` (which the restore reads
+        whole itself), and the pages recorded as read first by an earlier restore of each image,
+        here or on the remote (``TouchRecord``)."""
+        def job() -> None:
+            t0 = time.monotonic()
+            commit = self.store.get_commit(bytes.fromhex(commit_id))
+            tree_ids = [bytes.fromhex(t) for name, t in sorted(commit.images.items())
+                        if name not in boot]
+            self.fetch(self.store.missing(tree_ids))
+            trees = [self.store.get_tree(t) for t in tree_ids]
+            remote = self.promisors[0] if self.promisors else None
+            recorded = []
+            for tid, tree in zip(tree_ids, trees, strict=True):
+                with self._lock:
+                    if tid.hex() in self._prefetched:
+                        continue
+                    self._prefetched.add(tid.hex())
+                recorded.append((tree, TouchRecord(vers_dir, tid.hex(), remote)))
+            self._fetch_nodes(trees)
+            t1 = time.monotonic()
+            pages = 0
+            for tree, record in recorded:
+                runs = record.load(tree.num_pages)
+                pages += sum(n for _a, n in runs)
+                if runs:
+                    self.prefetch_runs(TreeReader(self.store, tree), runs)
+            log.debug("restore of %s announced: trees and nodes in %.2f s, %d recorded pages "
+                      "asked for", commit_id[:12], t1 - t0, pages)
+        return self._pool.submit(self._quietly, job)
+
     def _quietly(self, job: Callable[[], object]) -> None:
         try:
             job()
@@ -468,10 +525,13 @@ class LazyObjects:
             self._keep(out)
 
     # -- what a restore needs -----------------------------------------------------------------
-    def prefetch_commit(self, commit: Commit, boot: Iterable[str] = BOOT_IMAGES) -> None:
-        """Trees and every node of ``commit``'s images (one batch per tree level), and the pages
-        of the images a restore reads whole (``boot``). The boot images' nodes and pages are
-        fetched beside the other images' nodes, so the two chains of round trips overlap."""
+    def prefetch_commit(self, commit: Commit, boot: Iterable[str] = BOOT_IMAGES,
+                        nodes: bool = True) -> None:
+        """Trees of ``commit``'s images, and the nodes and pages of the images a restore reads
+        whole (``boot``); with ``nodes`` also every node of the other images (one batch per tree
+        level), fetched beside the boot images so the two chains of round trips overlap.
+        Without (the backing daemon fetches those itself, ``prefetch_restore``), the restore
+        waits only for what it reads before QEMU starts."""
         store = self.store
         t0 = time.monotonic()
         tree_ids = {name: bytes.fromhex(t) for name, t in commit.images.items()}
@@ -479,14 +539,20 @@ class LazyObjects:
         trees = {name: store.get_tree(oid) for name, oid in tree_ids.items()}
         t1 = time.monotonic()
         whole = [t for name, t in trees.items() if name in boot]
-        job = self._pool.submit(self._fetch_whole, whole)
-        try:
-            self._fetch_nodes([t for name, t in trees.items() if name not in boot])
-            t2 = time.monotonic()
-        finally:
-            job.result()
+        t2 = t1
+        if nodes:
+            job = self._pool.submit(self._fetch_whole, whole)
+            try:
+                self._fetch_nodes([t for name, t in trees.items() if name not in boot])
+                t2 = time.monotonic()
+            finally:
+                job.result()
+        else:
+            self._fetch_whole(whole)
+        t3 = time.monotonic()
+        self.phases.update(trees=t1 - t0, nodes=t2 - t1, boot=t3 - t1)
         log.debug("restore prefetch: trees %.2f s, nodes %.2f s, boot images %.2f s (%d objects, "
-                  "%d range GETs in all)", t1 - t0, t2 - t1, time.monotonic() - t1,
+                  "%d range GETs in all)", t1 - t0, t2 - t1, t3 - t1,
                   self.stats.objects, self.stats.ranges)
 
     def _fetch_whole(self, trees: list[Tree]) -> None:
@@ -521,28 +587,111 @@ class TouchRecord:
     file per image tree under ``.vers/cache/touched/`` (JSON runs of pages, 0600), written by
     the backing daemon and read by the next lazy restore of that image, which prefetches them.
 
-    It is a hint: a missing, unreadable or foreign file only means no prefetch."""
+    With ``remote`` (the promisor the image comes from) the record is shared: ``load`` reads
+    ``touched/<tree ID>`` from the remote when there is no local one (so a fresh repository
+    restoring the commit prefetches what an earlier restore anywhere read), and ``save`` puts
+    it there when the remote has none (or only a damaged one), by compare-and-swap, so the first
+    record stays. ``vers push`` sends the records of the commits it pushes.
 
-    def __init__(self, vers_dir: Path, tree_id: str) -> None:
+    It is a hint: a missing, unreadable, damaged or foreign record only means no prefetch, and
+    one naming more than 1/``RECORD_MAX_FRACTION`` of the image is ignored (it would cost
+    bytes, never correctness: every page fetched is verified by its hash like any other)."""
+
+    def __init__(self, vers_dir: Path, tree_id: str, remote: Promisor | None = None) -> None:
         self.path = Path(vers_dir) / "cache" / "touched" / tree_id
         self.tree_id = tree_id
+        self.remote = remote
+        self.key = f"{RECORD_PREFIX}{tree_id}"
+        #: what the remote holds: None (not asked), "good", "absent", or the version tag of a
+        #: record found unusable (replaced by the next save)
+        self.remote_state: str | None = None
+
+    def parse(self, text: bytes | str, npages: int) -> list[tuple[int, int]]:
+        """The runs of a record, validated; ValueError if it is not a usable record of this
+        image."""
+        if len(text) > RECORD_MAX_BYTES:
+            raise ValueError(f"{len(text)} bytes is too large for a record")
+        doc = json.loads(text)
+        if not isinstance(doc, dict) or doc.get("version") != RECORD_VERSION \
+                or doc.get("tree") != self.tree_id or not isinstance(doc.get("runs"), list):
+            raise ValueError("not a touched-page record of this image")
+        out: list[tuple[int, int]] = []
+        total, end = 0, 0
+        for run in doc["runs"]:
+            if not (isinstance(run, list) and len(run) == 2
+                    and all(type(x) is int for x in run)):
+                raise ValueError(f"bad run {run!r}")
+            a, n = run
+            if not (end <= a < npages and 0 < n <= npages - a):
+                raise ValueError(f"run {a}+{n} is out of order or outside the image")
+            out.append((a, n))
+            total, end = total + n, a + n
+        if total > max(RECORD_MIN_PAGES, npages // RECORD_MAX_FRACTION):
+            raise ValueError(f"{total} pages of {npages} is more than a restore reads")
+        return out
 
     def load(self, npages: int) -> list[tuple[int, int]]:
         try:
-            doc = json.loads(self.path.read_text())
-            if doc.get("version") != RECORD_VERSION or doc.get("tree") != self.tree_id:
-                return []
-            return [(int(a), int(n)) for a, n in doc["runs"]
-                    if 0 <= int(a) < npages and 0 < int(n) <= npages - int(a)]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            if not isinstance(exc, FileNotFoundError):
-                log.info("ignoring the touched-page record %s: %s", self.path, exc)
+            return self.parse(self.path.read_bytes(), npages)
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError) as exc:
+            log.info("ignoring the touched-page record %s: %s", self.path, exc)
             return []
+        if self.remote is None:
+            return []
+        try:
+            got = self.remote.transport.read_versioned(self.key)
+        except VersError as exc:
+            log.info("cannot read the touched-page record %s of %s: %s", self.key,
+                     self.remote.name, exc)
+            return []
+        if got is None:
+            self.remote_state = "absent"
+            return []
+        data, version = got
+        try:
+            runs = self.parse(data, npages)
+        except ValueError as exc:
+            log.info("ignoring the touched-page record %s of %s: %s", self.key,
+                     self.remote.name, exc)
+            self.remote_state = version
+            return []
+        self.remote_state = "good"
+        try:  # the next restore here needs no request
+            self.save_local(runs)
+        except OSError as exc:
+            log.info("cannot keep the touched-page record %s: %s", self.path, exc)
+        return runs
+
+    def encode(self, touched: list[tuple[int, int]]) -> bytes:
+        return json.dumps({"version": RECORD_VERSION, "tree": self.tree_id,
+                           "runs": touched}).encode()
+
+    def save_local(self, touched: list[tuple[int, int]]) -> None:
+        make_private_dirs(self.path.parent)
+        write_private(self.path, self.encode(touched))
 
     def save(self, touched: list[tuple[int, int]]) -> None:
-        make_private_dirs(self.path.parent)
-        write_private(self.path, json.dumps({"version": RECORD_VERSION, "tree": self.tree_id,
-                                             "runs": touched}))
+        """Write the record here and, if the remote has no usable one, there (a failure to
+        share it is only logged)."""
+        self.save_local(touched)
+        if self.remote is None or self.remote_state == "good" or not share_records():
+            return
+        expected = None if self.remote_state in (None, "absent") else self.remote_state
+        try:
+            if self.remote.transport.put_if(self.key, self.encode(touched), expected):
+                self.remote_state = "good"
+                log.info("shared the touched-page record %s with %s", self.key,
+                         self.remote.name)
+        except VersError as exc:
+            log.info("cannot share the touched-page record %s with %s: %s", self.key,
+                     self.remote.name, exc)
+
+
+def share_records() -> bool:
+    """Whether touched-page records go to the remote (``VERS_LAZY_SHARE_RECORDS=0``: never)."""
+    return os.environ.get("VERS_LAZY_SHARE_RECORDS", "1") not in ("0", "no", "false")
 
 
 @dataclass
@@ -606,10 +755,17 @@ class ReadAhead:
         if record is not None:
             lazy = image.reader.store.absent
             if isinstance(lazy, LazyObjects):
-                lazy.prefetch_runs(image.reader, record.load(self._pages))
+                lazy.prefetch_recorded(image.reader, record)
             timer = threading.Timer(seconds, self.save_record)
             timer.daemon = True
             timer.start()
+
+    def close(self) -> None:
+        """The image is no longer served: write down what was read, if that is not done yet
+        (on a thread of its own: sharing the record is a request to the remote)."""
+        if self._touched is not None:
+            threading.Thread(target=self.save_record, name="vers-lazy-record",
+                             daemon=True).start()
 
     def save_record(self) -> None:
         """Write down the pages read so far (once: later reads are no longer "the start")."""
