@@ -100,7 +100,7 @@ RECORD_BATCH_PAGES = 2048
 RECORD_VERSION = 1
 RECORD_PREFIX = "touched/"  # on a remote: touched/<tree ID>
 RECORD_MAX_FRACTION = 4
-RECORD_MIN_PAGES = 4096
+RECORD_MIN_PAGES = 64
 RECORD_MAX_BYTES = 4 << 20
 # The images a restore reads whole before the guest runs.
 BOOT_IMAGES = ("devstate", "kernel", "initrd")
@@ -138,12 +138,14 @@ class Promisor:
         self.index_cache = index_cache
         self._index: RemoteIndex | None = None
         self._lock = threading.Lock()
+        self.index_seconds = 0.0  # spent reading the indexes (for benchmarks)
 
     def index(self, reload: bool = False) -> RemoteIndex:
         with self._lock:
             if self._index is None or reload:
                 t0 = time.monotonic()
                 self._index = RemoteIndex.load(self.transport, self.index_cache)
+                self.index_seconds += time.monotonic() - t0
                 log.debug("indexes of %s: %d objects in %d bundles, read in %.2f s", self.name,
                           len(self._index.locs), len(self._index.bundles), time.monotonic() - t0)
             return self._index
@@ -626,7 +628,7 @@ class TouchRecord:
                 raise ValueError(f"run {a}+{n} is out of order or outside the image")
             out.append((a, n))
             total, end = total + n, a + n
-        if total > max(RECORD_MIN_PAGES, npages // RECORD_MAX_FRACTION):
+        if total > record_cap(npages):
             raise ValueError(f"{total} pages of {npages} is more than a restore reads")
         return out
 
@@ -680,6 +682,7 @@ class TouchRecord:
             return
         expected = None if self.remote_state in (None, "absent") else self.remote_state
         try:
+            self.remote.transport.check_reachable()  # never make a vanished path remote again
             if self.remote.transport.put_if(self.key, self.encode(touched), expected):
                 self.remote_state = "good"
                 log.info("shared the touched-page record %s with %s", self.key,
@@ -687,6 +690,21 @@ class TouchRecord:
         except VersError as exc:
             log.info("cannot share the touched-page record %s with %s: %s", self.key,
                      self.remote.name, exc)
+
+
+def record_cap(npages: int) -> int:
+    """The most pages a touched-page record of an image of ``npages`` may name."""
+    return max(RECORD_MIN_PAGES, npages // RECORD_MAX_FRACTION)
+
+
+def _capped(runs: list[tuple[int, int]], cap: int) -> list[tuple[int, int]]:
+    out = []
+    for a, n in runs:
+        if cap <= 0:
+            break
+        out.append((a, min(n, cap)))
+        cap -= n
+    return out
 
 
 def share_records() -> bool:
@@ -774,7 +792,7 @@ class ReadAhead:
         if self._record is None or touched is None or not touched.count(1):
             return
         try:
-            self._record.save(_runs_of(touched))
+            self._record.save(_capped(_runs_of(touched), record_cap(self._pages)))
         except OSError as exc:
             log.info("cannot write the touched-page record %s: %s", self._record.path, exc)
 
@@ -956,8 +974,8 @@ def resolve_on_remote(repo: Repo, lazy: LazyObjects, name: str, rev: str) -> str
             return refs[ref]
     if _HEXPREFIX.match(rev):
         index = promisor.index()
-        found = sorted(o.hex() for o, loc in index.locs.items()
-                       if loc.kind == KIND_COMMIT and o.hex().startswith(rev))
+        found = sorted(h for h in (o.hex() for o in index.locs.ids_of_kind(KIND_COMMIT))
+                       if h.startswith(rev))
         if len(found) > 1:
             raise AmbiguousRevision(rev, found)
         if found:

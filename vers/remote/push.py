@@ -77,11 +77,8 @@ def push(repo: Repo, transport: Transport, updates: list[tuple[str, str]], *, fo
     todo = check_updates(repo, remote_refs, updates, force)
     result.up_to_date = [dst for new, dst in updates
                          if dst in remote_refs and remote_refs[dst].value == new]
-    try:
-        share_records(repo, transport, [new for new, _dst in updates])
-    except RemoteError as exc:  # records are hints: the push is what was asked for
-        log.info("touched-page records not sent: %s", exc)
     if not todo:
+        _share_quietly(repo, transport, updates)
         return result
     ensure_format(transport)
     index = RemoteIndex.load(transport, cache_dir)
@@ -113,11 +110,19 @@ def push(repo: Repo, transport: Transport, updates: list[tuple[str, str]], *, fo
             lost.append(dst)
     if head_branch:
         set_remote_head_if_absent(transport, head_branch)
+    _share_quietly(repo, transport, updates)
     if lost:
         raise PushRejected(
             "another push moved " + ", ".join(lost) + " meanwhile; fetch and try again "
             "(the objects are uploaded; a retry sends only refs)")
     return result
+
+
+def _share_quietly(repo: Repo, transport: Transport, updates: list[tuple[str, str]]) -> None:
+    try:
+        share_records(repo, transport, [new for new, _dst in updates])
+    except RemoteError as exc:  # records are hints: the push is what was asked for
+        log.info("touched-page records not sent: %s", exc)
 
 
 def share_records(repo: Repo, transport: Transport, tips: list[str]) -> int:
@@ -143,6 +148,7 @@ def share_records(repo: Repo, transport: Transport, tips: list[str]) -> int:
     if not found:
         return 0
     there = transport.list(RECORD_PREFIX)
+    transport.check_reachable()
     sent = 0
     for record, runs in found:
         if record.key not in there and transport.put_if(record.key, record.encode(runs), None):
