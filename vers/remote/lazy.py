@@ -83,6 +83,8 @@ T = TypeVar("T")
 RETRY_SECONDS = 30.0
 # S3 connect and read timeout for lazy reads: a hung server must not hang a guest for minutes.
 S3_TIMEOUT = 10.0
+# The most a restore's recorded pages wait for its boot files to be fetched first.
+BOOT_FIRST_SECONDS = 5.0
 READAHEAD_MIN_PAGES = 256  # 1 MiB
 READAHEAD_MAX_PAGES = 8192  # 32 MiB
 READAHEAD_CHUNK_PAGES = 2048  # one background fetch: about one 8 MiB range GET
@@ -174,6 +176,8 @@ class LazyObjects:
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="vers-lazy-store")
         self._closed = False
         self._prefetched: set[str] = set()  # trees whose recorded pages were asked for
+        #: set once a restore's boot files are in (or when no restore fetches them here)
+        self._boot_done = threading.Event()
         #: seconds each step of ``prefetch_commit`` took (for benchmarks)
         self.phases: dict[str, float] = {}
 
@@ -369,12 +373,17 @@ class LazyObjects:
         return self._pool.submit(self._quietly, job)
 
     def prefetch_restore(self, commit_id: str, vers_dir: Path,
-                         boot: Iterable[str] = BOOT_IMAGES) -> Future[None]:
+                         boot: Iterable[str] = BOOT_IMAGES,
+                         boot_here: bool = False) -> Future[None]:
         """What a restore of ``commit_id`` will read once the guest runs, in the background
         (the backing daemon calls this when a restore from the remote announces itself, before
         QEMU starts): the trees and nodes of every image but ``boot`` (which the restore reads
         whole itself), and the pages recorded as read first by an earlier restore of each image,
-        here or on the remote (``TouchRecord``)."""
+        here or on the remote (``TouchRecord``). ``boot_here``: ``prepare_restore`` runs too;
+        the recorded pages are asked for once it is done (it is what the restore waits for)."""
+        if not boot_here:
+            self._boot_done.set()
+
         def job() -> None:
             t0 = time.monotonic()
             commit = self.store.get_commit(bytes.fromhex(commit_id))
@@ -392,6 +401,9 @@ class LazyObjects:
                 recorded.append((tree, TouchRecord(vers_dir, tid.hex(), remote)))
             self._fetch_nodes(trees)
             t1 = time.monotonic()
+            # The pages come after what the restore reads before QEMU starts, if it is being
+            # fetched too (``prepare_restore``): that is what it waits for first.
+            self._boot_done.wait(BOOT_FIRST_SECONDS)
             pages = 0
             for tree, record in recorded:
                 runs = record.load(tree.num_pages)
@@ -556,6 +568,25 @@ class LazyObjects:
         log.debug("restore prefetch: trees %.2f s, nodes %.2f s, boot images %.2f s (%d objects, "
                   "%d range GETs in all)", t1 - t0, t2 - t1, t3 - t1,
                   self.stats.objects, self.stats.ranges)
+
+    def prepare_restore(self, commit_id: str) -> None:
+        """Everything a restore of ``commit_id`` reads before QEMU starts, stored here (the
+        commit, its trees, the device state and boot files: ``prefetch_commit`` without the
+        other images' nodes; ``prefetch_restore``, started first, brings in what the guest
+        will read meanwhile). The backing daemon does this for a client
+        (``restore_from_remote``), so the client itself never talks to the remote."""
+        t0 = time.monotonic()
+        oid = bytes.fromhex(commit_id)
+        try:
+            self.fetch(self.store.missing([oid]))
+            try:
+                commit = self.store.get_commit(oid)
+            except CorruptObject as exc:  # an object of another kind
+                raise BadRevision(f"{commit_id} is not a commit") from exc
+            self.prefetch_commit(commit, nodes=False)
+        finally:
+            self._boot_done.set()
+        self.phases["prepare"] = time.monotonic() - t0
 
     def _fetch_whole(self, trees: list[Tree]) -> None:
         self._fetch_nodes(trees)
