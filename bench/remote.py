@@ -96,7 +96,9 @@ def plain_copy(server: SeaweedS3, prefix: str, dest: Path) -> tuple[int, float]:
     client = server.client()
     keys: list[str] = []
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix):
-        keys += [o["Key"] for o in page.get("Contents", [])]
+        # not the transient lock objects: a writer may delete one between our listing and GET
+        keys += [o["Key"] for o in page.get("Contents", [])
+                 if not o["Key"].startswith(f"{prefix}locks/")]
     t0 = time.perf_counter()
 
     def get(key: str) -> int:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import re
 import struct
+import threading
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -153,17 +154,37 @@ class RemoteIndex:
         self.locs.add(name, data)
         self.bundles.add(name)
 
+    def copy(self) -> RemoteIndex:
+        out = RemoteIndex()
+        out.locs._pos = dict(self.locs._pos)
+        out.locs._raw = list(self.locs._raw)
+        out.bundles = set(self.bundles)
+        return out
+
     @classmethod
-    def load(cls, transport: Transport, cache_dir: Path | None = None) -> RemoteIndex:
-        index = cls()
+    def load(cls, transport: Transport, cache_dir: Path | None = None,
+             shared: bool = False) -> RemoteIndex:
+        """``shared``: start from the indexes of the same remote this process read before (they
+        never change; the listing still says which bundles there are now). The backing daemon
+        serves restores into many repositories from one remote."""
         # Only names a vers writer can have made: a hostile listing must not steer cache paths.
         names = sorted(k[len(BUNDLE_PREFIX):-4] for k in transport.list(BUNDLE_PREFIX)
                        if _INDEX_KEY.match(k))
         transport.check_reachable()  # after the listing: an empty one may mean "gone"
+        with _LOADED_LOCK:
+            known = _LOADED.get(transport.url) if shared else None
+        if known is not None and known.bundles <= set(names):
+            if known.bundles == set(names):
+                return known
+            index = known.copy()
+        else:
+            index = cls()
         if cache_dir is not None:
             make_private_dirs(cache_dir)
         todo = []
         for name in names:
+            if name in index.bundles:
+                continue
             cached = cache_dir / f"{name}.idx" if cache_dir is not None else None
             if cached is not None and cached.is_file():
                 try:
@@ -178,7 +199,15 @@ class RemoteIndex:
                 index.add(name, data)
                 if cache_dir is not None:
                     write_private(cache_dir / f"{name}.idx", data)
+        if shared:
+            with _LOADED_LOCK:
+                _LOADED[transport.url] = index
         return index
+
+
+# Indexes read by this process, by remote URL (``RemoteIndex.load(..., shared=True)``).
+_LOADED: dict[str, RemoteIndex] = {}
+_LOADED_LOCK = threading.Lock()
 
 
 @dataclass

@@ -83,6 +83,8 @@ T = TypeVar("T")
 RETRY_SECONDS = 30.0
 # S3 connect and read timeout for lazy reads: a hung server must not hang a guest for minutes.
 S3_TIMEOUT = 10.0
+# A restore reads the first pages of each disk before the guest runs (qemu-img probes it).
+HEAD_PAGES = 16
 # The most a restore's recorded pages wait for its boot files to be fetched first.
 BOOT_FIRST_SECONDS = 5.0
 READAHEAD_MIN_PAGES = 256  # 1 MiB
@@ -146,7 +148,7 @@ class Promisor:
         with self._lock:
             if self._index is None or reload:
                 t0 = time.monotonic()
-                self._index = RemoteIndex.load(self.transport, self.index_cache)
+                self._index = RemoteIndex.load(self.transport, self.index_cache, shared=True)
                 self.index_seconds += time.monotonic() - t0
                 log.debug("indexes of %s: %d objects in %d bundles, read in %.2f s", self.name,
                           len(self._index.locs), len(self._index.bundles), time.monotonic() - t0)
@@ -583,10 +585,25 @@ class LazyObjects:
                 commit = self.store.get_commit(oid)
             except CorruptObject as exc:  # an object of another kind
                 raise BadRevision(f"{commit_id} is not a commit") from exc
+            self.fetch(self.store.missing([bytes.fromhex(t) for t in commit.images.values()]))
+            # The first pages of every other image, beside the boot files: creating a disk's
+            # overlay reads its head right after this (qemu-img probes the base).
+            heads = [self._pool.submit(self._fetch_head, bytes.fromhex(t))
+                     for name, t in commit.images.items() if name not in BOOT_IMAGES]
             self.prefetch_commit(commit, nodes=False)
+            for fut in heads:
+                fut.result()
         finally:
             self._boot_done.set()
         self.phases["prepare"] = time.monotonic() - t0
+        self.phases["remote indexes"] = sum(p.index_seconds for p in self.promisors)
+
+    def _fetch_head(self, tree_id: bytes) -> None:
+        tree = self.store.get_tree(tree_id)
+        if tree.num_pages:
+            ids = TreeReader(self.store, tree).page_ids(0, min(HEAD_PAGES, tree.num_pages) - 1)
+            self.fetch(self.absent(list(dict.fromkeys(o for o in ids if o != ZERO_ID))),
+                       durable=False)
 
     def _fetch_whole(self, trees: list[Tree]) -> None:
         self._fetch_nodes(trees)
