@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from vers.errors import RemoteError
-from vers.objects.model import PAGE_SIZE
+from vers.objects.model import KIND_COMMIT, PAGE_SIZE
 from vers.porcelain.clone import clone
 from vers.porcelain.fetch import fetch
 from vers.porcelain.fsck import fsck_repo
@@ -19,6 +19,7 @@ from vers.porcelain.gc import gc_repo
 from vers.porcelain.push import push
 from vers.porcelain.remote import add_remote
 from vers.remote.backends import open_transport
+from vers.remote.bundle import RemoteIndex
 from vers.remote.lazy import RECORD_MIN_PAGES, RECORD_PREFIX, ReadAhead, TouchRecord, open_lazy
 from vers.repo import Repo
 
@@ -260,3 +261,25 @@ def test_a_touched_page_record_is_validated() -> None:
         rec.parse(rec.encode([(0, big // 4 + 1)]), big)
     assert rec.parse(rec.encode([(0, big // 4)]), big) == [(0, big // 4)]
     assert rec.load(100) == []  # no file here, no remote: no prefetch, no error
+
+
+def test_indexes_read_once_per_process_still_see_a_new_push(tmp_path: Path,
+                                                            remote_url: str) -> None:
+    src, cid, image = _pushed(tmp_path, remote_url)
+    t = open_transport(remote_url)
+    first = RemoteIndex.load(t, shared=True)
+    assert RemoteIndex.load(t, shared=True) is first  # nothing new: the same, nothing read
+    assert first.locs.ids_of_kind(KIND_COMMIT) == [bytes.fromhex(cid)]
+    m2 = change_pages(image, tmp_path / "m2", [1, 2, 3], seed=9)
+    new = src.snapshot({"memory": tmp_path / "m2"}, message="two")
+    push(src, "origin")
+    second = RemoteIndex.load(t, shared=True)
+    assert bytes.fromhex(new) in second and bytes.fromhex(cid) in second
+    assert bytes.fromhex(new) not in first  # the one read before is not changed under a reader
+    assert sorted(second.locs.ids_of_kind(KIND_COMMIT)) == sorted(
+        bytes.fromhex(c) for c in (cid, new))
+    fresh = RemoteIndex.load(t)  # what a reader without the shared copy finds
+    assert len(fresh.locs) == len(second.locs)
+    assert all(fresh.locs[o] == second.locs[o] for o in fresh.locs)
+    assert len(m2) == len(image)
+    src.close()
