@@ -184,6 +184,7 @@ class LazyObjects:
         self.phases: dict[str, float] = {}
 
     def close(self) -> None:
+        self._boot_done.set()  # a restore's prefetch waiting for its boot files stops waiting
         self._pool.shutdown(wait=True, cancel_futures=True)
         with self._lock:  # a fetch still under way (in another thread) stores its own pages
             self._closed = True
