@@ -177,7 +177,8 @@ class LazyObjects:
         self._to_store: list[tuple[bytes, Record]] = []
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="vers-lazy-store")
         self._closed = False
-        self._prefetched: set[str] = set()  # trees whose recorded pages were asked for
+        #: the touched-page record of each tree whose recorded pages were asked for
+        self._records: dict[str, TouchRecord] = {}
         #: set once a restore's boot files are in (or when no restore fetches them here)
         self._boot_done = threading.Event()
         #: seconds each step of ``prefetch_commit`` took (for benchmarks)
@@ -359,21 +360,25 @@ class LazyObjects:
             self.fetch(self.absent(list(dict.fromkeys(ids))), durable=False)
         return job
 
-    def prefetch_recorded(self, reader: TreeReader, record: TouchRecord) -> Future[None] | None:
+    def prefetch_recorded(self, reader: TreeReader, record: TouchRecord) -> TouchRecord:
         """In the background: read ``record`` (here, else on the remote), then fetch the image's
         nodes (one batch per level) and the recorded pages (``prefetch_runs``). Nothing if this
-        image's record was prefetched already (``prefetch_restore``)."""
+        image's record was prefetched already (``prefetch_restore``). Returns the record to
+        write to later: the one read first (it knows what the remote has, so no second request
+        asks)."""
         with self._lock:
-            if record.tree_id in self._prefetched:
-                return None
-            self._prefetched.add(record.tree_id)
+            known = self._records.get(record.tree_id)
+            if known is not None:
+                return known
+            self._records[record.tree_id] = record
 
         def job() -> None:
             runs = record.load(reader.tree.num_pages)
             if runs:
                 self._fetch_nodes([reader.tree])
                 self.prefetch_runs(reader, runs)
-        return self._pool.submit(self._quietly, job)
+        self._pool.submit(self._quietly, job)
+        return record
 
     def prefetch_restore(self, commit_id: str, vers_dir: Path,
                          boot: Iterable[str] = BOOT_IMAGES,
@@ -397,11 +402,12 @@ class LazyObjects:
             remote = self.promisors[0] if self.promisors else None
             recorded = []
             for tid, tree in zip(tree_ids, trees, strict=True):
+                record = TouchRecord(vers_dir, tid.hex(), remote)
                 with self._lock:
-                    if tid.hex() in self._prefetched:
+                    if tid.hex() in self._records:
                         continue
-                    self._prefetched.add(tid.hex())
-                recorded.append((tree, TouchRecord(vers_dir, tid.hex(), remote)))
+                    self._records[tid.hex()] = record
+                recorded.append((tree, record))
             self._fetch_nodes(trees)
             t1 = time.monotonic()
             # The pages come after what the restore reads before QEMU starts, if it is being
@@ -822,7 +828,7 @@ class ReadAhead:
         if record is not None:
             lazy = image.reader.store.absent
             if isinstance(lazy, LazyObjects):
-                lazy.prefetch_recorded(image.reader, record)
+                self._record = lazy.prefetch_recorded(image.reader, record)
             timer = threading.Timer(seconds, self.save_record)
             timer.daemon = True
             timer.start()

@@ -41,6 +41,8 @@ AWS_ENV_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN
 
 _SESSIONS: dict[tuple[tuple[str, str], ...], Any] = {}
 _SESSIONS_LOCK = threading.Lock()
+# Whether a server honours conditional writes, by (endpoint, bucket), probed once per process.
+_CONDITIONAL: dict[tuple[str, str], bool] = {}
 
 
 def _make_client(env: Mapping[str, str] | None, timeout: float | None) -> Any:
@@ -199,7 +201,14 @@ class S3Transport(Transport):
     @property
     def conditional_writes(self) -> bool:
         if self._conditional is None:
-            self._conditional = self._probe_conditional()
+            where = (self.client.meta.endpoint_url, self.bucket)
+            with _SESSIONS_LOCK:
+                known = _CONDITIONAL.get(where)
+            if known is None:  # once per server and bucket in a process, not per transport
+                known = self._probe_conditional()
+                with _SESSIONS_LOCK:
+                    _CONDITIONAL[where] = known
+            self._conditional = known
         return self._conditional
 
     def _probe_conditional(self) -> bool:
