@@ -202,11 +202,9 @@ class LazyObjects:
     # -- pages in memory ----------------------------------------------------------------------
     def absent(self, oids: list[bytes]) -> list[bytes]:
         """Those of ``oids`` neither stored here nor held in memory, verified."""
-        missing = self.store.missing(oids)
-        if not missing:
-            return missing
-        with self._lock:
-            return [o for o in missing if o not in self._recent]
+        with self._lock:  # memory first: pages just fetched need no store lookup
+            rest = [o for o in oids if o not in self._recent]
+        return self.store.missing(rest) if rest else rest
 
     def pages(self, oids: list[bytes]) -> list[bytes]:
         """The pages ``oids``, verified: from memory when just fetched, else from the store
@@ -272,12 +270,15 @@ class LazyObjects:
         excess = len(self._recent) * PAGE_SIZE - MEMORY_BYTES
         if excess <= 0:
             return
-        for oid in list(self._recent):
+        drop = []
+        for oid in self._recent:  # oldest first, only as far as needed (not a copy of all)
             if excess <= 0:
                 break
             if oid not in self._unstored:
-                del self._recent[oid]
+                drop.append(oid)
                 excess -= PAGE_SIZE
+        for oid in drop:
+            del self._recent[oid]
 
     def _wait_stored(self, oids: list[bytes]) -> None:
         with self._lock:
