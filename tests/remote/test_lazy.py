@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from vers.errors import RemoteError
-from vers.objects.model import PAGE_SIZE
+from vers.objects.model import KIND_COMMIT, PAGE_SIZE
 from vers.porcelain.clone import clone
 from vers.porcelain.fetch import fetch
 from vers.porcelain.fsck import fsck_repo
@@ -19,7 +19,8 @@ from vers.porcelain.gc import gc_repo
 from vers.porcelain.push import push
 from vers.porcelain.remote import add_remote
 from vers.remote.backends import open_transport
-from vers.remote.lazy import ReadAhead, open_lazy
+from vers.remote.bundle import RemoteIndex
+from vers.remote.lazy import RECORD_MIN_PAGES, RECORD_PREFIX, ReadAhead, TouchRecord, open_lazy
 from vers.repo import Repo
 
 from .conftest import change_pages, export_bytes, make_memory, vers
@@ -210,4 +211,75 @@ def test_commit_on_a_partial_store_pushes_back(tmp_path: Path, remote_url: str) 
     assert fsck_repo(third).ok
     third.close()
     repo.close()
+    src.close()
+
+
+def test_push_sends_the_touched_page_records_of_what_it_pushes(tmp_path: Path,
+                                                               remote_url: str,
+                                                               monkeypatch: pytest.MonkeyPatch,
+                                                               ) -> None:
+    repo = Repo.init(tmp_path / "a")
+    make_memory(tmp_path / "m1", NPAGES, seed=1)
+    cid = repo.snapshot({"memory": tmp_path / "m1"}, message="one")
+    tree = repo.get_commit(cid).images["memory"]
+    TouchRecord(repo.vers_dir, tree).save_local([(10, 5), (700, 64)])
+    add_remote(repo, "origin", remote_url)
+    monkeypatch.setenv("VERS_LAZY_SHARE_RECORDS", "0")
+    push(repo, "origin")
+    remote = open_transport(remote_url)
+    assert remote.list(RECORD_PREFIX) == {}  # not shared when told not to
+    monkeypatch.delenv("VERS_LAZY_SHARE_RECORDS")
+    push(repo, "origin")  # nothing else to send, but the record goes
+    key = f"{RECORD_PREFIX}{tree}"
+    assert list(remote.list(RECORD_PREFIX)) == [key]
+    assert TouchRecord(tmp_path, tree).parse(remote.get(key), NPAGES) == [(10, 5), (700, 64)]
+    # A record that is not one is not sent (it is checked like one read from a remote).
+    TouchRecord(repo.vers_dir, tree).path.write_text("[]")
+    remote.delete(key)
+    push(repo, "origin")
+    assert remote.list(RECORD_PREFIX) == {}
+    repo.close()
+
+
+def test_a_touched_page_record_is_validated() -> None:
+    tree = "ab" * 32
+    rec = TouchRecord(Path("/nonexistent"), tree)
+    ok = rec.encode([(0, 3), (10, 4)])
+    assert rec.parse(ok, 100) == [(0, 3), (10, 4)]
+    for bad in (b"\xff", b"[]", b'{"version": 2, "tree": "' + tree.encode() + b'", "runs": []}',
+                rec.encode([(10, 4), (0, 3)]),  # out of order
+                rec.encode([(0, 5), (3, 4)]),  # overlapping
+                rec.encode([(98, 4)]),  # past the end
+                rec.encode([(0, 0)]),
+                b'{"version": 1, "tree": "' + tree.encode() + b'", "runs": [[1.5, 2]]}',
+                b'{"version": 1, "tree": "' + tree.encode() + b'", "runs": [[true, 2]]}',
+                TouchRecord(Path("/x"), "cd" * 32).encode([(0, 3)])):  # another image's
+        with pytest.raises(ValueError):
+            rec.parse(bad, 100)
+    big = 4 * RECORD_MIN_PAGES
+    with pytest.raises(ValueError, match="more than a restore reads"):
+        rec.parse(rec.encode([(0, big // 4 + 1)]), big)
+    assert rec.parse(rec.encode([(0, big // 4)]), big) == [(0, big // 4)]
+    assert rec.load(100) == []  # no file here, no remote: no prefetch, no error
+
+
+def test_indexes_read_once_per_process_still_see_a_new_push(tmp_path: Path,
+                                                            remote_url: str) -> None:
+    src, cid, image = _pushed(tmp_path, remote_url)
+    t = open_transport(remote_url)
+    first = RemoteIndex.load(t, shared=True)
+    assert RemoteIndex.load(t, shared=True) is first  # nothing new: the same, nothing read
+    assert first.locs.ids_of_kind(KIND_COMMIT) == [bytes.fromhex(cid)]
+    m2 = change_pages(image, tmp_path / "m2", [1, 2, 3], seed=9)
+    new = src.snapshot({"memory": tmp_path / "m2"}, message="two")
+    push(src, "origin")
+    second = RemoteIndex.load(t, shared=True)
+    assert bytes.fromhex(new) in second and bytes.fromhex(cid) in second
+    assert bytes.fromhex(new) not in first  # the one read before is not changed under a reader
+    assert sorted(second.locs.ids_of_kind(KIND_COMMIT)) == sorted(
+        bytes.fromhex(c) for c in (cid, new))
+    fresh = RemoteIndex.load(t)  # what a reader without the shared copy finds
+    assert len(fresh.locs) == len(second.locs)
+    assert all(fresh.locs[o] == second.locs[o] for o in fresh.locs)
+    assert len(m2) == len(image)
     src.close()

@@ -5,22 +5,25 @@ not fetch megabytes around each touched page."""
 
 from __future__ import annotations
 
+import json
 import mmap
 import os
 import shutil
 import stat
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.fuse.conftest import needs_fuse
 from tests.vmm.memory.daemons import backing_daemon
+from vers.errors import FuseError
 from vers.objects.model import PAGE_SIZE
 from vers.porcelain.clone import clone
-from vers.remote.lazy import open_lazy
+from vers.remote.backends import open_transport
+from vers.remote.lazy import RECORD_PREFIX, open_lazy
 from vers.repo import Repo
 from vers.vmm.memory.daemon import FAULT_AROUND_PAGES
 from vers.vmm.memory.fuse import BackingDaemon, BackingFile
@@ -150,5 +153,81 @@ def test_a_touch_of_hugepage_advised_ram_fetches_little_around_it(tmp_path: Path
     # read-around asks for
     assert fetched < (2 * FAULT_AROUND_PAGES + 16) * PAGE_SIZE < 2 << 20
     f.remove()
+    repo.close()
+    src.close()
+
+
+def _wait_for(cond: Callable[[], bool], seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not cond() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return cond()
+
+
+def test_the_record_is_shared_on_the_remote_and_prefetched_by_a_fresh_repository(
+        tmp_path: Path, daemon: BackingDaemon, remote_url: str) -> None:
+    src, cid, image = _pushed(tmp_path, remote_url)
+    tree = src.get_commit(cid).images["memory"]
+    repo, _ = clone(remote_url, str(tmp_path / "b"), lazy=True)
+    f = lazy_file(daemon, repo, cid, "vm1.memory")
+    assert pread(f.path, 300, 64) == bytes(image[300 * PAGE_SIZE:364 * PAGE_SIZE])
+    f.remove()  # the record is written when the file goes, if its time was not up yet
+    remote = open_transport(remote_url)
+    key = f"{RECORD_PREFIX}{tree}"
+    assert _wait_for(lambda: key in remote.list(RECORD_PREFIX))
+    assert (repo.vers_dir / "cache" / "touched" / tree).is_file()
+    shared = remote.get(key)
+    runs = json.loads(shared)["runs"]
+    assert any(a <= 300 and a + n >= 364 for a, n in runs), runs  # and the kernel's read-ahead
+
+    # Another fresh repository has no record of its own: the daemon, told which commit is
+    # about to be restored, reads the remote's and fetches those pages before anything reads.
+    other, _ = clone(remote_url, str(tmp_path / "c"), lazy=True)
+    before = other.store.stats().bytes
+    daemon.request("promisor_settings", repo=str(other.vers_dir), env={}, retry_seconds=30,
+                   commit=cid)
+    assert _wait_for(lambda: other.store.stats().bytes - before >= 64 * PAGE_SIZE // 2)
+    with other.local_only():
+        assert other.open_image(cid, "memory").pread(300 * PAGE_SIZE, 64 * PAGE_SIZE) == \
+            bytes(image[300 * PAGE_SIZE:364 * PAGE_SIZE])
+    assert (other.vers_dir / "cache" / "touched" / tree).read_bytes() == shared  # kept here
+    # A commit ID that is not one is refused, one line.
+    with pytest.raises(FuseError, match="bad commit ID"):
+        daemon.request("promisor_settings", repo=str(other.vers_dir), env={}, commit="../x")
+    other.close()
+    repo.close()
+    src.close()
+
+
+@pytest.mark.parametrize("bad", [b"\x00garbage", b'{"version": 1, "tree": "0", "runs": []}',
+                                 "runs out of the image", "too many pages"])
+def test_a_damaged_record_on_the_remote_is_ignored_and_replaced(
+        tmp_path: Path, daemon: BackingDaemon, bad: bytes | str) -> None:
+    url = str(tmp_path / "remote")
+    src, cid, image = _pushed(tmp_path, url)
+    tree = src.get_commit(cid).images["memory"]
+    if bad == "runs out of the image":
+        bad = json.dumps({"version": 1, "tree": tree, "runs": [[NPAGES - 8, 64]]}).encode()
+    elif bad == "too many pages":
+        bad = json.dumps({"version": 1, "tree": tree, "runs": [[0, NPAGES // 2]]}).encode()
+    assert isinstance(bad, bytes)
+    remote = open_transport(url)
+    key = f"{RECORD_PREFIX}{tree}"
+    remote.put(key, bad)
+    repo, _ = clone(url, str(tmp_path / "b"), lazy=True)
+    before = repo.store.stats().bytes
+    daemon.ensure_running()
+    daemon.request("promisor_settings", repo=str(repo.vers_dir), env={}, retry_seconds=30,
+                   commit=cid)
+    f = lazy_file(daemon, repo, cid, "vm1.memory")
+    assert pread(f.path, 1000, 4) == bytes(image[1000 * PAGE_SIZE:1004 * PAGE_SIZE])
+    # nothing was prefetched for it: the tree's nodes and the 4 pages read (plus the kernel's
+    # read-around of them), not the record's pages
+    assert repo.store.stats().bytes - before < 64 * PAGE_SIZE
+    assert not (repo.vers_dir / "cache" / "touched" / tree).exists()  # not kept either
+    f.remove()
+    # the damaged record is replaced by this restore's (compare-and-swap on what was read)
+    assert _wait_for(lambda: remote.get(key) != bad)
+    assert json.loads(remote.get(key))["runs"][0][0] <= 1000
     repo.close()
     src.close()

@@ -7,15 +7,16 @@ which source ``vers branch`` forks) is decided here.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from vers.errors import BadInput, BadRevision, RefError, UnknownVM
+from vers.errors import BadInput, BadRevision, FuseError, RefError, UnknownVM
 from vers.porcelain import record as recording
 from vers.porcelain.transfer import exec_json
 from vers.progress import NO_PROGRESS, Progress
 from vers.refs.container import check_short_name
-from vers.remote.lazy import open_lazy, promisor_for, resolve_on_remote
+from vers.remote.lazy import LazyObjects, open_lazy, promisor_for, resolve_on_remote
 from vers.remote.s3 import AWS_ENV_KEYS
 from vers.vmm import control
 from vers.vmm.agent import ExecResult
@@ -254,20 +255,45 @@ def from_remote(repo: Repo, remote: str, rev: str) -> str:
     name = promisor_for(repo, remote)
     lazy = open_lazy(repo)
     assert lazy is not None  # ``name`` is a promisor now
+    if default_backing() == "fuse" and restore_through_daemon(repo, lazy, rev):
+        return rev
     cid = resolve_on_remote(repo, lazy, name, rev)
     lazy.fetch(repo.store.missing([bytes.fromhex(cid)]))
     try:
         commit = repo.get_commit(cid)
     except BadRevision as exc:
         raise BadRevision(f"{rev} is not a commit on {name}") from exc
-    lazy.prefetch_commit(commit)
-    if default_backing() == "fuse":
+    fuse = default_backing() == "fuse"
+    if fuse:  # the daemon fetches what the guest reads (nodes, recorded pages) meanwhile
         daemon = BackingDaemon()
         daemon.ensure_running()
         daemon.request("promisor_settings", repo=str(repo.vers_dir),
                        env={k: os.environ[k] for k in AWS_ENV_KEYS if k in os.environ},
-                       retry_seconds=lazy.retry_seconds)
+                       retry_seconds=lazy.retry_seconds, commit=cid)
+    lazy.prefetch_commit(commit, nodes=not fuse)
     return cid
+
+
+def restore_through_daemon(repo: Repo, lazy: LazyObjects, rev: str) -> bool:
+    """For a full commit ID: have the FUSE backing daemon (which will serve the guest's RAM and
+    disks from the remote anyway, and has its remote client warm) bring in what the restore
+    reads before QEMU starts, while it starts fetching what the guest reads first. False if
+    the daemon does not know how (a daemon of an older vers): the caller does it itself."""
+    if not re.fullmatch(r"[0-9a-f]{64}", rev):
+        return False  # a name or a prefix: resolved with the remote's refs and indexes here
+    daemon = BackingDaemon()
+    daemon.ensure_running()
+    try:
+        reply = daemon.request(
+            "restore_from_remote", repo=str(repo.vers_dir), commit=rev,
+            env={k: os.environ[k] for k in AWS_ENV_KEYS if k in os.environ},
+            retry_seconds=lazy.retry_seconds, timeout=lazy.retry_seconds * 2 + 120)
+    except FuseError as exc:
+        if "unknown control request" in str(exc):
+            return False
+        raise
+    lazy.phases.update(reply.get("phases") or {})
+    return True
 
 
 def ports(repo: Repo, vm: str | None) -> tuple[VMRecord, list[Port]]:

@@ -17,8 +17,9 @@ from __future__ import annotations
 import contextlib
 import re
 import struct
+import threading
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,9 @@ BUNDLE_MAGIC = b"VERSBNDL\x01\x00\x00\x00"
 INDEX_MAGIC = b"VERSIDX\x00\x01\x00\x00\x00"
 RECORD_HEADER = struct.Struct("<32sBBBI")  # id, kind, encoding, depth, payload length
 INDEX_ENTRY = struct.Struct("<32sQIBBB")  # id, record offset, payload length, kind, enc, depth
+INDEX_HEAD = len(INDEX_MAGIC) + 36  # magic, u32 count, the bundle's name
+ID_BYTES = 32
+KIND_AT = 44  # where an entry's kind byte is
 DEFAULT_BUNDLE_BYTES = 64 << 20
 BUNDLE_PREFIX = "bundles/"
 # Range reads of one bundle are merged when the gap between them is smaller than this ...
@@ -61,15 +65,75 @@ def encode_index(bundle_name: str, entries: list[tuple[bytes, int, Record]]) -> 
     return bytes(out)
 
 
-def decode_index(name: str, data: bytes) -> Iterator[tuple[bytes, Loc]]:
-    head = len(INDEX_MAGIC) + 36
-    if not data.startswith(INDEX_MAGIC) or len(data) < head:
+def _check_index(name: str, data: bytes) -> int:
+    """The number of entries of index ``name``; RemoteError if it is not one."""
+    if not data.startswith(INDEX_MAGIC) or len(data) < INDEX_HEAD:
         raise RemoteError(f"bundle index {name} is not a vers index")
     count, bundle_id = struct.unpack_from("<I32s", data, len(INDEX_MAGIC))
-    if bundle_id.hex() != name or len(data) != head + count * INDEX_ENTRY.size:
+    if bundle_id.hex() != name or len(data) != INDEX_HEAD + count * INDEX_ENTRY.size:
         raise RemoteError(f"bundle index {name} is damaged (wrong name or length)")
-    for oid, off, length, kind, enc, depth in INDEX_ENTRY.iter_unpack(data[head:]):
+    return int(count)
+
+
+def decode_index(name: str, data: bytes) -> Iterator[tuple[bytes, Loc]]:
+    _check_index(name, data)
+    for oid, off, length, kind, enc, depth in INDEX_ENTRY.iter_unpack(data[INDEX_HEAD:]):
         yield oid, Loc(name, off, length, kind, enc, depth)
+
+
+class IndexLocs(Mapping[bytes, Loc]):
+    """ID -> ``Loc`` over the raw bundle indexes: one dict from ID to entry position, each
+    ``Loc`` decoded only when asked for (decoding all 87,000 entries of a 512 MiB guest's commit
+    into objects took 0.3-0.4 s; this takes a fifth of that)."""
+
+    def __init__(self) -> None:
+        self._pos: dict[bytes, int] = {}  # bundle number << 32 | entry number
+        self._raw: list[tuple[str, bytes]] = []
+
+    def add(self, name: str, data: bytes) -> None:
+        count = _check_index(name, data)
+        n = len(self._raw)
+        self._raw.append((name, data))
+        size = INDEX_ENTRY.size
+        ids = [data[i:i + ID_BYTES] for i in range(INDEX_HEAD, INDEX_HEAD + count * size, size)]
+        self._pos.update(zip(ids, range(n << 32, (n << 32) + count), strict=True))
+
+    def _loc(self, pos: int) -> Loc:
+        name, data = self._raw[pos >> 32]
+        _oid, off, length, kind, enc, depth = INDEX_ENTRY.unpack_from(
+            data, INDEX_HEAD + (pos & 0xFFFFFFFF) * INDEX_ENTRY.size)
+        return Loc(name, off, length, kind, enc, depth)
+
+    def __getitem__(self, oid: bytes) -> Loc:
+        return self._loc(self._pos[oid])
+
+    def get(self, oid: bytes, default: Loc | None = None) -> Loc | None:  # type: ignore[override]
+        pos = self._pos.get(oid)
+        return default if pos is None else self._loc(pos)
+
+    def __contains__(self, oid: object) -> bool:
+        return oid in self._pos
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._pos)
+
+    def __len__(self) -> int:
+        return len(self._pos)
+
+    def ids_of_kind(self, kind: int) -> list[bytes]:
+        """Every ID whose record is of ``kind`` (commits: a scan of one byte per entry)."""
+        out = []
+        size = INDEX_ENTRY.size
+        for _name, data in self._raw:
+            kinds = data[INDEX_HEAD + KIND_AT::size]
+            i = kinds.find(kind)
+            while i >= 0:
+                at = INDEX_HEAD + i * size
+                oid = data[at:at + ID_BYTES]
+                if self._pos.get(oid) is not None:
+                    out.append(oid)
+                i = kinds.find(kind, i + 1)
+        return list(dict.fromkeys(out))
 
 
 class RemoteIndex:
@@ -80,27 +144,47 @@ class RemoteIndex:
     """
 
     def __init__(self) -> None:
-        self.locs: dict[bytes, Loc] = {}
+        self.locs = IndexLocs()
         self.bundles: set[str] = set()
 
     def __contains__(self, oid: bytes) -> bool:
         return oid in self.locs
 
     def add(self, name: str, data: bytes) -> None:
-        self.locs.update(decode_index(name, data))
+        self.locs.add(name, data)
         self.bundles.add(name)
 
+    def copy(self) -> RemoteIndex:
+        out = RemoteIndex()
+        out.locs._pos = dict(self.locs._pos)
+        out.locs._raw = list(self.locs._raw)
+        out.bundles = set(self.bundles)
+        return out
+
     @classmethod
-    def load(cls, transport: Transport, cache_dir: Path | None = None) -> RemoteIndex:
-        index = cls()
+    def load(cls, transport: Transport, cache_dir: Path | None = None,
+             shared: bool = False) -> RemoteIndex:
+        """``shared``: start from the indexes of the same remote this process read before (they
+        never change; the listing still says which bundles there are now). The backing daemon
+        serves restores into many repositories from one remote."""
         # Only names a vers writer can have made: a hostile listing must not steer cache paths.
         names = sorted(k[len(BUNDLE_PREFIX):-4] for k in transport.list(BUNDLE_PREFIX)
                        if _INDEX_KEY.match(k))
         transport.check_reachable()  # after the listing: an empty one may mean "gone"
+        with _LOADED_LOCK:
+            known = _LOADED.get(transport.url) if shared else None
+        if known is not None and known.bundles <= set(names):
+            if known.bundles == set(names):
+                return known
+            index = known.copy()
+        else:
+            index = cls()
         if cache_dir is not None:
             make_private_dirs(cache_dir)
         todo = []
         for name in names:
+            if name in index.bundles:
+                continue
             cached = cache_dir / f"{name}.idx" if cache_dir is not None else None
             if cached is not None and cached.is_file():
                 try:
@@ -115,7 +199,15 @@ class RemoteIndex:
                 index.add(name, data)
                 if cache_dir is not None:
                     write_private(cache_dir / f"{name}.idx", data)
+        if shared:
+            with _LOADED_LOCK:
+                _LOADED[transport.url] = index
         return index
+
+
+# Indexes read by this process, by remote URL (``RemoteIndex.load(..., shared=True)``).
+_LOADED: dict[str, RemoteIndex] = {}
+_LOADED_LOCK = threading.Lock()
 
 
 @dataclass

@@ -151,7 +151,7 @@ class Fetcher:
             return
         # Commits are tiny and the index says which IDs are commits: fetch every one we lack
         # in one batch instead of one round trip per generation.
-        commit_ids = [o for o, loc in self.index.locs.items() if loc.kind == KIND_COMMIT]
+        commit_ids = self.index.locs.ids_of_kind(KIND_COMMIT)
         self._fetch_into_overlay(local.missing(commit_ids))
         commits = commits_to_send(lambda c: ov.get_commit(bytes.fromhex(c)), want, has)
         new_commits = [c for c in commits if bytes.fromhex(c.id) in ov.records]

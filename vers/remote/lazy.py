@@ -83,6 +83,10 @@ T = TypeVar("T")
 RETRY_SECONDS = 30.0
 # S3 connect and read timeout for lazy reads: a hung server must not hang a guest for minutes.
 S3_TIMEOUT = 10.0
+# A restore reads the first pages of each disk before the guest runs (qemu-img probes it).
+HEAD_PAGES = 16
+# The most a restore's recorded pages wait for its boot files to be fetched first.
+BOOT_FIRST_SECONDS = 5.0
 READAHEAD_MIN_PAGES = 256  # 1 MiB
 READAHEAD_MAX_PAGES = 8192  # 32 MiB
 READAHEAD_CHUNK_PAGES = 2048  # one background fetch: about one 8 MiB range GET
@@ -98,6 +102,10 @@ MEMORY_BYTES = 64 << 20
 RECORD_SECONDS = 20.0
 RECORD_BATCH_PAGES = 2048
 RECORD_VERSION = 1
+RECORD_PREFIX = "touched/"  # on a remote: touched/<tree ID>
+RECORD_MAX_FRACTION = 4
+RECORD_MIN_PAGES = 64
+RECORD_MAX_BYTES = 4 << 20
 # The images a restore reads whole before the guest runs.
 BOOT_IMAGES = ("devstate", "kernel", "initrd")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -134,12 +142,14 @@ class Promisor:
         self.index_cache = index_cache
         self._index: RemoteIndex | None = None
         self._lock = threading.Lock()
+        self.index_seconds = 0.0  # spent reading the indexes (for benchmarks)
 
     def index(self, reload: bool = False) -> RemoteIndex:
         with self._lock:
             if self._index is None or reload:
                 t0 = time.monotonic()
-                self._index = RemoteIndex.load(self.transport, self.index_cache)
+                self._index = RemoteIndex.load(self.transport, self.index_cache, shared=True)
+                self.index_seconds += time.monotonic() - t0
                 log.debug("indexes of %s: %d objects in %d bundles, read in %.2f s", self.name,
                           len(self._index.locs), len(self._index.bundles), time.monotonic() - t0)
             return self._index
@@ -167,8 +177,15 @@ class LazyObjects:
         self._to_store: list[tuple[bytes, Record]] = []
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="vers-lazy-store")
         self._closed = False
+        #: the touched-page record of each tree whose recorded pages were asked for
+        self._records: dict[str, TouchRecord] = {}
+        #: set once a restore's boot files are in (or when no restore fetches them here)
+        self._boot_done = threading.Event()
+        #: seconds each step of ``prefetch_commit`` took (for benchmarks)
+        self.phases: dict[str, float] = {}
 
     def close(self) -> None:
+        self._boot_done.set()  # a restore's prefetch waiting for its boot files stops waiting
         self._pool.shutdown(wait=True, cancel_futures=True)
         with self._lock:  # a fetch still under way (in another thread) stores its own pages
             self._closed = True
@@ -185,11 +202,9 @@ class LazyObjects:
     # -- pages in memory ----------------------------------------------------------------------
     def absent(self, oids: list[bytes]) -> list[bytes]:
         """Those of ``oids`` neither stored here nor held in memory, verified."""
-        missing = self.store.missing(oids)
-        if not missing:
-            return missing
-        with self._lock:
-            return [o for o in missing if o not in self._recent]
+        with self._lock:  # memory first: pages just fetched need no store lookup
+            rest = [o for o in oids if o not in self._recent]
+        return self.store.missing(rest) if rest else rest
 
     def pages(self, oids: list[bytes]) -> list[bytes]:
         """The pages ``oids``, verified: from memory when just fetched, else from the store
@@ -255,12 +270,15 @@ class LazyObjects:
         excess = len(self._recent) * PAGE_SIZE - MEMORY_BYTES
         if excess <= 0:
             return
-        for oid in list(self._recent):
+        drop = []
+        for oid in self._recent:  # oldest first, only as far as needed (not a copy of all)
             if excess <= 0:
                 break
             if oid not in self._unstored:
-                del self._recent[oid]
+                drop.append(oid)
                 excess -= PAGE_SIZE
+        for oid in drop:
+            del self._recent[oid]
 
     def _wait_stored(self, oids: list[bytes]) -> None:
         with self._lock:
@@ -342,6 +360,69 @@ class LazyObjects:
             ids = [o for a, n in runs for o in reader.page_ids(a, a + n - 1)]
             self.fetch(self.absent(list(dict.fromkeys(ids))), durable=False)
         return job
+
+    def prefetch_recorded(self, reader: TreeReader, record: TouchRecord) -> TouchRecord:
+        """In the background: read ``record`` (here, else on the remote), then fetch the image's
+        nodes (one batch per level) and the recorded pages (``prefetch_runs``). Nothing if this
+        image's record was prefetched already (``prefetch_restore``). Returns the record to
+        write to later: the one read first (it knows what the remote has, so no second request
+        asks)."""
+        with self._lock:
+            known = self._records.get(record.tree_id)
+            if known is not None:
+                return known
+            self._records[record.tree_id] = record
+
+        def job() -> None:
+            runs = record.load(reader.tree.num_pages)
+            if runs:
+                self._fetch_nodes([reader.tree])
+                self.prefetch_runs(reader, runs)
+        self._pool.submit(self._quietly, job)
+        return record
+
+    def prefetch_restore(self, commit_id: str, vers_dir: Path,
+                         boot: Iterable[str] = BOOT_IMAGES,
+                         boot_here: bool = False) -> Future[None]:
+        """What a restore of ``commit_id`` will read once the guest runs, in the background
+        (the backing daemon calls this when a restore from the remote announces itself, before
+        QEMU starts): the trees and nodes of every image but ``boot`` (which the restore reads
+        whole itself), and the pages recorded as read first by an earlier restore of each image,
+        here or on the remote (``TouchRecord``). ``boot_here``: ``prepare_restore`` runs too;
+        the recorded pages are asked for once it is done (it is what the restore waits for)."""
+        if not boot_here:
+            self._boot_done.set()
+
+        def job() -> None:
+            t0 = time.monotonic()
+            commit = self.store.get_commit(bytes.fromhex(commit_id))
+            tree_ids = [bytes.fromhex(t) for name, t in sorted(commit.images.items())
+                        if name not in boot]
+            self.fetch(self.store.missing(tree_ids))
+            trees = [self.store.get_tree(t) for t in tree_ids]
+            remote = self.promisors[0] if self.promisors else None
+            recorded = []
+            for tid, tree in zip(tree_ids, trees, strict=True):
+                record = TouchRecord(vers_dir, tid.hex(), remote)
+                with self._lock:
+                    if tid.hex() in self._records:
+                        continue
+                    self._records[tid.hex()] = record
+                recorded.append((tree, record))
+            self._fetch_nodes(trees)
+            t1 = time.monotonic()
+            # The pages come after what the restore reads before QEMU starts, if it is being
+            # fetched too (``prepare_restore``): that is what it waits for first.
+            self._boot_done.wait(BOOT_FIRST_SECONDS)
+            pages = 0
+            for tree, record in recorded:
+                runs = record.load(tree.num_pages)
+                pages += sum(n for _a, n in runs)
+                if runs:
+                    self.prefetch_runs(TreeReader(self.store, tree), runs)
+            log.debug("restore of %s announced: trees and nodes in %.2f s, %d recorded pages "
+                      "asked for", commit_id[:12], t1 - t0, pages)
+        return self._pool.submit(self._quietly, job)
 
     def _quietly(self, job: Callable[[], object]) -> None:
         try:
@@ -468,10 +549,13 @@ class LazyObjects:
             self._keep(out)
 
     # -- what a restore needs -----------------------------------------------------------------
-    def prefetch_commit(self, commit: Commit, boot: Iterable[str] = BOOT_IMAGES) -> None:
-        """Trees and every node of ``commit``'s images (one batch per tree level), and the pages
-        of the images a restore reads whole (``boot``). The boot images' nodes and pages are
-        fetched beside the other images' nodes, so the two chains of round trips overlap."""
+    def prefetch_commit(self, commit: Commit, boot: Iterable[str] = BOOT_IMAGES,
+                        nodes: bool = True) -> None:
+        """Trees of ``commit``'s images, and the nodes and pages of the images a restore reads
+        whole (``boot``); with ``nodes`` also every node of the other images (one batch per tree
+        level), fetched beside the boot images so the two chains of round trips overlap.
+        Without (the backing daemon fetches those itself, ``prefetch_restore``), the restore
+        waits only for what it reads before QEMU starts."""
         store = self.store
         t0 = time.monotonic()
         tree_ids = {name: bytes.fromhex(t) for name, t in commit.images.items()}
@@ -479,15 +563,55 @@ class LazyObjects:
         trees = {name: store.get_tree(oid) for name, oid in tree_ids.items()}
         t1 = time.monotonic()
         whole = [t for name, t in trees.items() if name in boot]
-        job = self._pool.submit(self._fetch_whole, whole)
-        try:
-            self._fetch_nodes([t for name, t in trees.items() if name not in boot])
-            t2 = time.monotonic()
-        finally:
-            job.result()
+        t2 = t1
+        if nodes:
+            job = self._pool.submit(self._fetch_whole, whole)
+            try:
+                self._fetch_nodes([t for name, t in trees.items() if name not in boot])
+                t2 = time.monotonic()
+            finally:
+                job.result()
+        else:
+            self._fetch_whole(whole)
+        t3 = time.monotonic()
+        self.phases.update(trees=t1 - t0, nodes=t2 - t1, boot=t3 - t1)
         log.debug("restore prefetch: trees %.2f s, nodes %.2f s, boot images %.2f s (%d objects, "
-                  "%d range GETs in all)", t1 - t0, t2 - t1, time.monotonic() - t1,
+                  "%d range GETs in all)", t1 - t0, t2 - t1, t3 - t1,
                   self.stats.objects, self.stats.ranges)
+
+    def prepare_restore(self, commit_id: str) -> None:
+        """Everything a restore of ``commit_id`` reads before QEMU starts, stored here (the
+        commit, its trees, the device state and boot files: ``prefetch_commit`` without the
+        other images' nodes; ``prefetch_restore``, started first, brings in what the guest
+        will read meanwhile). The backing daemon does this for a client
+        (``restore_from_remote``), so the client itself never talks to the remote."""
+        t0 = time.monotonic()
+        oid = bytes.fromhex(commit_id)
+        try:
+            self.fetch(self.store.missing([oid]))
+            try:
+                commit = self.store.get_commit(oid)
+            except CorruptObject as exc:  # an object of another kind
+                raise BadRevision(f"{commit_id} is not a commit") from exc
+            self.fetch(self.store.missing([bytes.fromhex(t) for t in commit.images.values()]))
+            # The first pages of every other image, beside the boot files: creating a disk's
+            # overlay reads its head right after this (qemu-img probes the base).
+            heads = [self._pool.submit(self._fetch_head, bytes.fromhex(t))
+                     for name, t in commit.images.items() if name not in BOOT_IMAGES]
+            self.prefetch_commit(commit, nodes=False)
+            for fut in heads:
+                fut.result()
+        finally:
+            self._boot_done.set()
+        self.phases["prepare"] = time.monotonic() - t0
+        self.phases["remote indexes"] = sum(p.index_seconds for p in self.promisors)
+
+    def _fetch_head(self, tree_id: bytes) -> None:
+        tree = self.store.get_tree(tree_id)
+        if tree.num_pages:
+            ids = TreeReader(self.store, tree).page_ids(0, min(HEAD_PAGES, tree.num_pages) - 1)
+            self.fetch(self.absent(list(dict.fromkeys(o for o in ids if o != ZERO_ID))),
+                       durable=False)
 
     def _fetch_whole(self, trees: list[Tree]) -> None:
         self._fetch_nodes(trees)
@@ -521,28 +645,127 @@ class TouchRecord:
     file per image tree under ``.vers/cache/touched/`` (JSON runs of pages, 0600), written by
     the backing daemon and read by the next lazy restore of that image, which prefetches them.
 
-    It is a hint: a missing, unreadable or foreign file only means no prefetch."""
+    With ``remote`` (the promisor the image comes from) the record is shared: ``load`` reads
+    ``touched/<tree ID>`` from the remote when there is no local one (so a fresh repository
+    restoring the commit prefetches what an earlier restore anywhere read), and ``save`` puts
+    it there when the remote has none (or only a damaged one), by compare-and-swap, so the first
+    record stays. ``vers push`` sends the records of the commits it pushes.
 
-    def __init__(self, vers_dir: Path, tree_id: str) -> None:
+    It is a hint: a missing, unreadable, damaged or foreign record only means no prefetch, and
+    one naming more than 1/``RECORD_MAX_FRACTION`` of the image is ignored (it would cost
+    bytes, never correctness: every page fetched is verified by its hash like any other)."""
+
+    def __init__(self, vers_dir: Path, tree_id: str, remote: Promisor | None = None) -> None:
         self.path = Path(vers_dir) / "cache" / "touched" / tree_id
         self.tree_id = tree_id
+        self.remote = remote
+        self.key = f"{RECORD_PREFIX}{tree_id}"
+        #: what the remote holds: None (not asked), "good", "absent", or the version tag of a
+        #: record found unusable (replaced by the next save)
+        self.remote_state: str | None = None
+
+    def parse(self, text: bytes | str, npages: int) -> list[tuple[int, int]]:
+        """The runs of a record, validated; ValueError if it is not a usable record of this
+        image."""
+        if len(text) > RECORD_MAX_BYTES:
+            raise ValueError(f"{len(text)} bytes is too large for a record")
+        doc = json.loads(text)
+        if not isinstance(doc, dict) or doc.get("version") != RECORD_VERSION \
+                or doc.get("tree") != self.tree_id or not isinstance(doc.get("runs"), list):
+            raise ValueError("not a touched-page record of this image")
+        out: list[tuple[int, int]] = []
+        total, end = 0, 0
+        for run in doc["runs"]:
+            if not (isinstance(run, list) and len(run) == 2
+                    and all(type(x) is int for x in run)):
+                raise ValueError(f"bad run {run!r}")
+            a, n = run
+            if not (end <= a < npages and 0 < n <= npages - a):
+                raise ValueError(f"run {a}+{n} is out of order or outside the image")
+            out.append((a, n))
+            total, end = total + n, a + n
+        if total > record_cap(npages):
+            raise ValueError(f"{total} pages of {npages} is more than a restore reads")
+        return out
 
     def load(self, npages: int) -> list[tuple[int, int]]:
         try:
-            doc = json.loads(self.path.read_text())
-            if doc.get("version") != RECORD_VERSION or doc.get("tree") != self.tree_id:
-                return []
-            return [(int(a), int(n)) for a, n in doc["runs"]
-                    if 0 <= int(a) < npages and 0 < int(n) <= npages - int(a)]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            if not isinstance(exc, FileNotFoundError):
-                log.info("ignoring the touched-page record %s: %s", self.path, exc)
+            return self.parse(self.path.read_bytes(), npages)
+        except FileNotFoundError:
+            pass
+        except (OSError, ValueError) as exc:
+            log.info("ignoring the touched-page record %s: %s", self.path, exc)
             return []
+        if self.remote is None:
+            return []
+        try:
+            got = self.remote.transport.read_versioned(self.key)
+        except VersError as exc:
+            log.info("cannot read the touched-page record %s of %s: %s", self.key,
+                     self.remote.name, exc)
+            return []
+        if got is None:
+            self.remote_state = "absent"
+            return []
+        data, version = got
+        try:
+            runs = self.parse(data, npages)
+        except ValueError as exc:
+            log.info("ignoring the touched-page record %s of %s: %s", self.key,
+                     self.remote.name, exc)
+            self.remote_state = version
+            return []
+        self.remote_state = "good"
+        try:  # the next restore here needs no request
+            self.save_local(runs)
+        except OSError as exc:
+            log.info("cannot keep the touched-page record %s: %s", self.path, exc)
+        return runs
+
+    def encode(self, touched: list[tuple[int, int]]) -> bytes:
+        return json.dumps({"version": RECORD_VERSION, "tree": self.tree_id,
+                           "runs": touched}).encode()
+
+    def save_local(self, touched: list[tuple[int, int]]) -> None:
+        make_private_dirs(self.path.parent)
+        write_private(self.path, self.encode(touched))
 
     def save(self, touched: list[tuple[int, int]]) -> None:
-        make_private_dirs(self.path.parent)
-        write_private(self.path, json.dumps({"version": RECORD_VERSION, "tree": self.tree_id,
-                                             "runs": touched}))
+        """Write the record here and, if the remote has no usable one, there (a failure to
+        share it is only logged)."""
+        self.save_local(touched)
+        if self.remote is None or self.remote_state == "good" or not share_records():
+            return
+        expected = None if self.remote_state in (None, "absent") else self.remote_state
+        try:
+            self.remote.transport.check_reachable()  # never make a vanished path remote again
+            if self.remote.transport.put_if(self.key, self.encode(touched), expected):
+                self.remote_state = "good"
+                log.info("shared the touched-page record %s with %s", self.key,
+                         self.remote.name)
+        except VersError as exc:
+            log.info("cannot share the touched-page record %s with %s: %s", self.key,
+                     self.remote.name, exc)
+
+
+def record_cap(npages: int) -> int:
+    """The most pages a touched-page record of an image of ``npages`` may name."""
+    return max(RECORD_MIN_PAGES, npages // RECORD_MAX_FRACTION)
+
+
+def _capped(runs: list[tuple[int, int]], cap: int) -> list[tuple[int, int]]:
+    out = []
+    for a, n in runs:
+        if cap <= 0:
+            break
+        out.append((a, min(n, cap)))
+        cap -= n
+    return out
+
+
+def share_records() -> bool:
+    """Whether touched-page records go to the remote (``VERS_LAZY_SHARE_RECORDS=0``: never)."""
+    return os.environ.get("VERS_LAZY_SHARE_RECORDS", "1") not in ("0", "no", "false")
 
 
 @dataclass
@@ -606,10 +829,17 @@ class ReadAhead:
         if record is not None:
             lazy = image.reader.store.absent
             if isinstance(lazy, LazyObjects):
-                lazy.prefetch_runs(image.reader, record.load(self._pages))
+                self._record = lazy.prefetch_recorded(image.reader, record)
             timer = threading.Timer(seconds, self.save_record)
             timer.daemon = True
             timer.start()
+
+    def close(self) -> None:
+        """The image is no longer served: write down what was read, if that is not done yet
+        (on a thread of its own: sharing the record is a request to the remote)."""
+        if self._touched is not None:
+            threading.Thread(target=self.save_record, name="vers-lazy-record",
+                             daemon=True).start()
 
     def save_record(self) -> None:
         """Write down the pages read so far (once: later reads are no longer "the start")."""
@@ -618,7 +848,7 @@ class ReadAhead:
         if self._record is None or touched is None or not touched.count(1):
             return
         try:
-            self._record.save(_runs_of(touched))
+            self._record.save(_capped(_runs_of(touched), record_cap(self._pages)))
         except OSError as exc:
             log.info("cannot write the touched-page record %s: %s", self._record.path, exc)
 
@@ -800,8 +1030,8 @@ def resolve_on_remote(repo: Repo, lazy: LazyObjects, name: str, rev: str) -> str
             return refs[ref]
     if _HEXPREFIX.match(rev):
         index = promisor.index()
-        found = sorted(o.hex() for o, loc in index.locs.items()
-                       if loc.kind == KIND_COMMIT and o.hex().startswith(rev))
+        found = sorted(h for h in (o.hex() for o in index.locs.ids_of_kind(KIND_COMMIT))
+                       if h.startswith(rev))
         if len(found) > 1:
             raise AmbiguousRevision(rev, found)
         if found:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vers.errors import RemoteError
+from vers.errors import RemoteError, VersError
 from vers.history import is_ancestor
 from vers.objects.model import ID_LEN
 from vers.objects.store import ENC_DELTA, encode_record
@@ -24,6 +25,9 @@ from vers.remote.transport import Transport
 
 if TYPE_CHECKING:
     from vers.repo import Repo
+
+
+log = logging.getLogger("vers.remote.push")
 
 
 class PushRejected(RemoteError):
@@ -74,6 +78,7 @@ def push(repo: Repo, transport: Transport, updates: list[tuple[str, str]], *, fo
     result.up_to_date = [dst for new, dst in updates
                          if dst in remote_refs and remote_refs[dst].value == new]
     if not todo:
+        _share_quietly(repo, transport, updates)
         return result
     ensure_format(transport)
     index = RemoteIndex.load(transport, cache_dir)
@@ -105,8 +110,47 @@ def push(repo: Repo, transport: Transport, updates: list[tuple[str, str]], *, fo
             lost.append(dst)
     if head_branch:
         set_remote_head_if_absent(transport, head_branch)
+    _share_quietly(repo, transport, updates)
     if lost:
         raise PushRejected(
             "another push moved " + ", ".join(lost) + " meanwhile; fetch and try again "
             "(the objects are uploaded; a retry sends only refs)")
     return result
+
+
+def _share_quietly(repo: Repo, transport: Transport, updates: list[tuple[str, str]]) -> None:
+    try:
+        share_records(repo, transport, [new for new, _dst in updates])
+    except RemoteError as exc:  # records are hints: the push is what was asked for
+        log.info("touched-page records not sent: %s", exc)
+
+
+def share_records(repo: Repo, transport: Transport, tips: list[str]) -> int:
+    """Send the touched-page records this repository has for the images of ``tips`` (the pages
+    an earlier restore read first, ``vers.remote.lazy.TouchRecord``) that the remote lacks, so a
+    lazy restore of those commits anywhere prefetches them. Returns how many were sent."""
+    from vers.remote.lazy import RECORD_PREFIX, TouchRecord
+    from vers.remote.lazy import share_records as sharing
+
+    if not sharing():
+        return 0
+    found = []
+    for tip in dict.fromkeys(tips):
+        for tree_hex in repo.get_commit(tip).images.values():
+            record = TouchRecord(repo.vers_dir, tree_hex)
+            if record.path.is_file():
+                try:
+                    runs = record.load(repo.store.get_tree(bytes.fromhex(tree_hex)).num_pages)
+                except VersError:
+                    continue  # the tree is not here (a partial store): nothing to check it by
+                if runs:
+                    found.append((record, runs))
+    if not found:
+        return 0
+    there = transport.list(RECORD_PREFIX)
+    transport.check_reachable()
+    sent = 0
+    for record, runs in found:
+        if record.key not in there and transport.put_if(record.key, record.encode(runs), None):
+            sent += 1
+    return sent

@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import threading
 import time
 import uuid
 from collections.abc import Mapping
@@ -38,6 +39,44 @@ AWS_ENV_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN
                 "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE", "AWS_EC2_METADATA_DISABLED")
 
 
+_SESSIONS: dict[tuple[tuple[str, str], ...], Any] = {}
+_SESSIONS_LOCK = threading.Lock()
+# Whether a server honours conditional writes, by (endpoint, bucket), probed once per process.
+_CONDITIONAL: dict[tuple[str, str], bool] = {}
+
+
+def _make_client(env: Mapping[str, str] | None, timeout: float | None) -> Any:
+    """A client for ``env`` (None: this process's environment). One botocore session per set of
+    settings and process: a session caches the service models, so a second client costs
+    ~10 ms instead of ~300 (the backing daemon makes one per restored repository)."""
+    import boto3
+    from botocore.config import Config
+
+    timeouts = {} if timeout is None else {"connect_timeout": timeout, "read_timeout": timeout}
+    config = Config(max_pool_connections=32, retries={"max_attempts": 5, "mode": "standard"},
+                    **timeouts)
+    # this process's AWS environment may change between clients (tests, benchmarks)
+    key = (("env", "given" if env is not None else "process"),
+           *sorted((k, v) for k, v in (env if env is not None else os.environ).items()
+                   if k in AWS_ENV_KEYS))
+    with _SESSIONS_LOCK:  # making clients from one session is not thread-safe
+        session = _SESSIONS.get(key)
+        if session is None:
+            if env is None:
+                session = boto3.session.Session()
+            else:
+                session = boto3.session.Session(
+                    aws_access_key_id=env.get("AWS_ACCESS_KEY_ID"),
+                    aws_secret_access_key=env.get("AWS_SECRET_ACCESS_KEY"),
+                    aws_session_token=env.get("AWS_SESSION_TOKEN"),
+                    region_name=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION"),
+                    profile_name=env.get("AWS_PROFILE"))
+            _SESSIONS[key] = session
+        endpoint = None if env is None else (env.get("AWS_ENDPOINT_URL_S3")
+                                             or env.get("AWS_ENDPOINT_URL"))
+        return session.client("s3", config=config, endpoint_url=endpoint)
+
+
 class S3Transport(Transport):
     def __init__(self, bucket: str, prefix: str = "", conditional: bool | None = None,
                  env: Mapping[str, str] | None = None, timeout: float | None = None) -> None:
@@ -45,9 +84,6 @@ class S3Transport(Transport):
         reading for a client passes the client's); ``timeout``: seconds to connect and per
         read (botocore's default is 60), for readers that must fail in bounded time."""
         super().__init__()
-        import boto3
-        from botocore.config import Config
-
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self.url = f"s3://{bucket}/{self.prefix}" if self.prefix else f"s3://{bucket}"
@@ -55,20 +91,20 @@ class S3Transport(Transport):
         if conditional is None and forced is not None:
             conditional = forced not in ("0", "no", "false")
         self._conditional = conditional
-        timeouts = {} if timeout is None else {"connect_timeout": timeout, "read_timeout": timeout}
-        config = Config(max_pool_connections=32, retries={"max_attempts": 5, "mode": "standard"},
-                        **timeouts)
-        if env is None:
-            self.client: Any = boto3.session.Session().client("s3", config=config)
-        else:
-            session = boto3.session.Session(
-                aws_access_key_id=env.get("AWS_ACCESS_KEY_ID"),
-                aws_secret_access_key=env.get("AWS_SECRET_ACCESS_KEY"),
-                aws_session_token=env.get("AWS_SESSION_TOKEN"),
-                region_name=env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION"),
-                profile_name=env.get("AWS_PROFILE"))
-            endpoint = env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL")
-            self.client = session.client("s3", config=config, endpoint_url=endpoint)
+        self._timeout = timeout
+        self._env = None if env is None else dict(env)
+        self._client: Any = None
+        self._client_lock = threading.Lock()
+
+    @property
+    def client(self) -> Any:
+        """The boto3 client, made on the first request: importing boto3 and making a client
+        takes 0.5-1 s on a loaded machine, and a process that never talks to the remote (a lazy
+        restore whose objects the backing daemon brings in) should not pay for it."""
+        with self._client_lock:
+            if self._client is None:
+                self._client = _make_client(self._env, self._timeout)
+            return self._client
 
     def _key(self, key: str) -> str:
         return f"{self.prefix}/{key}" if self.prefix else key
@@ -165,7 +201,14 @@ class S3Transport(Transport):
     @property
     def conditional_writes(self) -> bool:
         if self._conditional is None:
-            self._conditional = self._probe_conditional()
+            where = (self.client.meta.endpoint_url, self.bucket)
+            with _SESSIONS_LOCK:
+                known = _CONDITIONAL.get(where)
+            if known is None:  # once per server and bucket in a process, not per transport
+                known = self._probe_conditional()
+                with _SESSIONS_LOCK:
+                    _CONDITIONAL[where] = known
+            self._conditional = known
         return self._conditional
 
     def _probe_conditional(self) -> bool:

@@ -35,10 +35,11 @@ from typing import Any
 import pyfuse3
 import trio
 
+from vers.errors import BadInput, RemoteError, VersError
 from vers.fuse.serve import daemon_main, serve
 from vers.objects.imagetree import ImageFile
 from vers.objects.model import PAGE_SIZE, hash_bytes
-from vers.remote.lazy import ReadAhead, TouchRecord, open_lazy
+from vers.remote.lazy import LazyObjects, ReadAhead, TouchRecord, open_lazy
 from vers.repo import Repo
 from vers.vmm.memory.fuse import DAEMON_PROTOCOL
 from vers.vmm.memory.overlay import OverlayImage, PageSource, runs
@@ -165,6 +166,8 @@ class BackingOperations(pyfuse3.Operations):
 
     def _drop(self, f: BackingFile) -> None:
         self.by_inode.pop(f.inode, None)
+        if isinstance(f.image.base, ReadAhead):
+            f.image.base.close()  # what it read so far is the record, if none was written yet
         f.image.close()
 
     def get(self, name: str) -> BackingFile:
@@ -187,12 +190,21 @@ class BackingOperations(pyfuse3.Operations):
         attached = open_lazy(repo, env=lazy.get("env"), retry_seconds=lazy.get("retry_seconds"))
         if attached is not None and path in self._lazy_settings:
             attached.warm()  # a restore from the remote is on its way: its first fault needs them
+            commit = lazy.get("commit")
+            if commit:  # and of that commit, what its guest will read first
+                attached.prefetch_restore(commit, repo.vers_dir,
+                                          boot_here=bool(lazy.get("boot_here")))
 
     def set_promisor_settings(self, path: str, env: dict[str, str],
-                              retry_seconds: float | None) -> None:
+                              retry_seconds: float | None, commit: str | None = None,
+                              boot_here: bool = False) -> None:
         """Sent by a client before it restores from a promisor remote: the repository may have
-        become partial since it was opened here, and reads need the client's credentials."""
-        self._lazy_settings[path] = {"env": env, "retry_seconds": retry_seconds}
+        become partial since it was opened here, and reads need the client's credentials.
+        ``commit``: the commit about to be restored; its trees, nodes and the pages recorded as
+        read first are fetched in the background from now on, while the client brings in the
+        boot files and starts QEMU."""
+        self._lazy_settings[path] = {"env": env, "retry_seconds": retry_seconds,
+                                     "commit": commit, "boot_here": boot_here}
         repo = self._repos.get(path)
         if repo is None:
             self.repo(path)
@@ -378,7 +390,21 @@ class BackingOperations(pyfuse3.Operations):
         if not repo.promisors():
             return image
         tree_id = base.get("tree") or hash_bytes(image.reader.tree.serialize()).hex()
-        return ReadAhead(image, TouchRecord(repo.vers_dir, tree_id), read_ahead=not mapped)
+        lazy = repo.store.absent
+        remote = lazy.promisors[0] if isinstance(lazy, LazyObjects) and lazy.promisors else None
+        return ReadAhead(image, TouchRecord(repo.vers_dir, tree_id, remote),
+                         read_ahead=not mapped)
+
+    def restore_from_remote(self, req: dict[str, Any]) -> LazyObjects:
+        """``promisor_settings`` with the commit to restore; the repository's lazy store, for
+        the caller to run ``prepare_restore`` on a worker thread."""
+        _check_commit_id(req.get("commit"))
+        self.set_promisor_settings(req["repo"], dict(req.get("env") or {}),
+                                   req.get("retry_seconds"), req["commit"], boot_here=True)
+        lazy = self.repo(req["repo"]).store.absent
+        if not isinstance(lazy, LazyObjects):
+            raise BadInput(f"{req['repo']} has no promisor remote")
+        return lazy
 
     def control(self, req: dict[str, Any]) -> dict[str, Any]:
         """One control request -> one reply. Plain function: tested without sockets."""
@@ -388,8 +414,11 @@ class BackingOperations(pyfuse3.Operations):
         if op == "list":
             return {"files": sorted(self.by_name)}
         if op == "promisor_settings":
+            commit = req.get("commit")
+            if commit is not None:
+                _check_commit_id(commit)
             self.set_promisor_settings(req["repo"], dict(req.get("env") or {}),
-                                       req.get("retry_seconds"))
+                                       req.get("retry_seconds"), commit)
             return {}
         if op == "create":
             size = int(req["size"])
@@ -483,6 +512,12 @@ class BackingOperations(pyfuse3.Operations):
         self.by_name.clear()
 
 
+def _check_commit_id(commit: object) -> None:
+    if not (isinstance(commit, str) and len(commit) == 64
+            and all(c in "0123456789abcdef" for c in commit)):
+        raise ValueError(f"bad commit ID {commit!r}")
+
+
 def _listen(sock_path: Path) -> socket.socket:
     """Bound and listening before the daemon says ready, so a client never races the bind."""
     try:
@@ -554,9 +589,18 @@ async def _serve_requests(ops: BackingOperations, stream: trio.SocketStream) -> 
                     await stream.send_all(b'{"ok": true}\n')
                     pyfuse3.terminate()
                     return
-                reply = {"ok": True, **ops.control(req)}
+                if req.get("op") == "restore_from_remote":
+                    lazy = ops.restore_from_remote(req)  # on the loop: the daemon's own state
+                    # the fetch on a worker thread: only this client waits for it
+                    await trio.to_thread.run_sync(lazy.prepare_restore, req["commit"])
+                    reply = {"ok": True, "phases": lazy.phases}
+                else:
+                    reply = {"ok": True, **ops.control(req)}
             except Exception as exc:  # noqa: BLE001 - every failure goes back to the client
                 reply = {"ok": False, "error": str(exc)}
+                if isinstance(exc, VersError):  # what the client reports, as if its own
+                    reply["exit_code"] = exc.exit_code
+                    reply["remote_error"] = isinstance(exc, RemoteError)
             await stream.send_all(json.dumps(reply).encode() + b"\n")
 
 

@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vers.errors import FuseError, VMError
+from vers.errors import FuseError, RemoteError, VersError, VMError
 from vers.fuse import mount as mnt
 from vers.objects.imagetree import ImageFile
 from vers.objects.model import PAGE_SIZE, hash_bytes
@@ -64,6 +64,15 @@ def default_state_dir() -> Path:
     # Overlays hold guest RAM pages: keep them in RAM-backed storage when the machine has it.
     parent = Path("/dev/shm") if Path("/dev/shm").is_dir() else Path(tempfile.gettempdir())
     return parent / f"vers-fuse-{os.getuid()}"
+
+
+class ReportedError(VersError):
+    """An error the daemon met doing something for us (reading a commit from a remote for a
+    restore), reported as if this process had met it: its message and exit code."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 class BackingDaemon:
@@ -188,7 +197,12 @@ class BackingDaemon:
             raise FuseError(f"the FUSE backing daemon closed the connection during '{op}'")
         reply = json.loads(data)
         if not reply.pop("ok", False):
-            raise FuseError(f"FUSE backing daemon: {reply.get('error', 'unknown error')}")
+            error = str(reply.get("error", "unknown error"))
+            if reply.get("remote_error"):  # reading a remote for us failed: that is the error
+                raise RemoteError(error)
+            if isinstance(reply.get("exit_code"), int):
+                raise ReportedError(error, reply["exit_code"])
+            raise FuseError(f"FUSE backing daemon: {error}")
         return dict(reply)
 
     def shutdown(self) -> None:
