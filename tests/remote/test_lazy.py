@@ -192,6 +192,8 @@ def test_path_remote_gone_before_its_index_is_read_is_unreachable(tmp_path: Path
     assert len(lines) == 1 and "cannot be read" in lines[0] and "no such directory" in lines[0], \
         proc.stderr
     assert "Traceback" not in proc.stderr
+    # the remote it would have added for that URL is not left behind
+    assert vers("remote", cwd=fresh).stdout.strip() == ""
     src.close()
 
 

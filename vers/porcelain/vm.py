@@ -16,6 +16,7 @@ from vers.porcelain import record as recording
 from vers.porcelain.transfer import exec_json
 from vers.progress import NO_PROGRESS, Progress
 from vers.refs.container import check_short_name
+from vers.remote.config import list_remotes, remove_remote
 from vers.remote.lazy import LazyObjects, open_lazy, promisor_for, resolve_on_remote
 from vers.remote.s3 import AWS_ENV_KEYS
 from vers.vmm import control
@@ -251,8 +252,19 @@ def from_remote(repo: Repo, remote: str, rev: str) -> str:
     """Make ``remote`` a promisor of this repository (a URL no remote has yet is added under a
     name of its own), attach it here and in the FUSE backing daemon, and bring in what any
     restore of ``rev`` needs: its commit, trees and nodes, device state and boot files. The
-    guest's pages follow when it reads them. Returns the commit's ID."""
+    guest's pages follow when it reads them. Returns the commit's ID. A remote this call added
+    is removed again if it fails (e.g. the URL cannot be reached, or has no such commit)."""
+    known = set(list_remotes(repo))
     name = promisor_for(repo, remote)
+    try:
+        return _from_remote(repo, name, rev)
+    except BaseException:
+        if name not in known:
+            remove_remote(repo, name)
+        raise
+
+
+def _from_remote(repo: Repo, name: str, rev: str) -> str:
     lazy = open_lazy(repo)
     assert lazy is not None  # ``name`` is a promisor now
     if default_backing() == "fuse" and restore_through_daemon(repo, lazy, rev):

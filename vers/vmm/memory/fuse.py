@@ -46,8 +46,9 @@ if TYPE_CHECKING:
 DAEMON_MODULE = "vers.vmm.memory.daemon"
 #: what the daemon answers to "ping" as "protocol"; raised whenever the daemon's requests or the
 #: way it serves files change, so a daemon left running by an older vers is not used for new files
-#: (a daemon too old to say is protocol 1)
-DAEMON_PROTOCOL = 2
+#: (a daemon too old to say is protocol 1; 3 added ``restore_from_remote`` and a capture's
+#: ``pages_file``)
+DAEMON_PROTOCOL = 3
 CONTROL_TIMEOUT = 60.0
 HEALTH_TIMEOUT = 10.0  # a ping before touching the mount: a stuck daemon fails here, not in fsync
 #: a flush right after another one in this process skips the ping (it costs ~0.5-1 ms, and the
