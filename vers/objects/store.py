@@ -15,6 +15,7 @@ naming it. Backends implement only the ``_backend_*`` primitives.
 from __future__ import annotations
 
 import struct
+import sys
 import threading
 from abc import ABC, abstractmethod
 from collections import OrderedDict
@@ -23,10 +24,10 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, Self
 
-import zstandard
-
 if TYPE_CHECKING:  # concurrent.futures (and logging with it) only once a writer needs threads
     from concurrent.futures import Future, ThreadPoolExecutor
+
+    import zstandard
 
 from vers.errors import CorruptObject, ObjectNotFound
 from vers.objects.model import (
@@ -106,14 +107,37 @@ class AbsentObjects(Protocol):
 
 
 class _Codec(threading.local):
-    """zstd contexts are not thread-safe; one pair per thread."""
+    """zstd contexts are not thread-safe; one pair per thread, made (and zstandard imported) when
+    the thread first compresses or decompresses: reading only uncompressed objects (commits,
+    trees) never loads it."""
 
-    def __init__(self) -> None:
-        self.cctx = zstandard.ZstdCompressor(level=1)
-        self.dctx = zstandard.ZstdDecompressor()
+    _cctx: zstandard.ZstdCompressor | None = None
+    _dctx: zstandard.ZstdDecompressor | None = None
+
+    @property
+    def cctx(self) -> zstandard.ZstdCompressor:
+        if self._cctx is None:
+            import zstandard
+
+            self._cctx = zstandard.ZstdCompressor(level=1)
+        return self._cctx
+
+    @property
+    def dctx(self) -> zstandard.ZstdDecompressor:
+        if self._dctx is None:
+            import zstandard
+
+            self._dctx = zstandard.ZstdDecompressor()
+        return self._dctx
 
 
 _codec = _Codec()
+
+
+def _zstd_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is zstandard's (which is then already imported)."""
+    zstandard = sys.modules.get("zstandard")
+    return zstandard is not None and isinstance(exc, zstandard.ZstdError)
 
 
 def encode_delta(base_oid: bytes, base_entries: bytes, entries: bytes) -> bytes:
@@ -284,7 +308,9 @@ class ObjectStore(ABC):
                     idx, child = _DELTA_ENTRY.unpack_from(rec.payload, off)
                     entries[idx * ID_LEN : (idx + 1) * ID_LEN] = child
                 return base_data[:NODE_HEADER_LEN] + bytes(entries)
-        except (zstandard.ZstdError, struct.error, IndexError) as exc:
+        except Exception as exc:
+            if not (isinstance(exc, (struct.error, IndexError)) or _zstd_error(exc)):
+                raise
             raise CorruptObject(oid.hex(), f"cannot decode stored record: {exc}") from exc
         raise CorruptObject(oid.hex(), f"unknown encoding {rec.encoding} for kind {rec.kind}")
 
