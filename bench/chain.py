@@ -27,6 +27,7 @@ import statistics
 import tempfile
 import time
 
+from bench._stats import percentile
 from vers.repo import Repo
 from vers.vmm.agent import guest_exec
 from vers.vmm.boot import RunOptions, run_vm
@@ -34,11 +35,6 @@ from vers.vmm.commit import commit_vm
 from vers.vmm.control import list_vms
 from vers.vmm.state import VMRecord, registry
 from vers.vmm.teardown import kill_vms
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def open_disk_files(pid: int | None) -> int:

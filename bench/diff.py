@@ -26,20 +26,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench._stats import percentile
 from vers.objects.model import FANOUT, PAGE_SIZE
 from vers.repo import Repo
 
 # The vers of this tree, whatever `vers` on $PATH is.
 VERS = [sys.executable, "-c", "import sys; from vers.cli import main; sys.argv[0] = 'vers'; main()"]
-
-
-def quantile(xs: list[float], q: float) -> float:
-    """The q-quantile, interpolated between the nearest values."""
-    s = sorted(xs)
-    pos = q * (len(s) - 1)
-    lo = int(pos)
-    hi = min(lo + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
 
 
 def sparse_image(path: Path, size: int, seed: int) -> None:
@@ -93,7 +85,7 @@ def cli(path: Path, args: list[str], runs: int) -> list[float]:
 
 
 def ms(xs: list[float]) -> str:
-    return f"p50 {quantile(xs, 0.5) * 1000:6.1f} ms  p99 {quantile(xs, 0.99) * 1000:6.1f} ms"
+    return f"p50 {percentile(xs, 0.5) * 1000:6.1f} ms  p99 {percentile(xs, 0.99) * 1000:6.1f} ms"
 
 
 def main() -> None:
@@ -117,12 +109,12 @@ def main() -> None:
                 print(f"  vers diff A B (CLI):          {ms(cmd)}")
                 print(f"  vers diff --help (start-up):  {ms(start)}")
                 print(f"  CLI minus start-up, p50:      "
-                      f"{(quantile(cmd, 0.5) - quantile(start, 0.5)) * 1000:6.1f} ms")
+                      f"{(percentile(cmd, 0.5) - percentile(start, 0.5)) * 1000:6.1f} ms")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     sizes = sorted(results)
     if len(sizes) > 1:
-        lo, hi = quantile(results[sizes[0]], 0.5), quantile(results[sizes[-1]], 0.5)
+        lo, hi = percentile(results[sizes[0]], 0.5), percentile(results[sizes[-1]], 0.5)
         print(f"ratio of p50s {sizes[-1]:g} GiB / {sizes[0]:g} GiB = {hi / lo:.2f} "
               f"(flat = ~1.0; image size ratio {sizes[-1] / sizes[0]:g})")
     print(f"load average at end: {os.getloadavg()[0]:.2f}")

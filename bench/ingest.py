@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 import blake3
 
+from bench._stats import percentile
 from vers.objects.lmdbstore import LmdbObjectStore
 from vers.objects.model import PAGE_SIZE, ZERO_ID
 from vers.objects.pagehash import CHUNK, ChunkHasher, page_ids
@@ -38,17 +39,6 @@ from vers.testing import make_image, mutate_pages
 
 # The vers of this tree, whatever `vers` on $PATH is.
 VERS = [sys.executable, "-c", "import sys; from vers.cli import main; sys.argv[0] = 'vers'; main()"]
-
-
-def quantile(xs: list[float], q: float) -> float:
-    """The q-quantile, interpolated between the nearest values."""
-    s = sorted(xs)
-    if not s:
-        return float("nan")
-    pos = q * (len(s) - 1)
-    lo = int(pos)
-    hi = min(lo + 1, len(s) - 1)
-    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
 
 
 def du(path: Path) -> int:
@@ -204,8 +194,8 @@ def main() -> None:
     v_size, r_size = vers_store_bytes(vrepo), du(rrepo)
     rates = [mb / t for t in t_vers]
     print()
-    print(f"vers throughput over {len(rates)} commits: p50 {quantile(rates, 0.5):.0f} MB/s, "
-          f"p99 (slowest) {quantile(rates, 0.01):.0f} MB/s")
+    print(f"vers throughput over {len(rates)} commits: p50 {percentile(rates, 0.5):.0f} MB/s, "
+          f"p99 (slowest) {percentile(rates, 0.01):.0f} MB/s")
     print(f"first commit: vers {rates[0]:.0f} MB/s, restic {mb / t_restic[0]:.0f} MB/s, "
           f"ratio {t_restic[0] / t_vers[0]:.2f}x")
     if disk is not None:
@@ -214,15 +204,15 @@ def main() -> None:
     if len(t_vers) > 1:
         inc = rates[1:]
         inc_ratio = [r / v for v, r in zip(t_vers[1:], t_restic[1:], strict=True)]
-        print(f"incremental re-hash (1% changed): vers p50 {quantile(inc, 0.5):.0f} MB/s, "
-              f"p99 (slowest) {quantile(inc, 0.01):.0f} MB/s; restic p50 "
-              f"{quantile([mb / t for t in t_restic[1:]], 0.5):.0f} MB/s; ratio p50 "
-              f"{quantile(inc_ratio, 0.5):.2f}x")
+        print(f"incremental re-hash (1% changed): vers p50 {percentile(inc, 0.5):.0f} MB/s, "
+              f"p99 (slowest) {percentile(inc, 0.01):.0f} MB/s; restic p50 "
+              f"{percentile([mb / t for t in t_restic[1:]], 0.5):.0f} MB/s; ratio p50 "
+              f"{percentile(inc_ratio, 0.5):.2f}x")
     floor_rates = [mb / t for t in floors]
     near = [f / v for f, v in zip(floors[1:], t_vers[1:], strict=True)] or [float("nan")]
     print(f"hash floor (read + per-page blake3, both cores): p50 "
-          f"{quantile(floor_rates, 0.5):.0f} MB/s; vers incremental p50 at "
-          f"{quantile(near, 0.5):.2f} of it")
+          f"{percentile(floor_rates, 0.5):.0f} MB/s; vers incremental p50 at "
+          f"{percentile(near, 0.5):.2f} of it")
     print(f"throughput ratio vers/restic over all commits = {sum(t_restic) / sum(t_vers):.2f}x  "
           "(goal >= 5)")
     print(f"store size: vers {v_size / 1e6:.1f} MB, restic {r_size / 1e6:.1f} MB, "

@@ -22,15 +22,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench._stats import percentile
 from vers.porcelain.snapshot import snapshot
 from vers.progress import NO_PROGRESS, Progress
 from vers.repo import Repo
 from vers.testing import make_image
-
-
-def percentile(xs: list[float], q: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, round(q * (len(xs) - 1)))]
 
 
 class Terminal:

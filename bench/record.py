@@ -32,6 +32,7 @@ import statistics
 import tempfile
 import time
 
+from bench._stats import percentile
 from vers.porcelain.record import MESSAGE_PREFIX
 from vers.repo import Repo
 from vers.testing import run_vers
@@ -50,11 +51,6 @@ WRITER = ("setsid sh -c 'i=0; while :; do o=$((i % 256));"
           " dd if=/dev/urandom of=/root/disk.bin bs=64k count=1 seek=$o conv=notrunc 2>/dev/null;"
           " i=$((i+1)); sleep 0.1; done' </dev/null >/dev/null 2>&1 &")
 MiB = 1 << 20
-
-
-def pct(values: list[float], q: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, round(q * (len(s) - 1)))] if s else float("nan")
 
 
 def vers(repo: Repo, *args: str) -> str:
@@ -125,7 +121,7 @@ def main() -> int:
         finally:
             kill_vms(repo, [rec.id])
             repo.close()
-    p50, p99 = pct(pauses, 0.5), pct(pauses, 0.99)
+    p50, p99 = percentile(pauses, 0.5), percentile(pauses, 0.99)
     f50 = statistics.median(plain)
     print(f"guest {args.memory} on {args.backing}; writer: 640 KiB/s to memory and to disk; "
           f"recording {args.minutes:g} min every {args.every} with {args.keep}")

@@ -30,11 +30,11 @@ sys.path[0] = str(Path(__file__).resolve().parent.parent)
 import argparse
 import json
 import os
-import statistics
 import tempfile
 import time
 from typing import Any
 
+from bench import _stats
 from vers.repo import Repo
 from vers.vmm.agent import guest_exec
 from vers.vmm.boot import RunOptions, run_vm
@@ -55,9 +55,8 @@ TOUCH_ALL = ("free=$(awk '/MemAvailable/ {print int($2 / 1024 * 0.9 / 2)}' /proc
 
 
 def p50_p99(values: list[float]) -> dict[str, float]:
-    p99 = values[0] if len(values) == 1 else statistics.quantiles(
-        values, n=100, method="inclusive")[98]
-    return {"p50": round(statistics.median(values), 1), "p99": round(p99, 1)}
+    p50, p99 = _stats.p50_p99(values)
+    return {"p50": round(p50, 1), "p99": round(p99, 1)}
 
 
 def _status_kib(pid: int, field: str) -> int:

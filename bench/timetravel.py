@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench._stats import p50_p99
 from vers.repo import Repo
 from vers.testing import vers_env
 from vers.testing.graphs import build_vers, linear
@@ -39,11 +39,6 @@ def timings(fn: Callable[[], object], runs: int) -> list[float]:
         fn()
         out.append(time.perf_counter() - t)
     return out
-
-
-def p50_p99(xs: list[float]) -> tuple[float, float]:
-    s = sorted(xs)
-    return statistics.median(s), s[min(len(s) - 1, round(0.99 * (len(s) - 1)))]
 
 
 def report(label: str, xs: list[float], floor: list[float] | None = None) -> None:

@@ -12,12 +12,12 @@
   ``vers.vmm.agent.run``.
 
 Each copy and floor is measured ``--repeat`` times, interleaved (floor, copy, floor, copy...) so
-that a change in the machine's load touches both; p50 and p99 (nearest rank: with few repeats, the
-slowest) of the times are printed as MB/s, and the ratio is of the p50s. The first copy into the
-fresh guest is printed on its own: memory the guest has never touched costs QEMU a host page
-fault per page, which the repeats (reusing the pages the guest freed) do not pay. An agent of
-protocol 1.3 or later takes a file in itself (FS ``put``); the copy through ``cat`` that older
-agents get is measured beside it.
+that a change in the machine's load touches both; p50 and p99 (interpolated between the nearest
+runs, bench/_stats.py) of the times are printed as MB/s, and the ratio is of the p50s. The first
+copy into the fresh guest is printed on its own: memory the guest has never touched costs QEMU a
+host page fault per page, which the repeats (reusing the pages the guest freed) do not pay. An
+agent of protocol 1.3 or later takes a file in itself (FS ``put``); the copy through ``cat`` that
+older agents get is measured beside it.
 
 Goals: cp >= 0.5x the floor and >= 50 MB/s both ways; store reads <= 1.2x the file; in-process
 round trip <= 20 ms.
@@ -38,6 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench._stats import percentile
 from vers.porcelain import transfer
 from vers.porcelain import vm as verbs
 from vers.repo import Repo
@@ -59,18 +60,12 @@ def mbps(n: int, seconds: float) -> float:
     return n / seconds / 1e6
 
 
-def pct(values: list[float], q: float) -> float:
-    """Nearest-rank percentile ``q`` (0-100) of ``values``."""
-    ordered = sorted(values)
-    return ordered[max(0, min(len(ordered) - 1, -(-len(ordered) * q // 100) - 1))]
-
-
 def line(what: str, size: int, times: list[float], floor: list[float] | None = None) -> str:
     """MB/s at the p50 and p99 times; with ``floor``, the ratio of the p50s."""
-    text = (f"{what:<40} p50 {mbps(size, pct(times, 50)):6.1f} MB/s  "
-            f"p99 {mbps(size, pct(times, 99)):6.1f} MB/s")
+    text = (f"{what:<40} p50 {mbps(size, percentile(times, 0.5)):6.1f} MB/s  "
+            f"p99 {mbps(size, percentile(times, 0.99)):6.1f} MB/s")
     if floor is not None:
-        text += f"   ratio {pct(floor, 50) / pct(times, 50):.2f}x of the floor"
+        text += f"   ratio {percentile(floor, 0.5) / percentile(times, 0.5):.2f}x of the floor"
     return text
 
 

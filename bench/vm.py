@@ -44,6 +44,7 @@ import tempfile
 import time
 from typing import Any
 
+from bench import _stats
 from vers.objects.model import PAGE_SIZE as PAGE
 from vers.repo import Repo
 from vers.vmm.agent import guest_exec
@@ -58,16 +59,9 @@ from vers.vmm.state import VMRecord, registry
 from vers.vmm.teardown import kill_vms
 
 
-def pct(values: list[float], q: float) -> float:
-    """The q-quantile, interpolated between the nearest runs (numpy's default)."""
-    if len(values) == 1:
-        return values[0]
-    return statistics.quantiles(values, n=100, method="inclusive")[round(q * 100) - 1]
-
-
 def p50_p99(values: list[float]) -> dict[str, float]:
-    return {"p50": round(statistics.median(values), 2), "p99": round(pct(values, 0.99), 2),
-            "n": len(values)}
+    p50, p99 = _stats.p50_p99(values)
+    return {"p50": round(p50, 2), "p99": round(p99, 2), "n": len(values)}
 
 
 def store_bytes(repo: Repo) -> int:

@@ -27,8 +27,15 @@ from vers.objects import (
     write_image,
 )
 from vers.objects.imagetree import RUN_PAGES
-from vers.objects.model import KIND_COMMIT, KIND_PAGE, canonical_json, hash_bytes, node_bytes
-from vers.objects.store import ENC_DELTA, ENC_RAW, ENC_ZSTD
+from vers.objects.model import (
+    KIND_COMMIT,
+    KIND_NODE,
+    KIND_PAGE,
+    canonical_json,
+    hash_bytes,
+    node_bytes,
+)
+from vers.objects.store import ENC_DELTA, ENC_RAW, ENC_ZSTD, Record
 from vers.testing.corrupt import flip_byte
 
 
@@ -140,6 +147,22 @@ def test_compressible_pages_are_compressed_random_are_not(store) -> None:
     build(store, text + rnd)
     assert store.get_record(blake3.blake3(text).digest()).encoding == ENC_ZSTD
     assert store.get_record(blake3.blake3(rnd).digest()).encoding == ENC_RAW
+
+
+def test_undecodable_records_are_corrupt_objects(store) -> None:
+    """A stored zstd frame that does not decompress, or a delta cut short, names the object."""
+    text = (b"hello world " * 400)[:PAGE_SIZE]
+    page = blake3.blake3(text).digest()
+    base_data = node_bytes(1, os.urandom(FANOUT * 32))
+    base, delta = hash_bytes(base_data), bytes(range(32))
+    with store.writer() as w:
+        w.add_record(page, Record(KIND_PAGE, ENC_ZSTD, 0, b"not a zstd frame"))
+        w.add(base, KIND_NODE, base_data)
+        w.add_record(delta, Record(KIND_NODE, ENC_DELTA, 1, base + b"\0"))
+    for oid, read in ((page, store.get_bytes), (delta, store.get_node)):
+        with pytest.raises(CorruptObject, match="cannot decode stored record") as exc:
+            read(oid)
+        assert exc.value.oid == oid.hex()
 
 
 def test_incremental_tree_uses_deltas_and_matches_full_build(store) -> None:

@@ -12,7 +12,7 @@ import time as _time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO, Self, Union
+from typing import TYPE_CHECKING, Any, BinaryIO, Self, Union
 
 from vers.errors import (
     BadInput,
@@ -27,14 +27,13 @@ from vers.errors import (
 from vers.files import make_private_dirs, open_private, write_private
 from vers.history import walk
 from vers.history.timeindex import TimeIndex
-from vers.objects.imagetree import ImageFile, build_tree, patch_tree, write_image
 from vers.objects.lmdbstore import LmdbObjectStore
 from vers.objects.model import (
-    IMAGE_NAME_RE,
     KIND_COMMIT,
     PAGE_SIZE,
     Commit,
     hash_bytes,
+    is_image_name,
     time_us_of,
 )
 from vers.objects.store import ObjectStore
@@ -48,7 +47,10 @@ from vers.refs.container import (
 )
 from vers.refs.revparse import rev_parse
 from vers.refs.timespec import parse_time
-from vers.statediff import CommitDiff, diff_commits
+
+if TYPE_CHECKING:  # the image trees and diffs are loaded by what reads or writes images
+    from vers.objects.imagetree import ImageFile
+    from vers.statediff import CommitDiff
 
 VERS_DIRNAME = ".vers"
 DEFAULT_BRANCH = "main"
@@ -212,7 +214,7 @@ class Repo:
         if not images:
             raise BadInput("nothing to commit: no images given")
         for name in images:
-            if not IMAGE_NAME_RE.match(name):
+            if not is_image_name(name):
                 raise BadInput(f"bad image name {name!r} (want [a-z][a-z0-9_-]*)")
         with self.store.writing():
             when = None if time is None else time_us_of(time)
@@ -285,6 +287,8 @@ class Repo:
         if parents is None:
             head = self.refs.resolve(ref) if ref else None
             parents = [head] if head else []
+        from vers.objects.imagetree import build_tree, patch_tree
+
         base = self.get_commit(parents[0]) if parents else None
         trees: dict[str, str] = {}
         with ExitStack() as stack:
@@ -352,6 +356,8 @@ class Repo:
 
     # -- reading images -----------------------------------------------------------------------
     def open_image(self, rev: str, name: str) -> ImageFile:
+        from vers.objects.imagetree import ImageFile
+
         commit = self.get_commit(rev)
         if name not in commit.images:
             have = ", ".join(sorted(commit.images)) or "none"
@@ -362,6 +368,8 @@ class Repo:
                      progress: Callable[[int], None] | None = None) -> None:
         """Write image ``name`` of ``rev`` to ``out``; ``progress`` gets the bytes of each
         stretch of the image written (or skipped over as zero)."""
+        from vers.objects.imagetree import write_image
+
         image = self.open_image(rev, name)
         tmp = Path(str(out) + ".vers-tmp")
         try:
@@ -389,6 +397,8 @@ class Repo:
         return walk(self.get_commit, include, excl, first_parent)
 
     def diff(self, a: str, b: str) -> CommitDiff:
+        from vers.statediff import diff_commits
+
         return diff_commits(self.store, self.get_commit(a), self.get_commit(b))
 
 

@@ -15,12 +15,13 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import click
-from click.shell_completion import CompletionItem, get_completion_class
 
 from vers.cli._group import cli
 from vers.errors import VersError
 
 if TYPE_CHECKING:
+    from click.shell_completion import CompletionItem
+
     from vers.porcelain.names import Name
     from vers.repo import Repo
 
@@ -30,6 +31,8 @@ SHELLS = ("bash", "zsh", "fish")
 
 def _repo_names(list_names: Callable[[Repo, str], list[Name]], ctx: click.Context, typed: str,
                 ) -> list[CompletionItem]:
+    from click.shell_completion import CompletionItem
+
     from vers.repo import Repo
 
     root = ctx.find_root()
@@ -80,6 +83,8 @@ def vms_or_revisions(ctx: click.Context, param: click.Parameter, typed: str,
 
 
 def images(_ctx: click.Context, _param: click.Parameter, typed: str) -> list[CompletionItem]:
+    from click.shell_completion import CompletionItem
+
     from vers.porcelain import names
 
     try:
@@ -98,6 +103,8 @@ def completion(shell: str) -> None:
     zsh:   eval "$(vers completion zsh)"         (e.g. in ~/.zshrc, after compinit)
     fish:  vers completion fish > ~/.config/fish/completions/vers.fish
     """
+    from click.shell_completion import get_completion_class
+
     cls = get_completion_class(shell)
     assert cls is not None  # click ships all three
     click.echo(cls(cli, {}, "vers", "_VERS_COMPLETE").source())

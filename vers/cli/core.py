@@ -3,7 +3,6 @@ rev-parse, tags, branches, reflog. Each command parses arguments and calls vers.
 
 from __future__ import annotations
 
-import json
 import sys
 
 import click
@@ -11,13 +10,6 @@ import click
 from vers.cli import completion as comp
 from vers.cli._group import cli, emit_json, info, open_repo, progress
 from vers.errors import BadInput
-from vers.porcelain import diff as diff_mod
-from vers.porcelain import export as export_mod
-from vers.porcelain import init as init_mod
-from vers.porcelain import log as log_mod
-from vers.porcelain import refs as refs_mod
-from vers.porcelain import show as show_mod
-from vers.porcelain import snapshot as snapshot_mod
 
 
 def _named_images(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -34,6 +26,8 @@ def _named_images(pairs: tuple[str, ...]) -> dict[str, str]:
 @click.argument("directory", default=".", type=click.Path(file_okay=False))
 def init(directory: str) -> None:
     """Create an empty repository in DIRECTORY (default: here)."""
+    from vers.porcelain import init as init_mod
+
     repo = init_mod.init(directory)
     info(f"Initialized empty vers repository in {repo.vers_dir}")
 
@@ -50,6 +44,10 @@ def init(directory: str) -> None:
 def snapshot(memory: str | None, disks: tuple[str, ...], devstate: str | None,
              extra: tuple[str, ...], message: str, config_json: str | None) -> None:
     """Commit image files as a new commit on the current branch; prints its ID."""
+    import json
+
+    from vers.porcelain import snapshot as snapshot_mod
+
     config = None
     if config_json:
         try:
@@ -99,6 +97,8 @@ def log(
     since: str | None, until: str | None, fmt: str
 ) -> None:
     """Show history from REV (or an A..B range), newest first."""
+    from vers.porcelain import log as log_mod
+
     repo = open_repo()
     if rev == "HEAD" and repo.head_commit() is None:
         raise BadInput(f"your current branch '{repo.current_branch()}' does not have any "
@@ -116,6 +116,8 @@ def log(
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text")
 def show(rev: str, fmt: str) -> None:
     """Show one commit: metadata, images and machine configuration."""
+    from vers.porcelain import show as show_mod
+
     repo = open_repo()
     if fmt == "json":
         emit_json(show_mod.show_data(repo, rev))
@@ -137,6 +139,8 @@ def show(rev: str, fmt: str) -> None:
 def diff(a: str, b: str | None, stat: bool, all_ranges: bool, exit_code: bool, fmt: str,
          files: bool = False, memory: bool = False, image: str | None = None) -> None:
     """Changed memory pages and disk blocks between commits A and B (default B: HEAD)."""
+    from vers.porcelain import diff as diff_mod
+
     repo = open_repo()
     if files or memory:
         from vers.porcelain.difffiles import render
@@ -167,6 +171,9 @@ def diff(a: str, b: str | None, stat: bool, all_ranges: bool, exit_code: bool, f
 def export(rev: str, memory: str | None, disks: tuple[str, ...], devstate: str | None,
            extra: tuple[str, ...]) -> None:
     """Write a commit's images back to files (sparse where zero)."""
+    from vers.porcelain import export as export_mod
+    from vers.porcelain import snapshot as snapshot_mod
+
     repo = open_repo()
     images = snapshot_mod.image_map(memory, disks, devstate, _named_images(extra))
     outputs = {k: str(v) for k, v in images.items()}
@@ -181,6 +188,8 @@ def export(rev: str, memory: str | None, disks: tuple[str, ...], devstate: str |
 @click.option("-f", "--force", is_flag=True, help="Move an existing tag.")
 def tag(name: str | None, rev: str, delete: bool, force: bool) -> None:
     """List tags, or tag REV (default HEAD) as NAME."""
+    from vers.porcelain import refs as refs_mod
+
     repo = open_repo()
     if name is None:
         for t in refs_mod.list_tags(repo):
@@ -196,6 +205,8 @@ def tag(name: str | None, rev: str, delete: bool, force: bool) -> None:
 @click.option("-v", "--verbose", is_flag=True, help="Show each branch's commit and message.")
 def branch_list(verbose: bool) -> None:
     """List branches; the current one is marked with '*'."""
+    from vers.porcelain import refs as refs_mod
+
     repo = open_repo()
     for b in refs_mod.list_branches(repo):
         mark = "*" if b.current else " "
@@ -211,6 +222,8 @@ def branch_list(verbose: bool) -> None:
 @click.option("-f", "--force", is_flag=True, help="Move the branch if it exists.")
 def branch_create(name: str, rev: str, force: bool) -> None:
     """Create branch NAME at REV (a ref only; `vers branch` forks a live VM)."""
+    from vers.porcelain import refs as refs_mod
+
     click.echo(refs_mod.create_branch(open_repo(), name, rev, force))
 
 
@@ -218,6 +231,8 @@ def branch_create(name: str, rev: str, force: bool) -> None:
 @click.argument("name", shell_complete=comp.branches)
 def branch_delete(name: str) -> None:
     """Delete branch NAME."""
+    from vers.porcelain import refs as refs_mod
+
     cid = refs_mod.delete_branch(open_repo(), name)
     info(f"Deleted branch {name} (was {cid[:12]})")
 
@@ -226,6 +241,8 @@ def branch_delete(name: str) -> None:
 @click.argument("name", shell_complete=comp.branches)
 def switch(name: str) -> None:
     """Make branch NAME current (moves HEAD only; `vers checkout` restores a machine)."""
+    from vers.porcelain import refs as refs_mod
+
     repo = open_repo()
     old = refs_mod.detached_head(repo)
     cid = refs_mod.switch(repo, name)
@@ -238,6 +255,8 @@ def switch(name: str) -> None:
 @cli.command("show-ref")
 def show_ref() -> None:
     """List every ref with the commit it names."""
+    from vers.porcelain import refs as refs_mod
+
     for cid, name in refs_mod.show_refs(open_repo()):
         click.echo(f"{cid} {name}")
 
@@ -246,5 +265,7 @@ def show_ref() -> None:
 @click.argument("ref", default="HEAD", shell_complete=comp.revisions)
 def reflog(ref: str) -> None:
     """Where REF has pointed, newest first."""
+    from vers.porcelain import refs as refs_mod
+
     for line in refs_mod.reflog(open_repo(), ref):
         click.echo(line)

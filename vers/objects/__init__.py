@@ -1,29 +1,49 @@
-"""Objects (pages, nodes, trees, commits) and the stores that keep them."""
+"""Objects (pages, nodes, trees, commits) and the stores that keep them.
 
-from vers.objects.imagetree import (
-    ImageFile,
-    PageRange,
-    TreeReader,
-    build_tree,
-    diff_trees,
-    patch_tree,
-    write_image,
-)
-from vers.objects.lmdbstore import LmdbObjectStore
-from vers.objects.model import (
-    FANOUT,
-    ID_LEN,
-    KIND_COMMIT,
-    KIND_NODE,
-    KIND_PAGE,
-    KIND_TREE,
-    PAGE_SIZE,
-    ZERO_ID,
-    Commit,
-    Tree,
-    hash_bytes,
-)
-from vers.objects.store import MemoryObjectStore, ObjectStore, ObjectWriter, Record
+The names below are loaded from their modules on first use, so that importing one module of the
+package (``vers.objects.model``, say) does not import all the others.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from vers.objects.imagetree import (
+        ImageFile,
+        PageRange,
+        TreeReader,
+        build_tree,
+        diff_trees,
+        patch_tree,
+        write_image,
+    )
+    from vers.objects.lmdbstore import LmdbObjectStore
+    from vers.objects.model import (
+        FANOUT,
+        ID_LEN,
+        KIND_COMMIT,
+        KIND_NODE,
+        KIND_PAGE,
+        KIND_TREE,
+        PAGE_SIZE,
+        ZERO_ID,
+        Commit,
+        Tree,
+        hash_bytes,
+    )
+    from vers.objects.store import MemoryObjectStore, ObjectStore, ObjectWriter, Record
+
+#: name -> the module of vers.objects that defines it
+_MODULES = {
+    **dict.fromkeys(("ImageFile", "PageRange", "TreeReader", "build_tree", "diff_trees",
+                     "patch_tree", "write_image"), "imagetree"),
+    "LmdbObjectStore": "lmdbstore",
+    **dict.fromkeys(("FANOUT", "ID_LEN", "KIND_COMMIT", "KIND_NODE", "KIND_PAGE", "KIND_TREE",
+                     "PAGE_SIZE", "ZERO_ID", "Commit", "Tree", "hash_bytes"), "model"),
+    **dict.fromkeys(("MemoryObjectStore", "ObjectStore", "ObjectWriter", "Record"), "store"),
+}
 
 __all__ = [
     "FANOUT",
@@ -50,3 +70,16 @@ __all__ = [
     "patch_tree",
     "write_image",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULES.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -17,13 +17,17 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import lmdb
 
 from vers.errors import ObjectNotFound
 from vers.files import open_private
 from vers.objects.lmdbenv import DAMAGE, damaged, open_env, transaction
-from vers.objects.store import ObjectStore, Record, StoredObject, StoreStats, SweepReport
+from vers.objects.store import ObjectStore, Record
+
+if TYPE_CHECKING:
+    from vers.objects.reports import StoredObject, StoreStats, SweepReport
 
 PACK_BYTES = 8 << 20
 PACKS_PER_TXN = 32  # 256 MiB of packs per sweep transaction: bounded memory, few transactions
@@ -187,6 +191,8 @@ class LmdbObjectStore(ObjectStore):
         LMDB get of a large value costs ~25 us, more than hashing the page). An index entry must
         point at its own record header inside an existing pack; one that does not is yielded
         without a record, saying where it points."""
+        from vers.objects.reports import StoredObject
+
         hdr = _RECORD_HEADER
         index_db, packs_db = self.db["index"], self.db["packs"]
         with transaction(self.env, buffers=True) as txn:
@@ -224,6 +230,8 @@ class LmdbObjectStore(ObjectStore):
                 yield StoredObject(oid, kind, None, detail)
 
     def stats(self) -> StoreStats:
+        from vers.objects.reports import StoreStats
+
         with transaction(self.env) as txn:
             objects = int(txn.stat(self.db["index"])["entries"])
         return StoreStats(objects, sum(size for _, _, size in self.iter_packs()))
@@ -256,6 +264,8 @@ class LmdbObjectStore(ObjectStore):
 
         Each batch of packs is rewritten in one transaction (survivors copied to new packs, the
         old packs dropped together), so a kill leaves either the old packs or the new ones."""
+        from vers.objects.reports import SweepReport
+
         report = SweepReport()
         marked = live()
         repack: list[int] = []

@@ -39,7 +39,12 @@ KIND_TREE = 3
 KIND_COMMIT = 4
 KIND_NAMES = {KIND_PAGE: "page", KIND_NODE: "node", KIND_TREE: "tree", KIND_COMMIT: "commit"}
 
-IMAGE_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+#: what an image may be called (compiled on first use: re keeps the compiled patterns)
+IMAGE_NAME = r"^[a-z][a-z0-9_-]{0,63}$"
+
+
+def is_image_name(name: str) -> bool:
+    return re.match(IMAGE_NAME, name) is not None
 
 
 def hash_bytes(data: bytes | bytearray | memoryview) -> bytes:
@@ -161,7 +166,7 @@ class Commit:
 
     def serialize(self) -> bytes:
         for name in self.images:
-            if not IMAGE_NAME_RE.match(name):
+            if not is_image_name(name):
                 raise BadInput(f"bad image name {name!r} (want [a-z][a-z0-9_-]*)")
         if isinstance(self.time_us, bool) or not isinstance(self.time_us, int):
             raise BadInput(f"commit time must be whole microseconds, not {self.time_us!r}")

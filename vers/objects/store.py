@@ -15,18 +15,21 @@ naming it. Backends implement only the ``_backend_*`` primitives.
 from __future__ import annotations
 
 import struct
+import sys
 import threading
 from abc import ABC, abstractmethod
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, Self
-
-import zstandard
+from typing import TYPE_CHECKING, Any, Protocol, Self
 
 if TYPE_CHECKING:  # concurrent.futures (and logging with it) only once a writer needs threads
     from concurrent.futures import Future, ThreadPoolExecutor
+
+    import zstandard
+
+    from vers.objects.reports import StoredObject, StoreStats, SweepReport
 
 from vers.errors import CorruptObject, ObjectNotFound
 from vers.objects.model import (
@@ -68,32 +71,16 @@ class Record:
     payload: bytes
 
 
-@dataclass(frozen=True)
-class StoredObject:
-    """One object as a scan of the store finds it: its record, or (``record`` None) why the
-    store's index does not lead to one."""
-
-    oid: bytes
-    kind: int
-    record: Record | None
-    problem: str = ""
+#: The store's reports (vers.objects.reports), importable from here too; loaded on first use.
+_REPORTS = ("StoredObject", "StoreStats", "SweepReport")
 
 
-@dataclass(frozen=True)
-class StoreStats:
-    objects: int
-    bytes: int  # what the stored records take, dead ones not yet reclaimed included
+def __getattr__(name: str) -> Any:
+    if name in _REPORTS:
+        from vers.objects import reports
 
-
-@dataclass
-class SweepReport:
-    """What a sweep removed (or, dry, would remove)."""
-
-    objects_removed: int = 0
-    bytes_removed: int = 0  # payload bytes of the removed objects
-    packs_rewritten: int = 0
-    young_unreachable: int = 0  # unreachable, but stored too recently to be removed
-    dead_bytes_left: int = 0  # removed from the index; their space is reclaimed in a later sweep
+        return getattr(reports, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class AbsentObjects(Protocol):
@@ -106,14 +93,37 @@ class AbsentObjects(Protocol):
 
 
 class _Codec(threading.local):
-    """zstd contexts are not thread-safe; one pair per thread."""
+    """zstd contexts are not thread-safe; one pair per thread, made (and zstandard imported) when
+    the thread first compresses or decompresses: reading only uncompressed objects (commits,
+    trees) never loads it."""
 
-    def __init__(self) -> None:
-        self.cctx = zstandard.ZstdCompressor(level=1)
-        self.dctx = zstandard.ZstdDecompressor()
+    _cctx: zstandard.ZstdCompressor | None = None
+    _dctx: zstandard.ZstdDecompressor | None = None
+
+    @property
+    def cctx(self) -> zstandard.ZstdCompressor:
+        if self._cctx is None:
+            import zstandard
+
+            self._cctx = zstandard.ZstdCompressor(level=1)
+        return self._cctx
+
+    @property
+    def dctx(self) -> zstandard.ZstdDecompressor:
+        if self._dctx is None:
+            import zstandard
+
+            self._dctx = zstandard.ZstdDecompressor()
+        return self._dctx
 
 
 _codec = _Codec()
+
+
+def _zstd_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is zstandard's (which is then already imported)."""
+    zstandard = sys.modules.get("zstandard")
+    return zstandard is not None and isinstance(exc, zstandard.ZstdError)
 
 
 def encode_delta(base_oid: bytes, base_entries: bytes, entries: bytes) -> bytes:
@@ -179,6 +189,8 @@ class ObjectStore(ABC):
     def scan(self) -> Iterator[StoredObject]:
         """Every stored object once, in the order cheapest for the backend, with its record
         unverified (see ``decode_record``); fsck checks the store with this."""
+        from vers.objects.reports import StoredObject
+
         for oid, kind in list(self.iter_ids()):
             rec = self._backend_get(oid)
             if rec is not None:  # else deleted while we looked
@@ -284,7 +296,9 @@ class ObjectStore(ABC):
                     idx, child = _DELTA_ENTRY.unpack_from(rec.payload, off)
                     entries[idx * ID_LEN : (idx + 1) * ID_LEN] = child
                 return base_data[:NODE_HEADER_LEN] + bytes(entries)
-        except (zstandard.ZstdError, struct.error, IndexError) as exc:
+        except Exception as exc:
+            if not (isinstance(exc, (struct.error, IndexError)) or _zstd_error(exc)):
+                raise
             raise CorruptObject(oid.hex(), f"cannot decode stored record: {exc}") from exc
         raise CorruptObject(oid.hex(), f"unknown encoding {rec.encoding} for kind {rec.kind}")
 
@@ -558,6 +572,8 @@ class MemoryObjectStore(ObjectStore):
         return n
 
     def stats(self) -> StoreStats:
+        from vers.objects.reports import StoreStats
+
         return StoreStats(len(self.records), sum(len(r.payload) for r in self.records.values()))
 
     def sweep(
@@ -572,6 +588,8 @@ class MemoryObjectStore(ObjectStore):
         goes at once (this store lives in one process, so no writer is in flight)."""
         keep = live()
         garbage = [oid for oid in list(self.records) if oid not in keep]
+        from vers.objects.reports import SweepReport
+
         report = SweepReport(bytes_removed=sum(len(self.records[o].payload) for o in garbage))
         report.objects_removed = len(garbage) if dry_run else self.delete(garbage)
         return report

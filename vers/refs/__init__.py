@@ -1,16 +1,34 @@
-"""Refs, HEAD, reflogs and rev-parse."""
+"""Refs, HEAD, reflogs and rev-parse.
 
-from vers.refs.container import (
-    HEAD,
-    SYMREF_PREFIX,
-    DictRefsContainer,
-    LmdbRefsContainer,
-    ReflogEntry,
-    RefsContainer,
-    check_ref_name,
-    check_short_name,
-)
-from vers.refs.revparse import expand_ref, rev_parse
+The names below are loaded from their modules on first use, so that importing one module of the
+package does not import the others.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from vers.refs.container import (
+        HEAD,
+        SYMREF_PREFIX,
+        DictRefsContainer,
+        LmdbRefsContainer,
+        ReflogEntry,
+        RefsContainer,
+        check_ref_name,
+        check_short_name,
+    )
+    from vers.refs.revparse import expand_ref, rev_parse
+
+#: name -> the module of vers.refs that defines it
+_MODULES = {
+    **dict.fromkeys(("HEAD", "SYMREF_PREFIX", "DictRefsContainer", "LmdbRefsContainer",
+                     "ReflogEntry", "RefsContainer", "check_ref_name", "check_short_name"),
+                    "container"),
+    **dict.fromkeys(("expand_ref", "rev_parse"), "revparse"),
+}
 
 __all__ = [
     "HEAD",
@@ -24,3 +42,16 @@ __all__ = [
     "expand_ref",
     "rev_parse",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _MODULES.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

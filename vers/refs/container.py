@@ -8,7 +8,6 @@ write transaction (serialised across processes by LMDB's writer lock).
 
 from __future__ import annotations
 
-import getpass
 import json
 import os
 import re
@@ -29,7 +28,7 @@ SYMREF_PREFIX = "ref: "
 HEAD = "HEAD"
 ANY = object()  # "any current value" for compare-and-swap updates
 T = TypeVar("T")
-_BAD_REF_CHARS = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
+_BAD_REF_CHARS = r"[\x00-\x20\x7f~^:?*\[\\]"  # compiled on first use
 _REFLOG_KEY = struct.Struct(">Q")
 
 
@@ -45,7 +44,7 @@ def check_ref_name(name: str) -> str:
         or ".." in name
         or "@{" in name
         or name.endswith(".")
-        or _BAD_REF_CHARS.search(name)
+        or re.search(_BAD_REF_CHARS, name)
         or len(name) > 400
     ):
         raise BadRefName(f"bad ref name {name!r}")
@@ -64,6 +63,8 @@ def check_short_name(name: str, what: str = "branch") -> str:
 
 
 def default_identity() -> str:
+    import getpass
+
     try:
         user = getpass.getuser()
     except Exception:  # noqa: BLE001 - no passwd entry in some containers

@@ -3,7 +3,6 @@ tags and full IDs into commit IDs."""
 
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Callable, Iterable
 
@@ -13,10 +12,11 @@ from vers.refs.container import HEAD, RefsContainer
 from vers.refs.timespec import parse_time
 
 MIN_PREFIX = 4
-_HEX = re.compile(r"^[0-9a-f]+$")
-_SUFFIX = re.compile(r"(~\d*|\^\d*|@\{[^{}]*\})")
-_REV = re.compile(r"^(.*?)((?:~\d*|\^\d*|@\{[^{}]*\})*)$")
-_REFLOG_INDEX = re.compile(r"^-?\d+$")
+# Patterns are compiled on first use (re keeps the compiled ones), not when vers starts.
+_HEX = r"^[0-9a-f]+$"
+_SUFFIX = r"(~\d*|\^\d*|@\{[^{}]*\})"
+_REV = r"^(.*?)((?:~\d*|\^\d*|@\{[^{}]*\})*)$"
+_REFLOG_INDEX = r"^-?\d+$"
 SEARCH_PREFIXES = ("", "refs/", "refs/heads/", "refs/tags/", "refs/remotes/")
 
 
@@ -49,7 +49,7 @@ def rev_parse(
     """
     if not rev or rev != rev.strip():
         raise BadRevision(f"bad revision {rev!r}")
-    m = _REV.match(rev)
+    m = re.match(_REV, rev)
     assert m is not None
     base, suffixes = m.group(1), m.group(2)
     if not base:
@@ -57,14 +57,14 @@ def rev_parse(
             base = HEAD
         else:
             raise BadRevision(f"bad revision {rev!r}")
-    steps = _SUFFIX.findall(suffixes)
+    steps = re.findall(_SUFFIX, suffixes)
     at_step = steps[0][2:-1] if steps and steps[0].startswith("@{") else None
     if at_step is not None:
         steps = steps[1:]
     if any(s.startswith("@{") for s in steps):
         raise BadRevision(f"bad revision {rev!r}: @{{...}} must follow a ref name")
 
-    if at_step is None or _REFLOG_INDEX.match(at_step):
+    if at_step is None or re.match(_REFLOG_INDEX, at_step):
         commit = _resolve_base(refs, base, at_step, commits_with_prefix, rev)
     else:
         when = parse_time(at_step, now)
@@ -121,7 +121,7 @@ def _resolve_base(
                               "(empty repository?)")
         return value
     lowered = base.lower()
-    if len(lowered) >= MIN_PREFIX and _HEX.match(lowered):
+    if len(lowered) >= MIN_PREFIX and re.match(_HEX, lowered):
         found = sorted(set(commits_with_prefix(lowered)))
         if len(found) == 1:
             return found[0]
@@ -132,9 +132,11 @@ def _resolve_base(
 
 def _hint(refs: RefsContainer, base: str, lowered: str) -> str:
     """What the user may have meant: a short hex prefix, or a ref name close to ``base``."""
-    if _HEX.match(lowered) and len(lowered) < MIN_PREFIX:
+    if re.match(_HEX, lowered) and len(lowered) < MIN_PREFIX:
         return f" (an ID prefix needs at least {MIN_PREFIX} hex digits)"
     names = {n.removeprefix("refs/heads/").removeprefix("refs/tags/")
              for n in refs.list_refs("refs/heads/") | refs.list_refs("refs/tags/")}
+    import difflib
+
     close = difflib.get_close_matches(base, sorted(names), n=1, cutoff=0.6)
     return f"; did you mean {close[0]!r}?" if close else ""

@@ -24,7 +24,6 @@ import re
 import time as _time
 from datetime import UTC, date, datetime, timedelta, timezone
 from datetime import time as clock
-from decimal import Decimal
 
 from vers.errors import BadInput
 
@@ -46,12 +45,13 @@ _UNITS: dict[str, int] = {
 }
 _VAGUE_UNITS = {"mo", "month", "months", "y", "yr", "yrs", "year", "years"}
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?|\.\d+)\s*([a-z]+)\s*")
+# Patterns are compiled on first use (re keeps the compiled ones), not when vers starts.
+_DURATION = r"(\d+(?:\.\d+)?|\.\d+)\s*([a-z]+)\s*"
 _CLOCK = r"(\d{1,2}):(\d{2})(?::(\d{2})(?:[.,](\d{1,9}))?)?"
-_CLOCK_RE = re.compile(rf"^{_CLOCK}$")
-_ISO = re.compile(rf"^(\d{{4}})-(\d{{2}})-(\d{{2}})(?:[t ]+{_CLOCK})?"
-                  r"\s*(z|utc|[+-]\d{2}(?::?\d{2})?)?$")
-_EPOCH_RE = re.compile(r"^@(\d+)(?:\.(\d{1,9}))?$")
+_CLOCK_RE = rf"^{_CLOCK}$"
+_ISO = (rf"^(\d{{4}})-(\d{{2}})-(\d{{2}})(?:[t ]+{_CLOCK})?"
+        r"\s*(z|utc|[+-]\d{2}(?::?\d{2})?)?$")
+_EPOCH_RE = r"^@(\d+)(?:\.(\d{1,9}))?$"
 
 EXAMPLES = ("'10 minutes ago', '2.5s ago', 'yesterday', 'noon', '2026-12-01 10:32:05', "
             "'2026-12-01T10:32:05.5Z' or '@1701424325.5'")
@@ -107,14 +107,14 @@ def _fraction_us(digits: str | None) -> int:
 
 
 def _epoch(s: str) -> int | None:
-    m = _EPOCH_RE.match(s)
+    m = re.match(_EPOCH_RE, s)
     if m is None:
         return None
     return int(m.group(1)) * US + _fraction_us(m.group(2))
 
 
 def _iso(s: str, text: str) -> int | None:
-    m = _ISO.match(s)
+    m = re.match(_ISO, s)
     if m is None:
         return None
     y, mo, d, hh, mm, ss, frac, zone = m.groups()
@@ -158,7 +158,7 @@ def _clock(s: str) -> clock | None:
         return clock(12)
     if s == "midnight":
         return clock(0)
-    m = _CLOCK_RE.match(s)
+    m = re.match(_CLOCK_RE, s)
     if m is None:
         return None
     hh, mm, ss, frac = m.groups()
@@ -185,9 +185,11 @@ def _relative(s: str, now: int, text: str) -> int | None:
     # a dot is a separator (git's ``10.minutes.ago``) unless it starts a fraction (``2.5``, ``.5``)
     s = re.sub(r"\.(?!\d)|(?<=[a-z])\.", " ", s).replace("_", " ").replace(",", " ").strip()
     s = s.removesuffix(" ago").removesuffix("ago").strip()
+    from decimal import Decimal  # exact sums of fractional durations (2.5s)
+
     pos, total = 0, 0
     while pos < len(s):
-        m = _DURATION.match(s, pos)
+        m = re.compile(_DURATION).match(s, pos)
         if m is None:
             return None
         number, unit = m.groups()
