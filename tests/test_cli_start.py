@@ -80,10 +80,10 @@ def _after(cwd: Path, args: list[str], preload: str = "") -> tuple[set[str], str
 #: What `vers log` needs of vers: its command module, the store's read path, refs and rev-parse.
 LOG_MODULES = {
     "vers", "vers.cli", "vers.cli._group", "vers.cli.completion", "vers.cli.core", "vers.errors",
-    "vers.files", "vers.history", "vers.history.graph", "vers.history.timeindex", "vers.objects",
-    "vers.objects.lmdbenv", "vers.objects.lmdbstore", "vers.objects.model", "vers.objects.store",
-    "vers.porcelain", "vers.porcelain.log", "vers.refs", "vers.refs.container",
-    "vers.refs.revparse", "vers.refs.timespec", "vers.repo",
+    "vers.files", "vers.history", "vers.history.graph", "vers.history.timeindex",
+    "vers.lazynames", "vers.objects", "vers.objects.lmdbenv", "vers.objects.lmdbstore",
+    "vers.objects.model", "vers.objects.store", "vers.porcelain", "vers.porcelain.log",
+    "vers.refs", "vers.refs.container", "vers.refs.revparse", "vers.refs.timespec", "vers.repo",
 }
 
 #: What `vers log` never uses: compression, thread pools, processes, sockets, exact decimals,
