@@ -132,6 +132,14 @@ def test_unbootable_roots_fail_with_the_initramfs_reason(
     zeros = tmp_path / "zeros.img"
     zeros.write_bytes(bytes(16 << 20))
     p = run_fails(imgrepo, *boot_args("default", disk=zeros, memory="256M"))
+    assert p.returncode == BadInput.exit_code, p.stderr  # refused before anything starts
+    refused = (f"vers: error: {zeros} is not an ext4 file system: vers boots ext4 root disks "
+               "(for a directory or a tarball use `vers image import`)")
+    assert [line for line in p.stderr.splitlines() if "error" in line] == [refused], p.stderr
+    # what the host cannot look into (a qcow2 disk) the initramfs refuses at boot, saying why
+    empty = tmp_path / "empty.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(empty), "16M"], check=True)
+    p = run_fails(imgrepo, *boot_args("default", disk=empty, memory="256M"))
     first = p.stderr.splitlines()[1]  # after "booting VM..."
     assert first.startswith(f"vers: error: {INITRAMFS_ERROR} cannot mount /dev/vda as ext4"), \
         p.stderr

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from vers import images
 from vers.errors import BadInput, BadRevision, VMError
-from vers.images.rootfs import sized_overlay
+from vers.images.rootfs import check_disk, sized_overlay
 from vers.progress import NO_PROGRESS, Progress
 from vers.vmm import agent as agent_mod
 from vers.vmm import disk as disk_mod
@@ -129,6 +129,8 @@ def check_options(opts: RunOptions) -> str:
         problem = disk_mod.unusable_disk(Path(p))
         if problem is not None:
             raise BadInput(f"--disk {p} cannot be used: {problem}")
+    if opts.disks and not (opts.kernel and opts.initrd):
+        check_disk(Path(opts.disks[0]))  # vers' initramfs boots it: an ext4 root, or qcow2
     return accel
 
 
@@ -137,6 +139,8 @@ def needs_image_build(opts: RunOptions) -> str | None:
     if opts.kernel and opts.initrd and opts.disks and opts.image is None:
         return None
     name = opts.image or images.DEFAULT
+    if name not in images.RESERVED:
+        return None  # an imported image or none at all: nothing to build (get says which)
     try:
         images.get(name, build=False)
     except BadInput:
