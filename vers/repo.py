@@ -34,6 +34,7 @@ from vers.objects.model import (
     Commit,
     hash_bytes,
     is_image_name,
+    is_object_id,
     time_us_of,
 )
 from vers.objects.store import ObjectStore
@@ -161,7 +162,7 @@ class Repo:
     def get_commit(self, rev: str) -> Commit:
         """The commit ``rev`` names (a full ID is used as is, anything else goes through
         rev-parse)."""
-        if len(rev) == 64 and all(c in "0123456789abcdef" for c in rev):
+        if is_object_id(rev):
             try:
                 return self.store.get_commit(bytes.fromhex(rev))
             except ObjectNotFound as exc:

@@ -47,6 +47,12 @@ def is_image_name(name: str) -> bool:
     return re.match(IMAGE_NAME, name) is not None
 
 
+def is_object_id(text: object) -> bool:
+    """Whether ``text`` is a whole object ID in hex (64 lower-case hex digits)."""
+    return isinstance(text, str) and len(text) == 2 * ID_LEN \
+        and all(c in "0123456789abcdef" for c in text)
+
+
 def hash_bytes(data: bytes | bytearray | memoryview) -> bytes:
     return blake3.blake3(data).digest()
 

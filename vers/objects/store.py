@@ -329,17 +329,17 @@ class ObjectStore(ABC):
         if kind != KIND_NODE:
             raise CorruptObject(oid.hex(), f"expected a node, found a {KIND_NAMES.get(kind, '?')}")
         node = parse_node(oid, data)
-        with self._cache_lock:
-            self._node_cache[oid] = node
-            if len(self._node_cache) > self._node_cache_size:
-                self._node_cache.popitem(last=False)
+        self._cache_nodes([(oid, node)])
         return node
 
     def _remember_nodes(self, nodes: Iterable[tuple[bytes, bytes]]) -> None:
         """Put nodes just stored (ID, canonical bytes) into the node cache."""
-        parsed = [(oid, parse_node(oid, data)) for oid, data in nodes]
+        self._cache_nodes([(oid, parse_node(oid, data)) for oid, data in nodes])
+
+    def _cache_nodes(self, nodes: list[tuple[bytes, tuple[int, bytes]]]) -> None:
+        """Parsed nodes into the cache as its newest entries; the oldest go beyond its size."""
         with self._cache_lock:
-            for oid, node in parsed:
+            for oid, node in nodes:
                 self._node_cache[oid] = node
                 self._node_cache.move_to_end(oid)
             while len(self._node_cache) > self._node_cache_size:

@@ -7,11 +7,11 @@ which source ``vers branch`` forks) is decided here.
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from vers.errors import BadInput, BadRevision, FuseError, RefError, UnknownVM
+from vers.objects.model import is_object_id
 from vers.porcelain import record as recording
 from vers.porcelain.transfer import exec_json
 from vers.progress import NO_PROGRESS, Progress
@@ -280,10 +280,15 @@ def _from_remote(repo: Repo, name: str, rev: str) -> str:
         daemon = BackingDaemon()
         daemon.ensure_running()
         daemon.request("promisor_settings", repo=str(repo.vers_dir),
-                       env={k: os.environ[k] for k in AWS_ENV_KEYS if k in os.environ},
+                       env=_remote_env(),
                        retry_seconds=lazy.retry_seconds, commit=cid)
     lazy.prefetch_commit(commit, nodes=not fuse)
     return cid
+
+
+def _remote_env() -> dict[str, str]:
+    """The S3 settings of this process, for the backing daemon to read the remote with."""
+    return {k: os.environ[k] for k in AWS_ENV_KEYS if k in os.environ}
 
 
 def restore_through_daemon(repo: Repo, lazy: LazyObjects, rev: str) -> bool:
@@ -291,14 +296,14 @@ def restore_through_daemon(repo: Repo, lazy: LazyObjects, rev: str) -> bool:
     disks from the remote anyway, and has its remote client warm) bring in what the restore
     reads before QEMU starts, while it starts fetching what the guest reads first. False if
     the daemon does not know how (a daemon of an older vers): the caller does it itself."""
-    if not re.fullmatch(r"[0-9a-f]{64}", rev):
+    if not is_object_id(rev):
         return False  # a name or a prefix: resolved with the remote's refs and indexes here
     daemon = BackingDaemon()
     daemon.ensure_running()
     try:
         reply = daemon.request(
             "restore_from_remote", repo=str(repo.vers_dir), commit=rev,
-            env={k: os.environ[k] for k in AWS_ENV_KEYS if k in os.environ},
+            env=_remote_env(),
             retry_seconds=lazy.retry_seconds, timeout=lazy.retry_seconds * 2 + 120)
     except FuseError as exc:
         if "unknown control request" in str(exc):

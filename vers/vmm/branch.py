@@ -116,9 +116,8 @@ def branch_vm_unsettled(repo: Repo, key: str | None, count: int = 1, name: str |
     parent = reg.resolve(key)
     check_ports(parent.spec.net, asked)
     tm = Timings()
-    lock = ExitStack()
-    lock.enter_context(reg.lock(parent))
-    try:
+    with ExitStack() as held:
+        held.enter_context(reg.lock(parent))
         parent = recover(reg, reg.resolve(parent.id))  # re-read under the lock
         backing = load_backing(parent.memory)
         job = _Branch(parent, backing, parent.dir / f"branch-{os.getpid()}.devstate",
@@ -140,9 +139,7 @@ def branch_vm_unsettled(repo: Repo, key: str | None, count: int = 1, name: str |
             _finish(reg, job)
         if not pid_alive(parent.runtime.pid, parent.id):
             raise VMError(f"parent VM {parent.id} died during the branch")
-    except BaseException:
-        lock.close()
-        raise
+        lock = held.pop_all()  # the children run: the lock goes to the settle step
 
     def settle() -> None:
         with lock:

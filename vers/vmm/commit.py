@@ -107,9 +107,8 @@ def commit_vm_unsettled(repo: Repo, key: str | None, message: str = "",
     reg = registry(repo)
     rec = reg.resolve(key)
     tm = Timings()
-    lock = ExitStack()
-    lock.enter_context(reg.lock(rec))
-    try:
+    with ExitStack() as held:
+        held.enter_context(reg.lock(rec))
         job = _prepare(reg, recover(reg, reg.resolve(rec.id)))  # re-read under the lock
         try:
             with Machine.attach(job.rec, qmp_timeout=60.0) as m:
@@ -121,9 +120,7 @@ def commit_vm_unsettled(repo: Repo, key: str | None, message: str = "",
                 cid = _store(repo, job, message, tm, branch or job.rec.branch, merge, meter)
         finally:
             _finish(reg, job)
-    except BaseException:
-        lock.close()
-        raise
+        lock = held.pop_all()  # stored: the lock goes to the settle step
 
     def settle() -> None:
         with lock:

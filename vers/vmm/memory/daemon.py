@@ -38,7 +38,7 @@ import trio
 from vers.errors import BadInput, RemoteError, VersError
 from vers.fuse.serve import daemon_main, serve
 from vers.objects.imagetree import ImageFile
-from vers.objects.model import PAGE_SIZE, hash_bytes
+from vers.objects.model import PAGE_SIZE, hash_bytes, is_object_id
 from vers.remote.lazy import LazyObjects, ReadAhead, TouchRecord, open_lazy
 from vers.repo import Repo
 from vers.vmm.memory.fuse import DAEMON_PROTOCOL
@@ -513,8 +513,7 @@ class BackingOperations(pyfuse3.Operations):
 
 
 def _check_commit_id(commit: object) -> None:
-    if not (isinstance(commit, str) and len(commit) == 64
-            and all(c in "0123456789abcdef" for c in commit)):
+    if not is_object_id(commit):
         raise ValueError(f"bad commit ID {commit!r}")
 
 
