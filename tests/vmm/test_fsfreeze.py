@@ -42,6 +42,13 @@ def _timed_write(rec: Any, path: str) -> float:
     return time.monotonic() - t0
 
 
+def test_a_tcg_guest_expedites_rcu_grace_periods(booted: Any) -> None:
+    """Each file-system freeze waits for RCU grace periods, slow under TCG unless expedited."""
+    if booted.spec.accel != "tcg":
+        pytest.skip("only TCG guests are told to expedite them")
+    assert gexec(booted, "cat /sys/kernel/rcu_expedited").strip() == "1"
+
+
 def test_unsynced_writes_are_in_the_commit_as_added_and_modified(vmrepo: Repo,
                                                                  booted: Any) -> None:
     base, _ = commit_vm(vmrepo, booted.id, "base")

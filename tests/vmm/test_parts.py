@@ -44,6 +44,7 @@ def test_build_args_microvm_shared_memory_and_incoming() -> None:
     khz = host_tsc_khz()
     assert f"tsc_early_khz={khz}" in joined and f"lpj={khz * 4}" in joined
     assert "tsc=reliable" in joined and "-cpu qemu64,+arat" in joined  # idle guests stop the tick
+    assert "rcupdate.rcu_expedited=1" in joined  # fast file-system freezes
     assert args[-3:] == ["-S", "-incoming", "defer"]
     kvm = Machine(_record(MachineSpec(memory=256 << 20, accel="kvm"))).args("m", qemu="q")
     assert "-cpu" in kvm and "-incoming" not in kvm
