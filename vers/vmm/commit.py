@@ -133,7 +133,6 @@ def commit_vm_unsettled(repo: Repo, key: str | None, message: str = "",
 def _prepare(reg: VMRegistry, rec: VMRecord) -> _Commit:
     backing = load_backing(rec.memory)
     backing.warm_up()
-    backing.pre_stop()  # the backlog now; the last few pages again right before the stop
     return _Commit(rec, backing, rec.dir / "commit.devstate", prepare_freeze(reg, rec))
 
 

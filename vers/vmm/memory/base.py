@@ -59,8 +59,7 @@ class MemoryBacking(ABC):
 
     def pre_stop(self) -> None:
         """Called right before the guest is stopped (it still runs): shrink what ``capture`` or
-        ``fork_end`` will have to do inside the pause, e.g. flush pages written so far. May be
-        called more than once (a commit calls it early for the backlog, then right before stop)."""
+        ``fork_end`` will have to do inside the pause, e.g. flush pages written so far."""
 
     @abstractmethod
     def capture(self) -> tuple[Path, list[int] | None]:
