@@ -118,25 +118,26 @@ def branch_vm_unsettled(repo: Repo, key: str | None, count: int = 1, name: str |
     tm = Timings()
     with ExitStack() as held:
         held.enter_context(reg.lock(parent))
-        parent = recover(reg, reg.resolve(parent.id))  # re-read under the lock
-        backing = load_backing(parent.memory)
-        job = _Branch(parent, backing, parent.dir / f"branch-{os.getpid()}.devstate",
-                      early=type(backing).opens_before_fork_end,
-                      ports=child_ports([Port.from_dict(p) for p in parent.runtime.ports],
-                                        asked, count))
+        parent = reg.resolve(parent.id)  # re-read under the lock
         t_begin = time.perf_counter()
-        try:
-            _prepare(reg, job, names, tm)
-            t0 = time.perf_counter()
-            with Machine.attach(parent, qmp_timeout=60.0) as m:
-                q = m.qmp()
-                tm.mark("connect_parent", t0)
+        with Machine.attach(parent, qmp_timeout=60.0) as m:
+            q = m.qmp()  # one connection for the recovery check and the branch
+            tm.mark("connect_parent", t_begin)
+            parent = recover(reg, parent, q)
+            backing = load_backing(parent.memory)
+            job = _Branch(parent, backing, parent.dir / f"branch-{os.getpid()}.devstate",
+                          early=type(backing).opens_before_fork_end,
+                          ports=child_ports([Port.from_dict(p) for p in parent.runtime.ports],
+                                            asked, count))
+            try:
+                _prepare(reg, job, names, tm)
                 t_cont = _pause_and_fork(reg, job, q, tm)
-            _start_children(reg, job, tm, t_begin, t_cont)
-            _references(reg, job)
-            job.ok = True
-        finally:
-            _finish(reg, job)
+                m.close()  # the parent is done with; the children are not yet
+                _start_children(reg, job, tm, t_begin, t_cont)
+                _references(reg, job)
+                job.ok = True
+            finally:
+                _finish(reg, job)
         if not pid_alive(parent.runtime.pid, parent.id):
             raise VMError(f"parent VM {parent.id} died during the branch")
         lock = held.pop_all()  # the children run: the lock goes to the settle step

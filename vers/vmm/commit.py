@@ -109,17 +109,19 @@ def commit_vm_unsettled(repo: Repo, key: str | None, message: str = "",
     tm = Timings()
     with ExitStack() as held:
         held.enter_context(reg.lock(rec))
-        job = _prepare(reg, recover(reg, reg.resolve(rec.id)))  # re-read under the lock
-        try:
-            with Machine.attach(job.rec, qmp_timeout=60.0) as m:
-                q = m.qmp()
-                if sync and q.command("query-status")["status"] == "running":
+        current = reg.resolve(rec.id)  # re-read under the lock
+        with Machine.attach(current, qmp_timeout=60.0) as m:
+            q = m.qmp()  # one connection for the recovery check and the commit
+            job = _prepare(reg, recover(reg, current, q))
+            try:
+                running = q.command("query-status")["status"] == "running"
+                if sync and running:
                     job.fs = _sync_guest(job.rec, tm)
-                _pause_and_capture(reg, job, q, stay_paused, tm)
-            with progress.meter("commit") as meter:
-                cid = _store(repo, job, message, tm, branch or job.rec.branch, merge, meter)
-        finally:
-            _finish(reg, job)
+                _pause_and_capture(reg, job, q, running and not stay_paused, tm)
+                with progress.meter("commit") as meter:
+                    cid = _store(repo, job, message, tm, branch or job.rec.branch, merge, meter)
+            finally:
+                _finish(reg, job)
         lock = held.pop_all()  # stored: the lock goes to the settle step
 
     def settle() -> None:
@@ -186,12 +188,11 @@ def _thaw_guest(job: _Commit, tm: Timings, resumed: bool) -> None:
     tm.mark("thaw", t0)
 
 
-def _pause_and_capture(reg: VMRegistry, job: _Commit, q: QMPClient, stay_paused: bool,
+def _pause_and_capture(reg: VMRegistry, job: _Commit, q: QMPClient, resume: bool,
                        tm: Timings) -> None:
     """Freeze the guest's file systems, stop; then, at the same time, the backing captures RAM
-    while QEMU freezes the disks and saves device state; resume (unless the VM was paused
-    already or ``stay_paused``) and thaw."""
-    resume = q.command("query-status")["status"] == "running" and not stay_paused
+    while QEMU freezes the disks and saves device state; resume (if ``resume``: the VM ran and
+    is not to stay paused) and thaw."""
     nodes = prepare_devstate(q, job.devstate, job.new_tops)
     try:
         _freeze_guest(job, tm)

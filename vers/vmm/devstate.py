@@ -105,7 +105,8 @@ def adopt_qemu_chains(qmp: QMPClient, rec: VMRecord) -> list[str]:
     the layers adopted."""
     adopted: list[str] = []
     in_use: set[str] = set()
-    for block in qmp.command("query-block"):
+    blocks, named = qmp.batch(("query-block", {}), ("query-named-block-nodes", {"flat": True}))
+    for block in blocks:
         d = rec.disks.get(block.get("device", ""))
         image = (block.get("inserted") or {}).get("image")
         if d is None or image is None:
@@ -124,7 +125,7 @@ def adopt_qemu_chains(qmp: QMPClient, rec: VMRecord) -> list[str]:
         d.chain += new
         d.spares = {k: sp for k, sp in d.spares.items() if sp.path not in new}
         adopted += new
-    _drop_nodes(qmp, [n["node-name"] for n in qmp.command("query-named-block-nodes", flat=True)
+    _drop_nodes(qmp, [n["node-name"] for n in named
                       if n.get("node-name", "").startswith(NODE_PREFIX) and n.get("drv") == "qcow2"
                       and n.get("file") not in in_use])
     return adopted

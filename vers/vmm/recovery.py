@@ -20,17 +20,22 @@ import time
 
 from vers.vmm.devstate import adopt_qemu_chains
 from vers.vmm.machine import Machine
+from vers.vmm.qmp import QMPClient
 from vers.vmm.state import VMRecord, VMRegistry
 
 #: how long a guard tries to reach QEMU once the command that paused the guest is gone
 GUARD_CONNECT_SECONDS = 30.0
 
 
-def recover(reg: VMRegistry, rec: VMRecord) -> VMRecord:
+def recover(reg: VMRegistry, rec: VMRecord, qmp: QMPClient | None = None) -> VMRecord:
     """Under the VM's lock, before a commit or branch: take over the disk layers a command that
-    died midway froze without recording them (``adopt_qemu_chains``)."""
-    with Machine.attach(rec) as m:
-        adopted = adopt_qemu_chains(m.qmp(), rec)
+    died midway froze without recording them (``adopt_qemu_chains``). ``qmp``: the command's
+    own connection to the VM's QEMU (else one is made for this)."""
+    if qmp is None:
+        with Machine.attach(rec) as m:
+            adopted = adopt_qemu_chains(m.qmp(), rec)
+    else:
+        adopted = adopt_qemu_chains(qmp, rec)
     if adopted:
         reg.save(rec)
         print(f"vers: VM {rec.id}: took over {len(adopted)} disk layer(s) frozen by a command "
@@ -50,6 +55,7 @@ class PauseGuard:
 
     def __init__(self, rec: VMRecord) -> None:
         self.vm_id = rec.id
+        _reap()
         r, w = os.pipe()
         pid = os.fork()
         if pid == 0:  # pragma: no cover - the child; covered by the crash tests
@@ -66,7 +72,9 @@ class PauseGuard:
         self._pid, self._w = pid, w
 
     def disarm(self) -> None:
-        """The command resumed the guest, or leaves it paused on purpose: the guard just exits."""
+        """The command resumed the guest, or leaves it paused on purpose: the guard just exits.
+        It is not waited for (its exit is another few milliseconds on the command's path): the
+        next guard, or the end of this process, reaps it."""
         if self._w < 0:
             return
         try:
@@ -74,7 +82,22 @@ class PauseGuard:
         finally:
             os.close(self._w)
             self._w = -1
-            os.waitpid(self._pid, 0)
+            _exited.append(self._pid)
+            _reap()
+
+
+#: guards told to exit and not reaped yet
+_exited: list[int] = []
+
+
+def _reap() -> None:
+    for pid in list(_exited):
+        try:
+            done, _status = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            done = pid
+        if done:
+            _exited.remove(pid)
 
 
 def _resume(qmp_sock: str, vm_id: str) -> None:
