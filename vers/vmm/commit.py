@@ -71,6 +71,8 @@ class _Commit:
     mem_image: Path | None = None
     mem_dirty: list[int] | None = None
     disk_images: dict[str, Path] = field(default_factory=dict)
+    #: ``qemu-img`` reading each frozen top's layout, started as soon as the guest runs again
+    layouts: dict[str, disk_mod.QemuImgRun] = field(default_factory=dict)
     cid: str | None = None
     #: the agent session that syncs, freezes and thaws the guest's file systems, if any
     fs: GuestFileSystems | None = None
@@ -197,6 +199,9 @@ def _pause_and_capture(reg: VMRegistry, job: _Commit, q: QMPClient, resume: bool
     try:
         _freeze_guest(job, tm)
         _pause(reg, job, q, nodes, resume, tm)
+        # the tops are frozen: qemu-img reads them while the guest thaws
+        job.layouts = {name: disk_mod.read_layout(Path(chain[-1]))
+                       for name, chain in job.frozen.items() if not _whole_disk(job.rec, name)}
     finally:
         _thaw_guest(job, tm, resume)
 
@@ -260,10 +265,11 @@ def _store(repo: Repo, job: _Commit, message: str, tm: Timings, branch: str | No
         dirty["memory"] = job.mem_dirty
     for name, chain in job.frozen.items():
         d = rec.disks[name]
-        full = rec.base_commit is None or d.committed == 0
+        full = _whole_disk(rec, name)
         out = job.disk_images[name] = rec.dir / f"commit-{name}.raw"
         size = d.size or disk_mod.image_size(Path(chain[-1]))
-        pages = disk_mod.capture_disk(chain, len(chain) - d.committed, size, out, full)
+        pages = disk_mod.capture_disk(chain, len(chain) - d.committed, size, out, full,
+                                      job.layouts.pop(name, None))
         images[name] = str(out)
         if pages is not None:
             dirty[name] = pages
@@ -283,6 +289,11 @@ def _store(repo: Repo, job: _Commit, message: str, tm: Timings, branch: str | No
     return job.cid
 
 
+def _whole_disk(rec: VMRecord, name: str) -> bool:
+    """Whether the commit stores all of disk ``name``: no base commit holds any of it."""
+    return rec.base_commit is None or rec.disks[name].committed == 0
+
+
 def _finish(reg: VMRegistry, job: _Commit) -> None:
     """The one cleanup, after success or failure: settle the backing's capture (a failed commit
     gives its pages back, so the next commit still stores them), delete temporary files and the
@@ -299,6 +310,8 @@ def _finish(reg: VMRegistry, job: _Commit) -> None:
         if job.captured:
             job.backing.commit_done(ok)
     finally:
+        for layout in job.layouts.values():  # the commit failed before it read them
+            layout.close()
         for p in [*job.disk_images.values(), job.devstate]:
             p.unlink(missing_ok=True)
         drop_unused_tops(job.rec, job.new_tops)

@@ -122,19 +122,38 @@ def qemu_img(*args: str) -> str:
 def qemu_img_all(calls: list[list[str]]) -> list[str]:
     """Run several ``qemu-img`` commands at once (each takes ~10 ms, mostly start-up); their
     outputs in order. The first that fails raises, after all have ended."""
-    procs: list[subprocess.Popen[str]] = []
-    try:
-        for args in calls:
-            procs.append(subprocess.Popen(["qemu-img", *args], stdout=subprocess.PIPE,
-                                          stderr=subprocess.PIPE, text=True))
-    except FileNotFoundError as exc:
-        raise VMError("qemu-img not found: apt-get install qemu-utils") from exc
-    finally:
-        outs = [p.communicate() for p in procs]
-    for args, p, (_out, err) in zip(calls, procs, outs, strict=True):
-        if p.returncode != 0:
-            raise VMError(f"qemu-img {' '.join(args)} failed: {err.strip()}")
-    return [out for out, _err in outs]
+    return QemuImgRun(calls).outputs()
+
+
+class QemuImgRun:
+    """``qemu-img`` commands started together, to be collected later (``outputs``) or abandoned
+    (``close``): they run while the caller waits for something else."""
+
+    def __init__(self, calls: list[list[str]]) -> None:
+        self.calls = calls
+        self._procs: list[subprocess.Popen[str]] = []
+        try:
+            for args in calls:
+                self._procs.append(subprocess.Popen(["qemu-img", *args],
+                                                    stdout=subprocess.PIPE,
+                                                    stderr=subprocess.PIPE, text=True))
+        except FileNotFoundError as exc:
+            self.close()
+            raise VMError("qemu-img not found: apt-get install qemu-utils") from exc
+
+    def outputs(self) -> list[str]:
+        """Their outputs in order; the first that failed raises, after all have ended."""
+        outs = [p.communicate() for p in self._procs]
+        for args, p, (_out, err) in zip(self.calls, self._procs, outs, strict=True):
+            if p.returncode != 0:
+                raise VMError(f"qemu-img {' '.join(args)} failed: {err.strip()}")
+        return [out for out, _err in outs]
+
+    def close(self) -> None:
+        """Wait for them and drop their outputs (a reader of a file that stays put: nothing to
+        kill)."""
+        for p in self._procs:
+            p.communicate()
 
 
 def new_layer_path(layers: Path, tag: str) -> Path:
@@ -198,8 +217,15 @@ def image_size(path: Path) -> int:
     return int(info["virtual-size"])
 
 
+def read_layout(top: Path) -> QemuImgRun:
+    """Start reading what ``capture_disk`` needs of a frozen top: its backing chain and which
+    layer holds each cluster (``qemu-img info`` and ``map``)."""
+    return QemuImgRun([["info", "-U", "--backing-chain", "--output=json", str(top)],
+                       ["map", "-U", "--output=json", str(top)]])
+
+
 def capture_disk(chain: list[str], new_layers: int, size: int, out: Path,
-                 full: bool) -> list[int] | None:
+                 full: bool, layout: QemuImgRun | None = None) -> list[int] | None:
     """Write a sparse raw file holding the frozen chain's content where it changed.
 
     ``chain`` is base..top of frozen layers; the top ``new_layers`` of them were written since the
@@ -207,15 +233,17 @@ def capture_disk(chain: list[str], new_layers: int, size: int, out: Path,
     through qemu-img (so a user's disk with a backing chain of its own, or compressed clusters,
     comes out whole), and None is returned, meaning "read all pages"; otherwise only the changed
     clusters are copied, straight from the layer files, and their page indices are returned.
+    ``layout``: ``read_layout`` of the top, started earlier (else it is read now).
     """
     top = Path(chain[-1])
     private_file(out, size)
     if full:
+        if layout is not None:
+            layout.close()
         qemu_img("convert", "-U", "-f", image_format(top), "-O", "raw", "-n", "--target-is-zero",
                  str(top), str(out))
         return None
-    info, extents = qemu_img_all([["info", "-U", "--backing-chain", "--output=json", str(top)],
-                                  ["map", "-U", "--output=json", str(top)]])
+    info, extents = (layout or read_layout(top)).outputs()
     files, new_layers = _new_layers(chain, new_layers, json.loads(info))
     dirty: list[int] = []
     fds: dict[int, int] = {}
