@@ -322,3 +322,24 @@ def test_commit_state_parents_and_head_move(tmp_path: Path) -> None:
                                   source="vm 12345678", merge=True)
         assert repo.get_commit(other).parents == [first, second]
         assert repo.head_commit() == other and repo.current_branch() == "main"
+
+
+def test_teardown_keeps_the_boot_files_used_last_and_those_in_use(tmp_path: Path) -> None:
+    """Restores export a commit's kernel and initrd once; a teardown keeps the few used last
+    (every commit of a guest image shares them) and those a VM still boots, not the rest."""
+    from vers.vmm import teardown
+    reg = VMRegistry(tmp_path)
+    reg.ensure()
+    files = {}
+    for i in range(teardown.KEEP_BOOT_FILES + 3):
+        for kind in ("kernel", "initrd"):
+            p = reg.layers / f"{kind}-{i:02d}"
+            p.write_bytes(b"x")
+            os.utime(p, (1_000_000 + i, 1_000_000 + i))  # file i used at time i
+            files[kind, i] = p
+    booting = _record(MachineSpec(memory=1 << 20))
+    booting.boot = {"kernel": str(files["kernel", 0]), "initrd": str(files["initrd", 0])}
+    teardown._remove_unused_boot_files(reg, [booting])
+    newest = set(range(3, teardown.KEEP_BOOT_FILES + 3))
+    for (kind, i), p in files.items():
+        assert p.exists() == (i in newest or i == 0), (kind, i)

@@ -85,14 +85,26 @@ def remove(reg: VMRegistry, rec: VMRecord) -> None:
         release_disk_bases(reg.root.parent, in_use)
 
 
+#: unused kernels (and as many initrds) kept for the next restore, the most recently used ones
+KEEP_BOOT_FILES = 4
+
+
 def _remove_unused_boot_files(reg: VMRegistry, records: list[VMRecord]) -> None:
-    """The kernels and initrds restores exported (``_layers/kernel-<tree>``, ~16 MiB together)
-    that no VM boots any more: the store still has them for the next restore."""
+    """The kernels and initrds restores exported (``_layers/kernel-<tree>``, ~16 MiB a pair)
+    that no VM boots any more, but the ``KEEP_BOOT_FILES`` of each kind used last: every
+    commit of a guest image has the same ones, and exporting them again from the store is most
+    of a restore's work before QEMU starts (the store still has the others)."""
     in_use = {p for r in records for p in r.boot.values()}
     for kind in ("kernel", "initrd"):
+        unused = []
         for p in reg.layers.glob(f"{kind}-*"):
             if str(p) not in in_use:
-                p.unlink(missing_ok=True)
+                try:
+                    unused.append((p.stat().st_mtime, p))
+                except FileNotFoundError:
+                    pass
+        for _, p in sorted(unused, reverse=True)[KEEP_BOOT_FILES:]:
+            p.unlink(missing_ok=True)
 
 
 def _remove_orphan(reg: VMRegistry, vid: str, pid: int) -> None:
