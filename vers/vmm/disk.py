@@ -190,15 +190,17 @@ def create_overlay(path: Path, backing: Path) -> None:
     make_private(path)
 
 
-def create_overlay_unsafe(path: Path, backing: Path, size: int) -> None:
+def create_overlay_unsafe(path: Path, backing: Path, size: int, fmt: str | None = None) -> None:
     """An overlay made without opening ``backing`` (-u), so it can be prepared while QEMU still
-    writes to it; QEMU reads the backing's metadata only when it opens the overlay later."""
-    create_overlays_unsafe([path], backing, size)
+    writes to it; QEMU reads the backing's metadata only when it opens the overlay later.
+    ``fmt``: the backing's format, if known (else it is asked for)."""
+    create_overlays_unsafe([path], backing, size, fmt)
 
 
-def create_overlays_unsafe(paths: list[Path], backing: Path, size: int) -> None:
+def create_overlays_unsafe(paths: list[Path], backing: Path, size: int,
+                           fmt: str | None = None) -> None:
     """``create_overlay_unsafe`` of several overlays on one backing, made at the same time."""
-    fmt = image_format(backing)
+    fmt = fmt or image_format(backing)
     qemu_img_all([["create", "-q", "-f", "qcow2", "-u", "-b", str(backing), "-F", fmt, str(p),
                    str(size)] for p in paths])
     for p in paths:
