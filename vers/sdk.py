@@ -82,8 +82,11 @@ class Repo(CoreRepo):
         clock, entropy and generation marker made fresh (docs/vmm.md). ``remote`` (a remote's
         name or URL): ``rev`` is read lazily from there, only what the guest reads
         (docs/remote.md, "The lazy store")."""
-        return VM(self, verbs.run_commit(self, rev, name=name, make_current=make_current,
-                                         ports=tuple(ports), remote=remote).id)
+        rec, settle = verbs.run_commit_unsettled(self, rev, name=name,
+                                                 make_current=make_current,
+                                                 ports=tuple(ports), remote=remote)
+        _settle_in_background(self, rec.id, settle)
+        return VM(self, rec.id)
 
     def checkout(self, rev: str, *, remote: str | None = None) -> VM:
         """``restore`` + make it the current VM + move HEAD to ``rev`` (like ``vers checkout``)."""

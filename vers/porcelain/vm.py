@@ -27,6 +27,7 @@ from vers.vmm.boot import (
     check_options,
     needs_image_build,
     restore_commit,
+    restore_commit_unsettled,
     run_vm,
 )
 from vers.vmm.branch import branch_vm_unsettled, child_names
@@ -230,9 +231,21 @@ def run_commit(repo: Repo, rev: str, name: str | None = None, make_current: bool
     """Boot a new VM from a commit (memory, disks, device state), publishing ``ports`` (a
     commit records none). With ``remote`` (a remote's name or URL) the commit may be one only
     that remote has: it is read lazily from there (``from_remote``)."""
+    rec, settle = run_commit_unsettled(repo, rev, name, make_current, ports, remote)
+    settle()
+    return rec
+
+
+def run_commit_unsettled(repo: Repo, rev: str, name: str | None = None,
+                         make_current: bool = False, ports: tuple[str, ...] = (),
+                         remote: str | None = None
+                         ) -> tuple[VMRecord, Callable[[], None]]:
+    """``run_commit``, returning once the VM runs, with the step it leaves to run
+    (``vers.vmm.boot.restore_commit_unsettled``)."""
     if remote is not None:
         rev = from_remote(repo, remote, rev)
-    return restore_commit(repo, rev, name=name, make_current=make_current, ports=ports)
+    return restore_commit_unsettled(repo, rev, name=name, make_current=make_current,
+                                    ports=ports)
 
 
 def checkout(repo: Repo, rev: str, ports: tuple[str, ...] = (),

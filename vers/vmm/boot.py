@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -234,6 +236,21 @@ def restore_commit(repo: Repo, rev: str, name: str | None = None, make_current: 
 
     With ``paused`` the guest is left stopped right after its state is loaded, exactly as
     committed (not made fresh)."""
+    rec, settle = restore_commit_unsettled(repo, rev, name, make_current, memory_backing,
+                                           memory_dir, paused, ports)
+    settle()
+    return rec
+
+
+def restore_commit_unsettled(repo: Repo, rev: str, name: str | None = None,
+                             make_current: bool = False, memory_backing: str | None = None,
+                             memory_dir: str | None = None, paused: bool = False,
+                             ports: tuple[str, ...] = ()
+                             ) -> tuple[VMRecord, Callable[[], None]]:
+    """``restore_commit``, returning as soon as the VM runs, with what is left to do as a
+    callable: prepare the overlays of its first commit and branch (``refresh_spares``). The
+    VM's lock stays held until that returns, so a command on the new VM waits for it; skipped,
+    the first commit or branch makes them itself."""
     cid = repo.rev_parse(rev)
     commit = repo.get_commit(cid)
     vmconf = commit.config.get("vm")
@@ -253,8 +270,8 @@ def restore_commit(repo: Repo, rev: str, name: str | None = None, make_current: 
         for dname in rec.spec.disks:
             base = _commit_disk_base(repo, cid, dname, reg.layers, backing_kind == "fuse")
             top = disk_mod.new_layer_path(reg.layers, rec.id)
-            try:
-                disk_mod.create_overlay(top, base)
+            try:  # the base is raw: a sparse export, or the FUSE daemon's file of the commit
+                disk_mod.create_overlay_unsafe(top, base, base.stat().st_size, fmt="raw")
             except VMError as exc:
                 error = disk_base_error(base)
                 if error is None:
@@ -285,13 +302,20 @@ def restore_commit(repo: Repo, rev: str, name: str | None = None, make_current: 
         _raise_if_lost(backing, cid, None)  # e.g. a damaged page the device-state load read
         if not paused:
             freshen(rec.id, rec.runtime.agent_sock)
-        refresh_spares(reg, rec, claim_standby=True)
+        with ExitStack() as held:
+            held.enter_context(reg.lock(rec))
+            lock = held.pop_all()  # the VM runs: its lock goes to the settle step
     except BaseException:
         remove(reg, rec)
         raise
     if make_current:
         reg.set_current(rec.id)
-    return rec
+
+    def settle() -> None:
+        with lock:
+            refresh_spares(reg, reg.resolve(rec.id), claim_standby=True)
+
+    return rec, settle
 
 
 def _raise_if_lost(backing: MemoryBacking, cid: str, cause: VMError | None) -> None:
@@ -343,7 +367,9 @@ def _boot_file(repo: Repo, reg: VMRegistry, commit: Commit, kind: str) -> str:
     tree = commit.images.get(kind)
     if tree:
         path = reg.layers / f"{kind}-{tree}"
-        if not path.exists():
+        try:
+            os.utime(path)  # used now: kept longest once no VM boots it (vers.vmm.teardown)
+        except FileNotFoundError:
             tmp = reg.layers / f".{path.name}.tmp{os.getpid()}"
             repo.export_image(commit.id, kind, tmp)
             make_private(tmp)
