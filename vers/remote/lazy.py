@@ -33,7 +33,7 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,6 +106,13 @@ RECORD_PREFIX = "touched/"  # on a remote: touched/<tree ID>
 RECORD_MAX_FRACTION = 4
 RECORD_MIN_PAGES = 64
 RECORD_MAX_BYTES = 4 << 20
+# An image with no record of its own borrows the record of the same image in the nearest of this
+# many first-parent ancestors of its commit (a VM restored from, or committed after, that commit
+# reads nearly the same pages first).
+RECORD_ANCESTOR_STEPS = 4
+# ``ReadAhead.remote_stats``'s "record_source": which record a restore's prefetch used (0: none
+# or not known yet).
+RECORD_SOURCES = {"none": 0, "own": 1, "ancestor's": 2}
 # The images a restore reads whole before the guest runs.
 BOOT_IMAGES = ("devstate", "kernel", "initrd")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -361,12 +368,14 @@ class LazyObjects:
             self.fetch(self.absent(list(dict.fromkeys(ids))), durable=False)
         return job
 
-    def prefetch_recorded(self, reader: TreeReader, record: TouchRecord) -> TouchRecord:
-        """In the background: read ``record`` (here, else on the remote), then fetch the image's
-        nodes (one batch per level) and the recorded pages (``prefetch_runs``). Nothing if this
-        image's record was prefetched already (``prefetch_restore``). Returns the record to
-        write to later: the one read first (it knows what the remote has, so no second request
-        asks)."""
+    def prefetch_recorded(self, reader: TreeReader, record: TouchRecord,
+                          commit_id: str | None = None, image: str | None = None,
+                          ) -> TouchRecord:
+        """In the background: read ``record`` (here, else on the remote; else an ancestor's,
+        ``recorded_runs``), then fetch the image's nodes (one batch per level) and the recorded
+        pages (``prefetch_runs``). Nothing if this image's record was prefetched already
+        (``prefetch_restore``). Returns the record to write to later: the one read first (it
+        knows what the remote has, so no second request asks)."""
         with self._lock:
             known = self._records.get(record.tree_id)
             if known is not None:
@@ -374,12 +383,58 @@ class LazyObjects:
             self._records[record.tree_id] = record
 
         def job() -> None:
-            runs = record.load(reader.tree.num_pages)
+            runs = self.recorded_runs(record, reader.tree.num_pages, commit_id, image)
             if runs:
                 self._fetch_nodes([reader.tree])
                 self.prefetch_runs(reader, runs)
         self._pool.submit(self._quietly, job)
         return record
+
+    def recorded_runs(self, record: TouchRecord, npages: int, commit_id: str | None = None,
+                      image: str | None = None) -> list[tuple[int, int]]:
+        """The pages to prefetch for ``record``'s image: its own record (here, else on the
+        remote), else, with the commit it is restored from and the image's name in it, the
+        record of the same image in the nearest of ``RECORD_ANCESTOR_STEPS`` first-parent
+        ancestors (its page numbers applied to this image; a hint like any record, validated
+        against this image). Notes which was used on ``record`` (``used``, ``used_pages``)."""
+        runs = record.load(npages)
+        if runs:
+            record.used = "own"
+        elif commit_id is not None and image is not None:
+            for tree_hex in self._ancestor_trees(commit_id, image, record.tree_id):
+                borrowed = TouchRecord(record.vers_dir, tree_hex, record.remote)
+                runs = borrowed.load(npages)
+                if runs:
+                    record.used = f"ancestor's ({tree_hex[:12]})"
+                    log.debug("no touched-page record of %s: using its ancestor's (%s)",
+                              record.tree_id[:12], tree_hex[:12])
+                    break
+        if not runs:
+            record.used = "none"
+        record.used_pages = sum(n for _a, n in runs)
+        return runs
+
+    def _ancestor_trees(self, commit_id: str, image: str, own: str) -> Iterator[str]:
+        """The trees of ``image`` in the first-parent ancestors of ``commit_id``, nearest first,
+        up to ``RECORD_ANCESTOR_STEPS`` steps (fetching the commits if need be; a commit that
+        cannot be read ends the walk: this only picks a prefetch)."""
+        seen = {own}
+        cid = commit_id
+        for _ in range(RECORD_ANCESTOR_STEPS):
+            try:
+                parents = self.store.get_commit(bytes.fromhex(cid)).parents
+                if not parents:
+                    return
+                cid = parents[0]
+                self.fetch(self.store.missing([bytes.fromhex(cid)]))
+                tree_hex = self.store.get_commit(bytes.fromhex(cid)).images.get(image)
+            except (VersError, ValueError) as exc:
+                log.info("ancestors of %s not read for a touched-page record: %s",
+                         commit_id[:12], exc)
+                return
+            if tree_hex and tree_hex not in seen:
+                seen.add(tree_hex)
+                yield tree_hex
 
     def prefetch_restore(self, commit_id: str, vers_dir: Path,
                          boot: Iterable[str] = BOOT_IMAGES,
@@ -396,27 +451,27 @@ class LazyObjects:
         def job() -> None:
             t0 = time.monotonic()
             commit = self.store.get_commit(bytes.fromhex(commit_id))
-            tree_ids = [bytes.fromhex(t) for name, t in sorted(commit.images.items())
-                        if name not in boot]
+            names = [name for name in sorted(commit.images) if name not in boot]
+            tree_ids = [bytes.fromhex(commit.images[name]) for name in names]
             self.fetch(self.store.missing(tree_ids))
             trees = [self.store.get_tree(t) for t in tree_ids]
             remote = self.promisors[0] if self.promisors else None
             recorded = []
-            for tid, tree in zip(tree_ids, trees, strict=True):
+            for name, tid, tree in zip(names, tree_ids, trees, strict=True):
                 record = TouchRecord(vers_dir, tid.hex(), remote)
                 with self._lock:
                     if tid.hex() in self._records:
                         continue
                     self._records[tid.hex()] = record
-                recorded.append((tree, record))
+                recorded.append((name, tree, record))
             self._fetch_nodes(trees)
             t1 = time.monotonic()
             # The pages come after what the restore reads before QEMU starts, if it is being
             # fetched too (``prepare_restore``): that is what it waits for first.
             self._boot_done.wait(BOOT_FIRST_SECONDS)
             pages = 0
-            for tree, record in recorded:
-                runs = record.load(tree.num_pages)
+            for name, tree, record in recorded:
+                runs = self.recorded_runs(record, tree.num_pages, commit_id, name)
                 pages += sum(n for _a, n in runs)
                 if runs:
                     self.prefetch_runs(TreeReader(self.store, tree), runs)
@@ -656,13 +711,18 @@ class TouchRecord:
     bytes, never correctness: every page fetched is verified by its hash like any other)."""
 
     def __init__(self, vers_dir: Path, tree_id: str, remote: Promisor | None = None) -> None:
-        self.path = Path(vers_dir) / "cache" / "touched" / tree_id
+        self.vers_dir = Path(vers_dir)
+        self.path = self.vers_dir / "cache" / "touched" / tree_id
         self.tree_id = tree_id
         self.remote = remote
         self.key = f"{RECORD_PREFIX}{tree_id}"
         #: what the remote holds: None (not asked), "good", "absent", or the version tag of a
         #: record found unusable (replaced by the next save)
         self.remote_state: str | None = None
+        #: which record the prefetch used ("own", "ancestor's (TREE)", "none"; None: not asked
+        #: yet) and how many pages it named (``LazyObjects.recorded_runs``)
+        self.used: str | None = None
+        self.used_pages = 0
 
     def parse(self, text: bytes | str, npages: int) -> list[tuple[int, int]]:
         """The runs of a record, validated; ValueError if it is not a usable record of this
@@ -768,6 +828,18 @@ def share_records() -> bool:
     return os.environ.get("VERS_LAZY_SHARE_RECORDS", "1") not in ("0", "no", "false")
 
 
+def record_local_restores(repo: Repo) -> bool:
+    """Whether restores from this complete repository record the pages they read first (for
+    ``vers push`` to share): when it has a remote to push to, unless
+    ``VERS_LAZY_RECORD_LOCAL=0``. Recording makes guest RAM's first faults be served at the
+    size a lazy restore serves them (so the record is as fine as a lazy restore's), which costs
+    the first restore of each image a little; later restores find the record and record
+    nothing."""
+    if os.environ.get("VERS_LAZY_RECORD_LOCAL", "1") in ("0", "no", "false"):
+        return False
+    return bool(list_remotes(repo))
+
+
 @dataclass
 class ReadStats:
     """What the reads of one lazily served image asked for and how long they waited."""
@@ -809,7 +881,9 @@ class ReadAhead:
     local pages, writes, other fetches). ``pread`` then finds the pages stored here."""
 
     def __init__(self, image: ImageFile, record: TouchRecord | None = None,
-                 read_ahead: bool = True) -> None:
+                 read_ahead: bool = True, commit_id: str | None = None) -> None:
+        """``commit_id``: the commit ``image`` is restored from (its ancestors' records stand in
+        for a missing record of the image's own)."""
         self.image = image
         #: guest RAM is read in fault-sized blocks, and its faults near each other are not a
         #: sequential reader: fetching megabytes ahead of them costs bytes that are never read
@@ -829,7 +903,8 @@ class ReadAhead:
         if record is not None:
             lazy = image.reader.store.absent
             if isinstance(lazy, LazyObjects):
-                self._record = lazy.prefetch_recorded(image.reader, record)
+                self._record = lazy.prefetch_recorded(image.reader, record, commit_id,
+                                                      image.name or None)
             timer = threading.Timer(seconds, self.save_record)
             timer.daemon = True
             timer.start()
@@ -870,7 +945,10 @@ class ReadAhead:
         if not isinstance(lazy, LazyObjects):
             return {}
         st = lazy.stats
-        return {"remote_objects": st.objects, "remote_bytes": st.bytes,
+        used = self._record.used if self._record is not None else None
+        return {"record_source": RECORD_SOURCES.get((used or "").split(" ")[0], 0),
+                "record_pages": self._record.used_pages if self._record is not None else 0,
+                "remote_objects": st.objects, "remote_bytes": st.bytes,
                 "remote_batches": st.batches, "remote_ranges": st.ranges,
                 "remote_wait_ms": int(st.wait_seconds * 1000), **self.reads.as_dict()}
 
@@ -882,6 +960,34 @@ class ReadAhead:
         lazy = reader.store.absent
         return len(lazy.absent(ids) if isinstance(lazy, LazyObjects) else
                    reader.store.missing(ids))
+
+    @property
+    def lazy(self) -> bool:
+        """Whether the image's store is partial (pages may have to come from a remote)."""
+        return isinstance(self.image.reader.store.absent, LazyObjects)
+
+    def recording(self) -> bool:
+        """Whether reads are still being recorded (the image's first ``RECORD_SECONDS``)."""
+        return self._touched is not None and time.monotonic() < self._record_until
+
+    def unrecorded_pages(self, runs: list[tuple[int, int]]) -> int:
+        """How many pages of ``runs`` no read has handed out yet while recording: on a complete
+        store, what stands in for ``absent_pages`` (a local restore records the pages a guest
+        faults on as a lazy one does)."""
+        touched = self._touched
+        if touched is None:
+            return 0
+        return sum(n - touched[a:a + n].count(1) for a, n in runs)
+
+    def note(self, runs: list[tuple[int, int]]) -> None:
+        """Record ``runs`` as read (``make_local`` does this too; on a complete store nothing
+        else is to be done, and this is cheap enough for the daemon's loop)."""
+        with self._lock:
+            if self._touched is not None and time.monotonic() < self._record_until:
+                for a, n in runs:
+                    a, n = max(a, 0), min(n, self._pages - a)
+                    if n > 0:
+                        self._touched[a:a + n] = b"\x01" * n
 
     def make_local(self, runs: list[tuple[int, int]]) -> None:
         """Store here the absent pages of ``runs`` ((first page, count), the pages a read needs
