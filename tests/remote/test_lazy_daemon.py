@@ -20,7 +20,7 @@ import pytest
 from tests.fuse.conftest import needs_fuse
 from tests.vmm.memory.daemons import backing_daemon
 from vers.errors import FuseError
-from vers.objects.model import PAGE_SIZE
+from vers.objects.model import PAGE_SIZE, ZERO_ID
 from vers.porcelain.clone import clone
 from vers.porcelain.push import push
 from vers.remote.backends import open_transport
@@ -347,3 +347,34 @@ def test_a_repository_without_a_remote_records_nothing(tmp_path: Path,
     time.sleep(1.5)  # past the record's time
     assert not (repo.vers_dir / "cache" / "touched").exists()
     repo.close()
+
+
+def test_ram_faults_near_each_other_fetch_the_blocks_around_them(tmp_path: Path,
+                                                                  daemon: BackingDaemon) -> None:
+    url = str(tmp_path / "remote")
+    src, cid, image = _pushed(tmp_path, url)
+    repo, _ = clone(url, str(tmp_path / "b"), lazy=True)
+    f = lazy_file(daemon, repo, cid, "vm1.memory", mapped=True)
+    fd = os.open(f.path, os.O_RDWR)
+    m = mmap.mmap(fd, NPAGES * PAGE_SIZE, mmap.MAP_SHARED)
+    block = FAULT_AROUND_PAGES
+    try:
+        m.madvise(mmap.MADV_HUGEPAGE)
+        # blocks 10 and 12: the second miss is near the first, so blocks 11 and 13 come too
+        for page in (10 * block + 5, 12 * block + 5):
+            assert m[page * PAGE_SIZE:(page + 1) * PAGE_SIZE] == \
+                bytes(image[page * PAGE_SIZE:(page + 1) * PAGE_SIZE])
+    finally:
+        m.close()
+        os.close(fd)
+    f.remove()
+    reader = repo.open_image(cid, "memory").reader
+
+    def here(b: int) -> bool:
+        ids = [o for o in reader.page_ids(b * block, (b + 1) * block - 1) if o != ZERO_ID]
+        return not repo.store.missing(ids)
+
+    assert _wait_for(lambda: all(here(b) for b in (10, 11, 12, 13)))
+    assert not here(14) and not here(9)  # no further than that
+    repo.close()
+    src.close()

@@ -94,6 +94,13 @@ READAHEAD_CHUNK_PAGES = 2048  # one background fetch: about one 8 MiB range GET
 # requests) keep several reads in flight: they arrive out of order by up to this much.
 SEQUENTIAL_SLACK_PAGES = 1024  # 4 MiB
 PREFETCH_WORKERS = 4
+# Guest RAM is served in aligned blocks of this many pages (the backing daemon reads a fault's
+# block). A fault that misses within CLUSTER_RADIUS blocks of an earlier miss is taken as part of
+# a cluster the guest works through: the blocks within CLUSTER_PREFETCH_BLOCKS of it are fetched
+# in the background meanwhile (``VERS_LAZY_CLUSTER_BLOCKS``; 0: none).
+FAULT_BLOCK_PAGES = 64
+CLUSTER_RADIUS = 2
+CLUSTER_PREFETCH_BLOCKS = 1
 # Verified pages kept in memory: a read is served as soon as its pages are fetched and re-hashed,
 # while they are written to the local store in the background.
 MEMORY_BYTES = 64 << 20
@@ -898,6 +905,11 @@ class ReadAhead:
         self.reads = ReadStats()
         self._trace = bool(os.environ.get("VERS_LAZY_TRACE"))
         self._touched = bytearray(self._pages) if record is not None else None
+        #: guest RAM: the blocks whose faults missed, and those asked for around them
+        self._faulted: set[int] = set()
+        self._cluster_asked: set[int] = set()
+        self._cluster_blocks = int(os.environ.get("VERS_LAZY_CLUSTER_BLOCKS",
+                                                  CLUSTER_PREFETCH_BLOCKS))
         seconds = float(os.environ.get("VERS_LAZY_RECORD_SECONDS", RECORD_SECONDS))
         self._record_until = time.monotonic() + seconds
         if record is not None:
@@ -1009,6 +1021,8 @@ class ReadAhead:
         ids = [o for a, n in runs for o in reader.page_ids(a, a + n - 1) if o != ZERO_ID]
         absent = lazy.absent(list(dict.fromkeys(ids)))
         if absent:  # served from memory once verified; stored meanwhile
+            if not self.read_ahead and self._cluster_blocks > 0:
+                self._cluster_prefetch(lazy, runs)
             lazy.fetch(absent, durable=False)
         waited = time.monotonic() - t0
         with self._lock:
@@ -1017,6 +1031,28 @@ class ReadAhead:
             log.info("read %s pages %d+%d: %d absent, %.1f ms%s", self.image.name or "image",
                      runs[0][0], npages, len(absent), waited * 1000,
                      " (sequential)" if sequential else "")
+
+    def _cluster_prefetch(self, lazy: LazyObjects, runs: list[tuple[int, int]]) -> None:
+        """A fault of guest RAM missed: if an earlier miss was near, fetch the blocks around
+        this one in the background (beside this fault's own fetch)."""
+        first, last = runs[0][0], runs[-1][0] + runs[-1][1] - 1
+        block = first // FAULT_BLOCK_PAGES
+        if last // FAULT_BLOCK_PAGES != block:
+            return  # not one fault's block
+        nblocks = -(-self._pages // FAULT_BLOCK_PAGES)
+        with self._lock:
+            near = any(b in self._faulted for b in range(block - CLUSTER_RADIUS,
+                                                         block + CLUSTER_RADIUS + 1))
+            self._faulted.add(block)
+            if not near:
+                return
+            w = self._cluster_blocks
+            todo = [b for b in range(max(block - w, 0), min(block + w + 1, nblocks))
+                    if b != block and b not in self._faulted and b not in self._cluster_asked]
+            self._cluster_asked.update(todo)
+        for b in todo:
+            lazy.prefetch_pages(self.image.reader, b * FAULT_BLOCK_PAGES,
+                                min((b + 1) * FAULT_BLOCK_PAGES, self._pages) - 1)
 
     def _plan(self, first: int, last: int) -> bool:
         if not self.read_ahead:

@@ -40,6 +40,7 @@ from vers.fuse.serve import daemon_main, serve
 from vers.objects.imagetree import ImageFile
 from vers.objects.model import PAGE_SIZE, hash_bytes, is_object_id
 from vers.remote.lazy import (
+    FAULT_BLOCK_PAGES,
     LazyObjects,
     ReadAhead,
     TouchRecord,
@@ -59,7 +60,7 @@ IDLE_EXIT_SECONDS = 120.0
 # its FAULT_AROUND_PAGES-aligned neighbours. A refused read-around costs the guest nothing but a
 # round trip; its pages are read when touched. docs/remote.md has the measurements.
 READ_AROUND_ABSENT_PAGES = 16
-FAULT_AROUND_PAGES = 64
+FAULT_AROUND_PAGES = FAULT_BLOCK_PAGES  # 64
 REFUSED_SECONDS = 10.0
 # The mount's readahead: QEMU reads a disk base with pread through the page cache, and the kernel
 # cuts a sequential reader's requests into FUSE reads of this size (128 KiB by default: a lazily
