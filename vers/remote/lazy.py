@@ -311,13 +311,14 @@ class LazyObjects:
         t0 = time.monotonic()
         mine: list[bytes] = []
         theirs: set[threading.Event] = set()
+        done = threading.Event()  # one for all of this call's objects (one per page cost 10%)
         with self._lock:
             for oid in dict.fromkeys(oids):
                 if oid == ZERO_ID or oid in self._recent:
                     continue
                 ev = self._inflight.get(oid)
                 if ev is None:
-                    self._inflight[oid] = threading.Event()
+                    self._inflight[oid] = done
                     mine.append(oid)
                 else:
                     theirs.add(ev)
@@ -327,7 +328,8 @@ class LazyObjects:
         finally:
             with self._lock:
                 for oid in mine:
-                    self._inflight.pop(oid).set()
+                    del self._inflight[oid]
+            done.set()
         for ev in theirs:
             ev.wait()
         if theirs:  # fetched by someone else meanwhile; if that failed, try ourselves
@@ -510,7 +512,11 @@ class LazyObjects:
         raise NotOnPromisor(left[0].hex(), [p.name for p in self.promisors], len(left))
 
     def _fetch_now(self, oids: list[bytes]) -> None:
-        oids = self.absent(oids)  # another process may have stored some meanwhile
+        # Callers pass what they found absent a moment ago: only memory is looked at again
+        # (looking each page up in the store a second time cost as much as storing it; one
+        # stored meanwhile by another process is fetched again, and the store keeps one copy).
+        with self._lock:
+            oids = [o for o in oids if o not in self._recent]
         if not oids:
             return
         try:
@@ -579,8 +585,7 @@ class LazyObjects:
         if rec.encoding != ENC_DELTA:  # a delta is checked once its base is here
             data = self.store.decode_record(oid, rec)
             if rec.kind == KIND_PAGE:
-                with self._lock:
-                    self._verified[oid] = data
+                self._verified[oid] = data  # one dict store: atomic, no lock per page
 
     def _keep(self, records: list[tuple[bytes, Record]]) -> None:
         if not records:
