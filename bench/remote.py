@@ -434,7 +434,7 @@ def lazy_bench(args: argparse.Namespace, work: Path, server: SeaweedS3) -> None:
 def no_record_bench(args: argparse.Namespace, work: Path) -> None:
     """``--mode no-record``: the restore that finds no touched-page record (a commit never
     restored anywhere), ``--repeat`` times each with RAM faults near each other fetching the
-    blocks around them (``VERS_LAZY_CLUSTER_BLOCKS=1``, the default) and without (``=0``),
+    blocks around them (``VERS_LAZY_CLUSTER_BLOCKS=1``) and without (``=0``, the default),
     alternately, each in a backing daemon of its own (started with that setting) and a fresh
     repository, the remote's records deleted before each."""
     url = f"s3://{BUCKET}/lazy"
@@ -454,7 +454,8 @@ def no_record_bench(args: argparse.Namespace, work: Path) -> None:
     transport = open_transport(url)
     arms: dict[str, list[tuple[float, int]]] = {"1": [], "0": []}
     for i in range(args.repeat):
-        for arm, got in arms.items():
+        for arm in (["1", "0"] if i % 2 == 0 else ["0", "1"]):  # neither always goes first
+            got = arms[arm]
             BackingDaemon().shutdown()  # the next restore starts one with this setting
             os.environ["VERS_LAZY_CLUSTER_BLOCKS"] = arm
             for key in transport.list("touched/"):

@@ -349,8 +349,9 @@ def test_a_repository_without_a_remote_records_nothing(tmp_path: Path,
     repo.close()
 
 
-def test_ram_faults_near_each_other_fetch_the_blocks_around_them(tmp_path: Path,
-                                                                  daemon: BackingDaemon) -> None:
+def test_ram_faults_near_each_other_fetch_the_blocks_around_them(
+        tmp_path: Path, daemon: BackingDaemon, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VERS_LAZY_CLUSTER_BLOCKS", "1")  # inherited by the daemon
     url = str(tmp_path / "remote")
     src, cid, image = _pushed(tmp_path, url)
     repo, _ = clone(url, str(tmp_path / "b"), lazy=True)

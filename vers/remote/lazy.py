@@ -95,12 +95,13 @@ READAHEAD_CHUNK_PAGES = 2048  # one background fetch: about one 8 MiB range GET
 SEQUENTIAL_SLACK_PAGES = 1024  # 4 MiB
 PREFETCH_WORKERS = 4
 # Guest RAM is served in aligned blocks of this many pages (the backing daemon reads a fault's
-# block). A fault that misses within CLUSTER_RADIUS blocks of an earlier miss is taken as part of
-# a cluster the guest works through: the blocks within CLUSTER_PREFETCH_BLOCKS of it are fetched
-# in the background meanwhile (``VERS_LAZY_CLUSTER_BLOCKS``; 0: none).
+# block). With ``VERS_LAZY_CLUSTER_BLOCKS=N``, a fault that misses within CLUSTER_RADIUS blocks
+# of an earlier miss is taken as part of a cluster the guest works through, and the N blocks on
+# each side of it are fetched in the background meanwhile. Off by default: it saved misses but
+# not time in the measurements (docs/remote.md).
 FAULT_BLOCK_PAGES = 64
 CLUSTER_RADIUS = 2
-CLUSTER_PREFETCH_BLOCKS = 1
+CLUSTER_PREFETCH_BLOCKS = 0
 # Verified pages kept in memory: a read is served as soon as its pages are fetched and re-hashed,
 # while they are written to the local store in the background.
 MEMORY_BYTES = 64 << 20
