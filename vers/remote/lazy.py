@@ -599,9 +599,9 @@ class LazyObjects:
     def _keep_deltas(self, pending: dict[bytes, Record]) -> None:
         """Node deltas, each verified once its base is here (fetched too if need be), kept as a
         delta when the local chain stays short enough, else whole."""
-        bases = {r.payload[:ID_LEN] for r in pending.values()} - pending.keys()
+        bases = self.absent(list({r.payload[:ID_LEN] for r in pending.values()} - pending.keys()))
         if bases:
-            self._fetch_now(list(bases))
+            self._fetch_now(bases)
         while pending:
             ready = [(o, r) for o, r in pending.items() if r.payload[:ID_LEN] not in pending]
             if not ready:
