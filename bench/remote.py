@@ -13,8 +13,11 @@
    (what the fresh store holds afterwards) against the commit's non-zero bytes (goal <= 10%);
    then the guest reads a file of ``--read-mib`` from its disk sequentially (O_DIRECT, so every
    block comes through the lazily served disk), against a plain boto3 copy of the bucket
-   (goal >= 50%). Two floors of that read are measured in the same run, in a locally restored
-   guest: its disk served from the local store by the same daemon, then again from the host's
+   (goal >= 50%). Which touched-page record each lazy restore prefetched is printed (own, an
+   ancestor's, none): the pushed commit has none at first; a commit made in a VM restored from
+   it (its child, pushed later) is restored lazily too, borrowing its parent's. Two floors of
+   that read are measured in the same run, in a locally restored guest: its disk served from
+   the local store by the same daemon, then again from the host's
    page cache (QEMU and the guest alone). The lazy read's FUSE requests (count, size, how many
    waited for the remote and how long) and the range GETs behind them are printed; the time the
    restore spends before QEMU starts (commit, trees, nodes, boot files) too. Defaults run in a
@@ -23,6 +26,7 @@
 
     python3 bench/remote.py [--size-mib 1024]
     python3 bench/remote.py --mode lazy [--memory 512M --read-mib 128 --repeat 3]
+    python3 bench/remote.py --mode no-record [--repeat 4]
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ import logging
 import os
 import random
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -224,6 +230,26 @@ def timed_read(repo: Repo, vm: str) -> float:
     return time.perf_counter() - t0
 
 
+def profiled(out: str | None, label: str) -> subprocess.Popen[bytes] | None:
+    """With ``--profile DIR``: py-spy sampling the backing daemon (its threads' stacks, as
+    collapsed stacks in DIR/LABEL.txt) until ``stop_profile``."""
+    if not out:
+        return None
+    Path(out).mkdir(parents=True, exist_ok=True)
+    pid = BackingDaemon().request("ping")["pid"]
+    spy = subprocess.Popen(["py-spy", "record", "-p", str(pid), "-f", "raw", "-r", "200",
+                            "--nonblocking", "-o", str(Path(out) / f"{label}.txt")],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1.0)  # attached
+    return spy
+
+
+def stop_profile(spy: subprocess.Popen[bytes] | None) -> None:
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+        spy.wait(30)
+
+
 def disk_read_stats() -> dict[str, int]:
     """The read counters of the lazily served disk bases on the backing daemon, summed."""
     daemon = BackingDaemon()
@@ -253,6 +279,32 @@ def print_read_trace(before: dict[str, int], after: dict[str, int], seconds: flo
           f"{d.get('remote_objects', 0)} objects, {d.get('remote_bytes', 0) / MB:.0f} MB")
 
 
+RECORD_NAMES = {0: "none", 1: "own", 2: "ancestor's"}
+
+
+def ram_record(repo: Repo, vm: str) -> tuple[str, int]:
+    """Which touched-page record the restore of ``vm``'s RAM prefetched (own, an ancestor's,
+    none) and how many pages it named, as the backing daemon reports it."""
+    backing = load_backing(verbs.record(repo, vm).memory)
+    if not isinstance(backing, FuseMemoryBacking):
+        return "?", 0
+    st = backing.stats()
+    return RECORD_NAMES.get(st.get("record_source", -1), "?"), st.get("record_pages", 0)
+
+
+def lazy_restore(work: Path, label: str, cid: str, url: str, steps: list[dict[str, float]],
+                 ) -> tuple[Repo, str, float, int, int, str]:
+    """A lazy restore of ``cid`` into a fresh repository: (repo, VM, seconds until exec
+    answers, bytes fetched, guest RAM read, which record it prefetched)."""
+    fresh = Repo.init(work / label)
+    secs, vm = restored_and_answering(fresh, cid, url, steps)
+    source, pages = ram_record(fresh, vm)
+    fetched = fresh.store.stats().bytes
+    print(f"lazy restore {label} of {cid[:12]}: {secs:.2f} s, record: {source} ({pages} pages), "
+          f"fetched {fetched / MB:.1f} MB, load {os.getloadavg()[0]:.1f}", flush=True)
+    return fresh, vm, secs, fetched, ram_read(fresh, vm), source
+
+
 def lazy_bench(args: argparse.Namespace, work: Path, server: SeaweedS3) -> None:
     url = f"s3://{BUCKET}/lazy"
     src = Repo.init(work / "src")
@@ -267,82 +319,162 @@ def lazy_bench(args: argparse.Namespace, work: Path, server: SeaweedS3) -> None:
     add_remote(src, "origin", url)
     push(src, "origin")
     nz = nonzero_bytes(src, cid)
+    parents = src.get_commit(cid).parents
     print(f"commit {cid[:12]}: {args.memory} RAM, {args.disk_size or 'default'} disk, "
-          f"{nz / MB:.0f} MB of non-zero pages")
+          f"{nz / MB:.0f} MB of non-zero pages, {len(parents)} parent(s), pushed with no "
+          f"touched-page record")
 
+    # Lazily, into fresh repositories: the first finds no record anywhere (the commit was
+    # never restored), each later one the record the first one shared.
+    lazy, fetched, lazy_ram, sources = [], [], [], []
+    lazy_steps: list[dict[str, float]] = []
+    for i in range(args.repeat):
+        fresh, vm, secs, got, ram, source = lazy_restore(work, f"fresh-{i}", cid, url,
+                                                         lazy_steps)
+        lazy.append(secs)
+        fetched.append(got)
+        lazy_ram.append(ram)
+        sources.append(source)
+        if i < args.repeat - 1:
+            verbs.kill(fresh, [vm])
+            fresh.close()
+
+    # On demand, under a sequential read in the last lazily restored guest.
+    before = fresh.store.stats().bytes
+    trace0 = disk_read_stats()
+    spy = profiled(args.profile, "lazy-read")
+    t_read = timed_read(fresh, vm)
+    stop_profile(spy)
+    trace1 = disk_read_stats()
+    got_read = fresh.store.stats().bytes - before
+    verbs.kill(fresh, [vm])
+    fresh.close()
+
+    # From the local store. The repository has a remote, so its first restore of the commit
+    # records what the guest reads first (faults served in 64-page blocks meanwhile); the
+    # later ones find that record and record nothing.
     local, local_ram = [], []
     local_steps: list[dict[str, float]] = []
-    lazy_steps: list[dict[str, float]] = []
     for i in range(args.repeat):
         secs, vm = restored_and_answering(src, cid, None, local_steps)
         local.append(secs)
         local_ram.append(ram_read(src, vm))
+        print(f"local restore {i}: {secs:.2f} s{' (recording)' if i == 0 else ''}, "
+              f"load {os.getloadavg()[0]:.1f}", flush=True)
         if i == args.repeat - 1:
             # The floors of the sequential read: its disk served from the local store by the
             # same daemon, then (read again) from the host's page cache: QEMU and the guest alone.
+            spy = profiled(args.profile, "local-read")
             t_local_read = timed_read(src, vm)
+            stop_profile(spy)
             t_cached_read = timed_read(src, vm)
+            # A commit made in a VM restored from ``cid``: its parent is ``cid``.
+            child, _tm = verbs.commit(src, vm, "bench child")
         verbs.kill(src, [vm])
-    lazy, fetched, lazy_ram = [], [], []
-    for i in range(args.repeat):
-        fresh = Repo.init(work / f"fresh-{i}")
-        secs, vm = restored_and_answering(fresh, cid, url, lazy_steps)
-        lazy.append(secs)
-        print(f"lazy restore {i}: {secs:.2f} s ({'no' if i == 0 else 'a'} touched-page record on "
-              f"the remote), load {os.getloadavg()[0]:.1f}", flush=True)
-        fetched.append(fresh.store.stats().bytes)
-        lazy_ram.append(ram_read(fresh, vm))
-        if i < args.repeat - 1:
-            verbs.kill(fresh, [vm])
-            fresh.close()
+    push(src, "origin")
+    # The child was never restored: its lazy restore borrows its parent's record.
+    anc_steps: list[dict[str, float]] = []
+    anc_repo, anc_vm, t_anc, anc_got, _ram, anc_source = lazy_restore(work, "fresh-child",
+                                                                      child, url, anc_steps)
+    verbs.kill(anc_repo, [anc_vm])
+    anc_repo.close()
+
     t0 = time.perf_counter()
     full, _head = clone(url, str(work / "full"))
     secs, full_vm = restored_and_answering(full, cid, None)
     t_full = time.perf_counter() - t0
     verbs.kill(full, [full_vm])
     full.close()
-
-    # On demand, under a sequential read in the last lazily restored guest.
-    before = fresh.store.stats().bytes
-    trace0 = disk_read_stats()
-    t_read = timed_read(fresh, vm)
-    trace1 = disk_read_stats()
-    got = fresh.store.stats().bytes - before
-    verbs.kill(fresh, [vm])
-    fresh.close()
     raw_bytes, t_raw = plain_copy(server, "lazy/", work / "plain")
 
     p50l, p99l = percentile(local, 0.5), percentile(local, 0.99)
     p50z, p99z = percentile(lazy, 0.5), percentile(lazy, 0.99)
-    print(f"restore until exec answers, local store: p50 {p50l:.2f} s, p99 {p99l:.2f} s")
+    print(f"restore until exec answers, local store: p50 {p50l:.2f} s, p99 {p99l:.2f} s "
+          f"(the first, recording: {local[0]:.2f} s; the others p50 "
+          f"{percentile(local[1:] or local, 0.5):.2f} s)")
     print(f"restore until exec answers, lazily from S3 into a fresh repository: p50 {p50z:.2f} s, "
           f"p99 {p99z:.2f} s = {p50z / p50l:.2f}x local (goal <= 2x)")
     print(f"  of which bringing in the commit, trees and boot files (before QEMU starts): "
           f"p50 {percentile(FROM_REMOTE, 0.5):.2f} s")
-    print(f"  the first lazy restore (no touched-page record on the remote yet): {lazy[0]:.2f} s "
-          f"= {lazy[0] / p50l:.2f}x local; the later ones (the first one's record shared): "
-          f"p50 {percentile(lazy[1:] or lazy, 0.5):.2f} s = "
-          f"{percentile(lazy[1:] or lazy, 0.5) / p50l:.2f}x local")
+    for kind in ("none", "own"):
+        xs = [t for t, k in zip(lazy, sources, strict=True) if k == kind]
+        if xs:
+            print(f"  record: {kind}: {len(xs)} restore(s), p50 {percentile(xs, 0.5):.2f} s = "
+                  f"{percentile(xs, 0.5) / p50l:.2f}x local")
+    print(f"  record: {anc_source} (the child commit, never restored): {t_anc:.2f} s = "
+          f"{t_anc / p50l:.2f}x local, fetched {anc_got / MB:.1f} MB")
     print_steps("local", local_steps)
-    print_steps("lazy, with a record", lazy_steps[1:])
-    print_steps("lazy, the first", lazy_steps[:1])
+    print_steps("lazy, with its own record", [st for st, k in zip(lazy_steps, sources,
+                                                                   strict=True) if k == "own"])
+    print_steps("lazy, with no record", [st for st, k in zip(lazy_steps, sources, strict=True)
+                                         if k == "none"])
+    print_steps(f"lazy, the child ({anc_source})", anc_steps)
     print(f"full clone + restore until exec answers: {t_full:.2f} s = {t_full / p50l:.2f}x local")
     f50 = percentile([float(b) for b in fetched], 0.5)
     print(f"fetched by the lazy restore: p50 {f50 / MB:.1f} MB = {f50 / nz:.1%} of the commit's "
-          f"non-zero bytes (goal <= 10%)")
+          f"non-zero bytes (goal <= 10%); each: "
+          + ", ".join(f"{b / nz:.1%} ({k})" for b, k in zip(fetched, sources, strict=True)))
     r_local = percentile([float(b) for b in local_ram], 0.5)
     r_lazy = percentile([float(b) for b in lazy_ram], 0.5)
     print(f"guest RAM read from the commit by the time exec answers: p50 {r_local / MB:.1f} MB "
           f"restoring locally, {r_lazy / MB:.1f} MB lazily")
     rate, raw = args.read_mib * (1 << 20) / MB / t_read, raw_bytes / MB / t_raw
     print(f"guest reading {args.read_mib} MiB sequentially, fetched on demand: {rate:.0f} MB/s "
-          f"({got / MB:.0f} MB fetched meanwhile); plain boto3 GET of the bucket: {raw:.0f} MB/s; "
-          f"ratio {rate / raw:.2f} (goal >= 0.5)")
+          f"({got_read / MB:.0f} MB fetched meanwhile); plain boto3 GET of the bucket: "
+          f"{raw:.0f} MB/s; ratio {rate / raw:.2f} (goal >= 0.5)")
     mib = args.read_mib * (1 << 20) / MB
     print(f"  the same read restored locally: {mib / t_local_read:.0f} MB/s from the local store, "
           f"{mib / t_cached_read:.0f} MB/s from the host's page cache (QEMU and the guest alone); "
           f"lazily = {t_local_read / t_read:.2f}x the local store's rate")
     print_read_trace(trace0, trace1, t_read)
+    print(f"load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    src.close()
+
+
+def no_record_bench(args: argparse.Namespace, work: Path) -> None:
+    """``--mode no-record``: the restore that finds no touched-page record (a commit never
+    restored anywhere), ``--repeat`` times each with RAM faults near each other fetching the
+    blocks around them (``VERS_LAZY_CLUSTER_BLOCKS=1``) and without (``=0``, the default),
+    alternately, each in a backing daemon of its own (started with that setting) and a fresh
+    repository, the remote's records deleted before each."""
+    url = f"s3://{BUCKET}/lazy"
+    src = Repo.init(work / "src")
+    rec = run_vm(src, RunOptions(memory=verbs.parse_size(args.memory)))
+    script = (f"dd if=/dev/urandom of=/root/blob bs=1M count={args.read_mib} 2>/dev/null && "
+              "sync && echo 3 > /proc/sys/vm/drop_caches")  # the guest of --mode lazy
+    assert guest_exec(rec.runtime.agent_sock, script, 600).returncode == 0
+    cid, _tm = verbs.commit(src, rec.id, "bench")
+    verbs.kill(src, [rec.id])
+    add_remote(src, "origin", url)
+    push(src, "origin")
+    nz = nonzero_bytes(src, cid)
+    local = [restored_and_answering(src, cid, None) for _ in range(2)]
+    for _secs, vm in local:
+        verbs.kill(src, [vm])
+    transport = open_transport(url)
+    arms: dict[str, list[tuple[float, int]]] = {"1": [], "0": []}
+    for i in range(args.repeat):
+        for arm in (["1", "0"] if i % 2 == 0 else ["0", "1"]):  # neither always goes first
+            got = arms[arm]
+            BackingDaemon().shutdown()  # the next restore starts one with this setting
+            os.environ["VERS_LAZY_CLUSTER_BLOCKS"] = arm
+            for key in transport.list("touched/"):
+                transport.delete(key)
+            fresh = Repo.init(work / f"fresh-{arm}-{i}")
+            secs, vm = restored_and_answering(fresh, cid, url)
+            got.append((secs, fresh.store.stats().bytes))
+            print(f"no record, cluster blocks {arm}: {secs:.2f} s, "
+                  f"{got[-1][1] / nz:.1%} of the non-zero bytes, "
+                  f"load {os.getloadavg()[0]:.1f}", flush=True)
+            verbs.kill(fresh, [vm])
+            fresh.close()
+    p50l = percentile([t for t, _vm in local], 0.5)
+    print(f"local restore p50 {p50l:.2f} s")
+    for arm, got in arms.items():
+        ts = [t for t, _b in got]
+        print(f"no record, cluster blocks {arm}: p50 {percentile(ts, 0.5):.2f} s, "
+              f"p99 {percentile(ts, 0.99):.2f} s = {percentile(ts, 0.5) / p50l:.2f}x local; "
+              f"fetched p50 {percentile([b / nz for _t, b in got], 0.5):.1%}")
     print(f"load average during the run: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     src.close()
 
@@ -356,7 +488,7 @@ def main() -> None:
         trace.setLevel(logging.DEBUG)
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--mode", choices=["push-clone", "lazy"], default="push-clone")
+    ap.add_argument("--mode", choices=["push-clone", "lazy", "no-record"], default="push-clone")
     ap.add_argument("--size-mib", type=int, default=1024, help="push-clone: image size")
     ap.add_argument("--memory", default="512M", help="lazy: guest RAM")
     ap.add_argument("--disk-size", default=None,
@@ -364,14 +496,20 @@ def main() -> None:
     ap.add_argument("--read-mib", type=int, default=128,
                     help="lazy: size of the file the restored guest reads sequentially")
     ap.add_argument("--repeat", type=int, default=3, help="lazy: restores of each kind")
+    ap.add_argument("--profile", default=None, metavar="DIR",
+                    help="lazy: py-spy profiles of the backing daemon during the sequential "
+                         "reads, in DIR")
     args = ap.parse_args()
-    if args.mode == "lazy":
+    if args.mode in ("lazy", "no-record"):
         work = Path(tempfile.mkdtemp(prefix="vers-bench-lazy-"))
         try:
             with SeaweedS3(work / "weed") as server:
                 os.environ.update(server.env())
                 server.client().create_bucket(Bucket=BUCKET)
-                lazy_bench(args, work, server)
+                if args.mode == "lazy":
+                    lazy_bench(args, work, server)
+                else:
+                    no_record_bench(args, work)
         finally:
             shutil.rmtree(work, ignore_errors=True)
         return

@@ -20,14 +20,16 @@ import pytest
 from tests.fuse.conftest import needs_fuse
 from tests.vmm.memory.daemons import backing_daemon
 from vers.errors import FuseError
-from vers.objects.model import PAGE_SIZE
+from vers.objects.model import PAGE_SIZE, ZERO_ID
 from vers.porcelain.clone import clone
+from vers.porcelain.push import push
 from vers.remote.backends import open_transport
-from vers.remote.lazy import RECORD_PREFIX, open_lazy
+from vers.remote.lazy import RECORD_PREFIX, TouchRecord, open_lazy
 from vers.repo import Repo
 from vers.vmm.memory.daemon import FAULT_AROUND_PAGES
 from vers.vmm.memory.fuse import BackingDaemon, BackingFile
 
+from .conftest import change_pages, make_memory
 from .test_lazy import _pushed
 
 pytestmark = [pytest.mark.fuse, needs_fuse]
@@ -229,5 +231,151 @@ def test_a_damaged_record_on_the_remote_is_ignored_and_replaced(
     # the damaged record is replaced by this restore's (compare-and-swap on what was read)
     assert _wait_for(lambda: remote.get(key) != bad)
     assert json.loads(remote.get(key))["runs"][0][0] <= 1000
+    repo.close()
+    src.close()
+
+
+def _child_pushed(tmp: Path, url: str) -> tuple[Repo, str, str, bytearray]:
+    """``_pushed``, then a commit on top of it (a few pages changed), pushed too: the parent's
+    ID, the child's, and the child's memory."""
+    src, parent, image = _pushed(tmp, url)
+    child_image = change_pages(image, tmp / "m2", [5, 900, 1700], seed=7)
+    child = src.snapshot({"memory": tmp / "m2"}, message="two")
+    assert src.get_commit(child).parents == [parent]
+    push(src, "origin")
+    return src, parent, child, child_image
+
+
+@pytest.mark.parametrize("record", ["good", "garbage", "another image's", "too many pages"])
+def test_a_commit_without_a_record_borrows_its_parents(tmp_path: Path, daemon: BackingDaemon,
+                                                       remote_url: str, record: str) -> None:
+    src, parent, child, image = _child_pushed(tmp_path, remote_url)
+    parent_tree = src.get_commit(parent).images["memory"]
+    child_tree = src.get_commit(child).images["memory"]
+    body = {"good": {"version": 1, "tree": parent_tree, "runs": [[300, 64]]},
+            "garbage": None,
+            "another image's": {"version": 1, "tree": child_tree, "runs": [[300, 64]]},
+            "too many pages": {"version": 1, "tree": parent_tree, "runs": [[0, NPAGES // 2]]},
+            }[record]
+    remote = open_transport(remote_url)
+    remote.put(f"{RECORD_PREFIX}{parent_tree}",
+               b"\x00garbage" if body is None else json.dumps(body).encode())
+    repo, _ = clone(remote_url, str(tmp_path / "b"), lazy=True)
+    before = repo.store.stats().bytes
+    daemon.ensure_running()
+    daemon.request("promisor_settings", repo=str(repo.vers_dir), env={}, retry_seconds=30,
+                   commit=child)
+    f = lazy_file(daemon, repo, child, "vm1.memory")
+    if record == "good":
+        # the parent's recorded pages, of the child's image, are here before anything reads
+        assert _wait_for(lambda: repo.store.stats().bytes - before >= 64 * PAGE_SIZE // 2)
+        with repo.local_only():
+            assert repo.open_image(child, "memory").pread(300 * PAGE_SIZE, 64 * PAGE_SIZE) == \
+                bytes(image[300 * PAGE_SIZE:364 * PAGE_SIZE])
+        assert _wait_for(lambda: f.stats().get("record_source") == 2)  # an ancestor's
+        assert f.stats()["record_pages"] == 64
+    else:  # a hint that is not one prefetches nothing, and the restore works as without
+        assert pread(f.path, 1000, 4) == bytes(image[1000 * PAGE_SIZE:1004 * PAGE_SIZE])
+        assert _wait_for(lambda: f.stats().get("record_source") == 0)
+        assert repo.store.stats().bytes - before < 64 * PAGE_SIZE
+    assert pread(f.path, 1500) == bytes(image[1500 * PAGE_SIZE:1501 * PAGE_SIZE])
+    f.remove()
+    # The child's own record is its own (shared under its tree); the parent's stays as it was.
+    assert _wait_for(lambda: f"{RECORD_PREFIX}{child_tree}" in remote.list(RECORD_PREFIX))
+    assert json.loads(remote.get(f"{RECORD_PREFIX}{child_tree}"))["tree"] == child_tree
+    if body is not None:
+        assert json.loads(remote.get(f"{RECORD_PREFIX}{parent_tree}")) == body
+    repo.close()
+    src.close()
+
+
+def test_a_local_restore_records_what_it_reads_and_push_sends_it(
+        tmp_path: Path, daemon: BackingDaemon, remote_url: str) -> None:
+    src, parent, child, image = _child_pushed(tmp_path, remote_url)
+    tree = src.get_commit(child).images["memory"]
+    record = src.vers_dir / "cache" / "touched" / tree
+    daemon.ensure_running()
+    f = BackingFile.create(daemon, "vm1.memory", NPAGES * PAGE_SIZE,
+                           {"repo": str(src.vers_dir), "commit": child, "image": "memory"},
+                           mapped=True)
+    fd = os.open(f.path, os.O_RDWR)
+    m = mmap.mmap(fd, NPAGES * PAGE_SIZE, mmap.MAP_SHARED)
+    try:
+        m.madvise(mmap.MADV_HUGEPAGE)  # as QEMU maps guest RAM: the kernel reads 2-4 MiB around
+        for page in (700, 1300):
+            assert m[page * PAGE_SIZE:(page + 1) * PAGE_SIZE] == \
+                bytes(image[page * PAGE_SIZE:(page + 1) * PAGE_SIZE])
+    finally:
+        m.close()
+        os.close(fd)
+    f.remove()
+    assert _wait_for(record.is_file)
+    assert stat.S_IMODE(record.stat().st_mode) == 0o600
+    runs = TouchRecord(src.vers_dir, tree).load(NPAGES)
+    # each touch's fault block, as a lazy restore would fetch it, not the kernel's read-around
+    assert sum(n for _a, n in runs) <= 2 * FAULT_AROUND_PAGES, runs
+    assert any(a <= 700 < a + n for a, n in runs) and any(a <= 1300 < a + n for a, n in runs)
+    # A restore that finds the record records nothing (it is served as before).
+    g = BackingFile.create(daemon, "vm2.memory", NPAGES * PAGE_SIZE,
+                           {"repo": str(src.vers_dir), "commit": child, "image": "memory"},
+                           mapped=True)
+    assert "record_pages" not in g.stats()
+    g.remove()
+    # The push sends it, and the record of an ancestor of what it pushes too.
+    remote = open_transport(remote_url)
+    assert remote.list(RECORD_PREFIX) == {}
+    parent_tree = src.get_commit(parent).images["memory"]
+    TouchRecord(src.vers_dir, parent_tree).save_local([(10, 5)])
+    push(src, "origin")
+    assert sorted(remote.list(RECORD_PREFIX)) == sorted(
+        [f"{RECORD_PREFIX}{tree}", f"{RECORD_PREFIX}{parent_tree}"])
+    assert TouchRecord(tmp_path, tree).parse(remote.get(f"{RECORD_PREFIX}{tree}"),
+                                             NPAGES) == runs
+    src.close()
+
+
+def test_a_repository_without_a_remote_records_nothing(tmp_path: Path,
+                                                       daemon: BackingDaemon) -> None:
+    repo = Repo.init(tmp_path / "a")
+    image = make_memory(tmp_path / "m1", NPAGES, seed=1)
+    cid = repo.snapshot({"memory": tmp_path / "m1"}, message="one")
+    daemon.ensure_running()
+    f = BackingFile.create(daemon, "vm1.memory", NPAGES * PAGE_SIZE,
+                           {"repo": str(repo.vers_dir), "commit": cid, "image": "memory"})
+    assert pread(f.path, 300, 4) == bytes(image[300 * PAGE_SIZE:304 * PAGE_SIZE])
+    f.remove()
+    time.sleep(1.5)  # past the record's time
+    assert not (repo.vers_dir / "cache" / "touched").exists()
+    repo.close()
+
+
+def test_ram_faults_near_each_other_fetch_the_blocks_around_them(
+        tmp_path: Path, daemon: BackingDaemon, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VERS_LAZY_CLUSTER_BLOCKS", "1")  # inherited by the daemon
+    url = str(tmp_path / "remote")
+    src, cid, image = _pushed(tmp_path, url)
+    repo, _ = clone(url, str(tmp_path / "b"), lazy=True)
+    f = lazy_file(daemon, repo, cid, "vm1.memory", mapped=True)
+    fd = os.open(f.path, os.O_RDWR)
+    m = mmap.mmap(fd, NPAGES * PAGE_SIZE, mmap.MAP_SHARED)
+    block = FAULT_AROUND_PAGES
+    try:
+        m.madvise(mmap.MADV_HUGEPAGE)
+        # blocks 10 and 12: the second miss is near the first, so blocks 11 and 13 come too
+        for page in (10 * block + 5, 12 * block + 5):
+            assert m[page * PAGE_SIZE:(page + 1) * PAGE_SIZE] == \
+                bytes(image[page * PAGE_SIZE:(page + 1) * PAGE_SIZE])
+    finally:
+        m.close()
+        os.close(fd)
+    f.remove()
+    reader = repo.open_image(cid, "memory").reader
+
+    def here(b: int) -> bool:
+        ids = [o for o in reader.page_ids(b * block, (b + 1) * block - 1) if o != ZERO_ID]
+        return not repo.store.missing(ids)
+
+    assert _wait_for(lambda: all(here(b) for b in (10, 11, 12, 13)))
+    assert not here(14) and not here(9)  # no further than that
     repo.close()
     src.close()

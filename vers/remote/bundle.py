@@ -350,6 +350,9 @@ def fetch_records(transport: Transport, wanted: Iterable[tuple[bytes, Loc]],
             got.append((oid, rec))
         return got
 
+    if len(ranges) == 1:  # one request (a RAM fault's block): no pool, no thread hops
+        yield read(ranges[0])
+        return
     with ThreadPoolExecutor(workers) as pool:
         # Bounded look-ahead keeps memory at a few ranges however much is fetched.
         pending: list[Future[list[tuple[bytes, Record]]]] = []

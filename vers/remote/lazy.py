@@ -33,7 +33,7 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,6 +94,14 @@ READAHEAD_CHUNK_PAGES = 2048  # one background fetch: about one 8 MiB range GET
 # requests) keep several reads in flight: they arrive out of order by up to this much.
 SEQUENTIAL_SLACK_PAGES = 1024  # 4 MiB
 PREFETCH_WORKERS = 4
+# Guest RAM is served in aligned blocks of this many pages (the backing daemon reads a fault's
+# block). With ``VERS_LAZY_CLUSTER_BLOCKS=N``, a fault that misses within CLUSTER_RADIUS blocks
+# of an earlier miss is taken as part of a cluster the guest works through, and the N blocks on
+# each side of it are fetched in the background meanwhile. Off by default: it saved misses but
+# not time in the measurements (docs/remote.md).
+FAULT_BLOCK_PAGES = 64
+CLUSTER_RADIUS = 2
+CLUSTER_PREFETCH_BLOCKS = 0
 # Verified pages kept in memory: a read is served as soon as its pages are fetched and re-hashed,
 # while they are written to the local store in the background.
 MEMORY_BYTES = 64 << 20
@@ -106,6 +114,13 @@ RECORD_PREFIX = "touched/"  # on a remote: touched/<tree ID>
 RECORD_MAX_FRACTION = 4
 RECORD_MIN_PAGES = 64
 RECORD_MAX_BYTES = 4 << 20
+# An image with no record of its own borrows the record of the same image in the nearest of this
+# many first-parent ancestors of its commit (a VM restored from, or committed after, that commit
+# reads nearly the same pages first).
+RECORD_ANCESTOR_STEPS = 4
+# ``ReadAhead.remote_stats``'s "record_source": which record a restore's prefetch used (0: none
+# or not known yet).
+RECORD_SOURCES = {"none": 0, "own": 1, "ancestor's": 2}
 # The images a restore reads whole before the guest runs.
 BOOT_IMAGES = ("devstate", "kernel", "initrd")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
@@ -297,13 +312,14 @@ class LazyObjects:
         t0 = time.monotonic()
         mine: list[bytes] = []
         theirs: set[threading.Event] = set()
+        done = threading.Event()  # one for all of this call's objects (one per page cost 10%)
         with self._lock:
             for oid in dict.fromkeys(oids):
                 if oid == ZERO_ID or oid in self._recent:
                     continue
                 ev = self._inflight.get(oid)
                 if ev is None:
-                    self._inflight[oid] = threading.Event()
+                    self._inflight[oid] = done
                     mine.append(oid)
                 else:
                     theirs.add(ev)
@@ -313,7 +329,8 @@ class LazyObjects:
         finally:
             with self._lock:
                 for oid in mine:
-                    self._inflight.pop(oid).set()
+                    del self._inflight[oid]
+            done.set()
         for ev in theirs:
             ev.wait()
         if theirs:  # fetched by someone else meanwhile; if that failed, try ourselves
@@ -361,12 +378,14 @@ class LazyObjects:
             self.fetch(self.absent(list(dict.fromkeys(ids))), durable=False)
         return job
 
-    def prefetch_recorded(self, reader: TreeReader, record: TouchRecord) -> TouchRecord:
-        """In the background: read ``record`` (here, else on the remote), then fetch the image's
-        nodes (one batch per level) and the recorded pages (``prefetch_runs``). Nothing if this
-        image's record was prefetched already (``prefetch_restore``). Returns the record to
-        write to later: the one read first (it knows what the remote has, so no second request
-        asks)."""
+    def prefetch_recorded(self, reader: TreeReader, record: TouchRecord,
+                          commit_id: str | None = None, image: str | None = None,
+                          ) -> TouchRecord:
+        """In the background: read ``record`` (here, else on the remote; else an ancestor's,
+        ``recorded_runs``), then fetch the image's nodes (one batch per level) and the recorded
+        pages (``prefetch_runs``). Nothing if this image's record was prefetched already
+        (``prefetch_restore``). Returns the record to write to later: the one read first (it
+        knows what the remote has, so no second request asks)."""
         with self._lock:
             known = self._records.get(record.tree_id)
             if known is not None:
@@ -374,12 +393,58 @@ class LazyObjects:
             self._records[record.tree_id] = record
 
         def job() -> None:
-            runs = record.load(reader.tree.num_pages)
+            runs = self.recorded_runs(record, reader.tree.num_pages, commit_id, image)
             if runs:
                 self._fetch_nodes([reader.tree])
                 self.prefetch_runs(reader, runs)
         self._pool.submit(self._quietly, job)
         return record
+
+    def recorded_runs(self, record: TouchRecord, npages: int, commit_id: str | None = None,
+                      image: str | None = None) -> list[tuple[int, int]]:
+        """The pages to prefetch for ``record``'s image: its own record (here, else on the
+        remote), else, with the commit it is restored from and the image's name in it, the
+        record of the same image in the nearest of ``RECORD_ANCESTOR_STEPS`` first-parent
+        ancestors (its page numbers applied to this image; a hint like any record, validated
+        against this image). Notes which was used on ``record`` (``used``, ``used_pages``)."""
+        runs = record.load(npages)
+        if runs:
+            record.used = "own"
+        elif commit_id is not None and image is not None:
+            for tree_hex in self._ancestor_trees(commit_id, image, record.tree_id):
+                borrowed = TouchRecord(record.vers_dir, tree_hex, record.remote)
+                runs = borrowed.load(npages)
+                if runs:
+                    record.used = f"ancestor's ({tree_hex[:12]})"
+                    log.debug("no touched-page record of %s: using its ancestor's (%s)",
+                              record.tree_id[:12], tree_hex[:12])
+                    break
+        if not runs:
+            record.used = "none"
+        record.used_pages = sum(n for _a, n in runs)
+        return runs
+
+    def _ancestor_trees(self, commit_id: str, image: str, own: str) -> Iterator[str]:
+        """The trees of ``image`` in the first-parent ancestors of ``commit_id``, nearest first,
+        up to ``RECORD_ANCESTOR_STEPS`` steps (fetching the commits if need be; a commit that
+        cannot be read ends the walk: this only picks a prefetch)."""
+        seen = {own}
+        cid = commit_id
+        for _ in range(RECORD_ANCESTOR_STEPS):
+            try:
+                parents = self.store.get_commit(bytes.fromhex(cid)).parents
+                if not parents:
+                    return
+                cid = parents[0]
+                self.fetch(self.store.missing([bytes.fromhex(cid)]))
+                tree_hex = self.store.get_commit(bytes.fromhex(cid)).images.get(image)
+            except (VersError, ValueError) as exc:
+                log.info("ancestors of %s not read for a touched-page record: %s",
+                         commit_id[:12], exc)
+                return
+            if tree_hex and tree_hex not in seen:
+                seen.add(tree_hex)
+                yield tree_hex
 
     def prefetch_restore(self, commit_id: str, vers_dir: Path,
                          boot: Iterable[str] = BOOT_IMAGES,
@@ -396,27 +461,27 @@ class LazyObjects:
         def job() -> None:
             t0 = time.monotonic()
             commit = self.store.get_commit(bytes.fromhex(commit_id))
-            tree_ids = [bytes.fromhex(t) for name, t in sorted(commit.images.items())
-                        if name not in boot]
+            names = [name for name in sorted(commit.images) if name not in boot]
+            tree_ids = [bytes.fromhex(commit.images[name]) for name in names]
             self.fetch(self.store.missing(tree_ids))
             trees = [self.store.get_tree(t) for t in tree_ids]
             remote = self.promisors[0] if self.promisors else None
             recorded = []
-            for tid, tree in zip(tree_ids, trees, strict=True):
+            for name, tid, tree in zip(names, tree_ids, trees, strict=True):
                 record = TouchRecord(vers_dir, tid.hex(), remote)
                 with self._lock:
                     if tid.hex() in self._records:
                         continue
                     self._records[tid.hex()] = record
-                recorded.append((tree, record))
+                recorded.append((name, tree, record))
             self._fetch_nodes(trees)
             t1 = time.monotonic()
             # The pages come after what the restore reads before QEMU starts, if it is being
             # fetched too (``prepare_restore``): that is what it waits for first.
             self._boot_done.wait(BOOT_FIRST_SECONDS)
             pages = 0
-            for tree, record in recorded:
-                runs = record.load(tree.num_pages)
+            for name, tree, record in recorded:
+                runs = self.recorded_runs(record, tree.num_pages, commit_id, name)
                 pages += sum(n for _a, n in runs)
                 if runs:
                     self.prefetch_runs(TreeReader(self.store, tree), runs)
@@ -448,7 +513,11 @@ class LazyObjects:
         raise NotOnPromisor(left[0].hex(), [p.name for p in self.promisors], len(left))
 
     def _fetch_now(self, oids: list[bytes]) -> None:
-        oids = self.absent(oids)  # another process may have stored some meanwhile
+        # Callers pass what they found absent a moment ago: only memory is looked at again
+        # (looking each page up in the store a second time cost as much as storing it; one
+        # stored meanwhile by another process is fetched again, and the store keeps one copy).
+        with self._lock:
+            oids = [o for o in oids if o not in self._recent]
         if not oids:
             return
         try:
@@ -517,8 +586,7 @@ class LazyObjects:
         if rec.encoding != ENC_DELTA:  # a delta is checked once its base is here
             data = self.store.decode_record(oid, rec)
             if rec.kind == KIND_PAGE:
-                with self._lock:
-                    self._verified[oid] = data
+                self._verified[oid] = data  # one dict store: atomic, no lock per page
 
     def _keep(self, records: list[tuple[bytes, Record]]) -> None:
         if not records:
@@ -531,9 +599,9 @@ class LazyObjects:
     def _keep_deltas(self, pending: dict[bytes, Record]) -> None:
         """Node deltas, each verified once its base is here (fetched too if need be), kept as a
         delta when the local chain stays short enough, else whole."""
-        bases = {r.payload[:ID_LEN] for r in pending.values()} - pending.keys()
+        bases = self.absent(list({r.payload[:ID_LEN] for r in pending.values()} - pending.keys()))
         if bases:
-            self._fetch_now(list(bases))
+            self._fetch_now(bases)
         while pending:
             ready = [(o, r) for o, r in pending.items() if r.payload[:ID_LEN] not in pending]
             if not ready:
@@ -656,13 +724,18 @@ class TouchRecord:
     bytes, never correctness: every page fetched is verified by its hash like any other)."""
 
     def __init__(self, vers_dir: Path, tree_id: str, remote: Promisor | None = None) -> None:
-        self.path = Path(vers_dir) / "cache" / "touched" / tree_id
+        self.vers_dir = Path(vers_dir)
+        self.path = self.vers_dir / "cache" / "touched" / tree_id
         self.tree_id = tree_id
         self.remote = remote
         self.key = f"{RECORD_PREFIX}{tree_id}"
         #: what the remote holds: None (not asked), "good", "absent", or the version tag of a
         #: record found unusable (replaced by the next save)
         self.remote_state: str | None = None
+        #: which record the prefetch used ("own", "ancestor's (TREE)", "none"; None: not asked
+        #: yet) and how many pages it named (``LazyObjects.recorded_runs``)
+        self.used: str | None = None
+        self.used_pages = 0
 
     def parse(self, text: bytes | str, npages: int) -> list[tuple[int, int]]:
         """The runs of a record, validated; ValueError if it is not a usable record of this
@@ -768,6 +841,18 @@ def share_records() -> bool:
     return os.environ.get("VERS_LAZY_SHARE_RECORDS", "1") not in ("0", "no", "false")
 
 
+def record_local_restores(repo: Repo) -> bool:
+    """Whether restores from this complete repository record the pages they read first (for
+    ``vers push`` to share): when it has a remote to push to, unless
+    ``VERS_LAZY_RECORD_LOCAL=0``. Recording makes guest RAM's first faults be served at the
+    size a lazy restore serves them (so the record is as fine as a lazy restore's), which costs
+    the first restore of each image a little; later restores find the record and record
+    nothing."""
+    if os.environ.get("VERS_LAZY_RECORD_LOCAL", "1") in ("0", "no", "false"):
+        return False
+    return bool(list_remotes(repo))
+
+
 @dataclass
 class ReadStats:
     """What the reads of one lazily served image asked for and how long they waited."""
@@ -809,7 +894,9 @@ class ReadAhead:
     local pages, writes, other fetches). ``pread`` then finds the pages stored here."""
 
     def __init__(self, image: ImageFile, record: TouchRecord | None = None,
-                 read_ahead: bool = True) -> None:
+                 read_ahead: bool = True, commit_id: str | None = None) -> None:
+        """``commit_id``: the commit ``image`` is restored from (its ancestors' records stand in
+        for a missing record of the image's own)."""
         self.image = image
         #: guest RAM is read in fault-sized blocks, and its faults near each other are not a
         #: sequential reader: fetching megabytes ahead of them costs bytes that are never read
@@ -824,12 +911,18 @@ class ReadAhead:
         self.reads = ReadStats()
         self._trace = bool(os.environ.get("VERS_LAZY_TRACE"))
         self._touched = bytearray(self._pages) if record is not None else None
+        #: guest RAM: the blocks whose faults missed, and those asked for around them
+        self._faulted: set[int] = set()
+        self._cluster_asked: set[int] = set()
+        self._cluster_blocks = int(os.environ.get("VERS_LAZY_CLUSTER_BLOCKS",
+                                                  CLUSTER_PREFETCH_BLOCKS))
         seconds = float(os.environ.get("VERS_LAZY_RECORD_SECONDS", RECORD_SECONDS))
         self._record_until = time.monotonic() + seconds
         if record is not None:
             lazy = image.reader.store.absent
             if isinstance(lazy, LazyObjects):
-                self._record = lazy.prefetch_recorded(image.reader, record)
+                self._record = lazy.prefetch_recorded(image.reader, record, commit_id,
+                                                      image.name or None)
             timer = threading.Timer(seconds, self.save_record)
             timer.daemon = True
             timer.start()
@@ -870,7 +963,10 @@ class ReadAhead:
         if not isinstance(lazy, LazyObjects):
             return {}
         st = lazy.stats
-        return {"remote_objects": st.objects, "remote_bytes": st.bytes,
+        used = self._record.used if self._record is not None else None
+        return {"record_source": RECORD_SOURCES.get((used or "").split(" ")[0], 0),
+                "record_pages": self._record.used_pages if self._record is not None else 0,
+                "remote_objects": st.objects, "remote_bytes": st.bytes,
                 "remote_batches": st.batches, "remote_ranges": st.ranges,
                 "remote_wait_ms": int(st.wait_seconds * 1000), **self.reads.as_dict()}
 
@@ -882,6 +978,34 @@ class ReadAhead:
         lazy = reader.store.absent
         return len(lazy.absent(ids) if isinstance(lazy, LazyObjects) else
                    reader.store.missing(ids))
+
+    @property
+    def lazy(self) -> bool:
+        """Whether the image's store is partial (pages may have to come from a remote)."""
+        return isinstance(self.image.reader.store.absent, LazyObjects)
+
+    def recording(self) -> bool:
+        """Whether reads are still being recorded (the image's first ``RECORD_SECONDS``)."""
+        return self._touched is not None and time.monotonic() < self._record_until
+
+    def unrecorded_pages(self, runs: list[tuple[int, int]]) -> int:
+        """How many pages of ``runs`` no read has handed out yet while recording: on a complete
+        store, what stands in for ``absent_pages`` (a local restore records the pages a guest
+        faults on as a lazy one does)."""
+        touched = self._touched
+        if touched is None:
+            return 0
+        return sum(n - touched[a:a + n].count(1) for a, n in runs)
+
+    def note(self, runs: list[tuple[int, int]]) -> None:
+        """Record ``runs`` as read (``make_local`` does this too; on a complete store nothing
+        else is to be done, and this is cheap enough for the daemon's loop)."""
+        with self._lock:
+            if self._touched is not None and time.monotonic() < self._record_until:
+                for a, n in runs:
+                    a, n = max(a, 0), min(n, self._pages - a)
+                    if n > 0:
+                        self._touched[a:a + n] = b"\x01" * n
 
     def make_local(self, runs: list[tuple[int, int]]) -> None:
         """Store here the absent pages of ``runs`` ((first page, count), the pages a read needs
@@ -903,6 +1027,8 @@ class ReadAhead:
         ids = [o for a, n in runs for o in reader.page_ids(a, a + n - 1) if o != ZERO_ID]
         absent = lazy.absent(list(dict.fromkeys(ids)))
         if absent:  # served from memory once verified; stored meanwhile
+            if not self.read_ahead and self._cluster_blocks > 0:
+                self._cluster_prefetch(lazy, runs)
             lazy.fetch(absent, durable=False)
         waited = time.monotonic() - t0
         with self._lock:
@@ -911,6 +1037,28 @@ class ReadAhead:
             log.info("read %s pages %d+%d: %d absent, %.1f ms%s", self.image.name or "image",
                      runs[0][0], npages, len(absent), waited * 1000,
                      " (sequential)" if sequential else "")
+
+    def _cluster_prefetch(self, lazy: LazyObjects, runs: list[tuple[int, int]]) -> None:
+        """A fault of guest RAM missed: if an earlier miss was near, fetch the blocks around
+        this one in the background (beside this fault's own fetch)."""
+        first, last = runs[0][0], runs[-1][0] + runs[-1][1] - 1
+        block = first // FAULT_BLOCK_PAGES
+        if last // FAULT_BLOCK_PAGES != block:
+            return  # not one fault's block
+        nblocks = -(-self._pages // FAULT_BLOCK_PAGES)
+        with self._lock:
+            near = any(b in self._faulted for b in range(block - CLUSTER_RADIUS,
+                                                         block + CLUSTER_RADIUS + 1))
+            self._faulted.add(block)
+            if not near:
+                return
+            w = self._cluster_blocks
+            todo = [b for b in range(max(block - w, 0), min(block + w + 1, nblocks))
+                    if b != block and b not in self._faulted and b not in self._cluster_asked]
+            self._cluster_asked.update(todo)
+        for b in todo:
+            lazy.prefetch_pages(self.image.reader, b * FAULT_BLOCK_PAGES,
+                                min((b + 1) * FAULT_BLOCK_PAGES, self._pages) - 1)
 
     def _plan(self, first: int, last: int) -> bool:
         if not self.read_ahead:

@@ -125,26 +125,46 @@ def _share_quietly(repo: Repo, transport: Transport, updates: list[tuple[str, st
         log.info("touched-page records not sent: %s", exc)
 
 
+def _trees_near(repo: Repo, tips: list[str]) -> list[str]:
+    """The image trees of ``tips`` and of their first-parent ancestors within
+    ``RECORD_ANCESTOR_STEPS`` (the records a lazy restore of a tip may borrow)."""
+    from vers.remote.lazy import RECORD_ANCESTOR_STEPS
+
+    out: list[str] = []
+    for tip in dict.fromkeys(tips):
+        cid: str | None = tip
+        for _ in range(RECORD_ANCESTOR_STEPS + 1):
+            if cid is None:
+                break
+            try:
+                commit = repo.get_commit(cid)
+            except VersError:
+                break  # not here (a partial store): nothing to send for it
+            out += commit.images.values()
+            cid = commit.parents[0] if commit.parents else None
+    return out
+
+
 def share_records(repo: Repo, transport: Transport, tips: list[str]) -> int:
-    """Send the touched-page records this repository has for the images of ``tips`` (the pages
-    an earlier restore read first, ``vers.remote.lazy.TouchRecord``) that the remote lacks, so a
-    lazy restore of those commits anywhere prefetches them. Returns how many were sent."""
+    """Send the touched-page records this repository has for the images of ``tips`` and of
+    their nearest ancestors (the pages an earlier restore read first,
+    ``vers.remote.lazy.TouchRecord``) that the remote lacks, so a lazy restore of those commits
+    anywhere prefetches them. Returns how many were sent."""
     from vers.remote.lazy import RECORD_PREFIX, TouchRecord
     from vers.remote.lazy import share_records as sharing
 
     if not sharing():
         return 0
     found = []
-    for tip in dict.fromkeys(tips):
-        for tree_hex in repo.get_commit(tip).images.values():
-            record = TouchRecord(repo.vers_dir, tree_hex)
-            if record.path.is_file():
-                try:
-                    runs = record.load(repo.store.get_tree(bytes.fromhex(tree_hex)).num_pages)
-                except VersError:
-                    continue  # the tree is not here (a partial store): nothing to check it by
-                if runs:
-                    found.append((record, runs))
+    for tree_hex in dict.fromkeys(_trees_near(repo, tips)):
+        record = TouchRecord(repo.vers_dir, tree_hex)
+        if record.path.is_file():
+            try:
+                runs = record.load(repo.store.get_tree(bytes.fromhex(tree_hex)).num_pages)
+            except VersError:
+                continue  # the tree is not here (a partial store): nothing to check it by
+            if runs:
+                found.append((record, runs))
     if not found:
         return 0
     there = transport.list(RECORD_PREFIX)

@@ -39,7 +39,14 @@ from vers.errors import BadInput, RemoteError, VersError
 from vers.fuse.serve import daemon_main, serve
 from vers.objects.imagetree import ImageFile
 from vers.objects.model import PAGE_SIZE, hash_bytes, is_object_id
-from vers.remote.lazy import LazyObjects, ReadAhead, TouchRecord, open_lazy
+from vers.remote.lazy import (
+    FAULT_BLOCK_PAGES,
+    LazyObjects,
+    ReadAhead,
+    TouchRecord,
+    open_lazy,
+    record_local_restores,
+)
 from vers.repo import Repo
 from vers.vmm.memory.fuse import DAEMON_PROTOCOL
 from vers.vmm.memory.overlay import OverlayImage, PageSource, runs
@@ -53,7 +60,7 @@ IDLE_EXIT_SECONDS = 120.0
 # its FAULT_AROUND_PAGES-aligned neighbours. A refused read-around costs the guest nothing but a
 # round trip; its pages are read when touched. docs/remote.md has the measurements.
 READ_AROUND_ABSENT_PAGES = 16
-FAULT_AROUND_PAGES = 64
+FAULT_AROUND_PAGES = FAULT_BLOCK_PAGES  # 64
 REFUSED_SECONDS = 10.0
 # The mount's readahead: QEMU reads a disk base with pread through the page cache, and the kernel
 # cuts a sequential reader's requests into FUSE reads of this size (128 KiB by default: a lazily
@@ -100,6 +107,13 @@ def base_runs(image: OverlayImage, first: int, last: int) -> list[tuple[int, int
         if part.count(0) != len(part):
             held = bytearray(a | b for a, b in zip(held, part, strict=True))
     return [(first + a, n) for a, n in runs(bytes(1 - h for h in held))]
+
+
+def _fault_block(f: BackingFile, page: int) -> list[tuple[int, int]]:
+    """The runs of the ``FAULT_AROUND_PAGES``-aligned block of ``page`` that ``f`` reads from its
+    base: what a fault of guest RAM on ``page`` is served with."""
+    a = page - page % FAULT_AROUND_PAGES
+    return base_runs(f.image, a, min(a + FAULT_AROUND_PAGES, f.image.npages) - 1)
 
 
 def remove_orphan_layers(layer_dir: Path) -> int:
@@ -300,6 +314,17 @@ class BackingOperations(pyfuse3.Operations):
                 first = off // PAGE_SIZE
                 last = (min(off + size, f.image.size) - 1) // PAGE_SIZE
                 need = base_runs(f.image, first, last)
+                if not base.lazy:  # a complete store: only recording what a restore reads
+                    if need and base.recording():
+                        if f.mapped and last > first and \
+                                base.unrecorded_pages(need) > READ_AROUND_ABSENT_PAGES and \
+                                self._may_refuse(f, off, size):
+                            f.refused[(off, size)] = time.monotonic()
+                            raise pyfuse3.FUSEError(errno.EIO)  # as below: learn the fault
+                        if f.mapped and last == first:
+                            need = _fault_block(f, first)
+                        base.note(need)
+                    return f.image.read_view(off, size)  # type: ignore[return-value]
                 if need and f.mapped and last > first and self._may_refuse(f, off, size):
                     absent = await trio.to_thread.run_sync(base.absent_pages, need)
                     if absent > READ_AROUND_ABSENT_PAGES:
@@ -307,9 +332,7 @@ class BackingOperations(pyfuse3.Operations):
                         raise pyfuse3.FUSEError(errno.EIO)  # not a read error of the file
                 if need:
                     if f.mapped and last == first:  # a fault's own page: bring its neighbours too
-                        a = first - first % FAULT_AROUND_PAGES
-                        need = base_runs(f.image, a, min(a + FAULT_AROUND_PAGES,
-                                                         f.image.npages) - 1)
+                        need = _fault_block(f, first)
                     await trio.to_thread.run_sync(base.make_local, need)
             return f.image.read_view(off, size)  # type: ignore[return-value]  # any buffer will do
         except pyfuse3.FUSEError:
@@ -386,14 +409,20 @@ class BackingOperations(pyfuse3.Operations):
         else:
             image = repo.open_image(base["commit"], base.get("image", "memory"))
         # A partial store's pages come from its promisor: read ahead of sequential reads, and
-        # prefetch (then record) what a restore of this image reads first.
-        if not repo.promisors():
-            return image
+        # prefetch (then record) what a restore of this image reads first. A complete store
+        # with a remote records what a restore reads first too, once per image, for a push to
+        # share (``record_local_restores``).
         tree_id = base.get("tree") or hash_bytes(image.reader.tree.serialize()).hex()
+        if not repo.promisors():
+            record = TouchRecord(repo.vers_dir, tree_id)
+            if not record_local_restores(repo) or record.path.exists():
+                return image
+            return ReadAhead(image, record, read_ahead=False)
         lazy = repo.store.absent
         remote = lazy.promisors[0] if isinstance(lazy, LazyObjects) and lazy.promisors else None
+        commit_id = None if base.get("tree") else repo.get_commit(base["commit"]).id
         return ReadAhead(image, TouchRecord(repo.vers_dir, tree_id, remote),
-                         read_ahead=not mapped)
+                         read_ahead=not mapped, commit_id=commit_id)
 
     def restore_from_remote(self, req: dict[str, Any]) -> LazyObjects:
         """``promisor_settings`` with the commit to restore; the repository's lazy store, for
