@@ -291,6 +291,21 @@ def _after(reg: VMRegistry, job: _Branch) -> None:
             continue
     stream_frozen_layers(reg, job.parent)
     refresh_spares(reg, job.parent, claim_standby=True)
+    _drop_cache(reg, job)
+
+
+def _drop_cache(reg: VMRegistry, job: _Branch) -> None:
+    """Last, the children having run their first commands: what the kernel read around their
+    first touches of guest RAM and they never mapped goes back to the host
+    (``MemoryBacking.drop_cache``), most of an idle child's page cache."""
+    for c in job.children:
+        try:
+            with reg.lock(c):
+                now = reg.get(c.id)
+                if now is not None and pid_alive(now.runtime.pid, now.id):
+                    load_backing(now.memory).drop_cache()
+        except FileNotFoundError:  # killed meanwhile
+            continue
 
 
 def _finish(reg: VMRegistry, job: _Branch) -> None:
