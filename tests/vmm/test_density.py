@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bench._procmem import breakdown, cached_pages, ram_path_of
-from vers.errors import VMError
+from vers.errors import BadInput
 from vers.repo import Repo
 from vers.vmm.boot import RunOptions, run_vm
 from vers.vmm.branch import branch_vm_unsettled
@@ -32,7 +32,7 @@ def test_accel_carries_the_translation_buffer_size(monkeypatch: pytest.MonkeyPat
     assert accel_arg("tcg") == "tcg"  # QEMU's own default
     for bad in ("lots", "-4"):
         monkeypatch.setenv("VERS_TCG_TB_MIB", bad)
-        with pytest.raises(VMError, match="VERS_TCG_TB_MIB"):
+        with pytest.raises(BadInput, match="VERS_TCG_TB_MIB"):
             accel_arg("tcg")
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from vers.errors import VMError
+from vers.errors import BadInput, VMError
 from vers.images.guest import BASE_CMDLINE, tcg_cmdline
 from vers.images.guestfs import initramfs_error
 from vers.vmm.private import private_dir, private_file
@@ -75,9 +75,9 @@ def accel_arg(accel: str) -> str:
     try:
         mib = int(env) if env else TCG_TB_MIB
     except ValueError:
-        raise VMError(f"$VERS_TCG_TB_MIB must be a number of MiB, not {env!r}") from None
+        raise BadInput(f"$VERS_TCG_TB_MIB must be a number of MiB, not {env!r}") from None
     if mib < 0:
-        raise VMError(f"$VERS_TCG_TB_MIB must be a number of MiB, not {env!r}")
+        raise BadInput(f"$VERS_TCG_TB_MIB must be a number of MiB, not {env!r}")
     return f"tcg,tb-size={mib}" if mib else "tcg"
 
 
