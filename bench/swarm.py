@@ -9,10 +9,12 @@ its free RAM once (tmpfs files, then removed), then
 * one ``branch_vm(count=N)``: the time until all N children run, against that baseline (goal:
   <= 3x);
 * after the children have idled for a while: the extra host memory each one costs (QEMU's
-  private RSS + the pages of its guest-RAM file it holds in the page cache + the FUSE backing
-  daemon's RSS; goal <= 16 MiB; the machine-wide page-cache growth is printed as a
-  cross-check) and the CPU each idle child uses, and from both how many idle children this host
-  holds;
+  private RSS + the pages of its guest-RAM file in the page cache, mapped or not + the FUSE
+  backing daemon's RSS and the pages its overlay layers hold, on tmpfs; goal <= 16 MiB; the
+  machine-wide page-cache growth is printed as a cross-check), where it goes (bench._procmem:
+  the translation buffer, heap, arenas, other anonymous memory, mapped guest RAM; as the branch
+  returned and after idling, and the golden VM's) and the CPU each idle child uses, and from
+  memory and CPU how many idle children this host holds;
 * the CPU an idle guest uses on its own (the golden VM, with nothing running in it).
 
     python3 bench/swarm.py [--children 32] [--size 256M] [--single 5] [--idle 10]
@@ -34,7 +36,7 @@ import tempfile
 import time
 from typing import Any
 
-from bench import _stats
+from bench import _procmem, _stats
 from vers.repo import Repo
 from vers.vmm.agent import guest_exec
 from vers.vmm.boot import RunOptions, run_vm
@@ -98,16 +100,41 @@ def _daemon_pids() -> list[int]:
     return pids
 
 
+def _layer_bytes() -> int:
+    """Bytes the backing daemon's overlay layers hold (the pages the VMs wrote back; memory
+    when its state directory is on tmpfs, as /dev/shm is)."""
+    total = 0
+    for f in (default_state_dir() / "layers").glob("*.pages"):
+        try:
+            total += f.stat().st_blocks * 512
+        except OSError:
+            continue
+    return total
+
+
 def memory_use(repo: Repo) -> dict[str, int]:
     """Bytes held now: private (anonymous) RSS of the repository's QEMUs, the pages of their
-    guest-RAM files they have mapped (each VM's RAM file is its own, so these are the page
-    cache its guest holds), the backing daemon's RSS, and the machine's page cache (other
-    work moves it too: a cross-check only)."""
+    guest-RAM files in the page cache, mapped or not (each VM's RAM file is its own, so these
+    are the page cache its guest holds; QEMU's libraries, also file pages, are shared by all
+    and not counted), the backing daemon's RSS, and the machine's page cache (other work moves
+    it too: a cross-check only)."""
     qemus = find_qemu_processes(registry(repo).root)
+    ram = [_procmem.ram_path_of(p) for p in qemus.values()]
     return {"qemu_anon": sum(_status_kib(p, "RssAnon") for p in qemus.values()) * 1024,
-            "qemu_file": sum(_status_kib(p, "RssFile") for p in qemus.values()) * 1024,
+            "ram_cached": sum(_procmem.cached_pages(r) for r in ram if r) * _procmem.PAGE,
             "daemon_rss": sum(_status_kib(p, "VmRSS") for p in _daemon_pids()) * 1024,
+            "daemon_layers": _layer_bytes(),
             "page_cache": _meminfo("Cached"), "qemus": len(qemus)}
+
+
+def child_breakdown(pids: list[int]) -> dict[str, dict[str, float]]:
+    """Mean and max MiB per kind (bench._procmem) over the QEMUs ``pids``: where an idle
+    child's memory goes."""
+    rows = [r for r in (_procmem.breakdown(p, _procmem.ram_path_of(p)) for p in pids) if r]
+    if not rows:
+        return {}
+    return {k: {"mean": round(sum(r[k] for r in rows) / len(rows) / 1024, 2),
+                "max": round(max(r[k] for r in rows) / 1024, 2)} for k in rows[0]}
 
 
 def idle_cpu(pids: list[int], seconds: float) -> float:
@@ -150,18 +177,27 @@ def bench_swarm(size: int, children: int, single: int, idle: float, work: Path,
         res["count_pause_ms"] = tm.pause
         res["count_phases_ms"] = {**tm.phases, **{k: v for k, v in tm.extra.items()
                                                   if k.endswith("_ms")}}
+        res["after_branch"] = child_breakdown([c.runtime.pid or 0 for c in kids])
         time.sleep(idle)
         res["idle_child_cpu"] = idle_cpu([c.runtime.pid or 0 for c in kids], idle)
         after = memory_use(repo)
         res["qemus"] = after["qemus"]
+        res["idle"] = child_breakdown([c.runtime.pid or 0 for c in kids])
+        res["golden"] = child_breakdown([rec.runtime.pid or 0])
     finally:
         kill_vms(repo, [s.id for s in list_vms(repo)])
         repo.close()
     res["per_child_mib"] = {k: round((after[k] - before[k]) / children / MiB, 2)
-                            for k in ("qemu_anon", "qemu_file", "daemon_rss", "page_cache")}
+                            for k in ("qemu_anon", "ram_cached", "daemon_rss", "daemon_layers",
+                                      "page_cache")}
     pc = res["per_child_mib"]
-    pc["total"] = round(pc["qemu_anon"] + pc["qemu_file"] + pc["daemon_rss"], 2)
+    pc["total"] = round(pc["qemu_anon"] + pc["ram_cached"] + pc["daemon_rss"]
+                        + pc["daemon_layers"], 2)
     return res
+
+
+_WHEN = {"after_branch": "each child (mean) as the branch returned",
+         "idle": "each child (mean) after idling", "golden": "the golden VM"}
 
 
 def print_result(r: dict[str, Any]) -> None:
@@ -175,8 +211,15 @@ def print_result(r: dict[str, Any]) -> None:
           f"{r['count_pause_ms']:.1f} ms; {r['count_ready_ms'] / single['p50']:.1f}x a single "
           "branch (goal <= 3x)")
     print(f"per idle child: QEMU private {pc['qemu_anon']:.1f} MiB + its guest RAM in the page "
-          f"cache {pc['qemu_file']:.1f} + daemon {pc['daemon_rss']:.1f} = {pc['total']:.1f} MiB "
+          f"cache {pc['ram_cached']:.1f} + daemon {pc['daemon_rss']:.1f} + the pages it holds "
+          f"for the child {pc['daemon_layers']:.1f} = {pc['total']:.1f} MiB "
           f"(goal <= 16; the machine's page cache grew {pc['page_cache']:.1f} MiB per child)")
+    for when in ("after_branch", "idle", "golden"):
+        b = r.get(when) or {}
+        if b:
+            print(f"  {_WHEN[when]}: " + ", ".join(
+                f"{k} {v['mean']:.1f}" + (f" (max {v['max']:.1f})" if when != "golden" else "")
+                for k, v in b.items()) + " MiB")
     print("branch --count phases (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in
                                                      r["count_phases_ms"].items()))
     cpu = r["idle_child_cpu"]

@@ -26,7 +26,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-from vers.errors import VMError
+from vers.errors import BadInput, VMError
 from vers.images.guest import BASE_CMDLINE, tcg_cmdline
 from vers.images.guestfs import initramfs_error
 from vers.vmm.private import private_dir, private_file
@@ -41,6 +41,13 @@ CONNECT_TIMEOUT = 30.0
 #: with it ~0% (docs/vmm.md). The guest reads CPUID once at boot, so commits made without it
 #: restore and branch unchanged.
 TCG_CPU = "qemu64,+arat"
+#: TCG's translation buffer in MiB (``-accel tcg,tb-size=N``). QEMU's default reserves 1 GiB and
+#: fills it as code is translated, never giving any back: a VM that runs varied code for long
+#: grows towards 1 GiB of RSS. 64 bounds that, above what the default guest's boot fills (~54
+#: MiB) and what a busy busybox workload keeps hot (~20 MiB); at 4-8 MiB that workload ran 2-3x
+#: slower from retranslation (docs/vmm.md, Density). 0 leaves QEMU's default; $VERS_TCG_TB_MIB
+#: overrides it.
+TCG_TB_MIB = 64
 #: the id of the user-mode network backend; published ports are added to it over QMP
 NETDEV = "net0"
 
@@ -58,6 +65,20 @@ def kvm_usable() -> bool:
 
 def detect_accel() -> str:
     return "kvm" if kvm_usable() else "tcg"
+
+
+def accel_arg(accel: str) -> str:
+    """The ``-accel`` value: under TCG with the translation buffer's size (``TCG_TB_MIB``)."""
+    if accel != "tcg":
+        return accel
+    env = os.environ.get("VERS_TCG_TB_MIB", "").strip()
+    try:
+        mib = int(env) if env else TCG_TB_MIB
+    except ValueError:
+        raise BadInput(f"$VERS_TCG_TB_MIB must be a number of MiB, not {env!r}") from None
+    if mib < 0:
+        raise BadInput(f"$VERS_TCG_TB_MIB must be a number of MiB, not {env!r}")
+    return f"tcg,tb-size={mib}" if mib else "tcg"
 
 
 def default_cmdline(accel: str) -> str:
@@ -208,7 +229,7 @@ class Machine:
         rec, rt, spec = self.record, self.record.runtime, self.record.spec
         mib = spec.memory // MiB
         args = [qemu or qemu_binary(), "-name", f"vers-{rec.id}",
-                "-M", f"{spec.machine},memory-backend=mem", "-accel", spec.accel,
+                "-M", f"{spec.machine},memory-backend=mem", "-accel", accel_arg(spec.accel),
                 "-m", f"{mib}M", "-smp", str(spec.vcpus),
                 "-object", f"memory-backend-file,id=mem,size={mib}M,mem-path={mem_path},share=on",
                 "-nodefaults", "-no-user-config", "-nographic",

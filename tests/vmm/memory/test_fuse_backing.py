@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from bench._procmem import cached_pages
 from tests.fuse.conftest import History, needs_fuse
 from tests.vmm.memory.test_fuse_daemon import PAGE, Writer
 from vers.errors import VMError
@@ -151,3 +152,35 @@ def test_one_fork_end_fills_every_placeholder_or_none(where: Path) -> None:
         for k in kids:
             k.destroy()
         mem.destroy()
+
+
+def test_drop_cache_gives_back_unmapped_pages_and_every_page_reads_back_right(
+        history: History, where: Path) -> None:
+    """A mapper's first touch makes the kernel read around it (this 4 MiB file whole); the
+    pages it did not map go back to the host, the pages it mapped or dirtied stay, and every
+    page reads back the right bytes afterwards: those given back from the daemon again."""
+    repo = history.repo
+    size = history.memory2.stat().st_size
+    mem = FuseMemoryBacking.create("dc1", size, repo.open_image(history.second, "memory"), where)
+    w = Writer(mem.path, size)
+    try:
+        assert w.read(3, 5) == "CHANG"  # one fault: the kernel reads far more than that page
+        w.write(700, "dirty-and-mapped")
+        npages = size // PAGE
+        assert cached_pages(mem.path) > npages // 2
+        mem.drop_cache()
+        assert cached_pages(mem.path) <= 64  # what the writer mapped around its two touches
+        expect = bytearray(history.memory2.read_bytes())
+        expect[700 * PAGE:700 * PAGE + 16] = b"dirty-and-mapped"
+        with open(mem.path, "rb") as f:  # through the page cache, from the daemon where dropped
+            assert f.read() == bytes(expect)
+        assert w.read(700, 16) == "dirty-and-mapped" and w.read(500, 5) == "CHANG"
+    finally:
+        w.close()
+        mem.destroy()
+
+
+def test_drop_cache_of_a_daemon_gone_is_a_no_op(where: Path) -> None:
+    mem = FuseMemoryBacking.create("dc2", 16 * PAGE, None, where)
+    BackingDaemon(where).shutdown()
+    mem.drop_cache()  # neither hangs nor raises

@@ -84,6 +84,11 @@ class MemoryBacking(ABC):
     def fork_reference(self, child: MemoryBacking) -> None:
         """After the parent resumed: let the child's first commit be incremental (optional)."""
 
+    def drop_cache(self) -> None:
+        """Called once the guest has settled (a branch child after its start-up): give back
+        the host page cache of the RAM file that QEMU has not mapped, where the kernel keeps
+        more of it than the guest touched (optional, best effort)."""
+
     def lost(self) -> str | None:
         """Why the RAM file can no longer be used (commit, branch), with what to do; None while
         it is fine. What ``vers ps`` and ``vers status`` report."""
