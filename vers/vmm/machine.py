@@ -43,11 +43,11 @@ CONNECT_TIMEOUT = 30.0
 TCG_CPU = "qemu64,+arat"
 #: TCG's translation buffer in MiB (``-accel tcg,tb-size=N``). QEMU's default reserves 1 GiB and
 #: fills it as code is translated, never giving any back: a VM that runs varied code for long
-#: grows towards 1 GiB of RSS. 64 bounds that, above what the default guest's boot fills (~54
-#: MiB) and what a busy busybox workload keeps hot (~20 MiB); at 4-8 MiB that workload ran 2-3x
-#: slower from retranslation (docs/vmm.md, Density). 0 leaves QEMU's default; $VERS_TCG_TB_MIB
-#: overrides it.
-TCG_TB_MIB = 64
+#: grows towards 1 GiB of RSS. 256 bounds that at a quarter, well above what the default
+#: guest's boot fills (~54 MiB: a cap near it would flush and retranslate soon after) and what
+#: a busy busybox workload keeps hot (~20 MiB); at 4-8 MiB that workload ran 2-3x slower from
+#: retranslation (docs/vmm.md, Density). 0 leaves QEMU's default; $VERS_TCG_TB_MIB overrides it.
+TCG_TB_MIB = 256
 #: the id of the user-mode network backend; published ports are added to it over QMP
 NETDEV = "net0"
 
