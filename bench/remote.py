@@ -305,12 +305,14 @@ def lazy_restore(work: Path, label: str, cid: str, url: str, steps: list[dict[st
     return fresh, vm, secs, fetched, ram_read(fresh, vm), source
 
 
-def lazy_bench(args: argparse.Namespace, work: Path, server: SeaweedS3) -> None:
-    url = f"s3://{BUCKET}/lazy"
+def pushed_guest(args: argparse.Namespace, work: Path, url: str,
+                 disk_size: str | None) -> tuple[Repo, str, int]:
+    """A guest that wrote ``--read-mib`` of random data to its disk and dropped its caches,
+    committed and pushed to ``url``: (its repository, the commit, the commit's non-zero
+    bytes)."""
     src = Repo.init(work / "src")
     rec = run_vm(src, RunOptions(memory=verbs.parse_size(args.memory),
-                                 disk_size=verbs.parse_size(args.disk_size)
-                                 if args.disk_size else None))
+                                 disk_size=verbs.parse_size(disk_size) if disk_size else None))
     script = (f"dd if=/dev/urandom of=/root/blob bs=1M count={args.read_mib} 2>/dev/null && "
               "sync && echo 3 > /proc/sys/vm/drop_caches")
     assert guest_exec(rec.runtime.agent_sock, script, 600).returncode == 0
@@ -318,7 +320,12 @@ def lazy_bench(args: argparse.Namespace, work: Path, server: SeaweedS3) -> None:
     verbs.kill(src, [rec.id])
     add_remote(src, "origin", url)
     push(src, "origin")
-    nz = nonzero_bytes(src, cid)
+    return src, cid, nonzero_bytes(src, cid)
+
+
+def lazy_bench(args: argparse.Namespace, work: Path, server: SeaweedS3) -> None:
+    url = f"s3://{BUCKET}/lazy"
+    src, cid, nz = pushed_guest(args, work, url, args.disk_size)
     parents = src.get_commit(cid).parents
     print(f"commit {cid[:12]}: {args.memory} RAM, {args.disk_size or 'default'} disk, "
           f"{nz / MB:.0f} MB of non-zero pages, {len(parents)} parent(s), pushed with no "
@@ -438,16 +445,7 @@ def no_record_bench(args: argparse.Namespace, work: Path) -> None:
     alternately, each in a backing daemon of its own (started with that setting) and a fresh
     repository, the remote's records deleted before each."""
     url = f"s3://{BUCKET}/lazy"
-    src = Repo.init(work / "src")
-    rec = run_vm(src, RunOptions(memory=verbs.parse_size(args.memory)))
-    script = (f"dd if=/dev/urandom of=/root/blob bs=1M count={args.read_mib} 2>/dev/null && "
-              "sync && echo 3 > /proc/sys/vm/drop_caches")  # the guest of --mode lazy
-    assert guest_exec(rec.runtime.agent_sock, script, 600).returncode == 0
-    cid, _tm = verbs.commit(src, rec.id, "bench")
-    verbs.kill(src, [rec.id])
-    add_remote(src, "origin", url)
-    push(src, "origin")
-    nz = nonzero_bytes(src, cid)
+    src, cid, nz = pushed_guest(args, work, url, None)  # the guest of --mode lazy
     local = [restored_and_answering(src, cid, None) for _ in range(2)]
     for _secs, vm in local:
         verbs.kill(src, [vm])

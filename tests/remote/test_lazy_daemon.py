@@ -45,10 +45,13 @@ def daemon(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[BackingD
 
 
 def lazy_file(daemon: BackingDaemon, repo: Repo, cid: str, name: str,
-              retry_seconds: float = 30.0, mapped: bool = False) -> BackingFile:
+              retry_seconds: float = 30.0, mapped: bool = False,
+              restoring: bool = False) -> BackingFile:
+    """The commit's memory as a file of the daemon, read lazily; ``restoring``: as a restore of
+    the commit opens it (the daemon prefetches what it knows a restore reads first)."""
     daemon.ensure_running()
     daemon.request("promisor_settings", repo=str(repo.vers_dir), env={},
-                   retry_seconds=retry_seconds)
+                   retry_seconds=retry_seconds, **({"commit": cid} if restoring else {}))
     return BackingFile.create(daemon, name, NPAGES * PAGE_SIZE,
                               {"repo": str(repo.vers_dir), "commit": cid, "image": "memory"},
                               mapped=mapped)
@@ -140,16 +143,7 @@ def test_a_touch_of_hugepage_advised_ram_fetches_little_around_it(tmp_path: Path
     repo, _ = clone(url, str(tmp_path / "b"), lazy=True)
     f = lazy_file(daemon, repo, cid, "vm1.memory", mapped=True)  # as guest RAM is made
     before = repo.store.stats().bytes
-    fd = os.open(f.path, os.O_RDWR)
-    m = mmap.mmap(fd, NPAGES * PAGE_SIZE, mmap.MAP_SHARED)
-    try:
-        m.madvise(mmap.MADV_HUGEPAGE)  # what QEMU does to guest RAM
-        for page in (700, 1300):
-            assert m[page * PAGE_SIZE:(page + 1) * PAGE_SIZE] == \
-                bytes(image[page * PAGE_SIZE:(page + 1) * PAGE_SIZE])
-    finally:
-        m.close()
-        os.close(fd)
+    _touch_as_guest_ram(f, image, (700, 1300))
     fetched = repo.store.stats().bytes - before
     # each touch's aligned block (and the image's nodes), not the 2-4 MiB the kernel's huge
     # read-around asks for
@@ -157,6 +151,21 @@ def test_a_touch_of_hugepage_advised_ram_fetches_little_around_it(tmp_path: Path
     f.remove()
     repo.close()
     src.close()
+
+
+def _touch_as_guest_ram(f: BackingFile, image: bytes | bytearray, pages: tuple[int, ...]) -> None:
+    """Read ``pages`` of ``f`` through a shared mapping advised as QEMU advises guest RAM (the
+    kernel then reads 2-4 MiB around each miss), checking each against ``image``."""
+    fd = os.open(f.path, os.O_RDWR)
+    m = mmap.mmap(fd, NPAGES * PAGE_SIZE, mmap.MAP_SHARED)
+    try:
+        m.madvise(mmap.MADV_HUGEPAGE)
+        for page in pages:
+            assert m[page * PAGE_SIZE:(page + 1) * PAGE_SIZE] == \
+                bytes(image[page * PAGE_SIZE:(page + 1) * PAGE_SIZE])
+    finally:
+        m.close()
+        os.close(fd)
 
 
 def _wait_for(cond: Callable[[], bool], seconds: float = 10.0) -> bool:
@@ -218,10 +227,7 @@ def test_a_damaged_record_on_the_remote_is_ignored_and_replaced(
     remote.put(key, bad)
     repo, _ = clone(url, str(tmp_path / "b"), lazy=True)
     before = repo.store.stats().bytes
-    daemon.ensure_running()
-    daemon.request("promisor_settings", repo=str(repo.vers_dir), env={}, retry_seconds=30,
-                   commit=cid)
-    f = lazy_file(daemon, repo, cid, "vm1.memory")
+    f = lazy_file(daemon, repo, cid, "vm1.memory", restoring=True)
     assert pread(f.path, 1000, 4) == bytes(image[1000 * PAGE_SIZE:1004 * PAGE_SIZE])
     # nothing was prefetched for it: the tree's nodes and the 4 pages read (plus the kernel's
     # read-around of them), not the record's pages
@@ -262,10 +268,7 @@ def test_a_commit_without_a_record_borrows_its_parents(tmp_path: Path, daemon: B
                b"\x00garbage" if body is None else json.dumps(body).encode())
     repo, _ = clone(remote_url, str(tmp_path / "b"), lazy=True)
     before = repo.store.stats().bytes
-    daemon.ensure_running()
-    daemon.request("promisor_settings", repo=str(repo.vers_dir), env={}, retry_seconds=30,
-                   commit=child)
-    f = lazy_file(daemon, repo, child, "vm1.memory")
+    f = lazy_file(daemon, repo, child, "vm1.memory", restoring=True)
     if record == "good":
         # the parent's recorded pages, of the child's image, are here before anything reads
         assert _wait_for(lambda: repo.store.stats().bytes - before >= 64 * PAGE_SIZE // 2)
@@ -298,16 +301,7 @@ def test_a_local_restore_records_what_it_reads_and_push_sends_it(
     f = BackingFile.create(daemon, "vm1.memory", NPAGES * PAGE_SIZE,
                            {"repo": str(src.vers_dir), "commit": child, "image": "memory"},
                            mapped=True)
-    fd = os.open(f.path, os.O_RDWR)
-    m = mmap.mmap(fd, NPAGES * PAGE_SIZE, mmap.MAP_SHARED)
-    try:
-        m.madvise(mmap.MADV_HUGEPAGE)  # as QEMU maps guest RAM: the kernel reads 2-4 MiB around
-        for page in (700, 1300):
-            assert m[page * PAGE_SIZE:(page + 1) * PAGE_SIZE] == \
-                bytes(image[page * PAGE_SIZE:(page + 1) * PAGE_SIZE])
-    finally:
-        m.close()
-        os.close(fd)
+    _touch_as_guest_ram(f, image, (700, 1300))
     f.remove()
     assert _wait_for(record.is_file)
     assert stat.S_IMODE(record.stat().st_mode) == 0o600
