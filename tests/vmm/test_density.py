@@ -12,6 +12,7 @@ import pytest
 from bench._procmem import breakdown, cached_pages, ram_path_of
 from vers.errors import BadInput
 from vers.repo import Repo
+from vers.testing import run_vers
 from vers.vmm.boot import RunOptions, run_vm
 from vers.vmm.branch import branch_vm_unsettled
 from vers.vmm.machine import TCG_TB_MIB, accel_arg
@@ -34,6 +35,18 @@ def test_accel_carries_the_translation_buffer_size(monkeypatch: pytest.MonkeyPat
         monkeypatch.setenv("VERS_TCG_TB_MIB", bad)
         with pytest.raises(BadInput, match="VERS_TCG_TB_MIB"):
             accel_arg("tcg")
+
+
+def test_a_bad_translation_buffer_size_is_refused_before_anything_starts(
+        tmp_path: Path) -> None:
+    """`vers run` with a bad $VERS_TCG_TB_MIB: one line, exit 2, no VM and no QEMU."""
+    assert run_vers(tmp_path, "init").returncode == 0
+    res = run_vers(tmp_path, "run", "--accel", "tcg", timeout=60, env={"VERS_TCG_TB_MIB": "lots"})
+    assert res.returncode == 2 and res.stderr.strip().splitlines() == [
+        "vers: error: $VERS_TCG_TB_MIB must be a number of MiB, not 'lots'"], res.stderr
+    assert "booting" not in res.stdout + res.stderr
+    assert not (tmp_path / ".vers" / "vms").exists() or not any(
+        p.name != "_layers" for p in (tmp_path / ".vers" / "vms").iterdir())
 
 
 def _unmapped_kib(pid: int, ram: str | None) -> int:

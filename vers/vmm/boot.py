@@ -26,7 +26,14 @@ from vers.vmm import disk as disk_mod
 from vers.vmm.devstate import load_devstate
 from vers.vmm.disk import DiskChain
 from vers.vmm.fresh import freshen
-from vers.vmm.machine import Machine, MiB, default_cmdline, detect_accel, pid_alive
+from vers.vmm.machine import (
+    Machine,
+    MiB,
+    accel_arg,
+    default_cmdline,
+    detect_accel,
+    pid_alive,
+)
 from vers.vmm.memory import MemoryBacking, backing_class, default_backing
 from vers.vmm.memory.fuse import disk_base, disk_base_error
 from vers.vmm.net import NET_MODES, Port, check_ports, parse_ports, publish_all
@@ -122,6 +129,7 @@ def check_options(opts: RunOptions) -> str:
     accel = opts.accel or detect_accel()
     if accel not in ("kvm", "tcg"):
         raise BadInput(f"--accel must be kvm or tcg, not {accel!r}")
+    accel_arg(accel)  # a bad $VERS_TCG_TB_MIB, before anything starts
     if opts.net not in NET_MODES:
         raise BadInput(f"--net must be one of {', '.join(NET_MODES)}, not {opts.net!r}")
     parse_ports(opts.ports)
