@@ -13,7 +13,9 @@
    (what the fresh store holds afterwards) against the commit's non-zero bytes (goal <= 10%);
    then the guest reads a file of ``--read-mib`` from its disk sequentially (O_DIRECT, so every
    block comes through the lazily served disk), against a plain boto3 copy of the bucket
-   (goal >= 50%). Which touched-page record each lazy restore prefetched is printed (own, an
+   (goal >= 50%). The host's kept kernels and initrds (vers.bootcache) are emptied first: the
+   first lazy restore fetches them, as on a host that never restored this guest, and the later
+   ones take them from there. Which touched-page record each lazy restore prefetched is printed (own, an
    ancestor's, none): the pushed commit has none at first; a commit made in a VM restored from
    it (its child, pushed later) is restored lazily too, borrowing its parent's. Two floors of
    that read are measured in the same run, in a locally restored guest: its disk served from
@@ -48,6 +50,7 @@ from typing import TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from vers import bootcache
 from vers.objects.imagetree import TreeReader
 from vers.objects.model import PAGE_SIZE, ZERO_ID
 from vers.porcelain import vm as verbs
@@ -325,6 +328,9 @@ def pushed_guest(args: argparse.Namespace, work: Path, url: str,
 
 def lazy_bench(args: argparse.Namespace, work: Path, server: SeaweedS3) -> None:
     url = f"s3://{BUCKET}/lazy"
+    # as on a host that never restored this guest: the first lazy restore fetches the kernel and
+    # initrd, and keeps them for the later ones (vers.bootcache)
+    shutil.rmtree(bootcache.boot_cache(), ignore_errors=True)
     src, cid, nz = pushed_guest(args, work, url, args.disk_size)
     parents = src.get_commit(cid).parents
     print(f"commit {cid[:12]}: {args.memory} RAM, {args.disk_size or 'default'} disk, "

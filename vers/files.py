@@ -54,3 +54,9 @@ def append_private(path: str | os.PathLike[str], text: str) -> None:
     with os.fdopen(open_private(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND), "a",
                    encoding="utf-8") as f:
         f.write(text)
+
+
+def vers_cache() -> Path:
+    """``$XDG_CACHE_HOME/vers`` (default ``~/.cache/vers``): what vers keeps for this user across
+    repositories (guest images, boot files, the host's measured TSC rate)."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")) / "vers"

@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from vers.errors import BadInput, MirrorUnreachable, VMError
+from vers.files import vers_cache
 from vers.images import guestfs
-from vers.images.guest import run_tool, static_busybox, vers_cache, write_exec
+from vers.images.guest import run_tool, static_busybox, write_exec
 from vers.images.recipes import DPKG_OPTIONS, SUITE, Recipe
 from vers.images.tree import resolve_in_root
 from vers.progress import NO_PROGRESS, Meter, Progress

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vers.errors import VMError
+from vers.files import vers_cache
 from vers.images import guestfs
 
 KERNEL_PACKAGE_RE = re.compile(r"^linux-image-6\.1\.0-(\d+)-cloud-amd64$")
@@ -59,11 +60,6 @@ class GuestImages:
     initrd: Path
     disk: Path
     cmdline: str
-
-
-def vers_cache() -> Path:
-    """``$XDG_CACHE_HOME/vers`` (default ``~/.cache/vers``): every guest image vers builds."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")) / "vers"
 
 
 def cache_root() -> Path:

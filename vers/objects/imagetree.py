@@ -12,7 +12,7 @@ import io
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 from vers.errors import BadInput
 from vers.objects.model import (
@@ -181,6 +181,31 @@ def build_tree(
         if levels[level] or counts[level] == 0:
             flush_level(level)
     return store_tree(writer, Tree(size=size, root=root_holder[-1], depth=depth))
+
+
+class _KeepNothing:
+    """What ``build_tree`` writes to, keeping nothing: for ``tree_id``."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        self.store = store
+
+    def missing(self, oids: list[bytes]) -> list[bytes]:
+        return []
+
+    def has(self, oid: bytes) -> bool:
+        return True
+
+    def add(self, oid: bytes, kind: int, data: bytes, compress: bool = True) -> None:
+        pass
+
+    def add_pages(self, pages: list[tuple[bytes, bytes]]) -> None:
+        pass
+
+
+def tree_id(store: ObjectStore, source: BinaryIO, size: int) -> bytes:
+    """The ID of the tree ``build_tree`` would make of ``source``, storing nothing (a file
+    checked against a tree ID without a copy of it in the store)."""
+    return build_tree(cast("ObjectWriter", _KeepNothing(store)), source, size, helper=False)
 
 
 def store_tree(writer: ObjectWriter, tree: Tree) -> bytes:

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
+from vers import bootcache
 from vers.errors import (
     AmbiguousRevision,
     BadRevision,
@@ -123,6 +124,8 @@ RECORD_ANCESTOR_STEPS = 4
 RECORD_SOURCES = {"none": 0, "own": 1, "ancestor's": 2}
 # The images a restore reads whole before the guest runs.
 BOOT_IMAGES = ("devstate", "kernel", "initrd")
+#: the boot images a host keeps (``vers.bootcache``)
+KEPT_BOOT_IMAGES = ("kernel", "initrd")
 _HEX64 = re.compile(r"^[0-9a-f]{64}$")
 _HEXPREFIX = re.compile(r"^[0-9a-f]{4,63}$")
 
@@ -630,7 +633,10 @@ class LazyObjects:
         self.fetch(store.missing(list(tree_ids.values())))
         trees = {name: store.get_tree(oid) for name, oid in tree_ids.items()}
         t1 = time.monotonic()
-        whole = [t for name, t in trees.items() if name in boot]
+        # a kernel or initrd this host has kept is checked and stored from there (vers.vmm.boot)
+        whole = [t for name, t in trees.items() if name in boot
+                 and not (name in KEPT_BOOT_IMAGES and bootcache.cached(commit.images[name],
+                                                                        t.size))]
         t2 = t1
         if nodes:
             job = self._pool.submit(self._fetch_whole, whole)

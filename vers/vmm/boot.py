@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vers import images
+from vers import bootcache, images
 from vers.errors import BadInput, BadRevision, VMError
 from vers.images.rootfs import check_disk, sized_overlay
+from vers.objects.imagetree import tree_id
 from vers.progress import NO_PROGRESS, Progress
 from vers.vmm import agent as agent_mod
 from vers.vmm import disk as disk_mod
@@ -370,6 +371,27 @@ def _commit_disk_base(repo: Repo, cid: str, dname: str, layers: Path, lazy: bool
     return disk_mod.export_base(repo, cid, dname, layers)
 
 
+def _from_boot_cache(repo: Repo, tree: str, out: Path) -> bool:
+    """Write the boot file of image tree ``tree`` to ``out`` from this host's boot cache
+    (``vers.bootcache``; a restore from a remote then fetches none of it), checked against
+    ``tree`` first (hashed, not stored: a partial store may stay without its pages, which its
+    remote has). False if the cache has no such file."""
+    size = repo.store.get_tree(bytes.fromhex(tree)).size
+    kept = bootcache.cached(tree, size)
+    if kept is None:
+        return False
+    try:
+        bootcache.copy_private(kept, out)
+        with open(out, "rb") as f:
+            same = tree_id(repo.store, f, size).hex() == tree
+    except OSError:
+        return False
+    if not same:
+        bootcache.forget(tree)
+        out.unlink(missing_ok=True)
+    return same
+
+
 def _boot_file(repo: Repo, reg: VMRegistry, commit: Commit, kind: str) -> str:
     """The commit's own kernel/initrd image (cached by tree ID), else the recorded path."""
     tree = commit.images.get(kind)
@@ -379,9 +401,14 @@ def _boot_file(repo: Repo, reg: VMRegistry, commit: Commit, kind: str) -> str:
             os.utime(path)  # used now: kept longest once no VM boots it (vers.vmm.teardown)
         except FileNotFoundError:
             tmp = reg.layers / f".{path.name}.tmp{os.getpid()}"
-            repo.export_image(commit.id, kind, tmp)
-            make_private(tmp)
-            os.replace(tmp, path)
+            try:
+                if not _from_boot_cache(repo, tree, tmp):
+                    repo.export_image(commit.id, kind, tmp)
+                    bootcache.keep(tmp, tree)
+                make_private(tmp)
+                os.replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)
         return str(path)
     p = commit.config.get("vm", {}).get(kind)
     if p and Path(p).is_file():

@@ -86,8 +86,7 @@ def _boot_id() -> str:
 def host_tsc_khz(cache_dir: Path | None = None) -> int:
     """The host's TSC rate in kHz: cached for this boot under ``cache_dir`` (the vers cache by
     default), else measured (and cached), else /proc/cpuinfo's, else 2 GHz."""
-    from vers.files import make_private_dirs, write_private
-    from vers.images.guest import vers_cache
+    from vers.files import make_private_dirs, vers_cache, write_private
 
     boot = _boot_id()
     path = (cache_dir or vers_cache()) / "host-tsc-khz"
