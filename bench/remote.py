@@ -8,23 +8,22 @@
    baseline. Goal: >= 100 MB/s.
 
 3. Lazy restore (``--mode lazy``): a VM commit is pushed, then restored from S3 into a fresh
-   repository (``run-commit --from``) until the guest answers exec, against a restore of the
-   same commit from the local store (goal <= 2x) and a full clone + restore; the bytes fetched
-   (what the fresh store holds afterwards) against the commit's non-zero bytes (goal <= 10%);
-   then the guest reads a file of ``--read-mib`` from its disk sequentially (O_DIRECT, so every
-   block comes through the lazily served disk), against a plain boto3 copy of the bucket
-   (goal >= 50%). The host's kept kernels and initrds (vers.bootcache) are emptied first: the
-   first lazy restore fetches them, as on a host that never restored this guest, and the later
-   ones take them from there. Which touched-page record each lazy restore prefetched is printed (own, an
-   ancestor's, none): the pushed commit has none at first; a commit made in a VM restored from
-   it (its child, pushed later) is restored lazily too, borrowing its parent's. Two floors of
-   that read are measured in the same run, in a locally restored guest: its disk served from
-   the local store by the same daemon, then again from the host's
-   page cache (QEMU and the guest alone). The lazy read's FUSE requests (count, size, how many
-   waited for the remote and how long) and the range GETs behind them are printed; the time the
-   restore spends before QEMU starts (commit, trees, nodes, boot files) too. Defaults run in a
-   few minutes; larger sizes are ``--memory 2G --read-mib 256`` (with a guest image whose disk
-   holds 256 MiB).
+   repository (``run-commit --from``) until the guest answers exec, against a restore of the same
+   commit from the local store (goal <= 2x) and a full clone + restore; the bytes fetched (what the
+   fresh store holds afterwards) against the commit's non-zero bytes (goal <= 10%); then the guest
+   reads a file of ``--read-mib`` from its disk sequentially (O_DIRECT, so every block comes
+   through the lazily served disk), against a plain boto3 copy of the bucket (goal >= 50%). The
+   host's kept kernels and initrds (vers.bootcache) are emptied first: the first lazy restore
+   fetches them, as on a host that never restored this guest, and the later ones take them from
+   there. Which touched-page record each lazy restore prefetched is printed (own, an ancestor's,
+   none): the pushed commit has none at first; a commit made in a VM restored from it (its child,
+   pushed later) is restored lazily too, borrowing its parent's. Two floors of that read are
+   measured in the same run, in a locally restored guest: its disk served from the local store by
+   the same daemon, then again from the host's page cache (QEMU and the guest alone). The lazy
+   read's FUSE requests (count, size, how many waited for the remote and how long) and the range
+   GETs behind them are printed; the time the restore spends before QEMU starts (commit, trees,
+   nodes, boot files) too. Defaults run in a few minutes; larger sizes are ``--memory 2G --read-mib
+   256`` (with a guest image whose disk holds 256 MiB).
 
     python3 bench/remote.py [--size-mib 1024]
     python3 bench/remote.py --mode lazy [--memory 512M --read-mib 128 --repeat 3]
