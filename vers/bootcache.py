@@ -2,9 +2,9 @@
 ``$XDG_CACHE_HOME/vers/boot/<tree ID>`` (0600 files in a 0700 directory; the newest ``KEEP``).
 
 A restore into a repository that lacks a commit's boot files (a fresh repository restoring
-from a remote) takes them from here instead of fetching them: ``vers.vmm.boot`` stores the
-file in the repository's own store and uses it only if it hashes to the commit's tree, so a
-damaged or foreign file here costs a fetch, never a wrong kernel.
+from a remote) takes them from here instead of fetching them: ``vers.vmm.boot`` uses a file
+only if it hashes to the commit's tree, so a damaged or foreign file here costs a fetch, never
+a wrong kernel.
 """
 
 from __future__ import annotations

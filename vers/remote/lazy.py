@@ -418,7 +418,7 @@ class LazyObjects:
                 borrowed = TouchRecord(record.vers_dir, tree_hex, record.remote)
                 runs = borrowed.load(npages)
                 if runs:
-                    record.used = f"ancestor's ({tree_hex[:12]})"
+                    record.used = "ancestor's"
                     log.debug("no touched-page record of %s: using its ancestor's (%s)",
                               record.tree_id[:12], tree_hex[:12])
                     break
@@ -633,7 +633,7 @@ class LazyObjects:
         self.fetch(store.missing(list(tree_ids.values())))
         trees = {name: store.get_tree(oid) for name, oid in tree_ids.items()}
         t1 = time.monotonic()
-        # a kernel or initrd this host has kept is checked and stored from there (vers.vmm.boot)
+        # a kernel or initrd this host has kept is checked and used from there (vers.vmm.boot)
         whole = [t for name, t in trees.items() if name in boot
                  and not (name in KEPT_BOOT_IMAGES and bootcache.cached(commit.images[name],
                                                                         t.size))]
@@ -738,8 +738,8 @@ class TouchRecord:
         #: what the remote holds: None (not asked), "good", "absent", or the version tag of a
         #: record found unusable (replaced by the next save)
         self.remote_state: str | None = None
-        #: which record the prefetch used ("own", "ancestor's (TREE)", "none"; None: not asked
-        #: yet) and how many pages it named (``LazyObjects.recorded_runs``)
+        #: which record the prefetch used (a key of ``RECORD_SOURCES``; None: not asked yet)
+        #: and how many pages it named (``LazyObjects.recorded_runs``)
         self.used: str | None = None
         self.used_pages = 0
 
@@ -970,7 +970,7 @@ class ReadAhead:
             return {}
         st = lazy.stats
         used = self._record.used if self._record is not None else None
-        return {"record_source": RECORD_SOURCES.get((used or "").split(" ")[0], 0),
+        return {"record_source": RECORD_SOURCES.get(used or "none", 0),
                 "record_pages": self._record.used_pages if self._record is not None else 0,
                 "remote_objects": st.objects, "remote_bytes": st.bytes,
                 "remote_batches": st.batches, "remote_ranges": st.ranges,
@@ -1007,25 +1007,30 @@ class ReadAhead:
         """Record ``runs`` as read (``make_local`` does this too; on a complete store nothing
         else is to be done, and this is cheap enough for the daemon's loop)."""
         with self._lock:
-            if self._touched is not None and time.monotonic() < self._record_until:
-                for a, n in runs:
-                    a, n = max(a, 0), min(n, self._pages - a)
-                    if n > 0:
-                        self._touched[a:a + n] = b"\x01" * n
+            self._mark_touched(self._within(runs))
+
+    def _within(self, runs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        """``runs`` cut to the image's pages."""
+        return [(a, min(n, self._pages - a)) for a, n in runs if 0 <= a < self._pages and n > 0]
+
+    def _mark_touched(self, runs: list[tuple[int, int]]) -> None:
+        """While recording, ``runs`` (within the image) as read; the caller holds the lock."""
+        if self.recording():
+            assert self._touched is not None
+            for a, n in runs:
+                self._touched[a:a + n] = b"\x01" * n
 
     def make_local(self, runs: list[tuple[int, int]]) -> None:
         """Store here the absent pages of ``runs`` ((first page, count), the pages a read needs
         from this image), fetched in one batch, and plan the read-ahead. Blocks for the fetch."""
-        runs = [(a, min(n, self._pages - a)) for a, n in runs if 0 <= a < self._pages and n > 0]
+        runs = self._within(runs)
         if not runs:
             return
         t0 = time.monotonic()
         npages = sum(n for _, n in runs)
         with self._lock:
             sequential = self._plan(runs[0][0], runs[-1][0] + runs[-1][1] - 1)
-            if self._touched is not None and time.monotonic() < self._record_until:
-                for a, n in runs:
-                    self._touched[a:a + n] = b"\x01" * n
+            self._mark_touched(runs)
         lazy = self.image.reader.store.absent  # the store's promisors may be re-attached
         if not isinstance(lazy, LazyObjects):
             return

@@ -279,8 +279,9 @@ def restore_commit_unsettled(repo: Repo, rev: str, name: str | None = None,
         for dname in rec.spec.disks:
             base = _commit_disk_base(repo, cid, dname, reg.layers, backing_kind == "fuse")
             top = disk_mod.new_layer_path(reg.layers, rec.id)
+            size = base.stat().st_size
             try:  # the base is raw: a sparse export, or the FUSE daemon's file of the commit
-                disk_mod.create_overlay_unsafe(top, base, base.stat().st_size, fmt="raw")
+                disk_mod.create_overlay_unsafe(top, base, size, fmt="raw")
             except VMError as exc:
                 error = disk_base_error(base)
                 if error is None:
@@ -288,7 +289,7 @@ def restore_commit_unsettled(repo: Repo, rev: str, name: str | None = None,
                 raise VMError(f"restoring {cid[:12]} failed: disk {dname} could not be read "
                               f"from the store ({error}); `vers fsck` names what is damaged"
                               ) from exc
-            rec.disks[dname] = DiskChain([str(base), str(top)], 1, base.stat().st_size)
+            rec.disks[dname] = DiskChain([str(base), str(top)], 1, size)
         devstate = rec.dir / "restore.devstate"
         repo.export_image(cid, "devstate", devstate)
         backing = _backing_class(backing_kind).create(
@@ -311,9 +312,8 @@ def restore_commit_unsettled(repo: Repo, rev: str, name: str | None = None,
         _raise_if_lost(backing, cid, None)  # e.g. a damaged page the device-state load read
         if not paused:
             freshen(rec.id, rec.runtime.agent_sock)
-        with ExitStack() as held:
-            held.enter_context(reg.lock(rec))
-            lock = held.pop_all()  # the VM runs: its lock goes to the settle step
+        lock = ExitStack()  # the VM runs: its lock goes to the settle step
+        lock.enter_context(reg.lock(rec))
     except BaseException:
         remove(reg, rec)
         raise

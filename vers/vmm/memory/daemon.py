@@ -314,26 +314,25 @@ class BackingOperations(pyfuse3.Operations):
                 first = off // PAGE_SIZE
                 last = (min(off + size, f.image.size) - 1) // PAGE_SIZE
                 need = base_runs(f.image, first, last)
-                if not base.lazy:  # a complete store: only recording what a restore reads
-                    if need and base.recording():
-                        if f.mapped and last > first and \
-                                base.unrecorded_pages(need) > READ_AROUND_ABSENT_PAGES and \
-                                self._may_refuse(f, off, size):
-                            f.refused[(off, size)] = time.monotonic()
-                            raise pyfuse3.FUSEError(errno.EIO)  # as below: learn the fault
-                        if f.mapped and last == first:
-                            need = _fault_block(f, first)
-                        base.note(need)
-                    return f.image.read_view(off, size)  # type: ignore[return-value]
+                # A complete store has nothing to fetch: its reads are only recorded, while the
+                # restore's first moments are (the pages not handed out yet stand in for the
+                # absent ones, so the record is made as a lazy restore would fetch).
+                local = not base.lazy
+                if local and not base.recording():
+                    need = []
                 if need and f.mapped and last > first and self._may_refuse(f, off, size):
-                    absent = await trio.to_thread.run_sync(base.absent_pages, need)
+                    absent = (base.unrecorded_pages(need) if local else
+                              await trio.to_thread.run_sync(base.absent_pages, need))
                     if absent > READ_AROUND_ABSENT_PAGES:
                         f.refused[(off, size)] = time.monotonic()
                         raise pyfuse3.FUSEError(errno.EIO)  # not a read error of the file
                 if need:
                     if f.mapped and last == first:  # a fault's own page: bring its neighbours too
                         need = _fault_block(f, first)
-                    await trio.to_thread.run_sync(base.make_local, need)
+                    if local:
+                        base.note(need)
+                    else:
+                        await trio.to_thread.run_sync(base.make_local, need)
             return f.image.read_view(off, size)  # type: ignore[return-value]  # any buffer will do
         except pyfuse3.FUSEError:
             raise
